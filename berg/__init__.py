@@ -1,0 +1,1 @@
+from berg._version import __version__
