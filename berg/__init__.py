@@ -1,1 +1,86 @@
+"""berg: in silico brain responses from published encoding models, behind one API.
+
+``import berg`` is light: torch, the store and model code are imported only when first used.
+
+>>> import berg
+>>> berg.list_models()
+>>> model = berg.get_encoding_model("fmri-bold5000-resnet18", subject=1)
+>>> responses = berg.encode(model, ["image.jpg"])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 from berg._version import __version__
+from berg.errors import (
+    ArtifactError,
+    BERGError,
+    InvalidParameterError,
+    ModelLoadError,
+    ModelNotFoundError,
+    StimulusError,
+)
+
+__all__ = [
+    "__version__",
+    "BERG",
+    "BERGError",
+    "ArtifactError",
+    "InvalidParameterError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "StimulusError",
+    "list_models",
+    "get_model_catalog",
+    "describe",
+    "get_encoding_model",
+    "encode",
+    "get_model_metadata",
+    "fetch",
+    "save",
+    "default",
+]
+
+_default_instance = None
+
+
+def default():
+    """The shared :class:`BERG` instance behind the module-level shortcuts (built from env settings)."""
+    global _default_instance
+    if _default_instance is None:
+        from berg.api import BERG
+
+        _default_instance = BERG()
+    return _default_instance
+
+
+def _shortcut(name: str):
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(default(), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = f"``BERG().{name}(...)`` on the default instance (see :class:`berg.BERG`)."
+    return call
+
+
+list_models = _shortcut("list_models")
+get_model_catalog = _shortcut("get_model_catalog")
+describe = _shortcut("describe")
+get_encoding_model = _shortcut("get_encoding_model")
+encode = _shortcut("encode")
+get_model_metadata = _shortcut("get_model_metadata")
+fetch = _shortcut("fetch")
+
+
+def __getattr__(name: str) -> Any:
+    # Heavy pieces are imported on first access so that `import berg` stays fast and torch-free.
+    if name == "BERG":
+        from berg.api import BERG
+
+        return BERG
+    if name == "save":
+        from berg.io import save
+
+        return save
+    raise AttributeError(f"module 'berg' has no attribute {name!r}")

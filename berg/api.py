@@ -1,0 +1,259 @@
+"""The public API: :class:`BERG`, with BERG's method names and signatures (and their flaws fixed)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from berg.errors import InvalidParameterError, ModelLoadError
+from berg.registry import ModelSpec, Registry, validate_load_params
+
+__all__ = ["BERG"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_BATCH = {"image": 32, "video": 4}
+
+
+def _model_class(spec: ModelSpec):
+    from berg.engine import LinearEncodingModel
+
+    if not spec.model_class:
+        return LinearEncodingModel
+    module, _, name = spec.model_class.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot import model class {spec.model_class!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, LinearEncodingModel)):
+        raise ModelLoadError(f"{spec.model_class} must subclass berg.engine.LinearEncodingModel")
+    return cls
+
+
+class BERG:
+    """Entry point to berg's encoding models.
+
+    Parameters
+    ----------
+    berg_dir : path, optional
+        A local copy of BERG's bucket tree (``encoding_models/modality-.../``), used in place and never
+        modified. Files found there are not downloaded.
+    cache_dir : path, optional
+        Where fetched artifacts are cached. Default: ``$BERG_CACHE`` or the platform's user cache dir.
+    offline : bool, default False
+        Never touch the network (also ``BERG_OFFLINE=1``); missing files raise an error that lists them
+        and the ``berg fetch`` command to run.
+    registry : path or list of paths, optional
+        Extra registry files (e.g. written by ``berg train``), added to the built-in registry.
+
+    Examples
+    --------
+    >>> from berg import BERG
+    >>> b = BERG()
+    >>> model = b.get_encoding_model("fmri-bold5000-resnet18", subject=1, selection={"roi": "PPA"})
+    >>> responses = b.encode(model, ["cat.jpg", "house.jpg"])   # (2, n_voxels) float32
+    """
+
+    def __init__(
+        self,
+        berg_dir: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        offline: bool = False,
+        registry: Any = None,
+    ):
+        self.registry = Registry(registry)
+        self.berg_dir = Path(berg_dir).expanduser() if berg_dir is not None else None
+        if self.berg_dir is not None and not self.berg_dir.is_dir():
+            raise InvalidParameterError(f"berg_dir does not exist or is not a directory: {self.berg_dir}")
+        self.cache_dir = cache_dir
+        self.offline = bool(offline) or os.environ.get("BERG_OFFLINE", "").lower() in ("1", "true", "yes")
+        self._store = None
+
+    @property
+    def store(self):
+        """The artifact :class:`~berg.store.Store` (created on first use)."""
+        if self._store is None:
+            from berg.store import Store
+
+            self._store = Store(berg_dir=self.berg_dir, cache_dir=self.cache_dir, offline=self.offline)
+        return self._store
+
+    def _layout(self, spec: ModelSpec):
+        from berg.layouts import layout_for
+
+        return layout_for(spec, self.store)
+
+    # ------------------------------------------------------------------ catalogue
+    def list_models(self, pattern: str | None = None) -> list[str]:
+        """Model ids, optionally filtered with a glob pattern (``"fmri-*"``)."""
+        return self.registry.ids(pattern)
+
+    def get_model_catalog(self, print_format: bool = False) -> dict[str, list[str]] | str:
+        """Models grouped as ``{modality: [dataset, ...]}``.
+
+        With ``print_format=True`` a readable text table is returned instead (nothing is printed).
+        """
+        catalog: dict[str, list[str]] = {}
+        for model_id in self.registry:
+            spec = self.registry.get(model_id)
+            datasets = catalog.setdefault(spec.modality, [])
+            if spec.dataset not in datasets:
+                datasets.append(spec.dataset)
+        if not print_format:
+            return catalog
+        lines = []
+        for modality, datasets in sorted(catalog.items()):
+            lines.append(f"{modality}:")
+            for ds in datasets:
+                ids = [m for m in self.registry if self.registry.get(m).dataset == ds]
+                lines.append(f"  {ds}: {', '.join(ids)}")
+        return "\n".join(lines)
+
+    def describe(self, model_id: str) -> dict[str, Any]:
+        """The model card of ``model_id`` as a dict (see :meth:`describe_text` for a readable form)."""
+        return self.registry.get(model_id).card
+
+    def describe_text(self, model_id: str) -> str:
+        """The model card rendered as readable text."""
+        from berg.cards import card_to_text
+
+        return card_to_text(self.describe(model_id))
+
+    # ------------------------------------------------------------------ loading
+    def get_encoding_model(
+        self,
+        model_id: str,
+        subject: Any = None,
+        selection: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        batch_size: int | None = None,
+        backbone_weights: str | os.PathLike[str] | None = None,
+        backbone_seed: int = 0,
+        **model_kwargs: Any,
+    ):
+        """Load an encoding model (fetching only the files it needs).
+
+        Parameters
+        ----------
+        model_id : str
+            A registry id (see :meth:`list_models`).
+        subject : int, list of int, or "all"
+            Subject(s) to load. Several subjects share one backbone and projection pass; ``encode``
+            then returns ``{subject: array}``.
+        selection : dict, optional
+            ``{"roi": name or [names]}`` or ``{"voxels": one-hot vector}`` (``{"voxels": {subject:
+            vector}}`` for several subjects); ROI takes precedence. Default: all outputs.
+        device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
+        batch_size : int, optional
+            Stimuli per forward pass (default 32 for images, 4 for videos).
+        backbone_weights : None, "untrained" or path
+            ``None``: the model's pretrained weights via torchvision's cache (``TORCH_HOME``);
+            ``"untrained"``: seeded random initialisation (a control); a path: a local state dict.
+        backbone_seed : int
+            Seed of the ``"untrained"`` initialisation.
+        **model_kwargs
+            Model-specific options (listed in the model card under ``parameters.model_kwargs``).
+
+        Returns
+        -------
+        BaseModelInterface
+
+        Raises
+        ------
+        ModelNotFoundError, InvalidParameterError
+            Before any I/O, with the valid values.
+        ArtifactError, ModelLoadError
+            Files missing/corrupt or inconsistent.
+        """
+        spec = self.registry.get(model_id)
+        if batch_size is None:
+            batch_size = int(spec.recipe.get("batch_size", _DEFAULT_BATCH[spec.input_kind]))
+        subjects, selections, device, batch_size = validate_load_params(
+            spec, subject, selection, device, batch_size
+        )
+        cls = _model_class(spec)
+        model_kwargs = cls.validate_model_kwargs(spec, model_kwargs)
+        from berg.features import resolve_device
+
+        device = resolve_device(device)
+        multi = isinstance(subject, (list, tuple)) or (isinstance(subject, str) and subject == "all")
+        return cls.load(
+            spec,
+            self._layout(spec),
+            subjects=subjects,
+            selections=selections,
+            device=device,
+            batch_size=batch_size,
+            backbone_weights=backbone_weights,
+            backbone_seed=backbone_seed,
+            multi_subject=multi,
+            model_kwargs=model_kwargs,
+        )
+
+    def encode(
+        self,
+        model: Any,
+        stimulus: Any,
+        return_metadata: bool = False,
+        show_progress: bool = True,
+    ) -> Any:
+        """In silico responses of a loaded model.
+
+        Returns
+        -------
+        np.ndarray or dict, or tuple
+            float32 ``(n_stimuli, n_outputs)`` (``{subject: array}`` for multi-subject models); with
+            ``return_metadata=True`` always ``(responses, metadata)``. If the metadata cannot be
+            loaded, an error is raised; the return type never changes silently.
+        """
+        from berg.models.base import BaseModelInterface
+
+        if not isinstance(model, BaseModelInterface):
+            raise InvalidParameterError(
+                f"model must be what get_encoding_model returns, got {type(model).__name__}"
+            )
+        responses = model.encode(stimulus, show_progress=show_progress)
+        if return_metadata:
+            return responses, model.get_metadata()
+        return responses
+
+    def get_model_metadata(self, model_id: str, subject: Any = None) -> dict[str, Any]:
+        """A model's metadata (masks, ROI indices, accuracy...) without loading the model or backbone.
+
+        Only the subject's metadata files are fetched. For several subjects returns ``{subject: dict}``.
+        """
+        spec = self.registry.get(model_id)
+        subjects = spec.validate_subjects(subject)
+        layout = self._layout(spec)
+        keys = list(dict.fromkeys(k for s in subjects for k in layout.metadata_keys(s)))
+        layout.fetch_keys(keys)
+        metas = {s: layout.load_metadata(s) for s in subjects}
+        multi = isinstance(subject, (list, tuple)) or subject == "all"
+        return metas if multi else metas[subjects[0]]
+
+    def fetch(self, model_id: str, subject: Any = None, all: bool = False) -> dict[str, Path]:  # noqa: A002
+        """Download (or find locally) a model's files; returns ``{key: local path}``.
+
+        ``subject`` fetches that subject's model + metadata files (plus shared files); ``all=True`` every
+        file of the model. With neither, the shared files plus every subject's files are fetched.
+        """
+        spec = self.registry.get(model_id)
+        layout = self._layout(spec)
+        if all or subject is None:
+            keys = layout.all_keys()
+        else:
+            subjects = spec.validate_subjects(subject)
+            keys = list(
+                dict.fromkeys(
+                    k for s in subjects for k in (*layout.model_keys(s), *layout.metadata_keys(s))
+                )
+            )
+        return layout.fetch_keys(keys)
+
+    def __repr__(self) -> str:
+        return f"BERG(berg_dir={self.berg_dir}, offline={self.offline}, models={len(self.registry.ids())})"
+

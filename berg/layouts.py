@@ -1,0 +1,195 @@
+"""Artifact layouts: which files a model needs, and how they become the engine's arrays.
+
+A layout knows a model's file names; the :class:`~berg.store.Store` knows where files come from.
+:class:`NativeLayout` reads berg's own artifacts (``manifest.json`` + safetensors + JSON, see
+docs/architecture.md). Other layouts (e.g. BERG's legacy pickled dicts) subclass
+:class:`ArtifactLayout` and are named in ``registry.yaml`` as ``"pkg.mod:Class"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from berg.errors import ModelLoadError
+from berg.readouts import LinearReadout, Projection
+from berg.spaces import FlatSpace, VolumeSpace, space_from_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from berg.registry import ModelSpec
+    from berg.store import Store
+
+__all__ = ["ArtifactLayout", "NativeLayout", "layout_for", "subject_label"]
+
+
+def subject_label(subject: Any) -> str:
+    """BIDS-style label used in file names: ``1 -> "sub-01"``, ``"group" -> "sub-group"``."""
+    return f"sub-{subject:02d}" if isinstance(subject, int) else f"sub-{subject}"
+
+
+class ArtifactLayout(ABC):
+    """Maps a model's subjects to artifact keys and loads them.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The registry entry.
+    store : Store
+        Where files are fetched from (berg_dir, cache, remote).
+    """
+
+    def __init__(self, spec: "ModelSpec", store: "Store"):
+        self.spec = spec
+        self.store = store
+
+    # ---------------------------------------------------------------- keys
+    @abstractmethod
+    def metadata_keys(self, subject: Any) -> list[str]:
+        """Keys ``get_model_metadata`` needs for ``subject`` (nothing more)."""
+
+    @abstractmethod
+    def model_keys(self, subject: Any) -> list[str]:
+        """Keys a loaded model of ``subject`` needs (shared projection + the subject's readout...)."""
+
+    @abstractmethod
+    def all_keys(self) -> list[str]:
+        """Every key of the model (``berg fetch ID --all``)."""
+
+    # ---------------------------------------------------------------- loading
+    @abstractmethod
+    def load_metadata(self, subject: Any) -> dict[str, Any]:
+        """Plain dict of numpy arrays and Python values, as documented in the model card."""
+
+    @abstractmethod
+    def load_projection(self) -> Projection | None:
+        """The shared feature projection (``None`` if the recipe has none)."""
+
+    @abstractmethod
+    def load_readout(self, subject: Any) -> LinearReadout:
+        """The subject's full readout (all outputs)."""
+
+    @abstractmethod
+    def roi_indices(self, subject: Any) -> dict[str, np.ndarray]:
+        """ROI name -> int64 indices into the subject's outputs."""
+
+    @abstractmethod
+    def output_space(self, subject: Any) -> FlatSpace | VolumeSpace:
+        """The subject's output space (all outputs)."""
+
+    # ---------------------------------------------------------------- helpers
+    def fetch(self, key: str) -> Path:
+        """Local path of ``key`` (fetched and verified by the store if needed)."""
+        return self.store.fetch(self.spec.model_id, self.spec.source, key)
+
+    def fetch_keys(self, keys: list[str]) -> dict[str, Path]:
+        """Fetch several keys (one store call, so missing files are reported together)."""
+        return self.store.fetch_many(self.spec.model_id, self.spec.source, keys)
+
+    def checksums(self, keys: list[str]) -> dict[str, str]:
+        """sha256 of the given keys' local files, for provenance."""
+        return {k: self.store.sha256(self.spec.model_id, self.spec.source, k) for k in keys}
+
+
+class NativeLayout(ArtifactLayout):
+    """berg's own artifact format (format_version 1, see docs/architecture.md)."""
+
+    PROJECTION = "projection.safetensors"
+    MANIFEST = "manifest.json"
+
+    def _has_projection(self) -> bool:
+        return self.spec.recipe.get("projection", "none") not in (None, "none")
+
+    def _readout_key(self, subject: Any) -> str:
+        return f"readout/{subject_label(subject)}.safetensors"
+
+    def _meta_keys(self, subject: Any) -> tuple[str, str]:
+        label = subject_label(subject)
+        return f"metadata/{label}.json", f"metadata/{label}.safetensors"
+
+    def metadata_keys(self, subject: Any) -> list[str]:
+        return list(self._meta_keys(subject))
+
+    def model_keys(self, subject: Any) -> list[str]:
+        shared = [self.PROJECTION] if self._has_projection() else []
+        return shared + [self._readout_key(subject), *self._meta_keys(subject)]
+
+    def all_keys(self) -> list[str]:
+        manifest = self.store.manifest(self.spec.model_id, self.spec.source)
+        return sorted(manifest["files"])
+
+    def _tensors(self, key: str, *, mmap: bool = True) -> dict[str, np.ndarray]:
+        from berg.store.artifacts import read_tensors
+
+        return read_tensors(self.fetch(key), mmap=mmap)
+
+    def _meta_json(self, subject: Any) -> dict[str, Any]:
+        path = self.fetch(self._meta_keys(subject)[0])
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+    def load_metadata(self, subject: Any) -> dict[str, Any]:
+        info = self._meta_json(subject)
+        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        meta: dict[str, Any] = {k: v for k, v in info.items() if k not in ("rois",)}
+        meta["rois"] = {k[4:]: np.asarray(v) for k, v in arrays.items() if k.startswith("roi/")}
+        meta["accuracy"] = {k[9:]: np.asarray(v) for k, v in arrays.items() if k.startswith("accuracy/")}
+        for k, v in arrays.items():
+            if not k.startswith(("roi/", "accuracy/")):
+                meta[k] = np.asarray(v)
+        return meta
+
+    def load_projection(self) -> Projection | None:
+        if not self._has_projection():
+            return None
+        t = self._tensors(self.PROJECTION, mmap=True)
+        try:
+            return Projection(t["weight"], t["bias"])
+        except KeyError as exc:
+            raise ModelLoadError(f"{self.PROJECTION} lacks tensor {exc}; it must hold 'weight' and 'bias'") from exc
+
+    def load_readout(self, subject: Any) -> LinearReadout:
+        key = self._readout_key(subject)
+        t = self._tensors(key, mmap=False)
+        try:
+            readout = LinearReadout(t["weight"], t["bias"])
+        except KeyError as exc:
+            raise ModelLoadError(f"{key} lacks tensor {exc}; it must hold 'weight' and 'bias'") from exc
+        expected = self.spec.n_outputs(subject)
+        if expected is not None and readout.n_outputs != expected:
+            raise ModelLoadError(
+                f"{key} has {readout.n_outputs} outputs but the card declares {expected} for subject {subject}"
+            )
+        return readout
+
+    def roi_indices(self, subject: Any) -> dict[str, np.ndarray]:
+        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        return {k[4:]: np.asarray(v, dtype=np.int64) for k, v in arrays.items() if k.startswith("roi/")}
+
+    def output_space(self, subject: Any) -> FlatSpace | VolumeSpace:
+        info = self._meta_json(subject)
+        desc = info.get("output_space", {"kind": "flat"})
+        ijk = None
+        if desc.get("kind") == "volume":
+            ijk = self._tensors(self._meta_keys(subject)[1], mmap=False).get("voxel_ijk")
+        return space_from_dict(desc, n_outputs=int(info["n_outputs"]), voxel_ijk=ijk)
+
+
+def layout_for(spec: "ModelSpec", store: "Store") -> ArtifactLayout:
+    """Instantiate the layout a registry entry names."""
+    if spec.layout == "native":
+        return NativeLayout(spec, store)
+    module, _, name = spec.layout.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot import layout {spec.layout!r} of {spec.model_id}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, ArtifactLayout)):
+        raise ModelLoadError(f"{spec.layout} is not an ArtifactLayout")
+    return cls(spec, store)
