@@ -1,0 +1,33 @@
+# berg: two commands on a fresh machine — `make demo` and `make test`.
+# Plain pip on purpose: on these machines pip takes torch/torchvision from local disk;
+# uv/poetry would download ~3 GB.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.14.1 torchvision==0.29.1
+# The stamp records what was installed; the venv is rebuilt when pyproject.toml changes.
+STAMP  := $(VENV)/.berg-installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+
+.PHONY: venv demo test docs bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.berg-installed-*
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/python scripts/demo.py --out demo_output
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+docs: venv
+	$(BIN)/python scripts/gen_docs.py
+
+clean:
+	rm -rf demo_output .pytest_cache
