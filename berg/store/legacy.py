@@ -491,7 +491,7 @@ def safe_unpickle(
 def load_legacy_npy(
     path: str | os.PathLike[str], *, extra_globals: Mapping[tuple[str, str], Any] | None = None
 ) -> Any:
-    """Read an ``.npy`` file, including pickled object arrays written by ``np.save(..., allow_pickle=True)``.
+    """Read an ``.npy`` file, including the pickled object arrays (dicts) that BERG saved with ``np.save``.
 
     A 0-d object array (how ``np.save`` stores a dict) is unwrapped to its item. Large arrays inside
     the pickle come back as read-only memory maps of the file (no copy in RAM). Plain numeric ``.npy``
