@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from berg.errors import ArtifactError, IntegrityError
@@ -39,10 +39,10 @@ class RetryPolicy:
     Defaults come from ``BERG_RETRIES`` (6), ``BERG_BACKOFF`` (0.5 s) and ``BERG_TIMEOUT`` (60 s).
     """
 
-    attempts: int = int(os.environ.get("BERG_RETRIES", "6"))
-    backoff: float = float(os.environ.get("BERG_BACKOFF", "0.5"))
+    attempts: int = field(default_factory=lambda: int(os.environ.get("BERG_RETRIES", "6")))
+    backoff: float = field(default_factory=lambda: float(os.environ.get("BERG_BACKOFF", "0.5")))
     max_backoff: float = 30.0
-    timeout: float = float(os.environ.get("BERG_TIMEOUT", "60"))
+    timeout: float = field(default_factory=lambda: float(os.environ.get("BERG_TIMEOUT", "60")))
 
     def sleep(self, attempt: int) -> None:
         """Wait before retry number ``attempt`` (1-based)."""
