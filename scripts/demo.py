@@ -52,6 +52,7 @@ def main() -> int:
 
     import berg
     from berg.plotting import plot_volume_slices
+    from berg.store.cache import cache_list
     from creation_code.demo.build import BUCKET, build_demo
     from tests.s3server import SeaweedServer
 
@@ -83,7 +84,7 @@ def main() -> int:
         tmp_nii.replace(nii)
         png = out / "responses_slices.png"
         plot_volume_slices(img, title=f"{built.model_id} (SYNTHETIC) — {images[0].name}", out_path=png)
-        cached = sorted(str(p.relative_to(tmp / "cache")) for p in (tmp / "cache").rglob("*") if p.is_file())
+        cached = [e["key"] for e in cache_list(tmp / "cache")]
         say(f"[5/5] wrote {h5}, {nii} {img.shape}, {png}")
         say(f"      files fetched into the cache: {len(cached)}")
         assert np.isfinite(responses).all()

@@ -1,0 +1,1 @@
+"""Creation pipeline: train, evaluate and export berg models (see docs/training.md)."""
