@@ -26,7 +26,7 @@ class SyntheticTruth:
     path: Path
     effective_weights: dict[Any, np.ndarray]  # (n_out, F): true map from raw-feature space (scaler+PCA folded)
     effective_bias: dict[Any, np.ndarray]
-    signal_var: dict[Any, np.ndarray]
+    signal_var: dict[Any, np.ndarray]  # true signal variance over the test stimuli
     noise_var: dict[Any, np.ndarray]
     n_repeats_test: int
     features: np.ndarray
@@ -131,7 +131,8 @@ def make_synthetic_dataset(
         comp = pca.components_ / scaler.scale_[None, :]
         truth_w[s] = coef @ comp
         truth_b[s] = -(truth_w[s] @ scaler.mean_) - coef @ (pca.components_ @ pca.mean_)
-        s2s[s], n2s[s] = s2, n2
+        # the noise ceiling of the test split depends on the signal variance over *test* stimuli
+        s2s[s], n2s[s] = signal[~train].var(axis=0, ddof=1), n2
         sub_data[s] = SubjectData(responses.astype(np.float32), ijk, rois)
     ds = EncodingDataset(
         name="synthetic", kind="image", stimuli=images, ids=[f"synthetic-{i:04d}" for i in range(n)],
