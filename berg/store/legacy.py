@@ -43,6 +43,7 @@ class StateOnly:
         self.args = args
         self.kwargs = kwargs
         self.state: Any = None
+        self.items: list[Any] = []  # what APPEND(S)/SETITEM(S) added (list/dict subclasses)
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -168,8 +169,17 @@ def _build_dtype(obj: _PendingDtype, state: Any) -> np.dtype:
     dt = obj.dtype
     if isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">") and dt.itemsize > 1:
         dt = dt.newbyteorder(state[1])
-    if isinstance(state, tuple) and len(state) >= 4 and state[3] is not None:
-        raise ArtifactError("structured numpy dtypes are not supported in legacy artifacts")
+    if isinstance(state, tuple) and len(state) >= 6 and state[3] is not None:
+        names, fields, itemsize = state[3], state[4], state[5]
+        try:
+            return np.dtype({
+                "names": list(names),
+                "formats": [_as_dtype(fields[n][0]) for n in names],
+                "offsets": [int(fields[n][1]) for n in names],
+                "itemsize": int(itemsize),
+            })
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ArtifactError(f"unsupported structured dtype in legacy pickle: {exc}") from exc
     return dt
 
 
@@ -188,6 +198,10 @@ class _Machine:
     def _global(self, module: str, name: str) -> Any:
         key = (module, name)
         if key not in self.allowed:
+            # ("pkg", "*") admits every global of a package, mapped to the same inert stand-in
+            for (mod, wildcard), stand_in in self.allowed.items():
+                if wildcard == "*" and (module == mod or module.startswith(mod + ".")):
+                    return stand_in
             raise UnsafeArtifactError(
                 f"forbidden global {module}.{name} in legacy pickle{f' {self.path}' if self.path else ''}; "
                 "nothing was executed"
@@ -333,6 +347,9 @@ class _Machine:
     def op_APPEND(self, arg):  # noqa: N802
         value = self.stack.pop()
         target = self.stack[-1]
+        if isinstance(target, StateOnly):
+            target.items.append(value)
+            return
         if not isinstance(target, list):
             raise ArtifactError("APPEND to a non-list refused")
         target.append(value)
@@ -340,6 +357,9 @@ class _Machine:
     def op_APPENDS(self, arg):  # noqa: N802
         items = self._pop_mark()
         target = self.stack[-1]
+        if isinstance(target, StateOnly):
+            target.items.extend(items)
+            return
         if not isinstance(target, list):
             raise ArtifactError("APPENDS to a non-list refused")
         target.extend(items)
@@ -352,6 +372,9 @@ class _Machine:
         target.update(items)
 
     def _setitems(self, target: Any, items: list[Any]) -> None:
+        if isinstance(target, StateOnly):
+            target.items.extend(zip(items[::2], items[1::2]))
+            return
         if not isinstance(target, dict):
             raise ArtifactError("SETITEM on a non-dict refused")
         for k, v in zip(items[::2], items[1::2]):
@@ -470,7 +493,8 @@ def safe_unpickle(
         The pickle stream (the file position is left after STOP).
     extra_globals : mapping, optional
         ``{(module, name): stand_in}``: what an allow-listed global becomes (e.g.
-        ``{("sklearn.linear_model._ridge", "Ridge"): StateOnly}``).
+        ``{("sklearn.linear_model._ridge", "Ridge"): StateOnly}``); ``(package, "*")`` maps every
+        global of a package (e.g. ``("nibabel", "*")``) to the stand-in.
 
     Returns
     -------

@@ -1,0 +1,281 @@
+"""``fmri-bmd-s3d``: BERG's BOLD Moments video model, read from BERG's own bucket layout.
+
+BERG publishes the model as pickled dicts saved with ``np.save`` (see ../shared/reference/berg.md):
+
+* ``encoding_models_weights/pca_weights.npy`` — ``{"scaler_param": {...}, "pca_param": {...}}``, the
+  StandardScaler and TruncatedSVD(100) shared by all subjects (100 x 5,337,088);
+* ``encoding_models_weights/weights_sub-SS.npy`` — ``{"coef_", "intercept_", "n_features_in_"}``;
+* ``metadata/metadata_sub-SS.npy`` — ``{"fmri": {masks, affines, "rois"}, "encoding_models": {...}}``.
+
+They are read with berg's restricted pickle interpreter (:mod:`berg.store.legacy`): nothing in them
+is executed, and the big arrays come back as memory maps of the downloaded files. The scaler is
+folded into the SVD components once, row by row (never a float64 copy of the matrix), and the
+float32 result is cached as safetensors next to the download, so later loads memory-map it.
+
+Assumptions about files we could not inspect (documented in the card):
+
+* ROI entries are tuples ``(3-D indices, 1-D flattened-volume indices, NIfTI image)`` or a bare index
+  array; the NIfTI image is never reconstructed (nibabel classes map to an inert stand-in).
+  1-D indices are taken as C-order indices into the flattened (62, 77, 61) volume when all fall inside
+  the subject mask, else as indices into the subject's voxel list when all are in range; anything
+  else is a :class:`~berg.errors.ModelLoadError`.
+* The model's outputs are the subject mask's non-zero voxels in C order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from berg.errors import ModelLoadError
+from berg.layouts import ArtifactLayout
+from berg.readouts import LinearReadout, Projection
+from berg.spaces import VolumeSpace
+
+__all__ = ["BERGLegacyLayout", "write_streamed_projection"]
+
+log = logging.getLogger(__name__)
+
+PCA_KEY = "encoding_models_weights/pca_weights.npy"
+GRID = (62, 77, 61)
+def _extra_globals():
+    # nibabel objects (ROI NIfTI images, mask headers) are not needed: map them to an inert stand-in.
+    from berg.store.legacy import StateOnly
+
+    return {("nibabel", "*"): StateOnly}
+
+
+def _sub(subject: int) -> str:
+    return f"sub-{int(subject):02d}"
+
+
+def write_streamed_projection(path: Path, mean: np.ndarray, scale: np.ndarray, components: np.ndarray) -> None:
+    """Fold ``(x - mean) / scale`` into ``components`` row by row, writing float32 safetensors directly.
+
+    Memory stays at a few rows of float64 whatever the matrix size; the file is written to a temp name
+    and renamed into place.
+    """
+    k, n = components.shape
+    scale = np.asarray(scale, dtype=np.float64)
+    scale = np.where(scale == 0, 1.0, scale)
+    mean_over_scale = np.asarray(mean, dtype=np.float64) / scale
+    w_bytes = k * n * 4
+    header = {"weight": {"dtype": "F32", "shape": [k, n], "data_offsets": [0, w_bytes]},
+              "bias": {"dtype": "F32", "shape": [k], "data_offsets": [w_bytes, w_bytes + 4 * k]},
+              "__metadata__": {"format": "pt", "note": "scaler folded into TruncatedSVD components by berg"}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    bias = np.empty(k, dtype=np.float64)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little"))
+            fh.write(raw)
+            for i in range(k):
+                row = np.asarray(components[i], dtype=np.float64)
+                fh.write((row / scale).astype("<f4").tobytes())
+                bias[i] = -(row @ mean_over_scale)
+            fh.write(bias.astype("<f4").tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _get(d: Any, key: str, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        have = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise ModelLoadError(f"{where}: missing {key!r} (found {have})")
+    return d[key]
+
+
+class BERGLegacyLayout(ArtifactLayout):
+    """BERG's bucket layout for ``fmri-bmd-s3d`` (pickled ``.npy`` dicts)."""
+
+    def _weights_key(self, subject: Any) -> str:
+        return f"encoding_models_weights/weights_{_sub(subject)}.npy"
+
+    def _meta_key(self, subject: Any) -> str:
+        return f"metadata/metadata_{_sub(subject)}.npy"
+
+    def metadata_keys(self, subject: Any) -> list[str]:
+        return [self._meta_key(subject)]
+
+    def model_keys(self, subject: Any) -> list[str]:
+        return [PCA_KEY, self._weights_key(subject), self._meta_key(subject)]
+
+    def all_keys(self) -> list[str]:
+        keys = [PCA_KEY]
+        for s in self.spec.subjects:
+            keys += [self._weights_key(s), self._meta_key(s)]
+        return keys
+
+    # ------------------------------------------------------------------ reading
+    def _load(self, key: str) -> Any:
+        from berg.store.legacy import load_legacy_npy
+
+        path = self.fetch(key)
+        obj = load_legacy_npy(path, extra_globals=_extra_globals())
+        if not isinstance(obj, dict):
+            raise ModelLoadError(f"{key}: expected a pickled dict, found {type(obj).__name__}")
+        return obj
+
+    def _converted_path(self) -> Path:
+        """Cache path of the folded projection, keyed by the source file's size, mtime and sha256."""
+        source = self.fetch(PCA_KEY)
+        folder = self.store.model_cache(self.spec.model_id) / "converted"
+        folder.mkdir(parents=True, exist_ok=True)
+        st = source.stat()
+        sidecar = folder / "projection-source.json"
+        stamp = {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        try:
+            known = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if {k: known.get(k) for k in stamp} == stamp and known.get("sha256"):
+            sha = known["sha256"]
+        else:
+            sha = self.store.sha256(self.spec.model_id, self.spec.source, PCA_KEY)
+            tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+            tmp.write_text(json.dumps({**stamp, "sha256": sha}))
+            os.replace(tmp, sidecar)
+        return folder / f"projection-{sha[:16]}.safetensors"
+
+    def load_projection(self) -> Projection:
+        from berg.store.artifacts import read_tensors
+        from berg.store.download import file_lock
+
+        target = self._converted_path()
+        with file_lock(target):
+            if not target.is_file():
+                pca = self._load(PCA_KEY)
+                scaler = _get(pca, "scaler_param", PCA_KEY)
+                svd = _get(pca, "pca_param", PCA_KEY)
+                comps = _get(svd, "components_", f"{PCA_KEY}['pca_param']")
+                mean = np.asarray(_get(scaler, "mean_", f"{PCA_KEY}['scaler_param']"))
+                scale = np.asarray(_get(scaler, "scale_", f"{PCA_KEY}['scaler_param']"))
+                if comps.ndim != 2:
+                    raise ModelLoadError(f"{PCA_KEY}: components_ must be 2-D, got {comps.shape}")
+                n = comps.shape[1]
+                for name, arr in (("mean_", mean), ("scale_", scale)):
+                    if arr.shape != (n,):
+                        raise ModelLoadError(f"{PCA_KEY}: scaler {name} has shape {arr.shape}, components have {n} features")
+                for where, d in (("scaler_param", scaler), ("pca_param", svd)):
+                    nf = d.get("n_features_in_")
+                    if nf is not None and int(nf) != n:
+                        raise ModelLoadError(f"{PCA_KEY}: {where}['n_features_in_'] = {nf} but components have {n} features")
+                log.info("folding the scaler into %s components (once; cached at %s)", comps.shape, target)
+                write_streamed_projection(target, mean, scale, comps)
+        t = read_tensors(target, mmap=True)
+        return Projection(t["weight"], t["bias"])
+
+    def load_readout(self, subject: Any) -> LinearReadout:
+        key = self._weights_key(subject)
+        w = self._load(key)
+        coef = np.asarray(_get(w, "coef_", key), dtype=np.float32)
+        intercept = np.asarray(_get(w, "intercept_", key), dtype=np.float32).reshape(-1)
+        if coef.ndim != 2 or intercept.shape != (coef.shape[0],):
+            raise ModelLoadError(f"{key}: coef_ {coef.shape} and intercept_ {intercept.shape} do not fit")
+        nf = w.get("n_features_in_")
+        if nf is not None and int(nf) != coef.shape[1]:
+            raise ModelLoadError(f"{key}: n_features_in_ = {nf} but coef_ has {coef.shape[1]} columns")
+        expected = self.spec.n_outputs(subject)
+        if expected is not None and coef.shape[0] != expected:
+            raise ModelLoadError(f"{key}: {coef.shape[0]} voxels, the card declares {expected} for subject {subject}")
+        return LinearReadout(coef, intercept)
+
+    # ------------------------------------------------------------------ metadata
+    def _raw_metadata(self, subject: Any) -> dict[str, Any]:
+        key = self._meta_key(subject)
+        meta = self._load(key)
+        fmri = _get(meta, "fmri", key)
+        mask = np.asarray(_get(fmri, "sub_mask", f"{key}['fmri']"))
+        if mask.ndim != 3:
+            raise ModelLoadError(f"{key}: sub_mask must be 3-D, got {mask.shape}")
+        return meta
+
+    def _affine(self, fmri: dict[str, Any], key: str) -> np.ndarray:
+        for name in ("sub_mask_affine", "group_mask_affine", "affine"):
+            if name in fmri:
+                aff = np.asarray(fmri[name], dtype=np.float64)
+                if aff.shape == (4, 4):
+                    return aff
+        for name in ("sub_mask_header", "group_mask_header"):  # a pickled nibabel header/image stand-in
+            state = getattr(fmri.get(name), "state", None)
+            if isinstance(state, dict) and np.shape(state.get("_affine")) == (4, 4):
+                return np.asarray(state["_affine"], dtype=np.float64)
+        raise ModelLoadError(f"{key}: no (4, 4) affine found (looked for sub_mask_affine, group_mask_affine, headers)")
+
+    def _roi_indices(self, fmri: dict[str, Any], mask: np.ndarray, key: str) -> dict[str, np.ndarray]:
+        rois = fmri.get("rois") or {}
+        flat_mask = np.flatnonzero(mask.reshape(-1))
+        lookup = np.full(mask.size, -1, dtype=np.int64)
+        lookup[flat_mask] = np.arange(flat_mask.size)
+        out = {}
+        for name, entry in rois.items():
+            parts = entry if isinstance(entry, (tuple, list)) else (entry,)
+            arrays = [np.asarray(p) for p in parts if isinstance(p, np.ndarray)]
+            one_d = next((a for a in arrays if a.ndim == 1 and np.issubdtype(a.dtype, np.integer)), None)
+            three_d = next((a for a in arrays if a.ndim == 2 and 3 in a.shape and np.issubdtype(a.dtype, np.integer)), None)
+            if one_d is None and three_d is not None:
+                ijk = three_d if three_d.shape[1] == 3 else three_d.T
+                one_d = np.ravel_multi_index(tuple(ijk.T), mask.shape)
+            if one_d is None:
+                raise ModelLoadError(f"{key}: ROI {name!r} has no integer index array ({[type(p).__name__ for p in parts]})")
+            one_d = one_d.astype(np.int64)
+            if one_d.size and one_d.min() >= 0 and one_d.max() < mask.size and (lookup[one_d] >= 0).all():
+                out[name] = np.sort(lookup[one_d])
+            elif one_d.size and one_d.min() >= 0 and one_d.max() < flat_mask.size:
+                out[name] = np.sort(one_d)
+            elif one_d.size == 0:
+                out[name] = one_d
+            else:
+                raise ModelLoadError(
+                    f"{key}: ROI {name!r} indices (range {one_d.min()}..{one_d.max()}) are neither voxels of the "
+                    f"subject mask (volume size {mask.size}) nor indices of its {flat_mask.size} voxels"
+                )
+        return out
+
+    def load_metadata(self, subject: Any) -> dict[str, Any]:
+        cache = self.__dict__.setdefault("_metadata_cache", {})
+        if subject not in cache:
+            cache[subject] = self._read_metadata(subject)
+        return cache[subject]
+
+    def _read_metadata(self, subject: Any) -> dict[str, Any]:
+        key = self._meta_key(subject)
+        meta = self._raw_metadata(subject)
+        fmri = meta["fmri"]
+        mask = np.asarray(fmri["sub_mask"]) != 0
+        out_fmri: dict[str, Any] = {
+            "sub_mask": mask,
+            "affine": self._affine(fmri, key),
+            "rois": self._roi_indices(fmri, mask, key),
+        }
+        if "group_mask" in fmri:
+            out_fmri["group_mask"] = np.asarray(fmri["group_mask"]) != 0
+        enc = {k: np.array(v) for k, v in (meta.get("encoding_models") or {}).items() if isinstance(v, np.ndarray)}
+        n_vox = int(mask.sum())
+        for k, v in enc.items():
+            if v.shape != (n_vox,):
+                raise ModelLoadError(f"{key}: encoding_models[{k!r}] has shape {v.shape}, expected ({n_vox},)")
+        return {"fmri": out_fmri, "encoding_models": enc}
+
+    def roi_indices(self, subject: Any) -> dict[str, np.ndarray]:
+        return self.load_metadata(subject)["fmri"]["rois"]
+
+    def output_space(self, subject: Any) -> VolumeSpace:
+        meta = self.load_metadata(subject)
+        mask, affine = meta["fmri"]["sub_mask"], meta["fmri"]["affine"]
+        expected = self.spec.n_outputs(subject)
+        if expected is not None and int(mask.sum()) != expected:
+            raise ModelLoadError(
+                f"{self._meta_key(subject)}: subject mask has {int(mask.sum())} voxels, the card declares {expected}"
+            )
+        return VolumeSpace.from_mask(mask, affine, order="C")

@@ -1,0 +1,90 @@
+"""Write a faithful replica of BERG's bucket tree for fmri-bmd-s3d (for tests and benchmarks).
+
+Same file names, dict keys, nesting and dtypes as BERG's files, written the way BERG writes them
+(pickled dicts via ``np.save``), with configurable sizes: small for tests, full size (100 x 5,337,088
+projection, ~108k voxels) for the benchmark. The ROI entries are tuples (3-D indices, 1-D flattened
+indices, NIfTI image) as the model card describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PREFIX = "encoding_models/modality-fmri/train_dataset-bmd/model-s3d/"
+ROIS = ["lV1v", "rV1v", "lV1d", "rV1d", "lV2v", "rV2v", "lV2d", "rV2d", "lV3v", "rV3v", "lV3d", "rV3d",
+        "lV3ab", "rV3ab", "lhV4", "rhV4", "lFFA", "rFFA", "lOFA", "rOFA", "lEBA", "rEBA", "lLOC", "rLOC",
+        "lPPA", "rPPA", "lRSC", "rRSC", "lSTS", "rSTS", "lTOS", "rTOS", "lMT", "rMT", "l7AL", "r7AL",
+        "lIPS0", "rIPS0", "lIPS1-2-3", "rIPS1-2-3", "lPFt", "rPFt", "lBA2", "rBA2", "lPFop", "rPFop", "BMDgeneral"]
+AFFINE = np.array([[-2.5, 0, 0, 76.0], [0, 2.5, 0, -112.0], [0, 0, 2.5, -70.0], [0, 0, 0, 1]])
+
+
+@dataclass
+class Replica:
+    root: Path               # the berg_dir (bucket root)
+    mean: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray   # (k, F)
+    coef: dict
+    intercept: dict
+    masks: dict
+    roi_flat: dict           # subject -> {roi: flattened-volume indices}
+
+
+def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, k: int = 10,
+                  grid=(62, 77, 61), n_voxels=None, seed: int = 0, with_nifti: bool = True,
+                  dtype=np.float64) -> Replica:
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    base = root / PREFIX
+    (base / "encoding_models_weights").mkdir(parents=True, exist_ok=True)
+    (base / "metadata").mkdir(parents=True, exist_ok=True)
+    mean = rng.standard_normal(n_features).astype(dtype)
+    scale = rng.uniform(0.5, 2.0, n_features).astype(dtype)
+    scale[:3] = 0.0 if n_features > 10 else scale[:3]  # constant features, as sklearn can produce... kept as 0 to test the rule
+    components = rng.standard_normal((k, n_features)).astype(dtype) / np.sqrt(n_features)
+    pca = {"scaler_param": {"scale_": np.where(scale == 0, 1.0, scale), "mean_": mean,
+                            "var_": np.where(scale == 0, 1.0, scale) ** 2,
+                            "n_features_in_": n_features, "n_samples_seen_": np.int64(3000)},
+           "pca_param": {"components_": components, "explained_variance_": np.sort(rng.random(k))[::-1],
+                         "explained_variance_ratio_": np.sort(rng.random(k))[::-1] / k,
+                         "singular_values_": np.sort(rng.random(k))[::-1], "n_features_in_": n_features}}
+    np.save(base / "encoding_models_weights" / "pca_weights.npy", pca, allow_pickle=True)
+    group = rng.random(grid) < 0.5
+    coefs, intercepts, masks, roi_flat = {}, {}, {}, {}
+    for s in subjects:
+        mask = group & (rng.random(grid) < 0.9)
+        if n_voxels is not None:
+            idx = np.flatnonzero(group)
+            mask = np.zeros(grid, dtype=bool)
+            mask.reshape(-1)[rng.choice(idx, size=n_voxels[s], replace=False)] = True
+        n_vox = int(mask.sum())
+        coef = rng.standard_normal((n_vox, k)).astype(dtype)
+        intercept = rng.standard_normal(n_vox).astype(dtype)
+        np.save(base / "encoding_models_weights" / f"weights_sub-{s:02d}.npy",
+                {"coef_": coef, "intercept_": intercept, "n_features_in_": k}, allow_pickle=True)
+        flat = np.flatnonzero(mask.reshape(-1))
+        rois, flats = {}, {}
+        for name in ROIS:
+            sel = np.sort(rng.choice(flat, size=max(1, min(len(flat), rng.integers(5, 40))), replace=False))
+            ijk = np.array(np.unravel_index(sel, grid))
+            img = nib.Nifti1Image(np.isin(np.arange(mask.size), sel).reshape(grid).astype(np.int16), AFFINE) if with_nifti else None
+            rois[name] = (ijk, sel, img)
+            flats[name] = sel
+        nc = rng.uniform(0, 100, n_vox).astype(np.float32)
+        r = rng.uniform(-0.2, 0.8, n_vox).astype(np.float32)
+        metadata = {
+            "fmri": {"group_mask": group.astype(np.float32), "sub_mask": mask.astype(np.float32),
+                     "group_mask_affine": AFFINE, "sub_mask_affine": AFFINE, "rois": rois},
+            "encoding_models": {"noiseceiling_task_train_n_1": nc / 3, "noiseceiling_task_train_n_3": nc,
+                                "noiseceiling_task_test_n_1": nc / 4, "noiseceiling_task_test_n_10": nc,
+                                "correlation": r, "r2": np.clip(r, 0, None) ** 2,
+                                "explained_variance": np.minimum(100 * np.clip(r, 0, None) ** 2 / np.maximum(nc / 100, 1e-6), 100)},
+        }
+        np.save(base / "metadata" / f"metadata_sub-{s:02d}.npy", metadata, allow_pickle=True)
+        coefs[s], intercepts[s], masks[s], roi_flat[s] = coef, intercept, mask, flats
+    return Replica(root, mean, np.where(scale == 0, 1.0, scale), components, coefs, intercepts, masks, roi_flat)

@@ -1,0 +1,193 @@
+"""fmri-bmd-s3d: BERG's legacy layout served from the real S3 server, against scikit-learn parity."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import berg
+from berg.errors import ModelLoadError, StimulusError
+from berg.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from creation_code.bmd_s3d.replica import AFFINE, PREFIX, write_replica  # noqa: E402
+
+BUCKET = "berg-test-bmd"
+SMALL_ID = "test-bmd-s3d-small"
+GRID = (10, 12, 9)
+SMALL_NODES = ["features.2", "features.5.cat"]
+SMALL_SIZE = [32, 32]
+SMALL_WIDTH = 57344  # S3D features.2 + features.5.cat for 14 frames of 32x32 (checked below)
+
+
+def _registry(tmp: Path, model_id: str, replica, *, nodes, size, source) -> Path:
+    spec = Registry().get("fmri-bmd-s3d")
+    card = copy.deepcopy(spec.card)
+    card["id"] = model_id
+    card["parameters"]["subjects"] = sorted(replica.coef)
+    card["parameters"]["selection"]["n_outputs"] = {s: int(replica.masks[s].sum()) for s in replica.coef}
+    (tmp / "model_cards").mkdir(exist_ok=True)
+    (tmp / "model_cards" / f"{model_id}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    recipe = copy.deepcopy(spec.recipe)
+    recipe["nodes"] = nodes
+    recipe["transform"]["size"] = size
+    entry = {"card": f"{model_id}.yaml", "modality": "fmri", "dataset": "bmd", "subjects": sorted(replica.coef),
+             "source": source, "layout": spec.layout, "recipe": recipe}
+    path = tmp / "registry.yaml"
+    path.write_text(yaml.safe_dump({"format_version": 1, "models": {model_id: entry}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory, s3_server):
+    root = tmp_path_factory.mktemp("bmd")
+    rep = write_replica(root / "bucket", subjects=(1, 2), n_features=SMALL_WIDTH, k=8, grid=GRID)
+    s3_server.upload_tree(root / "bucket" / PREFIX, BUCKET, PREFIX)
+    source = {"kind": "s3", "bucket": BUCKET, "prefix": PREFIX, "manifest": False}
+    reg = _registry(root, SMALL_ID, rep, nodes=SMALL_NODES, size=SMALL_SIZE, source=source)
+    return rep, reg
+
+
+@pytest.fixture
+def client(replica, s3_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("BERG_S3_ENDPOINT", s3_server.endpoint_url)
+    return berg.BERG(cache_dir=tmp_path / "cache", registry=replica[1])
+
+
+def _sklearn_chain(rep, subject):
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.linear_model import LinearRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_ = rep.mean, rep.scale
+    scaler.var_, scaler.n_features_in_ = rep.scale**2, rep.mean.size
+    svd = TruncatedSVD(n_components=rep.components.shape[0])
+    svd.components_ = rep.components
+    reg = LinearRegression()
+    reg.coef_, reg.intercept_ = rep.coef[subject], rep.intercept[subject]
+    reg.n_features_in_ = rep.components.shape[0]
+    return lambda x: reg.predict(svd.transform(scaler.transform(x)))
+
+
+def _cached(cache: Path) -> set[str]:
+    return {p.relative_to(cache).as_posix() for p in cache.rglob("*.npy")}
+
+
+def test_lazy_fetch_only_what_is_needed(client, tmp_path):
+    meta = client.get_model_metadata(SMALL_ID, subject=2)
+    assert _cached(tmp_path / "cache") == {f"{SMALL_ID}/metadata/metadata_sub-02.npy"}
+    assert set(meta["fmri"]["rois"]) == set(Registry().get("fmri-bmd-s3d").roi_names)
+    assert meta["fmri"]["affine"].shape == (4, 4)
+    assert meta["encoding_models"]["correlation"].dtype == np.float32
+    client.get_encoding_model(SMALL_ID, subject=1, device="cpu", backbone_weights="untrained")
+    assert _cached(tmp_path / "cache") == {
+        f"{SMALL_ID}/metadata/metadata_sub-02.npy", f"{SMALL_ID}/metadata/metadata_sub-01.npy",
+        f"{SMALL_ID}/encoding_models_weights/pca_weights.npy", f"{SMALL_ID}/encoding_models_weights/weights_sub-01.npy"}
+    assert list((tmp_path / "cache" / SMALL_ID / "converted").glob("projection-*.safetensors"))
+
+
+def test_numerical_parity_with_sklearn(client, replica):
+    rep, _ = replica
+    model = client.get_encoding_model(SMALL_ID, subject=[1, 2], device="cpu", backbone_weights="untrained")
+    x = np.random.default_rng(3).standard_normal((5, SMALL_WIDTH))
+    with torch.inference_mode():
+        outs = model.readout(model.project(torch.from_numpy(x.astype(np.float32))))
+    for s, out in zip(model.subjects, outs):
+        expected = _sklearn_chain(rep, s)(x)
+        assert np.abs(out.numpy() - expected).max() / np.abs(expected).max() < 1e-5
+
+
+def test_encode_videos_selection_and_multi_subject(client, replica):
+    rep, _ = replica
+    rng = np.random.default_rng(4)
+    videos = rng.integers(0, 256, (3, 20, 3, 40, 48), dtype=np.uint8)
+    m1 = client.get_encoding_model(SMALL_ID, subject=1, device="cpu", backbone_weights="untrained")
+    full = client.encode(m1, videos, show_progress=False)
+    feats = m1.extractor.extract(list(videos.transpose(0, 1, 3, 4, 2))).numpy().astype(np.float64)
+    assert feats.shape[1] == SMALL_WIDTH
+    expected = _sklearn_chain(rep, 1)(feats)
+    assert np.abs(full - expected).max() / np.abs(expected).max() < 1e-5
+    meta = m1.get_metadata()
+    for roi in ("lV1v", ["lFFA", "rFFA"]):
+        m = client.get_encoding_model(SMALL_ID, subject=1, selection={"roi": roi}, device="cpu", backbone_weights="untrained")
+        names = [roi] if isinstance(roi, str) else roi
+        rows = np.unique(np.concatenate([meta["fmri"]["rois"][n] for n in names]))
+        np.testing.assert_allclose(m.encode(videos, show_progress=False), full[:, rows], rtol=1e-5, atol=1e-5)
+    onehot = np.zeros(full.shape[1], dtype=int)
+    onehot[::7] = 1
+    m = client.get_encoding_model(SMALL_ID, subject=1, selection={"voxels": onehot}, device="cpu", backbone_weights="untrained")
+    np.testing.assert_allclose(m.encode(videos, show_progress=False), full[:, ::7], rtol=1e-5, atol=1e-5)
+    both = client.get_encoding_model(SMALL_ID, subject=[1, 2], device="cpu", backbone_weights="untrained")
+    out = client.encode(both, videos, show_progress=False)
+    np.testing.assert_allclose(out[1], full, rtol=1e-5, atol=1e-5)
+    m2 = client.get_encoding_model(SMALL_ID, subject=2, device="cpu", backbone_weights="untrained")
+    np.testing.assert_allclose(out[2], m2.encode(videos, show_progress=False), rtol=1e-5, atol=1e-5)
+
+
+def test_roi_indices_map_volume_indices_to_outputs(client, replica):
+    rep, _ = replica
+    meta = client.get_model_metadata(SMALL_ID, subject=1)
+    flat_mask = np.flatnonzero(rep.masks[1].reshape(-1))
+    for name in ("lV1v", "BMDgeneral"):
+        np.testing.assert_array_equal(flat_mask[meta["fmri"]["rois"][name]], rep.roi_flat[1][name])
+
+
+def test_to_nifti_on_subject_mask(client, replica):
+    import nibabel as nib
+
+    rep, _ = replica
+    m = client.get_encoding_model(SMALL_ID, subject=1, device="cpu", backbone_weights="untrained")
+    resp = np.arange(m.n_outputs[1], dtype=np.float32)[None].repeat(2, 0)
+    img = m.to_nifti(resp)
+    assert isinstance(img, nib.Nifti1Image) and img.shape == GRID + (2,)
+    np.testing.assert_array_equal(img.affine, AFFINE)
+    data = np.asarray(img.dataobj)[..., 0]
+    np.testing.assert_array_equal(data[rep.masks[1]], resp[0])  # C order of the mask's voxels
+    assert np.all(data[~rep.masks[1]] == 0)
+
+
+def test_inconsistent_files_fail_clearly(replica, tmp_path, monkeypatch):
+    rep, _ = replica
+    bad = write_replica(tmp_path / "bad", subjects=(1,), n_features=SMALL_WIDTH, k=8, grid=GRID, seed=5)
+    w = tmp_path / "bad" / PREFIX / "encoding_models_weights" / "weights_sub-01.npy"
+    np.save(w, {"coef_": bad.coef[1][:, :5], "intercept_": bad.intercept[1], "n_features_in_": 5}, allow_pickle=True)
+    reg = _registry(tmp_path, "test-bmd-bad", bad, nodes=SMALL_NODES, size=SMALL_SIZE,
+                    source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False})
+    client = berg.BERG(berg_dir=tmp_path / "bad", cache_dir=tmp_path / "cache", registry=reg, offline=True)
+    with pytest.raises(ModelLoadError, match="readout input widths|components"):
+        client.get_encoding_model("test-bmd-bad", subject=1, device="cpu", backbone_weights="untrained")
+
+
+@pytest.fixture(scope="module")
+def full_width(tmp_path_factory):
+    """A 1-subject replica with BERG's real feature width (5,337,088) and k = 2."""
+    root = tmp_path_factory.mktemp("bmdfull")
+    rep = write_replica(root / "bucket", subjects=(1,), n_features=5_337_088, k=2, grid=GRID, with_nifti=False,
+                        dtype=np.float32)
+    return root, rep
+
+
+def test_real_s3d_width_and_crop_error(full_width, tmp_path):
+    root, rep = full_width
+    spec = Registry().get("fmri-bmd-s3d")
+    source = {"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False}
+    reg = _registry(tmp_path, "test-bmd-full", rep, nodes=spec.recipe["nodes"], size=[256, 256], source=source)
+    client = berg.BERG(berg_dir=root / "bucket", cache_dir=tmp_path / "cache", registry=reg, offline=True)
+    model = client.get_encoding_model("test-bmd-full", subject=1, device="cpu", backbone_weights="untrained")
+    clip = np.random.default_rng(0).integers(0, 256, (1, 14, 3, 256, 256), dtype=np.uint8)
+    out = model.encode(clip, show_progress=False)
+    assert model.n_features == 5_337_088 and out.shape == (1, int(rep.masks[1].sum()))
+    reg224 = _registry(tmp_path / "c", "test-bmd-full", rep, nodes=spec.recipe["nodes"], size=[224, 224], source=source) \
+        if (tmp_path / "c").mkdir() is None else None
+    client224 = berg.BERG(berg_dir=root / "bucket", cache_dir=tmp_path / "cache", registry=reg224, offline=True)
+    model224 = client224.get_encoding_model("test-bmd-full", subject=1, device="cpu", backbone_weights="untrained")
+    with pytest.raises(StimulusError, match=r"4,084,096 features.*5,337,088"):
+        model224.encode(clip, show_progress=False)
