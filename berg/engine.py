@@ -236,12 +236,13 @@ class LinearEncodingModel(BaseModelInterface):
         keys = list(dict.fromkeys(k for s in subjects for k in layout.model_keys(s)))
         layout.fetch_keys(keys)  # one call: all missing files are reported (or fetched) together
         projection = layout.load_projection()
-        readouts, spaces = {}, {}
+        readouts, spaces, selected_rows = {}, {}, {}
         for s in subjects:
             full = layout.load_readout(s)
             rows = cls.selection_rows(selections[s], layout.roi_indices(s), full.n_outputs)
             readouts[s] = full.select(rows)
             spaces[s] = layout.output_space(s).select(rows)
+            selected_rows[s] = rows
         extractor = FeatureExtractor(
             spec.recipe,
             backbone_weights=backbone_weights,
@@ -249,7 +250,7 @@ class LinearEncodingModel(BaseModelInterface):
             seed=backbone_seed,
             transform_overrides=cls.transform_overrides(spec, model_kwargs),
         )
-        return cls(
+        model = cls(
             spec,
             extractor=extractor,
             projection=projection,
@@ -261,6 +262,12 @@ class LinearEncodingModel(BaseModelInterface):
             multi_subject=multi_subject,
             model_kwargs=model_kwargs,
         )
+        model.selected_rows = selected_rows  # subject -> kept output rows (None = all)
+        model.setup()
+        return model
+
+    def setup(self) -> None:
+        """Hook for subclasses, run once after loading (the plain engine needs nothing)."""
 
     # ------------------------------------------------------------------ inference
     @property

@@ -31,14 +31,14 @@ def _registry(tmp: Path, model_id: str, replica, *, nodes, size, source) -> Path
     spec = Registry().get("fmri-bmd-s3d")
     card = copy.deepcopy(spec.card)
     card["id"] = model_id
-    card["parameters"]["subjects"] = sorted(replica.coef)
-    card["parameters"]["selection"]["n_outputs"] = {s: int(replica.masks[s].sum()) for s in replica.coef}
+    card["parameters"]["subjects"] = sorted(replica.masks)
+    card["parameters"]["selection"]["n_outputs"] = {s: int(replica.masks[s].sum()) for s in replica.masks}
     (tmp / "model_cards").mkdir(exist_ok=True)
     (tmp / "model_cards" / f"{model_id}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     recipe = copy.deepcopy(spec.recipe)
     recipe["nodes"] = nodes
     recipe["transform"]["size"] = size
-    entry = {"card": f"{model_id}.yaml", "modality": "fmri", "dataset": "bmd", "subjects": sorted(replica.coef),
+    entry = {"card": f"{model_id}.yaml", "modality": "fmri", "dataset": "bmd", "subjects": sorted(replica.masks),
              "source": source, "layout": spec.layout, "recipe": recipe}
     path = tmp / "registry.yaml"
     path.write_text(yaml.safe_dump({"format_version": 1, "models": {model_id: entry}}))

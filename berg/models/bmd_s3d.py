@@ -76,8 +76,8 @@ def write_streamed_projection(path: Path, mean: np.ndarray, scale: np.ndarray, c
         with open(tmp, "wb") as fh:
             fh.write(len(raw).to_bytes(8, "little"))
             fh.write(raw)
-            for i in range(k):
-                row = np.asarray(components[i], dtype=np.float64)
+            for i, raw_row in enumerate(_iter_rows(components)):
+                row = np.asarray(raw_row, dtype=np.float64)
                 fh.write((row / scale).astype("<f4").tobytes())
                 bias[i] = -(row @ mean_over_scale)
             fh.write(bias.astype("<f4").tobytes())
@@ -86,6 +86,37 @@ def write_streamed_projection(path: Path, mean: np.ndarray, scale: np.ndarray, c
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _iter_rows(components: np.ndarray):
+    """Yield the rows of ``components``, reading memory-mapped files with plain reads.
+
+    The legacy loader returns BERG's 4 GB float64 components as a memory map. Touching every page of
+    a mapping counts towards the process's resident set until the kernel reclaims it, so folding
+    through the map would push peak RSS by the size of the source file. Reading each row with
+    ``readinto`` goes through the page cache instead and keeps RSS at one row.
+    """
+    k, n = components.shape
+    path = getattr(components, "filename", None)
+    offset = getattr(components, "offset", None)
+    if isinstance(components, np.memmap) and path and offset is not None and components.flags.c_contiguous:
+        row_bytes = n * components.dtype.itemsize
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            first = np.fromfile(fh, dtype=components.dtype, count=n)
+            # a view of a memmap keeps the parent's offset: check that the file really holds row 0 there
+            probe = min(n, 64)
+            if first.size == n and np.array_equal(first[:probe], np.asarray(components[0, :probe]), equal_nan=True):
+                yield first
+                for i in range(1, k):
+                    fh.seek(offset + i * row_bytes)
+                    row = np.fromfile(fh, dtype=components.dtype, count=n)
+                    if row.size != n:
+                        raise ModelLoadError(f"{path}: truncated components_ (row {i})")
+                    yield row
+                return
+    for i in range(k):
+        yield components[i]
 
 
 def _get(d: Any, key: str, where: str) -> Any:

@@ -140,6 +140,9 @@ class ArtifactWriter:
             old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
             os.replace(self.out_dir, old)
         os.replace(self._tmp, self.out_dir)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.out_dir, 0o777 & ~umask)  # mkdtemp made it private; artifacts are shareable
         _fsync_dir(self.out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -33,9 +33,47 @@ class Replica:
     roi_flat: dict           # subject -> {roi: flattened-volume indices}
 
 
+def _components(root: Path, k: int, n_features: int, dtype, rng: np.random.Generator):
+    """Random SVD components, generated in row blocks into a scratch memmap when they are large.
+
+    At BERG's full size (100 x 5,337,088) a float64 draw plus the pickled copy ``np.save`` makes would
+    need ~8 GB; a file-backed scratch array keeps the writer at one pickled copy.
+    """
+    if k * n_features * np.dtype(dtype).itemsize < (256 << 20):
+        return rng.standard_normal((k, n_features)).astype(dtype) / np.sqrt(n_features), None
+    scratch = root / ".replica-components.tmp"
+    mm = np.lib.format.open_memmap(scratch, mode="w+", dtype=dtype, shape=(k, n_features))
+    for i in range(k):
+        mm[i] = rng.standard_normal(n_features, dtype=np.float32) / np.float32(np.sqrt(n_features))
+    mm.flush()
+    return np.asarray(mm), scratch  # a plain ndarray view: np.save must pickle numpy.ndarray, not memmap
+
+
 def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, k: int = 10,
                   grid=(62, 77, 61), n_voxels=None, seed: int = 0, with_nifti: bool = True,
-                  dtype=np.float64) -> Replica:
+                  dtype=np.float64, keep_arrays: bool = True) -> Replica:
+    """Write BERG's fmri-bmd-s3d files for ``subjects`` under ``root`` (a berg_dir / bucket root).
+
+    Parameters
+    ----------
+    root : path
+        Bucket root; files go under ``root / PREFIX``.
+    subjects : tuple of int
+    n_features, k : int
+        Feature width (5,337,088 for BERG's files) and number of SVD components (100).
+    grid : tuple
+        Volume shape ((62, 77, 61) for BMD).
+    n_voxels : dict, optional
+        Exact voxel count per subject (e.g. BERG's 108,219 for subject 1); default: ~45% of the grid.
+    seed : int
+    with_nifti : bool
+        Put a nibabel ``Nifti1Image`` in each ROI tuple, as the card describes.
+    dtype : numpy dtype
+        dtype of ``components_``, ``coef_`` and ``intercept_`` (the scaler statistics are float64, as
+        scikit-learn's StandardScaler stores them).
+    keep_arrays : bool
+        Return the arrays in the :class:`Replica` (off for full-size benchmark replicas).
+    """
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
@@ -43,17 +81,25 @@ def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, 
     base = root / PREFIX
     (base / "encoding_models_weights").mkdir(parents=True, exist_ok=True)
     (base / "metadata").mkdir(parents=True, exist_ok=True)
-    mean = rng.standard_normal(n_features).astype(dtype)
-    scale = rng.uniform(0.5, 2.0, n_features).astype(dtype)
-    scale[:3] = 0.0 if n_features > 10 else scale[:3]  # constant features, as sklearn can produce... kept as 0 to test the rule
-    components = rng.standard_normal((k, n_features)).astype(dtype) / np.sqrt(n_features)
-    pca = {"scaler_param": {"scale_": np.where(scale == 0, 1.0, scale), "mean_": mean,
-                            "var_": np.where(scale == 0, 1.0, scale) ** 2,
+    mean = rng.standard_normal(n_features)
+    scale = rng.uniform(0.5, 2.0, n_features)
+    if n_features > 10:
+        # constant features: scikit-learn stores var_ = 0 and scale_ = 1 for them
+        scale[:3] = 1.0
+    var = scale**2
+    if n_features > 10:
+        var[:3] = 0.0
+    components, scratch = _components(root, k, n_features, dtype, rng)
+    pca = {"scaler_param": {"scale_": scale, "mean_": mean, "var_": var,
                             "n_features_in_": n_features, "n_samples_seen_": np.int64(3000)},
            "pca_param": {"components_": components, "explained_variance_": np.sort(rng.random(k))[::-1],
                          "explained_variance_ratio_": np.sort(rng.random(k))[::-1] / k,
                          "singular_values_": np.sort(rng.random(k))[::-1], "n_features_in_": n_features}}
     np.save(base / "encoding_models_weights" / "pca_weights.npy", pca, allow_pickle=True)
+    del pca
+    if scratch is not None:
+        components = None
+        scratch.unlink()
     group = rng.random(grid) < 0.5
     coefs, intercepts, masks, roi_flat = {}, {}, {}, {}
     for s in subjects:
@@ -86,5 +132,7 @@ def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, 
                                 "explained_variance": np.minimum(100 * np.clip(r, 0, None) ** 2 / np.maximum(nc / 100, 1e-6), 100)},
         }
         np.save(base / "metadata" / f"metadata_sub-{s:02d}.npy", metadata, allow_pickle=True)
-        coefs[s], intercepts[s], masks[s], roi_flat[s] = coef, intercept, mask, flats
-    return Replica(root, mean, np.where(scale == 0, 1.0, scale), components, coefs, intercepts, masks, roi_flat)
+        masks[s] = mask
+        if keep_arrays:
+            coefs[s], intercepts[s], roi_flat[s] = coef, intercept, flats
+    return Replica(root, mean, scale, components, coefs, intercepts, masks, roi_flat)
