@@ -26,6 +26,7 @@ class FaultProxy:
         self.faults: deque = deque()
         self.sticky_etag = False
         self.gets: list[str] = []
+        self.served: dict[str, int] = {}  # object path -> body bytes sent (all GETs, ranged or not)
         self.lock = threading.Lock()
         proxy = self
 
@@ -56,7 +57,12 @@ class FaultProxy:
                     self.send_header("Connection", "close")
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data if cut is None else data[:cut])
+                    body = data if cut is None else data[:cut]
+                    if 200 <= status < 300:
+                        with proxy.lock:
+                            path = self.path.split("?")[0]
+                            proxy.served[path] = proxy.served.get(path, 0) + len(body)
+                    self.wfile.write(body)
                 self.wfile.flush()
 
             def handle_one(self):

@@ -7,6 +7,7 @@ server's own pid is kept and waited for on stop, so no process outlives the test
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -45,6 +46,18 @@ def _free_ports(n: int) -> list[int]:
         for s in socks:
             s.close()
     return ports
+
+
+def _child_setup() -> None:
+    """In the forked child: new session, and SIGKILL when the parent (pytest) dies (Linux)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: atexit + fixture teardown still stop it
+        pass
 
 
 def weed_binary() -> str | None:
@@ -88,11 +101,15 @@ class SeaweedServer:
             weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
             f"-dir={self.data_dir}", f"-master.port={master}", f"-volume.port={volume}",
             f"-filer.port={filer}", "-s3", f"-s3.port={s3}", f"-s3.config={config}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=16", "-iam=false",
+            "-master.volumeSizeLimitMB=64", "-volume.max=64", "-iam=false",
+            # fixed default ports would collide between concurrent servers (parallel test runs)
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
         log = open(self.data_dir / "weed.log", "wb")  # noqa: SIM115 - kept open for the server's life
-        # Own session: a stop signal reaches weed itself, and weed is never a shell child.
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Own session: a stop signal reaches weed itself, and weed is never a shell child. The
+        # parent-death signal kills weed even if pytest itself is SIGKILLed (teardown never runs).
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_child_setup)
+        atexit.register(self.stop)
         self.endpoint_url = f"http://127.0.0.1:{s3}"
         self._wait_ready()
         return self
@@ -161,18 +178,29 @@ class SeaweedServer:
             keys.append(key)
         return keys
 
+    def upload_tree_files(self, files: dict[str, str | os.PathLike[str]], bucket: str, *, threads: int = 8) -> list[str]:
+        """Upload ``{object_key: local_path}`` to ``bucket`` with a few threads; returns the keys."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        client = self.admin_client()
+        self.create_bucket(bucket)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda kv: client.upload_file(str(kv[1]), bucket, kv[0]), files.items()))
+        return sorted(files)
+
     def stop(self) -> None:
-        """Interrupt weed (its whole process group), kill it if it lingers, and wait for it."""
+        """Terminate weed (its whole process group), kill it if it lingers, and wait for the pid."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGINT)
+                os.killpg(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # weed sometimes lingers flushing; the data dir is scratch
+                self.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                # weed's graceful shutdown can hang for tens of seconds; the data dir is scratch.
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=15)
         self.proc = None

@@ -191,3 +191,102 @@ def test_real_s3d_width_and_crop_error(full_width, tmp_path):
     model224 = client224.get_encoding_model("test-bmd-full", subject=1, device="cpu", backbone_weights="untrained")
     with pytest.raises(StimulusError, match=r"4,084,096 features.*5,337,088"):
         model224.encode(clip, show_progress=False)
+
+
+class _Exploit:
+    """Pickles as a call to os.system: the restricted interpreter must refuse it without running it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickling_refuses_code(replica, tmp_path):
+    from berg.errors import UnsafeArtifactError
+
+    rep, _ = replica
+    bad = write_replica(tmp_path / "evil", subjects=(1,), n_features=64, k=4, grid=GRID, seed=7)
+    marker = tmp_path / "pwned"
+    meta = tmp_path / "evil" / PREFIX / "metadata" / "metadata_sub-01.npy"
+    np.save(meta, {"fmri": {"sub_mask": bad.masks[1].astype(np.float32), "rois": {}, "x": _Exploit(marker)},
+                   "encoding_models": {}}, allow_pickle=True)
+    reg = _registry(tmp_path, "test-bmd-evil", bad, nodes=SMALL_NODES, size=SMALL_SIZE,
+                    source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False})
+    client = berg.BERG(berg_dir=tmp_path / "evil", cache_dir=tmp_path / "cache", registry=reg, offline=True)
+    with pytest.raises(UnsafeArtifactError, match="posix.system|os.system"):
+        client.get_model_metadata("test-bmd-evil", subject=1)
+    assert not marker.exists()
+
+
+def _layout_rois(entries: dict, mask: np.ndarray) -> dict:
+    from berg.models.bmd_s3d import BERGLegacyLayout
+
+    return BERGLegacyLayout._roi_indices(None, {"rois": entries}, mask, "metadata/metadata_sub-01.npy")
+
+
+def test_roi_entry_forms_and_range_errors():
+    from berg.store.legacy import StateOnly
+
+    rng = np.random.default_rng(1)
+    mask = rng.random(GRID) < 0.5
+    flat = np.flatnonzero(mask)
+    sel = np.sort(rng.choice(flat, 12, replace=False))
+    expected = np.searchsorted(flat, sel)
+    ijk = np.array(np.unravel_index(sel, GRID))
+    forms = {
+        "card_tuple": (ijk, sel, StateOnly()),          # (3-D indices, 1-D volume indices, NIfTI stand-in)
+        "list_form": [ijk, sel, None],
+        "bare_volume": sel,
+        "ijk_only_3xn": (ijk,),
+        "ijk_only_nx3": (ijk.T.copy(),),
+        "voxel_list": expected,                         # already indices into the subject's voxels
+    }
+    out = _layout_rois(forms, mask)
+    for name, idx in out.items():
+        assert idx.dtype == np.int64
+        np.testing.assert_array_equal(idx, expected, err_msg=name)
+    with pytest.raises(ModelLoadError, match=r"metadata_sub-01\.npy.*'lV1v'.*neither"):
+        _layout_rois({"lV1v": np.array([mask.size + 5])}, mask)
+    with pytest.raises(ModelLoadError, match=r"'rFFA'.*neither"):
+        _layout_rois({"rFFA": np.array([-1, 3])}, mask)
+    with pytest.raises(ModelLoadError, match=r"'lMT' has no integer index array"):
+        _layout_rois({"lMT": ("not indices", np.array([0.5, 1.5]))}, mask)
+
+
+def test_card_keeps_bergs_rois_and_voxel_counts():
+    from creation_code.bmd_s3d.replica import ROIS
+
+    spec = Registry().get("fmri-bmd-s3d")
+    assert sorted(spec.roi_names) == sorted(ROIS) and len(ROIS) == 47
+    assert spec.card["parameters"]["selection"]["n_outputs"] == {
+        1: 108219, 2: 108603, 3: 108366, 4: 108283, 5: 108201, 6: 108449, 7: 108126, 8: 108407, 9: 108250, 10: 107987}
+
+
+def test_streamed_fold_reads_memmapped_rows_without_mapping(tmp_path):
+    """BERG's components come back memory-mapped; folding must read them with plain reads (RSS)."""
+    from berg.models.bmd_s3d import _iter_rows, write_streamed_projection
+    from berg.readouts import fold_scaler
+    from berg.store.artifacts import read_tensors
+    from berg.store.legacy import load_legacy_npy
+
+    rng = np.random.default_rng(2)
+    comps = rng.standard_normal((3, 200_000))
+    mean, scale = rng.standard_normal(200_000), rng.uniform(0.5, 2, 200_000)
+    np.save(tmp_path / "p.npy", {"pad": np.arange(7), "c": comps}, allow_pickle=True)
+    loaded = load_legacy_npy(tmp_path / "p.npy")["c"]
+    assert isinstance(loaded, np.memmap)
+    rows = list(_iter_rows(loaded))
+    assert not any(isinstance(r, np.memmap) for r in rows)  # the pread path, not the mapping
+    np.testing.assert_array_equal(np.stack(rows), comps)
+    write_streamed_projection(tmp_path / "w.safetensors", mean, scale, loaded)
+    t = read_tensors(tmp_path / "w.safetensors")
+    w_ref, b_ref = fold_scaler(mean, scale, comps)
+    np.testing.assert_array_equal(t["weight"], w_ref)
+    np.testing.assert_allclose(t["bias"], b_ref, rtol=1e-6)
+    from safetensors.numpy import load_file  # the hand-written file is valid for the reference reader too
+
+    np.testing.assert_array_equal(load_file(str(tmp_path / "w.safetensors"))["weight"], w_ref)

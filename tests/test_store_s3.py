@@ -174,13 +174,21 @@ def _fetch_through(proxy, tmp, key="small.bin"):
     return Store(cache_dir=tmp).fetch("raw", RAW_SOURCE, key)
 
 
+MODES = {"stream": {"BERG_PARALLEL": "1"},
+         "ranges": {"BERG_PARALLEL": "3", "BERG_PARALLEL_MIN_MB": "0", "BERG_CHUNK_MB": "0.0625"}}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("name", list(FAULTS))
-def test_faults_are_survived(name, fault_proxy, raw_files, tmp_path, fast_retries, monkeypatch):
+def test_faults_are_survived(name, mode, fault_proxy, raw_files, tmp_path, fast_retries, monkeypatch):
     monkeypatch.setenv("BERG_S3_ENDPOINT", fault_proxy.endpoint_url)
+    for k, v in MODES[mode].items():
+        monkeypatch.setenv(k, v)
     fault_proxy.inject(*FAULTS[name])
     path = _fetch_through(fault_proxy, tmp_path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == raw_files["small.bin"]
-    assert not list(path.parent.glob("*.part"))
+    assert not list(path.parent.glob("*.part*"))
+    assert not fault_proxy.faults  # every fault was really met
 
 
 def test_wrong_etag_is_detected_and_nothing_kept(fault_proxy, raw_files, tmp_path, fast_retries, monkeypatch):
@@ -212,23 +220,32 @@ FETCH_SCRIPT = textwrap.dedent(
 
 
 def test_killed_download_leaves_no_partial_file(fault_proxy, raw_files, tmp_path, monkeypatch):
+    import json
+
     env = {**os.environ, "BERG_S3_ENDPOINT": fault_proxy.endpoint_url}
-    fault_proxy.inject(("slow", 0.0))
+    # 50 MiB = 7 ranges of 8 MiB: the first 4 come at once, the last 3 only after 20 s -> killed meanwhile.
+    fault_proxy.inject(*[("slow", 0.0)] * 4, *[("slow", 20.0)] * 3)
     proc = subprocess.Popen([sys.executable, "-c", FETCH_SCRIPT, str(tmp_path), RAW_BUCKET], env=env)
-    part = tmp_path / "raw" / "big.bin.part"
+    meta = tmp_path / "raw" / "big.bin.part.json"
+    done: list[int] = []
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
-        if proc.poll() is not None:
-            break
-        time.sleep(0.005)
+    while time.monotonic() < deadline and len(done) < 4 and proc.poll() is None:
+        try:
+            done = json.loads(meta.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     final = tmp_path / "raw" / "big.bin"
-    if final.exists():  # it finished before the kill: then it must be complete
-        assert hashlib.sha256(final.read_bytes()).hexdigest() == raw_files["big.bin"]
+    assert not final.exists() and len(done) == 4  # killed mid-download, nothing under the final name
+    before = fault_proxy.served.get(f"/{RAW_BUCKET}/raw/big.bin", 0)
     monkeypatch.setenv("BERG_S3_ENDPOINT", fault_proxy.endpoint_url)
     path = Store(cache_dir=tmp_path).fetch("raw", RAW_SOURCE, "big.bin")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == raw_files["big.bin"]
+    refetched = fault_proxy.served[f"/{RAW_BUCKET}/raw/big.bin"] - before
+    assert refetched == 50 * 1024 * 1024 - 4 * 8 * 1024 * 1024  # resumed: only the 3 missing ranges
+    assert not list(path.parent.glob("big.bin.part*"))
 
 
 def test_eight_processes_one_download(fault_proxy, raw_files, tmp_path):
@@ -239,21 +256,28 @@ def test_eight_processes_one_download(fault_proxy, raw_files, tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert len(set(outs)) == 1
     assert hashlib.sha256(Path(outs[0]).read_bytes()).hexdigest() == raw_files["big.bin"]
-    assert sum(1 for g in fault_proxy.gets if g.endswith("/raw/big.bin")) == 1
+    # one download: the server sent the file's bytes exactly once (as 8 MiB ranges by 4 threads)
+    assert fault_proxy.served[f"/{RAW_BUCKET}/raw/big.bin"] == 50 * 1024 * 1024
+    assert sum(1 for g in fault_proxy.gets if g.endswith("/raw/big.bin")) == 7
 
 
 def test_fault_compass(fault_proxy, raw_files, tmp_path, fast_retries, monkeypatch, capsys):
-    """The headline figure: every fault case survived, no file lost or corrupted."""
+    """The headline figure: every fault case survived, in both download modes, no file lost or corrupted."""
     monkeypatch.setenv("BERG_S3_ENDPOINT", fault_proxy.endpoint_url)
-    survived, corrupted = 0, 0
-    for i, faults in enumerate(FAULTS.values()):
-        fault_proxy.inject(*faults)
-        try:
-            path = Store(cache_dir=tmp_path / str(i)).fetch("raw", RAW_SOURCE, "small.bin")
-        except ArtifactError:
-            continue
-        survived += 1
-        corrupted += hashlib.sha256(path.read_bytes()).hexdigest() != raw_files["small.bin"]
+    survived, corrupted, n = 0, 0, 0
+    for mode, env in MODES.items():
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        for name, faults in FAULTS.items():
+            n += 1
+            fault_proxy.inject(*faults)
+            try:
+                path = Store(cache_dir=tmp_path / f"{mode}-{n}").fetch("raw", RAW_SOURCE, "small.bin")
+            except ArtifactError as exc:
+                sys.stderr.write(f"fault {name!r} ({mode}) not survived: {exc}\n")
+                continue
+            survived += 1
+            corrupted += hashlib.sha256(path.read_bytes()).hexdigest() != raw_files["small.bin"]
     with capsys.disabled():
-        sys.stdout.write(f"\nfaults survived: {survived}/{len(FAULTS)}, files lost or corrupted: {corrupted}\n")
-    assert survived == len(FAULTS) and corrupted == 0
+        sys.stdout.write(f"\nfaults survived: {survived}/{n}, files lost or corrupted: {corrupted}\n")
+    assert survived == n and corrupted == 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,15 @@ __all__ = ["BERGLegacyLayout", "write_streamed_projection"]
 log = logging.getLogger(__name__)
 
 PCA_KEY = "encoding_models_weights/pca_weights.npy"
-GRID = (62, 77, 61)
+# folded projections already memory-mapped in this process (dropped when no model uses them)
+_OPEN_PROJECTIONS: "weakref.WeakValueDictionary[str, Projection]" = weakref.WeakValueDictionary()
+
+
 def _extra_globals():
-    # nibabel objects (ROI NIfTI images, mask headers) are not needed: map them to an inert stand-in.
+    # ROI NIfTI images and mask headers are pickled nibabel objects. Reconstructing them would run
+    # nibabel's own __init__/__setstate__ code (file holders, header checks) on downloaded bytes; berg
+    # needs none of it (the ROI index arrays and the mask affine carry the information), so every
+    # nibabel global becomes an inert stand-in that only records the pickled state.
     from berg.store.legacy import StateOnly
 
     return {("nibabel", "*"): StateOnly}
@@ -57,8 +64,20 @@ def _sub(subject: int) -> str:
 def write_streamed_projection(path: Path, mean: np.ndarray, scale: np.ndarray, components: np.ndarray) -> None:
     """Fold ``(x - mean) / scale`` into ``components`` row by row, writing float32 safetensors directly.
 
-    Memory stays at a few rows of float64 whatever the matrix size; the file is written to a temp name
-    and renamed into place.
+    ``weight = C / scale`` and ``bias = -(mean / scale) @ C.T`` (zero scales count as 1, as in
+    scikit-learn), computed in float64 one row at a time and streamed to disk, so memory stays at a
+    few rows whatever the matrix size (BERG's is 100 x 5,337,088); the file is written under a temp
+    name, fsync'ed and renamed into place. :func:`berg.readouts.fold_scaler` computes the same thing
+    in memory (it needs the whole float32 result as an array, hence this streamed variant).
+
+    Parameters
+    ----------
+    path : Path
+        Target ``.safetensors`` file (tensors ``weight`` (k, n) and ``bias`` (k,), float32).
+    mean, scale : (n,) arrays
+        StandardScaler ``mean_`` and ``scale_``.
+    components : (k, n) array
+        TruncatedSVD ``components_`` (any float dtype; memory-mapped arrays are read with plain reads).
     """
     k, n = components.shape
     scale = np.asarray(scale, dtype=np.float64)
@@ -203,8 +222,14 @@ class BERGLegacyLayout(ArtifactLayout):
                         raise ModelLoadError(f"{PCA_KEY}: {where}['n_features_in_'] = {nf} but components have {n} features")
                 log.info("folding the scaler into %s components (once; cached at %s)", comps.shape, target)
                 write_streamed_projection(target, mean, scale, comps)
-        t = read_tensors(target, mmap=True)
-        return Projection(t["weight"], t["bias"])
+        # one mapping per process: models loaded side by side (e.g. 1 and 10 subjects) share the pages
+        # instead of each counting the 2 GB projection in the resident set again
+        proj = _OPEN_PROJECTIONS.get(str(target))
+        if proj is None:
+            t = read_tensors(target, mmap=True)
+            proj = Projection(t["weight"], t["bias"])
+            _OPEN_PROJECTIONS[str(target)] = proj
+        return proj
 
     def load_readout(self, subject: Any) -> LinearReadout:
         key = self._weights_key(subject)

@@ -13,15 +13,20 @@ index so later corruption of the cached copy is detected and the file fetched ag
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from berg.errors import ArtifactError, IntegrityError, OfflineError
 from berg.store.artifacts import check_key
 from berg.store.manifest import MANIFEST_NAME, FileInfo, parse_manifest, sha256_file, verify_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from berg.store.cache import CacheIndex
 
 __all__ = ["Store", "default_cache_dir"]
 
@@ -69,6 +74,9 @@ class Store:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.offline = bool(offline) or os.environ.get("BERG_OFFLINE", "").lower() in ("1", "true", "yes")
         self._manifests: dict[str, dict[str, Any] | None] = {}
+        self._sources: dict[str, Any] = {}
+        self._indexes: dict[str, Any] = {}
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ paths
     def model_cache(self, model_id: str) -> Path:
@@ -99,9 +107,7 @@ class Store:
         """The artifact's ``manifest.json`` (fetched once), or ``None`` for sources without one."""
         if model_id in self._manifests:
             return self._manifests[model_id]
-        from berg.store.sources import source_for
-
-        src = source_for(source)
+        src = self._source(source)
         if not src.has_manifest:
             self._manifests[model_id] = None
             return None
@@ -141,25 +147,43 @@ class Store:
         *,
         expected: Mapping[str, FileInfo] | None = None,
     ) -> dict[str, Path]:
-        """Fetch several keys; in offline mode all missing keys are reported in one error."""
-        from berg.store.sources import source_for
+        """Fetch several keys, a few at a time (``BERG_FETCH_THREADS``, default 8).
 
-        keys = [check_key(k) for k in keys]
-        src = source_for(source)
-        out: dict[str, Path] = {}
+        In offline mode all missing keys are reported in one error.
+        """
+        keys = list(dict.fromkeys(check_key(k) for k in keys))
+        src = self._source(source)
         missing: list[str] = []
-        for key in keys:
-            exp = (expected or {}).get(key)
-            if exp is None and key != MANIFEST_NAME and src.has_manifest:
-                try:
-                    exp = self._expected(model_id, source, key)
-                except OfflineError:
-                    missing.append(MANIFEST_NAME)
-                    exp = None
+        manifest_known = True
+        if src.has_manifest and any(k != MANIFEST_NAME and not (expected or {}).get(k) for k in keys):
             try:
-                out[key] = self._resolve(model_id, source, key, exp, src)
+                self.manifest(model_id, source)
             except OfflineError:
-                missing.append(key)
+                missing.append(MANIFEST_NAME)
+                manifest_known = False
+
+        def one(key: str) -> Path | None:
+            exp = (expected or {}).get(key)
+            if exp is None and key != MANIFEST_NAME and src.has_manifest and manifest_known:
+                exp = self._expected(model_id, source, key)
+            try:
+                return self._resolve(model_id, source, key, exp, src)
+            except OfflineError:
+                return None
+
+        threads = max(1, int(os.environ.get("BERG_FETCH_THREADS", "8")))
+        if len(keys) <= 1 or threads == 1:
+            results = [one(k) for k in keys]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from tqdm.auto import tqdm
+
+            with ThreadPoolExecutor(min(threads, len(keys)), thread_name_prefix="berg-fetch") as pool:
+                results = list(tqdm(pool.map(one, keys), total=len(keys), unit="file", leave=False,
+                                    desc=f"{model_id}", disable=len(keys) < 50))
+        out = {k: p for k, p in zip(keys, results) if p is not None}
+        missing += [k for k, p in zip(keys, results) if p is None]
         if missing:
             missing = list(dict.fromkeys(missing))
             raise OfflineError(
@@ -168,6 +192,26 @@ class Store:
                 f"(with BERG_CACHE pointing at {self.cache_dir}), or unset BERG_OFFLINE."
             )
         return out
+
+    def _source(self, source: Mapping[str, Any]) -> Any:
+        # One source object (and so one S3 client and connection pool) per source and environment.
+        from berg.store.sources import source_for
+
+        ident = json.dumps([dict(source), os.environ.get("BERG_S3_ENDPOINT"), os.environ.get("BERG_S3_SIGNED")],
+                           sort_keys=True, default=str)
+        with self._lock:
+            if ident not in self._sources:
+                self._sources[ident] = source_for(source)
+            return self._sources[ident]
+
+    def index(self, model_id: str) -> "CacheIndex":
+        """The cache index of one model (shared by this store's threads)."""
+        from berg.store.cache import CacheIndex
+
+        with self._lock:
+            if model_id not in self._indexes:
+                self._indexes[model_id] = CacheIndex(self.model_cache(model_id))
+            return self._indexes[model_id]
 
     def _resolve(
         self, model_id: str, source: Mapping[str, Any], key: str, expected: FileInfo | None, src: Any
@@ -178,9 +222,7 @@ class Store:
                 verify_file(local, expected, label=f"berg_dir file {local}")
             return local
         path = self._cache_path(model_id, key)
-        from berg.store.cache import CacheIndex
-
-        index = CacheIndex(self.model_cache(model_id))
+        index = self.index(model_id)
         if path.is_file():
             try:
                 if expected is not None and expected.sha256 is not None:
@@ -198,8 +240,6 @@ class Store:
 
     def sha256(self, model_id: str, source: Mapping[str, Any], key: str) -> str:
         """sha256 of a key's local file: from the manifest / cache index when known, else computed."""
-        from berg.store.cache import CacheIndex
-
         exp = None
         try:
             exp = self._expected(model_id, source, key)
@@ -207,7 +247,7 @@ class Store:
             exp = None
         if exp is not None and exp.sha256:
             return exp.sha256
-        recorded = CacheIndex(self.model_cache(model_id)).get(key)
+        recorded = self.index(model_id).get(key)
         if recorded and recorded.get("sha256"):
             return recorded["sha256"]
         return sha256_file(self.fetch(model_id, source, key))

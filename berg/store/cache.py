@@ -1,6 +1,6 @@
 """The local cache: a per-model index of verified files, and list/size/verify/clear for ``berg cache``.
 
-Layout: ``<cache_dir>/<model_id>/<key>`` plus ``<cache_dir>/<model_id>/.berg-index.json`` which records
+Layout: ``<cache_dir>/<model_id>/<key>`` plus ``<cache_dir>/<model_id>/.berg-index.jsonl`` which records
 for each key its size, mtime and sha256 at the time it was verified. Files up to
 ``REHASH_LIMIT`` bytes are re-hashed on every use; bigger ones (multi-GB projections) are re-hashed
 when their size or mtime changed, and fully by ``berg cache verify``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +20,93 @@ from berg.store.manifest import sha256_file
 
 __all__ = ["CacheIndex", "cache_list", "cache_size", "cache_verify", "cache_clear", "INDEX_NAME"]
 
-INDEX_NAME = ".berg-index.json"
+INDEX_NAME = ".berg-index.jsonl"
 REHASH_LIMIT = 256 * 1024 * 1024
+# Rewrite the append-only index once it holds this many superseded lines.
+_COMPACT_AFTER = 4096
 
 
 class CacheIndex:
-    """Recorded sha256 of the cached files of one model (a small JSON file, written atomically)."""
+    """Recorded sha256 of the cached files of one model.
+
+    The index is an append-only JSON-lines file (one ``{"key", "size", "mtime_ns", "sha256", ...}``
+    record per line, the last record of a key wins): recording a file is one small appended write
+    under a file lock instead of rewriting the whole index, so fetching thousands of small files stays
+    linear. A line torn by a crash is ignored. One instance re-reads only what other processes
+    appended since its last look.
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.path = self.root / INDEX_NAME
+        self._records: dict[str, dict[str, Any]] = {}
+        self._lines = 0
+        self._pos = 0
+        self._ino: int | None = None
+        self._mutex = threading.RLock()  # one instance is shared by a Store's fetch threads
+
+    def _refresh(self) -> None:
+        with self._mutex:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            self._records, self._lines, self._pos, self._ino = {}, 0, 0, None
+            return
+        if st.st_ino != self._ino or st.st_size < self._pos:  # replaced (compacted) or new: read all
+            self._records, self._lines, self._pos, self._ino = {}, 0, 0, st.st_ino
+        if st.st_size == self._pos:
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self._pos)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # a partial last line is being written (or torn): read it later
+        for line in data[:end].splitlines():
+            try:
+                rec = json.loads(line)
+                self._records[rec.pop("key")] = rec
+                self._lines += 1
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+        self._pos += end
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """The index as ``{key: {"size", "mtime_ns", "sha256", ...}}`` (empty if none or unreadable)."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        """The index as ``{key: {"size", "mtime_ns", "sha256", ...}}`` (empty if none)."""
+        with self._mutex:
+            self._refresh_locked()
+            return dict(self._records)
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The record of ``key``, if any."""
-        return self.load().get(key)
+        with self._mutex:
+            self._refresh_locked()
+            return self._records.get(key)
 
     def record(self, key: str, path: Path, sha256: str, **extra: Any) -> None:
-        """Record a verified file (read-modify-write under the model's index lock)."""
+        """Record a verified file (one appended line under the model's index lock)."""
         from filelock import FileLock
 
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock"):
-            data = self.load()
-            st = path.stat()
-            data[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256, **extra}
-            tmp = self.path.with_name(f"{INDEX_NAME}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)
+        st = path.stat()
+        rec = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256, **extra}
+        line = json.dumps({"key": key, **rec}, sort_keys=True).encode() + b"\n"
+        with self._mutex, FileLock(str(self.path) + ".lock"):
+            with open(self.path, "ab") as fh:
+                fh.write(line)
+            self._refresh()
+            if self._lines - len(self._records) > _COMPACT_AFTER:
+                self._compact()
+
+    def _compact(self) -> None:
+        # Called with the index lock held: rewrite one line per key, atomically.
+        tmp = self.path.with_name(f"{INDEX_NAME}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            for key, rec in sorted(self._records.items()):
+                fh.write(json.dumps({"key": key, **rec}, sort_keys=True).encode() + b"\n")
+        os.replace(tmp, self.path)
+        self._refresh()
 
     def _unchanged(self, rec: dict[str, Any] | None, path: Path) -> bool:
         if not rec:

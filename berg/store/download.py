@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from berg.errors import ArtifactError, IntegrityError
 from berg.store.manifest import FileInfo, sha256_file
@@ -37,9 +39,14 @@ class RetryPolicy:
     """How hard to try: attempts, exponential backoff (with jitter) and socket timeouts.
 
     Defaults come from ``BERG_RETRIES`` (6), ``BERG_BACKOFF`` (0.5 s) and ``BERG_TIMEOUT`` (60 s).
+    Files of at least ``BERG_PARALLEL_MIN_MB`` (32) MiB are fetched as ``BERG_CHUNK_MB`` (8) MiB
+    ranges by ``BERG_PARALLEL`` (4) threads; ``BERG_PARALLEL=1`` streams them in one request.
     """
 
     attempts: int = field(default_factory=lambda: int(os.environ.get("BERG_RETRIES", "6")))
+    parallel: int = field(default_factory=lambda: int(os.environ.get("BERG_PARALLEL", "4")))
+    parallel_min: int = field(default_factory=lambda: int(float(os.environ.get("BERG_PARALLEL_MIN_MB", "32")) * 2**20))
+    chunk: int = field(default_factory=lambda: max(1, int(float(os.environ.get("BERG_CHUNK_MB", "8")) * 2**20)))
     backoff: float = field(default_factory=lambda: float(os.environ.get("BERG_BACKOFF", "0.5")))
     max_backoff: float = 30.0
     timeout: float = field(default_factory=lambda: float(os.environ.get("BERG_TIMEOUT", "60")))
@@ -97,6 +104,7 @@ def download_atomic(
     label: str,
     policy: RetryPolicy | None = None,
     show_progress: bool = True,
+    open_range: Callable[[int, int], Iterator[bytes]] | None = None,
 ) -> str:
     """Download into ``dest`` durably; returns the file's sha256.
 
@@ -113,69 +121,235 @@ def download_atomic(
         Size/sha256 the file must have (from a manifest).
     label : str
         Names the object in errors and the progress bar.
+    policy : RetryPolicy, optional
+        Attempts, backoff, timeouts, and the parallel-range settings.
+    show_progress : bool
+        tqdm bar (bytes and rate) for files of 8 MiB or more.
+    open_range : callable, optional
+        ``open_range(start, stop)`` yields bytes ``[start, stop)``. When given, files of at least
+        ``policy.parallel_min`` bytes are fetched as ``policy.chunk``-sized ranges by
+        ``policy.parallel`` threads; finished ranges are recorded so an interrupted download resumes.
+
+    Notes
+    -----
+    The ``.part.json`` file beside the ``.part`` file identifies the remote object (size, ETag,
+    mode) so a resumed download never mixes bytes of two versions of an object.
     """
     policy = policy or RetryPolicy()
     if expected is not None and expected.size is not None and expected.size != remote.size:
         raise IntegrityError(f"{label}: remote size {remote.size} bytes, the manifest says {expected.size}")
     part = dest.with_name(dest.name + ".part")
     meta = dest.with_name(dest.name + ".part.json")
-    ident = {"size": remote.size, "etag": remote.etag}
+    ranged = open_range is not None and policy.parallel > 1 and remote.size >= policy.parallel_min
+    ident = {"size": remote.size, "etag": remote.etag, "mode": "ranges" if ranged else "stream",
+             "chunk": policy.chunk if ranged else None}
+    done: list[int] = []
     if part.exists():
         try:
-            same = json.loads(meta.read_text()) == ident
-        except (OSError, ValueError):
+            state = json.loads(meta.read_text())
+            same = state.get("ident") == ident
+            done = [int(i) for i in state.get("done", [])] if same else []
+        except (OSError, ValueError, AttributeError, TypeError):
             same = False
         if not same or part.stat().st_size > remote.size:
             part.unlink()
-    meta.write_text(json.dumps(ident))
-    attempt = 0
-    with _progress(remote.size, part.stat().st_size if part.exists() else 0, label, show_progress) as bar:
-        while True:
-            offset = part.stat().st_size if part.exists() else 0
-            try:
-                if offset < remote.size:
-                    with open(part, "ab") as fh:
-                        for chunk in open_stream(offset):
-                            fh.write(chunk)
-                            bar.update(len(chunk))
-                got = part.stat().st_size if part.exists() else 0
-                if got > remote.size:
-                    part.unlink()
-                    raise TransientError(f"body longer than {remote.size} bytes; starting over")
-                if got != remote.size:
-                    raise TransientError(f"body ended at {got} of {remote.size} bytes")
-                break
-            except TransientError as exc:
-                attempt += 1
-                if attempt >= policy.attempts:
-                    raise ArtifactError(
-                        f"{label}: download failed after {attempt} attempts ({exc}); the partial file "
-                        f"{part} is kept and the next attempt resumes it"
-                    ) from exc
-                log.info("%s: %s; retry %d/%d", label, exc, attempt, policy.attempts - 1)
-                policy.sleep(attempt)
-    digest = _verify_part(part, remote, expected, label)
+            done = []
+    _write_json(meta, {"ident": ident, "done": done})
+    hasher = _Hasher(with_md5=remote.md5 is not None and (expected is None or expected.sha256 is None))
+    try:
+        with _progress(remote.size, 0, label, show_progress) as bar:
+            if ranged:
+                _fill_ranges(part, meta, ident, set(done), remote.size, open_range, hasher, bar, policy, label)
+            else:
+                _fill_stream(part, remote.size, open_stream, hasher, bar, policy, label)
+        sha, md5 = hasher.result()
+    finally:
+        hasher.close()
+    digest = _verify_part(part, remote, expected, label, sha, md5)
     _fsync(part)
     os.replace(part, dest)
     meta.unlink(missing_ok=True)
     return digest
 
 
-def _verify_part(part: Path, remote: RemoteObject, expected: FileInfo | None, label: str) -> str:
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _give_up(label: str, attempt: int, exc: Exception, part: Path) -> ArtifactError:
+    return ArtifactError(
+        f"{label}: download failed after {attempt} attempts ({exc}); the partial file {part} is kept "
+        "and the next attempt resumes it"
+    )
+
+
+def _fill_stream(part, size, open_stream, hasher, bar, policy, label) -> None:
+    """One GET from the current end of ``part``; on a transient failure resume with a Range."""
+    attempt = 0
+    bar.update(part.stat().st_size if part.exists() else 0)
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        hasher.catch_up(part, offset)
+        try:
+            if offset < size:
+                with open(part, "ab") as fh:
+                    for chunk in open_stream(offset):
+                        fh.write(chunk)
+                        hasher.update(chunk)
+                        bar.update(len(chunk))
+            got = part.stat().st_size if part.exists() else 0
+            if got > size:
+                part.unlink()
+                raise TransientError(f"body longer than {size} bytes; starting over")
+            if got != size:
+                raise TransientError(f"body ended at {got} of {size} bytes")
+            return
+        except TransientError as exc:
+            attempt += 1
+            if attempt >= policy.attempts:
+                raise _give_up(label, attempt, exc, part) from exc
+            log.info("%s: %s; retry %d/%d", label, exc, attempt, policy.attempts - 1)
+            policy.sleep(attempt)
+
+
+def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy, label) -> None:
+    """Fetch ``chunk``-sized ranges with a few threads into a preallocated ``part``.
+
+    Ranges are hashed in file order as they arrive (at most ``2 * parallel`` ranges are held), and
+    each finished range is recorded in ``meta`` so a killed download resumes where it stopped.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunk = policy.chunk
+    n = (size + chunk - 1) // chunk
+    with open(part, "ab") as fh:  # create without truncating what a previous run fetched
+        fh.truncate(size)
+    state_lock = threading.Lock()
+
+    def fetch(i: int) -> bytes:
+        start, stop = i * chunk, min(size, (i + 1) * chunk)
+        attempt = 0
+        while True:
+            try:
+                data = b"".join(open_range(start, stop))
+                if len(data) != stop - start:
+                    raise TransientError(f"range {start}-{stop - 1}: got {len(data)} of {stop - start} bytes")
+                break
+            except TransientError as exc:
+                attempt += 1
+                if attempt >= policy.attempts:
+                    raise _give_up(label, attempt, exc, part) from exc
+                log.info("%s: %s; retry %d/%d", label, exc, attempt, policy.attempts - 1)
+                policy.sleep(attempt)
+        fd = os.open(part, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, start)
+        finally:
+            os.close(fd)
+        with state_lock:
+            done.add(i)
+            _write_json(meta, {"ident": ident, "done": sorted(done)})
+            bar.update(len(data))
+        return data
+
+    bar.update(sum(min(size, (i + 1) * chunk) - i * chunk for i in done))
+    window = 2 * policy.parallel
+    with ThreadPoolExecutor(policy.parallel, thread_name_prefix="berg-range") as pool:
+        futures: dict[int, Any] = {}
+        submitted = 0
+        try:
+            with open(part, "rb") as reader:
+                for i in range(n):
+                    while submitted < n and submitted < i + window:
+                        if submitted not in done:
+                            futures[submitted] = pool.submit(fetch, submitted)
+                        submitted += 1
+                    if i in futures:
+                        hasher.update(futures.pop(i).result())
+                    else:  # fetched by an earlier, interrupted run
+                        reader.seek(i * chunk)
+                        hasher.update(reader.read(min(size, (i + 1) * chunk) - i * chunk))
+        finally:
+            for fut in futures.values():
+                fut.cancel()
+
+
+class _Hasher:
+    """sha256 (and MD5 for ETag checks) of the bytes written, computed in a helper thread.
+
+    Hashing overlaps with receiving and writing (hashlib releases the GIL on large buffers), so a
+    verified download costs little more than an unverified one. After a retry or a resumed ``.part``
+    file, :meth:`catch_up` re-reads whatever prefix of the file the digests have not seen.
+    """
+
+    def __init__(self, with_md5: bool):
+        import queue
+        import threading
+
+        self.with_md5 = with_md5
+        self._new()
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="berg-hash", daemon=True)
+        self._thread.start()
+
+    def _new(self) -> None:
+        self.sha = hashlib.sha256()
+        self.md5 = hashlib.md5() if self.with_md5 else None  # noqa: S324 - MD5 only to compare with S3's ETag
+        self.seen = 0
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            try:
+                if chunk is None:
+                    return
+                self.sha.update(chunk)
+                if self.md5 is not None:
+                    self.md5.update(chunk)
+            finally:
+                self._queue.task_done()
+
+    def update(self, chunk: bytes) -> None:
+        self.seen += len(chunk)
+        self._queue.put(chunk)
+
+    def catch_up(self, part: Path, offset: int) -> None:
+        """Make the digests cover exactly ``part[:offset]``."""
+        if self.seen == offset:
+            return
+        self._queue.join()
+        self._new()
+        if offset:
+            with open(part, "rb") as fh:
+                left = offset
+                while left:
+                    block = fh.read(min(_BLOCK, left))
+                    if not block:
+                        break
+                    self.update(block)
+                    left -= len(block)
+
+    def result(self) -> tuple[str, str | None]:
+        self._queue.join()
+        return self.sha.hexdigest(), self.md5.hexdigest() if self.md5 is not None else None
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+def _verify_part(part: Path, remote: RemoteObject, expected: FileInfo | None, label: str,
+                 sha: str, md5: str | None) -> str:
     if expected is not None and expected.sha256 is not None:
-        digest = sha256_file(part)
-        if digest != expected.sha256:
+        if sha != expected.sha256:
             part.unlink()
-            raise IntegrityError(f"{label}: downloaded sha256 {digest}, expected {expected.sha256}; discarded")
-        return digest
-    sha, md5 = hashlib.sha256(), hashlib.md5()  # noqa: S324 - MD5 only to compare with S3's ETag
-    with open(part, "rb") as fh:
-        for block in iter(lambda: fh.read(_BLOCK), b""):
-            sha.update(block)
-            md5.update(block)
-    if remote.md5 is not None and md5.hexdigest() != remote.md5:
+            raise IntegrityError(f"{label}: downloaded sha256 {sha}, expected {expected.sha256}; discarded")
+        return sha
+    if remote.md5 is not None and md5 != remote.md5:
         part.unlink()
-        raise IntegrityError(f"{label}: downloaded MD5 {md5.hexdigest()} does not match the ETag {remote.md5}; discarded")
+        raise IntegrityError(f"{label}: downloaded MD5 {md5} does not match the ETag {remote.md5}; discarded")
     if remote.md5 is None:
         log.info("%s: multipart ETag %s, only the size could be checked", label, remote.etag)
-    return sha.hexdigest()
+    return sha

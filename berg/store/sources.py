@@ -6,13 +6,16 @@ and an entry in :data:`SOURCE_KINDS`.
 
 from __future__ import annotations
 
+import html
 import importlib
-import json
+import re
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +33,9 @@ __all__ = ["S3Source", "PyPIWheelSource", "source_for", "SOURCE_KINDS"]
 log = logging.getLogger(__name__)
 
 _TRANSIENT_HTTP = {500, 502, 503, 504, 429}
+_SESSION = None
+_CLIENTS: dict[tuple, Any] = {}
+_SESSION_LOCK = threading.Lock()
 
 
 class S3Source:
@@ -58,22 +64,37 @@ class S3Source:
     @property
     def client(self):
         """A boto3 S3 client (unsigned unless configured otherwise); retries are ours, not botocore's."""
-        if self._client is None:
-            import boto3
-            from botocore import UNSIGNED
-            from botocore.config import Config
-
-            config = Config(
-                signature_version=UNSIGNED if self.anonymous else None,
-                retries={"max_attempts": 1, "mode": "standard"},
-                connect_timeout=self.policy.timeout,
-                read_timeout=self.policy.timeout,
-                s3={"addressing_style": "path"} if self.endpoint else None,
-            )
-            self._client = boto3.session.Session().client(
-                "s3", region_name=self.region or "us-east-1", endpoint_url=self.endpoint, config=config
-            )
+        with _SESSION_LOCK:  # boto3 sessions are not thread-safe
+            if self._client is None:
+                self._client = self._make_client()
         return self._client
+
+    def _make_client(self):
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        global _SESSION
+        config = Config(
+            signature_version=UNSIGNED if self.anonymous else None,
+            retries={"max_attempts": 1, "mode": "standard"},
+            connect_timeout=self.policy.timeout,
+            read_timeout=self.policy.timeout,
+            max_pool_connections=16,
+            s3={"addressing_style": "path"} if self.endpoint else None,
+        )
+        region = self.region or "us-east-1"
+        if not self.anonymous:
+            # A fresh session picks up the credentials/profile configured right now.
+            return boto3.session.Session().client("s3", region_name=region, endpoint_url=self.endpoint, config=config)
+        # Unsigned clients are shared (they are thread-safe and hold no secrets): creating one costs
+        # ~0.25 s of botocore model loading, more than fetching a small file.
+        ident = (region, self.endpoint, self.policy.timeout)
+        if ident not in _CLIENTS:
+            if _SESSION is None:
+                _SESSION = boto3.session.Session()
+            _CLIENTS[ident] = _SESSION.client("s3", region_name=region, endpoint_url=self.endpoint, config=config)
+        return _CLIENTS[ident]
 
     def remote_key(self, key: str) -> str:
         """Object key of an artifact key."""
@@ -133,9 +154,13 @@ class S3Source:
         resp = self._with_retries(lambda: self.client.head_object(Bucket=self.bucket, Key=self.remote_key(key)), key)
         return RemoteObject(size=int(resp["ContentLength"]), etag=resp.get("ETag"))
 
-    def _stream(self, key: str, offset: int, size: int) -> Iterator[bytes]:
+    def _stream(self, key: str, offset: int, stop: int | None = None) -> Iterator[bytes]:
+        """The object's bytes ``[offset, stop)`` (to the end when ``stop`` is None or the size)."""
         try:
-            kwargs = {"Range": f"bytes={offset}-"} if offset else {}
+            if stop is not None and stop > offset:
+                kwargs = {"Range": f"bytes={offset}-{stop - 1}"}
+            else:
+                kwargs = {"Range": f"bytes={offset}-"} if offset else {}
             resp = self.client.get_object(Bucket=self.bucket, Key=self.remote_key(key), **kwargs)
             body = resp["Body"]
             received = 0
@@ -148,17 +173,16 @@ class S3Source:
 
     def download(self, store: "Store", model_id: str, key: str, dest: Path, expected: FileInfo | None) -> None:
         """Fetch ``key`` into ``dest`` (locked, resumable, verified, atomic)."""
-        from berg.store.cache import CacheIndex
-
         with file_lock(dest):
             if dest.is_file():  # another process finished it while we waited for the lock
                 return
             remote = self.head(key)
             digest = download_atomic(
-                dest, remote, lambda off: self._stream(key, off, remote.size),
+                dest, remote, lambda off: self._stream(key, off),
                 expected=expected, label=self._where(key), policy=self.policy,
+                open_range=lambda start, stop: self._stream(key, start, stop),
             )
-            CacheIndex(store.model_cache(model_id)).record(key, dest, digest, etag=remote.etag, source=self._where(key))
+            store.index(model_id).record(key, dest, digest, etag=remote.etag, source=self._where(key))
 
     def list_keys(self) -> list[str]:
         """Every artifact key under the prefix (for ``berg fetch --all`` of layouts without a manifest)."""
@@ -174,7 +198,8 @@ class PyPIWheelSource:
 
     Registry keys: ``package``, ``version``, ``sha256`` (pinned hash of the wheel), ``converter``
     (``"pkg.mod:function"`` with signature ``convert(wheel_path, out_dir)`` writing a berg artifact),
-    optional ``filename`` and ``index_url`` (default ``BERG_PYPI_URL`` or https://pypi.org/pypi).
+    optional ``filename`` and ``index_url`` (a PEP 503 "simple" index; default ``BERG_PYPI_URL`` or
+    https://pypi.org/simple, so mirrors work too).
     """
 
     has_manifest = True
@@ -184,7 +209,7 @@ class PyPIWheelSource:
         if missing:
             raise InvalidParameterError(f"a pypi_wheel source needs {missing}")
         self.cfg = dict(cfg)
-        self.index_url = (cfg.get("index_url") or os.environ.get("BERG_PYPI_URL") or "https://pypi.org/pypi").rstrip("/")
+        self.index_url = (cfg.get("index_url") or os.environ.get("BERG_PYPI_URL") or "https://pypi.org/simple").rstrip("/")
         self.policy = policy or RetryPolicy()
 
     def _http(self, url: str) -> bytes:
@@ -223,26 +248,23 @@ class PyPIWheelSource:
                 from berg.errors import OfflineError
 
                 raise OfflineError(f"offline: wheel {name} is not cached at {dest}")
-            meta = json.loads(self._http(f"{self.index_url}/{pkg}/{version}/json"))
-            files = [f for f in meta.get("urls", []) if f.get("packagetype") == "bdist_wheel"]
-            chosen = next((f for f in files if f["digests"].get("sha256") == pinned), None)
+            page = self._http(f"{self.index_url}/{pkg}/").decode("utf-8", "replace")
+            links = re.findall(r'href="([^"]+)"', page)
+            chosen = next((urllib.parse.urljoin(f"{self.index_url}/{pkg}/", html.unescape(u)) for u in links
+                           if u.split("#")[0].rsplit("/", 1)[-1] == name and f"sha256={pinned}" in u), None)
             if chosen is None:
-                raise IntegrityError(
-                    f"no wheel of {pkg}=={version} on {self.index_url} has the pinned sha256 {pinned}"
-                )
-            data = self._http(chosen["url"])
+                raise IntegrityError(f"no {name} with the pinned sha256 {pinned} on {self.index_url}/{pkg}/")
+            data = self._http(chosen.split("#")[0])
             tmp = dest.with_name(dest.name + ".part")
             tmp.write_bytes(data)
             if sha256_file(tmp) != pinned:
                 tmp.unlink()
-                raise IntegrityError(f"downloaded {chosen['url']} does not match the pinned sha256 {pinned}")
+                raise IntegrityError(f"downloaded {chosen} does not match the pinned sha256 {pinned}")
             os.replace(tmp, dest)
         return dest
 
     def download(self, store: "Store", model_id: str, key: str, dest: Path, expected: FileInfo | None) -> None:
         """Convert the wheel into the model's cache directory (all files at once), then check ``key``."""
-        from berg.store.cache import CacheIndex
-
         root = store.model_cache(model_id)
         root.mkdir(parents=True, exist_ok=True)
         with file_lock(root / MANIFEST_NAME):
@@ -255,7 +277,7 @@ class PyPIWheelSource:
                     out = tmp / "artifact"
                     convert(wheel, out)
                     manifest = read_manifest(out / MANIFEST_NAME)
-                    index = CacheIndex(root)
+                    index = store.index(model_id)
                     for k, info in manifest["files"].items():
                         target = root / k
                         target.parent.mkdir(parents=True, exist_ok=True)

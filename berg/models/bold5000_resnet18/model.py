@@ -15,7 +15,6 @@ class adds img2fmri's options and its group-level output:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,58 +23,11 @@ from berg.engine import LinearEncodingModel
 from berg.errors import InvalidParameterError
 from berg.spaces import VolumeSpace
 
-__all__ = ["Bold5000ResNet18", "group_map"]
+__all__ = ["Bold5000ResNet18"]
 
 ROIS = ("EarlyVis", "OPA", "LOC", "RSC", "PPA")
 MNI_SHAPE = (91, 109, 91)
 MNI_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
-
-
-def _zscore(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    sd = x.std(axis=axis, keepdims=True)
-    return (x - x.mean(axis=axis, keepdims=True)) / np.where(sd == 0, 1.0, sd)
-
-
-def group_map(
-    per_subject: Mapping[int, np.ndarray],
-    placement: Mapping[int, list[tuple[np.ndarray, np.ndarray]]],
-    func_sizes: Mapping[int, int],
-    nn_index: Mapping[int, np.ndarray],
-    support: np.ndarray | None,
-    sigma: float,
-) -> np.ndarray:
-    """img2fmri's group map for a batch: ``(b, 91*109*91)`` float32, 0 outside the support.
-
-    Parameters
-    ----------
-    per_subject : {subject: (b, n_outputs) responses}
-    placement : {subject: [(output rows, flat functional voxel indices), ...]} in roi_list order, LH then RH
-    func_sizes : {subject: number of voxels of the functional grid}
-    nn_index : {subject: (91*109*91,) functional voxel per MNI voxel, -1 outside}
-    support : flat MNI indices to z-score over (v1.0), or None for v0.2 (voxels non-zero in any subject)
-    sigma : smoothing sigma in mm
-    """
-    from berg.models.bold5000_resnet18.mni import fsl_smooth
-
-    b = next(iter(per_subject.values())).shape[0]
-    smoothed = []
-    for s, resp in per_subject.items():
-        vol = np.full((b, func_sizes[s]), np.nan, dtype=np.float64)
-        for rows, vox in placement[s]:
-            new = resp[:, rows].astype(np.float64)
-            cur = vol[:, vox]
-            # img2fmri: nanmean of what is there and the new ROI's prediction, ROI after ROI
-            vol[:, vox] = np.where(np.isnan(cur), new, (cur + new) / 2)
-        vol = np.nan_to_num(vol, nan=0.0)
-        idx = nn_index[s]
-        mni = np.where(idx >= 0, vol[:, np.clip(idx, 0, None)], 0.0).reshape((b, *MNI_SHAPE))
-        smoothed.append(fsl_smooth(np.moveaxis(mni, 0, -1), sigma).reshape(-1, b).T)
-    out = np.zeros((b, int(np.prod(MNI_SHAPE))), dtype=np.float32)
-    for i in range(b):
-        sup = support if support is not None else np.flatnonzero(np.any([sm[i] != 0 for sm in smoothed], axis=0))
-        total = sum(_zscore(sm[i, sup]) for sm in smoothed)
-        out[i, sup] = _zscore(total)
-    return out
 
 
 class Bold5000ResNet18(LinearEncodingModel):
@@ -140,48 +92,55 @@ class Bold5000ResNet18(LinearEncodingModel):
         self.space = kw["space"]
         if self.space != "mni":
             return
+        from berg.models.bold5000_resnet18.mni import GroupMapper
+
+        self.mapper = GroupMapper(
+            {s: self._geometry(s) for s in self.subjects},
+            {s: np.arange(self.readouts[s].n_outputs) for s in self.subjects},
+            roi_list=kw["roi_list"], sigma=float(kw["sigma"]), voxel_order=kw["voxel_order"],
+            support=kw["zscore_support"],
+        )
+        self.mni_space = VolumeSpace(MNI_SHAPE, MNI_AFFINE, self.mapper.voxel_ijk())
+
+    def _geometry(self, subject: int):
+        """The subject's :class:`~berg.models.bold5000_resnet18.mni.SubjectGeometry` from the artifact."""
+        from berg.models.bold5000_resnet18.mni import SubjectGeometry
         from berg.store.artifacts import read_tensors
 
+        meta = self.layout.load_metadata(subject)
+        shape = tuple(self.spaces[subject].shape)
+        flat = np.ravel_multi_index(tuple(np.asarray(meta["voxel_ijk"]).T), shape)  # C order per mask
+        blocks, masks = [], {}
+        for roi in ROIS:
+            for hemi in ("LH", "RH"):
+                rows = meta["rois"][f"{hemi}{roi}"]
+                blocks.append((roi, hemi, int(rows[0]), int(rows[-1]) + 1))
+                masks[hemi + roi] = np.sort(flat[rows])
+        nn = read_tensors(self.layout.fetch(f"mni/sub-{subject:02d}.safetensors"), mmap=False)["nn_index"]
+        fed = np.isin(nn, flat) & (nn >= 0)
         overlap = read_tensors(self.layout.fetch("mni/overlap.safetensors"), mmap=False)
-        self._nn = {s: read_tensors(self.layout.fetch(f"mni/sub-{s:02d}.safetensors"), mmap=False)["nn_index"]
-                    for s in self.subjects}
-        self._placement, self._func_sizes = {}, {}
-        for s in self.subjects:
-            meta = self.layout.load_metadata(s)
-            ijk = meta["voxel_ijk" if kw["voxel_order"] == "c" else "voxel_ijk_fortran"]
-            shape = tuple(self.spaces[s].shape)
-            flat = np.ravel_multi_index(tuple(ijk.T), shape)
-            self._func_sizes[s] = int(np.prod(shape))
-            self._placement[s] = [(meta["rois"][f"{h}{roi}"], flat[meta["rois"][f"{h}{roi}"]])
-                                  for roi in kw["roi_list"] for h in ("LH", "RH")]
-        if kw["zscore_support"] == "v1.0":
-            self._support = np.unique(np.concatenate([
-                overlap[f"sub-{s:02d}/{h}{roi}"] for s in self.subjects for h in ("LH", "RH") for roi in kw["roi_list"]
-            ])).astype(np.int64)
-            ijk = np.argwhere(np.isin(np.arange(np.prod(MNI_SHAPE)), self._support).reshape(MNI_SHAPE))
-        else:
-            self._support = None
-            ijk = np.argwhere(np.ones(MNI_SHAPE, dtype=bool))
-        self.mni_space = VolumeSpace(MNI_SHAPE, MNI_AFFINE, ijk)
+        prefix = f"sub-{subject:02d}/"
+        return SubjectGeometry(
+            func_shape=shape, blocks=blocks, masks=masks,
+            mni_index=np.flatnonzero(fed), func_index=nn[fed].astype(np.int64),
+            overlap={k[len(prefix):]: v for k, v in overlap.items() if k.startswith(prefix)},
+        )
 
     # ------------------------------------------------------------------ group maps
     def encode(self, stimulus: Any, *, show_progress: bool = True):
         """Subject-space responses (plain engine), or group MNI maps when ``space="mni"``.
 
         With ``space="mni"`` returns float32 ``(n_stimuli, n_outputs)`` whose columns are the MNI voxels
-        of the z-scoring support (v1.0; ``model.mni_space.voxel_ijk``) or all 91 x 109 x 91 voxels (v0.2);
+        of the z-scoring support (``model.mni_space.voxel_ijk``; v1.0: the smoothed-mask overlap, v0.2:
+        every voxel a subject's smoothed map reaches);
         ``to_nifti`` turns it into (91, 109, 91[, n]) images.
         """
         if self.space != "mni":
             return super().encode(stimulus, show_progress=show_progress)
         stimuli = self.prepare_stimuli(stimulus)
-        cols = self.mni_space.n_outputs
-        out = np.empty((len(stimuli), cols), dtype=np.float32)
-        flat_ijk = np.ravel_multi_index(tuple(self.mni_space.voxel_ijk.T), MNI_SHAPE)
+        out = np.empty((len(stimuli), self.mapper.n_outputs), dtype=np.float32)
         for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
-            maps = group_map(dict(zip(self.subjects, per_subject)), self._placement, self._func_sizes,
-                             self._nn, self._support, float(self.model_kwargs["sigma"]))
-            out[start:stop] = maps[:, flat_ijk]
+            out[start:stop] = self.mapper(dict(zip(self.subjects, per_subject)))
         return out
 
     def to_nifti(self, responses: Any, subject: Any = None):

@@ -1,0 +1,322 @@
+"""The `berg` command line: help, list/describe, one-line errors before any I/O, plugins, and
+encode/fetch end to end on the synthetic native model (checked against scikit-learn)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+
+from berg import cli
+from berg.cli import main
+
+from synthetic_native import GRID, MODEL_ID, N_OUT, ROIS, build
+
+REAL = "fmri-bold5000-resnet18"
+
+
+@pytest.fixture(autouse=True)
+def _builtin_registry_only(monkeypatch):
+    monkeypatch.delenv("BERG_REGISTRY", raising=False)
+    monkeypatch.delenv("BERG_OFFLINE", raising=False)
+
+
+def _one_line_error(err: str, *parts: str) -> None:
+    assert err.startswith("berg: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    for p in parts:
+        assert p in err, err
+
+
+# --------------------------------------------------------------------------- help, list, describe
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("list", "describe", "fetch", "encode", "cache", "train", "berg encode"):
+        assert command in out
+
+
+def test_encode_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    out = capsys.readouterr().out
+    for opt in ("--subject", "--roi", "--device", "--batch-size", "-o OUT", "--backbone-weights", "INPUT"):
+        assert opt in out
+
+
+def test_version(capsys):
+    import berg
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"berg {berg.__version__}"
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    (None, ["fmri-bmd-s3d", REAL]),
+    ("fmri-*", ["fmri-bmd-s3d", REAL]),
+    ("*s3d", ["fmri-bmd-s3d"]),
+    ("bold5000", [REAL]),  # a bare word matches anywhere
+])
+def test_list(capsys, pattern, expected):
+    assert main(["list", *([pattern] if pattern else [])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["ID", "MODALITY"]
+    assert [line.split()[0] for line in lines[1:]] == expected
+
+
+def test_list_json_and_no_match(capsys):
+    assert main(["list", "--json", "fmri-bmd*"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [{"id": "fmri-bmd-s3d", "modality": "fmri", "dataset": "bmd", "subjects": list(range(1, 11)),
+                     "input": "video", "name": rows[0]["name"]}]
+    assert main(["list", "eeg-*"]) == 1
+    err = capsys.readouterr().err
+    assert "no model matches 'eeg-*'" in err and "fmri-bmd-s3d" in err
+
+
+def test_describe_text_json_markdown(capsys):
+    from berg import BERG
+
+    assert main(["describe", REAL]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{REAL} — ") and "PPA" in text and "1 (1,685)" in text
+    assert main(["describe", "--json", REAL]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(BERG().describe(REAL)))
+    assert main(["describe", "--markdown", "fmri-bmd-s3d"]) == 0
+    assert capsys.readouterr().out.startswith("# fmri-bmd-s3d\n")
+
+
+@pytest.mark.parametrize("argv", [
+    ["describe", "fmri-bmd-s3"],
+    ["fetch", "fmri-bmd-s3", "--subject", "1"],
+    ["encode", "fmri-bmd-s3", "--subject", "1", "x.mp4", "-o", "out.h5"],
+])
+def test_unknown_model_is_one_line_with_suggestion(capsys, argv):
+    assert main(argv) == 2
+    _one_line_error(capsys.readouterr().err, "unknown model 'fmri-bmd-s3'", "Did you mean 'fmri-bmd-s3d'")
+
+
+@pytest.mark.parametrize("argv, part", [
+    (["encode", REAL], "required"),
+    (["encode", REAL, "--subject", "1", "--batch-size", "0", "a.jpg", "-o", "o.h5"], "--batch-size"),
+    (["frobnicate"], "invalid choice"),
+    (["describe", REAL, "--json", "--markdown"], "not allowed with"),
+])
+def test_argument_errors_are_one_line_exit_2(capsys, argv, part):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    _one_line_error(capsys.readouterr().err, part)
+
+
+# --------------------------------------------------------------------------- validation before any I/O
+
+
+@pytest.fixture
+def image(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "in" / "img.png"
+    p.parent.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p)
+    return p
+
+
+@pytest.mark.parametrize("extra, part", [
+    (["--subject", "1", "-o", "out.txt"], "-o must end with .h5, .hdf5, .nii, .nii.gz"),
+    (["--subject", "1,2", "-o", "out.nii.gz"], "NIfTI output takes one subject"),
+    (["--subject", "all", "-o", "out.nii"], "NIfTI output takes one subject"),
+    (["--subject", "all,1", "-o", "out.h5"], "cannot be combined"),
+    (["--subject", "9", "-o", "out.h5"], "valid subjects: 1, 2, 3"),
+    (["--subject", "1", "--roi", "PPX", "-o", "out.h5"], "Did you mean"),
+    (["--subject", "1", "--device", "gpu7", "-o", "out.h5"], "gpu7"),
+    (["--subject", "1", "--model-kwarg", "novalue", "-o", "out.h5"], "KEY=VALUE"),
+    (["MISSING", "--subject", "1", "-o", "out.h5"], "input not found"),
+])
+def test_encode_refuses_bad_input_before_any_io(capsys, tmp_path, image, extra, part):
+    cache = tmp_path / "cache"
+    argv = ["--cache-dir", str(cache), "encode", REAL, str(image), *extra]
+    argv = [str(tmp_path / a) if a.startswith(("out.", "MISSING")) else a for a in argv]
+    assert main(argv) == 2
+    _one_line_error(capsys.readouterr().err, part)
+    assert not cache.exists(), "nothing may be fetched or cached before the input is validated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"], "no output written"
+
+
+def test_encode_rejects_directory_without_stimuli(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["encode", REAL, "--subject", "1", str(tmp_path / "empty"), "-o", str(tmp_path / "o.h5")]) == 2
+    _one_line_error(capsys.readouterr().err, "has no image files")
+
+
+# --------------------------------------------------------------------------- plugins (cache, train)
+
+
+def test_missing_plugin_gives_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setitem(cli._PLUGINS, "cache", ("berg_no_such_module.cli", "add_cache_subparser", "cache"))
+    assert main(["cache", "list"]) == 2
+    _one_line_error(capsys.readouterr().err, "'berg cache' is unavailable", "berg_no_such_module.cli")
+
+
+def test_plugin_with_missing_dependency_names_it(capsys, monkeypatch):
+    broken = types.ModuleType("berg_test_broken_plugin")
+    broken.__path__ = []  # a package whose submodule import fails on a missing dependency
+
+    def fail(*_):
+        raise ModuleNotFoundError("No module named 'somedep'", name="somedep")
+
+    monkeypatch.setitem(sys.modules, "berg_test_broken_plugin", broken)
+    real_import = cli.importlib.import_module
+    monkeypatch.setattr(cli.importlib, "import_module",
+                        lambda name: fail() if name.startswith("berg_test") else real_import(name))
+    monkeypatch.setitem(cli._PLUGINS, "train", ("berg_test_broken_plugin.cli", "add_train_subparser", "train"))
+    assert main(["train", "cfg.yaml"]) == 2
+    _one_line_error(capsys.readouterr().err, "'berg train' is unavailable", "'somedep'")
+
+
+def test_present_plugin_adds_its_subcommand(capsys, monkeypatch):
+    calls = []
+    plugin = types.ModuleType("berg_test_cache_plugin")
+
+    def add_cache_subparser(subparsers):
+        p = subparsers.add_parser("cache", help="cache things")
+        p.add_argument("action", choices=["list", "size"])
+        p.set_defaults(func=lambda args: calls.append((args.action, args.cache_dir)) or 0)
+        return p
+
+    plugin.add_cache_subparser = add_cache_subparser
+    monkeypatch.setitem(sys.modules, "berg_test_cache_plugin", plugin)
+    monkeypatch.setitem(cli._PLUGINS, "cache", ("berg_test_cache_plugin", "add_cache_subparser", "cache"))
+    assert main(["--cache-dir", "/tmp/x", "cache", "size"]) == 0
+    assert calls == [("size", "/tmp/x")]
+    with pytest.raises(SystemExit):
+        main(["cache", "bogus"])
+    _one_line_error(capsys.readouterr().err, "invalid choice")
+
+
+def test_console_entry_point_exit_codes():
+    res = subprocess.run([sys.executable, "-m", "berg.cli", "describe", "nope-model"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    _one_line_error(res.stderr, "unknown model 'nope-model'")
+
+
+# --------------------------------------------------------------------------- end to end (synthetic model)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("synthetic-cli"))
+
+
+@pytest.fixture(scope="module")
+def stimuli(synth, tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("stimuli")
+    paths = []
+    for i, img in enumerate(synth.test_images[:4]):
+        p = folder / f"im{i}.png"  # PNG: lossless, so files give the same responses as the arrays
+        Image.fromarray(img).save(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.fixture
+def common(synth, tmp_path):
+    return ["--berg-dir", str(synth.berg_dir), "--cache-dir", str(tmp_path / "cache"),
+            "--registry", str(synth.registry), "--offline"]
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _encode(common, *args):
+    return main([*common, "encode", MODEL_ID, "--backbone-weights", "untrained", "--device", "cpu", *args])
+
+
+def test_encode_h5_matches_sklearn(synth, stimuli, common, tmp_path, capsys):
+    out = tmp_path / "r.h5"
+    assert _encode(common, "--subject", "1", "--batch-size", "3", "-q", *stimuli, "-o", str(out)) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} (subject 1: 4 x {N_OUT[1]}, float32)"
+    with h5py.File(out) as f:
+        r = f["sub-01/responses"][()]
+        assert r.shape == (4, N_OUT[1]) and r.dtype == np.float32
+        assert _rel(r, synth.expected[1][:4]) < 1e-5
+        np.testing.assert_array_equal(f["sub-01/output_ids"][()], synth.voxel_ijk[1])
+        prov = json.loads(f.attrs["provenance"])
+        assert prov["model_id"] == MODEL_ID and prov["subjects"] == [1]
+        assert any(k.startswith("readout/sub-01") for k in prov["artifacts"])
+        assert [s.decode() for s in f["stimulus_ids"][()]] == stimuli
+
+
+def test_encode_several_subjects_and_roi(synth, stimuli, common, tmp_path, capsys):
+    out = tmp_path / "multi.h5"
+    assert _encode(common, "--subject", "1,2", "--roi", "A", "--roi", "B", "-q", *stimuli[:2], "-o", str(out)) == 0
+    rows = np.unique(np.r_[np.arange(N_OUT[1])[ROIS["A"]], np.arange(N_OUT[1])[ROIS["B"]]])
+    with h5py.File(out) as f:
+        assert sorted(f) == ["stimulus_ids", "sub-01", "sub-02"]
+        for s in (1, 2):
+            r = f[f"sub-0{s}/responses"][()]
+            assert r.shape == (2, len(rows))
+            assert _rel(r, synth.expected[s][:2, rows]) < 1e-5
+            np.testing.assert_array_equal(f[f"sub-0{s}/output_ids"][()], synth.voxel_ijk[s][rows])
+            assert json.loads(f[f"sub-0{s}"].attrs["selection"]) == {"roi": ["A", "B"]}
+
+
+def test_encode_nifti_3d_and_4d_from_a_directory(synth, stimuli, common, tmp_path):
+    one = tmp_path / "one.nii.gz"
+    assert _encode(common, "--subject", "2", "-q", stimuli[0], "-o", str(one)) == 0
+    img = nib.load(one)
+    assert img.shape == GRID
+    np.testing.assert_allclose(np.asarray(img.dataobj)[tuple(synth.voxel_ijk[2].T)], synth.expected[2][0],
+                               rtol=1e-4, atol=1e-5 * np.abs(synth.expected[2]).max())
+    many = tmp_path / "many.nii"
+    assert _encode(common, "--subject", "2", "-q", str(Path(stimuli[0]).parent), "-o", str(many)) == 0
+    data = np.asarray(nib.load(many).dataobj)
+    assert data.shape == GRID + (len(stimuli),)  # every PNG of the directory, sorted
+    assert _rel(data[tuple(synth.voxel_ijk[2].T)].T, synth.expected[2][: len(stimuli)]) < 1e-5
+
+
+def test_encode_shows_progress_unless_quiet(stimuli, common, tmp_path, capsys):
+    assert _encode(common, "--subject", "1", stimuli[0], "-o", str(tmp_path / "p.h5")) == 0
+    assert "stim" in capsys.readouterr().err  # tqdm's unit
+    assert _encode(common, "--subject", "1", "-q", stimuli[0], "-o", str(tmp_path / "q.h5")) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_encode_unknown_model_kwarg(stimuli, common, tmp_path, capsys):
+    assert _encode(common, "--subject", "1", "--model-kwarg", "sigma=2", stimuli[0], "-o", str(tmp_path / "k.h5")) == 2
+    _one_line_error(capsys.readouterr().err, "unknown option(s) ['sigma']")
+
+
+def test_fetch(synth, common, capsys):
+    assert main([*common, "fetch", MODEL_ID, "--subject", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{MODEL_ID}: ") and "file(s)" in out
+    n_subject = int(out.split(": ")[1].split()[0])
+    assert main([*common, "fetch", MODEL_ID, "--all"]) == 0
+    n_all = int(capsys.readouterr().out.split(": ")[1].split()[0])
+    assert n_all > n_subject >= 3  # projection + readout + metadata, then every file
+    assert main([*common, "fetch", MODEL_ID, "--subject", "7"]) == 2
+    _one_line_error(capsys.readouterr().err, "valid subjects: 1, 2")
+
+
+def test_list_and_describe_do_not_import_torch():
+    code = ("import io, sys, contextlib\nfrom berg.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['list']) == 0 and main(['describe', 'fmri-bmd-s3d']) == 0\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'h5py') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
