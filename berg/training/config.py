@@ -28,6 +28,9 @@ _READOUT_KEYS = {"kind", "alphas", "folds"}
 # Paths are resolved relative to the config file; they do not change the fitted model, so they are
 # left out of the config hash.
 _PATH_KEYS = ("dataset", "out_dir", "feature_cache")
+# StandardScaler -> TruncatedSVD (BERG) and StandardScaler -> PCA give the same projection: standardised
+# training columns have zero mean, so a recipe may say either while the config says the other.
+_SAME_SUBSPACE = {"scaler_pca", "scaler_svd"}
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -105,7 +108,7 @@ class TrainConfig:
         if p["kind"] not in PROJECTION_CHOICES:
             raise InvalidParameterError(f"projection.kind {p['kind']!r} unknown; valid: {list(PROJECTION_CHOICES)}")
         stated = self.recipe.get("projection")
-        if stated is not None and stated != p["kind"]:
+        if stated is not None and stated != p["kind"] and {stated, p["kind"]} != _SAME_SUBSPACE:
             raise InvalidParameterError(
                 f"projection.kind {p['kind']!r} differs from recipe.projection {stated!r}; they must agree "
                 "(inference reads the recipe)"
@@ -135,7 +138,7 @@ class TrainConfig:
     def full_recipe(self) -> dict[str, Any]:
         """The recipe as the registry entry records it (projection and readout filled in)."""
         recipe = dict(self.recipe)
-        recipe["projection"] = self.projection["kind"]
+        recipe.setdefault("projection", self.projection["kind"])
         recipe.setdefault("readout", "linear")
         return recipe
 

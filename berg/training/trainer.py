@@ -1,13 +1,12 @@
 """The generic trainer: dataset -> features (the inference engine's own extractor) -> projection ->
-readout -> held-out evaluation -> berg artifact + card fragment + registry entry.
+readout -> held-out evaluation -> berg artifact + card + registry entry.
 
-``berg train CONFIG.yaml`` and :func:`train_from_config` run it. See docs/training.md for the config.
+``berg train CONFIG.yaml`` and :func:`train_from_config` run it; :func:`train` takes a
+:class:`~berg.training.config.TrainConfig`. See docs/training.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -16,216 +15,252 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from berg import metrics
 from berg.errors import InvalidParameterError
-from berg.training.dataset import EncodingDataset, read_dataset
-from berg.training.solvers import fit_ols, fit_ridge_cv, fit_scaler_pca
+from berg.training.config import TrainConfig
+from berg.training.datasets import EncodingDataset, read_dataset
+from berg.training.feature_cache import FeatureCache, feature_key, stimuli_digest
+from berg.training.solvers import ProjectionFit, fit_ols, fit_projection, fit_ridge_cv
 
-__all__ = ["TrainConfig", "TrainResult", "train", "train_from_config", "compute_features"]
+__all__ = ["TrainConfig", "TrainResult", "train", "train_from_config", "compute_features", "evaluate"]
 
 log = logging.getLogger(__name__)
 
-_PROJECTIONS = ("none", "scaler_pca")
-_READOUTS = ("ols", "ridge")
-
-
-@dataclass
-class TrainConfig:
-    """What to train (all fields map 1:1 to the YAML config)."""
-
-    model_id: str
-    dataset: str
-    recipe: dict[str, Any]
-    out_dir: str
-    projection: dict[str, Any] = field(default_factory=lambda: {"kind": "scaler_pca", "n_components": 100})
-    readout: dict[str, Any] = field(default_factory=lambda: {"kind": "ols"})
-    backbone_weights: str | None = None
-    seed: int = 0
-    batch_size: int = 32
-    device: str = "cpu"
-    source: dict[str, Any] = field(default_factory=dict)
-    card: dict[str, Any] = field(default_factory=dict)
-    feature_cache: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.projection.get("kind", "none") not in _PROJECTIONS:
-            raise InvalidParameterError(f"projection.kind must be one of {_PROJECTIONS}")
-        if self.readout.get("kind") not in _READOUTS:
-            raise InvalidParameterError(f"readout.kind must be one of {_READOUTS}")
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> "TrainConfig":
-        """Read a config; relative paths are relative to the config file."""
-        from berg.registry import read_yaml
-
-        path = Path(path)
-        raw = read_yaml(path) or {}
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InvalidParameterError(f"unknown config keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
-        for key in ("dataset", "out_dir", "feature_cache"):
-            if raw.get(key) and not os.path.isabs(raw[key]):
-                raw[key] = str(path.parent / raw[key])
-        return cls(**raw)
-
-    def digest(self) -> str:
-        """sha256 of the config (recorded in the artifact's provenance)."""
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True, default=str).encode()).hexdigest()
+_PROJECT_BYTES = 256 << 20  # feature rows read per projection step (bounded memory for wide features)
 
 
 @dataclass
 class TrainResult:
-    """What training produced."""
+    """What training produced.
+
+    Attributes
+    ----------
+    model_id : str
+    artifact_dir, registry_path, card_path, card_fragment_path : Path
+    test_predictions : dict
+        Subject -> (n_test, n_outputs) float32 predictions for ``test_indices`` (what ``encode``
+        returns for those stimuli).
+    accuracy : dict
+        Subject -> summary numbers (the card's ``accuracy.summary``).
+    per_output : dict
+        Subject -> {metric: (n_outputs,) array}.
+    test_indices : (n_test,) int array
+        Dataset rows of the test split.
+    """
 
     model_id: str
     artifact_dir: Path
     registry_path: Path
     card_path: Path
+    card_fragment_path: Path
     test_predictions: dict[Any, np.ndarray]
     accuracy: dict[Any, dict[str, Any]]
-    test_indices: np.ndarray
+    per_output: dict[Any, dict[str, np.ndarray]] = field(repr=False)
+    test_indices: np.ndarray = field(repr=False)
 
     def summary_lines(self) -> list[str]:
-        """Human-readable accuracy lines."""
-        return [f"subject {s}: median r {a['median_r']:.3f}, mean NC {a['mean_noise_ceiling']:.3f}, "
-                f"NNMC {a['nnmc']:.1f}" for s, a in self.accuracy.items()]
+        """Human-readable accuracy lines, one per subject."""
+        return [
+            f"subject {s}: median r {a['median_r']:.3f}, mean r {a['mean_r']:.3f}, mean NC "
+            f"{a['mean_noise_ceiling']:.3f}, mean NC-normalised EV {a['mean_nc_normalized_ev']:.1f}%, "
+            f"NNMC {a['nnmc']:.1f}" for s, a in self.accuracy.items()
+        ]
 
 
-def compute_features(cfg: TrainConfig, ds: EncodingDataset, cache_path: Path) -> Any:
-    """Backbone features of every stimulus, cached in chunked HDF5 and resumable.
+def compute_features(cfg: TrainConfig, ds: EncodingDataset, cache_path: str | os.PathLike[str], *,
+                     show_progress: bool = True) -> FeatureCache:
+    """Fill the feature cache for every stimulus of ``ds`` (resumable) and return it.
 
-    Uses :class:`berg.features.FeatureExtractor` and :func:`berg.engine.iter_features`: exactly the
-    preprocessing and feature code inference runs.
+    Features come from :class:`berg.features.FeatureExtractor` through :func:`berg.engine.iter_features`:
+    the preprocessing object is ``berg.transforms.from_recipe(recipe["transform"])``, the one inference uses.
     """
-    import h5py
-
-    from berg.engine import iter_features
-    from berg.features import FeatureExtractor
     from berg.stimuli import load_stimuli
 
     stimuli = load_stimuli(ds.stimuli, ds.kind)
-    extractor = FeatureExtractor(cfg.recipe, backbone_weights=cfg.backbone_weights, device=cfg.device, seed=cfg.seed)
-    key = hashlib.sha256(json.dumps([cfg.recipe, cfg.backbone_weights, cfg.seed, ds.checksum], default=str).encode()).hexdigest()[:16]
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(cache_path, "a") as f:
-        if f.attrs.get("key") != key:
-            for name in list(f):
-                del f[name]
-            f.attrs["key"] = key
-        done = f["done"][()] if "done" in f else np.zeros(len(stimuli), dtype=bool)
-        todo = np.flatnonzero(~done)
-        if todo.size:
-            log.info("computing features for %d/%d stimuli", todo.size, len(stimuli))
-            start = 0
-            for block in iter_features(extractor, _Subset(stimuli, todo), batch_size=cfg.batch_size, show_progress=True):
-                if "features" not in f:
-                    width = block.shape[1]
-                    f.create_dataset("features", shape=(len(stimuli), width), dtype=np.float32,
-                                     chunks=(min(len(stimuli), 64), min(width, 1 << 16)))
-                    f.create_dataset("done", data=done)
-                rows = todo[start:start + len(block)]
-                if np.all(np.diff(rows) == 1):
-                    f["features"][rows[0]:rows[-1] + 1] = block
-                else:  # resuming leaves gaps: write row by row
-                    for r, v in zip(rows, block):
-                        f["features"][r] = v
-                f["done"][rows] = True
-                f.flush()
-                start += len(block)
-    return h5py.File(cache_path, "r")["features"]
+    key = feature_key(cfg.recipe, cfg.backbone_weights, cfg.seed, stimuli_digest(ds.stimuli, ds.ids))
+    cache = FeatureCache(cache_path, key)
+
+    def make_extractor():
+        from berg.features import FeatureExtractor
+
+        return FeatureExtractor(cfg.recipe, backbone_weights=cfg.backbone_weights, device=cfg.device, seed=cfg.seed)
+
+    cache.compute(make_extractor, stimuli, batch_size=int(cfg.batch_size), show_progress=show_progress)
+    return cache
 
 
-class _Subset:
-    def __init__(self, seq, idx):
-        self.seq, self.idx = seq, idx
-
-    def __len__(self):
-        return len(self.idx)
-
-    def __getitem__(self, i):
-        return self.seq[int(self.idx[i])]
-
-
-def _evaluate(pred: np.ndarray, responses: np.ndarray) -> dict[str, Any]:
-    target = np.nanmean(responses, axis=1)
-    r = metrics.pearson_r(pred, target)
-    n_rep = float(np.mean(np.sum(~np.isnan(responses), axis=1)))
-    nc = metrics.noise_ceiling(metrics.ncsnr(responses), n_rep)
-    ev = metrics.noise_normalized_ev(r, nc)
-    return {"correlation": r, "r2": metrics.r2_score_from_r(r), "noise_ceiling": nc, "explained_variance": ev}
+def _project(features: Any, projection: Any | None) -> np.ndarray:
+    """All rows through the projection (float32, as the engine computes it), in bounded row blocks."""
+    n, width = features.shape
+    if projection is None:
+        return np.asarray(features[:], dtype=np.float32)
+    step = max(1, _PROJECT_BYTES // (4 * width))
+    out = np.empty((n, projection.weight.shape[0]), dtype=np.float32)
+    for a in range(0, n, step):
+        x = np.asarray(features[a:a + step], dtype=np.float32)
+        out[a:a + step] = x @ projection.weight.T + projection.bias
+    return out
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run the whole pipeline for one config."""
+def evaluate(pred: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-output test metrics of predictions against single-trial responses.
+
+    Parameters
+    ----------
+    pred : (n_test, n_outputs) array
+    responses : (n_test, n_repeats, n_outputs) array, NaN for missing repeats
+
+    Returns
+    -------
+    dict
+        ``correlation`` (Pearson r with the mean over repeats), ``r2`` (max(r,0)²), ``ncsnr``,
+        ``noise_ceiling`` (fraction, for the repeat counts actually averaged), ``nc_normalized_ev`` (%).
+    """
+    counts = np.sum(~np.isnan(responses), axis=1)  # (n_test, n_outputs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        target = np.nansum(responses, axis=1, dtype=np.float64) / counts
+    target = np.where(counts > 0, target, np.nan)
+    ok = ~np.isnan(target).any(axis=1)
+    if ok.sum() < 3:
+        raise InvalidParameterError(f"only {int(ok.sum())} test stimuli have responses for every output; need >= 3")
+    r = metrics.pearson_r(pred[ok], target[ok])
+    snr = metrics.ncsnr(responses[ok])
+    nc = metrics.noise_ceiling_from_counts(snr, counts[ok])
+    return {"correlation": r, "r2": metrics.r2_score_from_r(r), "ncsnr": snr, "noise_ceiling": nc,
+            "nc_normalized_ev": metrics.noise_normalized_ev(r, nc)}
+
+
+def _summary(ev: dict[str, np.ndarray], rois: dict[str, np.ndarray], n_train: int, n_test: int) -> dict[str, Any]:
+    r, nc, nev = ev["correlation"], ev["noise_ceiling"], ev["nc_normalized_ev"]
+    return {
+        "n_outputs": int(r.size),
+        "n_train_stimuli": int(n_train),
+        "n_test_stimuli": int(n_test),
+        "median_r": float(np.median(r)),
+        "mean_r": float(np.mean(r)),
+        "mean_r2": float(np.mean(ev["r2"])),
+        "mean_noise_ceiling": float(np.mean(nc)),
+        "median_noise_ceiling": float(np.median(nc)),
+        "mean_nc_normalized_ev": float(np.mean(nev)),
+        "median_nc_normalized_ev": float(np.median(nev)),
+        "nnmc": metrics.nnmc_score(r, nc),
+        "per_roi": metrics.roi_summary({"r": r, "noise_ceiling": nc, "nc_normalized_ev": nev}, rois) if rois else {},
+    }
+
+
+def _mean_over_repeats(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over available repeats, and the rows that have at least one repeat for every output."""
+    counts = np.sum(~np.isnan(responses), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = (np.nansum(responses, axis=1, dtype=np.float64) / counts).astype(np.float32)
+    return y, (counts > 0).all(axis=1)
+
+
+def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
+    """Run the whole pipeline for one config and export the model.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    show_progress : bool
+        tqdm bars for feature extraction and the projection passes.
+
+    Returns
+    -------
+    TrainResult
+    """
     from berg.training.export import export_model
 
     ds = read_dataset(cfg.dataset)
-    if ds.kind != cfg.recipe["transform"]["kind"]:
-        raise InvalidParameterError(f"dataset has {ds.kind} stimuli but the recipe's transform is {cfg.recipe['transform']['kind']}")
+    kind = cfg.recipe["transform"].get("kind")
+    if ds.kind != kind:
+        raise InvalidParameterError(f"dataset has {ds.kind} stimuli but the recipe's transform is for {kind}")
+    subjects = list(cfg.subjects) if cfg.subjects else list(ds.subjects)
+    unknown = [s for s in subjects if s not in ds.subjects]
+    if unknown:
+        raise InvalidParameterError(f"subjects {unknown} not in the dataset; valid: {list(ds.subjects)}")
     out_dir = Path(cfg.out_dir)
-    cache = Path(cfg.feature_cache) if cfg.feature_cache else out_dir / "feature_cache.h5"
-    features = compute_features(cfg, ds, cache)
+    out_dir.mkdir(parents=True, exist_ok=True)
     train_idx, test_idx = ds.indices("train"), ds.indices("test")
 
-    if cfg.projection.get("kind", "none") == "scaler_pca":
-        pca = fit_scaler_pca(features, train_idx, int(cfg.projection["n_components"]))
-        from berg.readouts import Projection
+    cache = compute_features(cfg, ds, cfg.feature_cache or out_dir / "feature_cache.h5", show_progress=show_progress)
+    kind_p = cfg.projection["kind"]
+    projection = fit = None
+    with cache.open() as feats:
+        log.info("features: %s; projection %s", feats.shape, kind_p)
+        if kind_p != "none":
+            from berg.readouts import Projection
 
-        projection = Projection.from_scaler_components(pca.mean, pca.scale, pca.components)
-    else:
-        projection = None
+            fit = fit_projection(feats, train_idx, int(cfg.projection["n_components"]), kind=kind_p,
+                                 col_block=int(cfg.projection.get("col_block", 1 << 15)), show_progress=show_progress)
+            projection = Projection.from_scaler_components(fit.mean, fit.scale, fit.components)
+        z = _project(feats, projection)
+    z_train, z_test = z[train_idx], z[test_idx]
 
-    def project(rows: np.ndarray) -> np.ndarray:
-        x = np.asarray(features[np.sort(rows)], dtype=np.float32)
-        return x if projection is None else (x @ projection.weight.T + projection.bias)
-
-    z_train, z_test = project(train_idx), project(test_idx)
     readouts, predictions, accuracy, per_output = {}, {}, {}, {}
-    for subject, sd in ds.subjects.items():
-        y_train = np.nanmean(sd.responses[np.sort(train_idx)], axis=1)
+    for subject in subjects:
+        sd = ds.subjects[subject]
+        y_train, has = _mean_over_repeats(np.asarray(sd.responses[train_idx]))
+        if not has.all():
+            log.warning("subject %s: %d training stimuli without responses are left out", subject, int((~has).sum()))
         if cfg.readout["kind"] == "ols":
-            weight, bias = fit_ols(z_train, y_train)
-            chosen = None
+            weight, bias = fit_ols(z_train[has], y_train[has])
+            alpha = None
         else:
-            fit = fit_ridge_cv(z_train, y_train, cfg.readout.get("alphas", np.logspace(-2, 6, 9)),
-                               folds=int(cfg.readout.get("folds", 5)), seed=cfg.seed)
-            weight, bias, chosen = fit.weight, fit.bias, fit.alphas
-        readouts[subject] = (weight.astype(np.float32), bias.astype(np.float32))
-        pred = (z_test @ weight.T + bias).astype(np.float32)
+            ridge = fit_ridge_cv(z_train[has], y_train[has], cfg.readout["alphas"], folds=int(cfg.readout["folds"]),
+                                 seed=cfg.seed)
+            weight, bias, alpha = ridge.weight, ridge.bias, ridge.alphas
+        del y_train
+        readouts[subject] = (weight, bias)
+        pred = z_test @ weight.T + bias
         predictions[subject] = pred
-        ev = _evaluate(pred, sd.responses[np.sort(test_idx)])
-        train_nc = metrics.noise_ceiling(metrics.ncsnr(sd.responses[np.sort(train_idx)]),
-                                         float(np.mean(np.sum(~np.isnan(sd.responses[train_idx]), axis=1))))
-        per_output[subject] = {**ev, "noise_ceiling_train": train_nc}
-        if chosen is not None:
-            per_output[subject]["ridge_alpha"] = chosen
-        accuracy[subject] = {
-            "median_r": float(np.median(ev["correlation"])),
-            "mean_r": float(np.mean(ev["correlation"])),
-            "mean_noise_ceiling": float(np.mean(ev["noise_ceiling"])),
-            "mean_explained_variance": float(np.mean(ev["explained_variance"])),
-            "nnmc": metrics.nnmc_score(ev["correlation"], ev["noise_ceiling"]),
-            "per_roi": metrics.roi_summary({"r": ev["correlation"], "nc": ev["noise_ceiling"]}, sd.rois) if sd.rois else {},
-        }
+        test_resp = np.asarray(sd.responses[test_idx])
+        ev = evaluate(pred, test_resp)
+        del test_resp
+        ev["noise_ceiling_train"] = _train_noise_ceiling(sd.responses, train_idx)
+        if alpha is not None:
+            ev["ridge_alpha"] = alpha
+        per_output[subject] = ev
+        accuracy[subject] = _summary(ev, sd.rois, int(has.sum()), len(test_idx))
+        log.info("subject %s: median r %.3f, NNMC %.1f", subject, accuracy[subject]["median_r"], accuracy[subject]["nnmc"])
+
     provenance = {
+        "creator": "berg train",
         "config_sha256": cfg.digest(),
-        "config": json.loads(json.dumps(cfg.__dict__, default=str)),
-        "dataset": {"path": str(cfg.dataset), "sha256": ds.checksum, "name": ds.name},
-        "seed": cfg.seed,
-        "versions": _versions(),
-        "split": {"train": int(len(train_idx)), "test": int(len(test_idx))},
+        "config": cfg.to_dict(),
+        "dataset": {"path": str(cfg.dataset), "sha256": ds.checksum, "name": ds.name,
+                    "n_stimuli": len(ds.ids), "n_train": int(train_idx.size), "n_test": int(test_idx.size)},
+        "seeds": {"seed": cfg.seed, "backbone": cfg.seed if cfg.backbone_weights == "untrained" else None,
+                  "cv_folds": cfg.seed if cfg.readout["kind"] == "ridge" else None},
+        "feature_cache_key": cache.key,
+        "projection": _projection_info(fit, kind_p),
+        "versions": library_versions(),
     }
-    paths = export_model(cfg, ds, projection, readouts, per_output, accuracy, provenance, out_dir)
-    return TrainResult(cfg.model_id, paths["artifact"], paths["registry"], paths["card"], predictions, accuracy, np.sort(test_idx))
+    paths = export_model(cfg, ds, subjects, projection, readouts, per_output, accuracy, provenance, out_dir)
+    return TrainResult(cfg.model_id, paths["artifact"], paths["registry"], paths["card"], paths["card_fragment"],
+                       predictions, accuracy, per_output, test_idx)
 
 
-def _versions() -> dict[str, str]:
+def _train_noise_ceiling(responses: Any, rows: np.ndarray) -> np.ndarray:
+    resp = np.asarray(responses[rows])
+    counts = np.sum(~np.isnan(resp), axis=1)
+    return metrics.noise_ceiling_from_counts(metrics.ncsnr(resp), counts)
+
+
+def _projection_info(fit: ProjectionFit | None, kind: str) -> dict[str, Any]:
+    if fit is None:
+        return {"kind": kind}
+    return {"kind": kind, "n_components": int(fit.components.shape[0]), "n_features": int(fit.components.shape[1]),
+            "explained_variance": [float(v) for v in fit.explained_variance]}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of python and the libraries that shape the result (recorded in the provenance)."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("berg", "numpy", "torch", "torchvision", "scikit-learn", "h5py", "safetensors"):
+    for pkg in ("berg", "numpy", "scipy", "torch", "torchvision", "scikit-learn", "h5py", "safetensors", "Pillow", "av"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -233,15 +268,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def train_from_config(path: str | os.PathLike[str], *, out_dir: str | None = None) -> TrainResult:
-    """``berg train CONFIG.yaml``."""
+def train_from_config(path: str | os.PathLike[str], *, out_dir: str | None = None, show_progress: bool = True) -> TrainResult:
+    """``berg train CONFIG.yaml``: read the config (paths relative to it) and train."""
     cfg = TrainConfig.from_yaml(path)
     if out_dir is not None:
-        cfg.out_dir = out_dir
-    return train(cfg)
-
-
-def dump_config(cfg: TrainConfig, path: Path) -> Path:
-    """Write a config back to YAML (used by creation scripts)."""
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.__dict__, default=str)), sort_keys=False))
-    return path
+        cfg.out_dir = str(out_dir)
+    return train(cfg, show_progress=show_progress)

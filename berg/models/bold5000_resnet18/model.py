@@ -149,6 +149,12 @@ class Bold5000ResNet18(LinearEncodingModel):
             return self.mni_space.to_nifti(responses)
         return super().to_nifti(responses, subject)
 
+    def output_ids(self, subject: Any = None) -> np.ndarray:
+        """MNI voxel ``(i, j, k)`` of each column for ``space="mni"``, else the subject's voxels."""
+        if self.space == "mni":
+            return self.mni_space.voxel_ijk
+        return super().output_ids(subject)
+
     def encode_movie(self, path: Any, *, fps: float = 2.0, show_progress: bool = True):
         """Predict a movie frame by frame at ``fps`` (img2fmri: 2 Hz); returns a 4-D NIfTI image.
 

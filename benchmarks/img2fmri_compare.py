@@ -1,0 +1,141 @@
+"""berg vs img2fmri 1.0 on the same images and the same (seeded, untrained) ResNet-18.
+
+img2fmri's own code path is timed up to where it needs AFNI/FSL: ``generate_activations`` (ResNet-18
+features, one .npy per image) + ``generate_predictions`` (15 Ridge pickles reloaded per image x
+subject, subject-space NIfTIs written to ./temp). berg is timed over its *full* group-map path
+(features -> three subjects' readouts -> MNI placement, smoothing, z-scoring).
+
+img2fmri is imported from its wheel (pinned sha256) in this process (its dependency natsort must be
+installed: pip install natsort) with three shims, all stated in
+the output: ``np.NaN`` restored for NumPy >= 2, ``nipype`` stubbed (only its AFNI/FSL wrappers are
+imported and they are not called here), and ``torchvision.models.resnet18`` returning the seeded
+untrained network berg uses (no pretrained weights offline).
+
+Run by hand:  .venv/bin/python benchmarks/img2fmri_compare.py [--n-images 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+TEST_CACHE = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test"))
+
+
+def make_images(folder: Path, n: int) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:04d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def import_img2fmri(wheel: Path, where: Path):
+    import torch
+    import torchvision
+
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(where)
+    sys.path.insert(0, str(where))
+    np.NaN = np.nan  # type: ignore[attr-defined]  # img2fmri predates NumPy 2
+    nipype = types.ModuleType("nipype")
+    interfaces = types.ModuleType("nipype.interfaces")
+    interfaces.afni = types.ModuleType("nipype.interfaces.afni")
+    interfaces.fsl = types.ModuleType("nipype.interfaces.fsl")
+    nipype.interfaces = interfaces
+    nipype.__path__ = []  # a package, so submodule imports resolve to the stubs below
+    algorithms = types.ModuleType("nipype.algorithms")
+    confounds = types.ModuleType("nipype.algorithms.confounds")
+    confounds._cosine_drift = None  # used only by img2fmri's movie analysis helpers
+    algorithms.confounds = confounds
+    sys.modules.update({"nipype.algorithms": algorithms, "nipype.algorithms.confounds": confounds})
+    sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # only its movie-frame helpers use OpenCV
+    sys.modules.update({"nipype": nipype, "nipype.interfaces": interfaces,
+                        "nipype.interfaces.afni": interfaces.afni, "nipype.interfaces.fsl": interfaces.fsl})
+    real = torchvision.models.resnet18
+
+    def seeded_resnet18(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return real(weights=None)
+
+    torchvision.models.resnet18 = seeded_resnet18
+    import importlib
+
+    return importlib.import_module("img2fmri.predict")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-images", type=int, default=100)
+    args = ap.parse_args()
+
+    import berg
+    from berg.models.bold5000_resnet18.convert import CONVERTER_VERSION, WHEEL_SHA256, convert_wheel
+    from berg.registry import Registry
+    from berg.store import Store
+    from berg.store.sources import source_for
+
+    wheel = source_for(Registry().get("fmri-bold5000-resnet18").source).wheel_path(Store(cache_dir=TEST_CACHE))
+    artifact = TEST_CACHE / "artifacts" / f"{WHEEL_SHA256[:12]}-v{CONVERTER_VERSION}"
+    if not (artifact / "manifest.json").is_file():
+        convert_wheel(wheel, artifact)
+
+    with tempfile.TemporaryDirectory(prefix="berg-i2f-bench-") as tmp:
+        tmp = Path(tmp)
+        images = make_images(tmp / "images", args.n_images)
+
+        client = berg.BERG(berg_dir=artifact, cache_dir=tmp / "cache", offline=True)
+        model = client.get_encoding_model("fmri-bold5000-resnet18", subject="all", space="mni", device="cpu",
+                                          backbone_weights="untrained")
+        model.encode(images[:2], show_progress=False)  # warm-up
+        t0 = time.perf_counter()
+        maps = model.encode(images, show_progress=False)
+        t_berg = time.perf_counter() - t0
+
+        predict = import_img2fmri(wheel, tmp / "wheel")
+        work = tmp / "work"
+        for sub in ("temp/activations", "temp/subj_space"):
+            (work / sub).mkdir(parents=True)
+        cwd = os.getcwd()
+        os.chdir(work)  # img2fmri writes into ./temp
+        try:
+            t0 = time.perf_counter()
+            predict.generate_activations(str(tmp / "images"))
+            predict.generate_predictions()
+            t_i2f = time.perf_counter() - t0
+        finally:
+            os.chdir(cwd)
+        n_written = len(list((work / "temp" / "subj_space").glob("*.nii.gz")))
+
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}",
+        "n_images": args.n_images,
+        "berg_full_group_map_img_per_s": round(args.n_images / t_berg, 2),
+        "img2fmri_activations_plus_subject_predictions_img_per_s": round(args.n_images / t_i2f, 2),
+        "ratio_berg_vs_img2fmri": round(t_i2f / t_berg, 1),
+        "berg_output": list(maps.shape),
+        "img2fmri_subject_space_files": n_written,
+        "shims": ["np.NaN restored", "nipype and cv2 stubbed (AFNI/FSL/movie code not called)", "resnet18 -> seeded weights=None"],
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

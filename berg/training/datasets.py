@@ -1,0 +1,465 @@
+"""berg's on-disk training dataset format (HDF5), its reader/writer, and adapters for published data.
+
+Format (version 1; documented with examples in docs/training.md)::
+
+    /stimuli/images              (n, H, W, 3) uint8        images stored inline, or
+    /stimuli/paths               (n,) str                  image/video files (relative to the HDF5 file, or absolute)
+    /stimuli/ids                 (n,) str                  unique stimulus ids
+    /split                       (n,) str                  "train" | "test" (other labels are ignored)
+    /subjects/<label>/responses  (n, n_repeats, n_outputs) float32, NaN for a missing repeat
+    /subjects/<label>/voxel_ijk  (n_outputs, 3) int32      optional: voxel of each output (volumes)
+    /subjects/<label>/rois/<name> int64 indices into the outputs (optional)
+    root attrs: format = "berg-training-dataset", format_version = 1, name, kind ("image" | "video"),
+                grid_shape (3,) + affine (4, 4) for volumetric outputs
+    subject group attrs: subject (int or str)
+
+Responses are read lazily, one subject at a time, in row blocks: a BMD-sized subject
+(1,102 x 10 x 108 k float32 = 4.8 GB) never has to sit in memory twice.
+
+Adapters turn published files into this format: :func:`trials_to_repeats` (the generic step: one
+row per trial -> stimuli x repeats), :func:`nsd_dataset` and :func:`bold5000_roi_dataset`. BMD is read by
+``creation_code/bmd_s3d/train.py``. The adapters follow the datasets' documentation; what could
+not be checked against the real files is listed under "Unverified" in each docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from berg.errors import InvalidParameterError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SubjectData",
+    "EncodingDataset",
+    "write_dataset",
+    "read_dataset",
+    "file_sha256",
+    "trials_to_repeats",
+    "nsd_dataset",
+    "bold5000_roi_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "berg-training-dataset"
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+_ROW_BLOCK = 64  # rows per HDF5 read when responses are loaded lazily
+
+
+class _H5Responses:
+    """A subject's ``(n, n_repeats, n_outputs)`` responses in an HDF5 file, read on indexing.
+
+    Supports ``.shape``, ``.dtype``, ``len()`` and ``[rows]`` / ``[rows, ...]`` with an int array, a
+    slice or a boolean mask for the rows (read in row blocks, so fancy indexing stays fast).
+    """
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...]):
+        self.path, self.name, self.shape = path, name, shape
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import h5py
+
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        rows = np.arange(self.shape[0])[key]
+        rows = np.atleast_1d(rows)
+        out = np.empty((len(rows),) + self.shape[1:], dtype=np.float32)
+        with h5py.File(self.path, "r") as f:
+            ds = f[self.name]
+            order = np.argsort(rows, kind="stable")
+            sorted_rows = rows[order]
+            for start in range(0, len(sorted_rows), _ROW_BLOCK):
+                chunk = sorted_rows[start:start + _ROW_BLOCK]
+                lo, hi = int(chunk[0]), int(chunk[-1]) + 1
+                block = ds[lo:hi]
+                out[order[start:start + len(chunk)]] = block[chunk - lo]
+        if np.ndim(np.arange(self.shape[0])[key]) == 0:
+            return out[0][rest] if rest else out[0]
+        return out[(slice(None),) + rest] if rest else out
+
+
+@dataclass
+class SubjectData:
+    """One subject's responses and output geometry.
+
+    Attributes
+    ----------
+    responses : (n_stimuli, n_repeats, n_outputs) array-like
+        float32, NaN marks a missing repeat; an ndarray, or a lazy reader from :func:`read_dataset`.
+    voxel_ijk : (n_outputs, 3) int array, optional
+        Voxel of every output on the dataset's grid (volumetric outputs).
+    rois : dict
+        ROI name -> int64 indices into the outputs.
+    """
+
+    responses: Any
+    voxel_ijk: np.ndarray | None = None
+    rois: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of outputs."""
+        return int(self.responses.shape[-1])
+
+
+@dataclass
+class EncodingDataset:
+    """A training dataset: stimuli (inline images or file paths), splits and per-subject responses.
+
+    Attributes
+    ----------
+    name : str
+    kind : {"image", "video"}
+    stimuli : (n, H, W, 3) uint8 array or list of paths
+    ids : list of str
+    split : (n,) str array
+    subjects : dict
+        Subject (int or str) -> :class:`SubjectData`.
+    grid_shape, affine : volumetric output space (both or neither)
+    checksum : str
+        sha256 of the HDF5 file it was read from ("" if built in memory).
+    """
+
+    name: str
+    kind: str
+    stimuli: Any
+    ids: list[str]
+    split: np.ndarray
+    subjects: dict[Any, SubjectData]
+    grid_shape: tuple[int, int, int] | None = None
+    affine: np.ndarray | None = None
+    checksum: str = ""
+
+    def __post_init__(self) -> None:
+        self.split = np.asarray(self.split).astype(str)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check shapes and labels; raises :class:`InvalidParameterError` naming what is wrong."""
+        n = len(self.ids)
+        if self.kind not in ("image", "video"):
+            raise InvalidParameterError(f"dataset kind {self.kind!r} unknown; valid: ['image', 'video']")
+        if len(self.stimuli) != n or len(self.split) != n:
+            raise InvalidParameterError(
+                f"dataset {self.name}: {len(self.stimuli)} stimuli, {n} ids and {len(self.split)} split labels differ"
+            )
+        if len(set(self.ids)) != n:
+            raise InvalidParameterError(f"dataset {self.name}: stimulus ids are not unique")
+        if not self.subjects:
+            raise InvalidParameterError(f"dataset {self.name} has no subjects")
+        if (self.grid_shape is None) != (self.affine is None):
+            raise InvalidParameterError("grid_shape and affine go together (volumetric outputs need both)")
+        for subject, sd in self.subjects.items():
+            shape = tuple(sd.responses.shape)
+            if len(shape) != 3 or shape[0] != n:
+                raise InvalidParameterError(
+                    f"subject {subject}: responses must be (n_stimuli={n}, n_repeats, n_outputs), got {shape}"
+                )
+            m = shape[2]
+            if sd.voxel_ijk is not None:
+                if sd.voxel_ijk.shape != (m, 3):
+                    raise InvalidParameterError(f"subject {subject}: voxel_ijk is {sd.voxel_ijk.shape}, expected ({m}, 3)")
+                if self.grid_shape is not None and (
+                    np.any(sd.voxel_ijk < 0) or np.any(sd.voxel_ijk >= np.asarray(self.grid_shape))
+                ):
+                    raise InvalidParameterError(f"subject {subject}: voxel_ijk outside the grid {self.grid_shape}")
+            for roi, idx in sd.rois.items():
+                idx = np.asarray(idx)
+                if idx.size and (idx.min() < 0 or idx.max() >= m):
+                    raise InvalidParameterError(f"subject {subject}: ROI {roi!r} indexes outside 0..{m - 1}")
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of a split (sorted)."""
+        idx = np.flatnonzero(self.split == split)
+        if idx.size == 0:
+            raise InvalidParameterError(
+                f"dataset {self.name} has no {split!r} stimuli; splits present: {sorted(set(self.split.tolist()))}"
+            )
+        return idx
+
+
+def _label(subject: Any) -> str:
+    from berg.layouts import subject_label
+
+    return subject_label(subject)
+
+
+def write_dataset(path: str | os.PathLike[str], ds: EncodingDataset) -> Path:
+    """Write a dataset in berg's HDF5 format (temp file + rename, so readers never see half a file).
+
+    Responses are written in row blocks, so lazily read sources are streamed.
+    """
+    import h5py
+
+    ds.validate()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "name": ds.name, "kind": ds.kind})
+        if ds.grid_shape is not None:
+            f.attrs["grid_shape"] = np.asarray(ds.grid_shape, dtype=np.int64)
+            f.attrs["affine"] = np.asarray(ds.affine, dtype=np.float64)
+        g = f.create_group("stimuli")
+        if isinstance(ds.stimuli, np.ndarray):
+            g.create_dataset("images", data=ds.stimuli, chunks=(1,) + ds.stimuli.shape[1:])
+        else:
+            g.create_dataset("paths", data=[str(p) for p in ds.stimuli], dtype=h5py.string_dtype())
+        g.create_dataset("ids", data=list(ds.ids), dtype=h5py.string_dtype())
+        f.create_dataset("split", data=ds.split.tolist(), dtype=h5py.string_dtype())
+        for subject, sd in ds.subjects.items():
+            sg = f.create_group(f"subjects/{_label(subject)}")
+            sg.attrs["subject"] = subject
+            n, reps, m = sd.responses.shape
+            chunks = (min(n, 16), reps, min(m, 1 << 14))
+            out = sg.create_dataset("responses", shape=(n, reps, m), dtype=np.float32, chunks=chunks)
+            for a in range(0, n, _ROW_BLOCK):
+                out[a:a + _ROW_BLOCK] = np.asarray(sd.responses[a:min(a + _ROW_BLOCK, n)], dtype=np.float32)
+            if sd.voxel_ijk is not None:
+                sg.create_dataset("voxel_ijk", data=np.asarray(sd.voxel_ijk, dtype=np.int32))
+            for name, idx in sd.rois.items():
+                sg.create_dataset(f"rois/{name}", data=np.asarray(idx, dtype=np.int64))
+    os.replace(tmp, path)
+    return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_dataset(path: str | os.PathLike[str], *, checksum: bool = True) -> EncodingDataset:
+    """Open a dataset written in berg's HDF5 format.
+
+    Stimuli given by path stay paths (decoded per batch later); inline images are loaded; responses
+    are lazy readers (:class:`SubjectData.responses` indexes the file on access).
+
+    Parameters
+    ----------
+    path : path
+    checksum : bool
+        Compute the file's sha256 (recorded in the trained model's provenance).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidParameterError(f"dataset file not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InvalidParameterError(f"{path} is not an HDF5 file ({exc}); see docs/training.md for the format") from exc
+    with f:
+        version = int(f.attrs.get("format_version", 1))
+        if version > FORMAT_VERSION:
+            raise InvalidParameterError(f"{path}: dataset format_version {version} is newer than this berg ({FORMAT_VERSION})")
+        for required in ("stimuli/ids", "split", "subjects"):
+            if required not in f:
+                raise InvalidParameterError(f"{path} lacks /{required}; see docs/training.md for the format")
+        if "stimuli/images" in f:
+            stimuli: Any = f["stimuli/images"][()]
+        elif "stimuli/paths" in f:
+            stimuli = [p if os.path.isabs(p) else str(path.parent / p) for p in f["stimuli/paths"].asstr()[()]]
+        else:
+            raise InvalidParameterError(f"{path} has neither /stimuli/images nor /stimuli/paths")
+        subjects: dict[Any, SubjectData] = {}
+        for label, sg in f["subjects"].items():
+            if "responses" not in sg:
+                raise InvalidParameterError(f"{path}: /subjects/{label} lacks responses")
+            subject = sg.attrs.get("subject", label)
+            subject = int(subject) if isinstance(subject, (np.integer, int)) else str(subject)
+            subjects[subject] = SubjectData(
+                responses=_H5Responses(path, sg["responses"].name, tuple(sg["responses"].shape)),
+                voxel_ijk=sg["voxel_ijk"][()] if "voxel_ijk" in sg else None,
+                rois={k: v[()] for k, v in sg["rois"].items()} if "rois" in sg else {},
+            )
+        ds = EncodingDataset(
+            name=str(f.attrs.get("name", path.stem)),
+            kind=str(f.attrs.get("kind", "image")),
+            stimuli=stimuli,
+            ids=list(f["stimuli/ids"].asstr()[()]),
+            split=np.asarray(f["split"].asstr()[()]),
+            subjects=subjects,
+            grid_shape=tuple(int(v) for v in f.attrs["grid_shape"]) if "grid_shape" in f.attrs else None,
+            affine=np.asarray(f.attrs["affine"]) if "affine" in f.attrs else None,
+        )
+    if checksum:
+        ds.checksum = file_sha256(path)
+    return ds
+
+
+# --------------------------------------------------------------------------------------- adapters
+
+
+def trials_to_repeats(trial_stimulus: Sequence[Any], trial_responses: np.ndarray,
+                      *, max_repeats: int | None = None) -> tuple[list[Any], np.ndarray]:
+    """Group single trials into berg's ``(n_stimuli, n_repeats, n_outputs)`` layout.
+
+    Parameters
+    ----------
+    trial_stimulus : (n_trials,) sequence
+        Stimulus id of each trial.
+    trial_responses : (n_trials, n_outputs) array
+    max_repeats : int, optional
+        Keep at most this many repeats per stimulus (the first ones, in trial order).
+
+    Returns
+    -------
+    ids : list
+        Unique stimulus ids in order of first appearance.
+    responses : (n_stimuli, n_repeats, n_outputs) float32 array
+        Repeats in trial order, NaN-padded where a stimulus was seen fewer times.
+    """
+    trial_responses = np.asarray(trial_responses)
+    if trial_responses.ndim != 2 or trial_responses.shape[0] != len(trial_stimulus):
+        raise InvalidParameterError(
+            f"trial_responses must be (n_trials={len(trial_stimulus)}, n_outputs), got {trial_responses.shape}"
+        )
+    ids: list[Any] = []
+    rows: dict[Any, list[int]] = {}
+    for t, sid in enumerate(trial_stimulus):
+        if sid not in rows:
+            rows[sid] = []
+            ids.append(sid)
+        rows[sid].append(t)
+    reps = max(len(v) for v in rows.values())
+    reps = min(reps, max_repeats) if max_repeats else reps
+    out = np.full((len(ids), reps, trial_responses.shape[1]), np.nan, dtype=np.float32)
+    for i, sid in enumerate(ids):
+        trials = rows[sid][:reps]
+        out[i, : len(trials)] = trial_responses[trials]
+    return ids, out
+
+
+def _zscore_per_session(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=0)
+    return ((x - x.mean(axis=0)) / np.where(sd == 0, 1.0, sd)).astype(np.float32)
+
+
+def nsd_dataset(nsd_root: str | os.PathLike[str], subject: int, *, mask: str = "nsdgeneral",
+                sessions: Sequence[int] | None = None, zscore: bool = True) -> EncodingDataset:
+    """Natural Scenes Dataset (Allen et al. 2022) betas of one subject in berg's format.
+
+    Reads, relative to ``nsd_root`` (the layout of the public ``natural-scenes-dataset`` bucket):
+
+    * ``nsddata/experiments/nsd/nsd_expdesign.mat``: ``masterordering`` (1-based index, per trial,
+      into the subject's 10,000 images), ``subjectim`` (8 x 10,000, 1-based 73k ids) and ``sharedix``
+      (the 1,000 shared images, 1-based 73k ids);
+    * ``nsddata_betas/ppdata/subjSS/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_sessionNN.nii.gz``:
+      (X, Y, Z, 750) int16 betas, percent signal change x 300;
+    * ``nsddata/ppdata/subjSS/func1pt8mm/roi/<mask>.nii.gz``: voxels with a value > 0 are outputs;
+    * ``nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5``: ``imgBrick`` (73000, 425, 425, 3) uint8.
+
+    The shared 1,000 images form the test split (as in Algonauts 2023), the rest train. Betas are
+    z-scored per voxel within each session (``zscore``), as NSD's authors recommend.
+
+    Unverified (written from the NSD data manual, not run on the real files): that scipy can read
+    ``nsd_expdesign.mat`` (MATLAB v5, not v7.3); that trial ``t`` (0-based) of ``masterordering``
+    is trial ``t % 750`` of session ``t // 750 + 1``; the dtype/scaling of the betas files.
+    """
+    import nibabel as nib
+    import scipy.io
+    import h5py
+
+    root = Path(nsd_root)
+    design = scipy.io.loadmat(root / "nsddata/experiments/nsd/nsd_expdesign.mat")
+    order = np.asarray(design["masterordering"]).ravel().astype(np.int64) - 1
+    subjectim = np.asarray(design["subjectim"])[subject - 1].astype(np.int64) - 1
+    shared = set((np.asarray(design["sharedix"]).ravel().astype(np.int64) - 1).tolist())
+    func = f"subj{subject:02d}/func1pt8mm"
+    mask_img = nib.load(root / f"nsddata/ppdata/{func}/roi/{mask}.nii.gz")
+    inside = np.asarray(mask_img.dataobj) > 0
+    beta_dir = root / f"nsddata_betas/ppdata/{func}/betas_fithrf_GLMdenoise_RR"
+    available = sorted(int(p.name[len("betas_session"):-len(".nii.gz")]) for p in beta_dir.glob("betas_session*.nii.gz"))
+    sessions = list(sessions or available)
+    if not sessions:
+        raise InvalidParameterError(f"no betas_sessionNN.nii.gz in {beta_dir}")
+    trial_ids, parts = [], []
+    for s in sessions:
+        betas = np.asarray(nib.load(beta_dir / f"betas_session{s:02d}.nii.gz").dataobj)[inside].T / 300.0
+        parts.append(_zscore_per_session(betas) if zscore else betas.astype(np.float32))
+        trial_ids.extend(subjectim[order[(s - 1) * 750: s * 750]].tolist())
+        log.info("NSD subject %d session %d: %s", subject, s, betas.shape)
+    ids, responses = trials_to_repeats(trial_ids, np.concatenate(parts))
+    with h5py.File(root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5", "r") as f:
+        brick = f["imgBrick"]
+        images = np.stack([brick[i] for i in ids])
+    split = np.array(["test" if i in shared else "train" for i in ids])
+    return EncodingDataset(
+        name="nsd", kind="image", stimuli=images, ids=[f"nsd-{i + 1:05d}" for i in ids], split=split,
+        subjects={subject: SubjectData(responses, np.argwhere(inside).astype(np.int32), {mask: np.arange(int(inside.sum()))})},
+        grid_shape=tuple(inside.shape), affine=np.asarray(mask_img.affine),
+    )
+
+
+BOLD5000_ROIS = ("LHEarlyVis", "RHEarlyVis", "LHLOC", "RHLOC", "LHOPA", "RHOPA", "LHPPA", "RHPPA", "LHRSC", "RHRSC")
+
+
+def bold5000_roi_dataset(roi_mat: str | os.PathLike[str], stim_list: str | os.PathLike[str],
+                         image_dir: str | os.PathLike[str], subject: Any, *,
+                         test_ids: Sequence[str] | None = None, min_test_repeats: int = 2) -> EncodingDataset:
+    """BOLD5000 release 1.0 ROI responses (Chang et al. 2019) in berg's format (flat outputs).
+
+    Parameters
+    ----------
+    roi_mat : path
+        ``BOLD5000_ROIs/ROIs/CSIn/mat/CSIn_ROIs_TR<tr>.mat``: one (n_trials, n_voxels) matrix per ROI
+        (names in :data:`BOLD5000_ROIS`).
+    stim_list : path
+        ``BOLD5000_ROIs/ROIs/stim_lists/CSI0n_stim_lists.txt``: image file name of every trial.
+    image_dir : path
+        Folder searched recursively for those file names (``BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli``).
+    subject : int or str
+    test_ids : sequence of str, optional
+        Test images (default: every image shown at least ``min_test_repeats`` times, the repeated set).
+
+    Unverified (from the release notes, not run on the real files): the ``.mat`` variable names and
+    that they are MATLAB v5 (scipy) rather than v7.3; the per-trial order of the stimulus list
+    matching the matrices' rows.
+    """
+    import scipy.io
+
+    mat = scipy.io.loadmat(roi_mat)
+    names = [r for r in BOLD5000_ROIS if r in mat]
+    if not names:
+        raise InvalidParameterError(f"{roi_mat} has none of the ROI variables {list(BOLD5000_ROIS)}")
+    blocks = [np.asarray(mat[r], dtype=np.float32) for r in names]
+    trials = [line.strip() for line in Path(stim_list).read_text().splitlines() if line.strip()]
+    if len(trials) != blocks[0].shape[0]:
+        raise InvalidParameterError(f"{stim_list} lists {len(trials)} trials, {roi_mat} has {blocks[0].shape[0]}")
+    ids, responses = trials_to_repeats(trials, np.concatenate(blocks, axis=1))
+    files = {p.name: p for p in Path(image_dir).rglob("*") if p.is_file()}
+    missing = [i for i in ids if i not in files]
+    if missing:
+        raise InvalidParameterError(f"{len(missing)} stimulus images not found under {image_dir}, e.g. {missing[:3]}")
+    counts = np.sum(~np.isnan(responses[:, :, 0]), axis=1)
+    test = set(test_ids) if test_ids is not None else {i for i, c in zip(ids, counts) if c >= min_test_repeats}
+    bounds = np.cumsum([0] + [b.shape[1] for b in blocks])
+    rois = {r: np.arange(bounds[j], bounds[j + 1]) for j, r in enumerate(names)}
+    return EncodingDataset(
+        name="bold5000", kind="image", stimuli=[str(files[i]) for i in ids], ids=list(ids),
+        split=np.array(["test" if i in test else "train" for i in ids]),
+        subjects={subject: SubjectData(responses, None, rois)},
+    )
