@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from berg.errors import InvalidParameterError, ModelLoadError
+from berg.errors import InvalidParameterError
 from berg.registry import ModelSpec, Registry, validate_load_params
 
 __all__ = ["BERG"]
@@ -24,14 +23,9 @@ def _model_class(spec: ModelSpec):
 
     if not spec.model_class:
         return LinearEncodingModel
-    module, _, name = spec.model_class.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import model class {spec.model_class!r}: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, LinearEncodingModel)):
-        raise ModelLoadError(f"{spec.model_class} must subclass berg.engine.LinearEncodingModel")
-    return cls
+    from berg._imports import import_class
+
+    return import_class(spec.model_class, LinearEncodingModel, f"model class of {spec.model_id}")
 
 
 class BERG:

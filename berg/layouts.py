@@ -8,7 +8,6 @@ docs/architecture.md). Other layouts (e.g. BERG's legacy pickled dicts) subclass
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -185,11 +184,6 @@ def layout_for(spec: "ModelSpec", store: "Store") -> ArtifactLayout:
     """Instantiate the layout a registry entry names."""
     if spec.layout == "native":
         return NativeLayout(spec, store)
-    module, _, name = spec.layout.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import layout {spec.layout!r} of {spec.model_id}: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, ArtifactLayout)):
-        raise ModelLoadError(f"{spec.layout} is not an ArtifactLayout")
-    return cls(spec, store)
+    from berg._imports import import_class
+
+    return import_class(spec.layout, ArtifactLayout, f"layout of {spec.model_id}")(spec, store)
