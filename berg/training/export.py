@@ -99,6 +99,8 @@ def export_model(
             label = subject_label(subject)
             writer.add_tensors(f"readout/{label}.safetensors", {"weight": weight, "bias": bias})
             tensors = {f"roi/{k}": np.asarray(v, dtype=np.int64) for k, v in sd.rois.items()}
+            if not sd.rois:  # the card then lists the single ROI "all"; keep it selectable
+                tensors["roi/all"] = np.arange(weight.shape[0], dtype=np.int64)
             tensors.update({f"accuracy/{k}": np.asarray(v, dtype=np.float32) for k, v in per_output[subject].items()})
             if sd.voxel_ijk is not None and ds.grid_shape is not None:
                 tensors["voxel_ijk"] = np.asarray(sd.voxel_ijk, dtype=np.int32)

@@ -1,6 +1,6 @@
 """Synthetic datasets with known ground truth, for tests, benchmarks and the demo.
 
-Stimuli are random images; features come from a seeded untrained backbone through berg's own
+Nothing here is brain data: stimuli are random images; features come from a seeded untrained backbone through berg's own
 extractor; true responses are linear in the standardised-PCA features (fitted with scikit-learn,
 independently of berg's trainer), with per-output signal variance ``s2`` and noise variance ``n2``
 per repeat, so the noise ceiling of a mean over ``n`` repeats is known: ``s2 / (s2 + n2 / n)``.
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from berg.training.dataset import EncodingDataset, SubjectData, write_dataset
+from berg.training.datasets import EncodingDataset, SubjectData, write_dataset
 
-__all__ = ["SyntheticTruth", "make_synthetic_dataset", "blob_grid"]
+__all__ = ["SyntheticTruth", "make_synthetic_dataset", "blob_grid", "linear_problem"]
 
 
 @dataclass
@@ -32,13 +32,18 @@ class SyntheticTruth:
     features: np.ndarray
 
     def noise_ceiling(self, subject: Any, n: int | None = None) -> np.ndarray:
-        """Analytic noise ceiling (fraction) of the mean over ``n`` repeats (default: test repeats)."""
+        """Analytic noise ceiling (fraction) of the mean over ``n`` repeats (default: test repeats).
+
+        ``NC = s2 / (s2 + n2 / n)``, i.e. ``ncsnr² / (ncsnr² + 1/n)`` with ``ncsnr = sqrt(s2 / n2)``;
+        ``s2`` is the signal variance over the test stimuli, ``n2`` the per-trial noise variance.
+        """
         n = self.n_repeats_test if n is None else n
         s2, n2 = self.signal_var[subject], self.noise_var[subject]
         return s2 / (s2 + n2 / n)
 
 
-def blob_grid(shape=(20, 24, 20), n_blobs: int = 3, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def blob_grid(shape=(20, 24, 20), n_blobs: int = 3, seed: int = 0,
+              radius: tuple[float, float] = (0.15, 0.25)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A made-up brain: voxel indices of a few ellipsoid blobs on a grid, and one 'ROI' per blob."""
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
@@ -46,7 +51,7 @@ def blob_grid(shape=(20, 24, 20), n_blobs: int = 3, seed: int = 0) -> tuple[np.n
     labels = np.zeros(shape, dtype=int)
     for b in range(n_blobs):
         centre = rng.uniform(0.25, 0.75, 3) * np.array(shape)
-        radii = rng.uniform(0.15, 0.25, 3) * np.array(shape)
+        radii = rng.uniform(*radius, 3) * np.array(shape)
         inside = (((grid - centre) / radii) ** 2).sum(-1) <= 1
         labels[inside & ~mask] = b + 1
         mask |= inside
@@ -67,6 +72,8 @@ def make_synthetic_dataset(
     subjects=(1,),
     n_outputs: int | None = None,
     grid: tuple[int, int, int] | None = (12, 14, 12),
+    n_blobs: int = 3,
+    blob_radius: tuple[float, float] = (0.15, 0.25),
     k_true: int = 10,
     snr_range: tuple[float, float] = (0.3, 3.0),
     image_size: int = 48,
@@ -79,6 +86,9 @@ def make_synthetic_dataset(
     ----------
     recipe : dict
         Registry-style recipe whose backbone/nodes/transform produce the features.
+    grid : (int, int, int) or None
+        Made-up volume; outputs are the voxels of ``n_blobs`` ellipsoids (radii a ``blob_radius`` fraction
+        of the grid), one ROI per blob. ``None``: ``n_outputs`` flat outputs.
     snr_range : (float, float)
         Per-output ``s2 / n2`` drawn log-uniformly from this range.
     shuffle_responses : bool
@@ -106,7 +116,7 @@ def make_synthetic_dataset(
     z /= z[train].std(axis=0)
 
     if grid is not None:
-        ijk, rois = blob_grid(grid, seed=seed)
+        ijk, rois = blob_grid(grid, n_blobs=n_blobs, seed=seed, radius=blob_radius)
     else:
         ijk, rois = None, {}
     n_out = len(ijk) if ijk is not None else int(n_outputs or 50)
@@ -141,3 +151,21 @@ def make_synthetic_dataset(
     )
     write_dataset(path, ds)
     return SyntheticTruth(Path(path), truth_w, truth_b, s2s, n2s, n_repeats_test, feats)
+
+
+def linear_problem(n: int, k: int, m: int, *, snr: float = 1.0, seed: int = 0,
+                   dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A plain regression problem ``y = x @ w.T + noise`` (no backbone), for solver tests and benchmarks.
+
+    Returns
+    -------
+    x : (n, k) array, standard normal
+    y : (n, m) array; per output, signal variance / noise variance = ``snr``
+    w : (m, k) true weights, scaled so the signal variance is 1
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, k), dtype=np.float32).astype(dtype)
+    w = (rng.standard_normal((m, k), dtype=np.float32) / np.sqrt(k)).astype(dtype)
+    y = x @ w.T
+    y += rng.standard_normal((n, m), dtype=np.float32).astype(dtype) / np.sqrt(snr)
+    return x, y, w

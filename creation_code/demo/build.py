@@ -44,7 +44,8 @@ def build_demo(out_dir: str | Path, *, seed: int = 0) -> DemoModel:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = out_dir / "synthetic_dataset.h5"
-    make_synthetic_dataset(data, RECIPE, n_train=120, n_test=30, grid=(20, 24, 20), k_true=8,
+    make_synthetic_dataset(data, RECIPE, n_train=120, n_test=30, grid=(20, 24, 20), n_blobs=5,
+                           blob_radius=(0.2, 0.3), k_true=8,
                            image_size=64, seed=seed)
     cfg = TrainConfig(
         model_id=MODEL_ID, dataset=str(data), recipe=RECIPE, out_dir=str(out_dir / "export"),
@@ -58,12 +59,16 @@ def build_demo(out_dir: str | Path, *, seed: int = 0) -> DemoModel:
                            "brain model: stimuli are random images, responses are simulated.",
             "species": "none (synthetic)",
             "dataset": {"name": "synthetic", "space": "made-up 3 mm grid (20, 24, 20)", "citation": "none (simulated)"},
-            "caveats": ["Synthetic: outputs mean nothing about brains."],
+            "stimuli": {"type": "image", "description": "SYNTHETIC: smoothed random-noise images, 64x64"},
+            "output": {"units": "SYNTHETIC arbitrary units (simulated responses)"},
+            "caveats": ["SYNTHETIC model: random images, untrained ResNet-18, simulated voxels on a made-up grid. "
+                        "Its outputs mean nothing about brains; it exists to demonstrate and test berg."],
         },
     )
-    result = train(cfg)
+    cfg.dump(out_dir / "demo_config.yaml")  # the exact config, to rerun with `berg train`
+    result = train(cfg, show_progress=False)
     a = result.accuracy[1]
-    summary = f"test median r {a['median_r']:.2f}, mean noise ceiling {a['mean_noise_ceiling']:.2f}, NNMC {a['nnmc']:.0f}"
+    summary = f"SYNTHETIC; test median r {a['median_r']:.2f}, mean noise ceiling {a['mean_noise_ceiling']:.2f}, NNMC {a['nnmc']:.0f}"
     return DemoModel(MODEL_ID, result.artifact_dir, result.registry_path, result.card_path, PREFIX, summary)
 
 
