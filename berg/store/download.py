@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from berg.errors import ArtifactError, IntegrityError
-from berg.store.manifest import FileInfo, sha256_file
+from berg.store.manifest import FileInfo
 
 __all__ = ["RetryPolicy", "TransientError", "RemoteObject", "download_atomic", "file_lock"]
 
@@ -185,6 +185,16 @@ def _give_up(label: str, attempt: int, exc: Exception, part: Path) -> ArtifactEr
     )
 
 
+def _after_failure(attempt: int, exc: Exception, policy: "RetryPolicy", label: str, part: Path) -> int:
+    """Count a transient failure: give up with a clear error, or log, back off and return the new count."""
+    attempt += 1
+    if attempt >= policy.attempts:
+        raise _give_up(label, attempt, exc, part) from exc
+    log.info("%s: %s; retry %d/%d", label, exc, attempt, policy.attempts - 1)
+    policy.sleep(attempt)
+    return attempt
+
+
 def _fill_stream(part, size, open_stream, hasher, bar, policy, label) -> None:
     """One GET from the current end of ``part``; on a transient failure resume with a Range."""
     attempt = 0
@@ -207,11 +217,7 @@ def _fill_stream(part, size, open_stream, hasher, bar, policy, label) -> None:
                 raise TransientError(f"body ended at {got} of {size} bytes")
             return
         except TransientError as exc:
-            attempt += 1
-            if attempt >= policy.attempts:
-                raise _give_up(label, attempt, exc, part) from exc
-            log.info("%s: %s; retry %d/%d", label, exc, attempt, policy.attempts - 1)
-            policy.sleep(attempt)
+            attempt = _after_failure(attempt, exc, policy, label, part)
 
 
 def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy, label) -> None:
@@ -238,11 +244,7 @@ def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy,
                     raise TransientError(f"range {start}-{stop - 1}: got {len(data)} of {stop - start} bytes")
                 break
             except TransientError as exc:
-                attempt += 1
-                if attempt >= policy.attempts:
-                    raise _give_up(label, attempt, exc, part) from exc
-                log.info("%s: %s; retry %d/%d", label, exc, attempt, policy.attempts - 1)
-                policy.sleep(attempt)
+                attempt = _after_failure(attempt, exc, policy, label, part)
         fd = os.open(part, os.O_WRONLY)
         try:
             os.pwrite(fd, data, start)
