@@ -42,3 +42,23 @@ def fast_retries(monkeypatch):
     monkeypatch.setenv("BERG_BACKOFF", "0.01")
     monkeypatch.setenv("BERG_TIMEOUT", "2")
     monkeypatch.setenv("BERG_RETRIES", "6")
+
+
+def shared_data_dir():
+    """``../shared/data/img2fmri`` beside the checkout (as in CI), or ``$BERG_SHARED_DIR/data/img2fmri``."""
+    from pathlib import Path
+
+    roots = [os.environ.get("BERG_SHARED_DIR"), Path(__file__).resolve().parents[2] / "shared"]
+    for root in roots:
+        if root and (Path(root) / "data" / "img2fmri").is_dir():
+            return Path(root) / "data" / "img2fmri"
+    return None
+
+
+@pytest.fixture(scope="session")
+def img2fmri_data():
+    """The shared img2fmri reference folder (images + published outputs); skipped only where absent."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data/img2fmri not found beside the checkout (set BERG_SHARED_DIR)")
+    return path

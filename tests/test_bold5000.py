@@ -17,8 +17,6 @@ from berg.models.bold5000_resnet18.mni import MNI_SHAPE
 from berg.registry import Registry
 from berg.store.artifacts import read_tensors
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "img2fmri"
-IMAGES = sorted(SHARED.glob("*.jpg"))
 MODEL_ID = "fmri-bold5000-resnet18"
 TEST_CACHE = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test"))
 
@@ -91,7 +89,8 @@ def _reference_features(paths) -> np.ndarray:
         return net(torch.stack([prep(Image.open(p).convert("RGB")) for p in paths])).numpy()
 
 
-def test_subject_space_encode_equals_direct_computation(client, artifact):
+def test_subject_space_encode_equals_direct_computation(client, artifact, img2fmri_data):
+    IMAGES = sorted(img2fmri_data.glob("*.jpg"))
     feats = _reference_features(IMAGES)
     model = client.get_encoding_model(MODEL_ID, subject=[1, 2, 3], device="cpu", backbone_weights="untrained")
     out = client.encode(model, IMAGES, show_progress=False)
@@ -105,7 +104,8 @@ def test_subject_space_encode_equals_direct_computation(client, artifact):
     assert img.shape == (71, 89, 72, 4)
 
 
-def test_group_map_is_zscored_on_support(client):
+def test_group_map_is_zscored_on_support(client, img2fmri_data):
+    IMAGES = sorted(img2fmri_data.glob("*.jpg"))
     model = client.get_encoding_model(MODEL_ID, subject="all", space="mni", device="cpu", backbone_weights="untrained")
     maps = model.encode(IMAGES, show_progress=False)
     assert maps.shape == (4, model.mni_space.n_outputs)

@@ -16,7 +16,6 @@ import pytest
 import berg
 from berg.models.bold5000_resnet18 import mni
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "img2fmri"
 TEST_CACHE = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test"))
 MODEL_ID = "fmri-bold5000-resnet18"
 ROIS = ("EarlyVis", "OPA", "LOC", "RSC", "PPA")
@@ -226,7 +225,7 @@ def test_group_mapper_equals_direct_pipeline(subjects, voxel_order, support, roi
         mni.GroupMapper(geo, {s: r[:10] for s, r in rows.items()}, roi_list=roi_list)
 
 
-def test_published_v02_outputs_are_reproduced_by_least_squares(subjects):
+def test_published_v02_outputs_are_reproduced_by_least_squares(subjects, img2fmri_data):
     """v0.2's real AFNI/FSL maps are linear in the unknown features per subject (plus offsets).
 
     Columns: each subject's readout weights (512) and bias pushed through the whole spatial pipeline,
@@ -236,7 +235,7 @@ def test_published_v02_outputs_are_reproduced_by_least_squares(subjects):
     import scipy.linalg
 
     refs = [np.asarray(nib.load(str(p)).dataobj, dtype=np.float64).reshape(-1)
-            for p in sorted(SHARED.glob("*.v0.2-output.nii.gz"))]
+            for p in sorted(img2fmri_data.glob("*.v0.2-output.nii.gz"))]
     assert len(refs) == 4
     geo = {s: g for s, (g, _, _) in subjects.items()}
     rows = {s: np.arange(w.shape[0]) for s, (_, w, _) in subjects.items()}
