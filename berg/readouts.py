@@ -8,16 +8,41 @@ forms a features x outputs matrix.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from berg.errors import ModelLoadError
 
-__all__ = ["Projection", "LinearReadout", "fold_scaler"]
+__all__ = ["Projection", "LinearReadout", "fold_scaler", "folded_rows", "write_folded_projection"]
 
-# Columns per chunk when folding: 100 components x 2**18 columns x 8 bytes = 200 MB of float64 at most.
-_FOLD_CHUNK = 1 << 18
+def folded_rows(
+    mean: np.ndarray | None, scale: np.ndarray | None, rows: Iterable[np.ndarray]
+) -> Iterator[tuple[np.ndarray, float]]:
+    """The one scaler-folding kernel: for each component row ``c`` yield ``(c / scale, -(mean / scale) @ c)``.
+
+    Rows are computed in float64 one at a time (so no float64 copy of a whole multi-GB matrix ever
+    exists) and returned as float32 weight rows plus a float64 bias. Zero scales count as 1, as in
+    scikit-learn; ``None`` means no scaling / no centring.
+    """
+    inv = None if scale is None else 1.0 / np.where(np.asarray(scale, dtype=np.float64) == 0, 1.0,
+                                                    np.asarray(scale, dtype=np.float64))
+    mos = None if mean is None else np.asarray(mean, dtype=np.float64) * (1.0 if inv is None else inv)
+    for row in rows:
+        r = np.asarray(row, dtype=np.float64)
+        w = r if inv is None else r * inv
+        yield w.astype(np.float32), (0.0 if mos is None else -float(r @ mos))
+
+
+def _check_fold_shapes(mean, scale, shape: tuple[int, int]) -> None:
+    n = shape[1]
+    for name, vec in (("mean", mean), ("scale", scale)):
+        if vec is not None and np.shape(vec) != (n,):
+            raise ModelLoadError(f"scaler {name} has shape {np.shape(vec)}, components have {n} features")
 
 
 def fold_scaler(
@@ -26,41 +51,69 @@ def fold_scaler(
     components: np.ndarray,
     *,
     out: np.ndarray | None = None,
-    chunk: int = _FOLD_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fold ``(x - mean) / scale`` into components: returns ``(W, b)`` with ``x @ W.T + b``.
+    """Fold ``(x - mean) / scale`` into components in memory: ``(W, b)`` with ``x @ W.T + b``.
 
-    ``W = C / scale`` and ``b = -(mean / scale) @ C.T``. Work is done in column chunks in float64
-    and stored as float32, so no float64 copy of the whole matrix ever exists.
+    ``W = C / scale`` and ``b = -(mean / scale) @ C.T`` via :func:`folded_rows`. For matrices too big
+    for RAM use :func:`write_folded_projection`, which streams the same rows to disk.
 
     Parameters
     ----------
     mean, scale : (n_features,) arrays or None
-        StandardScaler's ``mean_`` and ``scale_`` (``None`` = no centring / no scaling). Zero scales
-        are treated as 1, as scikit-learn does.
+        StandardScaler's ``mean_`` and ``scale_``.
     components : (k, n_features) array
-        PCA/SVD ``components_`` (any float dtype, may be memory-mapped).
+        PCA/SVD ``components_`` (any float dtype).
     out : (k, n_features) float32 array, optional
-        Where to write ``W`` (e.g. a memory-mapped file).
+        Where to write ``W``.
     """
     k, n = components.shape
-    for name, vec in (("mean", mean), ("scale", scale)):
-        if vec is not None and np.shape(vec) != (n,):
-            raise ModelLoadError(f"scaler {name} has shape {np.shape(vec)}, components have {n} features")
+    _check_fold_shapes(mean, scale, (k, n))
     W = np.empty((k, n), dtype=np.float32) if out is None else out
     if W.shape != (k, n) or W.dtype != np.float32:
         raise ValueError(f"out must be float32 {(k, n)}, got {W.dtype} {W.shape}")
-    bias = np.zeros(k, dtype=np.float64)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        block = np.asarray(components[:, start:stop], dtype=np.float64)
-        if scale is not None:
-            s = np.asarray(scale[start:stop], dtype=np.float64)
-            block = block / np.where(s == 0, 1.0, s)
-        if mean is not None:
-            bias -= block @ np.asarray(mean[start:stop], dtype=np.float64)
-        W[:, start:stop] = block
+    bias = np.empty(k, dtype=np.float64)
+    for i, (w, b) in enumerate(folded_rows(mean, scale, components)):
+        W[i], bias[i] = w, b
     return W, bias.astype(np.float32)
+
+
+def write_folded_projection(
+    path: Path, mean: np.ndarray | None, scale: np.ndarray | None, rows: Iterable[np.ndarray],
+    shape: tuple[int, int],
+) -> None:
+    """Stream :func:`folded_rows` into a safetensors file (``weight`` (k, n), ``bias`` (k,), float32).
+
+    Memory stays at one row whatever the matrix size (BERG's is 100 x 5,337,088); the file is written
+    under a temporary name, fsync'ed and renamed into place.
+    """
+    k, n = shape
+    _check_fold_shapes(mean, scale, (k, n))
+    w_bytes = k * n * 4
+    header = {"weight": {"dtype": "F32", "shape": [k, n], "data_offsets": [0, w_bytes]},
+              "bias": {"dtype": "F32", "shape": [k], "data_offsets": [w_bytes, w_bytes + 4 * k]},
+              "__metadata__": {"format": "pt", "note": "scaler folded into the components by berg"}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    bias = np.empty(k, dtype=np.float64)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(len(raw).to_bytes(8, "little"))
+            fh.write(raw)
+            count = 0
+            for i, (w, b) in enumerate(folded_rows(mean, scale, rows)):
+                fh.write(w.astype("<f4", copy=False).tobytes())
+                bias[i] = b
+                count += 1
+            if count != k:
+                raise ModelLoadError(f"expected {k} component rows, got {count}")
+            fh.write(bias.astype("<f4").tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass

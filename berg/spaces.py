@@ -14,7 +14,25 @@ import numpy as np
 
 from berg.errors import InvalidParameterError
 
-__all__ = ["FlatSpace", "VolumeSpace", "space_from_dict"]
+__all__ = ["FlatSpace", "VolumeSpace", "space_from_dict", "mask_voxel_indices"]
+
+
+VOXEL_ORDERS = ("c", "fortran")
+
+
+def mask_voxel_indices(mask: np.ndarray, order: str = "c") -> np.ndarray:
+    """Flat (C-order) indices of a 3-D mask's voxels, enumerated in ``order``.
+
+    ``"c"`` is numpy's ``volume[mask]`` order (last axis fastest); ``"fortran"`` enumerates the first
+    axis fastest (MATLAB/SPM column-major order).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    order = order.lower()
+    if order == "c":
+        return np.flatnonzero(mask)
+    if order in ("f", "fortran"):
+        return np.ravel_multi_index(np.nonzero(mask.transpose(2, 1, 0))[::-1], mask.shape)
+    raise InvalidParameterError(f"voxel order {order!r}; valid: {', '.join(VOXEL_ORDERS)}")
 
 
 def _responses_2d(responses: np.ndarray, n_outputs: int) -> tuple[np.ndarray, bool]:
@@ -82,16 +100,11 @@ class VolumeSpace:
             raise InvalidParameterError(f"voxel_ijk has indices outside the grid {self.shape}")
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, affine: np.ndarray, *, order: str = "C") -> "VolumeSpace":
-        """Outputs = the mask's non-zero voxels, enumerated in ``order`` ("C" or "F") of the grid."""
+    def from_mask(cls, mask: np.ndarray, affine: np.ndarray, *, order: str = "c") -> "VolumeSpace":
+        """Outputs = the mask's non-zero voxels, enumerated in ``order`` (see :func:`mask_voxel_indices`)."""
         mask = np.asarray(mask) != 0
-        if order == "C":
-            ijk = np.argwhere(mask)
-        elif order == "F":
-            ijk = np.argwhere(mask.transpose(2, 1, 0))[:, ::-1]
-        else:
-            raise InvalidParameterError(f"order={order!r}; valid: 'C', 'F'")
-        return cls(mask.shape, affine, ijk)
+        flat = mask_voxel_indices(mask, order)
+        return cls(mask.shape, affine, np.stack(np.unravel_index(flat, mask.shape), axis=1))
 
     @property
     def n_outputs(self) -> int:

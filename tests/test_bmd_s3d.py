@@ -268,8 +268,8 @@ def test_card_keeps_bergs_rois_and_voxel_counts():
 
 def test_streamed_fold_reads_memmapped_rows_without_mapping(tmp_path):
     """BERG's components come back memory-mapped; folding must read them with plain reads (RSS)."""
-    from berg.models.bmd_s3d import _iter_rows, write_streamed_projection
-    from berg.readouts import fold_scaler
+    from berg.models.bmd_s3d import _iter_rows
+    from berg.readouts import fold_scaler, write_folded_projection
     from berg.store.artifacts import read_tensors
     from berg.store.legacy import load_legacy_npy
 
@@ -282,7 +282,7 @@ def test_streamed_fold_reads_memmapped_rows_without_mapping(tmp_path):
     rows = list(_iter_rows(loaded))
     assert not any(isinstance(r, np.memmap) for r in rows)  # the pread path, not the mapping
     np.testing.assert_array_equal(np.stack(rows), comps)
-    write_streamed_projection(tmp_path / "w.safetensors", mean, scale, loaded)
+    write_folded_projection(tmp_path / "w.safetensors", mean, scale, _iter_rows(loaded), loaded.shape)
     t = read_tensors(tmp_path / "w.safetensors")
     w_ref, b_ref = fold_scaler(mean, scale, comps)
     np.testing.assert_array_equal(t["weight"], w_ref)

@@ -35,10 +35,10 @@ import numpy as np
 
 from berg.errors import ModelLoadError
 from berg.layouts import ArtifactLayout
-from berg.readouts import LinearReadout, Projection
+from berg.readouts import LinearReadout, Projection, write_folded_projection
 from berg.spaces import VolumeSpace
 
-__all__ = ["BERGLegacyLayout", "write_streamed_projection"]
+__all__ = ["BERGLegacyLayout"]
 
 log = logging.getLogger(__name__)
 
@@ -59,52 +59,6 @@ def _extra_globals():
 
 def _sub(subject: int) -> str:
     return f"sub-{int(subject):02d}"
-
-
-def write_streamed_projection(path: Path, mean: np.ndarray, scale: np.ndarray, components: np.ndarray) -> None:
-    """Fold ``(x - mean) / scale`` into ``components`` row by row, writing float32 safetensors directly.
-
-    ``weight = C / scale`` and ``bias = -(mean / scale) @ C.T`` (zero scales count as 1, as in
-    scikit-learn), computed in float64 one row at a time and streamed to disk, so memory stays at a
-    few rows whatever the matrix size (BERG's is 100 x 5,337,088); the file is written under a temp
-    name, fsync'ed and renamed into place. :func:`berg.readouts.fold_scaler` computes the same thing
-    in memory (it needs the whole float32 result as an array, hence this streamed variant).
-
-    Parameters
-    ----------
-    path : Path
-        Target ``.safetensors`` file (tensors ``weight`` (k, n) and ``bias`` (k,), float32).
-    mean, scale : (n,) arrays
-        StandardScaler ``mean_`` and ``scale_``.
-    components : (k, n) array
-        TruncatedSVD ``components_`` (any float dtype; memory-mapped arrays are read with plain reads).
-    """
-    k, n = components.shape
-    scale = np.asarray(scale, dtype=np.float64)
-    scale = np.where(scale == 0, 1.0, scale)
-    mean_over_scale = np.asarray(mean, dtype=np.float64) / scale
-    w_bytes = k * n * 4
-    header = {"weight": {"dtype": "F32", "shape": [k, n], "data_offsets": [0, w_bytes]},
-              "bias": {"dtype": "F32", "shape": [k], "data_offsets": [w_bytes, w_bytes + 4 * k]},
-              "__metadata__": {"format": "pt", "note": "scaler folded into TruncatedSVD components by berg"}}
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    bias = np.empty(k, dtype=np.float64)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(len(raw).to_bytes(8, "little"))
-            fh.write(raw)
-            for i, raw_row in enumerate(_iter_rows(components)):
-                row = np.asarray(raw_row, dtype=np.float64)
-                fh.write((row / scale).astype("<f4").tobytes())
-                bias[i] = -(row @ mean_over_scale)
-            fh.write(bias.astype("<f4").tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _iter_rows(components: np.ndarray):
@@ -221,7 +175,7 @@ class BERGLegacyLayout(ArtifactLayout):
                     if nf is not None and int(nf) != n:
                         raise ModelLoadError(f"{PCA_KEY}: {where}['n_features_in_'] = {nf} but components have {n} features")
                 log.info("folding the scaler into %s components (once; cached at %s)", comps.shape, target)
-                write_streamed_projection(target, mean, scale, comps)
+                write_folded_projection(target, mean, scale, _iter_rows(comps), comps.shape)
         # one mapping per process: models loaded side by side (e.g. 1 and 10 subjects) share the pages
         # instead of each counting the 2 GB projection in the resident set again
         proj = _OPEN_PROJECTIONS.get(str(target))
@@ -334,4 +288,4 @@ class BERGLegacyLayout(ArtifactLayout):
             raise ModelLoadError(
                 f"{self._meta_key(subject)}: subject mask has {int(mask.sum())} voxels, the card declares {expected}"
             )
-        return VolumeSpace.from_mask(mask, affine, order="C")
+        return VolumeSpace.from_mask(mask, affine, order="c")

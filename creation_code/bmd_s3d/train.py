@@ -56,14 +56,14 @@ def _subjects(bmd_dir: Path) -> list[int]:
 
 
 def read_bmd(bmd_dir: str | os.PathLike[str], subjects: list[int] | None = None):
-    """Read a BMD-format folder into a :class:`berg.training.dataset.EncodingDataset`.
+    """Read a BMD-format folder into a :class:`berg.training.datasets.EncodingDataset`.
 
     Train and test betas are stacked into one ``(n_videos, 10, n_voxels)`` array (train rows padded
     with NaN beyond their 3 repeats), so the trainer averages the available repeats per split.
     """
     import nibabel as nib
 
-    from berg.training.dataset import EncodingDataset, SubjectData
+    from berg.training.datasets import EncodingDataset, SubjectData
 
     bmd_dir = Path(bmd_dir)
     videos = {split: sorted((bmd_dir / "stimuli" / split).glob("*.mp4")) for split in ("train", "test")}
@@ -110,7 +110,7 @@ def read_bmd(bmd_dir: str | os.PathLike[str], subjects: list[int] | None = None)
 def bmd_to_dataset(bmd_dir: str | os.PathLike[str], out_path: str | os.PathLike[str],
                    subjects: list[int] | None = None) -> Path:
     """Convert a BMD-format folder into berg's HDF5 training dataset (videos referenced by path)."""
-    from berg.training.dataset import write_dataset
+    from berg.training.datasets import write_dataset
 
     return write_dataset(out_path, read_bmd(bmd_dir, subjects))
 

@@ -89,9 +89,9 @@ def _mask(root: Path, subject: int, hemi: str, roi: str):
 
 
 def _ijk(mask: np.ndarray, order: str) -> np.ndarray:
-    if order == "C":
-        return np.argwhere(mask)
-    return np.argwhere(mask.transpose(2, 1, 0))[:, ::-1]
+    from berg.spaces import mask_voxel_indices
+
+    return np.stack(np.unravel_index(mask_voxel_indices(mask, order), mask.shape), axis=1)
 
 
 def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool = True) -> Path:
@@ -121,8 +121,8 @@ def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool
                     grid_affine = affine if grid_affine is None else grid_affine
                     n = int(mask.sum())
                     rows[hemi] = np.arange(start, start + n)
-                    ijk_c.append(_ijk(mask, "C"))
-                    ijk_f.append(_ijk(mask, "F"))
+                    ijk_c.append(_ijk(mask, "c"))
+                    ijk_f.append(_ijk(mask, "fortran"))
                     start += n
                     grid_shape = mask.shape
                 if coef.shape[0] != len(rows["LH"]) + len(rows["RH"]):

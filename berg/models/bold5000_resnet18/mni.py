@@ -209,12 +209,11 @@ def mask_voxels(mask: np.ndarray, voxel_order: str = "c") -> np.ndarray:
     ``"c"`` is numpy's ``brain[mask]`` order (what img2fmri used); ``"fortran"`` enumerates the first
     axis fastest (MATLAB/SPM column-major order).
     """
-    mask = np.asarray(mask, dtype=bool)
-    if voxel_order == "c":
-        return np.flatnonzero(mask)
-    if voxel_order == "fortran":
-        return np.ravel_multi_index(np.nonzero(mask.transpose(2, 1, 0))[::-1], mask.shape)
-    raise InvalidParameterError(f"voxel_order={voxel_order!r}; valid: {', '.join(VOXEL_ORDERS)}")
+    from berg.spaces import mask_voxel_indices
+
+    if voxel_order not in VOXEL_ORDERS:
+        raise InvalidParameterError(f"voxel_order={voxel_order!r}; valid: {', '.join(VOXEL_ORDERS)}")
+    return mask_voxel_indices(mask, voxel_order)
 
 
 def placement_matrix(blocks: Sequence[tuple[np.ndarray, np.ndarray]], n_voxels: int, n_rows: int):
