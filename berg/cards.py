@@ -85,7 +85,7 @@ def read_card_file(path: str | os.PathLike[str]) -> Card:
     """
     import yaml
 
-    from berg.registry import read_yaml  # the one duplicate-refusing YAML loader of berg
+    from berg.yamlio import read_yaml  # the one duplicate-refusing YAML loader of berg
 
     path = Path(path)
     if not path.is_file():

@@ -20,6 +20,8 @@ __all__ = [
     "IntegrityError",
     "OfflineError",
     "UnsafeArtifactError",
+    "ModelNotBuiltError",
+    "MissingExtraError",
     "close_matches",
 ]
 
@@ -65,6 +67,14 @@ class OfflineError(ArtifactError):
 
 class UnsafeArtifactError(ArtifactError):
     """A legacy pickle asked for a global that is not on the allow-list."""
+
+
+class ModelNotBuiltError(ModelLoadError):
+    """A recipe model has not been built on this machine yet (the message gives the ``berg build`` command)."""
+
+
+class MissingExtraError(BERGError, ImportError):
+    """An optional dependency is missing (the message names the ``pip install berg[extra]`` to run)."""
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> list[str]:

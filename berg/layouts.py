@@ -17,6 +17,7 @@ import numpy as np
 
 from berg.errors import ModelLoadError
 from berg.readouts import LinearReadout, Projection
+from berg.subjects import subject_label
 from berg.spaces import FlatSpace, VolumeSpace, space_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,11 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from berg.store import Store
 
 __all__ = ["ArtifactLayout", "NativeLayout", "layout_for", "subject_label"]
-
-
-def subject_label(subject: Any) -> str:
-    """BIDS-style label used in file names: ``1 -> "sub-01"``, ``"group" -> "sub-group"``."""
-    return f"sub-{subject:02d}" if isinstance(subject, int) else f"sub-{subject}"
 
 
 class ArtifactLayout(ABC):

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-
 from berg._resources import cards_dir, registry_path
+from berg.yamlio import read_yaml
 from berg.errors import InvalidParameterError, ModelNotFoundError, close_matches
 from berg.features import validate_device
 
@@ -24,31 +23,6 @@ __all__ = ["ModelSpec", "Registry", "Selection", "load_registry"]
 
 _REQUIRED = ("card", "modality", "dataset", "subjects", "source", "layout", "recipe")
 _SELECTION_KEYS = ("roi", "voxels")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (YAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def read_yaml(path: Path) -> Any:
-    """Read YAML safely, refusing duplicate keys."""
-    with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise InvalidParameterError(f"config file not found: {path}")
-        from berg.registry import read_yaml  # refuses duplicate keys
+        from berg.yamlio import read_yaml  # refuses duplicate keys
 
         raw = read_yaml(path) or {}
         return cls.from_dict(raw, base_dir=path.parent)
