@@ -1,0 +1,720 @@
+"""Synthetic datasets: any berg model's in silico responses to a stimulus set, with a declared noise model.
+
+A synthetic dataset is what a model predicts for each stimulus (the *clean* response) plus, optionally,
+trial noise sized so that every output has a chosen noise-ceiling SNR (NCSNR, Allen et al. 2022), given
+directly, as a noise ceiling, or read from the model's own metadata (the reliability of the real data
+the model was fitted on). With ``n_repeats`` noisy repetitions per stimulus the dataset is laid out
+exactly like real data, in berg's training-dataset HDF5 format (:mod:`berg.training.datasets`), so
+``berg train`` reads it and the decoders of :mod:`berg.experiments.decoding` read it too.
+
+Noise model (per output ``v``): ``y_irv = clean_iv + e_irv`` with ``e ~ N(0, σ_v²)`` independent over
+stimuli ``i`` and repeats ``r``, and ``σ_v = sqrt(var_v) / ncsnr_v`` where ``var_v`` is the variance
+of the clean responses over the generated stimuli (or a given ``signal_var``). The noise ceiling of
+the mean of ``n`` repeats is then ``ncsnr² / (ncsnr² + 1/n)`` (:func:`berg.metrics.noise_ceiling`).
+The noise of stimulus ``i`` depends only on ``(seed, subject, i)``, so a dataset is reproducible
+whatever the chunk size, and in-memory and on-disk generation give the same numbers.
+
+Extra HDF5 content beside berg's training format (readers that do not know it ignore it)::
+
+    /stimuli/categories            (n,) str   category of each stimulus (optional)
+    /synthetic/<label>/ncsnr       (n_outputs,) float64  NCSNR the noise was sized for (absent: no noise)
+    /synthetic/<label>/noise_sd    (n_outputs,) float64
+    /synthetic/<label>/signal_var  (n_outputs,) float64
+    /synthetic attrs: info (JSON: model id, noise model, seed, n_repeats, provenance)
+
+Also here: the ground-truth pieces tests, benchmarks and the docs use (:func:`category_images`, images
+with a planted category structure, and :class:`LinearBrain`, a known linear map plus known noise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from berg.errors import InvalidParameterError
+from berg.subjects import subject_label
+
+__all__ = [
+    "NOISE_KINDS",
+    "SyntheticDataset",
+    "LabelledDataset",
+    "generate",
+    "add_noise",
+    "ncsnr_from_noise_ceiling",
+    "ncsnr_from_metadata",
+    "read_labelled",
+    "write_categories",
+    "read_categories",
+    "category_images",
+    "LinearBrain",
+]
+
+log = logging.getLogger(__name__)
+
+NOISE_KINDS = ("none", "ncsnr", "noise_ceiling", "metadata")
+_CHUNK = 512  # stimuli per encode call when generating
+
+
+# ------------------------------------------------------------------------------------------ noise
+
+
+def ncsnr_from_noise_ceiling(noise_ceiling: Any, n: int) -> np.ndarray:
+    """NCSNR that gives a noise ceiling (fraction) for the mean of ``n`` repeats.
+
+    Inverse of :func:`berg.metrics.noise_ceiling`: ``NC = s / (s + 1/n)`` with ``s = ncsnr²``, so
+    ``ncsnr = sqrt(NC / (n (1 - NC)))``.
+
+    Parameters
+    ----------
+    noise_ceiling : float or array
+        Fractions in [0, 1).
+    n : int
+        Repeats the noise ceiling refers to.
+    """
+    nc = np.asarray(noise_ceiling, dtype=np.float64)
+    if n < 1:
+        raise InvalidParameterError(f"noise-ceiling repeats must be >= 1, got {n}")
+    if np.any(nc < 0) or np.any(nc >= 1) or not np.all(np.isfinite(nc)):
+        raise InvalidParameterError(
+            "noise ceilings must be fractions in [0, 1) (divide percentages by 100); "
+            f"got values in [{np.nanmin(nc):.3g}, {np.nanmax(nc):.3g}]"
+        )
+    return np.sqrt(nc / (n * (1.0 - nc)))
+
+
+_NC_KEY = re.compile(r"noise_?ceiling.*_n_?(\d+)$")
+
+
+def ncsnr_from_metadata(metadata: Mapping[str, Any]) -> np.ndarray:
+    """Per-output NCSNR of the real data a model was fitted on, from its metadata.
+
+    Looked up in this order: ``metadata["accuracy"]["ncsnr"]`` (berg-native models trained by
+    ``berg train``), ``metadata["ncsnr"]``, then a noise ceiling with its repeat count in the key
+    (BERG's ``encoding_models.noiseceiling_task_test_n_10``; percent values are divided by 100),
+    converted with :func:`ncsnr_from_noise_ceiling`.
+
+    Raises
+    ------
+    InvalidParameterError
+        No such field: pass ``noise="ncsnr", ncsnr=...`` instead.
+    """
+    acc = metadata.get("accuracy")
+    if isinstance(acc, Mapping) and "ncsnr" in acc:
+        return np.asarray(acc["ncsnr"], dtype=np.float64)
+    if "ncsnr" in metadata:
+        return np.asarray(metadata["ncsnr"], dtype=np.float64)
+    for group in (metadata.get("encoding_models"), metadata):
+        if not isinstance(group, Mapping):
+            continue
+        found = sorted((int(m.group(1)), k) for k in group if isinstance(k, str) and (m := _NC_KEY.search(k)))
+        test = [(n, k) for n, k in found if "test" in k] or found
+        if test:
+            n, key = test[-1]  # the most repeats: the best-estimated ceiling
+            nc = np.asarray(group[key], dtype=np.float64)
+            if np.nanmax(nc) > 1.0:
+                nc = nc / 100.0
+            return ncsnr_from_noise_ceiling(np.clip(np.nan_to_num(nc), 0.0, 1 - 1e-9), n)
+    raise InvalidParameterError(
+        "the model's metadata has no per-output NCSNR or noise ceiling (looked for accuracy.ncsnr, ncsnr, "
+        "*noiseceiling*_n_<k>); pass noise='ncsnr' with ncsnr=<array> or noise='noise_ceiling' with "
+        "noise_ceiling=<fractions>"
+    )
+
+
+def _row_noise(seed: int, subject_index: int, row: int, shape: tuple[int, int]) -> np.ndarray:
+    """Standard-normal noise of one stimulus: a function of (seed, subject, row) only."""
+    rng = np.random.default_rng([int(seed), int(subject_index), int(row)])
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def add_noise(clean: np.ndarray, noise_sd: np.ndarray | None, n_repeats: int, *, seed: int = 0,
+              subject_index: int = 0, first_row: int = 0) -> np.ndarray:
+    """Noisy repetitions of clean responses.
+
+    Parameters
+    ----------
+    clean : (n, n_outputs) array
+    noise_sd : (n_outputs,) array or None
+        Per-output noise standard deviation (``None``: every repeat equals ``clean``).
+    n_repeats : int
+    seed, subject_index, first_row : int
+        Row ``i`` of ``clean`` draws its noise from ``(seed, subject_index, first_row + i)``.
+
+    Returns
+    -------
+    (n, n_repeats, n_outputs) float32 array
+    """
+    clean = np.asarray(clean, dtype=np.float32)
+    out = np.repeat(clean[:, None, :], n_repeats, axis=1)
+    if noise_sd is None:
+        return out
+    sd = np.asarray(noise_sd, dtype=np.float32)
+    for i in range(clean.shape[0]):
+        out[i] += _row_noise(seed, subject_index, first_row + i, (n_repeats, clean.shape[1])) * sd
+    return out
+
+
+class _Moments:
+    """Running mean/variance per column (Chan et al. 1979 pairwise merge; float64)."""
+
+    def __init__(self, m: int):
+        self.n, self.mean, self.m2 = 0, np.zeros(m), np.zeros(m)
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mb = x.mean(axis=0)
+        m2b = ((x - mb) ** 2).sum(axis=0)
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * nb / n
+        self.m2 = self.m2 + m2b + delta**2 * self.n * nb / n
+        self.n = n
+
+    def var(self) -> np.ndarray:
+        return self.m2 / max(self.n - 1, 1)
+
+
+# -------------------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class SyntheticDataset:
+    """A generated dataset (in memory, or the description of the file written).
+
+    Attributes
+    ----------
+    ids : list of str
+    categories : (n,) str array or None
+    split : (n,) str array
+    responses : dict
+        Subject -> ``(n, n_repeats, n_outputs)`` float32 array (in memory), or a lazy reader of the
+        written file.
+    clean : dict
+        Subject -> ``(n, n_outputs)`` noiseless responses (in-memory generation only; empty otherwise).
+    ncsnr, noise_sd, signal_var : dict
+        Subject -> ``(n_outputs,)`` arrays (``ncsnr``/``noise_sd`` absent for ``noise="none"``).
+    rois : dict
+        Subject -> {ROI name: output indices}.
+    path : Path or None
+        The HDF5 file, when one was written.
+    info : dict
+        Noise model, seed, model id and provenance (also stored in the file).
+    """
+
+    ids: list[str]
+    categories: np.ndarray | None
+    split: np.ndarray
+    responses: dict[Any, Any]
+    clean: dict[Any, np.ndarray] = field(default_factory=dict, repr=False)
+    ncsnr: dict[Any, np.ndarray] = field(default_factory=dict, repr=False)
+    noise_sd: dict[Any, np.ndarray] = field(default_factory=dict, repr=False)
+    signal_var: dict[Any, np.ndarray] = field(default_factory=dict, repr=False)
+    rois: dict[Any, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    path: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def subjects(self) -> list[Any]:
+        """Subjects in the dataset."""
+        return list(self.responses)
+
+    def expected_noise_ceiling(self, subject: Any, n: int | None = None) -> np.ndarray:
+        """Noise ceiling (fraction) the noise was sized for, for the mean of ``n`` repeats (default: all)."""
+        from berg.metrics import noise_ceiling
+
+        if subject not in self.ncsnr:
+            return np.ones(len(self.signal_var[subject]))
+        return noise_ceiling(self.ncsnr[subject], n or int(self.info["n_repeats"]))
+
+
+def _model_subjects(model: Any, subjects: Sequence[Any] | None) -> list[Any]:
+    loaded = list(getattr(model, "subjects", [None]))
+    if subjects is None:
+        return loaded
+    unknown = [s for s in subjects if s not in loaded]
+    if unknown:
+        raise InvalidParameterError(f"subjects {unknown} are not loaded in the model; loaded: {loaded}")
+    return list(subjects)
+
+
+def _encode(model: Any, items: Any) -> dict[Any, np.ndarray]:
+    out = model.encode(items, show_progress=False)
+    if isinstance(out, Mapping):
+        return {s: np.asarray(v, dtype=np.float32) for s, v in out.items()}
+    return {getattr(model, "subjects", [None])[0]: np.asarray(out, dtype=np.float32)}
+
+
+def _metadata(model: Any, subject: Any) -> Mapping[str, Any]:
+    meta = model.get_metadata()
+    if len(getattr(model, "subjects", [None])) > 1 and isinstance(meta, Mapping) and subject in meta:
+        return meta[subject]
+    return meta
+
+
+def _selected(model: Any, subject: Any) -> np.ndarray | None:
+    rows = getattr(model, "selected_rows", None)
+    return None if not rows else rows.get(subject)
+
+
+def _model_rois(model: Any, subject: Any) -> dict[str, np.ndarray]:
+    """The model's ROIs as indices into the (possibly selected) outputs."""
+    try:
+        rois = dict(_metadata(model, subject).get("rois") or {})
+    except Exception as exc:  # a model without metadata still generates; it just has no ROIs
+        log.debug("no ROI metadata for subject %s: %s", subject, exc)
+        return {}
+    rows = _selected(model, subject)
+    out = {}
+    for name, idx in rois.items():
+        idx = np.asarray(idx[0] if isinstance(idx, tuple) else idx, dtype=np.int64).ravel()
+        if rows is not None:  # keep the ROI's selected outputs, renumbered into the selection
+            pos = np.searchsorted(rows, idx)
+            ok = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == idx)
+            idx = pos[ok]
+        out[str(name)] = idx
+    return out
+
+
+def _resolve_ncsnr(noise: str, model: Any, subject: Any, n_outputs: int, n_repeats: int, *,
+                   ncsnr: Any, noise_ceiling: Any, ceiling_repeats: int | None) -> np.ndarray | None:
+    if noise == "none":
+        return None
+    if noise == "ncsnr":
+        value = ncsnr[subject] if isinstance(ncsnr, Mapping) else ncsnr
+        if value is None:
+            raise InvalidParameterError("noise='ncsnr' needs ncsnr= (a number, an array per output, or {subject: array})")
+        out = np.asarray(value, dtype=np.float64)
+    elif noise == "noise_ceiling":
+        value = noise_ceiling[subject] if isinstance(noise_ceiling, Mapping) else noise_ceiling
+        if value is None:
+            raise InvalidParameterError("noise='noise_ceiling' needs noise_ceiling= (fractions, per output or one number)")
+        out = ncsnr_from_noise_ceiling(value, int(ceiling_repeats or n_repeats))
+    else:
+        out = ncsnr_from_metadata(_metadata(model, subject))
+        rows = _selected(model, subject)
+        if rows is not None and out.size != n_outputs:
+            out = out[rows]
+    out = np.broadcast_to(out, (n_outputs,)).astype(np.float64) if out.ndim == 0 else out
+    if out.shape != (n_outputs,):
+        raise InvalidParameterError(f"subject {subject}: NCSNR has shape {out.shape}, the model has {n_outputs} outputs")
+    if np.any(out < 0) or not np.all(np.isfinite(out)):
+        raise InvalidParameterError(f"subject {subject}: NCSNR values must be finite and >= 0")
+    return out
+
+
+def _noise_sd(ncsnr: np.ndarray | None, signal_var: np.ndarray) -> np.ndarray | None:
+    if ncsnr is None:
+        return None
+    # ncsnr = 0 asks for infinite noise; 1000x the signal sd drives the measured ceiling to ~0 instead.
+    return np.sqrt(signal_var) / np.maximum(ncsnr, 1e-3)
+
+
+class _NoisyRows:
+    """Array-like ``(n, n_repeats, m)`` view: clean rows (array or HDF5 dataset) plus their noise."""
+
+    def __init__(self, clean: Any, noise_sd: np.ndarray | None, n_repeats: int, seed: int, subject_index: int):
+        self.clean, self.noise_sd, self.n_repeats = clean, noise_sd, n_repeats
+        self.seed, self.subject_index = seed, subject_index
+        self.shape = (clean.shape[0], n_repeats, clean.shape[1])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("rows are read as contiguous slices")
+        start, stop, _ = key.indices(self.shape[0])
+        return add_noise(np.asarray(self.clean[start:stop]), self.noise_sd, self.n_repeats, seed=self.seed,
+                         subject_index=self.subject_index, first_row=start)
+
+
+def _validate(n: int, ids: Sequence[str] | None, categories: Any, split: Any, n_repeats: int,
+              noise: str) -> tuple[list[str], np.ndarray | None, np.ndarray]:
+    if noise not in NOISE_KINDS:
+        from berg.errors import close_matches
+
+        hint = close_matches(str(noise), NOISE_KINDS)
+        raise InvalidParameterError(f"noise={noise!r} unknown; valid: {list(NOISE_KINDS)}"
+                                    + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    if int(n_repeats) < 1:
+        raise InvalidParameterError(f"n_repeats must be >= 1, got {n_repeats}")
+    ids = [f"synthetic-{i:06d}" for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(ids) != n:
+        raise InvalidParameterError(f"{len(ids)} ids for {n} stimuli")
+    cats = None if categories is None else np.asarray(categories).astype(str)
+    if cats is not None and cats.shape != (n,):
+        raise InvalidParameterError(f"categories must have one label per stimulus ({n}), got shape {cats.shape}")
+    split = np.full(n, "train") if split is None else np.asarray(split).astype(str)
+    if split.shape != (n,):
+        raise InvalidParameterError(f"split must have one label per stimulus ({n}), got shape {split.shape}")
+    return ids, cats, split
+
+
+def generate(
+    model: Any,
+    stimuli: Any,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    n_repeats: int = 1,
+    noise: str = "none",
+    ncsnr: Any = None,
+    noise_ceiling: Any = None,
+    ceiling_repeats: int | None = None,
+    signal_var: Mapping[Any, np.ndarray] | None = None,
+    subjects: Sequence[Any] | None = None,
+    ids: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    split: Sequence[str] | None = None,
+    seed: int = 0,
+    chunk_size: int = _CHUNK,
+    name: str = "synthetic",
+    show_progress: bool = False,
+) -> SyntheticDataset:
+    """Generate a synthetic dataset of a model's responses to ``stimuli``.
+
+    Parameters
+    ----------
+    model : encoding model
+        What ``berg.get_encoding_model`` returns (anything with ``encode(stimuli, show_progress=)``,
+        ``subjects`` and, for ``noise="metadata"`` or ROIs, ``get_metadata()``).
+    stimuli : (n, H, W, 3) uint8 array, list of image paths, or anything ``model.encode`` accepts
+        Sliced in chunks of ``chunk_size``. Arrays are stored inline in the file, paths as paths.
+    path : path, optional
+        Write the dataset there (berg's training-dataset HDF5, atomically) and stream: responses are
+        never all in memory. Without a path everything is returned in memory.
+    n_repeats : int
+        Repetitions per stimulus (each with its own noise).
+    noise : {"none", "ncsnr", "noise_ceiling", "metadata"}
+        ``none``: every repeat is the model's response. ``ncsnr``: noise for the given ``ncsnr``
+        (number, per-output array or {subject: array}). ``noise_ceiling``: noise for the given
+        noise ceiling (fractions) of the mean of ``ceiling_repeats`` repeats (default ``n_repeats``).
+        ``metadata``: the NCSNR of the model's training data (:func:`ncsnr_from_metadata`).
+    signal_var : {subject: (n_outputs,) array}, optional
+        Signal variance the noise is sized against (default: the variance of the clean responses
+        over these stimuli, which makes the dataset's measured NCSNR equal the one asked for).
+    subjects : list, optional
+        Subset of the model's loaded subjects.
+    ids, categories, split : sequences, optional
+        Stimulus ids (default ``synthetic-000000`` ...), category labels (stored for decoders), and
+        split labels (default all ``"train"``).
+    seed : int
+        Seeds the noise (row ``i`` of subject ``s`` uses ``(seed, s, i)``).
+    chunk_size : int
+        Stimuli per ``encode`` call.
+    name : str
+        Dataset name (HDF5 attribute).
+
+    Returns
+    -------
+    SyntheticDataset
+
+    Examples
+    --------
+    >>> data = generate(model, images, "synthetic.h5", n_repeats=4, noise="metadata")  # doctest: +SKIP
+    """
+    n = len(stimuli)
+    ids, cats, split = _validate(n, ids, categories, split, n_repeats, noise)
+    subjects = _model_subjects(model, subjects)
+    if chunk_size < 1:
+        raise InvalidParameterError(f"chunk_size must be >= 1, got {chunk_size}")
+    info = {"model_id": getattr(model, "model_id", type(model).__name__), "noise": noise, "seed": int(seed),
+            "n_repeats": int(n_repeats), "n_stimuli": n,
+            "ceiling_repeats": int(ceiling_repeats) if ceiling_repeats else None}
+    prov = getattr(model, "provenance", None)
+    if callable(prov):
+        try:
+            info["provenance"] = prov()
+        except Exception as exc:  # provenance is a record; never fail generation over it
+            log.warning("model provenance unavailable: %s", exc)
+    if path is None:
+        return _generate_memory(model, stimuli, subjects, ids, cats, split, info, ncsnr=ncsnr,
+                                noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats,
+                                signal_var=signal_var, chunk_size=chunk_size, show_progress=show_progress)
+    return _generate_file(model, stimuli, Path(path), subjects, ids, cats, split, info, name=name, ncsnr=ncsnr,
+                          noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats, signal_var=signal_var,
+                          chunk_size=chunk_size, show_progress=show_progress)
+
+
+def _chunks(n: int, size: int, show_progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n, disable=not show_progress, desc=desc, unit="stim", leave=False) as bar:
+        for a in range(0, n, size):
+            b = min(a + size, n)
+            yield a, b
+            bar.update(b - a)
+
+
+def _finish(model, subjects, clean_var, info, *, ncsnr, noise_ceiling, ceiling_repeats, signal_var, n_outputs):
+    out_ncsnr, out_sd, out_var, rois = {}, {}, {}, {}
+    for s in subjects:
+        var = np.asarray(signal_var[s], dtype=np.float64) if signal_var is not None else clean_var[s]
+        snr = _resolve_ncsnr(info["noise"], model, s, n_outputs[s], info["n_repeats"], ncsnr=ncsnr,
+                             noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats)
+        out_var[s] = var
+        if snr is not None:
+            out_ncsnr[s], out_sd[s] = snr, _noise_sd(snr, var)
+        rois[s] = _model_rois(model, s)
+    return out_ncsnr, out_sd, out_var, rois
+
+
+def _generate_memory(model, stimuli, subjects, ids, cats, split, info, *, ncsnr, noise_ceiling, ceiling_repeats,
+                     signal_var, chunk_size, show_progress) -> SyntheticDataset:
+    parts: dict[Any, list[np.ndarray]] = {s: [] for s in subjects}
+    for a, b in _chunks(len(stimuli), chunk_size, show_progress, "synthetic"):
+        out = _encode(model, stimuli[a:b])
+        for s in subjects:
+            parts[s].append(out[s])
+    clean = {s: np.concatenate(p) for s, p in parts.items()}
+    var = {s: c.astype(np.float64).var(axis=0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1]) for s, c in clean.items()}
+    snr, sd, var, rois = _finish(model, subjects, var, info, ncsnr=ncsnr, noise_ceiling=noise_ceiling,
+                                 ceiling_repeats=ceiling_repeats, signal_var=signal_var,
+                                 n_outputs={s: c.shape[1] for s, c in clean.items()})
+    responses = {s: add_noise(clean[s], sd.get(s), info["n_repeats"], seed=info["seed"], subject_index=j)
+                 for j, s in enumerate(subjects)}
+    return SyntheticDataset(ids, cats, split, responses, clean, snr, sd, var, rois, None, info)
+
+
+def _generate_file(model, stimuli, path, subjects, ids, cats, split, info, *, name, ncsnr, noise_ceiling,
+                   ceiling_repeats, signal_var, chunk_size, show_progress) -> SyntheticDataset:
+    import h5py
+
+    from berg.fsutil import atomic_path, temporary_name
+    from berg.training.datasets import EncodingDataset, SubjectData, read_dataset, write_dataset
+
+    n = len(stimuli)
+    # Pass 1: clean responses into a scratch file beside the target (same disk, deleted after), with
+    # running moments, because the noise must be sized by the variance over *all* stimuli.
+    scratch = temporary_name(path, ".clean.h5")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        moments: dict[Any, _Moments] = {}
+        with h5py.File(scratch, "w") as f:
+            for a, b in _chunks(n, chunk_size, show_progress, "synthetic"):
+                out = _encode(model, stimuli[a:b])
+                for s in subjects:
+                    y = out[s]
+                    label = subject_label(s)
+                    if label not in f:
+                        f.create_dataset(label, shape=(n, y.shape[1]), dtype=np.float32,
+                                         chunks=(min(n, 64), min(y.shape[1], 1 << 14)))
+                        moments[s] = _Moments(y.shape[1])
+                    f[label][a:b] = y
+                    moments[s].update(y)
+        with h5py.File(scratch, "r") as f:
+            clean = {s: f[subject_label(s)] for s in subjects}
+            snr, sd, var, rois = _finish(model, subjects, {s: m.var() for s, m in moments.items()}, info,
+                                         ncsnr=ncsnr, noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats,
+                                         signal_var=signal_var, n_outputs={s: c.shape[1] for s, c in clean.items()})
+            # Pass 2: berg's own writer streams the noisy rows (clean + per-row noise) into the file.
+            data = {s: SubjectData(_NoisyRows(clean[s], sd.get(s), info["n_repeats"], info["seed"], j), None, rois[s])
+                    for j, s in enumerate(subjects)}
+            stim = stimuli if isinstance(stimuli, np.ndarray) else [str(p) for p in stimuli]
+            ds = EncodingDataset(name=name, kind="image", stimuli=stim, ids=ids, split=split, subjects=data)
+            with atomic_path(path, ".h5") as tmp:
+                write_dataset(tmp, ds)
+                with h5py.File(tmp, "a") as out:
+                    if cats is not None:
+                        out.create_dataset("stimuli/categories", data=cats.tolist(), dtype=h5py.string_dtype())
+                    g = out.require_group("synthetic")
+                    g.attrs["info"] = json.dumps(info, default=str)
+                    for s in subjects:
+                        sg = g.require_group(subject_label(s))
+                        sg.create_dataset("signal_var", data=var[s])
+                        if s in snr:
+                            sg.create_dataset("ncsnr", data=snr[s])
+                            sg.create_dataset("noise_sd", data=sd[s])
+    finally:
+        try:
+            scratch.unlink()
+        except OSError:
+            pass
+    lazy = read_dataset(path, checksum=False)
+    return SyntheticDataset(ids, cats, split, {s: lazy.subjects[s].responses for s in subjects}, {}, snr, sd, var,
+                            rois, path, info)
+
+
+# --------------------------------------------------------------------------------- labelled reads
+
+
+@dataclass
+class LabelledDataset:
+    """A berg dataset file with its stimulus categories (what the decoders read).
+
+    Attributes
+    ----------
+    dataset : berg.training.datasets.EncodingDataset
+        Lazy responses per subject.
+    categories : (n,) str array or None
+    info : dict
+        The ``/synthetic`` record (empty for real data).
+    ncsnr : dict
+        Subject -> the NCSNR the noise was sized for (synthetic data with noise only).
+    """
+
+    dataset: Any
+    categories: np.ndarray | None
+    info: dict[str, Any]
+    ncsnr: dict[Any, np.ndarray]
+
+    @property
+    def ids(self) -> list[str]:
+        """Stimulus ids."""
+        return self.dataset.ids
+
+    def responses(self, subject: Any, *, rows: Any = None) -> np.ndarray:
+        """``(n, n_repeats, n_outputs)`` float32 responses of a subject (all rows or ``rows``)."""
+        if subject not in self.dataset.subjects:
+            raise InvalidParameterError(f"subject {subject!r} not in the dataset; subjects: {list(self.dataset.subjects)}")
+        r = self.dataset.subjects[subject].responses
+        return np.asarray(r[:] if rows is None else r[np.asarray(rows)])
+
+
+def write_categories(path: str | os.PathLike[str], categories: Sequence[str]) -> None:
+    """Add (or replace) ``/stimuli/categories`` in a berg dataset file (e.g. one from an adapter)."""
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        n = len(f["stimuli/ids"])
+        cats = np.asarray(categories).astype(str)
+        if cats.shape != (n,):
+            raise InvalidParameterError(f"{len(cats)} categories for {n} stimuli in {path}")
+        if "stimuli/categories" in f:
+            del f["stimuli/categories"]
+        f.create_dataset("stimuli/categories", data=cats.tolist(), dtype=h5py.string_dtype())
+
+
+def read_categories(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """``/stimuli/categories`` of a berg dataset file, or ``None`` when it has none."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return np.asarray(f["stimuli/categories"].asstr()[()]) if "stimuli/categories" in f else None
+
+
+def read_labelled(path: str | os.PathLike[str]) -> LabelledDataset:
+    """Open a berg dataset file (synthetic or real) with its categories and synthetic record."""
+    import h5py
+
+    from berg.training.datasets import read_dataset
+
+    ds = read_dataset(path, checksum=False)
+    info, snr = {}, {}
+    with h5py.File(path, "r") as f:
+        if "synthetic" in f:
+            info = json.loads(f["synthetic"].attrs.get("info", "{}"))
+            for s in ds.subjects:
+                g = f["synthetic"].get(subject_label(s))
+                if g is not None and "ncsnr" in g:
+                    snr[s] = g["ncsnr"][()]
+    return LabelledDataset(ds, read_categories(path), info, snr)
+
+
+# ------------------------------------------------------------------------------ ground truth (tests)
+
+
+def category_images(n_categories: int, n_per_category: int, *, size: int = 64, prototype_weight: float = 0.6,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images with a planted category structure (for tests and demos; not natural images).
+
+    Each category has a prototype (smooth random colour field); an exemplar is
+    ``w * prototype + (1 - w) * its own smooth random field``, so exemplars of a category share
+    low-level structure a network's features (and a linear "brain" on them) can pick up.
+
+    Returns
+    -------
+    images : (n_categories * n_per_category, size, size, 3) uint8
+    categories : (n,) str, ``"cat00"``, ``"cat01"``, ... in blocks
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if not 0.0 <= prototype_weight <= 1.0:
+        raise InvalidParameterError(f"prototype_weight must be in [0, 1], got {prototype_weight}")
+    rng = np.random.default_rng(seed)
+
+    def field_() -> np.ndarray:
+        x = gaussian_filter(rng.standard_normal((size, size, 3)), sigma=(size / 10, size / 10, 0))
+        return (x - x.mean()) / (x.std() + 1e-12)
+
+    images, labels = [], []
+    for c in range(n_categories):
+        proto = field_()
+        for _ in range(n_per_category):
+            x = prototype_weight * proto + (1.0 - prototype_weight) * field_()
+            images.append(np.clip(128 + 50 * x, 0, 255).astype(np.uint8))
+            labels.append(f"cat{c:02d}")
+    return np.stack(images), np.asarray(labels)
+
+
+@dataclass
+class LinearBrain:
+    """A known "brain": outputs linear in standardised features, plus Gaussian trial noise of known size.
+
+    ``signal = z @ weight.T`` with ``z`` the features standardised by ``(mean, scale)``; each output's
+    signal is scaled to unit variance over the stimuli it was built on, and its noise standard
+    deviation is ``1 / ncsnr``, so the noise ceiling of an ``n``-repeat mean is
+    ``ncsnr² / (ncsnr² + 1/n)`` exactly (in expectation).
+
+    Build with :meth:`from_features`.
+    """
+
+    weight: np.ndarray  # (m, k) on standardised features
+    mean: np.ndarray
+    scale: np.ndarray
+    ncsnr: np.ndarray  # (m,)
+    rois: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_features(cls, features: np.ndarray, n_outputs: int, *, ncsnr: Any = 1.0, n_components: int = 10,
+                      rois: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> "LinearBrain":
+        """A random map from the top ``n_components`` principal directions of ``features``.
+
+        Parameters
+        ----------
+        features : (n, F) array
+            Features of the stimuli the brain is calibrated on (unit signal variance over them).
+        ncsnr : float or (n_outputs,) array
+        """
+        rng = np.random.default_rng(seed)
+        x = np.asarray(features, dtype=np.float64)
+        mean, scale = x.mean(axis=0), x.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        z = (x - mean) / scale
+        k = min(n_components, min(z.shape) - 1)
+        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        a = rng.standard_normal((n_outputs, k))
+        w = a @ vt[:k]
+        sd = (z @ w.T).std(axis=0, ddof=1)
+        w /= np.where(sd > 0, sd, 1.0)[:, None]
+        snr = np.broadcast_to(np.asarray(ncsnr, dtype=np.float64), (n_outputs,)).copy()
+        return cls(w, mean, scale, snr, {k_: np.asarray(v) for k_, v in (rois or {}).items()})
+
+    def signal(self, features: np.ndarray) -> np.ndarray:
+        """Noiseless responses ``(n, m)``."""
+        return ((np.asarray(features, dtype=np.float64) - self.mean) / self.scale) @ self.weight.T
+
+    def sample(self, features: np.ndarray, n_repeats: int, *, seed: int = 0) -> np.ndarray:
+        """Single-trial responses ``(n, n_repeats, m)`` float32 with noise sd ``1 / ncsnr``."""
+        rng = np.random.default_rng(seed)
+        s = self.signal(features)
+        noise = rng.standard_normal((s.shape[0], n_repeats, s.shape[1])) / np.maximum(self.ncsnr, 1e-12)
+        return (s[:, None, :] + noise).astype(np.float32)
+
+    def noise_ceiling(self, n: int) -> np.ndarray:
+        """Expected noise ceiling (fraction) of the mean of ``n`` repeats."""
+        from berg.metrics import noise_ceiling
+
+        return noise_ceiling(self.ncsnr, n)
+

@@ -1,0 +1,172 @@
+"""berg.synthetic: generated datasets have the noise ceiling asked for, are reproducible, and are readable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from berg import metrics
+from berg.errors import InvalidParameterError
+from berg.synthetic import (
+    LinearBrain,
+    add_noise,
+    category_images,
+    generate,
+    ncsnr_from_metadata,
+    ncsnr_from_noise_ceiling,
+    read_categories,
+    read_labelled,
+)
+
+
+class LinearEncoder:
+    """A real (known) linear encoding model on feature-vector "stimuli": y = x @ W.T + b per subject."""
+
+    def __init__(self, n_features=12, n_outputs=(30,), seed=0, metadata=None):
+        rng = np.random.default_rng(seed)
+        self.subjects = list(range(1, len(n_outputs) + 1))
+        self.w = {s: rng.standard_normal((m, n_features)) for s, m in zip(self.subjects, n_outputs)}
+        self.b = {s: rng.standard_normal(m) for s, m in zip(self.subjects, n_outputs)}
+        self.model_id = "test-linear"
+        self._metadata = metadata or {}
+        self.calls = 0
+
+    def encode(self, x, show_progress=False):
+        self.calls += 1
+        x = np.asarray(x, dtype=np.float64)
+        out = {s: (x @ self.w[s].T + self.b[s]).astype(np.float32) for s in self.subjects}
+        return out if len(self.subjects) > 1 else out[self.subjects[0]]
+
+    def get_metadata(self):
+        return self._metadata
+
+
+def _stimuli(n, f=12, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, f)).astype(np.float32)
+
+
+def test_ncsnr_from_noise_ceiling_inverts_metrics():
+    nc = np.array([0.05, 0.3, 0.6, 0.95])
+    for n in (1, 3, 10):
+        assert np.allclose(metrics.noise_ceiling(ncsnr_from_noise_ceiling(nc, n), n), nc)
+    with pytest.raises(InvalidParameterError, match="fractions"):
+        ncsnr_from_noise_ceiling([30.0], 3)
+
+
+def test_measured_noise_ceiling_matches_request_over_seeds():
+    """The mean over seeds of the measured NC (berg.metrics) lies within sampling error of the request."""
+    m, reps, n = 24, 4, 160
+    target = np.linspace(0.1, 0.85, m)
+    model = LinearEncoder(n_outputs=(m,))
+    x = _stimuli(n)
+    measured = []
+    for seed in range(16):
+        data = generate(model, x, n_repeats=reps, noise="noise_ceiling", noise_ceiling=target, seed=seed)
+        measured.append(metrics.noise_ceiling(metrics.ncsnr(data.responses[1]), reps))
+        assert np.allclose(data.expected_noise_ceiling(1), target)
+    measured = np.array(measured)
+    mean, se = measured.mean(axis=0), measured.std(axis=0, ddof=1) / np.sqrt(len(measured))
+    assert np.all(np.abs(mean - target) < 4 * se + 0.01), np.c_[target, mean, se]
+    # the check has power: a ceiling 0.15 off the truth is rejected for (nearly) every output
+    assert np.mean(np.abs(mean - (target + 0.15)) < 4 * se + 0.01) < 0.1
+    # pooled over outputs the bias is tiny
+    assert abs(np.mean(mean - target)) < 0.01
+
+
+def test_ncsnr_noise_and_single_repeat_ceiling():
+    model = LinearEncoder(n_outputs=(20,))
+    snr = np.linspace(0.3, 2.0, 20)
+    data = generate(model, _stimuli(3000), n_repeats=2, noise="ncsnr", ncsnr=snr, seed=3)
+    assert np.allclose(metrics.ncsnr(data.responses[1]), snr, rtol=0.05, atol=0.07)
+    # single-repeat ceiling: r(repeat 1, repeat 2) estimates ncsnr^2 / (ncsnr^2 + 1)
+    r12 = metrics.pearson_r(data.responses[1][:, 0], data.responses[1][:, 1])
+    assert np.allclose(r12, metrics.noise_ceiling(snr, 1), atol=0.05)
+
+
+def test_noise_from_model_metadata_native_and_berg_legacy():
+    snr = np.linspace(0.5, 1.5, 15)
+    native = LinearEncoder(n_outputs=(15,), metadata={"accuracy": {"ncsnr": snr}})
+    data = generate(native, _stimuli(4000), n_repeats=3, noise="metadata", seed=0)
+    assert np.allclose(data.ncsnr[1], snr)
+    assert np.allclose(metrics.ncsnr(data.responses[1]), snr, rtol=0.05, atol=0.07)
+    # BERG stores noise ceilings in percent with the repeat count in the key
+    nc10 = 100 * metrics.noise_ceiling(snr, 10)
+    legacy = {"encoding_models": {"noiseceiling_task_test_n_10": nc10, "noiseceiling_task_train_n_1": nc10 * 0}}
+    assert np.allclose(ncsnr_from_metadata(legacy), snr)
+    with pytest.raises(InvalidParameterError, match="noise='ncsnr'"):
+        ncsnr_from_metadata({"rois": {}})
+
+
+def test_no_noise_repeats_equal_model_output():
+    model = LinearEncoder(n_outputs=(7, 5))
+    x = _stimuli(30)
+    data = generate(model, x, n_repeats=2, noise="none")
+    assert data.subjects == [1, 2]
+    for s in (1, 2):
+        assert data.responses[s].shape == (30, 2, model.w[s].shape[0])
+        assert np.array_equal(data.responses[s][:, 0], model.encode(x)[s])
+        assert np.array_equal(data.responses[s][:, 1], data.responses[s][:, 0])
+
+
+def test_file_generation_equals_memory_and_is_readable(tmp_path):
+    from berg.training.datasets import read_dataset
+
+    model = LinearEncoder(n_outputs=(9, 4), metadata={"rois": {"A": np.arange(3)}})
+    x = _stimuli(70)
+    cats = np.array([f"c{i % 5}" for i in range(70)])
+    mem = generate(model, x, n_repeats=3, noise="ncsnr", ncsnr=0.7, categories=cats, seed=11, chunk_size=16)
+    path = tmp_path / "syn.h5"
+    disk = generate(model, x, path, n_repeats=3, noise="ncsnr", ncsnr=0.7, categories=cats, seed=11, chunk_size=29)
+    for s in (1, 2):  # noise depends on (seed, subject, row) only: chunking and storage do not matter
+        assert np.array_equal(np.asarray(disk.responses[s][:]), mem.responses[s])
+        assert np.allclose(disk.noise_sd[s], mem.noise_sd[s])
+    ds = read_dataset(path)
+    assert ds.ids == mem.ids and ds.subjects[1].responses.shape == (70, 3, 9)
+    assert list(ds.subjects[1].rois) == ["A"]
+    assert np.array_equal(read_categories(path), cats)
+    lab = read_labelled(path)
+    assert lab.info["noise"] == "ncsnr" and lab.info["seed"] == 11
+    assert np.allclose(lab.ncsnr[2], 0.7)
+    assert np.array_equal(lab.responses(2), mem.responses[2])
+    assert not list(tmp_path.glob(".*tmp*")), "scratch files are removed"
+    other = generate(model, x, n_repeats=3, noise="ncsnr", ncsnr=0.7, seed=12)
+    assert not np.array_equal(other.responses[1], mem.responses[1])
+
+
+def test_parameters_are_checked_before_work():
+    model = LinearEncoder()
+    with pytest.raises(InvalidParameterError, match="valid: .*noise_ceiling"):
+        generate(model, _stimuli(5), noise="noise-ceiling")
+    with pytest.raises(InvalidParameterError, match="n_repeats"):
+        generate(model, _stimuli(5), n_repeats=0)
+    with pytest.raises(InvalidParameterError, match="categories"):
+        generate(model, _stimuli(5), categories=["a"])
+    with pytest.raises(InvalidParameterError, match="needs ncsnr"):
+        generate(model, _stimuli(5), noise="ncsnr")
+    with pytest.raises(InvalidParameterError, match="not loaded"):
+        generate(model, _stimuli(5), subjects=[3])
+
+
+def test_add_noise_rows_are_independent_of_offsets():
+    clean = np.zeros((6, 4), np.float32)
+    sd = np.ones(4)
+    a = add_noise(clean, sd, 2, seed=5)
+    b = add_noise(clean[3:], sd, 2, seed=5, first_row=3)
+    assert np.array_equal(a[3:], b)
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_linear_brain_and_category_images():
+    images, cats = category_images(4, 6, size=32, seed=0)
+    assert images.shape == (24, 32, 32, 3) and images.dtype == np.uint8
+    assert list(np.unique(cats)) == ["cat00", "cat01", "cat02", "cat03"]
+    # exemplars of a category are closer to each other than to other categories' exemplars
+    flat = images.reshape(24, -1).astype(float)
+    c = np.corrcoef(flat)
+    same = np.equal.outer(cats, cats) & ~np.eye(24, dtype=bool)
+    assert c[same].mean() > c[~np.equal.outer(cats, cats)].mean() + 0.2
+    feats = np.random.default_rng(0).standard_normal((400, 30))
+    brain = LinearBrain.from_features(feats, 12, ncsnr=0.8, n_components=5, seed=1)
+    y = brain.sample(feats, 3, seed=2)
+    assert np.allclose(brain.signal(feats).var(axis=0, ddof=1), 1.0)
+    assert np.allclose(metrics.ncsnr(y), 0.8, rtol=0.15)
