@@ -1,0 +1,71 @@
+"""In silico experiments on berg's outputs: neural control, RSA, localizers, synthesis, and more.
+
+Every function takes responses as numpy arrays ``(n_stimuli, n_outputs)``, ``{subject: array}``
+dicts, or array-likes read in row blocks (a zarr array from a run store, an HDF5 dataset, a
+``np.memmap``), plus stimulus ids and ROI index dicts (``model.get_metadata()["rois"]``), and
+returns small result dataclasses.
+
+This package is light: names are imported from their modules on first access, so
+``import berg.experiments`` pulls in neither torch nor scipy.
+
+>>> from berg import experiments as ex
+>>> result = ex.univariate_control(responses, rois, roi_pair=("V1", "V4"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> module (relative to this package). One line per name, so that each analysis module
+# adds its own names with a one-line edit.
+_LAZY: dict[str, str] = {
+    # control.py: relational neural control (Gifford et al., gifale95/RNC)
+    "univariate_responses": "control",
+    "null_baseline": "control",
+    "rank_conditions": "control",
+    "univariate_control": "control",
+    "multivariate_control": "control",
+    "genetic_search": "control",
+    "UnivariateControlResult": "control",
+    "MultivariateControlResult": "control",
+    "Baseline": "control",
+    # rsa.py: representational similarity
+    "rsm": "rsa",
+    "rsm_correlation": "rsa",
+    "batch_rsm_correlation": "rsa",
+    "rsa_noise_ceiling": "rsa",
+    "compare_rsms": "rsa",
+    "RSAComparison": "rsa",
+    # localizers.py: in silico functional localizers
+    "contrast_map": "localizers",
+    "category_localizer": "localizers",
+    "threshold_map": "localizers",
+    "dice": "localizers",
+    "roi_agreement": "localizers",
+    "Contrast": "localizers",
+    # synthesis.py: differentiable encoders
+    "roi_mean": "synthesis",
+    "roi_contrast": "synthesis",
+    "synthesize_images": "synthesis",
+    "synthesize_latent": "synthesis",
+    "gradient_check": "synthesis",
+    "SynthesisResult": "synthesis",
+    # _inputs.py: shared input handling
+    "select_outputs": "_inputs",
+}
+
+__all__ = sorted(n for n in _LAZY if not n.startswith("_"))
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'berg.experiments' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
