@@ -1,0 +1,61 @@
+"""In silico experiments at scale: resumable, sharded encoding of stimulus collections into zarr.
+
+>>> import berg
+>>> plan = berg.EncodePlan(
+...     models=[{"id": "fmri-bold5000-resnet18", "subjects": [1, 2, 3]}],
+...     stimuli="images/", store="runs/bold5000.zarr", shard_size=256)
+>>> report = berg.run(plan)                  # resumes where a killed run stopped
+>>> berg.run.status("runs/bold5000.zarr")    # done / pending / stale shards, ETA   (berg.run module)
+
+Importing this package is light (no torch, zarr or dask); they load when a run starts.
+See docs/guide/scale-out.md for the whole workflow (local, Dask, Slurm arrays).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from typing import Any
+
+from berg.run.plan import EncodePlan, ModelEntry
+
+__all__ = ["EncodePlan", "ModelEntry", "run", "status", "export", "open_responses"]
+
+
+def run(plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True):
+    """Run or resume ``plan`` (an :class:`EncodePlan`, a dict, or a YAML path); see :func:`berg.run.executors.run`."""
+    from berg.run.executors import run as _run
+
+    return _run(plan, shard=shard, show_progress=show_progress)
+
+
+def status(store: str | os.PathLike[str]) -> dict[str, Any]:
+    """Done / stale / pending shards per target, failed stimuli and ETA of a run folder."""
+    from berg.run.store import RunStore
+
+    return RunStore.open(store).status()
+
+
+def export(store: str | os.PathLike[str], to: str | os.PathLike[str], *, allow_incomplete: bool = False):
+    """Write a run as one HDF5 file (see :func:`berg.run.export.export_hdf5`)."""
+    from berg.run.export import export_hdf5
+
+    return export_hdf5(store, to, allow_incomplete=allow_incomplete)
+
+
+def open_responses(store: str | os.PathLike[str]):
+    """The run's zarr group, read-only (``open_responses(RUN)["model/sub-01/responses"]``)."""
+    from berg.run.store import open_responses as _open
+
+    return _open(store)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``berg.run(plan)`` work although ``berg.run`` is also this package (``berg.run.status`` ...)."""
+
+    def __call__(self, plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True):
+        return run(plan, shard=shard, show_progress=show_progress)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,278 @@
+"""Loading a plan's models and computing one shard: the code every executor runs.
+
+A *unit* of work is one shard index. For that shard the stimuli are decoded once (in parallel threads),
+every model entry with a pending target encodes them (all subjects of an entry share one backbone pass,
+through ``model.iter_encode``), reducers shrink the responses, each target's rows are written as whole
+chunks and made durable, and only then is each target's shard marked done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from berg.errors import InvalidParameterError, StimulusError
+from berg.run.plan import EncodePlan, ModelEntry, digest
+from berg.run.reducers import Reducer, build_reducer
+from berg.run.sources import StimulusSource
+from berg.run.store import FORMAT_VERSION, RunStore, TargetInfo
+from berg.subjects import subject_label
+
+__all__ = ["LoadedEntry", "load_entries", "compute_unit", "shard_bounds", "default_decode_threads"]
+
+log = logging.getLogger(__name__)
+
+
+def default_decode_threads() -> int:
+    """Decoding threads when the plan does not say: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def shard_bounds(shard: int, shard_size: int, n: int) -> tuple[int, int]:
+    """``[start, stop)`` stimulus range of a shard."""
+    start = shard * shard_size
+    return start, min(n, start + shard_size)
+
+
+@dataclass
+class LoadedEntry:
+    """A plan entry's loaded model and, per subject, its store target and reducer."""
+
+    entry: ModelEntry
+    model: Any
+    targets: dict[Any, TargetInfo]
+    reducers: dict[Any, Reducer]
+
+
+def _response_shape(space: Any) -> tuple[int, ...]:
+    """Per-stimulus shape of a space's responses (``(n_outputs,)`` unless the space declares more axes)."""
+    for attr in ("response_shape", "sample_shape", "shape_per_stimulus"):
+        value = getattr(space, attr, None)
+        if callable(value):
+            value = value()
+        if value is not None:
+            return tuple(int(v) for v in value)
+    return (int(space.n_outputs),)
+
+
+def _dims(space: Any, shape: tuple[int, ...]) -> list[str]:
+    dims = getattr(space, "dims", None)
+    if callable(dims):
+        dims = dims()
+    if dims is not None:
+        dims = [str(d) for d in dims]
+        if dims and dims[0] in ("stimulus", "n_stimuli"):
+            dims = dims[1:]
+        if len(dims) == len(shape):
+            return dims
+    return ["output"] if len(shape) == 1 else [f"axis{i}" for i in range(1, len(shape) + 1)]
+
+
+def _coords(model: Any, subject: Any, space: Any, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Coordinate arrays of a subject's outputs: ``output_ids`` (as :func:`berg.save` writes) and any the space declares."""
+    out: dict[str, np.ndarray] = {}
+    declared = getattr(space, "coordinates", None)
+    if callable(declared):
+        declared = declared()
+    if isinstance(declared, Mapping):
+        for k, v in declared.items():
+            arr = np.asarray(v)
+            if arr.dtype.kind in "iufbUS":
+                out[str(k).replace("/", "_")] = arr
+    if len(shape) == 1:
+        if hasattr(model, "output_ids"):
+            ids = np.asarray(model.output_ids(subject))
+        else:
+            ijk = getattr(space, "voxel_ijk", None)
+            ids = np.asarray(ijk) if ijk is not None else np.arange(shape[0])
+        if ids.shape[0] == shape[0]:
+            out["output_ids"] = ids
+    return out
+
+
+def _subject_artifacts(checksums: Mapping[str, str], subject: Any, subjects: Sequence[Any]) -> dict[str, str]:
+    """The artifact checksums a subject's numbers depend on: shared files and its own (not the other subjects')."""
+    others = [subject_label(s) for s in subjects if s != subject]
+    return {k: v for k, v in checksums.items() if not any(o in k.split("/")[-1] or f"/{o}/" in f"/{k}" for o in others)}
+
+
+def _target_hash(entry: ModelEntry, subject: Any, artifacts: Mapping[str, str], plan: EncodePlan,
+                 fingerprint: Mapping[str, Any], n: int, shape: tuple[int, ...]) -> str:
+    selection = entry.selection
+    if isinstance(selection, Mapping) and isinstance(selection.get("voxels"), Mapping):
+        selection = {**selection, "voxels": selection["voxels"].get(subject)}
+    return digest({
+        "format_version": FORMAT_VERSION, "model_id": entry.id, "subject": subject, "selection": selection,
+        "reducers": entry.reducers, "backbone_weights": entry.backbone_weights, "backbone_seed": entry.backbone_seed,
+        "model_kwargs": entry.model_kwargs, "artifacts": dict(sorted(artifacts.items())), "stimuli": fingerprint,
+        "n_stimuli": n, "shard_size": plan.shard_size, "dtype": plan.dtype, "shape": list(shape),
+    })
+
+
+def berg_client(plan: EncodePlan):
+    """The :class:`berg.BERG` client of a plan (its ``berg:`` options)."""
+    from berg.api import BERG
+
+    opts = plan.berg
+    return BERG(berg_dir=opts.get("berg_dir"), cache_dir=opts.get("cache_dir"),
+                offline=bool(opts.get("offline", False)), registry=opts.get("registry"))
+
+
+def load_entries(
+    plan: EncodePlan,
+    source: StimulusSource,
+    *,
+    device: str | None = None,
+    client: Any = None,
+) -> dict[str, LoadedEntry]:
+    """Load every model of the plan and resolve its targets (store layout, hashes) and reducers."""
+    client = client or berg_client(plan)
+    fingerprint = source.fingerprint()
+    n = len(source)
+    loaded: dict[str, LoadedEntry] = {}
+    for i, entry in enumerate(plan.models):
+        subjects = entry.subjects if entry.subjects == "all" or isinstance(entry.subjects, (list, tuple)) \
+            else [entry.subjects]
+        model = client.get_encoding_model(
+            entry.id, subject=subjects, selection=entry.selection, device=device or plan.device,
+            batch_size=entry.batch_size or plan.batch_size, backbone_weights=entry.backbone_weights,
+            backbone_seed=entry.backbone_seed, **entry.model_kwargs,
+        )
+        prov = model.provenance()
+        checksums = prov.get("artifacts") or {}
+        needs_meta = any(("roi_mean" in r) or ("nc_threshold" in r) or ("select" in r and "roi" in r["select"])
+                         for r in entry.reducers)
+        targets, reducers = {}, {}
+        for s in model.subjects:
+            space = model.spaces[s]
+            shape = _response_shape(space)
+            coords = _coords(model, s, space, shape)
+            meta = client.get_model_metadata(entry.id, subject=s) if needs_meta else None
+            rows = (getattr(model, "selected_rows", None) or {}).get(s)
+            n_full = int(meta["n_outputs"]) if meta is not None and "n_outputs" in meta else (
+                int(np.max(rows)) + 1 if rows is not None else int(np.prod(shape)))
+            red = build_reducer(entry.reducers, meta=meta, full_rows=rows, n_full=n_full, coords=coords,
+                                response_shape=shape, where=f"models[{i}] ({entry.name}) subject {s}")
+            out_shape = shape if red.is_identity else (red.n_out,)
+            dims = _dims(space, shape) if red.is_identity else red.dims
+            artifacts = _subject_artifacts(checksums, s, model.subjects)
+            space_dict = space.to_dict() if hasattr(space, "to_dict") else {"kind": getattr(space, "kind", "flat")}
+            targets[s] = TargetInfo(
+                name=entry.name, model_id=entry.id, subject=s, label=subject_label(s), shape=out_shape, dims=dims,
+                coords=red.coords if not red.is_identity else coords,
+                attrs={"space": space_dict, "reducers": entry.reducers, "selection": entry.selection,
+                       "provenance": {**prov, "subjects": [s], "artifacts": artifacts},
+                       "model_response_shape": list(shape)},
+                hash=_target_hash(entry, s, artifacts, plan, fingerprint, n, out_shape),
+            )
+            reducers[s] = red
+        loaded[entry.name] = LoadedEntry(entry, model, targets, reducers)
+    return loaded
+
+
+def _model_item(item: np.ndarray, kind: str) -> np.ndarray:
+    # Decoded videos are (T, H, W, 3); the stimulus loader takes video arrays as (T, 3, H, W), as BERG does.
+    return item.transpose(0, 3, 1, 2) if kind == "video" else item
+
+
+def decode_shard(source: StimulusSource, shard: int, plan: EncodePlan, threads: int) -> list[Any]:
+    """Decode one shard's stimuli (items or per-item :class:`StimulusError`)."""
+    start, stop = shard_bounds(shard, plan.shard_size, len(source))
+    return source.read(range(start, stop), threads=threads)
+
+
+def compute_unit(
+    store: RunStore,
+    plan: EncodePlan,
+    loaded: Mapping[str, LoadedEntry],
+    source: StimulusSource,
+    shard: int,
+    pending: Mapping[str, str],
+    *,
+    items: list[Any] | None = None,
+    decode_threads: int = 1,
+) -> dict[str, Any]:
+    """Compute shard ``shard`` for the ``pending`` targets (``{target key: expected hash}``) and mark them done.
+
+    Returns a small record: ``{"shard", "computed": [keys], "failed": [...], "seconds"}``.
+
+    Raises
+    ------
+    StimulusError
+        A stimulus of the shard cannot be decoded and ``plan.on_error == "raise"`` (the file is named).
+    InvalidParameterError
+        This process resolved a target to another hash than the driver (e.g. a different artifact).
+    """
+    t0 = time.perf_counter()
+    n = len(source)
+    start, stop = shard_bounds(shard, plan.shard_size, n)
+    todo: dict[str, list[Any]] = {}
+    for name, le in loaded.items():
+        for s, t in le.targets.items():
+            if t.key not in pending:
+                continue
+            if pending[t.key] != t.hash:
+                raise InvalidParameterError(
+                    f"{t.key}: this worker computes plan hash {t.hash[:12]} but the run expects "
+                    f"{pending[t.key][:12]}; workers must see the same artifacts, registry and berg version"
+                )
+            if store.shard_state(t.key, shard, t.hash) == "done":
+                continue  # finished by an earlier attempt of this task (e.g. its worker died after the marker)
+            todo.setdefault(name, []).append(s)
+    if not todo:
+        return {"shard": shard, "computed": [], "failed": [], "seconds": 0.0}
+    store.log_event("shard_start", shard=shard, targets=sorted(k for k in pending))
+    if items is None:
+        items = source.read(range(start, stop), threads=decode_threads)
+    good = [k for k, it in enumerate(items) if not isinstance(it, BaseException)]
+    failed = [{"index": start + k, "id": source.describe(start + k), "error": str(it)}
+              for k, it in enumerate(items) if isinstance(it, BaseException)]
+    if failed and plan.on_error == "raise":
+        first = failed[0]
+        raise StimulusError(
+            f"stimulus {first['index']} cannot be decoded: {first['error']}. Fix or remove the file, or set "
+            "on_error: skip in the plan (failed stimuli are then listed and their rows are NaN)"
+        )
+    computed = []
+    outputs: dict[str, dict[Any, np.ndarray]] = {}
+    for name, subjects in todo.items():
+        le = loaded[name]
+        model = le.model
+        full = {s: np.full((stop - start, *_model_shape(le, s)), np.nan, dtype=np.float32) for s in model.subjects}
+        if good:
+            good_idx = np.asarray(good)
+            stim = model.prepare_stimuli([_model_item(items[k], source.kind) for k in good])
+            for a, b, per_subject in model.iter_encode(stim, show_progress=False):
+                for s, y in zip(model.subjects, per_subject):
+                    full[s][good_idx[a:b]] = np.asarray(y).reshape((b - a, *full[s].shape[1:]))
+        outputs[name] = {s: le.reducers[s].apply(full[s]) if not le.reducers[s].is_identity else full[s]
+                         for s in subjects}
+    # Data of every target first, markers last: a marker never exists for data that is not on disk.
+    for name, per in outputs.items():
+        for s, data in per.items():
+            t = loaded[name].targets[s]
+            if tuple(data.shape[1:]) != tuple(t.shape):
+                raise InvalidParameterError(
+                    f"{t.key}: the model returned {data.shape[1:]} per stimulus, the store expects {t.shape} "
+                    "(from its output space); the model's space declaration is inconsistent"
+                )
+            store.write_shard(t.key, shard, start, data, fsync=plan.fsync)
+    seconds = time.perf_counter() - t0
+    for name, per in outputs.items():
+        for s in per:
+            t = loaded[name].targets[s]
+            store.mark_done(t.key, shard, {"target_hash": t.hash, "plan_hash": plan.plan_hash(), "start": start,
+                                           "stop": stop, "failed": failed, "seconds": seconds})
+            computed.append(t.key)
+    store.log_event("unit_done", shard=shard, targets=computed, seconds=seconds, n_failed=len(failed))
+    return {"shard": shard, "computed": computed, "failed": failed, "seconds": seconds}
+
+
+def _model_shape(le: LoadedEntry, subject: Any) -> tuple[int, ...]:
+    return tuple(le.targets[subject].attrs["model_response_shape"])
