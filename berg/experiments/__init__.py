@@ -51,6 +51,20 @@ _LAZY: dict[str, str] = {
     "synthesize_latent": "synthesis",
     "gradient_check": "synthesis",
     "SynthesisResult": "synthesis",
+    # reliability.py: synthetic vs real reliability (Delavari et al. 2025)
+    "reliability": "reliability",
+    "expected_reliability": "reliability",
+    "plot_reliability": "reliability",
+    "ReliabilityResult": "reliability",
+    # decoding.py: classifiers and semantic decoders trained on synthetic or real responses
+    "split_images": "decoding",
+    "split_categories": "decoding",
+    "classify": "decoding",
+    "identify": "decoding",
+    "learning_curve": "decoding",
+    "permutation_p_value": "decoding",
+    "DecodingResult": "decoding",
+    "LearningCurve": "decoding",
     # _inputs.py: shared input handling
     "select_outputs": "_inputs",
 }
