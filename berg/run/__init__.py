@@ -23,11 +23,11 @@ from berg.run.plan import EncodePlan, ModelEntry
 __all__ = ["EncodePlan", "ModelEntry", "run", "status", "export", "open_responses"]
 
 
-def run(plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True):
+def run(plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True, prepare_only: bool = False):
     """Run or resume ``plan`` (an :class:`EncodePlan`, a dict, or a YAML path); see :func:`berg.run.executors.run`."""
     from berg.run.executors import run as _run
 
-    return _run(plan, shard=shard, show_progress=show_progress)
+    return _run(plan, shard=shard, show_progress=show_progress, prepare_only=prepare_only)
 
 
 def status(store: str | os.PathLike[str]) -> dict[str, Any]:
@@ -54,8 +54,9 @@ def open_responses(store: str | os.PathLike[str]):
 class _CallableModule(types.ModuleType):
     """Lets ``berg.run(plan)`` work although ``berg.run`` is also this package (``berg.run.status`` ...)."""
 
-    def __call__(self, plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True):
-        return run(plan, shard=shard, show_progress=show_progress)
+    def __call__(self, plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True,
+                 prepare_only: bool = False):
+        return run(plan, shard=shard, show_progress=show_progress, prepare_only=prepare_only)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -81,6 +81,7 @@ def run(
     *,
     shard: tuple[int, int] | None = None,
     show_progress: bool = True,
+    prepare_only: bool = False,
 ) -> RunReport:
     """Run (or resume) a plan; returns a :class:`RunReport`.
 
@@ -92,6 +93,9 @@ def run(
         the store with the other slices. Independent of ``plan.executor``.
     show_progress : bool
         A tqdm bar (also off with ``BERG_QUIET=1``).
+    prepare_only : bool
+        Create or reconcile the store (stale shards become visible in ``berg status``) and return without
+        computing anything.
 
     Raises
     ------
@@ -121,8 +125,13 @@ def run(
                          stimulus_ids=source.ids(), stimuli_fingerprint=source.fingerprint(),
                          shard_size=plan.shard_size, dtype=plan.dtype, compressor=plan.compressor)
         units = pending_units(store, loaded, n_shards)
+        finished = n_shards - len(units)
         if shard is not None:
             units = {u: k for u, k in units.items() if u % shard[1] == shard[0]}
+        if prepare_only:
+            return RunReport(store=os.fspath(plan.store), n_stimuli=n, n_shards=n_shards, computed_units=0,
+                             skipped_units=finished, seconds=time.perf_counter() - t_start,
+                             failed=store.failed())
         store.log_event("run_start", pending=len(units), mode="dask" if use_dask else
                         ("local" if shard is None else f"slice {shard[0]} of {shard[1]}"))
         log.info("%s: %d of %d shards to compute", plan.store, len(units), n_shards)
@@ -142,7 +151,7 @@ def run(
     )
     return RunReport(
         store=os.fspath(plan.store), n_stimuli=n, n_shards=n_shards,
-        computed_units=sum(1 for r in results if r["computed"]), skipped_units=n_shards - len(units),
+        computed_units=sum(1 for r in results if r["computed"]), skipped_units=finished,
         seconds=time.perf_counter() - t_start, failed=store.failed(), dashboard=dashboard,
         computed_stimuli=computed_stimuli,
     )

@@ -48,43 +48,38 @@ class LoadedEntry:
     model: Any
     targets: dict[Any, TargetInfo]
     reducers: dict[Any, Reducer]
+    #: Entries with the same key share one backbone pass per batch (see :func:`backbone_key`).
+    backbone: str | None = None
 
 
 def _response_shape(space: Any) -> tuple[int, ...]:
-    """Per-stimulus shape of a space's responses (``(n_outputs,)`` unless the space declares more axes)."""
-    for attr in ("response_shape", "sample_shape", "shape_per_stimulus"):
-        value = getattr(space, attr, None)
-        if callable(value):
-            value = value()
-        if value is not None:
-            return tuple(int(v) for v in value)
-    return (int(space.n_outputs),)
+    """Per-stimulus shape of a space's responses (``space.shape``; ``(n_outputs,)`` for spaces without one)."""
+    n = int(space.n_outputs)
+    shape = getattr(space, "shape", None)
+    if shape is not None and int(np.prod(tuple(shape))) == n:
+        return tuple(int(v) for v in shape)
+    return (n,)
 
 
 def _dims(space: Any, shape: tuple[int, ...]) -> list[str]:
-    dims = getattr(space, "dims", None)
-    if callable(dims):
-        dims = dims()
-    if dims is not None:
-        dims = [str(d) for d in dims]
-        if dims and dims[0] in ("stimulus", "n_stimuli"):
-            dims = dims[1:]
-        if len(dims) == len(shape):
-            return dims
+    dims = [str(d) for d in (getattr(space, "dims", None) or ())]
+    if len(dims) == len(shape):
+        return dims
     return ["output"] if len(shape) == 1 else [f"axis{i}" for i in range(1, len(shape) + 1)]
 
 
 def _coords(model: Any, subject: Any, space: Any, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Coordinate arrays of a subject's outputs: ``output_ids`` (as :func:`berg.save` writes) and any the space declares."""
+    """Coordinate arrays: ``output_ids`` (as :func:`berg.save` writes, 2-D outputs) and the space's ``coords()``."""
     out: dict[str, np.ndarray] = {}
-    declared = getattr(space, "coordinates", None)
-    if callable(declared):
-        declared = declared()
+    declared = getattr(space, "coords", None)
+    declared = declared() if callable(declared) else declared
     if isinstance(declared, Mapping):
         for k, v in declared.items():
             arr = np.asarray(v)
             if arr.dtype.kind in "iufbUS":
                 out[str(k).replace("/", "_")] = arr
+            elif arr.dtype.kind == "O":
+                out[str(k).replace("/", "_")] = arr.astype(str)
     if len(shape) == 1:
         if hasattr(model, "output_ids"):
             ids = np.asarray(model.output_ids(subject))
@@ -94,6 +89,14 @@ def _coords(model: Any, subject: Any, space: Any, shape: tuple[int, ...]) -> dic
         if ids.shape[0] == shape[0]:
             out["output_ids"] = ids
     return out
+
+
+def backbone_key(model: Any, prov: Mapping[str, Any]) -> str | None:
+    """Identity of a model's backbone pass (builder, weights, seed, nodes, preprocessing, device), or ``None``
+    when the model offers no features entry point (then it runs its own ``iter_encode``)."""
+    if not (hasattr(model, "extractor") and hasattr(model, "outputs_from_features")):
+        return None
+    return digest({k: prov.get(k) for k in ("backbone", "nodes", "transform", "device")})
 
 
 def _subject_artifacts(checksums: Mapping[str, str], subject: Any, subjects: Sequence[Any]) -> dict[str, str]:
@@ -172,7 +175,7 @@ def load_entries(
                 hash=_target_hash(entry, s, artifacts, plan, fingerprint, n, out_shape),
             )
             reducers[s] = red
-        loaded[entry.name] = LoadedEntry(entry, model, targets, reducers)
+        loaded[entry.name] = LoadedEntry(entry, model, targets, reducers, backbone_key(model, prov))
     return loaded
 
 
@@ -241,18 +244,13 @@ def compute_unit(
         )
     computed = []
     outputs: dict[str, dict[Any, np.ndarray]] = {}
-    for name, subjects in todo.items():
-        le = loaded[name]
-        model = le.model
-        full = {s: np.full((stop - start, *_model_shape(le, s)), np.nan, dtype=np.float32) for s in model.subjects}
-        if good:
-            good_idx = np.asarray(good)
-            stim = model.prepare_stimuli([_model_item(items[k], source.kind) for k in good])
-            for a, b, per_subject in model.iter_encode(stim, show_progress=False):
-                for s, y in zip(model.subjects, per_subject):
-                    full[s][good_idx[a:b]] = np.asarray(y).reshape((b - a, *full[s].shape[1:]))
-        outputs[name] = {s: le.reducers[s].apply(full[s]) if not le.reducers[s].is_identity else full[s]
-                         for s in subjects}
+    model_items = [_model_item(items[k], source.kind) for k in good]
+    for group in _backbone_groups([loaded[name] for name in todo]):
+        full = _encode_group(group, model_items, np.asarray(good, dtype=np.int64), stop - start)
+        for le in group:
+            name = le.entry.name
+            outputs[name] = {s: full[name][s] if le.reducers[s].is_identity else le.reducers[s].apply(full[name][s])
+                             for s in todo[name]}
     # Data of every target first, markers last: a marker never exists for data that is not on disk.
     for name, per in outputs.items():
         for s, data in per.items():
@@ -276,3 +274,44 @@ def compute_unit(
 
 def _model_shape(le: LoadedEntry, subject: Any) -> tuple[int, ...]:
     return tuple(le.targets[subject].attrs["model_response_shape"])
+
+
+def _backbone_groups(entries: Sequence[LoadedEntry]) -> list[list[LoadedEntry]]:
+    """Entries grouped by backbone pass (entries without a features entry point stay alone)."""
+    groups: dict[Any, list[LoadedEntry]] = {}
+    for le in entries:
+        groups.setdefault(le.backbone if le.backbone is not None else id(le), []).append(le)
+    return list(groups.values())
+
+
+def _encode_group(group: Sequence[LoadedEntry], items: list[np.ndarray], rows: np.ndarray,
+                  n_rows: int) -> dict[str, dict[Any, np.ndarray]]:
+    """Responses ``{name: {subject: (n_rows, *shape)}}`` of a shard; rows not in ``rows`` stay NaN.
+
+    One model: its own batching loop (``iter_encode``). Several models with one backbone: the backbone runs
+    once per batch and each model maps the shared features (``outputs_from_features``).
+    """
+    full = {le.entry.name: {s: np.full((n_rows, *_model_shape(le, s)), np.nan, dtype=np.float32)
+                            for s in le.model.subjects} for le in group}
+    if not items:
+        return full
+    first = group[0].model
+    stim = first.prepare_stimuli(items)
+    if len(group) == 1:
+        for a, b, per_subject in first.iter_encode(stim, show_progress=False):
+            for s, y in zip(first.subjects, per_subject):
+                full[group[0].entry.name][s][rows[a:b]] = np.asarray(y).reshape((b - a, *_model_shape(group[0], s)))
+        return full
+    import torch
+
+    from berg.engine import iter_batches
+
+    batch = min(int(le.model.batch_size) for le in group)
+    for a, b, x in iter_batches(first.extractor.transform, stim, batch):
+        features = first.extractor(x)
+        with torch.inference_mode():
+            for le in group:
+                outs = le.model.outputs_from_features(features)
+                for s, o in zip(le.model.subjects, outs):
+                    full[le.entry.name][s][rows[a:b]] = o.cpu().numpy().reshape((b - a, *_model_shape(le, s)))
+    return full
