@@ -12,16 +12,22 @@ variable               meaning
 ``BERG_FETCH_THREADS`` files fetched at once (default 8)
 ``BERG_PARALLEL``      ranged parts downloaded at once for large files
 ``BERG_CHUNK_MB``      size of one ranged part in MiB
+``BERG_RETRIES``       attempts per download before giving up (default 6)
+``BERG_BACKOFF``       first retry delay in seconds, doubled per retry (default 0.5)
+``BERG_TIMEOUT``       socket timeout of remote requests in seconds (default 60)
+``BERG_BUILD_DIR``     folder of models built with ``berg build`` (``<dir>/<model_id>/``; default: the cache)
 ``BERG_MAX_PIXELS``    largest image (pixels) berg decodes (default 178,956,970, Pillow's)
 ``BERG_QUIET``         ``1``: no progress bars
 =====================  ===========================================================================
+
+``BERG_PARALLEL_MIN_MB``: files at least this big (MiB, default 32) are fetched as ranged parts.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["env_flag", "env_int", "env_str", "KNOWN"]
+__all__ = ["env_flag", "env_int", "env_str", "progress_enabled", "KNOWN"]
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -36,6 +42,11 @@ KNOWN = (
     "BERG_FETCH_THREADS",
     "BERG_PARALLEL",
     "BERG_CHUNK_MB",
+    "BERG_PARALLEL_MIN_MB",
+    "BERG_RETRIES",
+    "BERG_BACKOFF",
+    "BERG_TIMEOUT",
+    "BERG_BUILD_DIR",
     "BERG_MAX_PIXELS",
     "BERG_QUIET",
 )
@@ -71,3 +82,11 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
 
         raise InvalidParameterError(f"{name}={value!r} is not an integer; unset it or give a number") from None
     return number if minimum is None else max(minimum, number)
+
+
+def progress_enabled(show_progress: bool | None = None) -> bool:
+    """Whether a progress bar should be drawn: never with ``BERG_QUIET``, else ``show_progress``
+    (default on). Bars use ``tqdm.auto``, so they render in terminals and in Jupyter."""
+    if env_flag("BERG_QUIET"):
+        return False
+    return True if show_progress is None else bool(show_progress)

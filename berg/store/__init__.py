@@ -3,12 +3,20 @@
 Resolution order for a key of a model (see docs/architecture.md):
 
 1. ``berg_dir / source["prefix"] / key`` — a local copy of the bucket tree, used in place, read-only;
-2. the cache, ``<cache_dir>/<model_id>/<key>``;
-3. the remote source named in the registry entry (S3, or a PyPI wheel plus converter).
+2. the model's folder: the cache, ``<cache_dir>/<model_id>/<key>`` (or, for models built on this
+   machine, the folder the build source names);
+3. the source named in the registry entry (:mod:`berg.store.sources`: S3, a PyPI wheel plus converter,
+   or any :class:`~berg.store.sources.Source` class).
 
 Files of berg-native artifacts are verified against the artifact's ``manifest.json`` (size and
 sha256); third-party files by size and S3 ETag, after which their sha256 is recorded in the cache
-index so later corruption of the cached copy is detected and the file fetched again.
+index so later corruption of the cached copy is detected and the file fetched again. Files berg makes
+from other files (a folded projection) are made by :meth:`Store.derived`, recorded and verified the
+same way.
+
+Shared and read-only caches: nothing is written (no lock, no record) when every needed file is
+present and verified; links in the cache are never followed; when a write is needed and impossible,
+:class:`~berg.store.cache.CacheWriteError` says which folder and how to choose another.
 """
 
 from __future__ import annotations
@@ -17,27 +25,57 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from berg.errors import ArtifactError, IntegrityError, OfflineError
-from berg.store.artifacts import check_key
-from berg.store.manifest import MANIFEST_NAME, FileInfo, parse_manifest, sha256_file, verify_file
+from berg.env import env_flag, env_int, env_str
+from berg.errors import BERGError, ArtifactError, IntegrityError, InvalidParameterError, OfflineError
+from berg.fsutil import atomic_path, sha256_bytes, sha256_file
+from berg.store.artifacts import DERIVED_DIR, check_key
+from berg.store.cache import (
+    WRITE_ERRNOS,
+    CacheWriteError,
+    cache_write_error,
+    clean_stale,
+    is_writable,
+    unwritable_reason,
+)
+from berg.store.manifest import MANIFEST_NAME, FileInfo, parse_manifest, verify_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from berg.store.cache import CacheIndex
+    from berg.store.sources import Source
 
-__all__ = ["Store", "default_cache_dir"]
+__all__ = ["Store", "default_cache_dir", "CacheWriteError"]
 
 log = logging.getLogger(__name__)
+
+# Index records that memoise the sha256 of berg_dir files (keyed by their key, never by absolute path).
+_BERG_DIR_RECORDS = ".berg-dir/"
+
+
+def _folder_param(value: Any, what: str) -> Path | None:
+    """A folder parameter as a Path; NUL bytes and non-path values raise InvalidParameterError."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise InvalidParameterError(f"{what} must be a folder path (str or os.PathLike), got {type(value).__name__}")
+    text = os.fspath(value)
+    if isinstance(text, bytes) or "\x00" in text:
+        raise InvalidParameterError(
+            f"{what} {text!r} contains a NUL byte (or is bytes); give a plain folder path, "
+            "e.g. BERG_CACHE=~/.cache/berg or --cache-dir /scratch/berg-cache")
+    if not text:
+        raise InvalidParameterError(f"{what} is empty; give a folder path or leave it unset for the default")
+    return Path(text).expanduser()
 
 
 def default_cache_dir() -> Path:
     """``$BERG_CACHE`` or the platform's user cache directory for berg."""
-    env = os.environ.get("BERG_CACHE")
+    env = env_str("BERG_CACHE")
     if env:
-        return Path(env).expanduser()
+        return _folder_param(env, "BERG_CACHE")
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("berg", appauthor=False))
@@ -51,6 +89,14 @@ def _inside(root: Path, path: Path) -> bool:
     return True
 
 
+def _derived_key(name: str, digest: str) -> str:
+    pure = PurePosixPath(name)
+    suffix = "".join(pure.suffixes)
+    stem = pure.name[: len(pure.name) - len(suffix)] if suffix else pure.name
+    parent = "" if str(pure.parent) == "." else f"{pure.parent}/"
+    return f"{DERIVED_DIR}/{parent}{stem}-{digest[:16]}{suffix}"
+
+
 class Store:
     """Resolves artifact keys to verified local files.
 
@@ -62,6 +108,9 @@ class Store:
         Cache root (default :func:`default_cache_dir`).
     offline : bool
         Never use the network (also ``BERG_OFFLINE=1``).
+    build_dir : path, optional
+        Folder of models built on this machine, as ``<build_dir>/<model_id>/`` (also ``BERG_BUILD_DIR``;
+        default: the cache).
     """
 
     def __init__(
@@ -69,20 +118,31 @@ class Store:
         berg_dir: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         offline: bool = False,
+        *,
+        build_dir: str | os.PathLike[str] | None = None,
     ):
-        self.berg_dir = Path(berg_dir).expanduser() if berg_dir is not None else None
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        self.offline = bool(offline) or os.environ.get("BERG_OFFLINE", "").lower() in ("1", "true", "yes")
+        self.berg_dir = _folder_param(berg_dir, "berg_dir")
+        self.cache_dir = _folder_param(cache_dir, "cache_dir") or default_cache_dir()
+        self.build_dir = _folder_param(build_dir, "build_dir") or _folder_param(env_str("BERG_BUILD_DIR"), "BERG_BUILD_DIR")
+        self.offline = bool(offline) or env_flag("BERG_OFFLINE")
         self._manifests: dict[str, dict[str, Any] | None] = {}
         self._sources: dict[str, Any] = {}
-        self._indexes: dict[str, Any] = {}
+        self._indexes: dict[Path, Any] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ paths
     def model_cache(self, model_id: str) -> Path:
         """Cache directory of one model."""
         check_key(model_id)
+        if "/" in model_id or model_id.startswith(("_", ".")):
+            raise ArtifactError(
+                f"invalid model id {model_id!r} for a cache folder: ids must not contain '/' or start with "
+                "'_' or '.' (berg keeps its own folders, such as _wheels, there)")
         return self.cache_dir / model_id
+
+    def _root(self, model_id: str, src: "Source") -> Path:
+        root = src.local_root(model_id)
+        return Path(root) if root is not None else self.model_cache(model_id)
 
     def _local_berg_dir(self, source: Mapping[str, Any], key: str) -> Path | None:
         if self.berg_dir is None:
@@ -95,12 +155,24 @@ class Store:
             return path
         return None
 
-    def _cache_path(self, model_id: str, key: str) -> Path:
-        root = self.model_cache(model_id)
-        path = root / key
-        if path.exists() and not _inside(root, path):
-            raise ArtifactError(f"cached {path} points outside the cache (symlink?); refused")
+    @staticmethod
+    def _entry(root: Path, key: str) -> Path:
+        """``root / key``, refusing symbolic links anywhere below ``root`` (berg never makes them)."""
+        path = root
+        for part in PurePosixPath(key).parts:
+            path = path / part
+            if os.path.islink(path):
+                raise ArtifactError(
+                    f"cache entry {path} is a symbolic link (to {os.readlink(path)}); berg never makes links in "
+                    f"its cache and does not follow them. Remove it (rm {path}) and berg fetches the file again")
         return path
+
+    def _cache_path(self, model_id: str, key: str) -> Path:
+        return self._entry(self.model_cache(model_id), key)
+
+    def _opened(self, root: Path) -> None:
+        """First use of a model folder by this store: remove temporaries of dead processes (if writable)."""
+        clean_stale(root)
 
     # ------------------------------------------------------------------ manifest
     def manifest(self, model_id: str, source: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -171,7 +243,7 @@ class Store:
             except OfflineError:
                 return None
 
-        threads = max(1, int(os.environ.get("BERG_FETCH_THREADS", "8")))
+        threads = env_int("BERG_FETCH_THREADS", 8, minimum=1)
         if len(keys) <= 1 or threads == 1:
             results = [one(k) for k in keys]
         else:
@@ -193,37 +265,49 @@ class Store:
             )
         return out
 
-    def _source(self, source: Mapping[str, Any]) -> Any:
+    def _source(self, source: Mapping[str, Any]) -> "Source":
         # One source object (and so one S3 client and connection pool) per source and environment.
-        from berg.store.sources import source_for
+        from berg.store.sources import SourceContext, source_for
 
-        ident = json.dumps([dict(source), os.environ.get("BERG_S3_ENDPOINT"), os.environ.get("BERG_S3_SIGNED")],
+        ident = json.dumps([dict(source), env_str("BERG_S3_ENDPOINT"), env_str("BERG_S3_SIGNED")],
                            sort_keys=True, default=str)
         with self._lock:
             if ident not in self._sources:
-                self._sources[ident] = source_for(source)
+                context = SourceContext(cache_dir=self.cache_dir, offline=self.offline, build_dir=self.build_dir)
+                self._sources[ident] = source_for(source, context)
             return self._sources[ident]
+
+    def source(self, source: Mapping[str, Any]) -> "Source":
+        """The :class:`~berg.store.sources.Source` object of a registry ``source:`` mapping (shared)."""
+        return self._source(source)
 
     def index(self, model_id: str) -> "CacheIndex":
         """The cache index of one model (shared by this store's threads)."""
+        return self._index_at(self.model_cache(model_id))
+
+    def _index_at(self, root: Path) -> "CacheIndex":
         from berg.store.cache import CacheIndex
 
         with self._lock:
-            if model_id not in self._indexes:
-                self._indexes[model_id] = CacheIndex(self.model_cache(model_id))
-            return self._indexes[model_id]
+            if root not in self._indexes:
+                self._opened(root)
+                self._indexes[root] = CacheIndex(root)
+            return self._indexes[root]
 
     def _resolve(
-        self, model_id: str, source: Mapping[str, Any], key: str, expected: FileInfo | None, src: Any
+        self, model_id: str, source: Mapping[str, Any], key: str, expected: FileInfo | None, src: "Source"
     ) -> Path:
         local = self._local_berg_dir(source, key)
         if local is not None:
             if expected is not None:
                 verify_file(local, expected, label=f"berg_dir file {local}")
             return local
-        path = self._cache_path(model_id, key)
-        index = self.index(model_id)
-        if path.is_file():
+        root = self._root(model_id, src)
+        path = self._entry(root, key)
+        index = self._index_at(root)
+        if os.path.lexists(path):
+            if not path.is_file():
+                raise ArtifactError(f"cache entry {path} is not a regular file; remove it and berg fetches it again")
             try:
                 if expected is not None and expected.sha256 is not None:
                     index.verify_known(key, path, expected.sha256)
@@ -231,15 +315,57 @@ class Store:
                     index.verify_recorded(key, path)
                 return path
             except IntegrityError as exc:
+                if not src.remote:
+                    raise IntegrityError(f"{exc}. It cannot be fetched again: {src.describe()} "
+                                         "(run that command again to rebuild it)") from exc
                 log.warning("cached file is corrupt, fetching it again: %s", exc)
-                path.unlink(missing_ok=True)
-        if self.offline:
+                try:
+                    path.unlink()
+                except OSError as unlink_exc:
+                    raise IntegrityError(
+                        f"{exc}; the cache is not writable ({unlink_exc.strerror}), so it cannot be fetched again. "
+                        "Point BERG_CACHE (or --cache-dir) at a writable folder, or repair this cache "
+                        "(berg cache verify) where it is writable") from exc
+        if src.remote and self.offline and not src.is_local(key):
             raise OfflineError(key)
-        src.download(self, model_id, key, path, expected)
-        return path
 
+        def download() -> Path:
+            if path.is_file():  # another process finished it while we waited for the lock
+                return path
+            info = src.fetch(key, path, expected)
+            index.record(key, path, info.sha256 or sha256_file(path), etag=info.etag, source=src.describe())
+            return path
+
+        # a source that is not remote (a model built on this machine) is asked without taking a lock:
+        # it writes nothing here, it says how to make the file
+        return self._write(root, f"fetching {key} of {model_id}", download, lock=path if src.remote else None)
+
+    def _write(self, root: Path, what: str, work: Callable[[], Any], *, lock: Path | None) -> Any:
+        """Run ``work`` (which writes below ``root``) under ``lock``'s file lock; write errors say so clearly."""
+        from berg.store.download import file_lock
+
+        if lock is not None and not is_writable(root):
+            raise cache_write_error(unwritable_reason(root), root, what)
+        try:
+            if lock is None:
+                return work()
+            with file_lock(lock):
+                return work()
+        except BERGError:
+            raise
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise cache_write_error(exc, root, what) from exc
+            raise
+
+    # ------------------------------------------------------------------ checksums
     def sha256(self, model_id: str, source: Mapping[str, Any], key: str) -> str:
-        """sha256 of a key's local file: from the manifest / cache index when known, else computed."""
+        """sha256 of a key's local file: from the manifest / cache index when known, else computed.
+
+        For files used in place from ``berg_dir`` the digest is remembered in the model's cache index
+        (keyed by the key, with the file's size and mtime), so a multi-GB file is hashed once, not on
+        every load.
+        """
         exp = None
         try:
             exp = self._expected(model_id, source, key)
@@ -247,7 +373,115 @@ class Store:
             exp = None
         if exp is not None and exp.sha256:
             return exp.sha256
-        recorded = self.index(model_id).get(key)
+        index = self.index(model_id)
+        if self._local_berg_dir(source, key) is None:
+            cached = self._cache_path(model_id, key)
+            recorded = index.get(key)
+            if recorded and recorded.get("sha256") and cached.is_file() and index.unchanged(recorded, cached):
+                return recorded["sha256"]  # verified when it was recorded, unchanged since
+        path = self.fetch(model_id, source, key)
+        if self.berg_dir is not None and not _inside(self.model_cache(model_id), path):
+            memo = _BERG_DIR_RECORDS + key
+            return self._memo_digest(index, memo, path)
+        recorded = index.get(key)
         if recorded and recorded.get("sha256"):
             return recorded["sha256"]
-        return sha256_file(self.fetch(model_id, source, key))
+        return sha256_file(path)
+
+    @staticmethod
+    def _memo_digest(index: "CacheIndex", memo: str, path: Path) -> str:
+        rec = index.get(memo)
+        st = path.stat()
+        if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and rec.get("sha256"):
+            return rec["sha256"]
+        digest = index.digest(memo, path)
+        index.record(memo, path, digest, origin="berg_dir")
+        return digest
+
+    # ------------------------------------------------------------------ derived artifacts
+    def derived(
+        self,
+        model_id: str,
+        name: str,
+        inputs: Mapping[str, str],
+        build: Callable[[Path], None],
+    ) -> Path:
+        """A file berg derives from other files (e.g. a folded projection), made once and verified on reuse.
+
+        Parameters
+        ----------
+        model_id : str
+            The model whose cache folder holds it.
+        name : str
+            Relative file name, e.g. ``"projection.safetensors"``. The file lives at
+            ``<cache>/<model_id>/converted/<stem>-<hash of inputs><suffix>``, so different inputs never
+            share a file (two berg versions sharing a cache do not overwrite each other's file).
+        inputs : mapping of str to str
+            Everything the result depends on: the sha256 of each input file and a version string of
+            the derivation code. A change in any of them makes a new file.
+        build : callable
+            ``build(tmp_path)`` writes the result to ``tmp_path`` (a per-process temporary name beside
+            the final file); it is then hashed, renamed into place and recorded in the cache index.
+
+        Returns
+        -------
+        Path
+            The verified file. A file whose bytes no longer match its record is rebuilt (or, in a
+            read-only cache, raises :class:`~berg.errors.IntegrityError`); a missing file that cannot be
+            written raises :class:`~berg.store.cache.CacheWriteError`.
+        """
+        inputs = {str(k): str(v) for k, v in dict(inputs).items()}
+        check_key(name)
+        digest = sha256_bytes(json.dumps(inputs, sort_keys=True).encode())
+        key = _derived_key(name, digest)
+        root = self.model_cache(model_id)
+        path = self._entry(root, key)
+        index = self._index_at(root)
+
+        def current() -> bool:
+            if not os.path.lexists(path):
+                return False
+            rec = index.get(key)
+            if not path.is_file() or not rec or not rec.get("derived") or rec.get("inputs") != inputs:
+                log.warning("derived file %s is not recorded with these inputs; deriving it again", path)
+                return False
+            got = index.digest(key, path, rec)
+            if got == rec.get("sha256"):
+                return True
+            log.warning("derived file %s is corrupt (sha256 %s, recorded %s); deriving it again", path, got, rec["sha256"])
+            return False
+
+        if current():
+            return path
+        if os.path.lexists(path) and not is_writable(path.parent):
+            raise IntegrityError(
+                f"derived file {path} does not match its record and the cache is not writable, so it cannot be "
+                "made again. Point BERG_CACHE (or --cache-dir) at a writable folder, or run berg cache verify "
+                "where this cache is writable")
+
+        def make() -> Path:
+            if current():  # another process made it while we waited for the lock
+                return path
+            suffix = "".join(PurePosixPath(name).suffixes)
+            with atomic_path(path, suffix) as tmp:
+                build(tmp)
+                if not tmp.is_file():
+                    raise ArtifactError(f"deriving {name} of {model_id} wrote no file at {tmp}")
+                sha = sha256_file(tmp)
+            index.record(key, path, sha, derived=True, name=name, inputs=inputs)
+            self._drop_superseded(root, index, name, key)
+            return path
+
+        return self._write(root, f"deriving {name} of {model_id}", make, lock=path)
+
+    def _drop_superseded(self, root: Path, index: "CacheIndex", name: str, keep: str) -> None:
+        # older versions of the same derived file (other inputs) would otherwise stay forever (GBs)
+        for key, rec in index.load().items():
+            if key != keep and rec.get("derived") and rec.get("name") == name:
+                old = root / key
+                if old.is_file() and not old.is_symlink():
+                    try:
+                        old.unlink()
+                        log.info("removed superseded derived file %s", old)
+                    except OSError:
+                        pass

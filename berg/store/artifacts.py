@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,30 +19,60 @@ import numpy as np
 
 from berg._version import __version__
 from berg.errors import ArtifactError
+from berg.fsutil import fsync_dir, temporary_name
 from berg.store.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
 
-__all__ = ["ArtifactWriter", "read_tensors", "check_key"]
+__all__ = ["ArtifactWriter", "read_tensors", "check_key", "reserved_reason", "DERIVED_DIR"]
+
+#: Folder of a model's cache that holds the files berg derives on this machine (``Store.derived``).
+DERIVED_DIR = "converted"
+# Suffixes of berg's per-file bookkeeping beside a cached file (download lock, partial download and
+# its resume record). A key ending in one of them would overwrite berg's own file.
+_RESERVED_SUFFIXES = (".lock", ".part", ".part.json")
+
+
+def reserved_reason(key: str) -> str | None:
+    """Why ``key`` collides with berg's own bookkeeping names in a cache folder, or ``None``.
+
+    Reserved: any path component starting with ``.berg-`` (the cache index, its lock, berg's records),
+    temporary files (components starting with ``.`` that contain ``.tmp``, the form of
+    :func:`berg.fsutil.temporary_name`), names ending in ``.lock``, ``.part`` or ``.part.json``, and the
+    top-level ``converted/`` folder (derived artifacts).
+    """
+    parts = PurePosixPath(key).parts
+    for part in parts:
+        if part.startswith(".berg-"):
+            return f"components starting with '.berg-' are berg's cache index and records ({part!r})"
+        if part.startswith(".") and ".tmp" in part:
+            return f"hidden '.tmp' names are berg's temporary files ({part!r})"
+    name = parts[-1] if parts else ""
+    for suffix in _RESERVED_SUFFIXES:
+        if name.endswith(suffix):
+            return f"names ending in {suffix!r} are berg's download bookkeeping"
+    if parts and parts[0] == DERIVED_DIR and len(parts) > 1:
+        return f"the top-level folder {DERIVED_DIR!r} holds artifacts berg derives on this machine"
+    return None
 
 
 def check_key(key: str) -> str:
-    """Refuse keys that are absolute, empty, contain ``..`` or backslashes; returns the key."""
-    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key:
-        raise ArtifactError(f"invalid artifact key {key!r}: keys are relative POSIX paths")
+    """Refuse keys that are absolute, empty, contain ``..``, backslashes or NUL, or are reserved.
+
+    Returns the key unchanged. Reserved keys (see :func:`reserved_reason`) would overwrite berg's own
+    bookkeeping files in the cache, so they are refused wherever they come from (a manifest, a bucket
+    listing, a layout).
+    """
+    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ArtifactError(f"invalid artifact key {key!r}: keys are relative POSIX paths (no NUL bytes)")
     parts = PurePosixPath(key).parts
-    if any(p in ("..", ".", "") for p in parts) or ":" in parts[0]:
+    if not parts or any(p in ("..", ".", "") for p in key.split("/")) or ":" in parts[0]:
         raise ArtifactError(f"invalid artifact key {key!r}: '..', '.' and drive names are not allowed")
+    reason = reserved_reason(key)
+    if reason is not None:
+        raise ArtifactError(
+            f"artifact key {key!r} is reserved: {reason}. Such a file would overwrite berg's own files in "
+            "the cache; rename it at the source (or in the manifest) and publish it again"
+        )
     return key
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArtifactWriter:
@@ -68,7 +97,10 @@ class ArtifactWriter:
         self.out_dir = Path(out_dir)
         self.model_id = model_id
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+        # a per-process temporary name (pid + token): a killed writer's folder is found and removed by
+        # berg.store.cache.clean_stale (the store does so when it opens a cache)
+        self._tmp = temporary_name(self.out_dir)
+        self._tmp.mkdir(mode=0o700)
         self._keys: list[str] = []
         self._done = False
 
@@ -134,16 +166,16 @@ class ArtifactWriter:
         (self._tmp / MANIFEST_NAME).write_text(
             json.dumps(manifest, indent=1, sort_keys=True, default=_json_default), encoding="utf-8"
         )
-        _fsync_dir(self._tmp)
+        fsync_dir(self._tmp)
         old = None
         if self.out_dir.exists():
-            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
+            old = temporary_name(self.out_dir, ".old")
             os.replace(self.out_dir, old)
         os.replace(self._tmp, self.out_dir)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(self.out_dir, 0o777 & ~umask)  # mkdtemp made it private; artifacts are shareable
-        _fsync_dir(self.out_dir.parent)
+        os.chmod(self.out_dir, 0o777 & ~umask)  # the temporary folder was private; artifacts are shareable
+        fsync_dir(self.out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         self._done = True

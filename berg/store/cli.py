@@ -33,8 +33,16 @@ def cmd_cache(args: argparse.Namespace, out: TextIO | None = None) -> int:
         results = cache_verify(root, model_id)
         bad = [r for r in results if r["status"] == "corrupt"]
         for r in bad:
-            out.write(f"corrupt (deleted; fetched again on next use): {r['model_id']}/{r['key']}\n")
-        out.write(f"verified {len(results)} file(s): {len(bad)} corrupt\n")
+            again = "derived again" if r["kind"] == "derived" else "fetched again"
+            what = f"deleted; {again} on next use" if r.get("deleted") else "NOT deleted: the cache is not writable"
+            out.write(f"corrupt {r['kind']} file ({what}): {r['model_id']}/{r['key']}\n")
+        for r in results:
+            if r["status"] == "unrecorded":
+                out.write(f"unrecorded (no checksum to compare with): {r['model_id']}/{r['key']}\n")
+        kinds = {k: sum(1 for r in results if r["kind"] == k) for k in ("manifest", "downloaded", "derived")}
+        n_unrec = sum(1 for r in results if r["status"] == "unrecorded")
+        out.write(f"verified {len(results)} file(s) ({kinds['manifest']} from manifests, {kinds['downloaded']} "
+                  f"downloaded, {kinds['derived']} derived): {len(bad)} corrupt, {n_unrec} unrecorded\n")
         return 1 if bad else 0
     else:
         freed = cache_clear(root, model_id)

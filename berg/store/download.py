@@ -4,10 +4,16 @@ A crash or kill at any point leaves either no file or the old complete file unde
 the ``.part`` file it leaves behind is resumed by the next attempt (if the remote object is unchanged).
 One process/thread downloads a given file at a time (``filelock``); the others wait and then find
 the verified file.
+
+Caches may be shared with other users, so nothing here follows a symbolic link planted under one of
+berg's bookkeeping names: partial files, their resume records and lock files are opened with
+``O_NOFOLLOW``, and a link found under such a name is removed (the link, never its target) before the
+download starts.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,14 +26,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from berg.errors import ArtifactError, IntegrityError
+from berg.env import env_int, env_str
+from berg.errors import ArtifactError, IntegrityError, InvalidParameterError
+from berg.fsutil import atomic_write_text
 from berg.store.manifest import FileInfo
 
-__all__ = ["RetryPolicy", "TransientError", "RemoteObject", "download_atomic", "file_lock"]
+__all__ = ["RetryPolicy", "TransientError", "RemoteObject", "download_atomic", "file_lock", "open_nofollow",
+           "drop_planted_link"]
 
 log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidParameterError(f"{name}={value!r} is not a number; unset it or give a number") from None
+
+
+def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that refuses a symbolic link as the last component (``O_NOFOLLOW``).
+
+    Raises
+    ------
+    ArtifactError
+        When ``path`` is a link: berg never makes links in its cache, so one is planted.
+    """
+    try:
+        return os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArtifactError(
+                f"{path} is a symbolic link; berg never makes links in its cache, so it was not followed. "
+                "Remove the link (someone with write access to the cache planted it)"
+            ) from exc
+        raise
+
+
+def drop_planted_link(path: Path) -> None:
+    """Remove a symbolic link found under one of berg's bookkeeping names (never its target)."""
+    if os.path.islink(path):
+        log.warning("removing the symbolic link %s -> %s: berg does not follow links in its cache",
+                    path, os.readlink(path))
+        path.unlink()
 
 
 class TransientError(Exception):
@@ -43,13 +90,13 @@ class RetryPolicy:
     ranges by ``BERG_PARALLEL`` (4) threads; ``BERG_PARALLEL=1`` streams them in one request.
     """
 
-    attempts: int = field(default_factory=lambda: int(os.environ.get("BERG_RETRIES", "6")))
-    parallel: int = field(default_factory=lambda: int(os.environ.get("BERG_PARALLEL", "4")))
-    parallel_min: int = field(default_factory=lambda: int(float(os.environ.get("BERG_PARALLEL_MIN_MB", "32")) * 2**20))
-    chunk: int = field(default_factory=lambda: max(1, int(float(os.environ.get("BERG_CHUNK_MB", "8")) * 2**20)))
-    backoff: float = field(default_factory=lambda: float(os.environ.get("BERG_BACKOFF", "0.5")))
+    attempts: int = field(default_factory=lambda: env_int("BERG_RETRIES", 6, minimum=1))
+    parallel: int = field(default_factory=lambda: env_int("BERG_PARALLEL", 4, minimum=1))
+    parallel_min: int = field(default_factory=lambda: int(_env_float("BERG_PARALLEL_MIN_MB", 32) * 2**20))
+    chunk: int = field(default_factory=lambda: max(1, int(_env_float("BERG_CHUNK_MB", 8) * 2**20)))
+    backoff: float = field(default_factory=lambda: _env_float("BERG_BACKOFF", 0.5))
     max_backoff: float = 30.0
-    timeout: float = field(default_factory=lambda: float(os.environ.get("BERG_TIMEOUT", "60")))
+    timeout: float = field(default_factory=lambda: _env_float("BERG_TIMEOUT", 60))
 
     def sleep(self, attempt: int) -> None:
         """Wait before retry number ``attempt`` (1-based)."""
@@ -74,16 +121,37 @@ class RemoteObject:
 
 
 def file_lock(path: Path, timeout: float = -1):
-    """A cross-process lock guarding the download of ``path``."""
+    """A cross-process lock guarding the download (or derivation) of ``path``.
+
+    The lock file is ``<path>.lock``. A symbolic link planted under that name is removed first (the
+    lock library opens it with ``O_NOFOLLOW`` and would fail on it), so a shared cache cannot be made
+    to deadlock or to touch a file outside it.
+    """
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout)
+    lock = path.with_name(path.name + ".lock")
+    drop_planted_link(lock)
+    return FileLock(str(lock), timeout=timeout)
 
 
 def _fsync(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
+    fd = open_nofollow(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_part(path: Path, mode: str):
+    """Open a partial file without following links (``"ab"`` appends/creates, ``"rb"`` reads)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT if mode == "ab" else os.O_RDONLY
+    return os.fdopen(open_nofollow(path, flags), mode)
+
+
+def _read_meta(path: Path) -> Any:
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as fh:
+        return json.loads(fh.read())
 
 
 def _progress(total: int, initial: int, label: str, enabled: bool):
@@ -140,18 +208,20 @@ def download_atomic(
         raise IntegrityError(f"{label}: remote size {remote.size} bytes, the manifest says {expected.size}")
     part = dest.with_name(dest.name + ".part")
     meta = dest.with_name(dest.name + ".part.json")
+    for planted in (part, meta):
+        drop_planted_link(planted)
     ranged = open_range is not None and policy.parallel > 1 and remote.size >= policy.parallel_min
     ident = {"size": remote.size, "etag": remote.etag, "mode": "ranges" if ranged else "stream",
              "chunk": policy.chunk if ranged else None}
     done: list[int] = []
     if part.exists():
         try:
-            state = json.loads(meta.read_text())
+            state = _read_meta(meta)
             same = state.get("ident") == ident
             done = [int(i) for i in state.get("done", [])] if same else []
         except (OSError, ValueError, AttributeError, TypeError):
             same = False
-        if not same or part.stat().st_size > remote.size:
+        if not same or part.lstat().st_size > remote.size:
             part.unlink()
             done = []
     _write_json(meta, {"ident": ident, "done": done})
@@ -173,9 +243,9 @@ def download_atomic(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    # a per-process temporary name, then a rename (which replaces a link, never writes through it);
+    # no fsync: the record is only a resume hint, checked against the remote object on use
+    atomic_write_text(path, json.dumps(obj), fsync=False)
 
 
 def _give_up(label: str, attempt: int, exc: Exception, part: Path) -> ArtifactError:
@@ -204,7 +274,7 @@ def _fill_stream(part, size, open_stream, hasher, bar, policy, label) -> None:
         hasher.catch_up(part, offset)
         try:
             if offset < size:
-                with open(part, "ab") as fh:
+                with _open_part(part, "ab") as fh:
                     for chunk in open_stream(offset):
                         fh.write(chunk)
                         hasher.update(chunk)
@@ -230,7 +300,7 @@ def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy,
 
     chunk = policy.chunk
     n = (size + chunk - 1) // chunk
-    with open(part, "ab") as fh:  # create without truncating what a previous run fetched
+    with _open_part(part, "ab") as fh:  # create without truncating what a previous run fetched
         fh.truncate(size)
     state_lock = threading.Lock()
 
@@ -245,7 +315,7 @@ def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy,
                 break
             except TransientError as exc:
                 attempt = _after_failure(attempt, exc, policy, label, part)
-        fd = os.open(part, os.O_WRONLY)
+        fd = open_nofollow(part, os.O_WRONLY)
         try:
             os.pwrite(fd, data, start)
         finally:
@@ -262,7 +332,7 @@ def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy,
         futures: dict[int, Any] = {}
         submitted = 0
         try:
-            with open(part, "rb") as reader:
+            with _open_part(part, "rb") as reader:
                 for i in range(n):
                     while submitted < n and submitted < i + window:
                         if submitted not in done:
@@ -324,7 +394,7 @@ class _Hasher:
         self._queue.join()
         self._new()
         if offset:
-            with open(part, "rb") as fh:
+            with _open_part(part, "rb") as fh:
                 left = offset
                 while left:
                     block = fh.read(min(_BLOCK, left))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from berg.errors import ArtifactError, IntegrityError
+from berg.fsutil import sha256_file  # re-exported: the one sha256 helper lives in berg.fsutil
 
 __all__ = [
     "FORMAT",
@@ -25,7 +25,6 @@ __all__ = [
 FORMAT = "berg-artifact"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -35,15 +34,6 @@ class FileInfo:
     size: int | None = None
     sha256: str | None = None
     etag: str | None = None
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_manifest(data: bytes | str, *, origin: str = "manifest.json") -> dict[str, Any]:
