@@ -43,6 +43,8 @@ __all__ = ["BERGLegacyLayout"]
 log = logging.getLogger(__name__)
 
 PCA_KEY = "encoding_models_weights/pca_weights.npy"
+#: version of the scaler folding; bump it when the folded file would change (it keys the derived artifact)
+FOLD_VERSION = "1"
 # folded projections already memory-mapped in this process (dropped when no model uses them)
 _OPEN_PROJECTIONS: "weakref.WeakValueDictionary[str, Projection]" = weakref.WeakValueDictionary()
 
@@ -131,58 +133,49 @@ class BERGLegacyLayout(ArtifactLayout):
         return obj
 
     def _converted_path(self) -> Path:
-        """Cache path of the folded projection, keyed by the source file's size, mtime and sha256."""
-        source = self.fetch(PCA_KEY)
-        folder = self.store.model_cache(self.spec.model_id) / "converted"
-        folder.mkdir(parents=True, exist_ok=True)
-        st = source.stat()
-        sidecar = folder / "projection-source.json"
-        stamp = {"path": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        try:
-            known = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            known = {}
-        if {k: known.get(k) for k in stamp} == stamp and known.get("sha256"):
-            sha = known["sha256"]
-        else:
-            sha = self.store.sha256(self.spec.model_id, self.spec.source, PCA_KEY)
-            tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-            tmp.write_text(json.dumps({**stamp, "sha256": sha}))
-            os.replace(tmp, sidecar)
-        return folder / f"projection-{sha[:16]}.safetensors"
+        """The folded projection: a derived artifact of ``pca_weights.npy`` (``Store.derived``).
+
+        Keyed by the source file's sha256 and the folding code's version, recorded in the cache index
+        and verified on reuse like a downloaded file (a corrupted copy is folded again, never used).
+        """
+        self.fetch(PCA_KEY)  # present and verified before its sha256 is trusted
+        sha = self.store.sha256(self.spec.model_id, self.spec.source, PCA_KEY)
+        return self.store.derived(self.spec.model_id, "projection.safetensors",
+                                  {PCA_KEY: sha, "fold": FOLD_VERSION}, self._fold_projection)
+
+    def _fold_projection(self, target: Path) -> None:
+        pca = self._load(PCA_KEY)
+        scaler = _get(pca, "scaler_param", PCA_KEY)
+        svd = _get(pca, "pca_param", PCA_KEY)
+        comps = _get(svd, "components_", f"{PCA_KEY}['pca_param']")
+        mean = np.asarray(_get(scaler, "mean_", f"{PCA_KEY}['scaler_param']"))
+        scale = np.asarray(_get(scaler, "scale_", f"{PCA_KEY}['scaler_param']"))
+        if comps.ndim != 2:
+            raise ModelLoadError(f"{PCA_KEY}: components_ must be 2-D, got {comps.shape}")
+        n = comps.shape[1]
+        for name, arr in (("mean_", mean), ("scale_", scale)):
+            if arr.shape != (n,):
+                raise ModelLoadError(f"{PCA_KEY}: scaler {name} has shape {arr.shape}, components have {n} features")
+        for where, d in (("scaler_param", scaler), ("pca_param", svd)):
+            nf = d.get("n_features_in_")
+            if nf is not None and int(nf) != n:
+                raise ModelLoadError(f"{PCA_KEY}: {where}['n_features_in_'] = {nf} but components have {n} features")
+        log.info("folding the scaler into %s components (once; cached at %s)", comps.shape, target)
+        write_folded_projection(target, mean, scale, _iter_rows(comps), comps.shape)
 
     def load_projection(self) -> Projection:
         from berg.store.artifacts import read_tensors
-        from berg.store.download import file_lock
 
         target = self._converted_path()
-        with file_lock(target):
-            if not target.is_file():
-                pca = self._load(PCA_KEY)
-                scaler = _get(pca, "scaler_param", PCA_KEY)
-                svd = _get(pca, "pca_param", PCA_KEY)
-                comps = _get(svd, "components_", f"{PCA_KEY}['pca_param']")
-                mean = np.asarray(_get(scaler, "mean_", f"{PCA_KEY}['scaler_param']"))
-                scale = np.asarray(_get(scaler, "scale_", f"{PCA_KEY}['scaler_param']"))
-                if comps.ndim != 2:
-                    raise ModelLoadError(f"{PCA_KEY}: components_ must be 2-D, got {comps.shape}")
-                n = comps.shape[1]
-                for name, arr in (("mean_", mean), ("scale_", scale)):
-                    if arr.shape != (n,):
-                        raise ModelLoadError(f"{PCA_KEY}: scaler {name} has shape {arr.shape}, components have {n} features")
-                for where, d in (("scaler_param", scaler), ("pca_param", svd)):
-                    nf = d.get("n_features_in_")
-                    if nf is not None and int(nf) != n:
-                        raise ModelLoadError(f"{PCA_KEY}: {where}['n_features_in_'] = {nf} but components have {n} features")
-                log.info("folding the scaler into %s components (once; cached at %s)", comps.shape, target)
-                write_folded_projection(target, mean, scale, _iter_rows(comps), comps.shape)
         # one mapping per process: models loaded side by side (e.g. 1 and 10 subjects) share the pages
         # instead of each counting the 2 GB projection in the resident set again
-        proj = _OPEN_PROJECTIONS.get(str(target))
+        st = target.stat()
+        ident = f"{target}:{st.st_ino}:{st.st_mtime_ns}"  # a re-derived file is a new mapping
+        proj = _OPEN_PROJECTIONS.get(ident)
         if proj is None:
             t = read_tensors(target, mmap=True)
             proj = Projection(t["weight"], t["bias"])
-            _OPEN_PROJECTIONS[str(target)] = proj
+            _OPEN_PROJECTIONS[ident] = proj
         return proj
 
     def load_readout(self, subject: Any) -> LinearReadout:
