@@ -24,9 +24,7 @@ Assumptions about files we could not inspect (documented in the card):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import weakref
 from pathlib import Path
 from typing import Any
