@@ -210,3 +210,25 @@ def test_multivariate_control_cross_validated():
     assert (ev.p_within["align"] < 0.01).all() and ev.significant["align"].all()
     assert ev.ci["align"][0] > ev.ci["baseline"][1]
     assert len(res.history["align"]) == 25
+
+
+def test_multivariate_control_from_responses_via_roi_rsms():
+    from berg.experiments import roi_rsms
+
+    rng = np.random.default_rng(7)
+    n = 80
+    shared = rng.standard_normal((n, 20))
+    responses = {}
+    for s in (1, 2):
+        y = rng.standard_normal((n, 40))
+        y[:20, :20] = shared[:20] + 0.2 * rng.standard_normal((20, 20))  # ROI A and B agree on stimuli 0-19
+        y[:20, 20:40] = shared[:20] @ np.linalg.qr(rng.standard_normal((20, 20)))[0]
+        responses[s] = y
+    ncsnr = np.ones(40)
+    a = roi_rsms(responses, ROIS, "A", ncsnr=ncsnr, ncsnr_threshold=0.5, dtype=np.float64)
+    b = roi_rsms(responses, ROIS, "B", dtype=np.float64)
+    assert set(a) == {1, 2} and np.allclose(a[1], np.corrcoef(responses[1][:, :20]))
+    res = multivariate_control(a, b, conditions=("align",), n_images=10, population=10, generations=15,
+                               n_null=500, cross_validate=False, stimulus_ids=[f"s{i}" for i in range(n)])
+    assert res.evidence is None
+    assert np.mean([int(i[1:]) < 20 for i in res.chosen["align"]]) > 0.7

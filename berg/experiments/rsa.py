@@ -29,10 +29,18 @@ from typing import Any
 import numpy as np
 
 from berg.errors import InvalidParameterError
-from berg.experiments._inputs import check_array, iter_row_blocks, resolve_device, rows_per_block
+from berg.experiments._inputs import (
+    as_subject_dict,
+    check_array,
+    iter_row_blocks,
+    resolve_device,
+    roi_indices_for,
+    select_outputs,
+)
 
 __all__ = [
     "rsm",
+    "roi_rsms",
     "zscore_rows",
     "rsm_correlation",
     "batch_rsm_correlation",
@@ -165,6 +173,41 @@ def rsm(
             if j0 != i0:
                 result[j0:j1, i0:i1] = block.T
     return result
+
+
+def roi_rsms(
+    responses: Any,
+    rois: Mapping[Any, Any],
+    roi: str,
+    *,
+    ncsnr: Any = None,
+    ncsnr_threshold: float | None = None,
+    **rsm_kwargs: Any,
+) -> dict[Any, np.ndarray]:
+    """RSM of one ROI for every subject: ``{subject: (n_stimuli, n_stimuli)}``.
+
+    Parameters
+    ----------
+    responses : array-like or {subject: array-like}
+    rois : {roi: indices} or {subject: {roi: indices}}
+        ``model.get_metadata()["rois"]``.
+    roi : str
+    ncsnr, ncsnr_threshold :
+        Keep only outputs with ``ncsnr > ncsnr_threshold`` (RNC's voxel selection, 0.5 there).
+    **rsm_kwargs :
+        Passed to :func:`rsm` (``block_size``, ``device``, ``dtype``, ...).
+
+    Returns
+    -------
+    dict
+        The only key is None when ``responses`` is a single array.
+    """
+    out = {}
+    for subject, array in as_subject_dict(responses).items():
+        sub_ncsnr = ncsnr[subject] if isinstance(ncsnr, Mapping) else ncsnr
+        cols = select_outputs(roi_indices_for(rois, subject, roi), sub_ncsnr, ncsnr_threshold, roi=roi)
+        out[subject] = rsm(array, outputs=cols, **rsm_kwargs)
+    return out
 
 
 # ----------------------------------------------------------------------------- comparisons
