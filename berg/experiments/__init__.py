@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "Baseline": "control",
     # rsa.py: representational similarity
     "rsm": "rsa",
+    "roi_rsms": "rsa",
     "rsm_correlation": "rsa",
     "batch_rsm_correlation": "rsa",
     "rsa_noise_ceiling": "rsa",
@@ -65,6 +66,31 @@ _LAZY: dict[str, str] = {
     "permutation_p_value": "decoding",
     "DecodingResult": "decoding",
     "LearningCurve": "decoding",
+    # validation.py: img2fmri's prediction validation (row-shuffle permutation tests)
+    "correlation_matrix": "validation",
+    "permutation_test": "validation",
+    "validate_predictions": "validation",
+    "plot_validation": "validation",
+    "ValidationResult": "validation",
+    # movies.py: movie dynamics, event boundaries (img2fmri Fig 3)
+    "predict_movie": "movies",
+    "pattern_similarity": "movies",
+    "group_average": "movies",
+    "similarity_match": "movies",
+    "boundary_triggered_average": "movies",
+    "boundary_analysis": "movies",
+    "plot_similarity_matrices": "movies",
+    "make_synthetic_movie": "movies",
+    "MovieResponse": "movies",
+    "BoundaryResult": "movies",
+    # kernels.py / glm.py: VGG-16 kernel time series and voxelwise GLMs (Sohn et al. 2024)
+    "kernel_time_series": "kernels",
+    "KernelTimeSeries": "kernels",
+    "first_level_kernel_glm": "glm",
+    "batched_kernel_glm": "glm",
+    "group_kernel_test": "glm",
+    "friston24": "glm",
+    "layer_summary": "glm",
     # _inputs.py: shared input handling
     "select_outputs": "_inputs",
 }
