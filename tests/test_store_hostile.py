@@ -361,8 +361,13 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     (stale_dir / "sub").mkdir(parents=True)
     (stale_dir / "sub" / "w.bin").write_bytes(b"y")
     live_file.write_bytes(b"mine")
+    fresh_dead = model / f".y.bin.{pid}.0123abcd.tmp"  # maybe a live writer on another host of a shared cache
+    fresh_dead.write_bytes(b"z")
+    old = os.stat(fresh_dead).st_mtime - 3600
+    for p in (stale_file, stale_dir, live_file):
+        os.utime(p, (old, old))
     Store(cache_dir=tmp_path / "cache").fetch("plug", folder_source(tmp_path / "remote"), "metadata/sub-01.json")
-    assert not stale_file.exists() and not stale_dir.exists() and live_file.exists()
+    assert not stale_file.exists() and not stale_dir.exists() and live_file.exists() and fresh_dead.exists()
 
 
 class FullDiskSource(FolderSource):
@@ -481,3 +486,11 @@ def test_hostile_store_compass(hostile_files, endpoint, tmp_path, capsys):
         sys.stdout.write(f"\nstore bad inputs tried {len(cases)}, BERGError {berg_errors}, handled safely {survived}, "
                          f"other exceptions {other}, files outside the cache touched {touched}\n")
     assert other == 0 and touched == 0 and berg_errors + survived == len(cases)
+
+
+def test_listing_leaves_out_keys_berg_cannot_cache(tmp_path):
+    remote = tmp_path / "remote"
+    (remote / "dir").mkdir(parents=True)
+    for name in ("ok.bin", "dir/fine.txt", "evil.lock", "dir/x.part", INDEX_NAME):
+        (remote / name).write_bytes(b"x")
+    assert Store(cache_dir=tmp_path / "c").list_keys(folder_source(remote, manifest=False)) == ["dir/fine.txt", "ok.bin"]

@@ -281,6 +281,20 @@ class Store:
         """The :class:`~berg.store.sources.Source` object of a registry ``source:`` mapping (shared)."""
         return self._source(source)
 
+    def list_keys(self, source: Mapping[str, Any], prefix: str = "") -> list[str]:
+        """Keys the source lists under ``prefix`` that berg can cache (``berg fetch ID --all`` without a manifest).
+
+        Keys that are invalid or collide with berg's bookkeeping names are left out with a warning: they
+        could never be fetched (see :func:`berg.store.artifacts.reserved_reason`).
+        """
+        keys = []
+        for key in self._source(source).list(prefix):
+            try:
+                keys.append(check_key(key))
+            except ArtifactError as exc:
+                log.warning("skipping a listed key: %s", exc)
+        return keys
+
     def index(self, model_id: str) -> "CacheIndex":
         """The cache index of one model (shared by this store's threads)."""
         return self._index_at(self.model_cache(model_id))

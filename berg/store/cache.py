@@ -27,11 +27,11 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from berg.errors import ArtifactError, IntegrityError
-from berg.fsutil import clean_stale_temporaries
 from berg.store.artifacts import reserved_reason
 from berg.store.manifest import sha256_file
 
@@ -60,9 +60,12 @@ _COMPACT_AFTER = 4096
 WRITE_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name)
 )
-# Folders made by berg.fsutil.temporary_name (".<name>.<pid>.<token>.tmp<suffix>"): ArtifactWriter's
-# staging folders and the wheel converter's. clean_stale_temporaries removes files only.
-_TMP_DIR_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp.*$")
+# Names made by berg.fsutil.temporary_name (".<name>.<pid>.<token>.tmp<suffix>"): files, and the staging
+# folders of ArtifactWriter and the wheel converter. berg.fsutil.clean_stale_temporaries removes files
+# of dead pids at once; a shared cache needs the age guard of clean_stale below, and folders too.
+_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp.*$")
+#: a dead writer's temporary is removed once untouched for this long (seconds)
+STALE_AFTER_S = 600.0
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -132,20 +135,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(folder: Path) -> list[Path]:
+def clean_stale(folder: Path, *, min_age: float = STALE_AFTER_S) -> list[Path]:
     """Remove temporaries (files and staging folders) of dead processes below ``folder``; best effort.
 
-    Returns what was removed. Does nothing in a folder this process cannot write (a read-only cache).
+    A temporary is stale when its writer's pid is gone *and* it was not modified for ``min_age``
+    seconds: pids are per host, and a cache shared over NFS may hold a live temporary of a process on
+    another node (which keeps touching it while it writes). Returns what was removed. Does nothing in
+    a folder this process cannot write (a read-only cache).
     """
     folder = Path(folder)
     if not folder.is_dir() or not is_writable(folder):
         return []
-    removed = clean_stale_temporaries(folder, recursive=True)
+    removed: list[Path] = []
+    now = time.time()
     with contextlib.suppress(OSError):
         for entry in folder.rglob(".*.tmp*"):
-            m = _TMP_DIR_RE.match(entry.name)
-            if m and not entry.is_symlink() and entry.is_dir() and not _pid_alive(int(m["pid"])):
-                shutil.rmtree(entry, ignore_errors=True)
+            m = _TMP_RE.match(entry.name)
+            if not m or _pid_alive(int(m["pid"])):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.lstat().st_mtime < min_age:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed.append(entry)
     if removed:
         log.info("removed %d stale temporary file(s) of dead processes below %s", len(removed), folder)
