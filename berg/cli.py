@@ -1,58 +1,89 @@
-"""The ``berg`` command line: list, describe, fetch, encode, cache, train.
+"""The ``berg`` command line: list, describe, fetch, encode, plot, and the plug-in sub-commands.
 
 This is the only module of berg that prints. Results go to stdout; errors are one line on stderr
 (``berg: error: ...``) with exit status 2 for bad input and berg errors, 1 for system errors (disk,
-permissions), 130 on Ctrl-C.
+permissions), 130 on Ctrl-C. ``-v`` logs progress and prints the traceback of an error before its
+line (``-vv`` debug logs); ``-q`` (or ``BERG_QUIET=1``) hides every progress bar.
 
-``berg cache`` and ``berg train`` are contributed by :mod:`berg.store.cli` and
-:mod:`berg.training.cli`: each provides ``add_<name>_subparser(subparsers)``, which adds its parser
-and sets ``func=handler`` where ``handler(args) -> int``. The global options ``--berg-dir``,
-``--cache-dir``, ``--registry`` and ``--offline`` are defined here and reach the handlers in ``args``.
+``berg cache``, ``berg train``, ``berg run`` (+ ``status``, ``export``) and ``berg build`` are
+contributed by their packages: each provides ``add_<name>_subparser(subparsers)``, which adds its
+parser(s) and sets ``func=handler`` where ``handler(args) -> int``; register one in :data:`_PLUGINS`.
+The global options ``--berg-dir``, ``--cache-dir``, ``--registry``, ``--offline`` are defined here and
+reach the handlers in ``args``.
+
+``berg encode ID ...`` turns every option the model's card declares (``parameters.model_kwargs``)
+into a flag (``--space mni``, ``--center-crop``); ``berg encode ID --help`` lists them.
+:func:`reference_markdown` renders the whole reference (docs/cli.md is generated from it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import inspect
 import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Sequence
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from berg.errors import BERGError, InvalidParameterError
+from berg.errors import BERGError, InvalidParameterError, close_matches, in_cli_words
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "reference_markdown"]
 
 log = logging.getLogger(__name__)
 
 _OUTPUT_SUFFIXES = (".h5", ".hdf5", ".nii", ".nii.gz")
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-_VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
+_PLOT_INPUTS = (".h5", ".hdf5", ".nii", ".nii.gz")
 
 # name -> (module, function, help shown when the module is missing)
 _PLUGINS = {
     "cache": ("berg.store.cli", "add_cache_subparser", "inspect, verify or clear the artifact cache"),
     "train": ("berg.training.cli", "add_train_subparser", "train and export a model from a CONFIG.yaml"),
+    "run": ("berg.run.cli", "add_run_subparser", "run a sharded, resumable encoding PLAN.yaml (+ status, export)"),
 }
 
 _EPILOG = """examples:
   berg list "fmri-*"
   berg describe fmri-bold5000-resnet18
   berg fetch fmri-bmd-s3d --subject 1
-  berg encode fmri-bold5000-resnet18 --subject 1 --roi PPA images/*.jpg -o responses.h5
-  berg encode fmri-bold5000-resnet18 --subject 1 images/ -o responses.nii.gz
+  berg encode fmri-bold5000-resnet18 --subject 1 --roi PPA images/ -o responses.h5
+  berg encode fmri-bold5000-resnet18 --subject all --space mni "images/*.jpg" -o group.nii.gz
+  berg plot group.nii.gz -o group.png
 
-environment: BERG_CACHE (cache dir), BERG_OFFLINE=1, BERG_S3_ENDPOINT, BERG_REGISTRY, TORCH_HOME"""
+environment: BERG_CACHE (cache dir), BERG_OFFLINE=1, BERG_QUIET=1, BERG_MAX_PIXELS, BERG_S3_ENDPOINT,
+BERG_REGISTRY, TORCH_HOME (backbone weights)"""
+
+# Option names of `encode` that a card's model option may not take over (they stay --model-kwarg only).
+_RESERVED = {"subject", "roi", "device", "batch_size", "backbone_weights", "backbone_seed", "output",
+             "model_kwarg", "quiet", "allow_still_images", "help"}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with berg's one-line errors (``berg: error: ...``, exit 2) instead of usage dumps."""
+    """argparse with berg's one-line errors (``berg: error: ...``, exit 2) and close-match hints."""
+
+    known_flags: list[str] = []
 
     def error(self, message: str) -> NoReturn:
-        hint = f" (see '{self.prog} --help')"
-        sys.stderr.write(f"berg: error: {message}{hint}\n")
+        hint = ""
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = [a.split("=")[0] for a in unknown.group(1).split() if a.startswith("--")]
+            near = {f: close_matches(f, _Parser.known_flags, n=1) for f in flags}
+            hint = "".join(f"; did you mean {n[0]!r} for {f!r}?" for f, n in near.items() if n)
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
+            near_choice = close_matches(choice.group(1), options, n=1)
+            if near_choice:
+                hint = f"; did you mean {near_choice[0]!r}?"
+        sys.stderr.write(f"berg: error: {message}{hint} (see '{self.prog} --help')\n")
         raise SystemExit(2)
 
 
@@ -85,18 +116,22 @@ def _subjects(values: Sequence[str] | None) -> Any:
     return items[0] if len(items) == 1 else items
 
 
-def _model_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
+def _yaml_value(text: str) -> Any:
     import yaml
 
+    try:  # "2.0" -> 2.0, "true" -> True, "mni" -> "mni": values typed as in YAML
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _model_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidParameterError(f"--model-kwarg takes KEY=VALUE, got {pair!r}")
-        try:  # "2.0" -> 2.0, "true" -> True, "mni" -> "mni": values typed as in YAML
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key] = value
+        out[key] = _yaml_value(value)
     return out
 
 
@@ -104,6 +139,12 @@ def _client(args: argparse.Namespace):
     from berg.api import BERG
 
     return BERG(berg_dir=args.berg_dir, cache_dir=args.cache_dir, offline=args.offline, registry=args.registry)
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    from berg.env import env_flag
+
+    return bool(getattr(args, "quiet_global", False) or getattr(args, "quiet", False) or env_flag("BERG_QUIET"))
 
 
 # ---------------------------------------------------------------------------------------- commands
@@ -167,59 +208,229 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _expand_inputs(inputs: Sequence[str], kind: str) -> list[Path]:
-    """Files as given, directories expanded to their image/video files (sorted); all must exist."""
-    suffixes = _VIDEO_SUFFIXES if kind == "video" else _IMAGE_SUFFIXES
-    out: list[Path] = []
-    for text in inputs:
-        path = Path(text).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-            if not found:
+def _option_values(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """Model options from their flags and from ``--model-kwarg`` (a key given both ways is an error)."""
+    options = _model_kwargs(args.model_kwarg)
+    for name in _flag_options(spec):
+        value = getattr(args, f"opt_{name}", None)
+        if value is None:
+            continue
+        if name in options:
+            raise InvalidParameterError(f"{_flag(name)} and --model-kwarg {name}=... both given; use one")
+        options[name] = value
+    return options
+
+
+def _group_hint(spec: Any) -> str:
+    space = _options_of(spec).get("space") or {}
+    if "mni" in (space.get("choices") or []):
+        return f"; for {spec.model_id}'s group map on MNI152 use --subject all --space mni"
+    return ""
+
+
+def _check_nifti_request(spec: Any, subject: Any, options: Mapping[str, Any]) -> None:
+    """NIfTI needs a volume space and one map per stimulus: one subject, or a group map (before I/O)."""
+    if spec.output_space_kind != "volume":
+        raise InvalidParameterError(
+            f"{spec.model_id}'s outputs are a {spec.output_space_kind} space, not a volume; use -o OUT.h5"
+        )
+    several = subject == "all" or isinstance(subject, list)
+    if several and not options:  # only a model option (e.g. space='mni') can combine subjects into one map
+        raise InvalidParameterError(
+            "NIfTI output takes one subject or a group map; use -o OUT.h5 for several subjects"
+            + _group_hint(spec)
+        )
+
+
+def _accepted(func: Any, **kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments ``func`` takes (berg.io's writers gain options as output spaces grow)."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _save(out: Path, responses: Any, model: Any, stimulus_ids: list[str], nifti: bool) -> None:
+    from berg import io as bio
+
+    try:
+        if nifti:
+            if isinstance(responses, Mapping) and len(responses) > 1:
                 raise InvalidParameterError(
-                    f"directory {path} has no {kind} files (looked for {', '.join(sorted(suffixes))})"
+                    f"NIfTI output takes one subject or a group map, got subjects {list(responses)}; use -o OUT.h5"
                 )
-            out += found
-        elif path.is_file():
-            out.append(path)
+            bio.save_nifti(out, responses, model, **_accepted(bio.save_nifti, stimulus_ids=stimulus_ids))
         else:
-            raise InvalidParameterError(f"input not found: {path}")
-    return out
+            bio.save(out, responses, model, stimulus_ids=stimulus_ids)
+    except BERGError:
+        raise
+    except OSError as exc:
+        from berg.errors import os_error
+
+        raise os_error(exc, "write the responses", out) from exc
+
+
+def _summary(out: Path, responses: Any, model: Any) -> str:
+    subjects = list(getattr(model, "subjects", []) or [])
+    if isinstance(responses, Mapping):
+        parts = {f"subject {s}": r for s, r in responses.items()}
+    elif len(subjects) > 1:  # one array from several subjects: a group-level output
+        parts = {f"group of subjects {', '.join(map(str, subjects))}": responses}
+    else:
+        parts = {f"subject {subjects[0]}" if subjects else "responses": responses}
+    shapes = ", ".join(f"{label}: {' x '.join(map(str, r.shape))}" for label, r in parts.items())
+    return f"wrote {out} ({shapes}, float32)"
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     """``berg encode ID --subject N INPUT... -o OUT``: everything is checked before any download."""
-    import numpy as np
+    from berg.errors import check_output_path
+    from berg.features import validate_backbone_weights
+    from berg.stimuli import expand_paths, load_stimuli
 
-    from berg.io import save, save_nifti
-
-    out = Path(args.output)
-    if not out.name.endswith(_OUTPUT_SUFFIXES):
-        raise InvalidParameterError(f"-o must end with {', '.join(_OUTPUT_SUFFIXES)}; got {out.name!r}")
-    nifti = out.name.endswith((".nii", ".nii.gz"))
+    out = check_output_path(args.output, _OUTPUT_SUFFIXES, what="-o")
+    nifti = out.name.lower().endswith((".nii", ".nii.gz"))
     subject = _subjects(args.subject)
-    if nifti and (subject == "all" or isinstance(subject, list)):
-        raise InvalidParameterError("NIfTI output takes one subject; use -o OUT.h5 for several subjects")
     rois = [r for value in args.roi or [] for r in value.split(",") if r]
     client = _client(args)
     spec = client.registry.get(args.model_id)
-    inputs = _expand_inputs(args.inputs, spec.input_kind)
+    options = _option_values(args, spec)
+    if nifti:
+        _check_nifti_request(spec, subject, options)
+    weights = validate_backbone_weights(args.backbone_weights)
+    # Stimuli before the model: a wrong kind, a missing or corrupt file, a decompression bomb are
+    # refused before any download (headers only; pixels are decoded batch by batch later).
+    inputs = expand_paths(list(args.inputs), spec.input_kind)
+    stimuli = load_stimuli(inputs, spec.input_kind, min_frames=spec.min_frames,
+                           allow_still_images=args.allow_still_images)
     model = client.get_encoding_model(
         args.model_id, subject=subject, selection={"roi": rois} if rois else None, device=args.device,
-        batch_size=args.batch_size, backbone_weights=args.backbone_weights, **_model_kwargs(args.model_kwarg),
+        batch_size=args.batch_size, backbone_weights=weights, backbone_seed=args.backbone_seed, **options,
     )
-    if nifti and np.ndim(model.output_ids()) != 2:
-        raise InvalidParameterError(f"{args.model_id} has no volumetric output space; use -o OUT.h5")
-    log.info("encoding %d %s(s) with %r", len(inputs), spec.input_kind, model)
-    responses = client.encode(model, [str(p) for p in inputs], show_progress=not args.quiet)
-    if nifti:
-        save_nifti(out, responses, model)
-    else:
-        save(out, responses, model, stimulus_ids=[str(p) for p in inputs])
-    per_subject = responses if isinstance(responses, dict) else {model.subjects[0]: responses}
-    shapes = ", ".join(f"subject {s}: {r.shape[0]} x {r.shape[1]}" for s, r in per_subject.items())
-    print(f"wrote {out} ({shapes}, float32)")
+    log.info("encoding %d %s(s) with %r", len(stimuli), spec.input_kind, model)
+    responses = client.encode(model, stimuli, show_progress=not _quiet(args))
+    _save(out, responses, model, [str(p) for p in stimuli.ids()], nifti)
+    print(_summary(out, responses, model))
     return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``berg plot RESPONSES -o OUT.png``: a brain map of one stimulus' responses (nilearn)."""
+    from berg.errors import check_output_path
+    from berg.plotting import plot_file
+
+    source = Path(args.responses).expanduser()
+    if not source.name.lower().endswith(_PLOT_INPUTS):
+        raise InvalidParameterError(f"berg plot reads {', '.join(_PLOT_INPUTS)} files; got {source.name!r}")
+    if not source.is_file():
+        raise InvalidParameterError(f"responses file not found: {source}")
+    out = check_output_path(args.output, (".png", ".svg", ".pdf"), what="-o")
+    subject = _one_subject(args.subject) if args.subject is not None else None
+    try:
+        info = plot_file(source, out, kind=args.kind, index=args.index, subject=subject,
+                         threshold=args.threshold, title=args.title, units=args.units)
+    except OSError as exc:
+        if isinstance(exc, BERGError):
+            raise
+        from berg.errors import os_error
+
+        raise os_error(exc, "write the plot", out) from exc
+    print(f"wrote {out} ({info})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- model options
+
+
+def _options_of(spec: Any) -> dict[str, dict[str, Any]]:
+    options = getattr(spec, "options", None)
+    if isinstance(options, Mapping):
+        return dict(options)
+    card = getattr(spec, "card", {}) or {}
+    return {o["name"]: dict(o) for o in (card.get("parameters") or {}).get("model_kwargs") or []}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _flag_options(spec: Any) -> list[str]:
+    return [n for n in _options_of(spec) if n not in _RESERVED]
+
+
+def _comma_list(text: str) -> list[Any]:
+    return [_yaml_value(v.strip()) for v in text.split(",") if v.strip()]
+
+
+def _add_model_options(parser: argparse.ArgumentParser, spec: Any) -> None:
+    """One flag per option the card declares; values reach ``get_encoding_model`` only when given."""
+    names = _flag_options(spec)
+    if not names:
+        return
+    group = parser.add_argument_group(
+        f"options of {spec.model_id}", "from the card's parameters.model_kwargs; unset = the model's default")
+    for name in names:
+        opt = _options_of(spec)[name]
+        kind = str(opt.get("type") or "").lower()
+        choices = opt.get("choices")
+        default = opt.get("default")
+        text = " ".join(str(opt.get("description") or "").split()).replace("%", "%%")
+        text += f" (default: {default!r})" if default is not None else ""
+        kw: dict[str, Any] = {"dest": f"opt_{name}", "default": None, "help": text}
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind == "list":
+            kw.update(type=_comma_list, metavar=",".join(map(str, choices[:2])) + ",..." if choices else "A,B,...")
+        else:
+            kw["type"] = {"int": int, "float": float, "str": str}.get(kind, _yaml_value)
+            if choices and kind in ("str", "int", "float"):
+                kw["choices"] = choices
+            else:
+                kw["metavar"] = name.upper()
+        group.add_argument(_flag(name), **kw)
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for a in parser._actions if a.option_strings and a.nargs != 0 for s in a.option_strings}
+
+
+def _scan(argv: Sequence[str], top: argparse.ArgumentParser, encode: argparse.ArgumentParser):
+    """``(registries, model id)`` of an ``encode`` command line, without parsing it (None if not encode)."""
+    top_values, enc_values = _value_options(top), _value_options(encode)
+    registries: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items) and items[i].startswith("-"):
+        flag, _, inline = items[i].partition("=")
+        if flag in top_values:
+            value = inline or (items[i + 1] if i + 1 < len(items) else "")
+            if flag == "--registry":
+                registries.append(value)
+            i += 1 if inline else 2
+        else:
+            i += 1
+    if i >= len(items) or items[i] != "encode":
+        return None
+    i += 1
+    while i < len(items):
+        flag, _, inline = items[i].partition("=")
+        if not items[i].startswith("-"):
+            return registries, items[i]
+        i += 1 if (inline or flag not in enc_values) else 2
+    return None
+
+
+def _spec_for(argv: Sequence[str], top: argparse.ArgumentParser, encode: argparse.ArgumentParser) -> Any:
+    found = _scan(argv, top, encode)
+    if found is None:
+        return None
+    registries, model_id = found
+    try:
+        from berg.registry import Registry
+
+        return Registry(registries or None).get(model_id)
+    except BERGError:  # an unknown id is reported (with suggestions) when the command runs
+        return None
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -247,8 +458,64 @@ def _add_plugin(sub: argparse._SubParsersAction, name: str) -> None:
     stub.set_defaults(func=unavailable)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for docs and tests)."""
+def _add_encode(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    s = sub.add_parser(
+        "encode", help="encode image/video files into responses (.h5 or .nii.gz)",
+        description="Encode stimuli and write the responses: HDF5 with output ids and provenance, or a "
+                    "NIfTI image (3-D for one stimulus, 4-D for several) for one subject or a group map. "
+                    "INPUT may be files, folders (their image or video files, sorted by name) or quoted "
+                    "glob patterns ('images/*.png'). Everything is checked before any download.",
+        epilog="model options: 'berg encode ID --help' lists the options of model ID (from its card) as flags.",
+    )
+    s.add_argument("model_id", metavar="ID")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image/video files, folders or glob patterns")
+    s.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.h5 / OUT.hdf5 or OUT.nii[.gz]")
+    s.add_argument("--subject", required=True, action="append", metavar="N",
+                   help="subject id, comma list, or 'all' (several subjects: HDF5, or a group map)")
+    s.add_argument("--roi", action="append", metavar="R", help="ROI name (repeatable or comma list); default all outputs")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    s.add_argument("--batch-size", type=_positive_int, default=None, metavar="B", help="stimuli per forward pass")
+    s.add_argument("--backbone-weights", default=None, metavar="W",
+                   help="'pretrained' (default: the published weights via torch's cache, TORCH_HOME), "
+                        "'untrained' (seeded random-weights control), or a local state-dict file")
+    s.add_argument("--backbone-seed", type=int, default=0, metavar="S", help="seed of --backbone-weights untrained")
+    s.add_argument("--allow-still-images", action="store_true",
+                   help="video models: show each still image as a clip of identical frames")
+    s.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE",
+                   help="model option from the card's parameters.model_kwargs (repeatable; flags are easier)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_encode)
+    return s
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    s = sub.add_parser(
+        "plot", help="draw a brain map of responses (.nii.gz or .h5) to a PNG",
+        description="Draw one stimulus' responses with nilearn: MNI volumes as a statistical map on the "
+                    "MNI152 template (or a glass brain), subject volumes on their own grid, surface "
+                    "responses on the template mesh. Orientation marks and a colour bar with units.",
+    )
+    s.add_argument("responses", metavar="RESPONSES", help="a file written by 'berg encode' (.nii[.gz] or .h5)")
+    s.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.png (or .svg, .pdf)")
+    s.add_argument("--kind", default="auto", choices=["auto", "stat", "glass", "slices", "surface"],
+                   help="auto: stat map for volumes, surface for surfaces (default)")
+    s.add_argument("--index", type=int, default=0, metavar="I", help="stimulus (volume) to draw (default 0)")
+    s.add_argument("--subject", default=None, metavar="N", help="subject group of an .h5 file with several")
+    s.add_argument("--threshold", type=float, default=None, metavar="T", help="hide |values| below T")
+    s.add_argument("--units", default=None, metavar="TEXT", help="colour-bar label (default: from the file)")
+    s.add_argument("--title", default=None, metavar="TEXT", help="figure title")
+    s.set_defaults(func=cmd_plot)
+    return s
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The command line about to be parsed: for ``encode ID`` the model's card options become flags.
+    """
     p = _Parser(
         prog="berg", description="In silico brain responses from published encoding models.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -261,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", action="append", metavar="FILE",
                    help="extra registry.yaml, e.g. written by 'berg train' (repeatable)")
     p.add_argument("--offline", action="store_true", help="never use the network (also BERG_OFFLINE=1)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-v info, -vv debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log progress (-v info, -vv debug); errors also print their traceback")
+    p.add_argument("-q", "--quiet", dest="quiet_global", action="store_true",
+                   help="no progress bars (also BERG_QUIET=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("list", help="list models, optionally matching a glob ('fmri-*') or a word",
@@ -288,51 +558,130 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all", action="store_true", help="every file of the model (the default)")
     s.set_defaults(func=cmd_fetch)
 
-    s = sub.add_parser(
-        "encode", help="encode image/video files into responses (.h5 or .nii.gz)",
-        description="Encode stimuli (files, or directories of files) and write the responses: HDF5 with "
-                    "output ids and provenance, or a NIfTI image (3-D for one stimulus, 4-D for several).",
-    )
-    s.add_argument("model_id", metavar="ID")
-    s.add_argument("inputs", nargs="+", metavar="INPUT", help="image/video files or directories")
-    s.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.h5 / OUT.hdf5 or OUT.nii[.gz]")
-    s.add_argument("--subject", required=True, action="append", metavar="N",
-                   help="subject id, comma list, or 'all' (several subjects: HDF5 only)")
-    s.add_argument("--roi", action="append", metavar="R", help="ROI name (repeatable or comma list); default all outputs")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    s.add_argument("--batch-size", type=_positive_int, default=None, metavar="B", help="stimuli per forward pass")
-    s.add_argument("--backbone-weights", default=None, metavar="W",
-                   help="path to a local state dict, or 'untrained' (seeded random control)")
-    s.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE",
-                   help="model-specific option from the card's parameters.model_kwargs (repeatable)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_encode)
+    encode = _add_encode(sub)
+    spec = _spec_for(argv, p, encode) if argv is not None else None
+    if spec is not None:
+        _add_model_options(encode, spec)
+    _add_plot(sub)
 
     for name in _PLUGINS:
         _add_plugin(sub, name)
+    _Parser.known_flags = sorted({s for parser in [p, *sub.choices.values()] for a in parser._actions
+                                  for s in a.option_strings if s.startswith("--")})
     return p
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _quiet_env(quiet: bool) -> Iterator[None]:
+    """``-q`` reaches every progress bar in berg through ``BERG_QUIET`` (restored afterwards)."""
+    if not quiet:
+        yield
+        return
+    before = os.environ.get("BERG_QUIET")
+    os.environ["BERG_QUIET"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("BERG_QUIET", None)
+        else:
+            os.environ["BERG_QUIET"] = before
+
+
+@contextlib.contextmanager
+def _berg_warnings() -> Iterator[None]:
+    """berg's own warnings (an untrained backbone...) as one ``berg: warning:`` line each."""
+    from berg.errors import UntrainedBackboneWarning
+    from berg.features import CLI_WORDS
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UntrainedBackboneWarning):
+            sys.stderr.write(f"berg: warning: {in_cli_words(str(message), CLI_WORDS)}\n")
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous
+
+
+def _error_line(exc: BaseException) -> str:
+    return f"berg: error: {' '.join(in_cli_words(exc).split())}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``berg``); returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    def fail(exc: BaseException, status: int) -> int:
+        if args.verbose:  # expected errors stay one line; -v adds the traceback for a bug report
+            traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.write(_error_line(exc))
+        return status
+
     try:
-        return int(args.func(args) or 0)
-    except BERGError as exc:
-        sys.stderr.write(f"berg: error: {' '.join(str(exc).split())}\n")
-        return 2
+        with _quiet_env(_quiet(args)), _berg_warnings():
+            return int(args.func(args) or 0)
+    except BERGError as exc:  # bad input: 2; the operating system refused (disk, permissions): 1
+        return fail(exc, 1 if isinstance(exc, OSError) else 2)
     except BrokenPipeError:  # `berg list | head`: the reader left; not an error
         sys.stderr.close()
         return 0
     except OSError as exc:
-        sys.stderr.write(f"berg: error: {exc}\n")
-        return 1
+        return fail(exc, 1)
     except KeyboardInterrupt:
         sys.stderr.write("berg: interrupted\n")
         return 130
+
+
+# ---------------------------------------------------------------------------------------- reference
+
+
+def reference_markdown(width: int = 100) -> str:
+    """The CLI reference as Markdown: ``berg --help`` and every sub-command's ``--help``.
+
+    ``docs/cli.md`` is this text (``python -c "from berg.cli import reference_markdown as r; print(r())"``).
+    """
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)  # argparse wraps help to the terminal width
+    try:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        lines = [
+            "# Command line reference",
+            "",
+            "Generated from berg's argument parser (`berg.cli.reference_markdown`); do not edit by hand.",
+            "Every command accepts the global options shown under `berg`. Errors are one line on stderr",
+            "(`berg: error: ...`; `-v` adds the traceback); exit status 0 on success, 2 for bad input,",
+            "1 for disk or permission errors, 130 when interrupted.",
+            "",
+            "## berg",
+            "",
+            "```text",
+            parser.format_help().rstrip(),
+            "```",
+        ]
+        for name, child in sub.choices.items():
+            lines += ["", f"## berg {name}", "", "```text", child.format_help().rstrip(), "```"]
+        return "\n".join(lines) + "\n"
+    finally:
+        if before is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = before
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
 """Backbones: build a torchvision network from a recipe and read features at named graph nodes.
 
 Backbone weights come from their own library (torchvision downloads into ``TORCH_HOME``); berg never
-hosts or converts them. ``backbone_weights="untrained"`` gives a seeded random initialisation, the
-control BERG calls ``*_untrained`` and what offline tests use.
+hosts or converts them. ``backbone_weights`` takes:
+
+* ``None`` or ``"pretrained"``: the recipe's published weights, from torch's cache
+  (``$TORCH_HOME/hub/checkpoints``), downloaded there once if missing;
+* ``"untrained"``: a seeded random initialisation, the control BERG calls ``*_untrained`` and what
+  offline tests use; responses from it carry an :class:`~berg.errors.UntrainedBackboneWarning`;
+* a path to a local state dict (``.safetensors``, or a ``torch.save`` file read with ``weights_only=True``).
+
+:func:`validate_backbone_weights` checks the value without importing torch (a misspelling such as
+``"untrainde"`` gets "did you mean 'untrained'?"), so callers can refuse it before any download.
 """
 
 from __future__ import annotations
@@ -11,19 +19,98 @@ import importlib
 import logging
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from berg.errors import InvalidParameterError, ModelLoadError
+from berg.errors import (
+    BackboneWeightsError,
+    InvalidParameterError,
+    ModelLoadError,
+    UntrainedBackboneWarning,
+    close_matches,
+)
 from berg.transforms import from_recipe
 
-__all__ = ["FeatureExtractor", "build_backbone", "resolve_device", "validate_device"]
+__all__ = [
+    "FeatureExtractor",
+    "build_backbone",
+    "resolve_device",
+    "validate_device",
+    "validate_backbone_weights",
+    "UNTRAINED",
+    "PRETRAINED",
+]
 
 log = logging.getLogger(__name__)
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 UNTRAINED = "untrained"
+PRETRAINED = "pretrained"
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_WEIGHTS_FORM = (
+    "backbone_weights takes None or 'pretrained' (the published weights, via torch's cache), "
+    "'untrained' (a seeded random control), or a path to a local state dict "
+    "(.safetensors, or .pth/.pt saved with torch.save(model.state_dict()))"
+)
+# How the CLI spells what the messages say in Python words (see berg.errors.in_cli_words).
+CLI_WORDS = {
+    "backbone_weights='untrained'": "--backbone-weights untrained",
+    'backbone_weights="untrained"': "--backbone-weights untrained",
+    "backbone_weights=PATH": "--backbone-weights PATH",
+    "backbone_weights takes None or 'pretrained'": "--backbone-weights takes 'pretrained' (the default)",
+    "backbone_weights=": "--backbone-weights ",
+    "offline=True / BERG_OFFLINE": "--offline / BERG_OFFLINE",
+}
+
+
+def _with_cli_words(exc: Exception) -> Exception:
+    exc.cli_words = CLI_WORDS  # type: ignore[attr-defined]
+    return exc
+
+
+def validate_backbone_weights(value: Any) -> str | os.PathLike[str] | None:
+    """Check a ``backbone_weights`` value without importing torch or reading the file.
+
+    Parameters
+    ----------
+    value : None, "pretrained", "untrained" or path
+
+    Returns
+    -------
+    None, "untrained" or path
+        ``"pretrained"`` is returned as ``None`` (they mean the same).
+
+    Raises
+    ------
+    InvalidParameterError
+        Not one of the valid forms: a misspelt keyword (with the close match), a missing file, a folder,
+        another type. The message lists the valid values.
+    """
+    if value is None or value == PRETRAINED:
+        return None
+    if value == UNTRAINED:
+        return UNTRAINED
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise _with_cli_words(InvalidParameterError(
+            f"backbone_weights={value!r} ({type(value).__name__}) is not valid; {_WEIGHTS_FORM}"))
+    text = os.fspath(value)
+    if "\x00" in text:
+        raise _with_cli_words(InvalidParameterError(f"backbone_weights={text!r} contains a NUL byte; {_WEIGHTS_FORM}"))
+    path = Path(text).expanduser()
+    if path.is_file():
+        return value
+    looks_like_word = os.sep not in text and "/" not in text and not path.suffix
+    if looks_like_word:
+        near = close_matches(text, [UNTRAINED, PRETRAINED])
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise _with_cli_words(InvalidParameterError(
+            f"backbone_weights={text!r} is neither a keyword nor an existing file; {hint}{_WEIGHTS_FORM}"))
+    if path.is_dir():
+        raise _with_cli_words(InvalidParameterError(
+            f"backbone_weights={text!r} is a folder; give the state-dict file inside it ({', '.join(_WEIGHT_SUFFIXES)})"))
+    raise _with_cli_words(InvalidParameterError(f"backbone_weights file not found: {path}; {_WEIGHTS_FORM}"))
 
 
 def validate_device(device: str) -> str:
@@ -74,14 +161,35 @@ def _weights_enum(name: str) -> Any:
 
 
 def _offline() -> bool:
-    return os.environ.get("BERG_OFFLINE", "").lower() in ("1", "true", "yes")
+    from berg.env import env_flag
+
+    return env_flag("BERG_OFFLINE")
+
+
+def _download_command(weights_name: str) -> str:
+    return (
+        'python -c "from torchvision.models import get_weight; '
+        f"get_weight('{weights_name}').get_state_dict()\""
+    )
+
+
+def _missing_weights(weights_name: str, url: str, target: Path, reason: str) -> BackboneWeightsError:
+    """The one message for absent pretrained weights: file, folder, download command, the control."""
+    message = (
+        f"the pretrained backbone weights {weights_name} ({target.name}) are not in the torch cache "
+        f"{target.parent} and {reason}. Get them: run {_download_command(weights_name)} where there is "
+        f"internet (or download {url}) and copy {target.name} into that folder (TORCH_HOME moves it); "
+        "or pass backbone_weights=\"untrained\" for a seeded random-weights control, or "
+        "backbone_weights=PATH for a local copy of the file."
+    )
+    return _with_cli_words(BackboneWeightsError(message))  # type: ignore[return-value]
 
 
 def _load_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
-        raise InvalidParameterError(f"backbone_weights file not found: {path}")
+        validate_backbone_weights(path)  # raises the precise message (folder, missing file)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -106,6 +214,7 @@ def build_backbone(
     *,
     seed: int = 0,
     offline: bool | None = None,
+    show_progress: bool | None = None,
 ):
     """Build the recipe's backbone network in eval mode.
 
@@ -122,35 +231,44 @@ def build_backbone(
         do not cover is reproducible).
     offline : bool, optional
         Never download; defaults to the ``BERG_OFFLINE`` environment variable.
+    show_progress : bool, optional
+        Progress bar of a weights download (default on, off with ``BERG_QUIET``).
 
     Raises
     ------
+    InvalidParameterError
+        ``backbone_weights`` is not a valid value (see :func:`validate_backbone_weights`).
+    BackboneWeightsError
+        The pretrained weights are not cached and cannot be downloaded; the message names the file, the
+        folder, a download command and the ``"untrained"`` control.
     ModelLoadError
-        Weights cannot be obtained; the message says where to put the file.
+        A local weights file does not fit the network.
     """
     import torch
 
+    from berg.env import progress_enabled
+
+    backbone_weights = validate_backbone_weights(backbone_weights)
     builder = _import_dotted(backbone["builder"])
     offline = _offline() if offline is None else offline
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if backbone_weights is None:
             weights = _weights_enum(backbone["weights"])
-            hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-            target = hub_dir / os.path.basename(weights.url)
+            target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
             if offline and not target.is_file():
-                raise ModelLoadError(
-                    f"offline and the pretrained weights {backbone['weights']} are not cached; put "
-                    f"{os.path.basename(weights.url)} (from {weights.url}) at {target}, or pass "
-                    "backbone_weights=<path> or backbone_weights='untrained'"
-                )
+                raise _missing_weights(backbone["weights"], weights.url, target,
+                                       "berg is offline (offline=True / BERG_OFFLINE)")
+            if not target.is_file():
+                log.info("downloading %s from %s into %s", backbone["weights"], weights.url, target.parent)
             try:
-                model = builder(weights=weights)
-            except (OSError, RuntimeError) as exc:  # URLError is an OSError
-                raise ModelLoadError(
-                    f"could not download {backbone['weights']} from {weights.url} ({exc}); download it "
-                    f"elsewhere and put it at {target} (TORCH_HOME), or pass backbone_weights=<path>"
-                ) from exc
+                model = builder(weights=weights, progress=progress_enabled(show_progress))
+            except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
+                reason = " ".join(str(getattr(exc, "reason", None) or exc).split())
+                # An expected failure: the message has everything; the chained download traceback
+                # (~90 lines of urllib) would only bury it.
+                raise _missing_weights(backbone["weights"], weights.url, target,
+                                       f"could not be downloaded ({reason})") from None
         elif isinstance(backbone_weights, str) and backbone_weights == UNTRAINED:
             model = builder(weights=None)
         else:
@@ -172,8 +290,9 @@ class FeatureExtractor:
     ----------
     recipe : mapping
         A registry recipe: ``backbone``, ``nodes``, ``transform``.
-    backbone_weights : None, "untrained" or path
-        See :func:`build_backbone`.
+    backbone_weights : None, "pretrained", "untrained" or path
+        See :func:`build_backbone`. With ``"untrained"`` the first call emits an
+        :class:`~berg.errors.UntrainedBackboneWarning` and :meth:`provenance` records it.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     seed : int
@@ -210,12 +329,43 @@ class FeatureExtractor:
         except ValueError as exc:
             raise ModelLoadError(f"feature nodes {self.nodes} not found in {recipe['backbone']['builder']}: {exc}") from exc
         self.network = self.network.eval().to(self.device)
-        self.backbone_weights = "pretrained" if backbone_weights is None else str(backbone_weights)
+        weights = validate_backbone_weights(backbone_weights)
+        self.backbone_weights = PRETRAINED if weights is None else str(weights)
+        self.seed = seed
+        self.untrained = weights == UNTRAINED
+        self._warned = False
+
+    @property
+    def untrained_warning(self) -> str | None:
+        """The warning text when the backbone is untrained (for provenance), else ``None``."""
+        if not self.untrained:
+            return None
+        return (
+            f"responses come from an UNTRAINED backbone ({self.recipe['backbone']['builder']} with "
+            f"backbone_weights='untrained', seed {self.seed}): a random-weights control, not the "
+            "published model"
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """What the backbone was: builder, weights used (``pretrained`` name, ``untrained`` + seed, or a
+        path), and ``warnings`` (the untrained warning) for results' provenance."""
+        out: dict[str, Any] = {**self.recipe["backbone"], "backbone_weights": self.backbone_weights}
+        if self.untrained:
+            out["seed"] = self.seed
+        out["warnings"] = [self.untrained_warning] if self.untrained else []
+        return out
+
+    def warn_if_untrained(self) -> None:
+        """Emit the :class:`~berg.errors.UntrainedBackboneWarning` (once per extractor)."""
+        if self.untrained and not self._warned:
+            self._warned = True  # once per extractor: at the first encode, not at every batch
+            warnings.warn(self.untrained_warning, UntrainedBackboneWarning, stacklevel=3)
 
     def __call__(self, x):
         """Run the network on a preprocessed batch; returns ``(B, n_features)`` float32 on the device."""
         import torch
 
+        self.warn_if_untrained()
         with torch.inference_mode():
             out = self.network(x.to(self.device, non_blocking=True))
             return torch.cat([out[n].flatten(1) for n in self.nodes], dim=1).float()
@@ -223,3 +373,18 @@ class FeatureExtractor:
     def extract(self, items: Sequence[Any]):
         """Preprocess a list of uint8 stimuli and return their features (torch tensor on the device)."""
         return self(self.transform(items))
+
+    def forward(self, x):
+        """Like :meth:`__call__` but differentiable (no ``inference_mode``): gradients reach ``x``."""
+        import torch
+
+        self.warn_if_untrained()
+        out = self.network(x.to(self.device))
+        return torch.cat([out[n].flatten(1) for n in self.nodes], dim=1).float()
+
+    def signature(self) -> str:
+        """What makes two extractors compute the same features (ensembles share one backbone pass)."""
+        import json
+
+        return json.dumps([self.recipe["backbone"], self.nodes, self.transform.describe(),
+                           self.backbone_weights, getattr(self, "seed", None)], sort_keys=True, default=str)

@@ -142,7 +142,7 @@ def image(tmp_path):
     (["--subject", "1", "--roi", "PPX", "-o", "out.h5"], "Did you mean"),
     (["--subject", "1", "--device", "gpu7", "-o", "out.h5"], "gpu7"),
     (["--subject", "1", "--model-kwarg", "novalue", "-o", "out.h5"], "KEY=VALUE"),
-    (["MISSING", "--subject", "1", "-o", "out.h5"], "input not found"),
+    (["MISSING", "--subject", "1", "-o", "out.h5"], "file not found"),
 ])
 def test_encode_refuses_bad_input_before_any_io(capsys, tmp_path, image, extra, part):
     cache = tmp_path / "cache"
@@ -289,11 +289,23 @@ def test_encode_nifti_3d_and_4d_from_a_directory(synth, stimuli, common, tmp_pat
     assert _rel(data[tuple(synth.voxel_ijk[2].T)].T, synth.expected[2][: len(stimuli)]) < 1e-5
 
 
-def test_encode_shows_progress_unless_quiet(stimuli, common, tmp_path, capsys):
+def test_encode_shows_progress_unless_quiet(stimuli, common, tmp_path, capsys, monkeypatch):
+    untrained = ("berg: warning: responses come from an UNTRAINED backbone (torchvision.models.resnet18 with "
+                 "--backbone-weights untrained, seed 0): a random-weights control, not the published model\n")
     assert _encode(common, "--subject", "1", stimuli[0], "-o", str(tmp_path / "p.h5")) == 0
-    assert "stim" in capsys.readouterr().err  # tqdm's unit
+    err = capsys.readouterr().err
+    assert "stim" in err and untrained in err  # tqdm's unit; the control is announced in CLI words
     assert _encode(common, "--subject", "1", "-q", stimuli[0], "-o", str(tmp_path / "q.h5")) == 0
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == untrained  # -q hides progress, never the warning
+    assert main(["-q", *common, "encode", MODEL_ID, "--backbone-weights", "untrained", "--device", "cpu",
+                 "--subject", "1", stimuli[0], "-o", str(tmp_path / "g.h5")]) == 0
+    assert capsys.readouterr().err == untrained  # the global -q too
+    monkeypatch.setenv("BERG_QUIET", "1")
+    assert _encode(common, "--subject", "1", stimuli[0], "-o", str(tmp_path / "e.h5")) == 0
+    assert capsys.readouterr().err == untrained
+    with h5py.File(tmp_path / "e.h5") as f:
+        prov = json.loads(f.attrs["provenance"])
+    assert prov["backbone"]["backbone_weights"] == "untrained"
 
 
 def test_encode_unknown_model_kwarg(stimuli, common, tmp_path, capsys):

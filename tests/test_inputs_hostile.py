@@ -1,0 +1,379 @@
+"""Hostile and odd inputs (issue 10, "Inputs and outputs"): every one ends in a BERGError, with bounded memory.
+
+Stimulus files are crafted here (PNG/GIF/BMP headers claiming huge sizes, truncated and corrupt images,
+EPS, empty and random "videos", symlink loops, NUL bytes...), as are arrays, PIL images and output
+paths. :func:`stimulus_cases` is the list of classes; :func:`run_cases` runs them and returns the
+tally that ``benchmarks/`` scripts print. Each case runs in a forked child whose peak resident memory
+is measured (``wait4``), so a decompression bomb that allocated its claimed size would show.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from berg.errors import BERGError, FileAccessError, InvalidParameterError, StimulusError, check_output_path, os_error
+from berg.stimuli import load_stimuli
+
+MB = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------ crafted files
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A ~60-byte PNG whose header claims ``width x height`` RGB pixels (the data is 10 zero bytes)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
+            + _chunk(b"IEND", b""))
+
+
+def gif_claiming(width: int, height: int) -> bytes:
+    """A GIF header + one image descriptor claiming ``width x height``."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0)
+    image = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00;"
+    return screen + image
+
+
+def bmp_claiming(width: int, height: int) -> bytes:
+    """A 24-bit BMP header claiming ``width x height`` with no pixel data."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+def image_bytes(fmt: str, size=(64, 64), seed: int = 0) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def write_video(path: Path, n_frames: int = 6, size=(48, 64)) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((*size, 3), 20 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ the cases
+
+
+def _decoded(stimulus, kind="image", **kw):
+    """Validate and decode every item (what encode does batch by batch)."""
+    stimuli = load_stimuli(stimulus, kind, **kw)
+    return [stimuli[i] for i in range(len(stimuli))]
+
+
+def stimulus_cases(root: Path) -> list[tuple[str, Callable[[], object]]]:
+    """``(name, call)`` pairs; each call must raise a :class:`~berg.errors.BERGError`."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    f = lambda name, data: write(root / name, data)  # noqa: E731
+    png = image_bytes("PNG")
+    jpg = image_bytes("JPEG")
+    gif = image_bytes("GIF")
+    tif = image_bytes("TIFF")
+    ok = f("ok.png", png)
+    trunc_pil = Image.open(f("trunc_lazy.jpg", jpg[: len(jpg) // 2]))
+    closed = Image.new("RGB", (4, 4))
+    closed.close()
+    loop = root / "loop.png"
+    if not loop.is_symlink():
+        os.symlink(loop, loop)
+    (root / "folder.png").mkdir(exist_ok=True)
+    video = write_video(root / "clip.mp4")
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("png claiming 20000 x 20000", lambda: _decoded(f("bomb.png", png_claiming(20000, 20000)))),
+        ("png claiming 65535 x 65535", lambda: _decoded(f("bomb2.png", png_claiming(65535, 65535)))),
+        ("png claiming 0 x 0", lambda: _decoded(f("zero.png", png_claiming(0, 0)))),
+        ("gif claiming 65535 x 65535", lambda: _decoded(f("bomb.gif", gif_claiming(65535, 65535)))),
+        ("bmp claiming 30000 x 30000", lambda: _decoded(f("bomb.bmp", bmp_claiming(30000, 30000)))),
+        ("png above max_pixels=1000", lambda: _decoded(ok, max_pixels=1000)),
+        ("png above BERG_MAX_PIXELS", lambda: _with_env("BERG_MAX_PIXELS", "4000", lambda: _decoded(ok))),
+        ("max_pixels=0", lambda: _decoded(ok, max_pixels=0)),
+        ("truncated png", lambda: _decoded(f("trunc.png", png[: len(png) // 2]))),
+        ("truncated jpeg", lambda: _decoded(f("trunc.jpg", jpg[: len(jpg) // 2]))),
+        ("truncated gif", lambda: _decoded(f("trunc.gif", gif[: len(gif) // 2]))),
+        ("truncated tiff", lambda: _decoded(f("trunc.tif", tif[: len(tif) // 2]))),
+        ("jpeg header only", lambda: _decoded(f("hdr.jpg", jpg[:20]))),
+        ("corrupt png data", lambda: _decoded(f("corrupt.png", png[:60] + b"\xff" * 40 + png[100:]))),
+        ("empty file .png", lambda: _decoded(f("empty.png", b""))),
+        ("text file .jpg", lambda: _decoded(f("text.jpg", b"hello, not an image\n" * 10))),
+        ("EPS (would run Ghostscript)", lambda: _decoded(f("doc.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n"))),
+        ("lazily opened truncated PIL image", lambda: _decoded([trunc_pil])),
+        ("closed PIL image", lambda: _decoded([closed])),
+        ("0 x 0 PIL image", lambda: _decoded(Image.new("RGB", (0, 0)))),
+        ("folder named .png", lambda: _decoded(root / "folder.png")),
+        ("symlink loop", lambda: _decoded(loop)),
+        ("NUL byte in path", lambda: _decoded("bad\x00name.png")),
+        ("path of 5000 characters", lambda: _decoded("x" * 5000 + ".png")),
+        ("missing file", lambda: _decoded(root / "nope.png")),
+        ("glob matching nothing", lambda: _decoded(str(root / "*.webp"))),
+        ("video file to an image model", lambda: _decoded(video)),
+        ("empty file .mp4", lambda: _decoded(f("empty.mp4", b""), "video")),
+        ("random bytes .mp4", lambda: _decoded(f("random.mp4", np.random.default_rng(0).bytes(4096)), "video")),
+        ("truncated mp4", lambda: _decoded(f("trunc.mp4", video.read_bytes()[:300]), "video")),
+        ("video frames above max_pixels", lambda: _decoded(video, "video", max_pixels=1000)),
+        ("still image to a video model", lambda: _decoded(ok, "video")),
+        ("0 x 0 image array", lambda: _decoded(np.zeros((1, 3, 0, 0), np.uint8))),
+        ("0-frame video array", lambda: _decoded(np.zeros((1, 0, 3, 8, 8), np.uint8), "video")),
+        ("object-dtype array", lambda: _decoded(np.empty((1, 4, 4, 3), dtype=object))),
+        ("negative int array", lambda: _decoded(np.full((1, 4, 4, 3), -1, np.int16))),
+        ("NaN float array", lambda: _decoded(np.full((1, 4, 4, 3), np.nan, np.float32))),
+        ("6-D array", lambda: _decoded(np.zeros((1, 1, 1, 3, 4, 4), np.uint8))),
+        ("5 channels", lambda: _decoded(np.zeros((1, 8, 8, 5), np.uint8))),
+        ("dict", lambda: _decoded({"a": 1})),
+        ("bytes", lambda: _decoded(b"\x89PNG")),
+        ("nested list", lambda: _decoded([[str(ok)]])),
+        ("generator", lambda: _decoded(p for p in [ok])),
+        ("empty list", lambda: _decoded([])),
+    ]
+    return cases
+
+
+def output_path_cases(root: Path) -> list[tuple[str, Callable[[], object]]]:
+    """Output paths berg must refuse with InvalidParameterError before writing anything."""
+    suffixes = (".h5", ".nii.gz")
+    (root / "out_dir").mkdir(parents=True, exist_ok=True)
+    return [
+        ("NUL byte in output path", lambda: check_output_path(str(root / "a\x00b.h5"), suffixes)),
+        ("existing folder as output", lambda: check_output_path(root / "out_dir", suffixes)),
+        ("trailing separator", lambda: check_output_path(str(root / "new") + "/", suffixes)),
+        ("wrong suffix", lambda: check_output_path(root / "out.txt", suffixes)),
+        ("bytes path", lambda: check_output_path(b"/tmp/x.h5", suffixes)),
+        ("int path", lambda: check_output_path(3, suffixes)),
+        ("empty path", lambda: check_output_path("", suffixes)),
+    ]
+
+
+def _with_env(name: str, value: str, call: Callable[[], object]) -> object:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return call()
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _outcome(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except BERGError:
+        return "berg"
+    except Exception as exc:  # noqa: BLE001 - the point is to catch what should not escape
+        return f"other {type(exc).__name__}: {exc}"
+    return "accepted"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0  # pragma: no cover
+
+
+def _in_child(call: Callable[[], object]) -> tuple[str, int]:
+    """Run ``call`` in a forked child; its outcome and its peak resident memory above the parent's.
+
+    A fork starts with the parent's pages, so ``ru_maxrss`` of the child minus the parent's resident
+    size is what the case allocated, C buffers (Pillow, FFmpeg) included, which tracemalloc cannot see.
+    """
+    base = _rss_bytes()
+    read, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        text = "other crash"
+        try:
+            text = _outcome(call)
+        finally:
+            os.write(write_fd, text.encode()[:4000])
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read, 4096):
+        chunks.append(chunk)
+    os.close(read)
+    _, status, usage = os.wait4(pid, 0)
+    text = b"".join(chunks).decode() or f"other child died (status {status})"
+    return text, max(0, usage.ru_maxrss * 1024 - base)
+
+
+def run_cases(cases: list[tuple[str, Callable[[], object]]]) -> dict:
+    """Run each case (in a forked child where possible); tally outcomes and the peak memory of any one."""
+    tally = {"tried": 0, "berg_error": 0, "other": [], "accepted": [], "peak_bytes": 0, "worst": ""}
+    for name, call in cases:
+        tally["tried"] += 1
+        if hasattr(os, "fork") and os.path.exists("/proc/self/status"):
+            text, peak = _in_child(call)
+        else:  # pragma: no cover - tracemalloc sees numpy's buffers, not Pillow's
+            tracemalloc.start()
+            text = _outcome(call)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        if text == "berg":
+            tally["berg_error"] += 1
+        elif text == "accepted":
+            tally["accepted"].append(name)
+        else:
+            tally["other"].append(f"{name}: {text[6:]}")
+        if peak > tally["peak_bytes"]:
+            tally["peak_bytes"], tally["worst"] = peak, name
+    return tally
+
+
+def summary_line(tally: dict) -> str:
+    return (f"bad inputs tried {tally['tried']}, BERGError {tally['berg_error']}, other exceptions "
+            f"{len(tally['other'])}, accepted {len(tally['accepted'])}, peak memory of any single bad input "
+            f"{tally['peak_bytes'] / MB:.1f} MB ({tally['worst']})")
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def test_every_hostile_stimulus_is_a_berg_error_with_bounded_memory(tmp_path):
+    cases = stimulus_cases(tmp_path / "stim") + output_path_cases(tmp_path / "out")
+    tally = run_cases(cases)
+    print(summary_line(tally))
+    assert tally["other"] == [] and tally["accepted"] == [], tally
+    assert tally["berg_error"] == tally["tried"] == len(cases) >= 50
+    assert tally["peak_bytes"] < 100 * MB, summary_line(tally)
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == {"out_dir"}, "nothing may be written for a refused output path"
+
+
+def test_the_memory_measurement_sees_c_and_numpy_allocations():
+    def allocate_then_fail():
+        block = np.ones(200 * MB // 8)  # 200 MB, touched
+        raise StimulusError(f"held {block.nbytes} bytes")
+
+    tally = run_cases([("allocates 200 MB", allocate_then_fail), ("allocates nothing", lambda: _decoded([]))])
+    assert tally["berg_error"] == 2 and tally["worst"] == "allocates 200 MB"
+    assert 150 * MB < tally["peak_bytes"] < 400 * MB
+
+
+@pytest.mark.parametrize("name, data, fragment", [
+    ("bomb.png", png_claiming(20000, 20000), "too large to decode safely"),
+    ("bomb.gif", gif_claiming(65535, 65535), "too large to decode safely"),
+    ("trunc.jpg", image_bytes("JPEG")[:300], "truncated or corrupt"),
+    ("text.png", b"not an image", "cannot read image"),
+])
+def test_messages_name_the_file_and_the_remedy(tmp_path, name, data, fragment):
+    path = write(tmp_path / name, data)
+    with pytest.raises(StimulusError) as info:
+        _decoded([path])
+    assert fragment in str(info.value) and str(path) in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__, "no chained Pillow traceback"
+
+
+def test_bomb_is_refused_before_any_backbone_runs(tmp_path):
+    """The pixel limit applies when the stimuli are loaded (headers), not when a batch is decoded."""
+    ok = write(tmp_path / "ok.png", image_bytes("PNG"))
+    bomb = write(tmp_path / "z_bomb.png", png_claiming(20000, 20000))
+    with pytest.raises(StimulusError, match="z_bomb.png"):
+        load_stimuli([ok, bomb], "image")
+
+
+def test_pixel_limit_keyword_env_and_above_pillows_own(tmp_path, monkeypatch):
+    from PIL import Image
+
+    ok = write(tmp_path / "ok.png", image_bytes("PNG", size=(64, 64)))  # 4096 pixels
+    monkeypatch.setenv("BERG_MAX_PIXELS", "4000")
+    with pytest.raises(StimulusError, match="above the limit of 4,000"):
+        _decoded(ok)
+    assert _decoded(ok, max_pixels=5000)[0].shape == (64, 64, 3), "the keyword overrides the variable"
+    monkeypatch.setenv("BERG_MAX_PIXELS", "4096")
+    assert _decoded(ok)[0].shape == (64, 64, 3)
+    monkeypatch.setenv("BERG_MAX_PIXELS", "lots")
+    with pytest.raises(InvalidParameterError, match="BERG_MAX_PIXELS"):
+        _decoded(ok)
+    monkeypatch.delenv("BERG_MAX_PIXELS")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's own limit below berg's
+    assert _decoded(ok, max_pixels=5000)[0].shape == (64, 64, 3)
+    assert Image.MAX_IMAGE_PIXELS == 5000
+
+
+def test_eps_is_never_handed_to_ghostscript(tmp_path, monkeypatch):
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError()))
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: calls.append(a))
+    eps = write(tmp_path / "x.eps.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\nshowpage\n")
+    with pytest.raises(StimulusError, match="not an image file berg opens"):
+        _decoded(eps)
+    assert calls == []
+
+
+def test_corrupt_video_names_the_file(tmp_path):
+    clip = write_video(tmp_path / "c.mp4")
+    bad = write(tmp_path / "bad.mp4", clip.read_bytes()[:200])
+    with pytest.raises(StimulusError, match=r"bad\.mp4"):
+        _decoded(bad, "video")
+    assert _decoded(clip, "video")[0].shape == (6, 48, 64, 3)
+
+
+# ------------------------------------------------------------------------------------------ outputs, OS errors
+
+
+@pytest.mark.parametrize("errno_name, hint", [
+    ("ENOSPC", "free some space"), ("EACCES", "permissions"), ("EROFS", "read-only"),
+])
+def test_os_errors_become_berg_errors_with_errno_text(errno_name, hint):
+    import errno
+
+    code = getattr(errno, errno_name)
+    original = OSError(code, os.strerror(code), "/data/out.h5")
+    err = os_error(original, "write the responses")
+    assert isinstance(err, FileAccessError) and isinstance(err, BERGError) and isinstance(err, OSError)
+    assert err.errno == code and err.filename == "/data/out.h5"
+    text = str(err)
+    assert text.startswith("cannot write the responses (/data/out.h5): ")
+    assert f"[Errno {code}] {os.strerror(code)}" in text and hint in text
+
+
+def test_registry_and_selection_validation_are_berg_errors():
+    """selection={"roi": 3} and registry id "." (issue 10): validated in berg.registry before any I/O."""
+    import berg
+
+    client = berg.BERG(offline=True)
+    with pytest.raises(InvalidParameterError, match="ROI name"):
+        client.load_request("fmri-bold5000-resnet18", subject=1, selection={"roi": 3})
+    for bad_id in (".", "..", "", "a/../b"):
+        with pytest.raises(BERGError):
+            client.registry.get(bad_id)
+    with pytest.raises(InvalidParameterError, match="NUL"):
+        berg.BERG(cache_dir="/tmp/a\x00b").store
