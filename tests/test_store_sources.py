@@ -152,7 +152,9 @@ def test_build_source_not_built_error_gives_command_and_data(tmp_path):
 
 
 def test_built_artifact_is_verified_in_cache_or_chosen_folder(tmp_path, monkeypatch):
-    arrays = _native(tmp_path / "cache" / "toy-built", "toy-built")
+    folder = Store(cache_dir=tmp_path / "cache").model_folder("toy-built", BUILD)
+    assert folder == tmp_path / "cache" / "toy-built"
+    arrays = _native(folder, "toy-built")  # what `berg build` writes
     store = Store(cache_dir=tmp_path / "cache", offline=True)
     path = store.fetch("toy-built", BUILD, "readout/sub-01.safetensors")
     np.testing.assert_array_equal(read_tensors(path)["bias"], arrays["bias"])
@@ -161,6 +163,7 @@ def test_built_artifact_is_verified_in_cache_or_chosen_folder(tmp_path, monkeypa
     with pytest.raises(ModelNotBuiltError):
         Store(cache_dir=tmp_path / "cache").fetch("toy-built", BUILD, "readout/sub-01.safetensors")
     monkeypatch.setenv("BERG_BUILD_DIR", str(tmp_path / "mine"))
+    assert Store(cache_dir=tmp_path / "cache").model_folder("toy-built", BUILD) == tmp_path / "mine" / "toy-built"
     got = Store(cache_dir=tmp_path / "cache").fetch("toy-built", BUILD, "readout/sub-01.safetensors")
     assert got == tmp_path / "mine" / "toy-built" / "readout" / "sub-01.safetensors"
     monkeypatch.delenv("BERG_BUILD_DIR")
@@ -210,6 +213,18 @@ def test_derived_is_built_once_recorded_and_verified(tmp_path):
                                               _builder(calls, 2.0))
     assert other != path and not path.exists() and np.all(read_tensors(other)["weight"] == 2.0)
     assert [p.name for p in (tmp_path / "m" / "converted").iterdir() if not p.name.endswith(".lock")] == [other.name]
+
+
+def test_unrecorded_older_derived_files_are_not_trusted_and_removed(tmp_path):
+    # a folded projection written before derived files were recorded: never used, removed once rebuilt
+    old = tmp_path / "m" / "converted" / "proj-0123456789abcdef.safetensors"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"unverifiable")
+    keep = tmp_path / "m" / "converted" / "notes.txt"
+    keep.write_text("x")
+    calls: list[Path] = []
+    path = Store(cache_dir=tmp_path).derived("m", "proj.safetensors", {"v": "1"}, _builder(calls, 1.0))
+    assert len(calls) == 1 and path != old and not old.exists() and keep.exists()
 
 
 def test_derived_build_failure_leaves_nothing(tmp_path):
@@ -292,3 +307,24 @@ def test_bmd_projection_is_a_verified_derived_artifact(bmd_bucket, tmp_path):
     again = _bmd_layout(bucket, tmp_path).load_projection()
     got2 = x.astype(np.float32) @ np.asarray(again.weight).T + np.asarray(again.bias)
     assert np.isfinite(got2).all() and np.abs(got2 - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_berg_dir_digest_is_remembered_by_key_not_path(tmp_path, monkeypatch):
+    import berg.store.cache as cache_mod
+
+    prefix = "p/"
+    (tmp_path / "bergdir" / prefix).mkdir(parents=True)
+    big = tmp_path / "bergdir" / prefix / "w.npy"
+    big.write_bytes(b"w" * 5000)
+    src = {"kind": "s3", "bucket": "none", "prefix": prefix, "manifest": False}
+    calls = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: calls.append(p) or real(p))
+    want = sha256_file(big)
+    assert Store(berg_dir=tmp_path / "bergdir", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") == want
+    # the bucket copy moves: the record (keyed by key, size and mtime) still applies, nothing re-hashed
+    shutil.move(str(tmp_path / "bergdir"), str(tmp_path / "moved"))
+    assert Store(berg_dir=tmp_path / "moved", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") == want
+    assert len(calls) == 1
+    (tmp_path / "moved" / prefix / "w.npy").write_bytes(b"v" * 5000)  # changed: hashed again
+    assert Store(berg_dir=tmp_path / "moved", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") != want

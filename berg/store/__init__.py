@@ -140,6 +140,13 @@ class Store:
                 "'_' or '.' (berg keeps its own folders, such as _wheels, there)")
         return self.cache_dir / model_id
 
+    def model_folder(self, model_id: str, source: Mapping[str, Any]) -> Path:
+        """Where a model's files live: ``<cache>/<model_id>/``, or the chosen folder of a built model.
+
+        ``berg build`` writes its artifact here (e.g. ``ArtifactWriter(store.model_folder(id, source), id)``).
+        """
+        return self._root(model_id, self._source(source))
+
     def _root(self, model_id: str, src: "Source") -> Path:
         root = src.local_root(model_id)
         return Path(root) if root is not None else self.model_cache(model_id)
@@ -489,13 +496,19 @@ class Store:
         return self._write(root, f"deriving {name} of {model_id}", make, lock=path)
 
     def _drop_superseded(self, root: Path, index: "CacheIndex", name: str, keep: str) -> None:
-        # older versions of the same derived file (other inputs) would otherwise stay forever (GBs)
-        for key, rec in index.load().items():
-            if key != keep and rec.get("derived") and rec.get("name") == name:
-                old = root / key
-                if old.is_file() and not old.is_symlink():
-                    try:
-                        old.unlink()
-                        log.info("removed superseded derived file %s", old)
-                    except OSError:
-                        pass
+        # older versions of the same derived file (other inputs) would otherwise stay forever (GBs):
+        # recorded ones, and unrecorded ones of the same name pattern (made before derived files were
+        # recorded; converted/ is berg's own folder, nothing else lives there)
+        records = index.load()
+        stale = {key for key, rec in records.items() if key != keep and rec.get("derived") and rec.get("name") == name}
+        pattern = _derived_key(name, "*" * 16).rsplit("/", 1)[-1].replace("*" * 16, "[0-9a-f]" * 16)
+        folder = (root / keep).parent
+        stale |= {p.relative_to(root).as_posix() for p in folder.glob(pattern)} - set(records) - {keep}
+        for key in sorted(stale):
+            old = root / key
+            if old.is_file() and not old.is_symlink():
+                try:
+                    old.unlink()
+                    log.info("removed superseded derived file %s", old)
+                except OSError:
+                    pass
