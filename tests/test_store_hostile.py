@@ -494,3 +494,14 @@ def test_listing_leaves_out_keys_berg_cannot_cache(tmp_path):
     for name in ("ok.bin", "dir/fine.txt", "evil.lock", "dir/x.part", INDEX_NAME):
         (remote / name).write_bytes(b"x")
     assert Store(cache_dir=tmp_path / "c").list_keys(folder_source(remote, manifest=False)) == ["dir/fine.txt", "ok.bin"]
+
+
+def test_unreadable_cached_file_in_a_shared_cache_is_a_clear_error(shared_tmp):
+    _native(shared_tmp / "remote")
+    source = folder_source(shared_tmp / "remote")
+    Store(cache_dir=shared_tmp / "cache").fetch("plug", source, "readout/sub-01.safetensors")
+    target = shared_tmp / "cache" / "plug" / "readout" / "sub-01.safetensors"
+    target.chmod(0o600 if IS_ROOT else 0o000)  # another user's private file
+    out = _as_reader({"cache": str(shared_tmp / "cache"), "model": "plug", "source": source,
+                      "keys": ["readout/sub-01.safetensors"]})["readout/sub-01.safetensors"]
+    assert out["error"] == "ArtifactError" and "Permission denied [EACCES]" in out["msg"] and str(target) in out["msg"]

@@ -21,11 +21,13 @@ present and verified; links in the cache are never followed; when a write is nee
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,20 @@ def default_cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("berg", appauthor=False))
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn an OS error while reading a local file (permissions, I/O) into a clear ArtifactError."""
+    try:
+        yield
+    except BERGError:
+        raise
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot read {path}: {exc.strerror or exc} [{errno.errorcode.get(exc.errno, exc.errno)}]. In a shared "
+            "cache ask its owner to make it readable (chmod -R a+rX, or g+rX for a group), or point BERG_CACHE "
+            "(or --cache-dir) at a cache of your own") from exc
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -191,7 +207,9 @@ class Store:
             self._manifests[model_id] = None
             return None
         path = self._resolve(model_id, source, MANIFEST_NAME, None, src)
-        manifest = parse_manifest(path.read_bytes(), origin=str(path))
+        with _reading(path):
+            data = path.read_bytes()
+        manifest = parse_manifest(data, origin=str(path))
         self._manifests[model_id] = manifest
         return manifest
 
@@ -321,7 +339,8 @@ class Store:
         local = self._local_berg_dir(source, key)
         if local is not None:
             if expected is not None:
-                verify_file(local, expected, label=f"berg_dir file {local}")
+                with _reading(local):
+                    verify_file(local, expected, label=f"berg_dir file {local}")
             return local
         root = self._root(model_id, src)
         path = self._entry(root, key)
@@ -330,10 +349,11 @@ class Store:
             if not path.is_file():
                 raise ArtifactError(f"cache entry {path} is not a regular file; remove it and berg fetches it again")
             try:
-                if expected is not None and expected.sha256 is not None:
-                    index.verify_known(key, path, expected.sha256)
-                else:
-                    index.verify_recorded(key, path)
+                with _reading(path):
+                    if expected is not None and expected.sha256 is not None:
+                        index.verify_known(key, path, expected.sha256)
+                    else:
+                        index.verify_recorded(key, path)
                 return path
             except IntegrityError as exc:
                 if not src.remote:
@@ -472,8 +492,9 @@ class Store:
             log.warning("derived file %s is corrupt (sha256 %s, recorded %s); deriving it again", path, got, rec["sha256"])
             return False
 
-        if current():
-            return path
+        with _reading(path):
+            if current():
+                return path
         if os.path.lexists(path) and not is_writable(path.parent):
             raise IntegrityError(
                 f"derived file {path} does not match its record and the cache is not writable, so it cannot be "
