@@ -104,3 +104,22 @@ def test_bad_inputs():
         rsm(np.zeros((5, 5)), outputs=[1])
     with pytest.raises(InvalidParameterError, match="square"):
         rsm_correlation(np.zeros((3, 4)), np.zeros((3, 4)))
+
+
+@pytest.mark.slow
+def test_guide_examples_run_as_written():
+    """Every python block of docs/guide/experiments.md runs, in a fresh namespace each."""
+    import re
+    from pathlib import Path
+
+    torch = pytest.importorskip("torch")
+    page = Path(__file__).resolve().parents[1] / "docs" / "guide" / "experiments.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) >= 6
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors; threads only contend on a loaded CI box
+    try:
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"{page.name}[block {i}]", "exec"), {"__name__": f"docs_block_{i}"})
+    finally:
+        torch.set_num_threads(threads)

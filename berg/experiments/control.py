@@ -462,8 +462,8 @@ def univariate_control(
         chosen = rank_conditions(train[0], train[1], (base[0].score, base[1].score), margin=margin, n_images=n_images)
         return chosen, base  # type: ignore[return-value]
 
-    chosen, base = choose(np.nanmean(uni, axis=0))
     mean_all = np.nanmean(uni, axis=0)
+    chosen, base = choose(mean_all)
     result_scores = {c: mean_all[:, idx].T for c, idx in chosen.items()}
     evidence = None
     if cross_validate and len(subjects) >= 2:
