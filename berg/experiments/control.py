@@ -722,7 +722,8 @@ def multivariate_control(
     Parameters
     ----------
     rsms_a, rsms_b : (n, n) RSM or {subject: RSM}
-        RSMs of ROI A and ROI B (e.g. ``berg.experiments.rsm(responses[s], outputs=rois["V1"])``).
+        RSMs of ROI A and ROI B (:func:`berg.experiments.roi_rsms`), numpy arrays or ``np.memmap``
+        (batches are gathered by fancy indexing). With several subjects the search runs on their mean.
     conditions : sequence of {"align", "disentangle"}
     stimulus_ids : array, optional
     n_images, population, generations, mutation_fractions :
@@ -754,6 +755,8 @@ def multivariate_control(
                   mutation_fractions=mutation_fractions, method=method, seed=seed)
 
     def mean_of(table: dict, keep: list) -> np.ndarray:
+        if len(keep) == 1:  # no copy: a single (possibly memory-mapped) RSM is used in place
+            return table[keep[0]]
         return sum(np.asarray(table[s], dtype=np.float64) for s in keep) / len(keep)
 
     def run(a: np.ndarray, b: np.ndarray):
