@@ -693,9 +693,12 @@ class LinearBrain:
         scale = np.where(scale > 0, scale, 1.0)
         z = (x - mean) / scale
         k = min(n_components, min(z.shape) - 1)
-        _, _, vt = np.linalg.svd(z, full_matrices=False)
+        # top-k right singular vectors from the (n x n) Gram matrix: far cheaper than an SVD of a wide z
+        evals, evecs = np.linalg.eigh(z @ z.T)
+        top = np.argsort(evals)[::-1][:k]
+        vt = (evecs[:, top].T @ z) / np.sqrt(np.maximum(evals[top], 1e-12))[:, None]
         a = rng.standard_normal((n_outputs, k))
-        w = a @ vt[:k]
+        w = a @ vt
         sd = (z @ w.T).std(axis=0, ddof=1)
         w /= np.where(sd > 0, sd, 1.0)[:, None]
         snr = np.broadcast_to(np.asarray(ncsnr, dtype=np.float64), (n_outputs,)).copy()

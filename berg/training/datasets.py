@@ -46,6 +46,7 @@ __all__ = [
     "trials_to_repeats",
     "nsd_dataset",
     "bold5000_roi_dataset",
+    "bold5000_release_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -435,9 +436,17 @@ def bold5000_roi_dataset(roi_mat: str | os.PathLike[str], stim_list: str | os.Pa
     test_ids : sequence of str, optional
         Test images (default: every image shown at least ``min_test_repeats`` times, the repeated set).
 
-    Unverified (from the release notes, not run on the real files): the ``.mat`` variable names and
-    that they are MATLAB v5 (scipy) rather than v7.3; the per-trial order of the stimulus list
-    matching the matrices' rows.
+    Checked against the release's public documentation and code that reads it (no real file was
+    reachable here): the figshare README of BOLD5000 release 1
+    (https://ndownloader.figshare.com/files/12965441, ``BOLD5000_ROIs.zip``: ``ROIs/CSI{1-4}/mat/``
+    and ``h5/`` with ``CSI{n}_ROIs_TR{1,2,3,4,5,34}``, ``ROIs/stim_lists/CSI0{n}_stim_lists.txt``);
+    public loaders read these ``.mat`` files with ``scipy.io.loadmat`` (MATLAB v5, not v7.3), find the
+    variables LHEarlyVis/RHEarlyVis/LHLOC/RHLOC/LHOPA/RHOPA/LHPPA/RHPPA/LHRSC/RHRSC as
+    ``(n_trials, n_voxels)`` matrices, and index matrix row ``i`` with line ``i`` of the stimulus list
+    (e.g. tarrlab and Meta's neuralset BOLD5000 loaders); the BOLD5000 website states that 112 images
+    were shown 4 times and one 3 times (``Scene_Stimuli/repeated_stimuli_113_list.txt``). TR34 is the
+    mean of TRs 3 and 4 (the HRF peak), the version most users decode. :func:`bold5000_release_dataset`
+    finds these files under an unpacked release and merges subjects.
     """
     import scipy.io
 
@@ -463,3 +472,69 @@ def bold5000_roi_dataset(roi_mat: str | os.PathLike[str], stim_list: str | os.Pa
         split=np.array(["test" if i in test else "train" for i in ids]),
         subjects={subject: SubjectData(responses, None, rois)},
     )
+
+
+BOLD5000_TRS = ("TR1", "TR2", "TR3", "TR4", "TR5", "TR34")
+
+
+def _bold5000_find(root: Path, candidates: Sequence[str], what: str) -> Path:
+    for rel in candidates:
+        for base in (root, root / "BOLD5000_ROIs", root / "BOLD5000_Stimuli"):
+            if (base / rel).exists():
+                return base / rel
+    raise InvalidParameterError(
+        f"BOLD5000 release: {what} not found under {root} (looked for {list(candidates)}, also inside "
+        "BOLD5000_ROIs/ and BOLD5000_Stimuli/); unpack BOLD5000_ROIs.zip and BOLD5000_Stimuli.zip from "
+        "https://figshare.com/articles/dataset/BOLD5000/6459449 into that folder"
+    )
+
+
+def bold5000_release_dataset(root: str | os.PathLike[str], subjects: Sequence[int] = (1, 2, 3), *,
+                             tr: str = "TR34", test_ids: Sequence[str] | None = None) -> EncodingDataset:
+    """Several BOLD5000 subjects from an unpacked release 1 folder, in one berg dataset.
+
+    ``root`` holds ``BOLD5000_ROIs/ROIs/...`` and ``BOLD5000_Stimuli/Scene_Stimuli/...`` (or their
+    contents directly). Stimuli are the union of the subjects' images in order of first appearance;
+    a subject's rows for images it never saw are NaN (the trainer leaves them out). The test split is
+    ``repeated_stimuli_113_list.txt`` when present (else ``test_ids``, else images shown >= 2 times).
+
+    Parameters
+    ----------
+    root : path
+    subjects : sequence of int
+        CSI subject numbers (1-4; CSI4 has 9 of the 15 sessions).
+    tr : {"TR1", "TR2", "TR3", "TR4", "TR5", "TR34"}
+        Which of the released response versions (TR34: mean of TR 3 and 4).
+    test_ids : sequence of str, optional
+    """
+    root = Path(root)
+    if tr not in BOLD5000_TRS:
+        raise InvalidParameterError(f"tr={tr!r} unknown; valid: {list(BOLD5000_TRS)}")
+    image_dir = _bold5000_find(root, ["Scene_Stimuli/Presented_Stimuli", "Presented_Stimuli"], "Presented_Stimuli/")
+    if test_ids is None:
+        try:
+            rep = _bold5000_find(root, ["Scene_Stimuli/repeated_stimuli_113_list.txt"], "repeated_stimuli_113_list.txt")
+            test_ids = [ln.strip() for ln in rep.read_text().splitlines() if ln.strip()]
+        except InvalidParameterError:
+            log.info("no repeated_stimuli_113_list.txt; the test split is the images shown >= 2 times")
+    parts = {}
+    for s in subjects:
+        mat = _bold5000_find(root, [f"ROIs/CSI{s}/mat/CSI{s}_ROIs_{tr}.mat"], f"the CSI{s} {tr} ROI file")
+        stim = _bold5000_find(root, [f"ROIs/stim_lists/CSI{s:02d}_stim_lists.txt"], f"the CSI{s} stimulus list")
+        parts[s] = bold5000_roi_dataset(mat, stim, image_dir, s, test_ids=test_ids)
+    ids: list[str] = list(dict.fromkeys(i for d in parts.values() for i in d.ids))
+    row = {i: k for k, i in enumerate(ids)}
+    paths = {i: p for d in parts.values() for i, p in zip(d.ids, d.stimuli)}
+    reps = max(d.subjects[s].responses.shape[1] for s, d in parts.items())
+    merged = {}
+    for s, d in parts.items():
+        src = d.subjects[s]
+        out = np.full((len(ids), reps, src.n_outputs), np.nan, dtype=np.float32)
+        out[[row[i] for i in d.ids], : src.responses.shape[1]] = src.responses
+        merged[s] = SubjectData(out, None, src.rois)
+    test = set(test_ids) if test_ids is not None else {i for d in parts.values() for i, t in zip(d.ids, d.split) if t == "test"}
+    return EncodingDataset(
+        name="bold5000", kind="image", stimuli=[paths[i] for i in ids], ids=ids,
+        split=np.array(["test" if i in test else "train" for i in ids]), subjects=merged,
+    )
+
