@@ -461,7 +461,7 @@ def test_hostile_store_compass(hostile_files, endpoint, tmp_path, capsys):
               for m in (".", "..", "_wheels", "a/b", "m\x00", "")]
     cases += [("NUL folder", lambda kw=kw: Store(**{kw: "x\x00y"})) for kw in ("cache_dir", "berg_dir", "build_dir")]
     cases += [("bad source", lambda s=s: Store(cache_dir=tmp_path / "c").fetch("raw", s, "data.bin"))
-              for s in ({"kind": "nope"}, {"kind": "s3"}, {"kind": "os:system"}, {"kind": "build", "command": "x"})]
+              for s in ({"kind": "nope"}, {"kind": "s3"}, {"kind": "os:system"}, {"kind": "build", "command": 3})]
 
     def planted(name):
         model = tmp_path / f"p-{name}" / "raw"

@@ -95,8 +95,8 @@ def test_builtin_sources_implement_the_protocol(tmp_path):
         source_for({"kind": "ftp"})
     with pytest.raises(InvalidParameterError, match="needs a 'bucket'"):
         S3Source({"kind": "s3"})
-    with pytest.raises(InvalidParameterError, match="command"):
-        source_for({"kind": "build", "data": "x"})
+    with pytest.raises(InvalidParameterError, match="must be a string"):
+        source_for({"kind": "build", "data": ["x"]})
     with pytest.raises(ModelLoadError, match="must subclass berg.store.sources.Source"):
         source_for({"kind": "berg.store.cache:CacheIndex"})
     with pytest.raises(ModelLoadError, match="cannot import source class"):
@@ -149,6 +149,9 @@ def test_build_source_not_built_error_gives_command_and_data(tmp_path):
     with pytest.raises(ModelNotBuiltError, match="berg build toy-built"):
         Store(cache_dir=tmp_path / "cache", offline=True).fetch("toy-built", BUILD, "metadata/sub-01.json")
     assert not (tmp_path / "cache").exists()  # nothing written just to say so
+    # an entry that only says kind: build gets the default command and points at the card
+    with pytest.raises(ModelNotBuiltError, match=r"berg build other-built --data DIR[\s\S]*berg describe other-built"):
+        store.fetch("other-built", {"kind": "build", "prefix": "other-built/"}, "manifest.json")
 
 
 def test_built_artifact_is_verified_in_cache_or_chosen_folder(tmp_path, monkeypatch):

@@ -470,12 +470,14 @@ class PyPIWheelSource(Source):
 class BuildSource(Source):
     """A model built on the user's machine from a dataset (``berg build ID --data DIR``).
 
-    Registry keys: ``command`` (the exact command that builds it), ``data`` (what data it needs, in
-    words), optional ``path`` (default folder of the built artifact). The artifact lives in
-    ``<cache>/<model_id>/`` unless a folder is chosen: ``Store(build_dir=...)``, then
-    ``BERG_BUILD_DIR`` (both hold ``<folder>/<model_id>/``), then the entry's ``path``. Files are
-    verified against the built ``manifest.json`` and never downloaded; when the artifact is absent,
-    every access raises :class:`~berg.errors.ModelNotBuiltError` with the command and the data.
+    Registry keys (all optional): ``command`` (the exact command that builds it; default
+    ``berg build <model_id> --data DIR``), ``data`` (what data it needs, in words; default: the dataset
+    its card names), ``prefix`` (where a built copy sits inside ``berg_dir``), ``path`` (default
+    folder of the built artifact). The artifact lives in ``<cache>/<model_id>/`` unless a folder is
+    chosen: ``Store(build_dir=...)``, then ``BERG_BUILD_DIR`` (both hold ``<folder>/<model_id>/``), then
+    the entry's ``path``; a copy under ``berg_dir/<prefix>`` is used in place. Files are verified
+    against the built ``manifest.json`` and never downloaded; when the artifact is absent, every
+    access raises :class:`~berg.errors.ModelNotBuiltError` with the command and the data.
     """
 
     has_manifest = True
@@ -483,11 +485,11 @@ class BuildSource(Source):
 
     def __init__(self, cfg: Mapping[str, Any], context: SourceContext | None = None):
         super().__init__(cfg, context)
-        missing = [k for k in ("command", "data") if not cfg.get(k)]
-        if missing:
-            raise InvalidParameterError(
-                f"a build source needs {missing}: command (e.g. 'berg build MODEL_ID --data DIR') and data "
-                "(what data it needs, in words)")
+        for key in ("command", "data", "path"):
+            if key in cfg and not isinstance(cfg[key], str):
+                raise InvalidParameterError(
+                    f"a build source's {key!r} must be a string (command: 'berg build MODEL_ID --data DIR', "
+                    f"data: what data it needs, in words), got {type(cfg[key]).__name__}")
 
     def local_root(self, model_id: str) -> Path:
         ctx = self.context
@@ -501,20 +503,26 @@ class BuildSource(Source):
             raise ArtifactError("this build source was made without a store context")
         return ctx.cache_dir / model_id
 
+    def command(self, model_id: str) -> str:
+        """The command that builds the model."""
+        return (self.cfg.get("command") or "berg build {model_id} --data DIR").replace("{model_id}", model_id)
+
     def describe(self) -> str:
-        return f"built on this machine by `{self.cfg['command']}`"
+        return f"built on this machine by `{self.cfg.get('command') or 'berg build'}`"
 
     def not_built(self, root: Path, missing: str) -> ModelNotBuiltError:
         """The error for an absent built artifact (``root``: its folder; ``missing``: the absent key)."""
+        model_id = self.cfg.get("model_id") or root.name
+        data = self.cfg.get("data") or f"the dataset its model card names (berg describe {model_id})"
         return ModelNotBuiltError(
-            f"{self.cfg.get('model_id') or root.name} is built on your machine from its dataset and has not "
-            f"been built yet ({root / missing} is missing). Build it with:\n    {self.cfg['command']}\n"
-            f"It needs: {self.cfg['data']}. The built files go to {root} (set BERG_BUILD_DIR to use another "
+            f"{model_id} is built on your machine from its dataset and has not been built yet "
+            f"({root / missing} is missing). Build it with:\n    {self.command(model_id)}\n"
+            f"It needs: {data}. The built files go to {root} (set BERG_BUILD_DIR to use another "
             "folder, holding <folder>/<model_id>/)."
         )
 
     def head(self, key: str) -> FileInfo:
-        raise ModelNotBuiltError(f"{key} is made by `{self.cfg['command']}` on this machine, never fetched")
+        raise ModelNotBuiltError(f"{key} is made on this machine by `berg build`, never fetched")
 
     def fetch(self, key: str, dest: Path, expected: FileInfo | None) -> FileInfo:
         # dest is <root>/<key>: a build source never downloads, it says how to build
