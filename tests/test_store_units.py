@@ -284,6 +284,16 @@ def test_pypi_wheel_is_verified_converted_and_cached(wheel_index, tmp_path):
     offline = Store(cache_dir=tmp_path / "cache", offline=True)
     assert offline.fetch("wheel-model", source, "metadata/sub-01.json").is_file()
     assert len(requests) == n  # served from the cache
+    # berg cache verify checks the converted files against their manifests (the wheel, pinned in the
+    # registry, and the converted manifest itself have nothing to compare with in the cache)
+    from berg.store.cache import cache_verify
+
+    verdicts = {(r["model_id"], r["key"]): (r["kind"], r["status"]) for r in cache_verify(tmp_path / "cache")}
+    unrecorded = sorted(k[1] for k, v in verdicts.items() if v[1] != "ok")
+    assert len(unrecorded) == 2 and unrecorded[1] == "fakepkg-1.0-py3-none-any.whl"
+    assert unrecorded[0].startswith("fakepkg-1.0-py3-none-any-") and unrecorded[0].endswith("/manifest.json")
+    assert sum(1 for k, v in verdicts.items() if k[0] == "_wheels" and v == ("manifest", "ok")) == 2
+    assert verdicts[("wheel-model", "readout/sub-01.safetensors")] == ("manifest", "ok")
 
 
 def test_pypi_wheel_with_wrong_pin_is_refused(wheel_index, tmp_path):

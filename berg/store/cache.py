@@ -395,17 +395,23 @@ def cache_verify(cache_dir: Path, model_id: str | None = None, *, delete_bad: bo
     results = []
     for root in _models(Path(cache_dir), model_id):
         index = CacheIndex(root).load()
-        manifest_files: dict[str, Any] = {}
-        if (root / MANIFEST_NAME).is_file():
+        # files listed by a manifest: the model's own, and those of converted artifacts kept below it
+        # (e.g. <cache>/_wheels/<wheel>-<hash>/manifest.json)
+        manifest_files: dict[Path, str] = {}
+        for manifest_path in sorted(root.rglob(MANIFEST_NAME)):
+            if manifest_path.is_symlink() or not manifest_path.is_file():
+                continue
             try:
-                manifest_files = read_manifest(root / MANIFEST_NAME)["files"]
+                files = read_manifest(manifest_path)["files"]
             except ArtifactError:
-                manifest_files = {}
+                continue
+            for k, info in files.items():
+                manifest_files.setdefault(manifest_path.parent / k, info.get("sha256"))
         for p in _files(root):
             key = p.relative_to(root).as_posix()
             rec = index.get(key) or {}
-            if key in manifest_files:
-                kind, want = "manifest", manifest_files[key].get("sha256")
+            if p in manifest_files:
+                kind, want = "manifest", manifest_files[p]
             elif rec.get("derived"):
                 kind, want = "derived", rec.get("sha256")
             else:
