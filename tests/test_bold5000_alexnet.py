@@ -8,6 +8,7 @@ map of one layer of the seeded AlexNet, plus noise of known NCSNR.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from creation_code.bold5000_alexnet.build import build, recipe
+    from creation_code.bold5000_alexnet.build import recipe
     from creation_code.bold5000_alexnet.synthetic_release import write_synthetic_release
+
+    from berg.api import BERG
+    from berg.build import build_model
 
     root = tmp_path_factory.mktemp("b5k")
     truth = write_synthetic_release(root / "data", subjects=SUBJECTS, ncsnr=1.0, seed=0)
     cache = root / "cache"
-    build(root / "data", cache / MODEL_ID, options={"backbone_weights": "untrained", "image_size": 64,
-                                                  "n_components": 20, "subjects": list(SUBJECTS),
-                                                  "model_id": MODEL_ID})
     card = yaml.safe_load((REPO / "model_cards/fmri-bold5000-alexnet.yaml").read_text())
     card["id"] = MODEL_ID
     card["parameters"]["subjects"] = list(SUBJECTS)
@@ -45,11 +46,18 @@ def built(tmp_path_factory):
                         "data": "a synthetic BOLD5000-shaped release"},
              "layout": "berg.models.bold5000_alexnet:Bold5000AlexNetLayout", "recipe": recipe(64),
              "model_class": "berg.models.bold5000_alexnet:Bold5000AlexNet",
-             "build": {"creator": "creation_code.bold5000_alexnet.build:build"}}
+             "build": {"creator": "creation_code.bold5000_alexnet.build:build", "data": "synthetic release",
+                       "options": {"backbone_weights": None, "image_size": 224, "n_components": 256,
+                                   "subjects": [1, 2, 3], "model_id": MODEL_ID}}}
     registry = root / "registry.yaml"
     registry.write_text(yaml.safe_dump({"format_version": 1, "models": {MODEL_ID: entry}}, sort_keys=False))
+    # `berg build` (berg.build.build_model): the registry's creator, options checked against its defaults
+    out = build_model(MODEL_ID, root / "data", client=BERG(cache_dir=cache, registry=registry),
+                      options={"backbone_weights": "untrained", "image_size": 64, "n_components": 20,
+                               "subjects": list(SUBJECTS)})
+    assert (out / "manifest.json").is_file() and out == cache / MODEL_ID
     return {"root": root, "truth": truth, "cache": cache, "registry": registry,
-            "summary": __import__("json").loads((cache / f".{MODEL_ID}.work" / "summary.json").read_text())}
+            "summary": json.loads((out.parent / f".{out.name}.build" / "summary.json").read_text())}
 
 
 def _client(b):

@@ -97,7 +97,7 @@ def _options(options: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def build(data_dir: Path, out_dir: Path, *, options: dict[str, Any] | None = None) -> None:
+def build(data_dir: Path, out_dir: Path, *, options: dict[str, Any] | None = None, work_dir: Path | None = None) -> None:
     """The registry's creator: BOLD5000 release in ``data_dir`` -> berg-native artifact in ``out_dir``.
 
     Parameters
@@ -109,10 +109,14 @@ def build(data_dir: Path, out_dir: Path, *, options: dict[str, Any] | None = Non
     options : dict
         Keys of :data:`DEFAULTS` (subjects, tr, layers, n_components, alphas, folds, seed, batch_size,
         device, backbone_weights, image_size, work_dir, show_progress).
+    work_dir : path, optional
+        Folder that survives failed runs (``berg build`` passes one): the feature cache resumes there.
     """
     from berg.training.datasets import bold5000_release_dataset
 
     opts = _options(options)  # every option is checked before any file is read
+    if work_dir is not None and not opts["work_dir"]:
+        opts["work_dir"] = str(work_dir)
     ds = bold5000_release_dataset(data_dir, opts["subjects"], tr=opts["tr"])
     build_from_dataset(ds, Path(out_dir), options=opts, data_description=f"BOLD5000 release 1 ({opts['tr']}) in {data_dir}")
 
