@@ -9,11 +9,9 @@ map of one layer of the seeded AlexNet, plus noise of known NCSNR.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from berg import metrics
 
@@ -21,40 +19,24 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 MODEL_ID = "test-bold5000-alexnet64"
 SUBJECTS = (1, 2)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from creation_code.bold5000_alexnet.build import recipe
-    from creation_code.bold5000_alexnet.synthetic_release import write_synthetic_release
+    from creation_code.bold5000_alexnet.synthetic_release import write_registry, write_synthetic_release
 
     from berg.api import BERG
-    from berg.build import build_model
+    from berg.recipes import build_model
 
     root = tmp_path_factory.mktemp("b5k")
     truth = write_synthetic_release(root / "data", subjects=SUBJECTS, ncsnr=1.0, seed=0)
     cache = root / "cache"
-    card = yaml.safe_load((REPO / "model_cards/fmri-bold5000-alexnet.yaml").read_text())
-    card["id"] = MODEL_ID
-    card["parameters"]["subjects"] = list(SUBJECTS)
-    card["parameters"]["selection"]["n_outputs"] = {s: truth.signal[s].shape[1] for s in SUBJECTS}
-    (root / "model_cards").mkdir()
-    (root / "model_cards" / f"{MODEL_ID}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
-    entry = {"card": f"{MODEL_ID}.yaml", "modality": "fmri", "dataset": "bold5000", "subjects": list(SUBJECTS),
-             "source": {"kind": "build", "command": f"berg build {MODEL_ID} --data DIR",
-                        "data": "a synthetic BOLD5000-shaped release"},
-             "layout": "berg.models.bold5000_alexnet:Bold5000AlexNetLayout", "recipe": recipe(64),
-             "model_class": "berg.models.bold5000_alexnet:Bold5000AlexNet",
-             "build": {"creator": "creation_code.bold5000_alexnet.build:build", "data": "synthetic release",
-                       "options": {"backbone_weights": None, "image_size": 224, "n_components": 256,
-                                   "subjects": [1, 2, 3], "model_id": MODEL_ID}}}
-    registry = root / "registry.yaml"
-    registry.write_text(yaml.safe_dump({"format_version": 1, "models": {MODEL_ID: entry}}, sort_keys=False))
-    # `berg build` (berg.build.build_model): the registry's creator, options checked against its defaults
+    registry = write_registry(root, MODEL_ID, subjects=SUBJECTS, image_size=64,
+                              n_outputs={s: truth.signal[s].shape[1] for s in SUBJECTS})
+    # `berg build` (berg.recipes.build_model): the registry's creator, options checked against its defaults
     out = build_model(MODEL_ID, root / "data", client=BERG(cache_dir=cache, registry=registry),
                       options={"backbone_weights": "untrained", "image_size": 64, "n_components": 20,
-                               "subjects": list(SUBJECTS)})
+                               "subjects": list(SUBJECTS), "model_id": MODEL_ID})
     assert (out / "manifest.json").is_file() and out == cache / MODEL_ID
     return {"root": root, "truth": truth, "cache": cache, "registry": registry,
             "summary": json.loads((out.parent / f".{out.name}.build" / "summary.json").read_text())}

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 import numpy as np
 
-__all__ = ["PLANTED", "SyntheticRelease", "write_synthetic_release"]
+__all__ = ["PLANTED", "BOLD5000_VOXELS", "SyntheticRelease", "write_synthetic_release", "write_registry"]
 
 #: ROI (both hemispheres) -> the AlexNet layer that drives it in the synthetic brain
 PLANTED = {"EarlyVis": "conv1", "OPA": "conv2", "LOC": "conv5", "PPA": "fc6", "RSC": "fc7"}
@@ -40,13 +41,32 @@ class SyntheticRelease:
     features: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
 
+#: voxels per ROI of BOLD5000's CSI1-3 (LH + RH counts as img2fmri records them), for realistic sizes
+BOLD5000_VOXELS = {
+    1: {"LHEarlyVis": 210, "RHEarlyVis": 285, "LHLOC": 152, "RHLOC": 190, "LHOPA": 101, "RHOPA": 187,
+        "LHPPA": 131, "RHPPA": 200, "LHRSC": 86, "RHRSC": 143},
+    2: {"LHEarlyVis": 254, "RHEarlyVis": 241, "LHLOC": 327, "RHLOC": 561, "LHOPA": 85, "RHOPA": 95,
+        "LHPPA": 172, "RHPPA": 198, "LHRSC": 59, "RHRSC": 278},
+    3: {"LHEarlyVis": 522, "RHEarlyVis": 696, "LHLOC": 430, "RHLOC": 597, "LHOPA": 187, "RHOPA": 205,
+        "LHPPA": 112, "RHPPA": 161, "LHRSC": 78, "RHRSC": 116},
+}
+
+
+def _n_voxels(spec: Any, subject: int, roi: str) -> int:
+    if isinstance(spec, int):
+        return spec
+    table = spec.get(subject, spec) if isinstance(spec.get(subject, None), dict) else spec
+    return int(table[roi])
+
+
 def write_synthetic_release(root: str | Path, *, subjects=(1, 2), n_categories: int = 10, n_per_category: int = 24,
-                            n_test: int = 16, test_repeats: int = 4, voxels_per_roi: int = 8, ncsnr: float = 1.0,
+                            n_test: int = 16, test_repeats: int = 4, voxels_per_roi: Any = 8, ncsnr: float = 1.0,
                             image_size: int = 64, seed: int = 0) -> SyntheticRelease:
     """Write a small synthetic BOLD5000-shaped release under ``root`` and return its ground truth.
 
     Training images are shown once, the ``n_test`` test images ``test_repeats`` times (the first of them
     one time less, like BOLD5000's one 3-repeat image). Trial order is shuffled per subject.
+    ``voxels_per_roi``: an int, ``{roi: n}``, or ``{subject: {roi: n}}`` (e.g. :data:`BOLD5000_VOXELS`).
     """
     import scipy.io
     from PIL import Image
@@ -105,17 +125,53 @@ def write_synthetic_release(root: str | Path, *, subjects=(1, 2), n_categories: 
         for roi in BOLD5000_ROIS:  # the adapter's output order
             layer = PLANTED[roi[2:]]
             planted[roi] = layer
-            brain = LinearBrain.from_features(by_layer[layer][train_rows], voxels_per_roi, ncsnr=ncsnr,
+            n_vox = _n_voxels(voxels_per_roi, s, roi)
+            brain = LinearBrain.from_features(by_layer[layer][train_rows], n_vox, ncsnr=ncsnr,
                                               n_components=6, seed=int(rng.integers(1 << 31)))
             sig = brain.signal(by_layer[layer])  # (n_images, voxels): unit variance over training images
-            noise = rng.standard_normal((len(trials), voxels_per_roi)) / ncsnr
+            noise = rng.standard_normal((len(trials), n_vox)) / ncsnr
             mat[roi] = (sig[[row[n] for n in trials]] + noise).astype(np.float32)
             sig_parts.append(sig)
-            roi_cols[roi] = np.arange(start, start + voxels_per_roi)
-            start += voxels_per_roi
+            roi_cols[roi] = np.arange(start, start + n_vox)
+            start += n_vox
         (roi_dir / f"CSI{s}/mat").mkdir(parents=True, exist_ok=True)
         scipy.io.savemat(roi_dir / f"CSI{s}/mat/CSI{s}_ROIs_TR34.mat", mat)
         (roi_dir / f"stim_lists/CSI{s:02d}_stim_lists.txt").write_text("\n".join(trials) + "\n")
         signal[s], rois[s] = np.concatenate(sig_parts, axis=1), roi_cols
     return SyntheticRelease(root, ids, cats, test_ids, signal, rois, planted, ncsnr, by_layer)
 
+
+
+def write_registry(root: str | Path, model_id: str, *, subjects=(1, 2), n_outputs: dict[int, int] | None = None,
+                   image_size: int = 64) -> Path:
+    """A registry file (+ card copy) under ``root`` declaring a SYNTHETIC build of the model as ``model_id``.
+
+    Its recipe uses ``image_size`` (small for tests); build it with
+    ``berg.recipes.build_model(model_id, data, client=BERG(registry=<returned path>, ...),
+    options={"backbone_weights": "untrained", "image_size": image_size, "model_id": model_id, ...})``.
+    """
+    import yaml
+
+    from creation_code.bold5000_alexnet.build import DEFAULTS, recipe
+
+    root = Path(root)
+    repo = Path(__file__).resolve().parents[2]
+    card = yaml.safe_load((repo / "model_cards/fmri-bold5000-alexnet.yaml").read_text(encoding="utf-8"))
+    card["id"] = model_id
+    card["name"] = f"SYNTHETIC build of fmri-bold5000-alexnet ({model_id}; not brain data)"
+    card["parameters"]["subjects"] = list(subjects)
+    if n_outputs:
+        card["parameters"]["selection"]["n_outputs"] = {int(s): int(n) for s, n in n_outputs.items()}
+    (root / "model_cards").mkdir(parents=True, exist_ok=True)
+    (root / "model_cards" / f"{model_id}.yaml").write_text(yaml.safe_dump(card, sort_keys=False), encoding="utf-8")
+    options = {k: v for k, v in DEFAULTS.items() if k != "work_dir"}
+    entry = {"card": f"{model_id}.yaml", "modality": "fmri", "dataset": "bold5000", "subjects": list(subjects),
+             "source": {"kind": "build", "command": f"berg build {model_id} --data DIR",
+                        "data": "a synthetic BOLD5000-shaped release"},
+             "layout": "berg.models.bold5000_alexnet:Bold5000AlexNetLayout", "recipe": recipe(image_size),
+             "model_class": "berg.models.bold5000_alexnet:Bold5000AlexNet",
+             "build": {"creator": "creation_code.bold5000_alexnet.build:build", "data": "synthetic release",
+                       "options": options}}
+    path = root / "registry.yaml"
+    path.write_text(yaml.safe_dump({"format_version": 1, "models": {model_id: entry}}, sort_keys=False), encoding="utf-8")
+    return path
