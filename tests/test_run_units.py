@@ -294,13 +294,11 @@ def test_lock_refuses_a_second_process_and_frees_on_death(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
-        with pytest.raises(RunLockedError) as info:
-            with RunStore(root).lock():
-                pass
+        with pytest.raises(RunLockedError) as info, RunStore(root).lock():
+            pass
         assert f"pid {proc.pid}" in str(info.value)
-        with pytest.raises(RunLockedError):  # a slice of an array needs the store too
-            with RunStore(root).lock((0, 2)):
-                pass
+        with pytest.raises(RunLockedError), RunStore(root).lock((0, 2)):  # a slice needs the store too
+            pass
     finally:
         proc.kill()  # SIGKILL: the kernel drops the flock
         proc.wait()
@@ -309,12 +307,10 @@ def test_lock_refuses_a_second_process_and_frees_on_death(tmp_path):
     # slices of one array share the store, but one slice is held once
     store = RunStore(root)
     with store.lock((0, 2)), RunStore(root).lock((1, 2)):
-        with pytest.raises(RunLockedError, match="this slice"):
-            with RunStore(root).lock((1, 2)):
-                pass
-        with pytest.raises(RunLockedError, match="the store"):
-            with RunStore(root).lock():
-                pass
+        with pytest.raises(RunLockedError, match="this slice"), RunStore(root).lock((1, 2)):
+            pass
+        with pytest.raises(RunLockedError, match="the store"), RunStore(root).lock():
+            pass
 
 
 def test_export_refuses_incomplete_and_copies(tmp_path):

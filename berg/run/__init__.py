@@ -20,7 +20,7 @@ from typing import Any
 
 from berg.run.plan import EncodePlan, ModelEntry
 
-__all__ = ["EncodePlan", "ModelEntry", "run", "status", "export", "open_responses"]
+__all__ = ["EncodePlan", "ModelEntry", "export", "open_responses", "run", "status"]
 
 
 def run(plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True, prepare_only: bool = False):

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["add_run_subparser", "cmd_run", "cmd_status", "cmd_export", "format_status"]
+__all__ = ["add_run_subparser", "cmd_export", "cmd_run", "cmd_status", "format_status"]
 
 _EPILOG = """examples:
   berg run plan.yaml                              # run or resume (local, or the plan's Dask executor)
@@ -25,7 +25,7 @@ _EPILOG = """examples:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
@@ -33,8 +33,8 @@ def _duration(seconds: float | None) -> str:
 
 def format_status(status: dict[str, Any]) -> str:
     """A readable table of :meth:`berg.run.store.RunStore.status`."""
-    lines = [f"run {status['root']}: {status['n_stimuli']} stimuli in {status['n_shards']} shards of "
-             f"{status['shard_size']}"]
+    lines = [(f"run {status['root']}: {status['n_stimuli']} stimuli in {status['n_shards']} shards of "
+              f"{status['shard_size']}")]
     width = max([len(k) for k in status["targets"]] + [6])
     lines.append(f"  {'target':{width}s}  {'done':>6s} {'stale':>6s} {'pending':>7s}")
     for key, t in status["targets"].items():

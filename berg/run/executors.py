@@ -29,9 +29,14 @@ from berg.errors import InvalidParameterError, MissingExtraError
 from berg.run.plan import EncodePlan
 from berg.run.sources import open_source
 from berg.run.store import RunStore
-from berg.run.worker import compute_unit, default_decode_threads, load_entries, shard_bounds
+from berg.run.worker import (
+    compute_unit,
+    default_decode_threads,
+    load_entries,
+    shard_bounds,
+)
 
-__all__ = ["run", "RunReport", "pending_units"]
+__all__ = ["RunReport", "pending_units", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +241,10 @@ def _run_dask(plan: EncodePlan, units: dict[int, dict[str, str]], n: int, show: 
     dashboard = getattr(client, "dashboard_link", None)
     if dashboard:
         log.warning("Dask dashboard: %s", dashboard)  # the one link users need while a run is going
-    plan_dict = {**plan.to_dict(), "__hash__": plan.plan_hash()}
+    from berg.run.plan import digest
+
+    # Workers keep their models per plan *and* execution settings (a device change reloads them).
+    plan_dict = {**plan.to_dict(), "__hash__": digest(plan.to_dict())}
     resources = plan.executor.get("resources")
     results = []
     try:

@@ -27,7 +27,7 @@ from berg.errors import BERGError
 from berg.fsutil import atomic_path
 from berg.run.store import RunStore
 
-__all__ = ["export_hdf5", "IncompleteRunError"]
+__all__ = ["IncompleteRunError", "export_hdf5"]
 
 log = logging.getLogger(__name__)
 

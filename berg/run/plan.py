@@ -187,7 +187,7 @@ class ModelEntry:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, raw: Any, where: str) -> "ModelEntry":
+    def from_dict(cls, raw: Any, where: str) -> ModelEntry:
         """Validate one ``models:`` item (a dict, or a bare model id string is refused: subjects are needed)."""
         if not isinstance(raw, Mapping):
             raise InvalidParameterError(f"{where} must be a dict with at least 'id' and 'subjects', got {raw!r}")
@@ -339,7 +339,7 @@ class EncodePlan:
 
     # ------------------------------------------------------------------ I/O
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None) -> "EncodePlan":
+    def from_dict(cls, raw: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None) -> EncodePlan:
         """Build a plan from its dict form (what a YAML plan file holds)."""
         if not isinstance(raw, Mapping):
             raise InvalidParameterError(f"a plan is a mapping of {', '.join(_PLAN_KEYS)}; got {type(raw).__name__}")
@@ -351,7 +351,7 @@ class EncodePlan:
         return cls(raw["models"], raw["stimuli"], raw["store"], base_dir=base_dir, **kwargs)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> "EncodePlan":
+    def from_yaml(cls, path: str | os.PathLike[str]) -> EncodePlan:
         """Read a YAML plan; its relative paths are relative to the file's folder."""
         from berg.yamlio import read_yaml
 

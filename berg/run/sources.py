@@ -31,8 +31,15 @@ import numpy as np
 
 from berg.errors import InvalidParameterError, StimulusError
 
-__all__ = ["StimulusSource", "PathSource", "HDF5Source", "normalise_stimuli", "open_source",
-           "IMAGE_SUFFIXES", "VIDEO_SUFFIXES"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "HDF5Source",
+    "PathSource",
+    "StimulusSource",
+    "normalise_stimuli",
+    "open_source",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -160,7 +167,7 @@ class PathSource(StimulusSource):
             return load_image(path)
         except StimulusError as exc:
             return exc
-        except Exception as exc:  # decoders raise many types (decompression bombs, codec errors)
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types (bombs, codecs); reported per item
             return StimulusError(f"cannot read {self.kind} {path}: {type(exc).__name__}: {exc}")
 
     def read(self, indices: Sequence[int], threads: int = 1) -> list[np.ndarray | StimulusError]:
@@ -223,7 +230,7 @@ class HDF5Source(StimulusSource):
             # One contiguous read per shard: HDF5 serialises access anyway, and slabs are fast.
             with h5py.File(self.path, "r") as f:
                 block = f[self.dataset][lo:hi]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - h5py/filter errors; reported per item with the file named
             err = StimulusError(f"cannot read {self.path}[{self.dataset}][{lo}:{hi}]: {exc}")
             return [err for _ in indices]
         if self._channels_first:

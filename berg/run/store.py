@@ -47,11 +47,18 @@ from typing import Any
 
 import numpy as np
 
-from berg.errors import BERGError, InvalidParameterError
+from berg.errors import BERGError
 from berg.fsutil import atomic_write_text, clean_stale_temporaries, fsync_dir
 
-__all__ = ["RunStore", "TargetInfo", "RunLockedError", "StoreFormatError", "FORMAT", "FORMAT_VERSION",
-           "open_responses"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RunLockedError",
+    "RunStore",
+    "StoreFormatError",
+    "TargetInfo",
+    "open_responses",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ class StoreFormatError(BERGError):
 
 
 def _utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -150,7 +157,7 @@ class RunStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, root: str | os.PathLike[str]) -> "RunStore":
+    def open(cls, root: str | os.PathLike[str]) -> RunStore:
         """An existing run folder (for status and export); refuses folders that are not runs."""
         store = cls(root)
         if not store.root.is_dir():
@@ -459,11 +466,19 @@ class RunStore:
                 if state != "done":
                     pending_units.add((t["name"], s))
             targets[key] = {**states, "n_shards": n_shards, "model_id": t["model_id"], "subject": t["subject"]}
-        runs = [e for e in self.read_events() if e.get("event") == "run_start"]
+        events = self.read_events()
+        runs = [e for e in events if e.get("event") == "run_start"]
+        holders = self._holders()
         eta = rate = None
         if runs and pending_units:
-            since = float(runs[-1]["t"])
-            units = [e for e in self.read_events() if e.get("event") == "unit_done" and e["t"] >= since]
+            # Throughput of the current session: since the earliest running holder started (all slices of
+            # a Slurm array count), else since the latest run started.
+            starts = []
+            for h in holders:
+                with contextlib.suppress(TypeError, ValueError):
+                    starts.append(_dt.datetime.fromisoformat(h["started_utc"]).timestamp())
+            since = min(starts) if starts else float(runs[-1]["t"])
+            units = [e for e in events if e.get("event") == "unit_done" and e["t"] >= since]
             if units:
                 span = max(e["t"] for e in units) - since
                 rate = len(units) / span if span > 0 else None
@@ -475,7 +490,7 @@ class RunStore:
             "n_shards": n_shards, "plan_hash": info.get("plan_hash"), "targets": targets,
             "pending_units": len(pending_units), "complete": bool(targets) and done_all,
             "failed": self.failed(), "units_per_second": rate, "eta_seconds": eta,
-            "holders": self._holders(),
+            "holders": holders,
         }
 
 
@@ -483,11 +498,3 @@ def open_responses(root: str | os.PathLike[str]):
     """The run's zarr group (read-only): ``open_responses(RUN)["model/sub-01/responses"]``."""
     return RunStore.open(root).group("r")
 
-
-def _check_shape(key: str, data: np.ndarray, expected: tuple[int, ...]) -> None:
-    if tuple(data.shape[1:]) != tuple(expected):
-        raise InvalidParameterError(
-            f"{key}: the model returned responses of shape {data.shape[1:]} per stimulus, but the store "
-            f"was laid out for {expected} (from the model's output space); this is a bug in the model's "
-            "space declaration"
-        )

@@ -24,7 +24,7 @@ from berg.run.sources import StimulusSource
 from berg.run.store import FORMAT_VERSION, RunStore, TargetInfo
 from berg.subjects import subject_label
 
-__all__ = ["LoadedEntry", "load_entries", "compute_unit", "shard_bounds", "default_decode_threads"]
+__all__ = ["LoadedEntry", "compute_unit", "default_decode_threads", "load_entries", "shard_bounds"]
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,27 @@ def _model_item(item: np.ndarray, kind: str) -> np.ndarray:
     return item.transpose(0, 3, 1, 2) if kind == "video" else item
 
 
+def _validate(items: list[Any], model: Any, kind: str) -> list[Any]:
+    """Decoded items the model refuses (too few video frames, wrong shape) become per-item errors too."""
+    arrays = [_model_item(it, kind) for it in items if not isinstance(it, BaseException)]
+    if not arrays:
+        return items
+    try:
+        model.prepare_stimuli(arrays)
+        return items
+    except StimulusError:
+        pass
+    out = []
+    for it in items:  # find the culprit(s); cheap: arrays are only checked, not transformed
+        if not isinstance(it, BaseException):
+            try:
+                model.prepare_stimuli([_model_item(it, kind)])
+            except StimulusError as exc:
+                it = exc
+        out.append(it)
+    return out
+
+
 def decode_shard(source: StimulusSource, shard: int, plan: EncodePlan, threads: int) -> list[Any]:
     """Decode one shard's stimuli (items or per-item :class:`StimulusError`)."""
     start, stop = shard_bounds(shard, plan.shard_size, len(source))
@@ -216,6 +237,12 @@ def compute_unit(
     n = len(source)
     start, stop = shard_bounds(shard, plan.shard_size, n)
     todo: dict[str, list[Any]] = {}
+    known = {t.key for le in loaded.values() for t in le.targets.values()}
+    if set(pending) - known:
+        raise InvalidParameterError(
+            f"the run expects targets {sorted(set(pending) - known)} that this worker's plan does not have; "
+            "driver and workers must run the same plan"
+        )
     for name, le in loaded.items():
         for s, t in le.targets.items():
             if t.key not in pending:
@@ -233,6 +260,7 @@ def compute_unit(
     store.log_event("shard_start", shard=shard, targets=sorted(k for k in pending))
     if items is None:
         items = source.read(range(start, stop), threads=decode_threads)
+    items = _validate(items, loaded[next(iter(todo))].model, source.kind)
     good = [k for k, it in enumerate(items) if not isinstance(it, BaseException)]
     failed = [{"index": start + k, "id": source.describe(start + k), "error": str(it)}
               for k, it in enumerate(items) if isinstance(it, BaseException)]

@@ -1,0 +1,292 @@
+"""`berg run` at scale: sharding/zarr overhead, memory, Dask speed-up and resume cost (issue 15).
+
+Measurements (each prints one JSON line; record them in benchmarks/RESULTS.md):
+
+* ``overhead``  images/s of ``berg.run`` (local executor) vs a plain loop of ``model.encode`` over the same
+  image files, 256 at a time (target: run >= 0.95x the loop).
+* ``rss``       peak RSS of ``berg run`` with 1,000 and 4,000 images (target: independent of the count).
+* ``dask``      Dask LocalCluster, 2 workers x 1 thread vs 1 worker x 1 thread, same plan (target >= 1.7x).
+* ``resume``    a Dask run SIGKILLed at 50 % of its shards, then resumed: resume time / full-run time
+  (target <= 0.55).
+* ``gpu``       the local executor with ``--device cuda`` (images/s and GPU utilisation from nvidia-smi).
+
+Model: ResNet-18 (seeded, untrained: the cost of the pretrained one), 224x224 input, a synthetic native
+artifact with a 512 -> 100 projection and three subjects of ``--n-outputs`` outputs. Stimuli: JPEG files
+of 256x256 written once into ``--work``.
+
+Run by hand:  .venv/bin/python benchmarks/run_scale.py overhead rss dask resume [--n-images 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+MODEL_ID = "bench-run-resnet18"
+K = 100
+SUBJECTS = [1, 2, 3]
+
+
+def _card(n_out: int) -> dict:
+    """A valid card for the synthetic benchmark model (its numbers mean nothing)."""
+    transform = {"kind": "image", "size": [224, 224], "resize": "squash", "crop": None,
+                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    return {
+        "id": MODEL_ID, "name": "Synthetic ResNet-18 benchmark model (not a brain model)", "modality": "fmri",
+        "dataset": {"name": "synthetic", "space": "none", "citation": "none"}, "species": "none (synthetic)",
+        "stimuli": {"type": "image", "description": "random images"},
+        "model_type": "ResNet-18 (untrained) + random linear readout", "creator": "benchmarks/run_scale.py",
+        "description": "Benchmark model; its outputs mean nothing.",
+        "input": {"type": "image", "dtype": "uint8", "range": [0, 255], "shape": "[batch, 3, H, W]",
+                  "description": "RGB"},
+        "output": {"dtype": "float32", "dims": [{"name": "n_stimuli", "description": "stimuli"},
+                                                {"name": "n_outputs", "description": "outputs"}],
+                   "units": "arbitrary"},
+        "parameters": {"subjects": SUBJECTS, "selection": {"rois": ["all"], "n_outputs": {s: n_out for s in SUBJECTS}},
+                       "model_kwargs": []},
+        "preprocessing": {"transform": transform}, "metadata": {"rois": "ROI indices"},
+        "accuracy": {"split": "none", "summary": {}, "notes": "synthetic"},
+        "references": [{"title": "berg benchmarks", "url": "https://example.invalid"}],
+        "license": {"code": "MIT", "weights": "synthetic"},
+        "provenance": {"weights": "synthetic", "artifact": "benchmarks/run_scale.py"}, "caveats": ["synthetic"],
+    }
+
+
+def build_artifact(root: Path, n_out: int) -> dict:
+    """Native artifact (random folded projection 512 -> 100, three 100 -> n_out readouts); returns berg options."""
+    from berg.store.artifacts import ArtifactWriter
+
+    rng = np.random.default_rng(0)
+    w = ArtifactWriter(root / "berg_dir" / "bench-run/", MODEL_ID)
+    w.add_tensors("projection.safetensors", {
+        "weight": rng.standard_normal((K, 512), dtype=np.float32) / np.sqrt(512),
+        "bias": rng.standard_normal(K, dtype=np.float32),
+    })
+    for s in SUBJECTS:
+        w.add_tensors(f"readout/sub-{s:02d}.safetensors", {
+            "weight": rng.standard_normal((n_out, K), dtype=np.float32) / 10,
+            "bias": rng.standard_normal(n_out, dtype=np.float32),
+        })
+        w.add_tensors(f"metadata/sub-{s:02d}.safetensors", {"roi/all": np.arange(n_out, dtype=np.int64)})
+        w.add_json(f"metadata/sub-{s:02d}.json", {"n_outputs": n_out, "output_space": {"kind": "flat"}, "rois": ["all"]})
+    w.finalize({"creator": "benchmarks/run_scale.py"})
+    (root / f"{MODEL_ID}.yaml").write_text(yaml.safe_dump(_card(n_out), sort_keys=False))
+    recipe = {
+        "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
+        "nodes": ["avgpool"],
+        "transform": {"kind": "image", "size": [224, 224], "resize": "squash", "crop": None,
+                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "projection": "scaler_pca", "readout": "linear", "output_space": "flat",
+    }
+    entry = {"card": f"{MODEL_ID}.yaml", "modality": "fmri", "dataset": "bench", "subjects": SUBJECTS,
+             "source": {"kind": "s3", "bucket": "none", "prefix": "bench-run/"}, "layout": "native", "recipe": recipe}
+    (root / "registry.yaml").write_text(yaml.safe_dump({"format_version": 1, "models": {MODEL_ID: entry}}))
+    return {"berg_dir": str(root / "berg_dir"), "cache_dir": str(root / "cache"), "offline": True,
+            "registry": str(root / "registry.yaml")}
+
+
+def write_images(folder: Path, n: int) -> list[Path]:
+    """``n`` random 256x256 JPEGs (kept between runs)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:06d}.jpg"
+        if not p.exists():
+            # smooth random images compress like photographs (noise would make decoding unrealistically slow)
+            small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((256, 256), Image.BICUBIC).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def plan_dict(store: Path, stimuli: Path, opts: dict, executor: dict, shard: int = 256, device: str = "cpu") -> dict:
+    return {"models": [{"id": MODEL_ID, "subjects": SUBJECTS, "backbone_weights": "untrained", "batch_size": 32}],
+            "stimuli": {"folder": str(stimuli)}, "store": str(store), "shard_size": shard, "device": device,
+            "executor": executor, "berg": opts}
+
+
+def _rm(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_overhead(work: Path, opts: dict, n: int, device: str) -> dict:
+    import berg
+
+    folder = work / f"images-{n}"
+    paths = [str(p) for p in write_images(folder, n)]
+    client = berg.BERG(**opts)
+
+    def loop():
+        # what a user script does: load the model, then encode the files 256 at a time (results discarded)
+        model = client.get_encoding_model(MODEL_ID, subject=SUBJECTS, device=device, batch_size=32,
+                                          backbone_weights="untrained")
+        for i in range(0, n, 256):
+            model.encode(paths[i:i + 256], show_progress=False)
+
+    def run():
+        store = work / "run-overhead"
+        _rm(store)
+        berg.run(plan_dict(store, folder, opts, {"kind": "local"}, device=device), show_progress=False)
+
+    times = {"loop": [], "run": []}
+    for _ in range(2):  # interleaved, so load changes hit both alike
+        for name, fn in (("loop", loop), ("run", run)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    loop_s, run_s = min(times["loop"]), min(times["run"])
+    return {"bench": "overhead", "n_images": n, "loop_img_per_s": round(n / loop_s, 1),
+            "run_img_per_s": round(n / run_s, 1), "ratio_run_over_loop": round(loop_s / run_s, 3),
+            "note": "both load the model once; run also creates the store and writes zstd zarr chunks"}
+
+
+_RSS_CHILD = """
+import json, resource, sys, warnings
+warnings.simplefilter("ignore")
+import berg
+berg.run(json.loads(sys.argv[1]), show_progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_rss(work: Path, opts: dict, counts: list[int]) -> dict:
+    out = {"bench": "rss"}
+    for n in counts:
+        folder = work / f"images-{n}"
+        write_images(folder, n)
+        store = work / f"run-rss-{n}"
+        _rm(store)
+        plan = plan_dict(store, folder, opts, {"kind": "local"})
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(plan)], capture_output=True, text=True,
+                             check=True)
+        out[f"peak_rss_mb_{n}"] = round(int(res.stdout.strip().splitlines()[-1]) / 1024, 1)
+        out[f"seconds_{n}"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _timed_run(plan: dict) -> float:
+    import berg
+
+    t0 = time.perf_counter()
+    berg.run(plan, show_progress=False)
+    return time.perf_counter() - t0
+
+
+def bench_dask(work: Path, opts: dict, n: int, shard: int) -> dict:
+    folder = work / f"images-{n}"
+    write_images(folder, n)
+    res = {"bench": "dask", "n_images": n, "shard_size": shard}
+    for workers in (1, 2):
+        store = work / f"run-dask-{workers}"
+        _rm(store)
+        ex = {"kind": "dask", "n_workers": workers, "threads_per_worker": 1}
+        res[f"seconds_{workers}w"] = round(_timed_run(plan_dict(store, folder, opts, ex, shard=shard)), 1)
+        res[f"img_per_s_{workers}w"] = round(n / res[f"seconds_{workers}w"], 1)
+    res["speedup"] = round(res["seconds_1w"] / res["seconds_2w"], 2)
+    return res
+
+
+_KILL_CHILD = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import berg
+berg.run(json.loads(sys.argv[1]), show_progress=False)
+"""
+
+
+def bench_resume(work: Path, opts: dict, n: int, shard: int) -> dict:
+    folder = work / f"images-{n}"
+    write_images(folder, n)
+    ex = {"kind": "dask", "n_workers": 2, "threads_per_worker": 1}
+    full_store = work / "run-resume-full"
+    _rm(full_store)
+    t_full = _timed_run(plan_dict(full_store, folder, opts, ex, shard=shard))
+    store = work / "run-resume"
+    _rm(store)
+    plan = plan_dict(store, folder, opts, ex, shard=shard)
+    n_shards = -(-n // shard)
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, json.dumps(plan)], start_new_session=True)
+    markers = store / "markers" / MODEL_ID / "sub-03"
+    while proc.poll() is None and (len(list(markers.glob("*.json"))) if markers.is_dir() else 0) < n_shards // 2:
+        time.sleep(0.05)
+    done_at_kill = len(list(markers.glob("*.json")))
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Dask workers
+    proc.wait()
+    time.sleep(1.0)
+    t_resume = _timed_run(plan)
+    return {"bench": "resume", "n_images": n, "shard_size": shard, "full_run_s": round(t_full, 1),
+            "shards_done_at_kill": done_at_kill, "n_shards": n_shards, "resume_s": round(t_resume, 1),
+            "resume_over_full": round(t_resume / t_full, 3)}
+
+
+def bench_gpu(work: Path, opts: dict, n: int) -> dict:
+    folder = work / f"images-{n}"
+    write_images(folder, n)
+    store = work / "run-gpu"
+    _rm(store)
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                            "-lms", "200"], stdout=subprocess.PIPE, text=True)
+    try:
+        t = _timed_run(plan_dict(store, folder, opts, {"kind": "local"}, device="cuda"))
+    finally:
+        smi.terminate()
+    util = [float(x) for x in smi.communicate()[0].split() if x.strip().replace(".", "").isdigit()]
+    return {"bench": "gpu", "n_images": n, "img_per_s": round(n / t, 1),
+            "gpu_util_mean_pct": round(float(np.mean(util)), 1) if util else None,
+            "gpu_util_max_pct": max(util) if util else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("benches", nargs="+", choices=["overhead", "rss", "dask", "resume", "gpu"])
+    ap.add_argument("--n-images", type=int, default=2000)
+    ap.add_argument("--dask-images", type=int, default=1024)
+    ap.add_argument("--dask-shard", type=int, default=64)
+    ap.add_argument("--rss-counts", default="1000,4000")
+    ap.add_argument("--n-outputs", type=int, default=20_000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", default=None, help="folder for images and runs (default: a temporary folder)")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="berg-run-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    opts = build_artifact(work / "artifact", args.n_outputs)
+    print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                      "load_avg": os.getloadavg(), "n_outputs_per_subject": args.n_outputs,
+                      "subjects": len(SUBJECTS), "date": time.strftime("%Y-%m-%d %H:%M")}), flush=True)
+    for b in args.benches:
+        load0 = os.getloadavg()[0]
+        if b == "overhead":
+            r = bench_overhead(work, opts, args.n_images, args.device)
+        elif b == "rss":
+            r = bench_rss(work, opts, [int(c) for c in args.rss_counts.split(",")])
+        elif b == "dask":
+            r = bench_dask(work, opts, args.dask_images, args.dask_shard)
+        elif b == "resume":
+            r = bench_resume(work, opts, args.dask_images, args.dask_shard)
+        else:
+            r = bench_gpu(work, opts, args.n_images)
+        r["load_avg_start_end"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+        print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()
