@@ -74,7 +74,7 @@ def prepare(root: Path, dtype: str) -> None:
             old.unlink()
         t = time.perf_counter()
         write_replica(root / "bucket", subjects=tuple(VOXELS), n_features=N_FEATURES, k=K, n_voxels=VOXELS,
-                      with_nifti=True, dtype=np.dtype(dtype), keep_arrays=False)
+                      dtype=np.dtype(dtype), keep_arrays=False)
         marker.write_text("ok")
         size = (root / "bucket" / PREFIX / "encoding_models_weights" / "pca_weights.npy").stat().st_size
         print(f"replica written in {time.perf_counter() - t:.0f} s (pca_weights.npy {size / 2**30:.2f} GiB)")

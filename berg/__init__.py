@@ -39,7 +39,13 @@ __all__ = [
     "get_model_metadata",
     "fetch",
     "save",
+    "save_nifti",
+    "save_gifti",
+    "load_responses",
+    "build",
     "default",
+    "EncodePlan",
+    "run",
 ]
 
 _default_instance = None
@@ -79,8 +85,16 @@ def __getattr__(name: str) -> Any:
         from berg.api import BERG
 
         return BERG
-    if name == "save":
-        from berg.io import save
+    if name in ("save", "save_nifti", "save_gifti", "load_responses"):
+        import berg.io
 
-        return save
+        return getattr(berg.io, name)
+    if name == "build":
+        from berg.recipes import build_model
+
+        return build_model
+    if name in ("run", "EncodePlan"):  # berg.run is a callable package: berg.run(plan), berg.run.status(RUN)
+        import berg.run
+
+        return berg.run if name == "run" else berg.run.EncodePlan
     raise AttributeError(f"module 'berg' has no attribute {name!r}")

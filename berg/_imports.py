@@ -7,7 +7,7 @@ from typing import Any
 
 from berg.errors import ModelLoadError
 
-__all__ = ["import_class"]
+__all__ = ["import_class", "import_object"]
 
 
 def import_class(path: str, base: type, what: str) -> Any:
@@ -20,3 +20,12 @@ def import_class(path: str, base: type, what: str) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ModelLoadError(f"{what} {path!r} must subclass {base.__module__}.{base.__name__}")
     return cls
+
+
+def import_object(path: str, what: str) -> Any:
+    """Import ``"pkg.module:name"`` (any object); errors name ``what`` and the path."""
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot import {what} {path!r}: {exc}") from exc

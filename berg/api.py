@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from berg.env import env_flag
 from berg.errors import InvalidParameterError
 from berg.registry import ModelSpec, Registry, validate_load_params
 
@@ -18,14 +19,18 @@ log = logging.getLogger(__name__)
 _DEFAULT_BATCH = {"image": 32, "video": 4}
 
 
-def _model_class(spec: ModelSpec):
-    from berg.engine import LinearEncodingModel
+def model_class_for(spec: ModelSpec) -> Any:
+    """The class a registry entry names (checked against the interface), or the linear engine."""
+    from berg.models.base import check_model_class
 
     if not spec.model_class:
-        return LinearEncodingModel
-    from berg._imports import import_class
+        from berg.engine import LinearEncodingModel
 
-    return import_class(spec.model_class, LinearEncodingModel, f"model class of {spec.model_id}")
+        return LinearEncodingModel
+    from berg._imports import import_object
+
+    return check_model_class(import_object(spec.model_class, f"model class of {spec.model_id}"),
+                             f"model class of {spec.model_id}")
 
 
 class BERG:
@@ -64,7 +69,7 @@ class BERG:
         if self.berg_dir is not None and not self.berg_dir.is_dir():
             raise InvalidParameterError(f"berg_dir does not exist or is not a directory: {self.berg_dir}")
         self.cache_dir = cache_dir
-        self.offline = bool(offline) or os.environ.get("BERG_OFFLINE", "").lower() in ("1", "true", "yes")
+        self.offline = bool(offline) or env_flag("BERG_OFFLINE")
         self._store = None
 
     @property
@@ -79,7 +84,10 @@ class BERG:
     def _layout(self, spec: ModelSpec):
         from berg.layouts import layout_for
 
-        return layout_for(spec, self.store)
+        layout = layout_for(spec, self.store)
+        if layout is None:
+            raise InvalidParameterError(f"{spec.model_id} has no files of its own (an ensemble); ask its members")
+        return layout
 
     # ------------------------------------------------------------------ catalogue
     def list_models(self, pattern: str | None = None) -> list[str]:
@@ -163,30 +171,50 @@ class BERG:
         ArtifactError, ModelLoadError
             Files missing/corrupt or inconsistent.
         """
+        request = self.load_request(
+            model_id, subject, selection, device=device, batch_size=batch_size,
+            backbone_weights=backbone_weights, backbone_seed=backbone_seed, options=model_kwargs,
+        )
+        return self.load(request)
+
+    def load_request(
+        self,
+        model_id: str,
+        subject: Any = None,
+        selection: Mapping[str, Any] | None = None,
+        *,
+        device: str = "auto",
+        batch_size: int | None = None,
+        backbone_weights: str | os.PathLike[str] | None = None,
+        backbone_seed: int = 0,
+        options: Mapping[str, Any] | None = None,
+    ):
+        """Validate ``get_encoding_model``'s arguments (no I/O) into a :class:`~berg.models.base.LoadRequest`."""
+        from berg.features import resolve_device
+        from berg.models.base import LoadRequest
+
         spec = self.registry.get(model_id)
         if batch_size is None:
-            batch_size = int(spec.recipe.get("batch_size", _DEFAULT_BATCH[spec.input_kind]))
-        subjects, selections, device, batch_size = validate_load_params(
-            spec, subject, selection, device, batch_size
-        )
-        cls = _model_class(spec)
-        model_kwargs = cls.validate_model_kwargs(spec, model_kwargs)
-        from berg.features import resolve_device
-
-        device = resolve_device(device)
+            batch_size = int(spec.recipe.get("batch_size", _DEFAULT_BATCH.get(spec.input_kind, 8)))
+        subjects, selections, device, batch_size = validate_load_params(spec, subject, selection, device, batch_size)
+        cls = model_class_for(spec)
+        options = cls.validate_options(spec, dict(options or {}))
         multi = isinstance(subject, (list, tuple)) or (isinstance(subject, str) and subject == "all")
-        return cls.load(
-            spec,
-            self._layout(spec),
-            subjects=subjects,
-            selections=selections,
-            device=device,
-            batch_size=batch_size,
-            backbone_weights=backbone_weights,
-            backbone_seed=backbone_seed,
-            multi_subject=multi,
-            model_kwargs=model_kwargs,
+        return LoadRequest(
+            spec=spec, subjects=tuple(subjects), selections=selections, device=resolve_device(device),
+            batch_size=batch_size, backbone_weights=backbone_weights, backbone_seed=int(backbone_seed),
+            options=options, multi_subject=multi, client=self,
         )
+
+    def load(self, request: Any) -> Any:
+        """Load the model a :class:`~berg.models.base.LoadRequest` describes (what ``get_encoding_model`` does)."""
+        spec = request.spec
+        if spec.build:
+            from berg.recipes import built_path, is_built, not_built_error
+
+            if not is_built(spec, self.store):
+                raise not_built_error(spec, built_path(spec, self.store))
+        return model_class_for(spec).load(request)
 
     def encode(
         self,
@@ -200,13 +228,13 @@ class BERG:
         Returns
         -------
         np.ndarray or dict, or tuple
-            float32 ``(n_stimuli, n_outputs)`` (``{subject: array}`` for multi-subject models); with
+            float32 ``(n_stimuli, *model.space().shape)`` (``{subject: array}`` for multi-subject models); with
             ``return_metadata=True`` always ``(responses, metadata)``. If the metadata cannot be
             loaded, an error is raised; the return type never changes silently.
         """
-        from berg.models.base import BaseModelInterface
+        from berg.models.base import REQUIRED_METHODS
 
-        if not isinstance(model, BaseModelInterface):
+        if isinstance(model, type) or not all(callable(getattr(model, m, None)) for m in REQUIRED_METHODS):
             raise InvalidParameterError(
                 f"model must be what get_encoding_model returns, got {type(model).__name__}"
             )

@@ -189,7 +189,7 @@ def validate_card(card: Mapping[str, Any], *, path: str | os.PathLike[str] | Non
         errors.append(f"parameters/selection/n_outputs: a subject appears twice (e.g. 1 and '1'): {keys}")
     missing = [s for s in as_text if s not in keys]
     extra = [k for k in keys if k not in as_text]
-    if subjects and missing:
+    if subjects and n_out and missing:  # n_outputs is optional (fixed-size spaces need none)
         errors.append(f"parameters/selection/n_outputs: no entry for subject(s) {', '.join(missing)}")
     if subjects and extra:
         errors.append(
@@ -310,6 +310,13 @@ def card_to_text(card: Mapping[str, Any]) -> str:
         for c in card["caveats"]:
             lines += _wrap(c, 2, "- ")
         lines.append("")
+    if card.get("download"):
+        lines += ["DOWNLOAD (MB)", *_fmt(card["download"]), ""]
+    if card.get("citations"):
+        lines.append("CITATIONS (BibTeX; cite berg too: CITATION.cff)")
+        for c in card["citations"]:
+            lines += [f"  % {c['for']}", *("  " + line for line in c["bibtex"].splitlines())]
+        lines.append("")
     if card.get("references"):
         lines.append("REFERENCES")
         for ref in card["references"]:
@@ -336,7 +343,8 @@ def _usage(card: Mapping[str, Any]) -> list[str]:
     subject = (params.get("subjects") or [1])[0]
     rois = params.get("selection", {}).get("rois") or []
     kind = (card.get("input") or {}).get("type", "image")
-    files = ["clip1.mp4", "clip2.mp4"] if kind == "video" else ["cat.jpg", "house.jpg"]
+    # files that ship in the repository's examples/ folder, so the snippet runs as written from a clone
+    files = ["examples/clips/shapes.mp4"] if kind == "video" else ["examples/images/horse1.jpg", "examples/images/amusement1.jpg"]
     roi_py = f', selection={{"roi": "{rois[0]}"}}' if rois else ""
     roi_cli = f" --roi {rois[0]}" if rois else ""
     return [
@@ -374,9 +382,12 @@ def card_to_markdown(card: Mapping[str, Any]) -> str:
     out += ["", "## Usage", "", *_usage(card)]
 
     out += ["## Subjects and selection", ""]
-    out += _md_table(["subject", "outputs (one-hot length)"],
-                     [(s, f"{selection['n_outputs'].get(s, selection['n_outputs'].get(str(s), '')):,}")
-                      for s in params["subjects"]])
+    n_outputs = selection.get("n_outputs") or {}  # optional: spaces with fixed sizes declare "lengths"
+    if n_outputs:
+        out += _md_table(["subject", "outputs (one-hot length)"],
+                         [(s, f"{n_outputs.get(s, n_outputs.get(str(s), 0)):,}") for s in params["subjects"]])
+    else:
+        out += ["Subjects: " + ", ".join(str(s) for s in params["subjects"])]
     out += ["", "Valid ROI names: " + ", ".join(f"`{r}`" for r in selection.get("rois", [])), ""]
     if selection.get("roi_descriptions"):
         out += _md_table(["ROI", "description"], selection["roi_descriptions"].items()) + [""]
@@ -421,6 +432,20 @@ def card_to_markdown(card: Mapping[str, Any]) -> str:
         out += [f"Credit: {card['license']['credit']}", ""]
     if card.get("caveats"):
         out += ["## Caveats", ""] + [f"- {' '.join(str(c).split())}" for c in card["caveats"]] + [""]
+    if card.get("download"):
+        dl = card["download"]
+        out += ["## Download", ""]
+        rows = [("shared files", f"{dl['shared_mb']:,} MB")] if "shared_mb" in dl else []
+        rows += [(f"subject {s}", f"{mb:,} MB") for s, mb in (dl.get("per_subject_mb") or {}).items()]
+        rows += [("backbone weights", f"{dl['backbone_mb']:,} MB")] if "backbone_mb" in dl else []
+        if rows:
+            out += _md_table(["files", "size"], rows) + [""]
+        if dl.get("notes"):
+            out += [" ".join(str(dl["notes"]).split()), ""]
+    if card.get("citations"):
+        out += ["## How to cite", "", "Cite these works when you use this model, and cite berg (CITATION.cff).", ""]
+        for c in card["citations"]:
+            out += [f"For {c['for']}:", "", "```bibtex", c["bibtex"].rstrip(), "```", ""]
     out += ["## References", ""]
     for ref in card["references"]:
         target = ref.get("url") or f"https://doi.org/{ref['doi']}"

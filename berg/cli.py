@@ -46,6 +46,7 @@ _PLOT_INPUTS = (".h5", ".hdf5", ".nii", ".nii.gz")
 _PLUGINS = {
     "cache": ("berg.store.cli", "add_cache_subparser", "inspect, verify or clear the artifact cache"),
     "train": ("berg.training.cli", "add_train_subparser", "train and export a model from a CONFIG.yaml"),
+    "build": ("berg.recipes", "add_build_subparser", "build a recipe model from its dataset"),
     "run": ("berg.run.cli", "add_run_subparser", "run a sharded, resumable encoding PLAN.yaml (+ status, export)"),
 }
 
@@ -310,7 +311,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     log.info("encoding %d %s(s) with %r", len(stimuli), spec.input_kind, model)
     responses = client.encode(model, stimuli, show_progress=not _quiet(args))
     _save(out, responses, model, [str(p) for p in stimuli.ids()], nifti)
-    print(_summary(out, responses, model))
+    line = _summary(out, responses, model)
+    if nifti:
+        import nibabel as nib
+
+        shape = nib.load(str(out)).shape  # the header only
+        line = line[:-1] + f"; image {' x '.join(map(str, shape))})"
+    print(line)
     return 0
 
 
@@ -575,20 +582,23 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _quiet_env(quiet: bool) -> Iterator[None]:
-    """``-q`` reaches every progress bar in berg through ``BERG_QUIET`` (restored afterwards)."""
-    if not quiet:
-        yield
-        return
-    before = os.environ.get("BERG_QUIET")
-    os.environ["BERG_QUIET"] = "1"
+def _env_flags(**flags: bool) -> Iterator[None]:
+    """Set ``BERG_<NAME>=1`` for the flags that are on, restoring the environment afterwards.
+
+    ``-q`` reaches every progress bar in berg through ``BERG_QUIET``; ``--offline`` reaches every part
+    that could download (artifacts, and torchvision's backbone weights) through ``BERG_OFFLINE``.
+    """
+    names = [f"BERG_{name.upper()}" for name, on in flags.items() if on]
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names})
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("BERG_QUIET", None)
-        else:
-            os.environ["BERG_QUIET"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -601,7 +611,10 @@ def _berg_warnings() -> Iterator[None]:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, UntrainedBackboneWarning):
-            sys.stderr.write(f"berg: warning: {in_cli_words(str(message), CLI_WORDS)}\n")
+            from tqdm.auto import tqdm
+
+            # through tqdm, so a progress bar on stderr is cleared first instead of cut in two
+            tqdm.write(f"berg: warning: {in_cli_words(str(message), CLI_WORDS)}", file=sys.stderr)
         else:
             previous(message, category, filename, lineno, file, line)
 
@@ -633,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
     try:
-        with _quiet_env(_quiet(args)), _berg_warnings():
+        with _env_flags(quiet=_quiet(args), offline=bool(getattr(args, "offline", False))), _berg_warnings():
             return int(args.func(args) or 0)
     except BERGError as exc:  # bad input: 2; the operating system refused (disk, permissions): 1
         return fail(exc, 1 if isinstance(exc, OSError) else 2)

@@ -5,8 +5,12 @@ Every "backbone + nodes + projection + linear readout" model in the registry run
 
 Design points (the reasons behind the code):
 
-* One backbone pass and one projection pass per batch feed every loaded subject; the readouts of all
-  subjects are concatenated into one matrix, so ten subjects cost one extra matmul, not ten forwards.
+* One backbone pass per batch feeds every loaded subject, and one pass per *distinct* projection
+  (shared by all subjects, or per subject, or per repetition head as in BERG's EEG models); the
+  readouts that share a projection are concatenated into one matrix, so ten subjects cost one
+  extra matmul, not ten forwards.
+* A subject's outputs are its readout heads' outputs in order; the output space reshapes them
+  (``(n, n_outputs)`` for volumes and surfaces, ``(n, n_reps, n_channels, n_times)`` for EEG).
 * Selections (ROIs, one-hot vectors) slice readout rows once at load; nothing unselected is computed.
 * The StandardScaler is folded into the projection at load (see :mod:`berg.readouts`), so the
   engine never materialises standardised features or a features x outputs product.
@@ -17,6 +21,7 @@ Design points (the reasons behind the code):
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,15 +31,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from berg._version import __version__
-from berg.errors import InvalidParameterError, ModelLoadError, StimulusError
-from berg.models.base import BaseModelInterface
-from berg.readouts import LinearReadout, Projection
+from berg.errors import ModelLoadError, StimulusError
+from berg.models.base import BaseModelInterface, LoadRequest
+from berg.readouts import Projection, ReadoutHead
 from berg.stimuli import Stimuli, load_stimuli
 
 if TYPE_CHECKING:  # pragma: no cover
     from berg.features import FeatureExtractor
     from berg.layouts import ArtifactLayout
     from berg.registry import ModelSpec, Selection
+    from berg.spaces import OutputSpace
 
 __all__ = ["LinearEncodingModel", "iter_features", "iter_batches"]
 
@@ -97,6 +103,24 @@ def _as_tensor(array: np.ndarray, device: str):
     return t.to(device) if device != "cpu" else t
 
 
+class _Group:
+    """Readout rows that share one projection, stacked: one matmul per batch for all of them."""
+
+    def __init__(self, projection: str | None):
+        self.projection = projection
+        self.weights: list[np.ndarray] = []
+        self.biases: list[np.ndarray] = []
+        self.targets: list[tuple[int, int, int, int]] = []  # (subject index, dst start, src start, n)
+        self.width = 0
+
+    def add(self, subject_index: int, dst: int, weight: np.ndarray, bias: np.ndarray) -> None:
+        n = weight.shape[0]
+        self.targets.append((subject_index, dst, self.width, n))
+        self.weights.append(weight)
+        self.biases.append(bias)
+        self.width += n
+
+
 class LinearEncodingModel(BaseModelInterface):
     """A loaded linear encoding model for one or several subjects.
 
@@ -108,161 +132,156 @@ class LinearEncodingModel(BaseModelInterface):
     subjects : list
     extractor : FeatureExtractor
         Backbone and its declared preprocessing (``extractor.transform``).
-    projection : Projection or None
-    readouts : dict
-        Subject -> selected :class:`LinearReadout`.
+    projections : dict
+        Projection name -> :class:`~berg.readouts.Projection` (or ``None``: features go straight in).
+    heads : dict
+        Subject -> its selected :class:`~berg.readouts.ReadoutHead` list.
     spaces : dict
         Subject -> selected output space.
+    options : dict
+        Validated model options.
     """
-
-    #: Extra keyword arguments of ``get_encoding_model`` this class accepts, with defaults.
-    MODEL_KWARGS: Mapping[str, Any] = {}
 
     def __init__(
         self,
         spec: "ModelSpec",
         *,
         extractor: "FeatureExtractor",
-        projection: Projection | None,
-        readouts: Mapping[Any, LinearReadout],
-        spaces: Mapping[Any, Any],
+        projections: Mapping[str | None, Projection | None],
+        heads: Mapping[Any, Sequence[ReadoutHead]],
+        spaces: Mapping[Any, "OutputSpace"],
         selections: Mapping[Any, "Selection"],
         layout: "ArtifactLayout",
         batch_size: int,
         multi_subject: bool,
-        model_kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        selected_rows: Mapping[Any, np.ndarray | None] | None = None,
     ):
         import torch
 
         self.spec = spec
         self.model_id = spec.model_id
-        self.subjects = list(readouts)
+        self.subjects = list(heads)
         self.extractor = extractor
         self.device = extractor.device
-        self.projection = projection
-        self.readouts = dict(readouts)
+        self.projections = dict(projections)
+        self.heads = {s: list(h) for s, h in heads.items()}
         self.spaces = dict(spaces)
         self.selections = dict(selections)
         self.layout = layout
         self.batch_size = batch_size
         self.multi_subject = multi_subject
-        self.model_kwargs = dict(model_kwargs or {})
+        self.options = dict(options or {})
+        self.selected_rows = dict(selected_rows or {})
         self._metadata: dict[Any, dict[str, Any]] = {}
-
-        widths = {s: r.n_inputs for s, r in self.readouts.items()}
-        expected = projection.n_components if projection is not None else None
-        if expected is not None and any(w != expected for w in widths.values()):
-            raise ModelLoadError(
-                f"{self.model_id}: readout input widths {widths} differ from the projection's "
-                f"{expected} components"
-            )
-        if expected is None and len(set(widths.values())) > 1:
-            raise ModelLoadError(f"{self.model_id}: readouts expect different feature widths {widths}")
-        self.n_features = projection.n_features if projection is not None else next(iter(widths.values()))
-
-        if projection is not None:
-            self._proj_w = _as_tensor(projection.weight, self.device)
-            self._proj_b = _as_tensor(projection.bias, self.device)
-        # All subjects' (selected) readouts stacked: one matmul serves every subject.
-        self._splits = np.cumsum([0] + [r.n_outputs for r in self.readouts.values()])
-        weight = np.concatenate([r.weight for r in self.readouts.values()])
-        bias = np.concatenate([r.bias for r in self.readouts.values()])
-        self._read_w = _as_tensor(np.ascontiguousarray(weight.T), self.device)  # (k, n_total)
-        self._read_b = _as_tensor(bias, self.device)
         self._torch = torch
+        self._check_widths()
+        self._build_groups()
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def validate_model_kwargs(cls, spec: "ModelSpec", model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Check extra ``get_encoding_model`` keywords (no I/O); returns them with defaults filled."""
-        unknown = set(model_kwargs) - set(cls.MODEL_KWARGS)
-        if unknown:
-            valid = ", ".join(cls.MODEL_KWARGS) or "none"
-            raise InvalidParameterError(
-                f"unknown option(s) {sorted(unknown)} for {spec.model_id}; valid options: {valid}"
-            )
-        return {**cls.MODEL_KWARGS, **model_kwargs}
+    def _check_widths(self) -> None:
+        widths = set()
+        for s, heads in self.heads.items():
+            for h in heads:
+                proj = self.projections.get(h.projection)
+                expected = proj.n_components if proj is not None else None
+                if expected is not None and h.readout.n_inputs != expected:
+                    raise ModelLoadError(
+                        f"{self.model_id}: subject {s} readout expects {h.readout.n_inputs} inputs but projection "
+                        f"{h.projection!r} gives {expected} components"
+                    )
+                widths.add(proj.n_features if proj is not None else h.readout.n_inputs)
+        if len(widths) > 1:
+            raise ModelLoadError(f"{self.model_id}: projections/readouts expect different feature widths {sorted(widths)}")
+        self.n_features = widths.pop() if widths else 0
+
+    def _build_groups(self) -> None:
+        groups: dict[str | None, _Group] = {}
+        self._n_out = []
+        for si, s in enumerate(self.subjects):
+            dst = 0
+            for h in self.heads[s]:
+                groups.setdefault(h.projection, _Group(h.projection)).add(si, dst, h.readout.weight, h.readout.bias)
+                dst += h.readout.n_outputs
+            self._n_out.append(dst)
+            if dst != self.spaces[s].n_outputs:
+                raise ModelLoadError(
+                    f"{self.model_id}: subject {s} has {dst} readout rows but its output space has "
+                    f"{self.spaces[s].n_outputs} outputs"
+                )
+        self._groups = list(groups.values())
+        self._proj_t: dict[Any, tuple[Any, Any]] = {}
+        for g in self._groups:
+            proj = self.projections.get(g.projection)
+            if proj is not None and g.projection not in self._proj_t:
+                self._proj_t[g.projection] = (_as_tensor(proj.weight, self.device), _as_tensor(proj.bias, self.device))
+            weight = np.concatenate(g.weights) if len(g.weights) > 1 else g.weights[0]
+            bias = np.concatenate(g.biases) if len(g.biases) > 1 else g.biases[0]
+            g.w_t = _as_tensor(np.ascontiguousarray(weight.T), self.device)  # (k, n_group)
+            g.b_t = _as_tensor(np.ascontiguousarray(bias), self.device)
+            g.weights, g.biases = [], []  # the stacked copy is what is kept
+        # The common case (every subject's outputs are one contiguous block of one group) is served
+        # with views, no copy.
+        self._direct = all(len(self.heads[s]) == 1 for s in self.subjects) and len(self._groups) == 1
 
     @classmethod
-    def transform_overrides(cls, spec: "ModelSpec", model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_options(cls, spec: "ModelSpec", options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check model options against the card (no I/O); returns them with defaults filled."""
+        return spec.validate_options(options)
+
+    @classmethod
+    def transform_overrides(cls, spec: "ModelSpec", options: Mapping[str, Any]) -> dict[str, Any]:
         """Preprocessing changes implied by model options (none for the plain engine)."""
         return {}
 
-    @staticmethod
-    def selection_rows(
-        selection: "Selection", roi_indices: Mapping[str, np.ndarray], n_outputs: int
-    ) -> np.ndarray | None:
-        """Output rows a selection keeps (sorted, unique), or ``None`` for all."""
-        if selection.is_all:
-            return None
-        if selection.rois is not None:
-            missing = [r for r in selection.rois if r not in roi_indices]
-            if missing:
-                raise ModelLoadError(
-                    f"ROI(s) {missing} are declared in the card but absent from the artifact; "
-                    f"artifact ROIs: {', '.join(roi_indices)}"
-                )
-            rows = np.unique(np.concatenate([np.asarray(roi_indices[r]) for r in selection.rois]))
-        else:
-            if selection.voxels.shape[0] != n_outputs:
-                raise InvalidParameterError(
-                    f"selection['voxels'] has length {selection.voxels.shape[0]}; this subject has "
-                    f"{n_outputs} outputs"
-                )
-            rows = np.flatnonzero(selection.voxels)
-        if rows.size and (rows.min() < 0 or rows.max() >= n_outputs):
-            raise ModelLoadError(f"ROI indices out of range for {n_outputs} outputs")
-        return rows.astype(np.int64)
-
     @classmethod
-    def load(
-        cls,
-        spec: "ModelSpec",
-        layout: "ArtifactLayout",
-        *,
-        subjects: Sequence[Any],
-        selections: Mapping[Any, "Selection"],
-        device: str,
-        batch_size: int,
-        backbone_weights: Any = None,
-        backbone_seed: int = 0,
-        multi_subject: bool = False,
-        model_kwargs: Mapping[str, Any] | None = None,
-    ) -> "LinearEncodingModel":
-        """Fetch the artifacts the subjects need, build the backbone, slice readouts; returns the model."""
+    def extractor_for(cls, request: LoadRequest) -> "FeatureExtractor":
+        """The backbone of a request, shared with other models of the same load that compute the same features."""
         from berg.features import FeatureExtractor
 
-        model_kwargs = dict(model_kwargs or {})
+        key = json.dumps([request.spec.recipe.get("backbone"), request.spec.recipe.get("nodes"),
+                          request.spec.recipe.get("transform"), cls.transform_overrides(request.spec, request.options),
+                          str(request.backbone_weights), request.backbone_seed, request.device],
+                         sort_keys=True, default=str)
+        cache = request.shared.setdefault("extractors", {})
+        if key not in cache:
+            cache[key] = FeatureExtractor(
+                request.spec.recipe,
+                backbone_weights=request.backbone_weights,
+                device=request.device,
+                seed=request.backbone_seed,
+                transform_overrides=cls.transform_overrides(request.spec, request.options),
+            )
+        return cache[key]
+
+    @classmethod
+    def load(cls, request: LoadRequest) -> "LinearEncodingModel":
+        """Fetch the artifacts the subjects need, build the backbone, push selections into readout rows."""
+        layout = request.layout()
+        subjects = list(request.subjects)
         keys = list(dict.fromkeys(k for s in subjects for k in layout.model_keys(s)))
         layout.fetch_keys(keys)  # one call: all missing files are reported (or fetched) together
-        projection = layout.load_projection()
-        readouts, spaces, selected_rows = {}, {}, {}
+        heads, spaces, selected_rows = {}, {}, {}
         for s in subjects:
-            full = layout.load_readout(s)
-            rows = cls.selection_rows(selections[s], layout.roi_indices(s), full.n_outputs)
-            readouts[s] = full.select(rows)
-            spaces[s] = layout.output_space(s).select(rows)
+            full_heads = layout.load_heads(s)
+            rows, spaces[s] = layout.output_space(s).narrow(request.selections[s], _LazyRois(layout, s))
+            heads[s] = _select_heads(full_heads, rows)
             selected_rows[s] = rows
-        extractor = FeatureExtractor(
-            spec.recipe,
-            backbone_weights=backbone_weights,
-            device=device,
-            seed=backbone_seed,
-            transform_overrides=cls.transform_overrides(spec, model_kwargs),
-        )
+        names = list(dict.fromkeys(h.projection for hs in heads.values() for h in hs))
+        projections = layout.load_projections(names)
         model = cls(
-            spec,
-            extractor=extractor,
-            projection=projection,
-            readouts=readouts,
+            request.spec,
+            extractor=cls.extractor_for(request),
+            projections=projections,
+            heads=heads,
             spaces=spaces,
-            selections=selections,
+            selections=request.selections,
             layout=layout,
-            batch_size=batch_size,
-            multi_subject=multi_subject,
-            model_kwargs=model_kwargs,
+            batch_size=request.batch_size,
+            multi_subject=request.multi_subject,
+            options=request.options,
+            selected_rows=selected_rows,
         )
-        model.selected_rows = selected_rows  # subject -> kept output rows (None = all)
         model.setup()
         return model
 
@@ -272,8 +291,13 @@ class LinearEncodingModel(BaseModelInterface):
     # ------------------------------------------------------------------ inference
     @property
     def n_outputs(self) -> dict[Any, int]:
-        """Subject -> number of (selected) outputs."""
-        return {s: r.n_outputs for s, r in self.readouts.items()}
+        """Subject -> number of (selected) flat outputs."""
+        return dict(zip(self.subjects, self._n_out))
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """Alias of :attr:`options` (BERG's name)."""
+        return self.options
 
     def _check_width(self, width: int) -> None:
         if width == self.n_features:
@@ -286,29 +310,80 @@ class LinearEncodingModel(BaseModelInterface):
             "width than the 256x256 frames a model was fitted on)."
         )
 
-    def project(self, features):
-        """Apply the projection (if any) to a ``(b, n_features)`` tensor."""
-        if self.projection is None:
-            return features
-        return self._torch.addmm(self._proj_b, features, self._proj_w.T)
+    def outputs_from_features(self, features) -> list[Any]:
+        """Flat outputs per subject (torch tensors ``(b, n_outputs)``) from backbone features.
 
-    def readout(self, z) -> list[Any]:
-        """Apply all subjects' readouts to ``(b, k)`` projected features; returns one tensor per subject."""
-        y = self._torch.addmm(self._read_b, z, self._read_w)
-        return [y[:, a:b] for a, b in zip(self._splits[:-1], self._splits[1:])]
+        Differentiable when called outside ``inference_mode`` (see :meth:`forward`); ensembles call it
+        with features they share between members.
+        """
+        torch = self._torch
+        self._check_width(features.shape[1])
+        projected: dict[Any, Any] = {}
+        group_out = []
+        for g in self._groups:
+            if g.projection not in projected:
+                pt = self._proj_t.get(g.projection)
+                projected[g.projection] = features if pt is None else torch.addmm(pt[1], features, pt[0].T)
+            group_out.append(torch.addmm(g.b_t, projected[g.projection], g.w_t))
+        if self._direct:
+            (y,), (g,) = group_out, self._groups
+            return [y[:, src:src + n] for _, _, src, n in g.targets]
+        outs = [features.new_empty((features.shape[0], n)) for n in self._n_out]
+        for g, y in zip(self._groups, group_out):
+            for si, dst, src, n in g.targets:
+                outs[si][:, dst:dst + n] = y[:, src:src + n]
+        return outs
+
+    def _shape_outputs(self, subject: Any, flat: np.ndarray) -> np.ndarray:
+        return self.spaces[subject].reshape(flat)
 
     def iter_encode(
         self, stimuli: Stimuli, *, show_progress: bool = True
     ) -> Iterator[tuple[int, int, list[np.ndarray]]]:
-        """Yield ``(start, stop, [responses per subject])`` batch by batch (the one batching loop)."""
+        """Yield ``(start, stop, [responses per subject])`` batch by batch (the one batching loop).
+
+        Responses have the space's shape: ``(b, *model.space(subject).shape)``.
+        """
         with _progress(len(stimuli), show_progress, self.model_id) as bar:
             for start, stop, x in iter_batches(self.extractor.transform, stimuli, self.batch_size):
                 features = self.extractor(x)
-                self._check_width(features.shape[1])
                 with self._torch.inference_mode():
-                    outs = self.readout(self.project(features))
-                yield start, stop, [o.cpu().numpy() for o in outs]
+                    outs = self.outputs_from_features(features)
+                yield start, stop, [self._shape_outputs(s, o.cpu().numpy()) for s, o in zip(self.subjects, outs)]
                 bar.update(stop - start)
+
+    def forward(self, x):
+        """Differentiable responses of a preprocessed batch: gradients flow through backbone, projection
+        and readout (no numpy round-trip).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, 3, H, W)`` float (``(B, 3, T, H, W)`` for video), normalised as the model's transform
+            does (see ``model.extractor.transform.describe()``); use :meth:`forward_pixels` for
+            ``[0, 1]`` pixels.
+
+        Returns
+        -------
+        torch.Tensor or dict
+            ``(B, *space.shape)`` on the model's device; ``{subject: tensor}`` for several subjects.
+        """
+        outs = self.outputs_from_features(self.extractor.forward(x))
+        shaped = {s: o.reshape((o.shape[0], *self.spaces[s].shape)) for s, o in zip(self.subjects, outs)}
+        return shaped if self.multi_subject else shaped[self.subjects[0]]
+
+    def forward_pixels(self, pixels):
+        """:meth:`forward` on ``[0, 1]`` RGB images ``(B, 3, H, W)``: resized and normalised with torch ops."""
+        import torch.nn.functional as F
+
+        t = self.extractor.transform
+        size = tuple(t.input_size)
+        x = pixels if tuple(pixels.shape[-2:]) == size else F.interpolate(pixels, size=size, mode="bilinear",
+                                                                         align_corners=False, antialias=True)
+        cfg = t.describe()
+        mean = self._torch.tensor(cfg["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = self._torch.tensor(cfg["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return self.forward((x - mean) / std)
 
     def prepare_stimuli(self, stimulus: Any) -> Stimuli:
         """Validate a stimulus for this model (kind and minimum frames from the registry/card)."""
@@ -319,7 +394,7 @@ class LinearEncodingModel(BaseModelInterface):
 
         Parameters
         ----------
-        stimulus : array, path(s) or PIL image(s)
+        stimulus : array, path(s), folder, glob or PIL image(s)
             See :mod:`berg.stimuli` for accepted forms.
         show_progress : bool
             Progress bar over stimuli.
@@ -327,10 +402,11 @@ class LinearEncodingModel(BaseModelInterface):
         Returns
         -------
         np.ndarray or dict
-            float32 ``(n_stimuli, n_outputs)``; ``{subject: array}`` when several subjects were loaded.
+            float32 ``(n_stimuli, *model.space().shape)``; ``{subject: array}`` when several subjects
+            were loaded.
         """
         stimuli = self.prepare_stimuli(stimulus)
-        out = {s: np.empty((len(stimuli), n), dtype=np.float32) for s, n in self.n_outputs.items()}
+        out = {s: np.empty((len(stimuli), *self.spaces[s].shape), dtype=np.float32) for s in self.subjects}
         for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
             for s, y in zip(self.subjects, per_subject):
                 out[s][start:stop] = y
@@ -346,32 +422,6 @@ class LinearEncodingModel(BaseModelInterface):
             return {s: self._metadata[s] for s in self.subjects}
         return self._metadata[self.subjects[0]]
 
-    def _subject_arg(self, subject: Any) -> Any:
-        if subject is None:
-            if len(self.subjects) > 1:
-                raise InvalidParameterError(f"several subjects loaded; pass subject= one of {self.subjects}")
-            return self.subjects[0]
-        if subject not in self.spaces:
-            raise InvalidParameterError(f"subject {subject!r} not loaded; loaded subjects: {self.subjects}")
-        return subject
-
-    def to_nifti(self, responses: Any, subject: Any = None) -> Any:
-        """Responses -> ``nibabel.Nifti1Image`` on the subject's grid (3-D for one stimulus, 4-D for many).
-
-        ``responses`` may be the dict :meth:`encode` returns for several subjects; then a dict of
-        images is returned.
-        """
-        if isinstance(responses, Mapping):
-            return {s: self.spaces[self._subject_arg(s)].to_nifti(r) for s, r in responses.items()}
-        return self.spaces[self._subject_arg(subject)].to_nifti(responses)
-
-    def output_ids(self, subject: Any = None) -> np.ndarray:
-        """Identifier of each output column: voxel ``(i, j, k)`` for volumes, else the output index."""
-        space = self.spaces[self._subject_arg(subject)]
-        if getattr(space, "kind", "flat") == "volume":
-            return space.voxel_ijk
-        return np.arange(space.n_outputs)
-
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say which numbers came from where."""
         keys = list(dict.fromkeys(k for s in self.subjects for k in self.layout.model_keys(s)))
@@ -380,22 +430,73 @@ class LinearEncodingModel(BaseModelInterface):
         except Exception as exc:  # provenance must never break encoding; record why it is missing
             log.warning("artifact checksums unavailable: %s", exc)
             checksums = {}
-        return {
+        prov = {
             "model_id": self.model_id,
             "subjects": list(self.subjects),
             "selection": {str(s): sel.describe() for s, sel in self.selections.items()},
             "berg_version": __version__,
             "artifacts": checksums,
             "source": dict(self.spec.source),
-            "backbone": {**self.spec.recipe["backbone"], "backbone_weights": self.extractor.backbone_weights},
+            "backbone": {**self.spec.recipe["backbone"], "backbone_weights": self.extractor.backbone_weights,
+                         "seed": self.extractor.seed},
             "nodes": list(self.extractor.nodes),
             "transform": self.extractor.transform.describe(),
-            "model_kwargs": dict(self.model_kwargs),
+            "options": dict(self.options),
+            "output_space": {str(s): sp.to_dict() for s, sp in self.spaces.items()},
             "device": self.device,
         }
+        if self.extractor.backbone_weights == "untrained":
+            prov["warning"] = ("responses come from an UNTRAINED (randomly initialised) backbone: a control, "
+                               "not the published model")
+        return prov
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.model_id!r}, subjects={self.subjects}, "
             f"outputs={self.n_outputs}, device={self.device!r})"
         )
+
+
+class _LazyRois(Mapping):
+    """ROI indices read only if a selection asks for them (most loads never do)."""
+
+    def __init__(self, layout: "ArtifactLayout", subject: Any):
+        self._layout, self._subject, self._rois = layout, subject, None
+
+    def _get(self) -> dict[str, np.ndarray]:
+        if self._rois is None:
+            self._rois = self._layout.roi_indices(self._subject)
+        return self._rois
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _select_heads(heads: Sequence[ReadoutHead], rows: np.ndarray | None) -> list[ReadoutHead]:
+    """Push selected flat output rows down into each head's readout rows (rows must be sorted per head
+    block only where the space requires it; channel lists may repeat rows)."""
+    if rows is None:
+        return list(heads)
+    rows = np.asarray(rows, dtype=np.int64)
+    total = sum(h.readout.n_outputs for h in heads)
+    if rows.size and (rows.min() < 0 or rows.max() >= total):
+        raise ModelLoadError(f"selected rows fall outside the {total} outputs")
+    if len(heads) == 1:
+        return [ReadoutHead(heads[0].projection, heads[0].readout.select(rows))]
+    # Keep the selection's row order: split it into runs that stay inside one head.
+    starts = np.cumsum([0] + [h.readout.n_outputs for h in heads])
+    owner = np.searchsorted(starts, rows, side="right") - 1
+    out: list[ReadoutHead] = []
+    cut = np.flatnonzero(np.diff(owner)) + 1
+    for chunk in np.split(np.arange(rows.size), cut):
+        if chunk.size == 0:
+            continue
+        hi = int(owner[chunk[0]])
+        out.append(ReadoutHead(heads[hi].projection, heads[hi].readout.select(rows[chunk] - starts[hi])))
+    return out

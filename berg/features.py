@@ -176,11 +176,10 @@ def _download_command(weights_name: str) -> str:
 def _missing_weights(weights_name: str, url: str, target: Path, reason: str) -> BackboneWeightsError:
     """The one message for absent pretrained weights: file, folder, download command, the control."""
     message = (
-        f"the pretrained backbone weights {weights_name} ({target.name}) are not in the torch cache "
-        f"{target.parent} and {reason}. Get them: run {_download_command(weights_name)} where there is "
-        f"internet (or download {url}) and copy {target.name} into that folder (TORCH_HOME moves it); "
-        "or pass backbone_weights=\"untrained\" for a seeded random-weights control, or "
-        "backbone_weights=PATH for a local copy of the file."
+        f"pretrained backbone weights {weights_name} missing: {target.name} is not in {target.parent} and "
+        f"{reason}. Run {_download_command(weights_name)} where there is internet (or download {url}) and "
+        f"copy {target.name} there (TORCH_HOME sets the folder); or pass backbone_weights=\"untrained\" "
+        "(a seeded random-weights control) or backbone_weights=PATH (a local copy)."
     )
     return _with_cli_words(BackboneWeightsError(message))  # type: ignore[return-value]
 
@@ -299,6 +298,8 @@ class FeatureExtractor:
         Seed for ``backbone_weights="untrained"``.
     transform_overrides : mapping, optional
         Field overrides for the declared transform (model options such as a centre crop).
+    offline : bool, optional
+        Never download the pretrained weights (default: ``BERG_OFFLINE``); pass the client's setting.
 
     Attributes
     ----------
@@ -316,6 +317,7 @@ class FeatureExtractor:
         device: str = "cpu",
         seed: int = 0,
         transform_overrides: Mapping[str, Any] | None = None,
+        offline: bool | None = None,
     ):
         from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -323,7 +325,7 @@ class FeatureExtractor:
         self.device = resolve_device(device)
         self.transform = from_recipe(recipe["transform"], **dict(transform_overrides or {}))
         self.nodes: list[str] = list(recipe["nodes"])
-        network = build_backbone(recipe["backbone"], backbone_weights, seed=seed)
+        network = build_backbone(recipe["backbone"], backbone_weights, seed=seed, offline=offline)
         try:
             self.network = create_feature_extractor(network, return_nodes={n: n for n in self.nodes})
         except ValueError as exc:

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from berg.errors import ModelLoadError
-from berg.readouts import LinearReadout, Projection
+from berg.readouts import LinearReadout, Projection, ReadoutHead
 from berg.subjects import subject_label
-from berg.spaces import FlatSpace, VolumeSpace, space_from_dict
+from berg.spaces import OutputSpace, space_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from berg.registry import ModelSpec
     from berg.store import Store
 
-__all__ = ["ArtifactLayout", "NativeLayout", "layout_for", "subject_label"]
+__all__ = ["ArtifactLayout", "NativeLayout", "layout_for"]
 
 
 class ArtifactLayout(ABC):
@@ -58,23 +58,46 @@ class ArtifactLayout(ABC):
     # ---------------------------------------------------------------- loading
     @abstractmethod
     def load_metadata(self, subject: Any) -> dict[str, Any]:
-        """Plain dict of numpy arrays and Python values, as documented in the model card."""
+        """Plain dict of numpy arrays and Python values, as documented in the model card.
 
-    @abstractmethod
+        Whatever subset of the documented keys the files hold: what is absent is absent, not an error.
+        """
+
+    # What a linear model asks of a layout. A model class that needs something else asks its own
+    # layout for it; a layout only implements what its model class uses.
+    def _not_provided(self, what: str):
+        return ModelLoadError(
+            f"layout {type(self).__name__} of {self.spec.model_id} does not provide {what}, which the "
+            f"model class needs; implement it in the layout or name another model_class"
+        )
+
     def load_projection(self) -> Projection | None:
         """The shared feature projection (``None`` if the recipe has none)."""
+        raise self._not_provided("load_projection()")
 
-    @abstractmethod
     def load_readout(self, subject: Any) -> LinearReadout:
-        """The subject's full readout (all outputs)."""
+        """The subject's full readout (all outputs), for single-head models."""
+        raise self._not_provided("load_readout(subject)")
 
-    @abstractmethod
+    def load_heads(self, subject: Any) -> list[ReadoutHead]:
+        """The subject's readout heads, in output order (default: one head on the shared projection)."""
+        return [ReadoutHead("shared", self.load_readout(subject))]
+
+    def load_projections(self, names: list[str | None]) -> dict[str, Projection | None]:
+        """The projections the heads name (default: ``"shared"`` = :meth:`load_projection`)."""
+        unknown = [n for n in names if n not in (None, "shared")]
+        if unknown:
+            raise self._not_provided(f"projections {unknown}")
+        return {"shared": self.load_projection()} if "shared" in names else {}
+
     def roi_indices(self, subject: Any) -> dict[str, np.ndarray]:
-        """ROI name -> int64 indices into the subject's outputs."""
+        """ROI name -> int64 indices into the subject's outputs (default: metadata ``"rois"``)."""
+        rois = self.load_metadata(subject).get("rois") or {}
+        return {k: np.asarray(v, dtype=np.int64).ravel() for k, v in rois.items()}
 
-    @abstractmethod
-    def output_space(self, subject: Any) -> FlatSpace | VolumeSpace:
+    def output_space(self, subject: Any) -> OutputSpace:
         """The subject's output space (all outputs)."""
+        raise self._not_provided("output_space(subject)")
 
     # ---------------------------------------------------------------- helpers
     def fetch(self, key: str) -> Path:
@@ -167,17 +190,17 @@ class NativeLayout(ArtifactLayout):
         arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
         return {k[4:]: np.asarray(v, dtype=np.int64) for k, v in arrays.items() if k.startswith("roi/")}
 
-    def output_space(self, subject: Any) -> FlatSpace | VolumeSpace:
+    def output_space(self, subject: Any) -> OutputSpace:
         info = self._meta_json(subject)
         desc = info.get("output_space", {"kind": "flat"})
-        ijk = None
-        if desc.get("kind") == "volume":
-            ijk = self._tensors(self._meta_keys(subject)[1], mmap=False).get("voxel_ijk")
-        return space_from_dict(desc, n_outputs=int(info["n_outputs"]), voxel_ijk=ijk)
+        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        return space_from_dict(desc, n_outputs=int(info["n_outputs"]), arrays=arrays)
 
 
-def layout_for(spec: "ModelSpec", store: "Store") -> ArtifactLayout:
-    """Instantiate the layout a registry entry names."""
+def layout_for(spec: "ModelSpec", store: "Store") -> ArtifactLayout | None:
+    """Instantiate the layout a registry entry names (``None`` for ``"none"``: ensembles have no files)."""
+    if spec.layout == "none":
+        return None
     if spec.layout == "native":
         return NativeLayout(spec, store)
     from berg._imports import import_class

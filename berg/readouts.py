@@ -9,7 +9,6 @@ forms a features x outputs matrix.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from berg.errors import ModelLoadError
+from berg.fsutil import atomic_write
 
-__all__ = ["Projection", "LinearReadout", "fold_scaler", "folded_rows", "write_folded_projection"]
+__all__ = ["Affine", "Projection", "LinearReadout", "ReadoutHead", "fold_scaler", "folded_rows",
+           "write_folded_projection"]
 
 def folded_rows(
     mean: np.ndarray | None, scale: np.ndarray | None, rows: Iterable[np.ndarray]
@@ -95,29 +96,68 @@ def write_folded_projection(
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     bias = np.empty(k, dtype=np.float64)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(len(raw).to_bytes(8, "little"))
-            fh.write(raw)
-            count = 0
-            for i, (w, b) in enumerate(folded_rows(mean, scale, rows)):
-                fh.write(w.astype("<f4", copy=False).tobytes())
-                bias[i] = b
-                count += 1
-            if count != k:
-                raise ModelLoadError(f"expected {k} component rows, got {count}")
-            fh.write(bias.astype("<f4").tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        count = 0
+        for i, (w, b) in enumerate(folded_rows(mean, scale, rows)):
+            fh.write(w.astype("<f4", copy=False).tobytes())
+            bias[i] = b
+            count += 1
+        if count != k:
+            raise ModelLoadError(f"expected {k} component rows, got {count}")
+        fh.write(bias.astype("<f4").tobytes())
 
 
 @dataclass
-class Projection:
+class Affine:
+    """The one affine map type of berg: ``y = x @ weight.T + bias`` (float32).
+
+    Projections, readouts and the trainer's fitted maps are all :class:`Affine` (no ``(weight, bias)``
+    tuples). ``weight`` may be memory-mapped (it is never copied unless its dtype must change).
+
+    Attributes
+    ----------
+    weight : (n_outputs, n_inputs) float32 array
+    bias : (n_outputs,) float32 array
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, np.ndarray):
+            self.weight = np.asarray(self.weight)
+        if self.weight.dtype != np.float32:
+            self.weight = self.weight.astype(np.float32)
+        self.bias = np.asarray(self.bias, dtype=np.float32)
+        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise ModelLoadError(f"{type(self).__name__} weight {self.weight.shape} and bias {self.bias.shape} do not fit")
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of outputs (rows)."""
+        return int(self.weight.shape[0])
+
+    @property
+    def n_inputs(self) -> int:
+        """Input width."""
+        return int(self.weight.shape[1])
+
+    def select(self, rows: np.ndarray | None):
+        """Keep only output ``rows``, before any matmul is done (same class)."""
+        if rows is None:
+            return self
+        return type(self)(self.weight[rows], self.bias[rows])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Apply the map to ``(n, n_inputs)`` numpy inputs (float32 result)."""
+        return (np.asarray(x, dtype=np.float32) @ self.weight.T + self.bias).astype(np.float32, copy=False)
+
+
+@dataclass
+class Projection(Affine):
     """Affine feature projection ``z = x @ weight.T + bias`` (scaler already folded in).
 
     Attributes
@@ -126,27 +166,15 @@ class Projection:
     bias : (k,) float32 array
     """
 
-    weight: np.ndarray
-    bias: np.ndarray
-
-    def __post_init__(self) -> None:
-        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ModelLoadError(
-                f"projection weight {self.weight.shape} and bias {self.bias.shape} do not fit"
-            )
-        if self.weight.dtype != np.float32:
-            self.weight = self.weight.astype(np.float32)
-        self.bias = np.asarray(self.bias, dtype=np.float32)
-
     @property
     def n_features(self) -> int:
         """Input width the projection expects."""
-        return int(self.weight.shape[1])
+        return self.n_inputs
 
     @property
     def n_components(self) -> int:
         """Output width."""
-        return int(self.weight.shape[0])
+        return self.n_outputs
 
     @classmethod
     def from_scaler_components(
@@ -167,36 +195,18 @@ class Projection:
 
 
 @dataclass
-class LinearReadout:
-    """Per-output linear readout ``y = z @ weight.T + bias``.
+class LinearReadout(Affine):
+    """Per-output linear readout ``y = z @ weight.T + bias`` (``n_inputs`` = projection components)."""
 
-    Attributes
-    ----------
-    weight : (n_outputs, k) float32 array
-    bias : (n_outputs,) float32 array
+
+@dataclass
+class ReadoutHead:
+    """One block of a subject's outputs: a readout and the projection (by name) that feeds it.
+
+    A subject's outputs are the concatenation of its heads' outputs, in order. Most models have one
+    head on one shared projection; BERG's EEG models have one head per repetition, each with its own
+    PCA; NSD surface models have a per-subject projection.
     """
 
-    weight: np.ndarray
-    bias: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.weight = np.asarray(self.weight, dtype=np.float32)
-        self.bias = np.asarray(self.bias, dtype=np.float32)
-        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ModelLoadError(f"readout weight {self.weight.shape} and bias {self.bias.shape} do not fit")
-
-    @property
-    def n_outputs(self) -> int:
-        """Number of outputs (rows)."""
-        return int(self.weight.shape[0])
-
-    @property
-    def n_inputs(self) -> int:
-        """Input width (projection components, or features when there is no projection)."""
-        return int(self.weight.shape[1])
-
-    def select(self, rows: np.ndarray | None) -> "LinearReadout":
-        """Keep only ``rows`` (output indices), before any matmul is done."""
-        if rows is None:
-            return self
-        return LinearReadout(self.weight[rows], self.bias[rows])
+    projection: str | None
+    readout: LinearReadout

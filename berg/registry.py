@@ -7,6 +7,7 @@ one-hot lengths, devices and batch sizes are refused with the valid values in th
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,84 +15,156 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from berg._resources import cards_dir, registry_path
-from berg.yamlio import read_yaml
+from berg.env import env_str
 from berg.errors import InvalidParameterError, ModelNotFoundError, close_matches
 from berg.features import validate_device
+from berg.yamlio import read_yaml
 
-__all__ = ["ModelSpec", "Registry", "Selection", "load_registry"]
+__all__ = ["ModelSpec", "Registry", "Selection", "load_registry", "validate_load_params"]
 
-_REQUIRED = ("card", "modality", "dataset", "subjects", "source", "layout", "recipe")
-_SELECTION_KEYS = ("roi", "voxels")
+log = logging.getLogger(__name__)
+
+_REQUIRED = ("card", "modality", "dataset")
+_PIPELINE = ("source", "layout", "recipe")
+_KNOWN = {"card", "modality", "dataset", "subjects", "source", "layout", "recipe", "model_class", "ensemble", "build"}
+
+#: Selection keys of each output-space kind, in precedence order (the first present wins where
+#: keys exclude each other; see :meth:`berg.spaces.OutputSpace.narrow`).
+DEFAULT_SELECTION_KEYS = {
+    "flat": ("roi", "outputs", "voxels"),
+    "volume": ("roi", "voxels"),
+    "surface": ("roi", "lh_vertices", "rh_vertices"),
+    "sensor_time": ("channels", "timepoints"),
+}
+_VECTOR_KEYS = ("voxels", "outputs", "lh_vertices", "rh_vertices", "timepoints")
+# Keys that ``roi`` overrides when both are given (BERG's precedence rule).
+_ROI_OVERRIDES = ("voxels", "outputs", "lh_vertices", "rh_vertices")
 
 
 @dataclass(frozen=True)
 class Selection:
-    """A validated output selection for one subject: ROI names or a boolean vector (or everything)."""
+    """A validated output selection for one subject.
 
-    rois: tuple[str, ...] | None = None
-    voxels: np.ndarray | None = field(default=None, compare=False)
+    ``items`` maps selection keys to normalised values: ``"roi"`` and ``"channels"`` to tuples of
+    names, vector keys (``"voxels"``, ``"lh_vertices"``, ``"timepoints"``...) to boolean arrays.
+    An empty selection keeps every output.
+    """
+
+    items: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def is_all(self) -> bool:
         """True when every output is kept."""
-        return self.rois is None and self.voxels is None
+        return not self.items
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The normalised value of ``key`` (``default`` when absent)."""
+        return self.items.get(key, default)
+
+    def keys(self) -> list[str]:
+        """Selection keys present."""
+        return list(self.items)
+
+    @property
+    def rois(self) -> tuple[str, ...] | None:
+        """Selected ROI names (``None`` when the selection is not by ROI)."""
+        return self.items.get("roi")
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (for provenance)."""
-        if self.rois is not None:
-            return {"roi": list(self.rois)}
-        if self.voxels is not None:
-            return {"voxels": int(self.voxels.sum()), "of": int(self.voxels.size)}
-        return {}
+        out: dict[str, Any] = {}
+        for key, value in self.items.items():
+            if isinstance(value, np.ndarray):
+                out[key] = {"selected": int(value.sum()), "of": int(value.size)}
+            else:
+                out[key] = list(value)
+        return out
 
 
 @dataclass
 class ModelSpec:
-    """One registry entry, with its card.
+    """One registry entry, with its (validated) card.
+
+    Facts about the model — subjects, ROIs, selection keys, options — are read from the card, through
+    the same validation as ``berg describe`` (:func:`berg.cards.load_card`).
 
     Attributes
     ----------
     model_id : str
     modality, dataset : str
-    subjects : list
-        Valid subject ids (ints).
     source : dict
-        Where artifact keys come from (see :mod:`berg.store`).
+        Where artifact keys come from (see :mod:`berg.store`); ``{}`` for ensembles.
     layout : str
         ``"native"`` or a dotted ``"pkg.mod:Class"`` path of an :class:`~berg.layouts.ArtifactLayout`.
     recipe : dict
         backbone, nodes, transform, projection, readout, output_space.
     model_class : str or None
-        Dotted path of a model class, for models that extend the plain engine.
+        Dotted path of a class implementing :class:`~berg.models.base.BaseModelInterface`.
+    ensemble : dict or None
+        ``{"members": [{"model": id, "weight": w}, ...]}`` for ensembles.
+    build : dict or None
+        ``{"creator": "pkg.mod:function", "data": "..."}`` for recipe models built on the user's machine.
     card_path : Path
     """
 
     model_id: str
     modality: str
     dataset: str
-    subjects: list[Any]
     source: dict[str, Any]
     layout: str
     recipe: dict[str, Any]
     card_path: Path
     model_class: str | None = None
+    ensemble: dict[str, Any] | None = None
+    build: dict[str, Any] | None = None
+    declared_subjects: list[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     _card: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def card(self) -> dict[str, Any]:
-        """The model card as a dict (read once)."""
+        """The model card as a dict (read and validated once)."""
         if self._card is None:
+            from berg.cards import load_card
+
             if not self.card_path.is_file():
                 raise ModelNotFoundError(f"card of {self.model_id} missing: {self.card_path}")
-            self._card = read_yaml(self.card_path)
+            card = load_card(self.card_path)
+            if card.get("id") != self.model_id:
+                raise InvalidParameterError(
+                    f"card {self.card_path} has id {card.get('id')!r}; the registry entry is {self.model_id!r}"
+                )
+            self._card = dict(card)  # a plain dict (YAML/JSON dumpable)
+            declared = self.declared_subjects
+            if declared is not None and [str(x) for x in declared] != [str(x) for x in self.subjects]:
+                raise InvalidParameterError(
+                    f"registry entry {self.model_id} lists subjects {declared} but its card lists "
+                    f"{self.subjects}; the card is the one source of truth: remove `subjects` from the entry"
+                )
         return self._card
 
     @property
+    def parameters(self) -> dict[str, Any]:
+        return self.card.get("parameters") or {}
+
+    @property
+    def subjects(self) -> list[Any]:
+        """Valid subject ids (from the card)."""
+        return list(self.parameters.get("subjects") or [])
+
+    @property
     def input_kind(self) -> str:
-        """``"image"`` or ``"video"`` (from the recipe's transform)."""
-        return self.recipe["transform"]["kind"]
+        """``"image"`` or ``"video"`` (the recipe's transform; the card's input type for ensembles)."""
+        transform = (self.recipe or {}).get("transform") or {}
+        return transform.get("kind") or self.card["input"]["type"]
+
+    @property
+    def output_space_kind(self) -> str:
+        """``flat``, ``volume``, ``surface`` or ``sensor_time`` (card ``output.space``, else the recipe)."""
+        space = (self.card.get("output") or {}).get("space") or {}
+        return space.get("kind") or (self.recipe or {}).get("output_space") or "flat"
 
     @property
     def min_frames(self) -> int:
@@ -99,12 +172,26 @@ class ModelSpec:
         return int(self.card.get("input", {}).get("min_frames", 1))
 
     def _selection_card(self) -> dict[str, Any]:
-        return (self.card.get("parameters") or {}).get("selection") or {}
+        return self.parameters.get("selection") or {}
 
     @property
     def roi_names(self) -> list[str]:
         """Valid ROI names (from the card)."""
         return list(self._selection_card().get("rois") or [])
+
+    @property
+    def selection_keys(self) -> tuple[str, ...]:
+        """Selection keys this model accepts (card ``parameters.selection.keys``, else its space's)."""
+        declared = self._selection_card().get("keys")
+        if declared:
+            return tuple(declared)
+        keys = DEFAULT_SELECTION_KEYS.get(self.output_space_kind, ("roi",))
+        return tuple(k for k in keys if k != "roi" or self.roi_names)
+
+    @property
+    def options(self) -> dict[str, dict[str, Any]]:
+        """Model options (``get_encoding_model`` keywords) declared in the card, by name."""
+        return {o["name"]: dict(o) for o in self.parameters.get("model_kwargs") or []}
 
     def n_outputs(self, subject: Any) -> int | None:
         """Exact number of outputs of ``subject`` declared in the card (``None`` if not declared)."""
@@ -130,7 +217,9 @@ class ModelSpec:
             raise InvalidParameterError(f"empty subject list; valid subjects: {valid}")
         out = []
         for s in chosen:
-            match = [v for v in self.subjects if v == s or (isinstance(s, str) and str(v) == s)]
+            if isinstance(s, np.integer):
+                s = int(s)
+            match = [v for v in self.subjects if not isinstance(s, bool) and (v == s or str(v) == str(s))]
             if isinstance(s, bool) or not match:
                 raise InvalidParameterError(
                     f"subject {s!r} is not valid for {self.model_id}; valid subjects: {valid} (or 'all')"
@@ -140,75 +229,157 @@ class ModelSpec:
             out.append(match[0])
         return out
 
+    def validate_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``get_encoding_model`` model options against the card; returns them with defaults.
+
+        Unknown names raise with close matches and the valid names; declared ``choices`` are enforced.
+        Model classes add their own checks on top (``validate_options`` of the class).
+        """
+        declared = self.options
+        unknown = [k for k in options if k not in declared]
+        if unknown:
+            hints = {k: close_matches(k, declared) for k in unknown}
+            hint = "; ".join(f"did you mean {', '.join(map(repr, h))} for {k!r}?" for k, h in hints.items() if h)
+            raise InvalidParameterError(
+                f"unknown option(s) {unknown} for {self.model_id}"
+                + (f" ({hint})" if hint else "")
+                + f"; valid options: {', '.join(declared) or 'none'} (see `berg describe {self.model_id}`)"
+            )
+        out = {name: o.get("default") for name, o in declared.items()}
+        for name, value in options.items():
+            choices = declared[name].get("choices")
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if choices is not None and value is not None and any(v not in choices for v in values):
+                raise InvalidParameterError(
+                    f"{name}={value!r} is not valid for {self.model_id}; valid: {', '.join(map(repr, choices))}"
+                )
+            out[name] = value
+        return out
+
     def validate_selection(self, selection: Any, subjects: Sequence[Any]) -> dict[Any, Selection]:
         """Check a ``selection`` against the card; returns one :class:`Selection` per subject.
 
-        ``{"roi": name or [names]}`` selects ROIs (valid names from the card); ``{"voxels": vector}``
-        selects outputs by a one-hot vector whose length must equal the subject's number of outputs
-        (for several subjects pass ``{"voxels": {subject: vector}}``). As in BERG, ``roi`` takes
-        precedence when both are given and ``roi`` is not ``None``.
+        Keys depend on the model's output space (:attr:`selection_keys`): ``roi`` (a name or a list of
+        names from the card), one-hot vectors (``voxels``/``outputs`` with the subject's number of
+        outputs — ``{subject: vector}`` for several subjects — ``lh_vertices``/``rh_vertices``,
+        ``timepoints`` with the card's fixed lengths), ``channels`` (a list of channel names, output in
+        the given order). As in BERG, ``roi`` takes precedence over vector selections.
         """
+        valid_keys = self.selection_keys
         if selection is None:
             return {s: Selection() for s in subjects}
         if not isinstance(selection, Mapping):
             raise InvalidParameterError(
-                f"selection must be a dict with keys {list(_SELECTION_KEYS)}, got {type(selection).__name__}"
+                f"selection must be a dict with keys from {list(valid_keys)}, got {type(selection).__name__}"
             )
-        unknown = set(selection) - set(_SELECTION_KEYS)
+        unknown = [k for k in selection if k not in valid_keys]
         if unknown:
+            hints = [h for k in unknown for h in close_matches(str(k), valid_keys)]
             raise InvalidParameterError(
-                f"unknown selection key(s) {sorted(map(str, unknown))}; valid keys: {list(_SELECTION_KEYS)}"
+                f"unknown selection key(s) {sorted(map(str, unknown))} for {self.model_id}"
+                + (f" (did you mean {', '.join(map(repr, hints))}?)" if hints else "")
+                + f"; valid keys: {list(valid_keys)}"
             )
-        roi = selection.get("roi")
-        if roi is not None:
-            names = [roi] if isinstance(roi, str) else list(roi)
-            valid = self.roi_names
-            if not valid:
-                raise InvalidParameterError(f"{self.model_id} declares no ROIs; use selection={{'voxels': ...}}")
-            if not names:
-                raise InvalidParameterError(f"empty ROI list; valid ROIs: {', '.join(valid)}")
-            for name in names:
-                if name not in valid:
-                    hint = close_matches(str(name), valid)
-                    extra = f" Did you mean {', '.join(hint)}?" if hint else ""
-                    raise InvalidParameterError(
-                        f"ROI {name!r} is not valid for {self.model_id}.{extra} Valid ROIs: {', '.join(valid)}"
-                    )
-            return {s: Selection(rois=tuple(dict.fromkeys(names))) for s in subjects}
-        voxels = selection.get("voxels")
-        if voxels is None:
-            return {s: Selection() for s in subjects}
-        if isinstance(voxels, Mapping):
-            per_subject = {}
-            for key, vec in voxels.items():
-                (sub,) = self.validate_subjects(key)
-                per_subject[sub] = vec
-            missing = [s for s in subjects if s not in per_subject]
-            if missing:
-                raise InvalidParameterError(f"selection['voxels'] has no vector for subject(s) {missing}")
-        elif len(subjects) > 1:
-            raise InvalidParameterError(
-                "with several subjects pass one vector per subject: selection={'voxels': {subject: vector}}"
-            )
-        else:
-            per_subject = {subjects[0]: voxels}
-        return {s: Selection(voxels=self._check_one_hot(s, per_subject[s])) for s in subjects}
+        given = {k: v for k, v in selection.items() if v is not None}
+        if given.get("roi") is not None:
+            ignored = [k for k in given if k in _ROI_OVERRIDES]
+            if ignored:
+                log.warning("selection: 'roi' takes precedence; %s ignored (as in BERG)", ignored)
+            given = {k: v for k, v in given.items() if k not in _ROI_OVERRIDES}
+        common: dict[str, Any] = {}
+        per_subject: dict[Any, dict[str, Any]] = {s: {} for s in subjects}
+        for key, value in given.items():
+            if key == "roi":
+                common[key] = self._check_rois(value)
+            elif key == "channels":
+                common[key] = self._check_channels(value)
+            elif key in _VECTOR_KEYS:
+                for s, vec in self._vectors_per_subject(key, value, subjects).items():
+                    per_subject[s][key] = vec
+        return {s: Selection({**common, **per_subject[s]}) for s in subjects}
 
-    def _check_one_hot(self, subject: Any, vec: Any) -> np.ndarray:
-        arr = np.asarray(vec)
-        n = self.n_outputs(subject)
+    def _check_rois(self, roi: Any) -> tuple[str, ...]:
+        valid = self.roi_names
+        aliases = self._selection_card().get("roi_aliases") or {}
+        if not valid:
+            raise InvalidParameterError(f"{self.model_id} declares no ROIs; valid selection keys: {list(self.selection_keys)}")
+        if isinstance(roi, str):
+            names = [roi]
+        elif isinstance(roi, (list, tuple)) and all(isinstance(r, str) for r in roi):
+            names = list(roi)
+        else:
+            raise InvalidParameterError(
+                f"selection['roi'] must be a ROI name or a list of names, got {roi!r}; valid ROIs: {', '.join(valid)}"
+            )
+        if not names:
+            raise InvalidParameterError(f"empty ROI list; valid ROIs: {', '.join(valid)}")
+        out = []
+        for name in names:
+            if name not in valid and name in aliases:
+                log.warning("ROI %r is an alias of %r (%s); using %r", name, aliases[name], self.model_id, aliases[name])
+                name = aliases[name]
+            if name not in valid:
+                hint = close_matches(str(name), valid)
+                extra = f" Did you mean {', '.join(hint)}?" if hint else ""
+                raise InvalidParameterError(
+                    f"ROI {name!r} is not valid for {self.model_id}.{extra} Valid ROIs: {', '.join(valid)}"
+                )
+            out.append(name)
+        return tuple(dict.fromkeys(out))
+
+    def _check_channels(self, channels: Any) -> tuple[str, ...]:
+        valid = list(self._selection_card().get("channels") or [])
+        if isinstance(channels, str) or not isinstance(channels, (list, tuple)) or not channels:
+            raise InvalidParameterError(
+                f"selection['channels'] must be a non-empty list of channel names, got {channels!r}; "
+                f"valid: {', '.join(valid)}"
+            )
+        for name in channels:
+            if not isinstance(name, str) or (valid and name not in valid):
+                hint = close_matches(str(name), valid)
+                extra = f" Did you mean {', '.join(hint)}?" if hint else ""
+                raise InvalidParameterError(
+                    f"channel {name!r} is not valid for {self.model_id}.{extra} Valid channels: {', '.join(valid)}"
+                )
+        return tuple(channels)  # the user's order, duplicates kept (as BERG)
+
+    def _vectors_per_subject(self, key: str, value: Any, subjects: Sequence[Any]) -> dict[Any, np.ndarray]:
+        if isinstance(value, Mapping):
+            vectors = {}
+            for sub_key, vec in value.items():
+                (sub,) = self.validate_subjects(sub_key)
+                vectors[sub] = vec
+            missing = [s for s in subjects if s not in vectors]
+            if missing:
+                raise InvalidParameterError(f"selection[{key!r}] has no vector for subject(s) {missing}")
+        else:
+            fixed = (self._selection_card().get("lengths") or {}).get(key)
+            if fixed is None and len(subjects) > 1:
+                raise InvalidParameterError(
+                    f"with several subjects pass one vector per subject: selection={{{key!r}: {{subject: vector}}}}"
+                )
+            vectors = {s: value for s in subjects}
+        return {s: self._check_one_hot(key, s, vectors[s]) for s in subjects}
+
+    def _check_one_hot(self, key: str, subject: Any, vec: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(vec)
+        except (TypeError, ValueError) as exc:
+            raise InvalidParameterError(f"selection[{key!r}] must be a 1-D 0/1 vector: {exc}") from None
+        fixed = (self._selection_card().get("lengths") or {}).get(key)
+        n = int(fixed) if fixed is not None else (self.n_outputs(subject) if key in ("voxels", "outputs") else None)
         if arr.ndim != 1:
-            raise InvalidParameterError(f"selection['voxels'] must be 1-D, got shape {arr.shape}")
+            raise InvalidParameterError(f"selection[{key!r}] must be a 1-D 0/1 vector, got shape {arr.shape}")
         if n is not None and arr.shape[0] != n:
             raise InvalidParameterError(
-                f"selection['voxels'] for subject {subject} has length {arr.shape[0]}; "
-                f"it must have exactly {n} entries (one per output of subject {subject})"
+                f"selection[{key!r}] for subject {subject} has length {arr.shape[0]}; "
+                f"it must have exactly {n} entries (one per output)"
             )
-        if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
-            raise InvalidParameterError("selection['voxels'] must contain only 0/1 (or booleans)")
+        if arr.dtype != bool and not (np.issubdtype(arr.dtype, np.number) and np.isin(arr, (0, 1)).all()):
+            raise InvalidParameterError(f"selection[{key!r}] must contain only 0/1 (or booleans)")
         arr = arr.astype(bool)
         if not arr.any():
-            raise InvalidParameterError("selection['voxels'] selects no output (all zeros)")
+            raise InvalidParameterError(f"selection[{key!r}] selects no output (all zeros)")
         return arr
 
 
@@ -243,7 +414,7 @@ class Registry:
         extras: list[Any] = []
         if extra is not None:
             extras = [extra] if isinstance(extra, (str, os.PathLike)) else list(extra)
-        env = os.environ.get("BERG_REGISTRY")
+        env = env_str("BERG_REGISTRY")
         if env:
             extras += [p for p in env.split(os.pathsep) if p]
         for path in extras:
@@ -260,23 +431,28 @@ class Registry:
         doc = read_yaml(path) or {}
         models = doc.get("models") or {}
         for model_id, entry in models.items():
-            missing = [k for k in _REQUIRED if k not in entry]
+            if not isinstance(entry, Mapping):
+                raise InvalidParameterError(f"{path}: entry {model_id!r} must be a mapping")
+            required = _REQUIRED + (() if entry.get("ensemble") else _PIPELINE)
+            missing = [k for k in required if k not in entry]
             if missing:
                 raise InvalidParameterError(f"{path}: model {model_id} lacks {missing}")
             if model_id in self._specs:
                 raise InvalidParameterError(f"{path}: model id {model_id} is already registered")
-            known = set(_REQUIRED) | {"model_class"}
+            ensemble = entry.get("ensemble")
             self._specs[model_id] = ModelSpec(
                 model_id=model_id,
                 modality=entry["modality"],
                 dataset=entry["dataset"],
-                subjects=list(entry["subjects"]),
-                source=dict(entry["source"]),
-                layout=entry["layout"],
-                recipe=dict(entry["recipe"]),
+                source=dict(entry.get("source") or {}),
+                layout=entry.get("layout") or "none",
+                recipe=dict(entry.get("recipe") or {}),
                 card_path=card_root / entry["card"],
-                model_class=entry.get("model_class"),
-                extra={k: v for k, v in entry.items() if k not in known},
+                model_class=entry.get("model_class") or ("berg.ensemble:EnsembleModel" if ensemble else None),
+                ensemble=dict(ensemble) if ensemble else None,
+                build=dict(entry["build"]) if entry.get("build") else None,
+                declared_subjects=list(entry["subjects"]) if entry.get("subjects") is not None else None,
+                extra={k: v for k, v in entry.items() if k not in _KNOWN},
             )
 
     def ids(self, pattern: str | None = None) -> list[str]:
@@ -292,7 +468,9 @@ class Registry:
 
     def get(self, model_id: str) -> ModelSpec:
         """The spec of ``model_id``; unknown ids raise with close matches and the valid ids."""
-        if not isinstance(model_id, str) or model_id not in self._specs:
+        if not isinstance(model_id, str):
+            raise InvalidParameterError(f"a model id is a string such as 'fmri-bold5000-resnet18', got {model_id!r}")
+        if model_id not in self._specs:
             hint = close_matches(str(model_id), self._specs)
             extra = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
             raise ModelNotFoundError(

@@ -85,7 +85,7 @@ def test_lazy_fetch_only_what_is_needed(client, tmp_path):
     meta = client.get_model_metadata(SMALL_ID, subject=2)
     assert _cached(tmp_path / "cache") == {f"{SMALL_ID}/metadata/metadata_sub-02.npy"}
     assert set(meta["fmri"]["rois"]) == set(Registry().get("fmri-bmd-s3d").roi_names)
-    assert meta["fmri"]["affine"].shape == (4, 4)
+    assert "affine" not in meta["fmri"]  # BERG's creation script saves none: absent, not an error
     assert meta["encoding_models"]["correlation"].dtype == np.float32
     client.get_encoding_model(SMALL_ID, subject=1, device="cpu", backbone_weights="untrained")
     assert _cached(tmp_path / "cache") == {
@@ -99,7 +99,7 @@ def test_numerical_parity_with_sklearn(client, replica):
     model = client.get_encoding_model(SMALL_ID, subject=[1, 2], device="cpu", backbone_weights="untrained")
     x = np.random.default_rng(3).standard_normal((5, SMALL_WIDTH))
     with torch.inference_mode():
-        outs = model.readout(model.project(torch.from_numpy(x.astype(np.float32))))
+        outs = model.outputs_from_features(torch.from_numpy(x.astype(np.float32)))
     for s, out in zip(model.subjects, outs):
         expected = _sklearn_chain(rep, s)(x)
         assert np.abs(out.numpy() - expected).max() / np.abs(expected).max() < 1e-5
@@ -132,26 +132,60 @@ def test_encode_videos_selection_and_multi_subject(client, replica):
     np.testing.assert_allclose(out[2], m2.encode(videos, show_progress=False), rtol=1e-5, atol=1e-5)
 
 
-def test_roi_indices_map_volume_indices_to_outputs(client, replica):
+def test_roi_entries_index_the_masked_voxels_as_berg_does(client, replica):
     rep, _ = replica
     meta = client.get_model_metadata(SMALL_ID, subject=1)
-    flat_mask = np.flatnonzero(rep.masks[1].reshape(-1))
-    for name in ("lV1v", "BMDgeneral"):
-        np.testing.assert_array_equal(flat_mask[meta["fmri"]["rois"][name]], rep.roi_flat[1][name])
+    for name in ("lV1v", "rV1v", "BMDgeneral"):  # both file forms: index array and np.where 1-tuple
+        np.testing.assert_array_equal(meta["fmri"]["rois"][name], rep.roi_flat[1][name])
+        coef = rep.coef[1]
+        np.testing.assert_array_equal(coef[meta["fmri"]["rois"][name]], coef[rep.roi_flat[1][name]])
 
 
-def test_to_nifti_on_subject_mask(client, replica):
+def test_to_nifti_needs_an_affine_only_when_absent(client, replica, tmp_path):
     import nibabel as nib
+
+    from berg.errors import InvalidParameterError
 
     rep, _ = replica
     m = client.get_encoding_model(SMALL_ID, subject=1, device="cpu", backbone_weights="untrained")
     resp = np.arange(m.n_outputs[1], dtype=np.float32)[None].repeat(2, 0)
-    img = m.to_nifti(resp)
+    with pytest.raises(InvalidParameterError, match="record no affine.*affine=A"):
+        m.to_nifti(resp)
+    img = m.to_nifti(resp, affine=AFFINE)
     assert isinstance(img, nib.Nifti1Image) and img.shape == GRID + (2,)
-    np.testing.assert_array_equal(img.affine, AFFINE)
     data = np.asarray(img.dataobj)[..., 0]
     np.testing.assert_array_equal(data[rep.masks[1]], resp[0])  # C order of the mask's voxels
-    assert np.all(data[~rep.masks[1]] == 0)
+    assert np.isnan(data[~rep.masks[1]]).all()  # not predicted -> NaN, not 0
+    # A file that has the affine uses it.
+    with_aff = write_replica(tmp_path / "aff", subjects=(1,), n_features=SMALL_WIDTH, k=8, grid=GRID, seed=3,
+                             with_affine=True)
+    reg = _registry(tmp_path, "test-bmd-affine", with_aff, nodes=SMALL_NODES, size=SMALL_SIZE,
+                    source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False})
+    c2 = berg.BERG(berg_dir=tmp_path / "aff", cache_dir=tmp_path / "cache2", registry=reg, offline=True)
+    meta = c2.get_model_metadata("test-bmd-affine", subject=1)
+    np.testing.assert_array_equal(meta["fmri"]["affine"], AFFINE)
+    m2 = c2.get_encoding_model("test-bmd-affine", subject=1, device="cpu", backbone_weights="untrained")
+    np.testing.assert_array_equal(m2.to_nifti(np.zeros(m2.n_outputs[1], np.float32)).affine, AFFINE)
+
+
+def test_metadata_with_any_subset_of_keys(tmp_path):
+    from berg.models.bmd_s3d import BERGLegacyLayout
+
+    class _Spec:
+        model_id = "x"
+        card = {"output": {}}
+
+        def n_outputs(self, subject):
+            return 20
+
+    layout = BERGLegacyLayout.__new__(BERGLegacyLayout)
+    layout.spec = _Spec()
+    for subset in ({}, {"fmri": {}}, {"fmri": {"rois": {"lV1v": np.arange(3)}}}, {"encoding_models": {}}):
+        layout._load = lambda key, subset=subset: subset
+        layout.__dict__.pop("_metadata_cache", None)
+        meta = layout.load_metadata(1)
+        assert set(meta) == {"fmri", "encoding_models"}
+        assert set(meta["fmri"]) <= {"rois"}
 
 
 def test_inconsistent_files_fail_clearly(replica, tmp_path, monkeypatch):
@@ -162,7 +196,7 @@ def test_inconsistent_files_fail_clearly(replica, tmp_path, monkeypatch):
     reg = _registry(tmp_path, "test-bmd-bad", bad, nodes=SMALL_NODES, size=SMALL_SIZE,
                     source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False})
     client = berg.BERG(berg_dir=tmp_path / "bad", cache_dir=tmp_path / "cache", registry=reg, offline=True)
-    with pytest.raises(ModelLoadError, match="readout input widths|components"):
+    with pytest.raises(ModelLoadError, match="readout expects 5 inputs|components"):
         client.get_encoding_model("test-bmd-bad", subject=1, device="cpu", backbone_weights="untrained")
 
 
@@ -170,7 +204,7 @@ def test_inconsistent_files_fail_clearly(replica, tmp_path, monkeypatch):
 def full_width(tmp_path_factory):
     """A 1-subject replica with BERG's real feature width (5,337,088) and k = 2."""
     root = tmp_path_factory.mktemp("bmdfull")
-    rep = write_replica(root / "bucket", subjects=(1,), n_features=5_337_088, k=2, grid=GRID, with_nifti=False,
+    rep = write_replica(root / "bucket", subjects=(1,), n_features=5_337_088, k=2, grid=GRID,
                         dtype=np.float32)
     return root, rep
 
@@ -222,39 +256,35 @@ def test_restricted_unpickling_refuses_code(replica, tmp_path):
     assert not marker.exists()
 
 
-def _layout_rois(entries: dict, mask: np.ndarray) -> dict:
+def _layout_rois(entries: dict, n_voxels: int) -> dict:
     from berg.models.bmd_s3d import BERGLegacyLayout
 
-    return BERGLegacyLayout._roi_indices(None, {"rois": entries}, mask, "metadata/metadata_sub-01.npy")
+    return BERGLegacyLayout._roi_indices(None, {"rois": entries}, n_voxels, "metadata/metadata_sub-01.npy")
 
 
 def test_roi_entry_forms_and_range_errors():
-    from berg.store.legacy import StateOnly
-
     rng = np.random.default_rng(1)
-    mask = rng.random(GRID) < 0.5
-    flat = np.flatnonzero(mask)
-    sel = np.sort(rng.choice(flat, 12, replace=False))
-    expected = np.searchsorted(flat, sel)
-    ijk = np.array(np.unravel_index(sel, GRID))
-    forms = {
-        "card_tuple": (ijk, sel, StateOnly()),          # (3-D indices, 1-D volume indices, NIfTI stand-in)
-        "list_form": [ijk, sel, None],
-        "bare_volume": sel,
-        "ijk_only_3xn": (ijk,),
-        "ijk_only_nx3": (ijk.T.copy(),),
-        "voxel_list": expected,                         # already indices into the subject's voxels
-    }
-    out = _layout_rois(forms, mask)
+    n_vox = 500
+    pos = np.sort(rng.choice(n_vox, 12, replace=False))
+    onehot = np.zeros(n_vox, dtype=bool)
+    onehot[pos] = True
+    forms = {"index_array": pos, "np_where_tuple": np.where(onehot), "boolean_vector": onehot,
+             "int32": pos.astype(np.int32)}
+    out = _layout_rois(forms, n_vox)
     for name, idx in out.items():
         assert idx.dtype == np.int64
-        np.testing.assert_array_equal(idx, expected, err_msg=name)
-    with pytest.raises(ModelLoadError, match=r"metadata_sub-01\.npy.*'lV1v'.*neither"):
-        _layout_rois({"lV1v": np.array([mask.size + 5])}, mask)
-    with pytest.raises(ModelLoadError, match=r"'rFFA'.*neither"):
-        _layout_rois({"rFFA": np.array([-1, 3])}, mask)
-    with pytest.raises(ModelLoadError, match=r"'lMT' has no integer index array"):
-        _layout_rois({"lMT": ("not indices", np.array([0.5, 1.5]))}, mask)
+        np.testing.assert_array_equal(idx, pos, err_msg=name)
+    # Entries BERG could not use to index coef_ (or would index wrongly) are refused, naming file and ROI.
+    with pytest.raises(ModelLoadError, match=r"metadata_sub-01\.npy.*'lV1v'.*outside the subject's 500"):
+        _layout_rois({"lV1v": np.array([n_vox + 5])}, n_vox)
+    with pytest.raises(ModelLoadError, match=r"'rFFA'.*outside"):
+        _layout_rois({"rFFA": np.array([-1, 3])}, n_vox)
+    with pytest.raises(ModelLoadError, match=r"'lMT' is a tuple of length 3"):
+        _layout_rois({"lMT": (np.zeros((3, 4), int), pos, None)}, n_vox)
+    with pytest.raises(ModelLoadError, match=r"'lEBA' is a ndarray"):
+        _layout_rois({"lEBA": np.array([0.5, 1.5])}, n_vox)
+    with pytest.raises(ModelLoadError, match=r"boolean vector of 7"):
+        _layout_rois({"lEBA": np.ones(7, bool)}, n_vox)
 
 
 def test_card_keeps_bergs_rois_and_voxel_counts():

@@ -128,7 +128,7 @@ def test_to_nifti_places_outputs(model1, synth):
     data = np.asarray(img4.dataobj)
     ijk = synth.voxel_ijk[1]
     np.testing.assert_array_equal(data[ijk[:, 0], ijk[:, 1], ijk[:, 2], :], out.T)
-    assert np.count_nonzero(np.asarray(img3.dataobj)) <= N_OUT[1]
+    assert np.isfinite(np.asarray(img3.dataobj)).sum() == N_OUT[1]  # NaN outside the outputs
 
 
 def test_get_model_metadata_without_model(client, synth):
@@ -197,7 +197,6 @@ def test_unknown_model_suggests(no_io):
     [
         (np.zeros((2, 32, 32, 3), dtype=np.float32), "dtype is float32"),
         (np.zeros((32, 32, 3), dtype=np.uint8), "add the batch axis"),
-        (np.zeros((2, 32, 32, 4), dtype=np.uint8), "RGB axis"),
         (np.full((1, 8, 8, 3), 300, dtype=np.int32), "outside 0-255"),
         (np.zeros((1, 2, 3, 8, 8), dtype=np.uint8), "(B, 3, H, W)"),
         (["/nonexistent/image.png"], "file not found"),

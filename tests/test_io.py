@@ -40,17 +40,17 @@ class StandIn:
                 self.spaces[s] = FlatSpace(n)
         self.group_space = FlatSpace(7)
 
-    def _space(self, subject):
+    def space(self, subject=None):
         if subject is None:
             return self.spaces[self.subjects[0]] if len(self.subjects) == 1 else self.group_space
         return self.spaces[subject]
 
     def output_ids(self, subject=None):
-        space = self._space(subject)
+        space = self.space(subject)
         return space.voxel_ijk if space.kind == "volume" else np.arange(space.n_outputs)
 
     def to_nifti(self, responses, subject=None):
-        return self._space(subject).to_nifti(responses)
+        return self.space(subject).to_nifti(responses)
 
     def provenance(self):
         return {
@@ -70,7 +70,7 @@ def test_single_subject_layout_and_provenance(tmp_path):
     out = berg.save(tmp_path / "r.h5", r, model, stimulus_ids=["a.jpg", "b.jpg", "c.jpg"])
     assert out == tmp_path / "r.h5"
     with h5py.File(out) as f:
-        assert f.attrs["format"] == "berg-responses" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "berg-responses" and f.attrs["format_version"] == 2
         assert f.attrs["model_id"] == "test-io-model" and f.attrs["berg_version"] == berg.__version__
         assert json.loads(f.attrs["provenance"]) == json.loads(json.dumps(model.provenance()))
         assert json.loads(f.attrs["artifacts"])["readout/sub-01.safetensors"]["sha256"] == "ab" * 32
@@ -79,8 +79,8 @@ def test_single_subject_layout_and_provenance(tmp_path):
         ds = f["sub-01/responses"]
         assert ds.dtype == np.float32 and ds.shape == (3, 12) and ds.compression is None
         np.testing.assert_array_equal(ds[()], r)
-        assert list(ds.attrs["dims"]) == ["n_stimuli", "n_outputs"]
-        assert [d.label for d in ds.dims] == ["n_stimuli", "n_outputs"]
+        assert list(ds.attrs["dims"]) == ["stimulus", "output"]
+        assert [d.label for d in ds.dims] == ["stimulus", "output"]
         np.testing.assert_array_equal(f["sub-01/output_ids"][()], model.spaces[1].voxel_ijk)
         assert f["sub-01"].attrs["subject"] == "1" and f["sub-01"].attrs["n_outputs"] == 12
         assert [s.decode() for s in f["stimulus_ids"][()]] == ["a.jpg", "b.jpg", "c.jpg"]
@@ -123,9 +123,9 @@ def test_float64_responses_are_stored_as_float32(tmp_path):
 @pytest.mark.parametrize("case, match", [
     ("suffix", "must end with .h5 or .hdf5"),
     ("unknown subject", r"subject\(s\) \[3\] that the model did not load; loaded subjects: \[1, 2\]"),
-    ("1-D", "expected 2-D"),
+    ("1-D", "returns \\(n_stimuli, 12\\)"),
     ("int dtype", "expected float32"),
-    ("wrong outputs", "12 outputs but the model has 9"),
+    ("wrong outputs", "have shape \\(3, 12\\); this model returns \\(n_stimuli, 9\\)"),
     ("stimulus ids", "stimulus_ids has 1 entries; responses have 3"),
     ("stimulus counts", "different numbers of stimuli"),
     ("empty dict", "nothing to save"),
@@ -185,10 +185,14 @@ def test_save_nifti_places_values_on_the_grid(tmp_path):
     np.testing.assert_array_equal(data[tuple(ijk.T)], r[1].T)
     mask = np.zeros(GRID, bool)
     mask[tuple(ijk.T)] = True
-    assert not data[~mask].any()
+    assert np.isnan(data[~mask]).all()  # not predicted: NaN, not 0
     one = nib.load(bio.save_nifti(tmp_path / "s2.nii", r[2], StandIn({2: 9}), subject=2))
     assert one.shape == GRID  # one stimulus -> 3-D
-    assert [p.name for p in sorted(tmp_path.iterdir())] == ["s1.nii.gz", "s2.nii"]
+    # A 4-D image gets a sidecar saying which stimulus each volume is; a 3-D one needs none.
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["s1.json", "s1.nii.gz", "s2.nii"]
+    side = json.loads((tmp_path / "s1.json").read_text())
+    assert side["volumes"] == ["stimulus-0000", "stimulus-0001", "stimulus-0002"] and side["subject"] == "1"
+    assert side["outside_outputs"].startswith("NaN")
 
 
 def test_save_nifti_errors(tmp_path):

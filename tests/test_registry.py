@@ -9,7 +9,8 @@ import pytest
 
 import berg
 from berg.errors import InvalidParameterError, ModelNotFoundError
-from berg.registry import Registry, read_yaml
+from berg.registry import Registry
+from berg.yamlio import read_yaml
 
 REGISTRY = Registry()
 MODEL_IDS = REGISTRY.ids()
@@ -26,29 +27,45 @@ def test_registry_is_not_empty():
 
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_entry_is_consistent(model_id):
+    """Every entry is loadable on paper: card valid, classes importable and implementing the contract."""
     from torchvision.models import get_weight
 
     from berg.layouts import ArtifactLayout
+    from berg.models.base import check_model_class
+    from berg.registry import DEFAULT_SELECTION_KEYS
     from berg.transforms import from_recipe
 
     spec = REGISTRY.get(model_id)
     card = spec.card
     assert card["id"] == model_id
-    assert [str(s) for s in card["parameters"]["subjects"]] == [str(s) for s in spec.subjects]
-    for s in spec.subjects:
-        assert spec.n_outputs(s) and spec.n_outputs(s) > 0, f"card lacks n_outputs for subject {s}"
-    assert spec.roi_names, "card lists no ROI names"
-    from_recipe(spec.recipe["transform"])
-    _import(spec.recipe["backbone"]["builder"])
-    get_weight(spec.recipe["backbone"]["weights"])
-    assert spec.recipe["nodes"]
-    if spec.layout != "native":
-        assert issubclass(_import(spec.layout), ArtifactLayout)
+    assert spec.subjects, "card lists no subjects"
+    assert spec.output_space_kind in DEFAULT_SELECTION_KEYS
+    if {"voxels", "outputs"} & set(spec.selection_keys):
+        for s in spec.subjects:
+            assert spec.n_outputs(s) and spec.n_outputs(s) > 0, f"card lacks n_outputs for subject {s}"
+    if "roi" in spec.selection_keys:
+        assert spec.roi_names, "card lists no ROI names"
     if spec.model_class:
-        from berg.engine import LinearEncodingModel
-
-        assert issubclass(_import(spec.model_class), LinearEncodingModel)
-    assert spec.source["kind"] in ("s3", "pypi_wheel")
+        check_model_class(_import(spec.model_class), model_id)
+    if spec.ensemble:
+        members = [m["model"] for m in spec.ensemble["members"]]
+        assert members and all(m in REGISTRY for m in members), members
+        assert {REGISTRY.get(m).output_space_kind for m in members} == {spec.output_space_kind}
+        return
+    if spec.recipe.get("transform"):
+        from_recipe(spec.recipe["transform"])
+    backbone = spec.recipe.get("backbone") or {}
+    if backbone.get("builder"):
+        _import(backbone["builder"])
+    if backbone.get("weights"):
+        get_weight(backbone["weights"])
+    if spec.layout not in ("native", "none"):
+        assert issubclass(_import(spec.layout), ArtifactLayout)
+    kind = spec.source["kind"]
+    assert kind in ("s3", "pypi_wheel", "build") or ":" in kind, kind
+    if spec.build:
+        _import(spec.build["creator"])
+        assert kind == "build", "a recipe model's files come from `berg build` (source kind: build)"
 
 
 @pytest.mark.parametrize("model_id", MODEL_IDS)
@@ -59,15 +76,27 @@ def test_parameters_validated_before_io(model_id, monkeypatch, tmp_path):
         raise AssertionError("I/O attempted before validation")
 
     monkeypatch.setattr(type(client), "_layout", boom)
+    monkeypatch.setattr(type(client), "load", boom)  # everything below must fail in load_request (no I/O)
     spec = REGISTRY.get(model_id)
     first = spec.subjects[0]
+    keys = spec.selection_keys
     cases = [
         ({"subject": 999}, "valid subjects"),
-        ({"subject": first, "selection": {"roi": "NotAnROI"}}, "Valid ROIs"),
-        ({"subject": first, "selection": {"voxels": np.ones(spec.n_outputs(first) + 1)}}, f"exactly {spec.n_outputs(first)}"),
+        ({"subject": first, "selection": {"bogus_key": 1}}, "valid keys"),
         ({"subject": first, "device": "tpu"}, "valid values"),
         ({"subject": first, "batch_size": -1}, "positive integer"),
+        ({"subject": first, "no_such_option": 1}, "valid options"),
     ]
+    if "roi" in keys:
+        cases.append(({"subject": first, "selection": {"roi": "NotAnROI"}}, "Valid ROIs"))
+    if "voxels" in keys:
+        n = spec.n_outputs(first)
+        cases.append(({"subject": first, "selection": {"voxels": np.ones(n + 1)}}, f"exactly {n}"))
+    if "channels" in keys:
+        cases.append(({"subject": first, "selection": {"channels": ["NoSuchChannel"]}}, "Valid channels"))
+    for key in ("lh_vertices", "rh_vertices", "timepoints"):
+        if key in keys:
+            cases.append(({"subject": first, "selection": {key: np.ones(3)}}, "exactly"))
     for kwargs, fragment in cases:
         with pytest.raises(InvalidParameterError) as info:
             client.get_encoding_model(model_id, **kwargs)

@@ -14,11 +14,11 @@ float32 result is cached as safetensors next to the download, so later loads mem
 
 Assumptions about files we could not inspect (documented in the card):
 
-* ROI entries are tuples ``(3-D indices, 1-D flattened-volume indices, NIfTI image)`` or a bare index
-  array; the NIfTI image is never reconstructed (nibabel classes map to an inert stand-in).
-  1-D indices are taken as C-order indices into the flattened (62, 77, 61) volume when all fall inside
-  the subject mask, else as indices into the subject's voxel list when all are in range; anything
-  else is a :class:`~berg.errors.ModelLoadError`.
+* ROI entries are read exactly as BERG's loader indexes them (``coef_[rois[name]]``): a 1-D integer
+  array or the 1-tuple ``np.where`` returns, positions in the subject's masked-voxel axis; anything BERG
+  could not index is a :class:`~berg.errors.ModelLoadError`.
+* Metadata may hold any subset of the documented keys; affines/headers are usually absent (only NIfTI
+  output needs one: file, else the card's declared grid, else a clear error).
 * The model's outputs are the subject mask's non-zero voxels in C order.
 """
 
@@ -192,55 +192,56 @@ class BERGLegacyLayout(ArtifactLayout):
         return LinearReadout(coef, intercept)
 
     # ------------------------------------------------------------------ metadata
-    def _raw_metadata(self, subject: Any) -> dict[str, Any]:
-        key = self._meta_key(subject)
-        meta = self._load(key)
-        fmri = _get(meta, "fmri", key)
-        mask = np.asarray(_get(fmri, "sub_mask", f"{key}['fmri']"))
-        if mask.ndim != 3:
-            raise ModelLoadError(f"{key}: sub_mask must be 3-D, got {mask.shape}")
-        return meta
+    def _affine(self, fmri: dict[str, Any], key: str) -> np.ndarray | None:
+        """The mask's affine: from the file when it has one, else the card's declared grid, else None.
 
-    def _affine(self, fmri: dict[str, Any], key: str) -> np.ndarray:
+        BERG's creation script saves no affine (its card and plot script mention ``sub_mask_affine``,
+        so some files may have one); only writing NIfTI needs it (:meth:`VolumeSpace.to_nifti` then
+        says how to pass one).
+        """
         for name in ("sub_mask_affine", "group_mask_affine", "affine"):
             if name in fmri:
                 aff = np.asarray(fmri[name], dtype=np.float64)
-                if aff.shape == (4, 4):
-                    return aff
+                if aff.shape != (4, 4):
+                    raise ModelLoadError(f"{key}: fmri[{name!r}] has shape {aff.shape}, expected (4, 4)")
+                return aff
         for name in ("sub_mask_header", "group_mask_header"):  # a pickled nibabel header/image stand-in
             state = getattr(fmri.get(name), "state", None)
             if isinstance(state, dict) and np.shape(state.get("_affine")) == (4, 4):
                 return np.asarray(state["_affine"], dtype=np.float64)
-        raise ModelLoadError(f"{key}: no (4, 4) affine found (looked for sub_mask_affine, group_mask_affine, headers)")
+        declared = ((self.spec.card.get("output") or {}).get("space") or {}).get("affine")
+        return None if declared is None else np.asarray(declared, dtype=np.float64)
 
-    def _roi_indices(self, fmri: dict[str, Any], mask: np.ndarray, key: str) -> dict[str, np.ndarray]:
+    def _roi_indices(self, fmri: dict[str, Any], n_voxels: int, key: str) -> dict[str, np.ndarray]:
+        """ROI entries read exactly as BERG indexes them: ``coef_[rois[name]]``.
+
+        An entry is a 1-D integer array or the 1-tuple ``np.where`` returns, giving positions in the
+        subject's C-ordered masked-voxel axis (never flat volume indices); a 1-D boolean vector over
+        that axis indexes it too. Anything BERG itself could not index is refused.
+        """
         rois = fmri.get("rois") or {}
-        flat_mask = np.flatnonzero(mask.reshape(-1))
-        lookup = np.full(mask.size, -1, dtype=np.int64)
-        lookup[flat_mask] = np.arange(flat_mask.size)
         out = {}
         for name, entry in rois.items():
-            parts = entry if isinstance(entry, (tuple, list)) else (entry,)
-            arrays = [np.asarray(p) for p in parts if isinstance(p, np.ndarray)]
-            one_d = next((a for a in arrays if a.ndim == 1 and np.issubdtype(a.dtype, np.integer)), None)
-            three_d = next((a for a in arrays if a.ndim == 2 and 3 in a.shape and np.issubdtype(a.dtype, np.integer)), None)
-            if one_d is None and three_d is not None:
-                ijk = three_d if three_d.shape[1] == 3 else three_d.T
-                one_d = np.ravel_multi_index(tuple(ijk.T), mask.shape)
-            if one_d is None:
-                raise ModelLoadError(f"{key}: ROI {name!r} has no integer index array ({[type(p).__name__ for p in parts]})")
-            one_d = one_d.astype(np.int64)
-            if one_d.size and one_d.min() >= 0 and one_d.max() < mask.size and (lookup[one_d] >= 0).all():
-                out[name] = np.sort(lookup[one_d])
-            elif one_d.size and one_d.min() >= 0 and one_d.max() < flat_mask.size:
-                out[name] = np.sort(one_d)
-            elif one_d.size == 0:
-                out[name] = one_d
-            else:
+            if isinstance(entry, tuple) and len(entry) == 1:
+                entry = entry[0]
+            arr = np.asarray(entry) if isinstance(entry, np.ndarray) else None
+            if arr is None or arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+                what = f"a {type(entry).__name__}" + (f" of length {len(entry)}" if isinstance(entry, tuple) else "")
                 raise ModelLoadError(
-                    f"{key}: ROI {name!r} indices (range {one_d.min()}..{one_d.max()}) are neither voxels of the "
-                    f"subject mask (volume size {mask.size}) nor indices of its {flat_mask.size} voxels"
+                    f"{key}: ROI {name!r} is {what}; BERG indexes readout rows with coef_[rois[name]], so an entry "
+                    "must be a 1-D integer array (or the 1-tuple np.where returns) of masked-voxel positions"
                 )
+            if arr.dtype == bool:
+                if arr.size != n_voxels:
+                    raise ModelLoadError(f"{key}: ROI {name!r} is a boolean vector of {arr.size}, not {n_voxels} voxels")
+                arr = np.flatnonzero(arr)
+            arr = arr.astype(np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= n_voxels):
+                raise ModelLoadError(
+                    f"{key}: ROI {name!r} positions span {arr.min()}..{arr.max()}, outside the subject's "
+                    f"{n_voxels} masked voxels (entries index the masked-voxel axis, not the volume)"
+                )
+            out[name] = arr
         return out
 
     def load_metadata(self, subject: Any) -> dict[str, Any]:
@@ -250,33 +251,52 @@ class BERGLegacyLayout(ArtifactLayout):
         return cache[subject]
 
     def _read_metadata(self, subject: Any) -> dict[str, Any]:
+        # Any subset of the documented keys: what is absent is absent (BERG's files hold fewer keys
+        # than its card lists); only what is present is checked.
         key = self._meta_key(subject)
-        meta = self._raw_metadata(subject)
-        fmri = meta["fmri"]
-        mask = np.asarray(fmri["sub_mask"]) != 0
-        out_fmri: dict[str, Any] = {
-            "sub_mask": mask,
-            "affine": self._affine(fmri, key),
-            "rois": self._roi_indices(fmri, mask, key),
-        }
+        meta = self._load(key)
+        if not isinstance(meta, dict):
+            raise ModelLoadError(f"{key}: expected a dict, got {type(meta).__name__}")
+        fmri = meta.get("fmri") or {}
+        if not isinstance(fmri, dict):
+            raise ModelLoadError(f"{key}: 'fmri' must be a dict, got {type(fmri).__name__}")
+        out_fmri: dict[str, Any] = {}
+        n_vox = self.spec.n_outputs(subject)
+        if "sub_mask" in fmri:
+            mask = np.asarray(fmri["sub_mask"]) != 0
+            if mask.ndim != 3:
+                raise ModelLoadError(f"{key}: sub_mask must be 3-D, got {mask.shape}")
+            out_fmri["sub_mask"] = mask
+            n_vox = int(mask.sum())
         if "group_mask" in fmri:
             out_fmri["group_mask"] = np.asarray(fmri["group_mask"]) != 0
+        affine = self._affine(fmri, key)
+        if affine is not None:
+            out_fmri["affine"] = affine
+        if "rois" in fmri:
+            if n_vox is None:
+                raise ModelLoadError(f"{key}: ROIs need the subject's voxel count (no sub_mask, none in the card)")
+            out_fmri["rois"] = self._roi_indices(fmri, n_vox, key)
         enc = {k: np.array(v) for k, v in (meta.get("encoding_models") or {}).items() if isinstance(v, np.ndarray)}
-        n_vox = int(mask.sum())
         for k, v in enc.items():
-            if v.shape != (n_vox,):
+            if n_vox is not None and v.shape != (n_vox,):
                 raise ModelLoadError(f"{key}: encoding_models[{k!r}] has shape {v.shape}, expected ({n_vox},)")
         return {"fmri": out_fmri, "encoding_models": enc}
 
     def roi_indices(self, subject: Any) -> dict[str, np.ndarray]:
-        return self.load_metadata(subject)["fmri"]["rois"]
+        return self.load_metadata(subject)["fmri"].get("rois") or {}
 
-    def output_space(self, subject: Any) -> VolumeSpace:
-        meta = self.load_metadata(subject)
-        mask, affine = meta["fmri"]["sub_mask"], meta["fmri"]["affine"]
+    def output_space(self, subject: Any):
+        fmri = self.load_metadata(subject)["fmri"]
         expected = self.spec.n_outputs(subject)
+        if "sub_mask" not in fmri:
+            from berg.spaces import FlatSpace
+
+            log.warning("%s has no sub_mask: outputs cannot be placed in a volume", self._meta_key(subject))
+            return FlatSpace(expected) if expected is not None else FlatSpace(self.load_readout(subject).n_outputs)
+        mask = fmri["sub_mask"]
         if expected is not None and int(mask.sum()) != expected:
             raise ModelLoadError(
                 f"{self._meta_key(subject)}: subject mask has {int(mask.sum())} voxels, the card declares {expected}"
             )
-        return VolumeSpace.from_mask(mask, affine, order="c")
+        return VolumeSpace.from_mask(mask, fmri.get("affine"), order="c")

@@ -2,8 +2,10 @@
 
 Same file names, dict keys, nesting and dtypes as BERG's files, written the way BERG writes them
 (pickled dicts via ``np.save``), with configurable sizes: small for tests, full size (100 x 5,337,088
-projection, ~108k voxels) for the benchmark. The ROI entries are tuples (3-D indices, 1-D flattened
-indices, NIfTI image) as the model card describes.
+projection, ~108k voxels) for the benchmark. As BERG's creation script writes them: metadata holds
+``group_mask``, ``sub_mask`` and ``rois`` only (no headers or affines, unless ``with_affine``), and ROI
+entries index the subject's masked voxels the way BERG's loader uses them (``coef_[rois[name]]``): a
+1-D integer array or the 1-tuple ``np.where`` returns (both forms are written, alternately).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Replica:
     coef: dict
     intercept: dict
     masks: dict
-    roi_flat: dict           # subject -> {roi: flattened-volume indices}
+    roi_flat: dict           # subject -> {roi: positions in the masked-voxel axis (readout rows)}
 
 
 def _components(root: Path, k: int, n_features: int, dtype, rng: np.random.Generator):
@@ -50,7 +52,7 @@ def _components(root: Path, k: int, n_features: int, dtype, rng: np.random.Gener
 
 
 def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, k: int = 10,
-                  grid=(62, 77, 61), n_voxels=None, seed: int = 0, with_nifti: bool = True,
+                  grid=(62, 77, 61), n_voxels=None, seed: int = 0, with_affine: bool = False,
                   dtype=np.float64, keep_arrays: bool = True) -> Replica:
     """Write BERG's fmri-bmd-s3d files for ``subjects`` under ``root`` (a berg_dir / bucket root).
 
@@ -66,16 +68,15 @@ def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, 
     n_voxels : dict, optional
         Exact voxel count per subject (e.g. BERG's 108,219 for subject 1); default: ~45% of the grid.
     seed : int
-    with_nifti : bool
-        Put a nibabel ``Nifti1Image`` in each ROI tuple, as the card describes.
+    with_affine : bool
+        Also store ``sub_mask_affine``/``group_mask_affine`` (BERG's card lists them, its creation
+        script does not save them; its plot script reads them, so some files may have them).
     dtype : numpy dtype
         dtype of ``components_``, ``coef_`` and ``intercept_`` (the scaler statistics are float64, as
         scikit-learn's StandardScaler stores them).
     keep_arrays : bool
         Return the arrays in the :class:`Replica` (off for full-size benchmark replicas).
     """
-    import nibabel as nib
-
     rng = np.random.default_rng(seed)
     root = Path(root)
     base = root / PREFIX
@@ -113,19 +114,19 @@ def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, 
         intercept = rng.standard_normal(n_vox).astype(dtype)
         np.save(base / "encoding_models_weights" / f"weights_sub-{s:02d}.npy",
                 {"coef_": coef, "intercept_": intercept, "n_features_in_": k}, allow_pickle=True)
-        flat = np.flatnonzero(mask.reshape(-1))
         rois, flats = {}, {}
-        for name in ROIS:
-            sel = np.sort(rng.choice(flat, size=max(1, min(len(flat), rng.integers(5, 40))), replace=False))
-            ijk = np.array(np.unravel_index(sel, grid))
-            img = nib.Nifti1Image(np.isin(np.arange(mask.size), sel).reshape(grid).astype(np.int16), AFFINE) if with_nifti else None
-            rois[name] = (ijk, sel, img)
-            flats[name] = sel
+        for i, name in enumerate(ROIS):
+            pos = np.sort(rng.choice(n_vox, size=max(1, min(n_vox, int(rng.integers(5, 40)))), replace=False))
+            onehot = np.zeros(n_vox, dtype=bool)
+            onehot[pos] = True
+            # BMD's ROI pickles: an index array, or what np.where gives on the masked ROI vector
+            rois[name] = pos.astype(np.int64) if i % 2 == 0 else np.where(onehot)
+            flats[name] = pos
         nc = rng.uniform(0, 100, n_vox).astype(np.float32)
         r = rng.uniform(-0.2, 0.8, n_vox).astype(np.float32)
         metadata = {
-            "fmri": {"group_mask": group.astype(np.float32), "sub_mask": mask.astype(np.float32),
-                     "group_mask_affine": AFFINE, "sub_mask_affine": AFFINE, "rois": rois},
+            "fmri": {"group_mask": group.astype(np.float32), "sub_mask": mask.astype(np.float32), "rois": rois,
+                     **({"group_mask_affine": AFFINE, "sub_mask_affine": AFFINE} if with_affine else {})},
             "encoding_models": {"noiseceiling_task_train_n_1": nc / 3, "noiseceiling_task_train_n_3": nc,
                                 "noiseceiling_task_test_n_1": nc / 4, "noiseceiling_task_test_n_10": nc,
                                 "correlation": r, "r2": np.clip(r, 0, None) ** 2,

@@ -33,18 +33,9 @@ MNI_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0,
 class Bold5000ResNet18(LinearEncodingModel):
     """img2fmri's BOLD5000 ResNet-18 model (see the module docstring for the options)."""
 
-    MODEL_KWARGS = {
-        "space": "subject",
-        "roi_list": None,
-        "sigma": 1.0,
-        "voxel_order": "c",
-        "zscore_support": "v1.0",
-        "center_crop": False,
-    }
-
     @classmethod
-    def validate_model_kwargs(cls, spec, model_kwargs):
-        kw = super().validate_model_kwargs(spec, model_kwargs)
+    def validate_options(cls, spec, options):
+        kw = super().validate_options(spec, options)
         if kw["space"] not in ("subject", "mni"):
             raise InvalidParameterError(f"space={kw['space']!r}; valid: 'subject', 'mni'")
         if kw["voxel_order"] not in ("c", "fortran"):
@@ -69,38 +60,45 @@ class Bold5000ResNet18(LinearEncodingModel):
         return {}
 
     @classmethod
-    def load(cls, spec, layout, *, subjects, selections, **kwargs):
-        kw = kwargs.get("model_kwargs") or {}
+    def load(cls, request):
+        spec, subjects, selections, kw = request.spec, request.subjects, request.selections, request.options
         if kw.get("space") == "mni":
             if list(subjects) != list(spec.subjects):
                 raise InvalidParameterError("space='mni' is img2fmri's group map of all three subjects: pass subject='all'")
             if any(not sel.is_all for sel in selections.values()):
                 raise InvalidParameterError("space='mni' takes no selection (use roi_list to choose ROIs)")
             keys = ["mni/overlap.safetensors"] + [f"mni/sub-{s:02d}.safetensors" for s in subjects]
-            layout.fetch_keys(keys)
-        return super().load(spec, layout, subjects=subjects, selections=selections, **kwargs)
+            request.layout().fetch_keys(keys)
+        return super().load(request)
 
     def setup(self) -> None:
-        kw = self.model_kwargs
+        kw = self.options
         if kw["voxel_order"] == "fortran":
             for s in self.subjects:
                 meta = self.layout.load_metadata(s)
                 space = self.spaces[s]
                 ijk = meta["voxel_ijk_fortran"]
                 rows = self.selected_rows.get(s)
-                self.spaces[s] = VolumeSpace(space.shape, space.affine, ijk if rows is None else ijk[rows])
-        self.space = kw["space"]
-        if self.space != "mni":
+                self.spaces[s] = VolumeSpace(space.grid, space.affine, ijk if rows is None else ijk[rows])
+        self.space_name = kw["space"]
+        if self.space_name != "mni":
             return
         from berg.models.bold5000_resnet18.mni import GroupMapper
 
         self.mapper = GroupMapper(
             {s: self._geometry(s) for s in self.subjects},
-            {s: np.arange(self.readouts[s].n_outputs) for s in self.subjects},
+            {s: np.arange(self.n_outputs[s]) for s in self.subjects},
             roi_list=kw["roi_list"], sigma=float(kw["sigma"]), voxel_order=kw["voxel_order"],
             support=kw["zscore_support"],
         )
         self.mni_space = VolumeSpace(MNI_SHAPE, MNI_AFFINE, self.mapper.voxel_ijk())
+        # Readout -> placement -> smoothing -> centring as one matmul per batch (equal to the
+        # step-by-step mapper to ~1e-6; benchmarks/RESULTS.md has the speed-up).
+        readouts = {}
+        for s in self.subjects:
+            heads = [h.readout for h in self.heads[s]]
+            readouts[s] = (np.concatenate([r.weight for r in heads]), np.concatenate([r.bias for r in heads]))
+        self.group_map = self.mapper.compose(readouts, device=self.device)
 
     def _geometry(self, subject: int):
         """The subject's :class:`~berg.models.bold5000_resnet18.mni.SubjectGeometry` from the artifact."""
@@ -108,7 +106,7 @@ class Bold5000ResNet18(LinearEncodingModel):
         from berg.store.artifacts import read_tensors
 
         meta = self.layout.load_metadata(subject)
-        shape = tuple(self.spaces[subject].shape)
+        shape = tuple(self.spaces[subject].grid)
         flat = np.ravel_multi_index(tuple(np.asarray(meta["voxel_ijk"]).T), shape)  # C order per mask
         blocks, masks = [], {}
         for roi in ROIS:
@@ -135,35 +133,40 @@ class Bold5000ResNet18(LinearEncodingModel):
         every voxel a subject's smoothed map reaches);
         ``to_nifti`` turns it into (91, 109, 91[, n]) images.
         """
-        if self.space != "mni":
+        if self.space_name != "mni":
             return super().encode(stimulus, show_progress=show_progress)
+        from berg.engine import _progress, iter_batches
+
         stimuli = self.prepare_stimuli(stimulus)
         out = np.empty((len(stimuli), self.mapper.n_outputs), dtype=np.float32)
-        for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
-            out[start:stop] = self.mapper(dict(zip(self.subjects, per_subject)))
+        with _progress(len(stimuli), show_progress, self.model_id) as bar:
+            for start, stop, x in iter_batches(self.extractor.transform, stimuli, self.batch_size):
+                out[start:stop] = self.group_map(self.extractor(x))  # features -> group maps, one matmul
+                bar.update(stop - start)
         return out
 
-    def to_nifti(self, responses: Any, subject: Any = None):
-        """Subject-space images, or (91, 109, 91[, n]) MNI images for ``space="mni"``."""
-        if self.space == "mni":
-            return self.mni_space.to_nifti(responses)
-        return super().to_nifti(responses, subject)
+    def space(self, subject: Any = None):
+        """The group MNI space for ``space="mni"`` (one output for all subjects), else the subject's."""
+        if self.space_name == "mni" and subject in (None, "group"):
+            return self.mni_space
+        return super().space(subject)
 
-    def output_ids(self, subject: Any = None) -> np.ndarray:
-        """MNI voxel ``(i, j, k)`` of each column for ``space="mni"``, else the subject's voxels."""
-        if self.space == "mni":
-            return self.mni_space.voxel_ijk
-        return super().output_ids(subject)
-
-    def encode_movie(self, path: Any, *, fps: float = 2.0, show_progress: bool = True):
+    def encode_movie(self, path: Any, *, fps: float = 2.0, rule: str = "nearest", show_progress: bool = True):
         """Predict a movie frame by frame at ``fps`` (img2fmri: 2 Hz); returns a 4-D NIfTI image.
 
+        ``rule="nearest"`` (default) picks frame ``round(t * stream_fps)`` for each sample time ``t``,
+        what img2fmri's OpenCV millisecond seek returns, so berg predicts img2fmri's frames; ``"last"``
+        takes the frame on screen at ``t`` (on a 23.976 fps clip, one frame earlier for 14 of 15
+        samples). The sampled frames are reported in ``img.extra["frame_indices"]`` and
+        ``img.extra["frame_times"]`` (seconds from the first frame).
+
         The 4th dimension is time: pixdim[4] = 1 / fps seconds, time units seconds. Use
-        :func:`berg.hrf.convolve_hrf` and :func:`berg.hrf.resample_to_tr` to model the BOLD response.
+        :func:`berg.hrf.convolve_hrf` and :func:`berg.hrf.resample_to_tr` (or
+        :func:`berg.experiments.movies.predict_movie`) to model the BOLD response.
         """
         from berg.stimuli import decode_video
 
-        frames, rate = decode_video(path, fps=fps)
+        frames, rate, info = decode_video(path, fps=fps, rule=rule, return_info=True)
         responses = self.encode(frames, show_progress=show_progress)
         if isinstance(responses, dict):
             raise InvalidParameterError("encode_movie takes one subject or space='mni'")
@@ -171,4 +174,5 @@ class Bold5000ResNet18(LinearEncodingModel):
         zooms = img.header.get_zooms()[:3]
         img.header.set_zooms((*zooms, 1.0 / rate))
         img.header.set_xyzt_units("mm", "sec")
+        img.extra.update({"frame_indices": info["indices"], "frame_times": info["times"], "frame_rule": rule})
         return img

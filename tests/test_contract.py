@@ -1,0 +1,222 @@
+"""The model contract: models of any output kind are declared (registry + card + artifact), not coded.
+
+Every model here is registered only through tests/toy_models.py's registry.yaml, cards and artifacts;
+api.py, engine.py and io.py know nothing about them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import berg
+import toy_models as toys
+from berg.errors import InvalidParameterError, ModelLoadError, ModelNotBuiltError
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return toys.build(tmp_path_factory.mktemp("toys"))
+
+
+@pytest.fixture
+def client(toy, tmp_path):
+    return berg.BERG(berg_dir=toy.berg_dir, cache_dir=tmp_path / "cache", registry=toy.registry, offline=True)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (5, 40, 44, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def feats(images):
+    return toys.reference_features(images)
+
+
+def _load(client, model_id, **kw):
+    return client.get_encoding_model(model_id, device="cpu", backbone_weights="untrained", **kw)
+
+
+# ---------------------------------------------------------------------------------- non-linear sensor x time
+def test_nonlinear_sensor_time_model_end_to_end(client, toy, images, feats, tmp_path):
+    model = _load(client, "test-toy-mlp", subject=1)
+    assert type(model).__name__ == "ToyMLPModel" and not isinstance(model, berg.BERG)
+    out = client.encode(model, images, show_progress=False)
+    assert out.shape == (5, 2, 5, 7) and out.dtype == np.float32
+    m = toy.mlp[1]
+    expected = (np.maximum(feats @ m["w1"].T + m["b1"], 0) @ m["w2"].T + m["b2"]).reshape(5, 2, 5, 7)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    one = client.encode(model, images[:1], show_progress=False)
+    assert one.shape == (1, 2, 5, 7)  # never squeezed
+    path = berg.save(tmp_path / "eeg.h5", out, model, stimulus_ids=[f"img{i}" for i in range(5)])
+    back = berg.load_responses(path)
+    np.testing.assert_array_equal(back["responses"]["1"], out)
+    assert list(back["coords"]["1"]["channel"]) == toys.CHANNELS
+    np.testing.assert_array_equal(back["coords"]["1"]["time_ms"], toys.TIMES)
+    np.testing.assert_array_equal(back["coords"]["1"]["repetition"], [1, 2])
+    assert back["spaces"]["1"].shape == (2, 5, 7) and back["stimulus_ids"][0] == "img0"
+
+
+def test_sensor_time_selections_equal_slicing(client, images):
+    full = _load(client, "test-toy-mlp", subject=1).encode(images, show_progress=False)
+    ch = ["Oz", "Fz", "Oz"]  # the user's order, duplicates kept (as BERG)
+    tp = np.zeros(7, int)
+    tp[[1, 4]] = 1
+    sel = _load(client, "test-toy-mlp", subject=1, selection={"channels": ch, "timepoints": tp})
+    out = sel.encode(images, show_progress=False)
+    idx = [toys.CHANNELS.index(c) for c in ch]
+    np.testing.assert_allclose(out, full[:, :, idx][:, :, :, [1, 4]], rtol=1e-5, atol=1e-5)
+    assert sel.space().channels == tuple(ch) and list(sel.space().times_ms) == [0.0, 150.0]
+    one = _load(client, "test-toy-mlp", subject=1, selection={"channels": ["Cz"], "timepoints": np.eye(7)[3]})
+    assert one.encode(images[:1], show_progress=False).shape == (1, 2, 1, 1)
+    with pytest.raises(InvalidParameterError, match="Did you mean Cz"):
+        _load(client, "test-toy-mlp", subject=1, selection={"channels": ["cz"]})
+    with pytest.raises(InvalidParameterError, match="exactly 7"):
+        _load(client, "test-toy-mlp", subject=1, selection={"timepoints": np.ones(6)})
+    with pytest.raises(InvalidParameterError, match=r"valid keys: \['channels', 'timepoints'\]"):
+        _load(client, "test-toy-mlp", subject=1, selection={"roi": "V1"})
+
+
+# ---------------------------------------------------------------------------------- surfaces
+def test_surface_model_split_gifti_and_berg_tuple(client, toy, images, feats, tmp_path):
+    import nibabel as nib
+
+    model = _load(client, "test-toy-surface-a", subject=2)
+    out = model.encode(images, show_progress=False)
+    np.testing.assert_allclose(out, toys.surface_reference(toy.surface_a[2], feats), rtol=1e-4, atol=1e-4)
+    parts = model.space().split(out)
+    assert parts["lh"].shape == (5, 11) and parts["rh"].shape == (5, 9)
+    lh, rh = model.space().to_berg_tuple(out)
+    np.testing.assert_array_equal(np.concatenate([lh, rh], axis=1), out)
+    files = berg.save_gifti(tmp_path / "resp", out, model)
+    img = nib.load(files["lh"])
+    assert len(img.darrays) == 5 and img.darrays[0].data.shape == (11,)
+    np.testing.assert_allclose(img.darrays[2].data, parts["lh"][2])
+    back = berg.load_responses(berg.save(tmp_path / "s.h5", out, model))
+    np.testing.assert_array_equal(back["coords"]["2"]["hemisphere"][:11], ["lh"] * 11)
+    assert back["spaces"]["2"].same_as(model.space())
+    with pytest.raises(InvalidParameterError, match="surface space.*NIfTI"):
+        berg.save_nifti(tmp_path / "x.nii.gz", out, model)
+
+
+def test_surface_selections_equal_slicing_with_bergs_precedence(client, images):
+    full = _load(client, "test-toy-surface-a", subject=1).encode(images, show_progress=False)
+    lh = np.zeros(11, int)
+    lh[[0, 3, 10]] = 1
+    m = _load(client, "test-toy-surface-a", subject=1, selection={"lh_vertices": lh})
+    np.testing.assert_allclose(m.encode(images, show_progress=False), full[:, [0, 3, 10, *range(11, 20)]], rtol=1e-5, atol=1e-5)
+    rh = np.zeros(9, int)
+    rh[[1, 8]] = 1
+    m = _load(client, "test-toy-surface-a", subject=1, selection={"lh_vertices": lh, "rh_vertices": rh})
+    assert m.space().n_outputs == 5
+    np.testing.assert_allclose(m.encode(images, show_progress=False), full[:, [0, 3, 10, 12, 19]], rtol=1e-5, atol=1e-5)
+    # roi wins over vertex vectors (BERG's rule)
+    m = _load(client, "test-toy-surface-a", subject=1, selection={"roi": ["V1", "FFA"], "lh_vertices": lh})
+    rows = np.unique(np.concatenate(list(toys.SURFACE_ROIS.values())))
+    np.testing.assert_allclose(m.encode(images, show_progress=False), full[:, rows], rtol=1e-5, atol=1e-5)
+    assert list(m.space().vertices["rh"]) == [1, 2, 4, 5, 6]
+    with pytest.raises(InvalidParameterError, match="must be a ROI name or a list"):
+        _load(client, "test-toy-surface-a", subject=1, selection={"roi": 3})
+
+
+def test_multi_subject_equals_separate_encodes(client, images):
+    both = _load(client, "test-toy-surface-a", subject=[1, 2], selection={"roi": "FFA"})
+    out = both.encode(images, show_progress=False)
+    for s in (1, 2):
+        single = _load(client, "test-toy-surface-a", subject=s, selection={"roi": "FFA"}).encode(images, show_progress=False)
+        np.testing.assert_allclose(out[s], single, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- ensembles
+def test_ensemble_is_the_weighted_mean_with_one_backbone_pass(client, toy, images, feats, monkeypatch):
+    ens = _load(client, "test-toy-ensemble", subject=1)
+    a, b = ens.members
+    assert a.extractor is b.extractor  # same backbone recipe: built once, run once per batch
+    calls = []
+    net = a.extractor.network
+    original = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: calls.append(len(x)) or original(x))
+    out = client.encode(ens, images, show_progress=False)
+    assert calls == [5]
+    expected = (1 * toys.surface_reference(toy.surface_a[1], feats) + 3 * toys.surface_reference(toy.surface_b[1], feats)) / 4
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    prov = ens.provenance()
+    assert prov["weights"] == {"test-toy-surface-a": 0.25, "test-toy-surface-b": 0.75}
+    assert set(ens.get_metadata()["members"]) == {"test-toy-surface-a", "test-toy-surface-b"}
+
+
+def test_ensemble_of_different_spaces_is_refused(toy, tmp_path):
+    import yaml
+
+    reg = yaml.safe_load(toy.registry.read_text())
+    reg["models"]["test-toy-ensemble"]["ensemble"]["members"][1]["model"] = "test-toy-mlp"
+    path = toy.root / "registry-bad.yaml"
+    path.write_text(yaml.safe_dump(reg))
+    c = berg.BERG(berg_dir=toy.berg_dir, cache_dir=tmp_path / "c", registry=path, offline=True)
+    with pytest.raises(ModelLoadError, match="different output spaces"):
+        c.get_encoding_model("test-toy-ensemble", subject=1, device="cpu", backbone_weights="untrained")
+
+
+# ---------------------------------------------------------------------------------- interface checks
+def test_a_class_that_does_not_implement_the_interface_is_named(client):
+    with pytest.raises(ModelLoadError, match=r"IncompleteModel does not implement .*encode.*provenance"):
+        _load(client, "test-toy-incomplete", subject=1)
+
+
+def test_registry_wide_every_toy_validates_before_io(client, toy):
+    for model_id in ("test-toy-mlp", "test-toy-surface-a", "test-toy-ensemble", "test-toy-recipe"):
+        spec = client.registry.get(model_id)
+        assert spec.subjects == [1, 2]
+        with pytest.raises(InvalidParameterError, match="valid subjects: 1, 2"):
+            client.get_encoding_model(model_id, subject=9)
+        with pytest.raises(InvalidParameterError, match="unknown option"):
+            client.get_encoding_model(model_id, subject=1, bogus=1)
+
+
+# ---------------------------------------------------------------------------------- recipe models
+def test_recipe_model_says_how_to_build_then_builds(client, toy, images, tmp_path):
+    with pytest.raises(ModelNotBuiltError, match=r"berg build test-toy-recipe --data DIR.*seed\.json"):
+        _load(client, "test-toy-recipe", subject=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "seed.json").write_text(json.dumps({"seed": 2}))
+    from berg.cli import main
+
+    assert main(["--registry", str(toy.registry), "--cache-dir", str(tmp_path / "cache"),
+                 "build", "test-toy-recipe", "--data", str(data)]) == 0
+    assert (tmp_path / "cache" / "test-toy-recipe" / "manifest.json").is_file()
+    built = _load(client, "test-toy-recipe", subject=1).encode(images, show_progress=False)
+    same = _load(client, "test-toy-surface-a", subject=1).encode(images, show_progress=False)  # seed 2 too
+    np.testing.assert_allclose(built, same, rtol=1e-6)
+    # a second build is a no-op on a verified artifact; a corrupted one is refused
+    first = berg.build("test-toy-recipe", data, client=client)
+    target = next((first / "readout").glob("*.safetensors"))
+    target.write_bytes(target.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(berg.BERGError, match="sha256|size|checksum"):
+        berg.build("test-toy-recipe", data, client=client)
+    with pytest.raises(InvalidParameterError, match="not a recipe model"):
+        berg.build("test-toy-surface-a", data, client=client)
+    with pytest.raises(InvalidParameterError, match="unknown build option"):
+        berg.build("test-toy-recipe", data, client=client, options={"ofset": 1}, force=True)
+
+
+# ---------------------------------------------------------------------------------- CLI
+def test_cli_encodes_any_space(toy, tmp_path, images):
+    from PIL import Image
+
+    from berg.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(images[:2]):
+        Image.fromarray(img).save(folder / f"i{i}.png")
+    common = ["--registry", str(toy.registry), "--berg-dir", str(toy.berg_dir), "--cache-dir", str(tmp_path / "c"),
+              "--offline"]
+    for model_id, shape in (("test-toy-mlp", (2, 2, 5, 7)), ("test-toy-ensemble", (2, 20))):
+        out = tmp_path / f"{model_id}.h5"
+        assert main([*common, "encode", model_id, str(folder / "i0.png"), str(folder / "i1.png"), "--subject", "1",
+                     "--backbone-weights", "untrained", "--device", "cpu", "-o", str(out), "-q"]) == 0
+        assert berg.load_responses(out)["responses"]["1"].shape == shape
