@@ -222,6 +222,7 @@ class BERG:
         stimulus: Any,
         return_metadata: bool = False,
         show_progress: bool = True,
+        **encode_options: Any,
     ) -> Any:
         """In silico responses of a loaded model.
 
@@ -238,7 +239,8 @@ class BERG:
             raise InvalidParameterError(
                 f"model must be what get_encoding_model returns, got {type(model).__name__}"
             )
-        responses = model.encode(stimulus, show_progress=show_progress)
+        # Model-specific inputs (e.g. captions= for caption-reading models) go to the model's encode.
+        responses = model.encode(stimulus, show_progress=show_progress, **encode_options)
         if return_metadata:
             return responses, model.get_metadata()
         return responses
