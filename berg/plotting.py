@@ -94,13 +94,13 @@ def _one_volume(image: Any, index: int):
         n = img.shape[3]
         if not -n <= index < n:
             raise InvalidParameterError(f"index={index} but the image holds {n} volume(s) (stimuli 0..{n - 1})")
-        data = np.array(img.dataobj[..., index], dtype=np.float32)
+        data = np.asarray(img.dataobj[..., index]).astype(np.float32)
     elif len(img.shape) != 3:
         raise InvalidParameterError(f"expected a 3-D or 4-D image, got shape {img.shape}")
     elif index not in (0, -1):
         raise InvalidParameterError(f"index={index} but the image holds one volume (index 0)")
     else:
-        data = np.array(img.dataobj, dtype=np.float32)
+        data = np.asarray(img.dataobj[...]).astype(np.float32)
     return nib.Nifti1Image(data, img.affine)  # a writable float32 copy (nilearn zeroes NaN in place)
 
 
@@ -286,41 +286,39 @@ def _stimulus_label(ids: Any, index: int) -> str | None:
 
 
 def _h5_group(path: Path, subject: Any):
-    """``(responses (n, n_outputs), space, units, stimulus_ids, label)`` of one group of a berg HDF5 file."""
+    """``(responses (n, n_outputs), space, units, stimulus_ids, label)`` of one subject of a berg HDF5 file."""
     import h5py
 
-    from berg.spaces import space_from_dict
+    from berg.io import load_responses
 
-    with h5py.File(path, "r") as f:
-        groups = [name for name, g in f.items() if isinstance(g, h5py.Group) and "responses" in g]
-        if not groups:
-            raise InvalidParameterError(f"{path} holds no responses (not written by berg encode / berg.save)")
-        labels = {str(f[g].attrs.get("subject", g)): g for g in groups}
-        if subject is None:
-            if len(groups) > 1:
-                raise InvalidParameterError(
-                    f"{path} holds several subjects ({', '.join(labels)}); choose one with --subject / subject=")
-            name = groups[0]
-        else:
-            name = labels.get(str(subject)) or (str(subject) if str(subject) in f else None)
-            if name is None:
-                raise InvalidParameterError(f"{path} has no subject {subject!r}; it holds {', '.join(labels)}")
-        g = f[name]
-        responses = np.asarray(g["responses"][()], dtype=np.float32)
-        units = g["responses"].attrs.get("units")
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["stimulus_ids"][()]] if "stimulus_ids" in f else None
-        desc = g.attrs.get("space")
-        if desc is None:
+    data = load_responses(path)
+    groups = list(data["responses"])
+    if not groups:
+        raise InvalidParameterError(f"{path} holds no responses (not written by berg encode / berg.save)")
+    if subject is None:
+        if len(groups) > 1:
             raise InvalidParameterError(
-                f"{path} does not record its output space (written by an older berg); encode again, or write "
-                "NIfTI: berg encode ... -o OUT.nii.gz"
-            )
-        arrays = {k: np.asarray(v[()]) for k, v in g["space"].items()} if "space" in g else {}
-        if "voxel_ijk" not in arrays and "output_ids" in g and np.ndim(g["output_ids"]) == 2:
-            arrays["voxel_ijk"] = np.asarray(g["output_ids"][()])
-        space = space_from_dict(json.loads(desc), arrays=arrays, n_outputs=responses.reshape(len(responses), -1).shape[1])
-        label = str(g.attrs.get("subject", name))
-    return responses.reshape(len(responses), -1), space, (units.decode() if isinstance(units, bytes) else units), ids, label
+                f"{path} holds several subjects ({', '.join(groups)}); choose one with --subject / subject=")
+        key = groups[0]
+    else:
+        key = str(subject)
+        if key not in data["responses"]:
+            raise InvalidParameterError(f"{path} has no subject {subject!r}; it holds {', '.join(groups)}")
+    space = data["spaces"].get(key)
+    if space is None:
+        raise InvalidParameterError(
+            f"{path} does not record its output space (written by an older berg); encode again, or write "
+            "NIfTI: berg encode ... -o OUT.nii.gz"
+        )
+    responses = space.flatten(np.asarray(data["responses"][key], dtype=np.float32))
+    units = None
+    with h5py.File(path, "r") as f:  # units sit on the responses dataset
+        for group in f.values():
+            if isinstance(group, h5py.Group) and str(group.attrs.get("subject")) == key:
+                units = group["responses"].attrs.get("units")
+    units = units.decode() if isinstance(units, bytes) else units
+    label = "group" if key == "group" else f"subject {key}"
+    return responses, space, units, data["stimulus_ids"], label
 
 
 def plot_file(
@@ -359,7 +357,7 @@ def plot_file(
 
         img = nib.load(str(path))
         side = _sidecar(path)
-        label = _stimulus_label(side.get("stimulus_ids") or side.get("stimuli"), index)
+        label = _stimulus_label(side.get("volumes") or side.get("stimulus_ids"), index)
         title = title or f"{path.name}" + (f" — {label}" if label else f" — volume {index}")
         fig = plot_volume(img, kind="stat" if kind in ("auto", "slices") else kind, index=index, title=title,
                           units=units or side.get("units"), threshold=threshold, out_path=out_path)
@@ -427,7 +425,7 @@ def plot_volume_slices(
     matplotlib.figure.Figure
     """
     plt = _pyplot()
-    data = np.asarray(getattr(image, "dataobj", image), dtype=np.float32)
+    data = np.asarray(image.dataobj[...] if hasattr(image, "dataobj") else image, dtype=np.float32)
     if data.ndim == 4:
         data = data[..., volume_index]
     if data.ndim != 3:

@@ -62,17 +62,23 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"berg {berg.__version__}"
 
 
-@pytest.mark.parametrize("pattern, expected", [
-    (None, ["fmri-bmd-s3d", REAL]),
-    ("fmri-*", ["fmri-bmd-s3d", REAL]),
-    ("*s3d", ["fmri-bmd-s3d"]),
-    ("bold5000", [REAL]),  # a bare word matches anywhere
+@pytest.mark.parametrize("pattern, glob, members, non_members", [
+    (None, "*", ["fmri-bmd-s3d", REAL], []),
+    ("fmri-*", "fmri-*", ["fmri-bmd-s3d", REAL], []),
+    ("*s3d", "*s3d", ["fmri-bmd-s3d"], [REAL]),
+    ("bold5000", "*bold5000*", [REAL], ["fmri-bmd-s3d"]),  # a bare word matches anywhere
 ])
-def test_list(capsys, pattern, expected):
+def test_list(capsys, pattern, glob, members, non_members):
+    import fnmatch
+
+    from berg.registry import Registry
+
     assert main(["list", *([pattern] if pattern else [])]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["ID", "MODALITY"]
-    assert [line.split()[0] for line in lines[1:]] == expected
+    listed = [line.split()[0] for line in lines[1:]]
+    assert listed == sorted(fnmatch.filter(Registry().ids(), glob))  # the registry grows; the rule does not
+    assert set(members) <= set(listed) and not set(non_members) & set(listed)
 
 
 def test_list_json_and_no_match(capsys):
@@ -80,9 +86,9 @@ def test_list_json_and_no_match(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert rows == [{"id": "fmri-bmd-s3d", "modality": "fmri", "dataset": "bmd", "subjects": list(range(1, 11)),
                      "input": "video", "name": rows[0]["name"]}]
-    assert main(["list", "eeg-*"]) == 1
+    assert main(["list", "nomatch-*"]) == 1
     err = capsys.readouterr().err
-    assert "no model matches 'eeg-*'" in err and "fmri-bmd-s3d" in err
+    assert "no model matches 'nomatch-*'" in err and "fmri-bmd-s3d" in err
 
 
 def test_describe_text_json_markdown(capsys):
@@ -214,9 +220,19 @@ def test_console_entry_point_exit_codes():
 # --------------------------------------------------------------------------- end to end (synthetic model)
 
 
+_BUILT: dict = {}
+
+
+def synthetic_model(tmp_path_factory):
+    """One synthetic model per test session, shared with tests/test_errors_ux.py (building costs seconds)."""
+    if "model" not in _BUILT:
+        _BUILT["model"] = build(tmp_path_factory.mktemp("synthetic-cli"))
+    return _BUILT["model"]
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("synthetic-cli"))
+    return synthetic_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +303,145 @@ def test_encode_nifti_3d_and_4d_from_a_directory(synth, stimuli, common, tmp_pat
     data = np.asarray(nib.load(many).dataobj)
     assert data.shape == GRID + (len(stimuli),)  # every PNG of the directory, sorted
     assert _rel(data[tuple(synth.voxel_ijk[2].T)].T, synth.expected[2][: len(stimuli)]) < 1e-5
+    inside = np.zeros(GRID, bool)
+    inside[tuple(synth.voxel_ijk[2].T)] = True
+    assert np.isnan(data[~inside]).all(), "voxels the model does not predict are NaN, not 0"
+
+
+def test_encode_expands_a_quoted_glob_and_records_the_files(synth, stimuli, common, tmp_path, capsys):
+    out = tmp_path / "g.h5"
+    pattern = str(Path(stimuli[0]).parent / "im[12].png")  # as a shell passes a quoted pattern
+    assert _encode(common, "--subject", "1", "-q", pattern, "-o", str(out)) == 0
+    capsys.readouterr()
+    with h5py.File(out) as f:
+        assert [s.decode() for s in f["stimulus_ids"][()]] == stimuli[1:3]
+        assert _rel(f["sub-01/responses"][()], synth.expected[1][1:3]) < 1e-5
+
+
+@pytest.mark.slow
+def test_plot_nifti_and_h5_with_nilearn(synth, stimuli, common, tmp_path, capsys):
+    """berg plot: PNGs from a subject-space NIfTI, an MNI group-like map, and an .h5 file; bad inputs one line."""
+    from PIL import Image
+
+    vol = tmp_path / "v.nii.gz"
+    h5 = tmp_path / "v.h5"
+    assert _encode(common, "--subject", "2", "-q", *stimuli[:2], "-o", str(vol)) == 0
+    assert _encode(common, "--subject", "1,2", "-q", *stimuli[:2], "-o", str(h5)) == 0
+    capsys.readouterr()
+    png = tmp_path / "v.png"
+    assert main(["plot", str(vol), "-o", str(png), "--index", "1"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {png} (stat map of volume 1 on the subject grid)"
+    assert Image.open(png).size[0] >= 800
+    assert main(["plot", str(h5), "--subject", "2", "-o", str(tmp_path / "h.png")]) == 0
+    assert "stat map of stimulus 0 (subject 2) on the subject grid" in capsys.readouterr().out
+    mni = tmp_path / "mni.nii.gz"
+    grid = np.full((91, 109, 91), np.nan, np.float32)
+    grid[50:60, 30:40, 40:50] = np.linspace(-3, 3, 1000).reshape(10, 10, 10)
+    nib.save(nib.Nifti1Image(grid, np.array([[-2, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1.0]])), mni)
+    for kind in ("stat", "glass"):
+        out = tmp_path / f"mni_{kind}.png"
+        assert main(["plot", str(mni), "--kind", kind, "--units", "z", "-o", str(out)]) == 0
+        assert "on the MNI152 template" in capsys.readouterr().out and out.stat().st_size > 10_000
+    for argv, part in [
+        (["plot", str(h5), "-o", str(tmp_path / "x.png")], "holds several subjects (1, 2)"),
+        (["plot", str(vol), "--kind", "glass", "-o", str(tmp_path / "x.png")], "a glass brain needs an MNI152 image"),
+        (["plot", str(vol), "--index", "5", "-o", str(tmp_path / "x.png")], "holds 2 volume(s)"),
+        (["plot", str(vol), "-o", str(tmp_path / "x.jpg")], "-o must end with .png, .svg, .pdf"),
+        (["plot", str(tmp_path / "none.nii.gz"), "-o", str(tmp_path / "x.png")], "responses file not found"),
+    ]:
+        assert main(argv) == 2
+        _one_line_error(capsys.readouterr().err, part)
+    assert not (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------------------------- model options as flags, group maps
+
+
+def test_encode_help_lists_the_models_card_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["encode", REAL, "--help"])
+    out = capsys.readouterr().out
+    assert f"options of {REAL}" in out
+    for flag in ("--space {subject,mni}", "--center-crop, --no-center-crop", "--roi-list", "--sigma SIGMA",
+                 "--voxel-order {c,fortran}", "--zscore-support {v1.0,v0.2}"):
+        assert flag in out, flag
+    with pytest.raises(SystemExit):
+        main(["encode", "--help"])
+    assert "'berg encode ID --help' lists the options of model ID" in capsys.readouterr().out
+
+
+def test_model_option_flags_are_checked_before_any_io(capsys, tmp_path, image):
+    cache = tmp_path / "cache"
+    base = ["--cache-dir", str(cache), "encode", REAL, str(image)]
+    cases = [
+        (["--subject", "1,2", "-o", str(tmp_path / "g.nii.gz")], "--subject all --space mni"),
+        (["--subject", "all", "--space", "mni", "--model-kwarg", "space=mni", "-o", str(tmp_path / "g.h5")],
+         "--space and --model-kwarg space=... both given"),
+        (["--subject", "all", "--space", "mni", "--roi-list", "FFA", "-o", str(tmp_path / "g.h5")], "valid"),
+    ]
+    for extra, part in cases:
+        assert main([*base, *extra]) == 2
+        _one_line_error(capsys.readouterr().err, part)
+    assert not cache.exists()
+
+
+def test_summary_line_names_a_group_and_subjects():
+    from berg.cli import _summary
+
+    group = types.SimpleNamespace(subjects=[1, 2, 3])
+    one = types.SimpleNamespace(subjects=[2])
+    r = np.zeros((4, 9), np.float32)
+    assert _summary(Path("g.h5"), r, group) == "wrote g.h5 (group of subjects 1, 2, 3: 4 x 9, float32)"
+    assert _summary(Path("o.h5"), r, one) == "wrote o.h5 (subject 2: 4 x 9, float32)"
+    assert _summary(Path("m.h5"), {1: r, 2: r[:, :3]}, group) == "wrote m.h5 (subject 1: 4 x 9, subject 2: 4 x 3, float32)"
+
+
+@pytest.fixture(scope="module")
+def img2fmri_artifact():
+    """The converted img2fmri artifact tests/test_bold5000.py keeps (skip when it was never built)."""
+    import os
+
+    root = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test")) / "artifacts"
+    found = sorted(p for p in root.glob("*") if (p / "manifest.json").is_file()) if root.is_dir() else []
+    if not found:
+        pytest.skip("img2fmri artifact not built here (tests/test_bold5000.py builds it)")
+    return found[-1]
+
+
+@pytest.mark.slow
+def test_group_mni_map_to_nifti_with_space_flag(img2fmri_artifact, stimuli, tmp_path, capsys):
+    out = tmp_path / "group.nii.gz"
+    argv = ["--berg-dir", str(img2fmri_artifact), "--cache-dir", str(tmp_path / "c"), "--offline", "-q", "encode",
+            REAL, "--subject", "all", "--space", "mni", "--sigma", "1.0", "--backbone-weights", "untrained",
+            "--device", "cpu", *stimuli[:2], "-o", str(out)]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {out} (group of subjects 1, 2, 3: 2 x ") and line.endswith("image 91 x 109 x 91 x 2)")
+    img = nib.load(out)
+    assert img.shape == (91, 109, 91, 2)
+    side = json.loads(out.with_name("group.json").read_text())
+    assert side["volumes"] == stimuli[:2]
+    assert main(["plot", str(out), "-o", str(tmp_path / "g.png")]) == 0
+    assert "on the MNI152 template" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- generated reference
+
+
+def test_docs_cli_reference_is_generated_from_the_parser():
+    from berg.cli import reference_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    fresh = reference_markdown()
+
+    def sections(text):
+        parts = text.split("\n## ")[1:]
+        return {p.split("\n", 1)[0]: p for p in parts}
+
+    mine, written = sections(fresh), sections(doc)
+    for name in ("berg", "berg list", "berg describe", "berg fetch", "berg encode", "berg plot"):
+        assert written.get(name) == mine[name], f"docs/cli.md is stale for '{name}': regenerate it"
+    assert set(mine) <= set(written), "a sub-command is missing from docs/cli.md: regenerate it"
 
 
 def test_encode_shows_progress_unless_quiet(stimuli, common, tmp_path, capsys, monkeypatch):

@@ -197,39 +197,42 @@ def _outcome(call: Callable[[], object]) -> str:
     return "accepted"
 
 
-def _rss_bytes() -> int:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     return 0  # pragma: no cover
 
 
 def _in_child(call: Callable[[], object]) -> tuple[str, int]:
-    """Run ``call`` in a forked child; its outcome and its peak resident memory above the parent's.
+    """Run ``call`` in a forked child; its outcome and the peak resident memory it added.
 
-    A fork starts with the parent's pages, so ``ru_maxrss`` of the child minus the parent's resident
-    size is what the case allocated, C buffers (Pillow, FFmpeg) included, which tracemalloc cannot see.
+    The child resets its peak (``/proc/self/clear_refs``), then reports ``VmHWM - VmRSS`` at the start:
+    what the case allocated, C buffers (Pillow, FFmpeg) included, which tracemalloc cannot see.
     """
-    base = _rss_bytes()
     read, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read)
-        text = "other crash"
+        text, added = "other crash", 0
         try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # VmHWM := current RSS
+            base = _status_kb("VmRSS")
             text = _outcome(call)
+            added = max(0, _status_kb("VmHWM") - base) * 1024
         finally:
-            os.write(write_fd, text.encode()[:4000])
+            os.write(write_fd, f"{added}|{text}".encode()[:4000])
             os._exit(0)
     os.close(write_fd)
     chunks = []
     while chunk := os.read(read, 4096):
         chunks.append(chunk)
     os.close(read)
-    _, status, usage = os.wait4(pid, 0)
-    text = b"".join(chunks).decode() or f"other child died (status {status})"
-    return text, max(0, usage.ru_maxrss * 1024 - base)
+    _, status = os.waitpid(pid, 0)
+    added, _, text = b"".join(chunks).decode().partition("|")
+    return (text or f"other child died (status {status})"), int(added or 0)
 
 
 def run_cases(cases: list[tuple[str, Callable[[], object]]]) -> dict:
