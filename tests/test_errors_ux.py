@@ -268,3 +268,18 @@ def test_model_provenance_carries_the_untrained_warning(synth):
         client.encode(model, synth.test_images[:1], show_progress=False)
     prov = model.provenance()
     assert "UNTRAINED" in json.dumps(prov, default=str), prov
+
+
+# --------------------------------------------------------------------------- the guide's examples run
+
+
+def test_errors_and_inputs_guide_examples_run(capsys):
+    import re
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "errors-and-inputs.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), re.S)
+    assert len(blocks) >= 6
+    for code in blocks:
+        exec(compile(code, str(guide), "exec"), {"__name__": "guide_example"})
+    out = capsys.readouterr().out
+    assert "['img10.png', 'img2.png']" in out and "(14, 64, 64, 3)" in out and "above the limit of 5,000" in out
