@@ -128,7 +128,7 @@ def bench_forward(n_images: int, batch: int) -> dict:
     def berg_fb():
         for _ in range(steps):
             xi = x.clone().requires_grad_(True)
-            objective(model.forward_pixels(xi)).sum().backward()
+            objective(model.forward_pixels(xi)).sum().backward(inputs=[xi])  # as synthesize_images
 
     for f in (bare_forward, bare_fb, berg_fb):  # warm-up
         f()

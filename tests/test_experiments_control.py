@@ -232,3 +232,20 @@ def test_multivariate_control_from_responses_via_roi_rsms():
                                n_null=500, cross_validate=False, stimulus_ids=[f"s{i}" for i in range(n)])
     assert res.evidence is None
     assert np.mean([int(i[1:]) < 20 for i in res.chosen["align"]]) > 0.7
+
+
+def test_univariate_responses_with_missing_outputs():
+    rng = np.random.default_rng(8)
+    y = rng.standard_normal((30, 45))
+    y[3, :5] = np.nan  # missing outputs in one stimulus (RNC: nanmean)
+    y[4, ROIS["B"]] = np.nan  # a stimulus with no valid output in ROI B
+    rois = {"A": ROIS["A"], "B": ROIS["B"], "AB": np.arange(10, 30)}  # overlapping ROIs
+    uni = univariate_responses(y, rois, block_rows=4)[None]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for r, idx in rois.items():
+                assert np.allclose(uni[r], np.nanmean(y[:, idx], axis=1), equal_nan=True), r
+    assert np.isnan(uni["B"][4]) and np.isfinite(uni["A"][3])

@@ -99,6 +99,7 @@ def test_pixel_synthesis_drives_the_roi():
     assert u8.shape == (2, 32, 32, 3) and u8.dtype == np.uint8
     again = synthesize_images(net, objective, shape=(2, 3, 32, 32), steps=40, lr=0.05, jitter=2, seed=0)
     assert torch.equal(again.images, res.images)  # seeded
+    assert all(p.grad is None for p in net.parameters())  # the model is left untouched
 
 
 def test_blur_prior_smooths_images():

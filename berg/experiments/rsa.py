@@ -140,6 +140,10 @@ def rsm(
     import torch
 
     responses = check_array(responses)
+    try:
+        dtype = np.dtype(dtype).type  # "float32", np.dtype("float32") and np.float32 alike
+    except TypeError:
+        pass
     if dtype not in (np.float32, np.float64):
         raise InvalidParameterError(f"dtype must be np.float32 or np.float64, not {dtype!r}")
     if block_size < 1:

@@ -270,7 +270,8 @@ def synthesize_images(
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         values = _values(objective, forward(_jitter(x, jitter, gen)))
-        (-values.sum()).backward()
+        # gradients for the pixels only: the model's weights get no .grad and no weight-gradient work
+        (-values.sum()).backward(inputs=[x])
         opt.step()
         with torch.no_grad():
             if blur_every and blur_sigma > 0 and (step + 1) % blur_every == 0:
@@ -342,7 +343,7 @@ def synthesize_latent(
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         values = _values(objective, forward(_jitter(generator(z), jitter, gen)))
-        (-(values - penalty(z)).sum()).backward()
+        (-(values - penalty(z)).sum()).backward(inputs=[z])  # the generator and model stay frozen
         opt.step()
         history.append(values.detach().cpu().numpy())
     with torch.no_grad():
