@@ -16,18 +16,20 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,docs,scale]"
 	rm -f $(VENV)/.berg-installed-*
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/python scripts/demo.py --out demo_output
+	$(BIN)/python scripts/demo.py --out demo_output $(if $(IMAGES),--images "$(IMAGES)")
 
 test: venv
 	$(BIN)/python -m pytest -q
 
 docs: venv
+	$(BIN)/python -m pip install -q -e ".[docs]"
 	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf demo_output .pytest_cache

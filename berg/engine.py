@@ -257,6 +257,12 @@ class LinearEncodingModel(BaseModelInterface):
     @classmethod
     def load(cls, request: LoadRequest) -> "LinearEncodingModel":
         """Fetch the artifacts the subjects need, build the backbone, push selections into readout rows."""
+        readout_kind = request.spec.recipe.get("readout", "linear")
+        if readout_kind != "linear":
+            raise ModelLoadError(
+                f"{request.model_id}: recipe readout {readout_kind!r} is not linear; a non-linear readout needs a "
+                "model_class implementing berg.models.base.BaseModelInterface"
+            )
         layout = request.layout()
         subjects = list(request.subjects)
         keys = list(dict.fromkeys(k for s in subjects for k in layout.model_keys(s)))

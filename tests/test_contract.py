@@ -167,7 +167,10 @@ def test_a_class_that_does_not_implement_the_interface_is_named(client):
 
 
 def test_registry_wide_every_toy_validates_before_io(client, toy):
+    from test_registry import check_entry
+
     for model_id in ("test-toy-mlp", "test-toy-surface-a", "test-toy-ensemble", "test-toy-recipe"):
+        check_entry(client.registry, model_id)
         spec = client.registry.get(model_id)
         assert spec.subjects == [1, 2]
         with pytest.raises(InvalidParameterError, match="valid subjects: 1, 2"):

@@ -68,7 +68,8 @@ def test_ols_matches_sklearn_and_recovers_weights():
 
     x, y, w = linear_problem(400, 20, 300, snr=1e4, seed=2, dtype=np.float64)
     y += 3.0
-    weight, bias = fit_ols(x, y, target_batch=128)
+    fit = fit_ols(x, y, target_batch=128)
+    weight, bias = fit.weight, fit.bias
     ref = LinearRegression().fit(x, y)
     np.testing.assert_allclose(weight, ref.coef_, atol=1e-4)
     np.testing.assert_allclose(bias, ref.intercept_, atol=1e-4)

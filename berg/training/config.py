@@ -180,11 +180,9 @@ class TrainConfig:
 
     def dump(self, path: str | os.PathLike[str]) -> Path:
         """Write the config as YAML (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        from berg.fsutil import atomic_write_text
+
+        return atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _unknown(where: str, mapping: dict[str, Any], valid: set[str]) -> None:

@@ -24,7 +24,6 @@ not be checked against the real files is listed under "Unverified" in each docst
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from berg.fsutil import atomic_path, sha256_file
+from berg.subjects import subject_label
 from berg.errors import InvalidParameterError
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
     "EncodingDataset",
     "write_dataset",
     "read_dataset",
-    "file_sha256",
+
     "trials_to_repeats",
     "nsd_dataset",
     "bold5000_roi_dataset",
@@ -198,12 +199,6 @@ class EncodingDataset:
         return idx
 
 
-def _label(subject: Any) -> str:
-    from berg.layouts import subject_label
-
-    return subject_label(subject)
-
-
 def write_dataset(path: str | os.PathLike[str], ds: EncodingDataset) -> Path:
     """Write a dataset in berg's HDF5 format (temp file + rename, so readers never see half a file).
 
@@ -213,8 +208,7 @@ def write_dataset(path: str | os.PathLike[str], ds: EncodingDataset) -> Path:
 
     ds.validate()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "name": ds.name, "kind": ds.kind})
         if ds.grid_shape is not None:
             f.attrs["grid_shape"] = np.asarray(ds.grid_shape, dtype=np.int64)
@@ -227,7 +221,7 @@ def write_dataset(path: str | os.PathLike[str], ds: EncodingDataset) -> Path:
         g.create_dataset("ids", data=list(ds.ids), dtype=h5py.string_dtype())
         f.create_dataset("split", data=ds.split.tolist(), dtype=h5py.string_dtype())
         for subject, sd in ds.subjects.items():
-            sg = f.create_group(f"subjects/{_label(subject)}")
+            sg = f.create_group(f"subjects/{subject_label(subject)}")
             sg.attrs["subject"] = subject
             n, reps, m = sd.responses.shape
             chunks = (min(n, 16), reps, min(m, 1 << 14))
@@ -238,17 +232,7 @@ def write_dataset(path: str | os.PathLike[str], ds: EncodingDataset) -> Path:
                 sg.create_dataset("voxel_ijk", data=np.asarray(sd.voxel_ijk, dtype=np.int32))
             for name, idx in sd.rois.items():
                 sg.create_dataset(f"rois/{name}", data=np.asarray(idx, dtype=np.int64))
-    os.replace(tmp, path)
     return path
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_dataset(path: str | os.PathLike[str], *, checksum: bool = True) -> EncodingDataset:
@@ -307,7 +291,7 @@ def read_dataset(path: str | os.PathLike[str], *, checksum: bool = True) -> Enco
             affine=np.asarray(f.attrs["affine"]) if "affine" in f.attrs else None,
         )
     if checksum:
-        ds.checksum = file_sha256(path)
+        ds.checksum = sha256_file(path)
     return ds
 
 

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +47,9 @@ METRIC_DEFINITIONS = {
 
 def write_yaml(path: Path, data: Any) -> Path:
     """Write YAML atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from berg.fsutil import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def _round(value: Any) -> Any:
@@ -94,7 +91,8 @@ def export_model(
         if projection is not None:
             writer.add_tensors("projection.safetensors", {"weight": projection.weight, "bias": projection.bias})
         for subject in subjects:
-            weight, bias = readouts[subject]
+            readout = readouts[subject]
+            weight, bias = readout.weight, readout.bias
             sd = ds.subjects[subject]
             label = subject_label(subject)
             writer.add_tensors(f"readout/{label}.safetensors", {"weight": weight, "bias": bias})
@@ -172,7 +170,7 @@ def build_card(cfg: "TrainConfig", ds: "EncodingDataset", subjects: list[Any], r
                             {"name": "n_outputs", "description": "outputs (voxels) of the subject"}]},
         "parameters": {
             "subjects": list(subjects),
-            "selection": {"rois": rois or ["all"], "n_outputs": {s: int(readouts[s][0].shape[0]) for s in subjects}},
+            "selection": {"rois": rois or ["all"], "n_outputs": {s: readouts[s].n_outputs for s in subjects}},
             "model_kwargs": [],
         },
         "preprocessing": {"transform": transform},

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,11 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    from berg.fsutil import atomic_path
+
+    with atomic_path(path, path.suffix) as tmp:
+        fig.savefig(tmp, dpi=90)
     _plt().close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -234,9 +234,11 @@ def fit_ols(x: np.ndarray, y: np.ndarray, *, target_batch: int | None = 32_768) 
 
     Returns
     -------
-    weight : (m, k) float32 array
-    bias : (m,) float32 array
+    LinearReadout
+        ``weight`` (m, k) float32 and ``bias`` (m,) float32 (berg's one affine type).
     """
+    from berg.readouts import LinearReadout
+
     x = np.asarray(x, dtype=np.float64)
     n, m = y.shape
     if x.shape[0] != n:
@@ -251,7 +253,7 @@ def fit_ols(x: np.ndarray, y: np.ndarray, *, target_batch: int | None = 32_768) 
         w = pinv @ yb
         weight[sl] = w.T
         bias[sl] = yb.mean(axis=0, dtype=np.float64) - xm @ w.astype(np.float64)
-    return weight, bias
+    return LinearReadout(weight, bias)
 
 
 @dataclass
@@ -274,6 +276,13 @@ class RidgeFit:
     alphas: np.ndarray
     cv_scores: np.ndarray
     alpha_grid: np.ndarray
+
+    @property
+    def readout(self):
+        """The fitted map as berg's affine type (:class:`~berg.readouts.LinearReadout`)."""
+        from berg.readouts import LinearReadout
+
+        return LinearReadout(self.weight, self.bias)
 
 
 def kfold_assignment(n: int, folds: int, seed: int) -> np.ndarray:

@@ -205,15 +205,15 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
         if not has.all():
             log.warning("subject %s: %d training stimuli without responses are left out", subject, int((~has).sum()))
         if cfg.readout["kind"] == "ols":
-            weight, bias = fit_ols(z_train[has], y_train[has])
+            readout = fit_ols(z_train[has], y_train[has])
             alpha = None
         else:
             ridge = fit_ridge_cv(z_train[has], y_train[has], cfg.readout["alphas"], folds=int(cfg.readout["folds"]),
                                  seed=cfg.seed)
-            weight, bias, alpha = ridge.weight, ridge.bias, ridge.alphas
+            readout, alpha = ridge.readout, ridge.alphas
         del y_train
-        readouts[subject] = (weight, bias)
-        pred = z_test @ weight.T + bias
+        readouts[subject] = readout
+        pred = readout(z_test)
         predictions[subject] = pred
         test_resp = np.asarray(sd.responses[test_idx])
         ev = evaluate(pred, test_resp)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from berg.errors import ArtifactError
+from berg.fsutil import sha256_file
 
 __all__ = ["convert_wheel", "WHEEL_SHA256", "ROIS", "CONVERTER_VERSION", "read_ridge", "extract_wheel"]
 
@@ -96,12 +97,11 @@ def _ijk(mask: np.ndarray, order: str) -> np.ndarray:
 
 def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool = True) -> Path:
     """Write the berg artifact of ``fmri-bold5000-resnet18`` from img2fmri's wheel into ``out_dir``."""
-    import hashlib
 
     from berg.store.artifacts import ArtifactWriter
 
     wheel_path = Path(wheel_path)
-    digest = hashlib.sha256(wheel_path.read_bytes()).hexdigest()
+    digest = sha256_file(wheel_path)
     if digest != WHEEL_SHA256:
         raise ArtifactError(f"{wheel_path.name} has sha256 {digest}, expected the pinned {WHEEL_SHA256}")
     writer = ArtifactWriter(Path(out_dir), "fmri-bold5000-resnet18")
