@@ -62,8 +62,19 @@ environment: BERG_CACHE (cache dir), BERG_OFFLINE=1, BERG_QUIET=1, BERG_MAX_PIXE
 BERG_REGISTRY, TORCH_HOME (backbone weights)"""
 
 # Option names of `encode` that a card's model option may not take over (they stay --model-kwarg only).
-_RESERVED = {"subject", "roi", "device", "batch_size", "backbone_weights", "backbone_seed", "output",
-             "model_kwarg", "quiet", "allow_still_images", "help"}
+_RESERVED = {
+    "subject",
+    "roi",
+    "device",
+    "batch_size",
+    "backbone_weights",
+    "backbone_seed",
+    "output",
+    "model_kwarg",
+    "quiet",
+    "allow_still_images",
+    "help",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,26 +170,32 @@ def cmd_list(args: argparse.Namespace) -> int:
         pattern = f"*{pattern}*"  # a bare word matches anywhere in the id, like `grep`
     ids = client.list_models(pattern)
     if not ids:
-        sys.stderr.write(
-            f"berg: no model matches {args.pattern!r}; available: {', '.join(client.list_models())}\n"
-        )
+        sys.stderr.write(f"berg: no model matches {args.pattern!r}; available: {', '.join(client.list_models())}\n")
         return 1
     rows = []
     for model_id in ids:
         spec = client.registry.get(model_id)
         card = spec.card
-        rows.append({
-            "id": model_id, "modality": spec.modality, "dataset": spec.dataset,
-            "subjects": list(spec.subjects), "input": spec.input_kind, "name": card.get("name", ""),
-        })
+        rows.append(
+            {
+                "id": model_id,
+                "modality": spec.modality,
+                "dataset": spec.dataset,
+                "subjects": list(spec.subjects),
+                "input": spec.input_kind,
+                "name": card.get("name", ""),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
     width = max(len(r["id"]) for r in rows)
     print(f"{'ID':{width}s}  {'MODALITY':8s}  {'DATASET':10s}  {'SUBJ':>4s}  {'INPUT':5s}  NAME")
     for r in rows:
-        print(f"{r['id']:{width}s}  {r['modality']:8s}  {r['dataset']:10s}  {len(r['subjects']):4d}  "
-              f"{r['input']:5s}  {r['name']}")
+        print(
+            f"{r['id']:{width}s}  {r['modality']:8s}  {r['dataset']:10s}  {len(r['subjects']):4d}  "
+            f"{r['input']:5s}  {r['name']}"
+        )
     return 0
 
 
@@ -204,8 +221,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     paths = client.fetch(args.model_id, subject=subject, all=args.all or subject is None)
     total = sum(p.stat().st_size for p in paths.values())
     roots = sorted({str(p.parent) for p in paths.values()}, key=len)
-    print(f"{args.model_id}: {len(paths)} file(s), {total / 1e6:.1f} MB available locally"
-          + (f" (under {roots[0]})" if roots else ""))
+    print(
+        f"{args.model_id}: {len(paths)} file(s), {total / 1e6:.1f} MB available locally"
+        + (f" (under {roots[0]})" if roots else "")
+    )
     return 0
 
 
@@ -238,8 +257,7 @@ def _check_nifti_request(spec: Any, subject: Any, options: Mapping[str, Any]) ->
     several = subject == "all" or isinstance(subject, list)
     if several and not options:  # only a model option (e.g. space='mni') can combine subjects into one map
         raise InvalidParameterError(
-            "NIfTI output takes one subject or a group map; use -o OUT.h5 for several subjects"
-            + _group_hint(spec)
+            "NIfTI output takes one subject or a group map; use -o OUT.h5 for several subjects" + _group_hint(spec)
         )
 
 
@@ -302,11 +320,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
     # Stimuli before the model: a wrong kind, a missing or corrupt file, a decompression bomb are
     # refused before any download (headers only; pixels are decoded batch by batch later).
     inputs = expand_paths(list(args.inputs), spec.input_kind)
-    stimuli = load_stimuli(inputs, spec.input_kind, min_frames=spec.min_frames,
-                           allow_still_images=args.allow_still_images)
+    stimuli = load_stimuli(
+        inputs, spec.input_kind, min_frames=spec.min_frames, allow_still_images=args.allow_still_images
+    )
     model = client.get_encoding_model(
-        args.model_id, subject=subject, selection={"roi": rois} if rois else None, device=args.device,
-        batch_size=args.batch_size, backbone_weights=weights, backbone_seed=args.backbone_seed, **options,
+        args.model_id,
+        subject=subject,
+        selection={"roi": rois} if rois else None,
+        device=args.device,
+        batch_size=args.batch_size,
+        backbone_weights=weights,
+        backbone_seed=args.backbone_seed,
+        **options,
     )
     log.info("encoding %d %s(s) with %r", len(stimuli), spec.input_kind, model)
     responses = client.encode(model, stimuli, show_progress=not _quiet(args))
@@ -334,8 +359,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, (".png", ".svg", ".pdf"), what="-o")
     subject = _one_subject(args.subject) if args.subject is not None else None
     try:
-        info = plot_file(source, out, kind=args.kind, index=args.index, subject=subject,
-                         threshold=args.threshold, title=args.title, units=args.units)
+        info = plot_file(
+            source,
+            out,
+            kind=args.kind,
+            index=args.index,
+            subject=subject,
+            threshold=args.threshold,
+            title=args.title,
+            units=args.units,
+        )
     except OSError as exc:
         if isinstance(exc, BERGError):
             raise
@@ -375,7 +408,8 @@ def _add_model_options(parser: argparse.ArgumentParser, spec: Any) -> None:
     if not names:
         return
     group = parser.add_argument_group(
-        f"options of {spec.model_id}", "from the card's parameters.model_kwargs; unset = the model's default")
+        f"options of {spec.model_id}", "from the card's parameters.model_kwargs; unset = the model's default"
+    )
     for name in names:
         opt = _options_of(spec)[name]
         kind = str(opt.get("type") or "").lower()
@@ -449,8 +483,11 @@ def _add_plugin(sub: argparse._SubParsersAction, name: str) -> None:
     try:
         adder = getattr(importlib.import_module(module), function)
     except ModuleNotFoundError as exc:
-        reason = (f"{module} is not part of this installation" if exc.name == module
-                  else f"{module} needs {exc.name!r}, which is not installed")
+        reason = (
+            f"{module} is not part of this installation"
+            if exc.name == module
+            else f"{module} needs {exc.name!r}, which is not installed"
+        )
     except (ImportError, AttributeError) as exc:
         reason = f"{module}.{function} could not be loaded ({exc})"
     else:
@@ -467,29 +504,48 @@ def _add_plugin(sub: argparse._SubParsersAction, name: str) -> None:
 
 def _add_encode(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s = sub.add_parser(
-        "encode", help="encode image/video files into responses (.h5 or .nii.gz)",
+        "encode",
+        help="encode image/video files into responses (.h5 or .nii.gz)",
         description="Encode stimuli and write the responses: HDF5 with output ids and provenance, or a "
-                    "NIfTI image (3-D for one stimulus, 4-D for several) for one subject or a group map. "
-                    "INPUT may be files, folders (their image or video files, sorted by name) or quoted "
-                    "glob patterns ('images/*.png'). Everything is checked before any download.",
+        "NIfTI image (3-D for one stimulus, 4-D for several) for one subject or a group map. "
+        "INPUT may be files, folders (their image or video files, sorted by name) or quoted "
+        "glob patterns ('images/*.png'). Everything is checked before any download.",
         epilog="model options: 'berg encode ID --help' lists the options of model ID (from its card) as flags.",
     )
     s.add_argument("model_id", metavar="ID")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image/video files, folders or glob patterns")
     s.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.h5 / OUT.hdf5 or OUT.nii[.gz]")
-    s.add_argument("--subject", required=True, action="append", metavar="N",
-                   help="subject id, comma list, or 'all' (several subjects: HDF5, or a group map)")
-    s.add_argument("--roi", action="append", metavar="R", help="ROI name (repeatable or comma list); default all outputs")
+    s.add_argument(
+        "--subject",
+        required=True,
+        action="append",
+        metavar="N",
+        help="subject id, comma list, or 'all' (several subjects: HDF5, or a group map)",
+    )
+    s.add_argument(
+        "--roi", action="append", metavar="R", help="ROI name (repeatable or comma list); default all outputs"
+    )
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     s.add_argument("--batch-size", type=_positive_int, default=None, metavar="B", help="stimuli per forward pass")
-    s.add_argument("--backbone-weights", default=None, metavar="W",
-                   help="'pretrained' (default: the published weights via torch's cache, TORCH_HOME), "
-                        "'untrained' (seeded random-weights control), or a local state-dict file")
+    s.add_argument(
+        "--backbone-weights",
+        default=None,
+        metavar="W",
+        help="'pretrained' (default: the published weights via torch's cache, TORCH_HOME), "
+        "'untrained' (seeded random-weights control), or a local state-dict file",
+    )
     s.add_argument("--backbone-seed", type=int, default=0, metavar="S", help="seed of --backbone-weights untrained")
-    s.add_argument("--allow-still-images", action="store_true",
-                   help="video models: show each still image as a clip of identical frames")
-    s.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE",
-                   help="model option from the card's parameters.model_kwargs (repeatable; flags are easier)")
+    s.add_argument(
+        "--allow-still-images",
+        action="store_true",
+        help="video models: show each still image as a clip of identical frames",
+    )
+    s.add_argument(
+        "--model-kwarg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model option from the card's parameters.model_kwargs (repeatable; flags are easier)",
+    )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_encode)
     return s
@@ -497,15 +553,20 @@ def _add_encode(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _add_plot(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s = sub.add_parser(
-        "plot", help="draw a brain map of responses (.nii.gz or .h5) to a PNG",
+        "plot",
+        help="draw a brain map of responses (.nii.gz or .h5) to a PNG",
         description="Draw one stimulus' responses with nilearn: MNI volumes as a statistical map on the "
-                    "MNI152 template (or a glass brain), subject volumes on their own grid, surface "
-                    "responses on the template mesh. Orientation marks and a colour bar with units.",
+        "MNI152 template (or a glass brain), subject volumes on their own grid, surface "
+        "responses on the template mesh. Orientation marks and a colour bar with units.",
     )
     s.add_argument("responses", metavar="RESPONSES", help="a file written by 'berg encode' (.nii[.gz] or .h5)")
     s.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.png (or .svg, .pdf)")
-    s.add_argument("--kind", default="auto", choices=["auto", "stat", "glass", "slices", "surface"],
-                   help="auto: stat map for volumes, surface for surfaces (default)")
+    s.add_argument(
+        "--kind",
+        default="auto",
+        choices=["auto", "stat", "glass", "slices", "surface"],
+        help="auto: stat map for volumes, surface for surfaces (default)",
+    )
     s.add_argument("--index", type=int, default=0, metavar="I", help="stimulus (volume) to draw (default 0)")
     s.add_argument("--subject", default=None, metavar="N", help="subject group of an .h5 file with several")
     s.add_argument("--threshold", type=float, default=None, metavar="T", help="hide |values| below T")
@@ -524,25 +585,40 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         The command line about to be parsed: for ``encode ID`` the model's card options become flags.
     """
     p = _Parser(
-        prog="berg", description="In silico brain responses from published encoding models.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="berg",
+        description="In silico brain responses from published encoding models.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from berg._version import __version__
 
     p.add_argument("--version", action="version", version=f"berg {__version__}")
     p.add_argument("--berg-dir", metavar="DIR", help="local copy of BERG's bucket tree (used in place, read-only)")
     p.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: $BERG_CACHE or the user cache dir)")
-    p.add_argument("--registry", action="append", metavar="FILE",
-                   help="extra registry.yaml, e.g. written by 'berg train' (repeatable)")
+    p.add_argument(
+        "--registry",
+        action="append",
+        metavar="FILE",
+        help="extra registry.yaml, e.g. written by 'berg train' (repeatable)",
+    )
     p.add_argument("--offline", action="store_true", help="never use the network (also BERG_OFFLINE=1)")
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="log progress (-v info, -vv debug); errors also print their traceback")
-    p.add_argument("-q", "--quiet", dest="quiet_global", action="store_true",
-                   help="no progress bars (also BERG_QUIET=1)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log progress (-v info, -vv debug); errors also print their traceback",
+    )
+    p.add_argument(
+        "-q", "--quiet", dest="quiet_global", action="store_true", help="no progress bars (also BERG_QUIET=1)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    s = sub.add_parser("list", help="list models, optionally matching a glob ('fmri-*') or a word",
-                       description="List the models of the registry.")
+    s = sub.add_parser(
+        "list",
+        help="list models, optionally matching a glob ('fmri-*') or a word",
+        description="List the models of the registry.",
+    )
     s.add_argument("pattern", nargs="?", metavar="PATTERN", help="glob such as 'fmri-*', or a word in the id")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_list)
@@ -555,9 +631,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_describe)
 
     s = sub.add_parser(
-        "fetch", help="download a model's files into the cache (for offline use)",
+        "fetch",
+        help="download a model's files into the cache (for offline use)",
         description="Download (or find in --berg-dir/cache) a model's files. Without --subject, every "
-                    "file of the model is fetched.",
+        "file of the model is fetched.",
     )
     s.add_argument("model_id", metavar="ID")
     g = s.add_mutually_exclusive_group()
@@ -573,8 +650,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     for name in _PLUGINS:
         _add_plugin(sub, name)
-    _Parser.known_flags = sorted({s for parser in [p, *sub.choices.values()] for a in parser._actions
-                                  for s in a.option_strings if s.startswith("--")})
+    _Parser.known_flags = sorted(
+        {
+            s
+            for parser in [p, *sub.choices.values()]
+            for a in parser._actions
+            for s in a.option_strings
+            if s.startswith("--")
+        }
+    )
     return p
 
 

@@ -108,8 +108,9 @@ class FileAccessError(BERGError, OSError):
     message, so ``except OSError`` and ``except BERGError`` both catch it.
     """
 
-    def __init__(self, message: str, *, errno: int | None = None, strerror: str | None = None,
-                 filename: str | None = None):
+    def __init__(
+        self, message: str, *, errno: int | None = None, strerror: str | None = None, filename: str | None = None
+    ):
         if errno is not None:
             OSError.__init__(self, errno, strerror, filename)
         else:
@@ -171,13 +172,12 @@ def os_error(exc: OSError, action: str, path: str | os.PathLike[str] | None = No
     reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno is not None and exc.strerror else str(exc)
     hint = _OS_HINTS.get(exc.errno or -1)
     message = f"cannot {action}" + (f" ({target})" if target else "") + f": {reason}" + (f"; {hint}" if hint else "")
-    return FileAccessError(message, errno=exc.errno, strerror=exc.strerror,
-                           filename=os.fspath(target) if target is not None else None)
+    return FileAccessError(
+        message, errno=exc.errno, strerror=exc.strerror, filename=os.fspath(target) if target is not None else None
+    )
 
 
-def check_output_path(
-    path: Any, suffixes: Iterable[str] | None = None, *, what: str = "output path"
-) -> Path:
+def check_output_path(path: Any, suffixes: Iterable[str] | None = None, *, what: str = "output path") -> Path:
     """Validate a file path berg is asked to write, before any work is done.
 
     Parameters

@@ -93,8 +93,9 @@ def validate_backbone_weights(value: Any) -> str | os.PathLike[str] | None:
     if value == UNTRAINED:
         return UNTRAINED
     if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
-        raise _with_cli_words(InvalidParameterError(
-            f"backbone_weights={value!r} ({type(value).__name__}) is not valid; {_WEIGHTS_FORM}"))
+        raise _with_cli_words(
+            InvalidParameterError(f"backbone_weights={value!r} ({type(value).__name__}) is not valid; {_WEIGHTS_FORM}")
+        )
     text = os.fspath(value)
     if "\x00" in text:
         raise _with_cli_words(InvalidParameterError(f"backbone_weights={text!r} contains a NUL byte; {_WEIGHTS_FORM}"))
@@ -105,11 +106,17 @@ def validate_backbone_weights(value: Any) -> str | os.PathLike[str] | None:
     if looks_like_word:
         near = close_matches(text, [UNTRAINED, PRETRAINED])
         hint = f"did you mean {near[0]!r}? " if near else ""
-        raise _with_cli_words(InvalidParameterError(
-            f"backbone_weights={text!r} is neither a keyword nor an existing file; {hint}{_WEIGHTS_FORM}"))
+        raise _with_cli_words(
+            InvalidParameterError(
+                f"backbone_weights={text!r} is neither a keyword nor an existing file; {hint}{_WEIGHTS_FORM}"
+            )
+        )
     if path.is_dir():
-        raise _with_cli_words(InvalidParameterError(
-            f"backbone_weights={text!r} is a folder; give the state-dict file inside it ({', '.join(_WEIGHT_SUFFIXES)})"))
+        raise _with_cli_words(
+            InvalidParameterError(
+                f"backbone_weights={text!r} is a folder; give the state-dict file inside it ({', '.join(_WEIGHT_SUFFIXES)})"
+            )
+        )
     raise _with_cli_words(InvalidParameterError(f"backbone_weights file not found: {path}; {_WEIGHTS_FORM}"))
 
 
@@ -131,13 +138,9 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InvalidParameterError(
-                f"device={device!r} but CUDA is not available here; use 'cpu' or 'auto'"
-            )
+            raise InvalidParameterError(f"device={device!r} but CUDA is not available here; use 'cpu' or 'auto'")
         if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
-            raise InvalidParameterError(
-                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
+            raise InvalidParameterError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise InvalidParameterError("device='mps' but MPS is not available here; use 'cpu' or 'auto'")
     return device
@@ -167,10 +170,7 @@ def _offline() -> bool:
 
 
 def _download_command(weights_name: str) -> str:
-    return (
-        'python -c "from torchvision.models import get_weight; '
-        f"get_weight('{weights_name}').get_state_dict()\""
-    )
+    return f"python -c \"from torchvision.models import get_weight; get_weight('{weights_name}').get_state_dict()\""
 
 
 def _missing_weights(weights_name: str, url: str, target: Path, reason: str) -> BackboneWeightsError:
@@ -178,7 +178,7 @@ def _missing_weights(weights_name: str, url: str, target: Path, reason: str) -> 
     message = (
         f"pretrained backbone weights {weights_name} missing: {target.name} is not in {target.parent} and "
         f"{reason}. Run {_download_command(weights_name)} where there is internet (or download {url}) and "
-        f"copy {target.name} there (TORCH_HOME sets the folder); or pass backbone_weights=\"untrained\" "
+        f'copy {target.name} there (TORCH_HOME sets the folder); or pass backbone_weights="untrained" '
         "(a seeded random-weights control) or backbone_weights=PATH (a local copy)."
     )
     return _with_cli_words(BackboneWeightsError(message))  # type: ignore[return-value]
@@ -256,8 +256,9 @@ def build_backbone(
             weights = _weights_enum(backbone["weights"])
             target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
             if offline and not target.is_file():
-                raise _missing_weights(backbone["weights"], weights.url, target,
-                                       "berg is offline (offline=True / BERG_OFFLINE)")
+                raise _missing_weights(
+                    backbone["weights"], weights.url, target, "berg is offline (offline=True / BERG_OFFLINE)"
+                )
             if not target.is_file():
                 log.info("downloading %s from %s into %s", backbone["weights"], weights.url, target.parent)
             try:
@@ -266,8 +267,9 @@ def build_backbone(
                 reason = " ".join(str(getattr(exc, "reason", None) or exc).split())
                 # An expected failure: the message has everything; the chained download traceback
                 # (~90 lines of urllib) would only bury it.
-                raise _missing_weights(backbone["weights"], weights.url, target,
-                                       f"could not be downloaded ({reason})") from None
+                raise _missing_weights(
+                    backbone["weights"], weights.url, target, f"could not be downloaded ({reason})"
+                ) from None
         elif isinstance(backbone_weights, str) and backbone_weights == UNTRAINED:
             model = builder(weights=None)
         else:
@@ -276,9 +278,7 @@ def build_backbone(
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise ModelLoadError(
-                    f"{backbone_weights} does not match {backbone['builder']}: {exc}"
-                ) from exc
+                raise ModelLoadError(f"{backbone_weights} does not match {backbone['builder']}: {exc}") from exc
     return model.eval()
 
 
@@ -329,7 +329,9 @@ class FeatureExtractor:
         try:
             self.network = create_feature_extractor(network, return_nodes={n: n for n in self.nodes})
         except ValueError as exc:
-            raise ModelLoadError(f"feature nodes {self.nodes} not found in {recipe['backbone']['builder']}: {exc}") from exc
+            raise ModelLoadError(
+                f"feature nodes {self.nodes} not found in {recipe['backbone']['builder']}: {exc}"
+            ) from exc
         self.network = self.network.eval().to(self.device)
         weights = validate_backbone_weights(backbone_weights)
         self.backbone_weights = PRETRAINED if weights is None else str(weights)
@@ -388,5 +390,14 @@ class FeatureExtractor:
         """What makes two extractors compute the same features (ensembles share one backbone pass)."""
         import json
 
-        return json.dumps([self.recipe["backbone"], self.nodes, self.transform.describe(),
-                           self.backbone_weights, getattr(self, "seed", None)], sort_keys=True, default=str)
+        return json.dumps(
+            [
+                self.recipe["backbone"],
+                self.nodes,
+                self.transform.describe(),
+                self.backbone_weights,
+                getattr(self, "seed", None),
+            ],
+            sort_keys=True,
+            default=str,
+        )

@@ -47,7 +47,9 @@ def _nilearn():
     try:
         from nilearn import datasets, plotting
     except ModuleNotFoundError:
-        raise MissingExtraError("berg's brain plots need nilearn, which is not installed: pip install nilearn") from None
+        raise MissingExtraError(
+            "berg's brain plots need nilearn, which is not installed: pip install nilearn"
+        ) from None
     return plotting, datasets
 
 
@@ -162,8 +164,16 @@ def plot_volume(
     mni = is_mni(img) if mni is None else mni
     units = units or _DEFAULT_UNITS
     fig = plt.figure(figsize=(10, 3.6), facecolor="black")
-    common = dict(figure=fig, colorbar=True, threshold=threshold, cmap=cmap, vmax=vmax or peak,
-                  symmetric_cbar=True, title=title, black_bg=True)
+    common = dict(
+        figure=fig,
+        colorbar=True,
+        threshold=threshold,
+        cmap=cmap,
+        vmax=vmax or peak,
+        symmetric_cbar=True,
+        title=title,
+        black_bg=True,
+    )
     if kind == "glass":
         if not mni:
             raise InvalidParameterError("a glass brain needs an MNI152 image; use kind='stat' for subject-space maps")
@@ -175,8 +185,7 @@ def plot_volume(
         raise InvalidParameterError(f"kind={kind!r} is not valid for volumes; valid: 'stat', 'glass'")
     _label_colorbar(display, units)
     if not mni:
-        fig.text(0.01, 0.02, "subject space (no template); L/R and mm from the image's affine",
-                 color="0.7", fontsize=8)
+        fig.text(0.01, 0.02, "subject space (no template); L/R and mm from the image's affine", color="0.7", fontsize=8)
     _save(fig, out_path)
     return fig
 
@@ -248,9 +257,20 @@ def plot_surface(
             raise InvalidParameterError(f"{h} has {values[h].size} values; the {template} mesh has {n} vertices")
         bg = getattr(sulc, "data", None)
         bg = None if bg is None else np.asarray(bg.parts[side])
-        plotting.plot_surf_stat_map(part, np.nan_to_num(values[h]), bg_map=bg, hemi=side, view=view,
-                                    threshold=threshold, cmap=cmap, vmax=peak, symmetric_cbar=True,
-                                    colorbar=False, axes=ax, figure=fig)
+        plotting.plot_surf_stat_map(
+            part,
+            np.nan_to_num(values[h]),
+            bg_map=bg,
+            hemi=side,
+            view=view,
+            threshold=threshold,
+            cmap=cmap,
+            vmax=peak,
+            symmetric_cbar=True,
+            colorbar=False,
+            axes=ax,
+            figure=fig,
+        )
         ax.set_title(f"{h} {view}", fontsize=9)
     import matplotlib as mpl
 
@@ -298,7 +318,8 @@ def _h5_group(path: Path, subject: Any):
     if subject is None:
         if len(groups) > 1:
             raise InvalidParameterError(
-                f"{path} holds several subjects ({', '.join(groups)}); choose one with --subject / subject=")
+                f"{path} holds several subjects ({', '.join(groups)}); choose one with --subject / subject="
+            )
         key = groups[0]
     else:
         key = str(subject)
@@ -359,8 +380,15 @@ def plot_file(
         side = _sidecar(path)
         label = _stimulus_label(side.get("volumes") or side.get("stimulus_ids"), index)
         title = title or f"{path.name}" + (f" — {label}" if label else f" — volume {index}")
-        fig = plot_volume(img, kind="stat" if kind in ("auto", "slices") else kind, index=index, title=title,
-                          units=units or side.get("units"), threshold=threshold, out_path=out_path)
+        fig = plot_volume(
+            img,
+            kind="stat" if kind in ("auto", "slices") else kind,
+            index=index,
+            title=title,
+            units=units or side.get("units"),
+            threshold=threshold,
+            out_path=out_path,
+        )
         where = "MNI152 template" if is_mni(img) else "subject grid"
         plt.close(fig)
         return f"{'glass brain' if kind == 'glass' else 'stat map'} of volume {index} on the {where}"
@@ -375,15 +403,22 @@ def plot_file(
     units = units or file_units
     if space.kind == "volume":
         img = space.to_nifti(responses[index])
-        fig = plot_volume(img, kind="stat" if kind in ("auto", "slices") else kind, title=title, units=units,
-                          threshold=threshold, out_path=out_path)
+        fig = plot_volume(
+            img,
+            kind="stat" if kind in ("auto", "slices") else kind,
+            title=title,
+            units=units,
+            threshold=threshold,
+            out_path=out_path,
+        )
         info = f"stat map of stimulus {index} ({group}) on the {'MNI152 template' if is_mni(img) else 'subject grid'}"
     elif space.kind == "surface":
         if kind not in ("auto", "surface"):
             raise InvalidParameterError(f"kind={kind!r} does not apply to surface responses; use 'surface'")
         mesh = {h: v[0] for h, v in space.to_mesh(responses[index : index + 1]).items()}
-        fig = plot_surface(mesh, template=space.template, title=title, units=units, threshold=threshold,
-                           out_path=out_path)
+        fig = plot_surface(
+            mesh, template=space.template, title=title, units=units, threshold=threshold, out_path=out_path
+        )
         info = f"surface map of stimulus {index} ({group}) on {space.template}"
     else:
         raise InvalidParameterError(

@@ -63,8 +63,26 @@ Kind = Literal["image", "video"]
 
 #: File suffixes a folder or glob expands to for image models (``.gif`` gives its first frame).
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-     ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".qoi", ".avif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".jp2",
+        ".qoi",
+        ".avif",
+    }
 )
 #: File suffixes a folder or glob expands to for video models (``.gif`` is read as a clip).
 VIDEO_SUFFIXES = frozenset(
@@ -72,8 +90,24 @@ VIDEO_SUFFIXES = frozenset(
 )
 # Pillow plugins berg lets open a file: raster formats only. Others (EPS runs Ghostscript, WMF, PSD
 # and the scientific containers) are a needless attack surface for files downloaded from the internet.
-_PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "JPEG2000", "QOI",
-                "AVIF", "MPO", "ICO", "SGI", "PCX")
+_PIL_FORMATS = (
+    "JPEG",
+    "PNG",
+    "GIF",
+    "BMP",
+    "DIB",
+    "TIFF",
+    "WEBP",
+    "PPM",
+    "TGA",
+    "JPEG2000",
+    "QOI",
+    "AVIF",
+    "MPO",
+    "ICO",
+    "SGI",
+    "PCX",
+)
 # Pillow's own default limit, also berg's default (the variable changes it).
 _PIL_DEFAULT_MAX_PIXELS = 178_956_970
 # Pillow checks its module-level limit inside Image.open; berg raises it (never lowers it) under this
@@ -89,9 +123,7 @@ _VIDEO_FORM = (
     "videos must be a uint8 array (B, T, 3, H, W) with values 0-255, a video file, a folder or glob "
     "of video files, or a list of those"
 )
-_STILL_HINT = (
-    "pass allow_still_images=True to load_stimuli to show each still as a clip of identical frames"
-)
+_STILL_HINT = "pass allow_still_images=True to load_stimuli to show each still as a clip of identical frames"
 
 
 def _form(kind: Kind) -> str:
@@ -155,8 +187,7 @@ def _open_image(path: str | os.PathLike[str], limit: int):
         ) from None
     except UnidentifiedImageError:
         raise StimulusError(
-            f"cannot read image {path}: not an image file berg opens ({', '.join(formats)}), or it is "
-            "corrupt"
+            f"cannot read image {path}: not an image file berg opens ({', '.join(formats)}), or it is corrupt"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow plugins raise all three on bad headers
         raise StimulusError(f"cannot read image {path}: {exc} (the file is truncated or corrupt)") from None
@@ -362,9 +393,7 @@ class Stimuli(Sequence):
         else:
             arr = self._video(item)
         if self.kind == "video" and arr.shape[0] < self.min_frames:
-            raise StimulusError(
-                f"video {i} has {arr.shape[0]} frames; this model needs at least {self.min_frames}"
-            )
+            raise StimulusError(f"video {i} has {arr.shape[0]} frames; this model needs at least {self.min_frames}")
         return arr
 
     def describe_item(self, i: int) -> str:
@@ -438,8 +467,7 @@ def _image_channel_axis(shape: tuple[int, ...]) -> int:
     if last:
         return 3
     raise StimulusError(
-        f"image array {shape} has no RGB axis (size 3, or 1/2/4 for greyscale/alpha) at position 1 or 3; "
-        f"{_IMAGE_FORM}"
+        f"image array {shape} has no RGB axis (size 3, or 1/2/4 for greyscale/alpha) at position 1 or 3; {_IMAGE_FORM}"
     )
 
 
@@ -501,9 +529,7 @@ def _array_items(
     if arr.ndim == 4:  # stills, allowed by the caller
         return [_Still(img, max(min_frames, 1)) for img in _image_batch(arr)]
     if arr.shape[1] < min_frames:
-        raise StimulusError(
-            f"videos have {arr.shape[1]} frames; this model needs at least {min_frames}. {_VIDEO_FORM}"
-        )
+        raise StimulusError(f"videos have {arr.shape[1]} frames; this model needs at least {min_frames}. {_VIDEO_FORM}")
     return list(arr.astype(np.uint8, copy=False).transpose(0, 1, 3, 4, 2))
 
 
@@ -564,8 +590,11 @@ def _expand_one(item: str | os.PathLike[str], kind: Kind, i: int | None) -> list
     try:
         if path.is_dir():
             found = sorted(
-                (p for p in path.iterdir() if not p.name.startswith(".") and p.suffix.lower() in suffixes
-                 and p.is_file()),
+                (
+                    p
+                    for p in path.iterdir()
+                    if not p.name.startswith(".") and p.suffix.lower() in suffixes and p.is_file()
+                ),
                 key=lambda p: p.name,
             )
             if not found:
@@ -635,7 +664,9 @@ def _check_items(items: Sequence[Any], kind: Kind, allow_still_images: bool) -> 
         if isinstance(item, (str, os.PathLike)):
             found = _kind_of_path(item)
             if found == "video" and kind == "image":
-                raise StimulusError(f"stimulus {i} ({item}) is a video file, but this model takes images; {_IMAGE_FORM}")
+                raise StimulusError(
+                    f"stimulus {i} ({item}) is a video file, but this model takes images; {_IMAGE_FORM}"
+                )
             if found == "image" and kind == "video" and not allow_still_images:
                 raise StimulusError(
                     f"this model takes videos, but stimulus {i} ({item}) is a still image; {_VIDEO_FORM}; "
@@ -648,9 +679,13 @@ def _check_items(items: Sequence[Any], kind: Kind, allow_still_images: bool) -> 
                     f"or {_STILL_HINT}"
                 )
             if _pil_is_closed(item):
-                raise StimulusError(f"stimulus {i} is a closed PIL image; pass it open (before img.close()) or its path")
+                raise StimulusError(
+                    f"stimulus {i} is a closed PIL image; pass it open (before img.close()) or its path"
+                )
             if item.width < 1 or item.height < 1:
-                raise StimulusError(f"stimulus {i} is a {item.width} x {item.height} PIL image; it needs at least 1 x 1")
+                raise StimulusError(
+                    f"stimulus {i} is a {item.width} x {item.height} PIL image; it needs at least 1 x 1"
+                )
         elif not isinstance(item, np.ndarray):
             raise StimulusError(f"stimulus {i} has unsupported type {type(item).__name__}; {_form(kind)}")
 
@@ -755,8 +790,12 @@ def load_stimuli(
         return Stimuli(stimulus._items, kind, min_frames=min_frames, max_pixels=stimulus.max_pixels)
     items = _as_items(stimulus, kind)
     if isinstance(items, np.ndarray):
-        return Stimuli(_array_items(items, kind, min_frames, allow_still_images=allow_still_images), kind,
-                       min_frames=min_frames, max_pixels=limit)
+        return Stimuli(
+            _array_items(items, kind, min_frames, allow_still_images=allow_still_images),
+            kind,
+            min_frames=min_frames,
+            max_pixels=limit,
+        )
     _check_items(items, kind, allow_still_images)
     out: list[Any] = []
     for i, item in enumerate(items):

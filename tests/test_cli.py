@@ -13,11 +13,10 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+from synthetic_native import GRID, MODEL_ID, N_OUT, ROIS, build
 
 from berg import cli
 from berg.cli import main
-
-from synthetic_native import GRID, MODEL_ID, N_OUT, ROIS, build
 
 REAL = "fmri-bold5000-resnet18"
 
@@ -62,12 +61,15 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"berg {berg.__version__}"
 
 
-@pytest.mark.parametrize("pattern, glob, members, non_members", [
-    (None, "*", ["fmri-bmd-s3d", REAL], []),
-    ("fmri-*", "fmri-*", ["fmri-bmd-s3d", REAL], []),
-    ("*s3d", "*s3d", ["fmri-bmd-s3d"], [REAL]),
-    ("bold5000", "*bold5000*", [REAL], ["fmri-bmd-s3d"]),  # a bare word matches anywhere
-])
+@pytest.mark.parametrize(
+    "pattern, glob, members, non_members",
+    [
+        (None, "*", ["fmri-bmd-s3d", REAL], []),
+        ("fmri-*", "fmri-*", ["fmri-bmd-s3d", REAL], []),
+        ("*s3d", "*s3d", ["fmri-bmd-s3d"], [REAL]),
+        ("bold5000", "*bold5000*", [REAL], ["fmri-bmd-s3d"]),  # a bare word matches anywhere
+    ],
+)
 def test_list(capsys, pattern, glob, members, non_members):
     import fnmatch
 
@@ -84,8 +86,16 @@ def test_list(capsys, pattern, glob, members, non_members):
 def test_list_json_and_no_match(capsys):
     assert main(["list", "--json", "fmri-bmd*"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows == [{"id": "fmri-bmd-s3d", "modality": "fmri", "dataset": "bmd", "subjects": list(range(1, 11)),
-                     "input": "video", "name": rows[0]["name"]}]
+    assert rows == [
+        {
+            "id": "fmri-bmd-s3d",
+            "modality": "fmri",
+            "dataset": "bmd",
+            "subjects": list(range(1, 11)),
+            "input": "video",
+            "name": rows[0]["name"],
+        }
+    ]
     assert main(["list", "nomatch-*"]) == 1
     err = capsys.readouterr().err
     assert "no model matches 'nomatch-*'" in err and "fmri-bmd-s3d" in err
@@ -103,22 +113,28 @@ def test_describe_text_json_markdown(capsys):
     assert capsys.readouterr().out.startswith("# fmri-bmd-s3d\n")
 
 
-@pytest.mark.parametrize("argv", [
-    ["describe", "fmri-bmd-s3"],
-    ["fetch", "fmri-bmd-s3", "--subject", "1"],
-    ["encode", "fmri-bmd-s3", "--subject", "1", "x.mp4", "-o", "out.h5"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["describe", "fmri-bmd-s3"],
+        ["fetch", "fmri-bmd-s3", "--subject", "1"],
+        ["encode", "fmri-bmd-s3", "--subject", "1", "x.mp4", "-o", "out.h5"],
+    ],
+)
 def test_unknown_model_is_one_line_with_suggestion(capsys, argv):
     assert main(argv) == 2
     _one_line_error(capsys.readouterr().err, "unknown model 'fmri-bmd-s3'", "Did you mean 'fmri-bmd-s3d'")
 
 
-@pytest.mark.parametrize("argv, part", [
-    (["encode", REAL], "required"),
-    (["encode", REAL, "--subject", "1", "--batch-size", "0", "a.jpg", "-o", "o.h5"], "--batch-size"),
-    (["frobnicate"], "invalid choice"),
-    (["describe", REAL, "--json", "--markdown"], "not allowed with"),
-])
+@pytest.mark.parametrize(
+    "argv, part",
+    [
+        (["encode", REAL], "required"),
+        (["encode", REAL, "--subject", "1", "--batch-size", "0", "a.jpg", "-o", "o.h5"], "--batch-size"),
+        (["frobnicate"], "invalid choice"),
+        (["describe", REAL, "--json", "--markdown"], "not allowed with"),
+    ],
+)
 def test_argument_errors_are_one_line_exit_2(capsys, argv, part):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -139,17 +155,20 @@ def image(tmp_path):
     return p
 
 
-@pytest.mark.parametrize("extra, part", [
-    (["--subject", "1", "-o", "out.txt"], "-o must end with .h5, .hdf5, .nii, .nii.gz"),
-    (["--subject", "1,2", "-o", "out.nii.gz"], "NIfTI output takes one subject"),
-    (["--subject", "all", "-o", "out.nii"], "NIfTI output takes one subject"),
-    (["--subject", "all,1", "-o", "out.h5"], "cannot be combined"),
-    (["--subject", "9", "-o", "out.h5"], "valid subjects: 1, 2, 3"),
-    (["--subject", "1", "--roi", "PPX", "-o", "out.h5"], "Did you mean"),
-    (["--subject", "1", "--device", "gpu7", "-o", "out.h5"], "gpu7"),
-    (["--subject", "1", "--model-kwarg", "novalue", "-o", "out.h5"], "KEY=VALUE"),
-    (["MISSING", "--subject", "1", "-o", "out.h5"], "file not found"),
-])
+@pytest.mark.parametrize(
+    "extra, part",
+    [
+        (["--subject", "1", "-o", "out.txt"], "-o must end with .h5, .hdf5, .nii, .nii.gz"),
+        (["--subject", "1,2", "-o", "out.nii.gz"], "NIfTI output takes one subject"),
+        (["--subject", "all", "-o", "out.nii"], "NIfTI output takes one subject"),
+        (["--subject", "all,1", "-o", "out.h5"], "cannot be combined"),
+        (["--subject", "9", "-o", "out.h5"], "valid subjects: 1, 2, 3"),
+        (["--subject", "1", "--roi", "PPX", "-o", "out.h5"], "Did you mean"),
+        (["--subject", "1", "--device", "gpu7", "-o", "out.h5"], "gpu7"),
+        (["--subject", "1", "--model-kwarg", "novalue", "-o", "out.h5"], "KEY=VALUE"),
+        (["MISSING", "--subject", "1", "-o", "out.h5"], "file not found"),
+    ],
+)
 def test_encode_refuses_bad_input_before_any_io(capsys, tmp_path, image, extra, part):
     cache = tmp_path / "cache"
     argv = ["--cache-dir", str(cache), "encode", REAL, str(image), *extra]
@@ -184,8 +203,9 @@ def test_plugin_with_missing_dependency_names_it(capsys, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "berg_test_broken_plugin", broken)
     real_import = cli.importlib.import_module
-    monkeypatch.setattr(cli.importlib, "import_module",
-                        lambda name: fail() if name.startswith("berg_test") else real_import(name))
+    monkeypatch.setattr(
+        cli.importlib, "import_module", lambda name: fail() if name.startswith("berg_test") else real_import(name)
+    )
     monkeypatch.setitem(cli._PLUGINS, "train", ("berg_test_broken_plugin.cli", "add_train_subparser", "train"))
     assert main(["train", "cfg.yaml"]) == 2
     _one_line_error(capsys.readouterr().err, "'berg train' is unavailable", "'somedep'")
@@ -250,8 +270,15 @@ def stimuli(synth, tmp_path_factory):
 
 @pytest.fixture
 def common(synth, tmp_path):
-    return ["--berg-dir", str(synth.berg_dir), "--cache-dir", str(tmp_path / "cache"),
-            "--registry", str(synth.registry), "--offline"]
+    return [
+        "--berg-dir",
+        str(synth.berg_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--registry",
+        str(synth.registry),
+        "--offline",
+    ]
 
 
 def _rel(a, b):
@@ -296,8 +323,12 @@ def test_encode_nifti_3d_and_4d_from_a_directory(synth, stimuli, common, tmp_pat
     assert _encode(common, "--subject", "2", "-q", stimuli[0], "-o", str(one)) == 0
     img = nib.load(one)
     assert img.shape == GRID
-    np.testing.assert_allclose(np.asarray(img.dataobj)[tuple(synth.voxel_ijk[2].T)], synth.expected[2][0],
-                               rtol=1e-4, atol=1e-5 * np.abs(synth.expected[2]).max())
+    np.testing.assert_allclose(
+        np.asarray(img.dataobj)[tuple(synth.voxel_ijk[2].T)],
+        synth.expected[2][0],
+        rtol=1e-4,
+        atol=1e-5 * np.abs(synth.expected[2]).max(),
+    )
     many = tmp_path / "many.nii"
     assert _encode(common, "--subject", "2", "-q", str(Path(stimuli[0]).parent), "-o", str(many)) == 0
     data = np.asarray(nib.load(many).dataobj)
@@ -362,8 +393,14 @@ def test_encode_help_lists_the_models_card_options(capsys):
         main(["encode", REAL, "--help"])
     out = capsys.readouterr().out
     assert f"options of {REAL}" in out
-    for flag in ("--space {subject,mni}", "--center-crop, --no-center-crop", "--roi-list", "--sigma SIGMA",
-                 "--voxel-order {c,fortran}", "--zscore-support {v1.0,v0.2}"):
+    for flag in (
+        "--space {subject,mni}",
+        "--center-crop, --no-center-crop",
+        "--roi-list",
+        "--sigma SIGMA",
+        "--voxel-order {c,fortran}",
+        "--zscore-support {v1.0,v0.2}",
+    ):
         assert flag in out, flag
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
@@ -375,8 +412,10 @@ def test_model_option_flags_are_checked_before_any_io(capsys, tmp_path, image):
     base = ["--cache-dir", str(cache), "encode", REAL, str(image)]
     cases = [
         (["--subject", "1,2", "-o", str(tmp_path / "g.nii.gz")], "--subject all --space mni"),
-        (["--subject", "all", "--space", "mni", "--model-kwarg", "space=mni", "-o", str(tmp_path / "g.h5")],
-         "--space and --model-kwarg space=... both given"),
+        (
+            ["--subject", "all", "--space", "mni", "--model-kwarg", "space=mni", "-o", str(tmp_path / "g.h5")],
+            "--space and --model-kwarg space=... both given",
+        ),
         (["--subject", "all", "--space", "mni", "--roi-list", "FFA", "-o", str(tmp_path / "g.h5")], "valid"),
     ]
     for extra, part in cases:
@@ -393,7 +432,9 @@ def test_summary_line_names_a_group_and_subjects():
     r = np.zeros((4, 9), np.float32)
     assert _summary(Path("g.h5"), r, group) == "wrote g.h5 (group of subjects 1, 2, 3: 4 x 9, float32)"
     assert _summary(Path("o.h5"), r, one) == "wrote o.h5 (subject 2: 4 x 9, float32)"
-    assert _summary(Path("m.h5"), {1: r, 2: r[:, :3]}, group) == "wrote m.h5 (subject 1: 4 x 9, subject 2: 4 x 3, float32)"
+    assert (
+        _summary(Path("m.h5"), {1: r, 2: r[:, :3]}, group) == "wrote m.h5 (subject 1: 4 x 9, subject 2: 4 x 3, float32)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -411,12 +452,34 @@ def img2fmri_artifact():
 @pytest.mark.slow
 def test_group_mni_map_to_nifti_with_space_flag(img2fmri_artifact, stimuli, tmp_path, capsys):
     out = tmp_path / "group.nii.gz"
-    argv = ["--berg-dir", str(img2fmri_artifact), "--cache-dir", str(tmp_path / "c"), "--offline", "-q", "encode",
-            REAL, "--subject", "all", "--space", "mni", "--sigma", "1.0", "--backbone-weights", "untrained",
-            "--device", "cpu", *stimuli[:2], "-o", str(out)]
+    argv = [
+        "--berg-dir",
+        str(img2fmri_artifact),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--offline",
+        "-q",
+        "encode",
+        REAL,
+        "--subject",
+        "all",
+        "--space",
+        "mni",
+        "--sigma",
+        "1.0",
+        "--backbone-weights",
+        "untrained",
+        "--device",
+        "cpu",
+        *stimuli[:2],
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"wrote {out} (group of subjects 1, 2, 3: 2 x ") and line.endswith("image 91 x 109 x 91 x 2)")
+    assert line.startswith(f"wrote {out} (group of subjects 1, 2, 3: 2 x ") and line.endswith(
+        "image 91 x 109 x 91 x 2)"
+    )
     img = nib.load(out)
     assert img.shape == (91, 109, 91, 2)
     side = json.loads(out.with_name("group.json").read_text())
@@ -445,15 +508,35 @@ def test_docs_cli_reference_is_generated_from_the_parser():
 
 
 def test_encode_shows_progress_unless_quiet(stimuli, common, tmp_path, capsys, monkeypatch):
-    untrained = ("berg: warning: responses come from an UNTRAINED backbone (torchvision.models.resnet18 with "
-                 "--backbone-weights untrained, seed 0): a random-weights control, not the published model\n")
+    untrained = (
+        "berg: warning: responses come from an UNTRAINED backbone (torchvision.models.resnet18 with "
+        "--backbone-weights untrained, seed 0): a random-weights control, not the published model\n"
+    )
     assert _encode(common, "--subject", "1", stimuli[0], "-o", str(tmp_path / "p.h5")) == 0
     err = capsys.readouterr().err
     assert "stim" in err and untrained in err  # tqdm's unit; the control is announced in CLI words
     assert _encode(common, "--subject", "1", "-q", stimuli[0], "-o", str(tmp_path / "q.h5")) == 0
     assert capsys.readouterr().err == untrained  # -q hides progress, never the warning
-    assert main(["-q", *common, "encode", MODEL_ID, "--backbone-weights", "untrained", "--device", "cpu",
-                 "--subject", "1", stimuli[0], "-o", str(tmp_path / "g.h5")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                *common,
+                "encode",
+                MODEL_ID,
+                "--backbone-weights",
+                "untrained",
+                "--device",
+                "cpu",
+                "--subject",
+                "1",
+                stimuli[0],
+                "-o",
+                str(tmp_path / "g.h5"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().err == untrained  # the global -q too
     monkeypatch.setenv("BERG_QUIET", "1")
     assert _encode(common, "--subject", "1", stimuli[0], "-o", str(tmp_path / "e.h5")) == 0
@@ -481,9 +564,11 @@ def test_fetch(synth, common, capsys):
 
 
 def test_list_and_describe_do_not_import_torch():
-    code = ("import io, sys, contextlib\nfrom berg.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    assert main(['list']) == 0 and main(['describe', 'fmri-bmd-s3d']) == 0\n"
-            "print(sorted(m for m in ('torch', 'torchvision', 'h5py') if m in sys.modules))")
+    code = (
+        "import io, sys, contextlib\nfrom berg.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['list']) == 0 and main(['describe', 'fmri-bmd-s3d']) == 0\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'h5py') if m in sys.modules))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

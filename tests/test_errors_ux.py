@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_native import MODEL_ID
 
 from berg.cli import main
 from berg.errors import (
@@ -23,8 +24,6 @@ from berg.errors import (
     require_extra,
 )
 from berg.features import build_backbone, validate_backbone_weights
-
-from synthetic_native import MODEL_ID
 
 RESNET = {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"}
 REAL = "fmri-bold5000-resnet18"
@@ -50,9 +49,14 @@ def empty_torch_home(tmp_path, monkeypatch):
 def _check_weights_message(text: str, home: Path) -> None:
     folder = str(home / "hub" / "checkpoints")
     assert "\n" not in text and len(text.replace(folder, "")) < 600, text  # one (long) line, not a traceback
-    for part in ("ResNet18_Weights.IMAGENET1K_V1", "resnet18-f37072fd.pth", str(home / "hub" / "checkpoints"),
-                 "TORCH_HOME", "get_weight('ResNet18_Weights.IMAGENET1K_V1').get_state_dict()",
-                 "https://download.pytorch.org/models/resnet18-f37072fd.pth"):
+    for part in (
+        "ResNet18_Weights.IMAGENET1K_V1",
+        "resnet18-f37072fd.pth",
+        str(home / "hub" / "checkpoints"),
+        "TORCH_HOME",
+        "get_weight('ResNet18_Weights.IMAGENET1K_V1').get_state_dict()",
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    ):
         assert part in text, (part, text)
 
 
@@ -80,21 +84,27 @@ def test_failed_download_is_one_message_without_the_urllib_chain(empty_torch_hom
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-@pytest.mark.parametrize("value, fragment", [
-    ("untrainde", "did you mean 'untrained'?"),
-    ("Untrained", "did you mean 'untrained'?"),
-    ("pretraned", "did you mean 'pretrained'?"),
-    ("zzz", "neither a keyword nor an existing file"),
-    ("weights/missing.pth", "backbone_weights file not found"),
-    (3, "is not valid"),
-    (b"untrained", "is not valid"),
-])
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("untrainde", "did you mean 'untrained'?"),
+        ("Untrained", "did you mean 'untrained'?"),
+        ("pretraned", "did you mean 'pretrained'?"),
+        ("zzz", "neither a keyword nor an existing file"),
+        ("weights/missing.pth", "backbone_weights file not found"),
+        (3, "is not valid"),
+        (b"untrained", "is not valid"),
+    ],
+)
 def test_misspelt_backbone_weights(value, fragment):
     with pytest.raises(InvalidParameterError) as info:
         validate_backbone_weights(value)
     assert fragment in str(info.value)
-    assert "'untrained' (a seeded random control)" in str(info.value) or "file not found" in str(info.value) \
+    assert (
+        "'untrained' (a seeded random control)" in str(info.value)
+        or "file not found" in str(info.value)
         or "did you mean" in str(info.value)
+    )
 
 
 def test_valid_backbone_weights_forms(tmp_path):
@@ -128,8 +138,24 @@ def image(tmp_path):
 
 
 def test_cli_missing_weights_uses_the_flag(synth, image, tmp_path, empty_torch_home, capsys):
-    argv = ["--berg-dir", str(synth.berg_dir), "--cache-dir", str(tmp_path / "c"), "--registry", str(synth.registry),
-            "--offline", "encode", MODEL_ID, "--subject", "1", "--device", "cpu", str(image), "-o", str(tmp_path / "o.h5")]
+    argv = [
+        "--berg-dir",
+        str(synth.berg_dir),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--registry",
+        str(synth.registry),
+        "--offline",
+        "encode",
+        MODEL_ID,
+        "--subject",
+        "1",
+        "--device",
+        "cpu",
+        str(image),
+        "-o",
+        str(tmp_path / "o.h5"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     _one_line_error(err, "resnet18-f37072fd.pth", "--backbone-weights untrained", "--offline", "TORCH_HOME")
@@ -141,18 +167,37 @@ def test_cli_missing_weights_uses_the_flag(synth, image, tmp_path, empty_torch_h
 
 def test_cli_misspelt_weights_fail_before_any_io(image, tmp_path, capsys):
     cache = tmp_path / "cache"
-    assert main(["--cache-dir", str(cache), "encode", REAL, "--subject", "1", "--backbone-weights", "untrainde",
-                 str(image), "-o", str(tmp_path / "o.h5")]) == 2
+    assert (
+        main(
+            [
+                "--cache-dir",
+                str(cache),
+                "encode",
+                REAL,
+                "--subject",
+                "1",
+                "--backbone-weights",
+                "untrainde",
+                str(image),
+                "-o",
+                str(tmp_path / "o.h5"),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys.readouterr().err, "did you mean 'untrained'?", "--backbone-weights")
     assert not cache.exists()
 
 
-@pytest.mark.parametrize("argv, part", [
-    (["encdoe", REAL], "did you mean 'encode'?"),
-    (["encode", REAL, "--subject", "all", "--spce", "mni", "a.jpg", "-o", "o.h5"], "did you mean '--space'"),
-    (["encode", REAL, "--subject", "all", "--space", "mnii", "a.jpg", "-o", "o.h5"], "did you mean 'mni'?"),
-    (["encode", REAL, "--subject", "1", "--voxel-order", "C", "a.jpg", "-o", "o.h5"], "did you mean 'c'?"),
-])
+@pytest.mark.parametrize(
+    "argv, part",
+    [
+        (["encdoe", REAL], "did you mean 'encode'?"),
+        (["encode", REAL, "--subject", "all", "--spce", "mni", "a.jpg", "-o", "o.h5"], "did you mean '--space'"),
+        (["encode", REAL, "--subject", "all", "--space", "mnii", "a.jpg", "-o", "o.h5"], "did you mean 'mni'?"),
+        (["encode", REAL, "--subject", "1", "--voxel-order", "C", "a.jpg", "-o", "o.h5"], "did you mean 'c'?"),
+    ],
+)
 def test_misspelt_commands_flags_and_choices_get_close_matches(capsys, argv, part):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -167,12 +212,15 @@ def test_misspelt_option_in_python_gets_close_matches():
         berg.BERG(offline=True).load_request(REAL, subject="all", options={"sigmaa": 2.0})
 
 
-@pytest.mark.parametrize("output, part", [
-    ("o\x00ut.h5", "NUL byte"),
-    ("DIR", "is a folder; give a file path"),
-    ("DIR/", "is a folder; give a file path"),
-    ("o.txt", "-o must end with .h5, .hdf5, .nii, .nii.gz"),
-])
+@pytest.mark.parametrize(
+    "output, part",
+    [
+        ("o\x00ut.h5", "NUL byte"),
+        ("DIR", "is a folder; give a file path"),
+        ("DIR/", "is a folder; give a file path"),
+        ("o.txt", "-o must end with .h5, .hdf5, .nii, .nii.gz"),
+    ],
+)
 def test_cli_refuses_bad_output_paths_before_any_io(image, tmp_path, capsys, output, part):
     cache = tmp_path / "cache"
     (tmp_path / "DIR").mkdir()
@@ -192,23 +240,65 @@ def test_cli_disk_full_is_one_line_with_errno_and_exit_1(synth, image, tmp_path,
 
     monkeypatch.setattr(berg.io, "save", full)
     out = tmp_path / "o.h5"
-    assert main(["--berg-dir", str(synth.berg_dir), "--cache-dir", str(tmp_path / "c"), "--registry",
-                 str(synth.registry), "--offline", "-q", "encode", MODEL_ID, "--subject", "1", "--device", "cpu",
-                 "--backbone-weights", "untrained", str(image), "-o", str(out)]) == 1
+    assert (
+        main(
+            [
+                "--berg-dir",
+                str(synth.berg_dir),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--registry",
+                str(synth.registry),
+                "--offline",
+                "-q",
+                "encode",
+                MODEL_ID,
+                "--subject",
+                "1",
+                "--device",
+                "cpu",
+                "--backbone-weights",
+                "untrained",
+                str(image),
+                "-o",
+                str(out),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.splitlines()
-    assert err[-1] == f"berg: error: cannot write the responses ({out}): [Errno 28] No space left on device; " \
-                      "free some space, or choose a path on another disk"
+    assert (
+        err[-1] == f"berg: error: cannot write the responses ({out}): [Errno 28] No space left on device; "
+        "free some space, or choose a path on another disk"
+    )
 
 
 def test_wrong_stimulus_kind_is_refused_before_any_download(tmp_path, capsys, image):
     """A still image for the video model, an .mp4 for an image model: refused before the store is touched."""
     cache = tmp_path / "cache"
-    assert main(["--cache-dir", str(cache), "encode", "fmri-bmd-s3d", "--subject", "1", str(image),
-                 "-o", str(tmp_path / "o.h5")]) == 2
+    assert (
+        main(
+            [
+                "--cache-dir",
+                str(cache),
+                "encode",
+                "fmri-bmd-s3d",
+                "--subject",
+                "1",
+                str(image),
+                "-o",
+                str(tmp_path / "o.h5"),
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys.readouterr().err, "this model takes videos", "allow_still_images")
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"")
-    assert main(["--cache-dir", str(cache), "encode", REAL, "--subject", "1", str(clip), "-o", str(tmp_path / "o.h5")]) == 2
+    assert (
+        main(["--cache-dir", str(cache), "encode", REAL, "--subject", "1", str(clip), "-o", str(tmp_path / "o.h5")])
+        == 2
+    )
     _one_line_error(capsys.readouterr().err, "is a video file, but this model takes images")
     assert not cache.exists()
 
@@ -219,8 +309,9 @@ def test_wrong_stimulus_kind_is_refused_before_any_download(tmp_path, capsys, im
 def test_require_extra_names_the_pip_command():
     with pytest.raises(MissingExtraError) as info:
         require_extra("berg_no_such_dependency.sub", "convert", "the MNI conversion", package="fslpy")
-    assert str(info.value) == ("the MNI conversion needs fslpy, which is not installed: pip install 'berg[convert]' "
-                               "(or pip install fslpy)")
+    assert str(info.value) == (
+        "the MNI conversion needs fslpy, which is not installed: pip install 'berg[convert]' (or pip install fslpy)"
+    )
     assert isinstance(info.value, ImportError) and isinstance(info.value, BERGError)
     assert require_extra("json", "x", "y") is json
 
@@ -232,8 +323,14 @@ def test_img2fmri_conversion_without_fslpy_says_which_extra(monkeypatch, tmp_pat
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "fsl", None)  # import fsl -> ModuleNotFoundError
     with pytest.raises(MissingExtraError, match=r"pip install 'berg\[convert\]'"):
-        mni.nn_index_map(coeff=tmp_path / "c.nii.gz", ref=tmp_path / "r.nii.gz", t1=tmp_path / "t.nii.gz",
-                         premat=tmp_path / "p.mat", func_shape=(2, 2, 2), func_affine=np.eye(4))
+        mni.nn_index_map(
+            coeff=tmp_path / "c.nii.gz",
+            ref=tmp_path / "r.nii.gz",
+            t1=tmp_path / "t.nii.gz",
+            premat=tmp_path / "p.mat",
+            func_shape=(2, 2, 2),
+            func_affine=np.eye(4),
+        )
 
 
 # --------------------------------------------------------------------------- untrained backbone: warning + provenance
@@ -244,9 +341,18 @@ def test_untrained_backbone_warns_once_and_records_it():
 
     from berg.features import FeatureExtractor
 
-    recipe = {"backbone": RESNET, "nodes": ["avgpool"],
-              "transform": {"kind": "image", "size": [32, 32], "resize": "squash", "crop": None,
-                            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    recipe = {
+        "backbone": RESNET,
+        "nodes": ["avgpool"],
+        "transform": {
+            "kind": "image",
+            "size": [32, 32],
+            "resize": "squash",
+            "crop": None,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+    }
     ex = FeatureExtractor(recipe, backbone_weights="untrained", seed=3)
     x = torch.zeros(1, 3, 32, 32)
     with pytest.warns(UntrainedBackboneWarning, match="UNTRAINED backbone .*seed 3"):

@@ -36,8 +36,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A ~60-byte PNG whose header claims ``width x height`` RGB pixels (the data is 10 zero bytes)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def gif_claiming(width: int, height: int) -> bytes:
@@ -128,7 +132,10 @@ def stimulus_cases(root: Path) -> list[tuple[str, Callable[[], object]]]:
         ("corrupt png data", lambda: _decoded(f("corrupt.png", png[:60] + b"\xff" * 40 + png[100:]))),
         ("empty file .png", lambda: _decoded(f("empty.png", b""))),
         ("text file .jpg", lambda: _decoded(f("text.jpg", b"hello, not an image\n" * 10))),
-        ("EPS (would run Ghostscript)", lambda: _decoded(f("doc.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n"))),
+        (
+            "EPS (would run Ghostscript)",
+            lambda: _decoded(f("doc.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")),
+        ),
         ("lazily opened truncated PIL image", lambda: _decoded([trunc_pil])),
         ("closed PIL image", lambda: _decoded([closed])),
         ("0 x 0 PIL image", lambda: _decoded(Image.new("RGB", (0, 0)))),
@@ -259,9 +266,11 @@ def run_cases(cases: list[tuple[str, Callable[[], object]]]) -> dict:
 
 
 def summary_line(tally: dict) -> str:
-    return (f"bad inputs tried {tally['tried']}, BERGError {tally['berg_error']}, other exceptions "
-            f"{len(tally['other'])}, accepted {len(tally['accepted'])}, peak memory of any single bad input "
-            f"{tally['peak_bytes'] / MB:.1f} MB ({tally['worst']})")
+    return (
+        f"bad inputs tried {tally['tried']}, BERGError {tally['berg_error']}, other exceptions "
+        f"{len(tally['other'])}, accepted {len(tally['accepted'])}, peak memory of any single bad input "
+        f"{tally['peak_bytes'] / MB:.1f} MB ({tally['worst']})"
+    )
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -288,12 +297,15 @@ def test_the_memory_measurement_sees_c_and_numpy_allocations():
     assert 150 * MB < tally["peak_bytes"] < 400 * MB
 
 
-@pytest.mark.parametrize("name, data, fragment", [
-    ("bomb.png", png_claiming(20000, 20000), "too large to decode safely"),
-    ("bomb.gif", gif_claiming(65535, 65535), "too large to decode safely"),
-    ("trunc.jpg", image_bytes("JPEG")[:300], "truncated or corrupt"),
-    ("text.png", b"not an image", "cannot read image"),
-])
+@pytest.mark.parametrize(
+    "name, data, fragment",
+    [
+        ("bomb.png", png_claiming(20000, 20000), "too large to decode safely"),
+        ("bomb.gif", gif_claiming(65535, 65535), "too large to decode safely"),
+        ("trunc.jpg", image_bytes("JPEG")[:300], "truncated or corrupt"),
+        ("text.png", b"not an image", "cannot read image"),
+    ],
+)
 def test_messages_name_the_file_and_the_remedy(tmp_path, name, data, fragment):
     path = write(tmp_path / name, data)
     with pytest.raises(StimulusError) as info:
@@ -352,9 +364,14 @@ def test_corrupt_video_names_the_file(tmp_path):
 # ------------------------------------------------------------------------------------------ outputs, OS errors
 
 
-@pytest.mark.parametrize("errno_name, hint", [
-    ("ENOSPC", "free some space"), ("EACCES", "permissions"), ("EROFS", "read-only"),
-])
+@pytest.mark.parametrize(
+    "errno_name, hint",
+    [
+        ("ENOSPC", "free some space"),
+        ("EACCES", "permissions"),
+        ("EROFS", "read-only"),
+    ],
+)
 def test_os_errors_become_berg_errors_with_errno_text(errno_name, hint):
     import errno
 
@@ -379,4 +396,4 @@ def test_registry_and_selection_validation_are_berg_errors():
         with pytest.raises(BERGError):
             client.registry.get(bad_id)
     with pytest.raises(InvalidParameterError, match="NUL"):
-        berg.BERG(cache_dir="/tmp/a\x00b").store
+        _ = berg.BERG(cache_dir="/tmp/a\x00b").store

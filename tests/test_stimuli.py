@@ -102,16 +102,19 @@ def test_single_array_items_in_lists_including_greyscale():
     np.testing.assert_array_equal(out[2], np.repeat(grey[..., None], 3, axis=-1))
 
 
-@pytest.mark.parametrize("array, fragment", [
-    (np.zeros((1, 3, 0, 0), np.uint8), "empty axis"),
-    (np.zeros((1, 0, 0, 3), np.uint8), "empty axis"),
-    (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
-    (np.zeros((4, 8, 3), np.uint8), "add the batch axis"),
-    (np.zeros((2, 8, 8, 5), np.uint8), "no RGB axis"),
-    (np.zeros((2, 8, 8, 3), bool), "bool"),
-    (np.zeros((2, 8, 8, 3), np.float32), "dtype is float32"),
-    (np.zeros((1, 4, 3, 8, 8), np.uint8), "takes images"),
-])
+@pytest.mark.parametrize(
+    "array, fragment",
+    [
+        (np.zeros((1, 3, 0, 0), np.uint8), "empty axis"),
+        (np.zeros((1, 0, 0, 3), np.uint8), "empty axis"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
+        (np.zeros((4, 8, 3), np.uint8), "add the batch axis"),
+        (np.zeros((2, 8, 8, 5), np.uint8), "no RGB axis"),
+        (np.zeros((2, 8, 8, 3), bool), "bool"),
+        (np.zeros((2, 8, 8, 3), np.float32), "dtype is float32"),
+        (np.zeros((1, 4, 3, 8, 8), np.uint8), "takes images"),
+    ],
+)
 def test_bad_image_arrays(array, fragment):
     with pytest.raises(StimulusError, match=fragment):
         load_stimuli(array, "image")
