@@ -23,7 +23,6 @@ import logging
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -41,18 +40,6 @@ SUBJECTS = (1, 2, 3)
 N_FEATURES = 512
 MNI_SHAPE = (91, 109, 91)
 MNI_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
-
-
-class _RidgeState:
-    """Inert stand-in for ``sklearn.linear_model._ridge.Ridge``: keeps the pickled state, nothing else."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        self.state: dict[str, Any] = {}
-
-    def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, dict):
-            raise ArtifactError("Ridge state is not a dict")
-        self.state = state
 
 
 def read_ridge(data: bytes) -> tuple[np.ndarray, np.ndarray]:
