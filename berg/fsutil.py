@@ -136,29 +136,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
-    """Remove berg temporaries in ``folder`` whose writing process no longer exists.
+def clean_stale_temporaries(
+    folder: str | os.PathLike[str], *, recursive: bool = False, min_age: float = 0.0
+) -> list[Path]:
+    """Remove berg temporaries (files and staging folders) in ``folder`` whose writer is gone.
 
-    Only names made by :func:`temporary_name` are considered; files of live processes are kept. Errors
-    (read-only folders, races with another cleaner) are ignored: cleaning is best effort.
+    Only names made by :func:`temporary_name` are considered. A temporary is stale when its writer's
+    pid no longer exists on this host *and* it was not modified for ``min_age`` seconds (pids are per
+    host: on a cache shared over NFS a live writer on another node keeps touching its temporary, so
+    shared folders pass a positive ``min_age``). Errors (read-only folders, races with another
+    cleaner) are ignored: cleaning is best effort.
 
     Returns
     -------
     list of Path
-        The files removed.
+        What was removed.
     """
+    import shutil
+    import time
+
     folder = Path(folder)
     removed: list[Path] = []
+    now = time.time()
     try:
-        entries = folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")
-        for entry in entries:
-            m = _TMP_RE.match(entry.name)
-            if not m or _pid_alive(int(m["pid"])):
-                continue
-            with contextlib.suppress(OSError):
-                if entry.is_symlink() or entry.is_file():
-                    entry.unlink()
-                    removed.append(entry)
+        entries = list(folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"))
     except OSError:
-        pass
+        return removed
+    for entry in entries:
+        m = _TMP_RE.match(entry.name)
+        if not m or _pid_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if min_age and now - entry.lstat().st_mtime < min_age:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
     return removed

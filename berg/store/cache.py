@@ -24,14 +24,13 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from berg.errors import ArtifactError, IntegrityError
+from berg.fsutil import clean_stale_temporaries
 from berg.store.artifacts import reserved_reason
 from berg.store.manifest import sha256_file
 
@@ -60,10 +59,9 @@ _COMPACT_AFTER = 4096
 WRITE_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name)
 )
-# Names made by berg.fsutil.temporary_name (".<name>.<pid>.<token>.tmp<suffix>"): files, and the staging
-# folders of ArtifactWriter and the wheel converter. berg.fsutil.clean_stale_temporaries removes files
-# of dead pids at once; a shared cache needs the age guard of clean_stale below, and folders too.
-_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp.*$")
+# Temporaries are named by berg.fsutil.temporary_name (".<name>.<pid>.<token>.tmp<suffix>"): files, and
+# the staging folders of ArtifactWriter and the wheel converter; a shared cache cleans them with the age
+# guard of clean_stale below.
 #: a dead writer's temporary is removed once untouched for this long (seconds)
 STALE_AFTER_S = 600.0
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -123,18 +121,6 @@ def unwritable_reason(folder: Path) -> OSError:
     return OSError(code, os.strerror(code), str(folder))
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def clean_stale(folder: Path, *, min_age: float = STALE_AFTER_S) -> list[Path]:
     """Remove temporaries (files and staging folders) of dead processes below ``folder``; best effort.
 
@@ -146,21 +132,7 @@ def clean_stale(folder: Path, *, min_age: float = STALE_AFTER_S) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir() or not is_writable(folder):
         return []
-    removed: list[Path] = []
-    now = time.time()
-    with contextlib.suppress(OSError):
-        for entry in folder.rglob(".*.tmp*"):
-            m = _TMP_RE.match(entry.name)
-            if not m or _pid_alive(int(m["pid"])):
-                continue
-            with contextlib.suppress(OSError):
-                if now - entry.lstat().st_mtime < min_age:
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-                removed.append(entry)
+    removed = clean_stale_temporaries(folder, recursive=True, min_age=min_age)
     if removed:
         log.info("removed %d stale temporary file(s) of dead processes below %s", len(removed), folder)
     return removed
