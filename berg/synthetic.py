@@ -631,7 +631,9 @@ def category_images(n_categories: int, n_per_category: int, *, size: int = 64, p
 
     Each category has a prototype (smooth random colour field); an exemplar is
     ``w * prototype + (1 - w) * its own smooth random field``, so exemplars of a category share
-    low-level structure a network's features (and a linear "brain" on them) can pick up.
+    low-level structure a network's features (and a linear "brain" on them) can pick up. The first
+    ``k`` exemplars of a category are the same for any ``n_per_category >= k`` (new exemplars of the
+    same categories: call again with a larger ``n_per_category``).
 
     Returns
     -------
@@ -642,17 +644,19 @@ def category_images(n_categories: int, n_per_category: int, *, size: int = 64, p
 
     if not 0.0 <= prototype_weight <= 1.0:
         raise InvalidParameterError(f"prototype_weight must be in [0, 1], got {prototype_weight}")
-    rng = np.random.default_rng(seed)
-
-    def field_() -> np.ndarray:
+    def field_(rng: np.random.Generator) -> np.ndarray:
         x = gaussian_filter(rng.standard_normal((size, size, 3)), sigma=(size / 10, size / 10, 0))
         return (x - x.mean()) / (x.std() + 1e-12)
 
+    # prototypes and each category's exemplars come from their own streams, so asking for more
+    # exemplars (or categories) extends a set without changing the images already drawn
+    proto_rng = np.random.default_rng([seed, 0])
     images, labels = [], []
     for c in range(n_categories):
-        proto = field_()
+        proto = field_(proto_rng)
+        rng = np.random.default_rng([seed, 1, c])
         for _ in range(n_per_category):
-            x = prototype_weight * proto + (1.0 - prototype_weight) * field_()
+            x = prototype_weight * proto + (1.0 - prototype_weight) * field_(rng)
             images.append(np.clip(128 + 50 * x, 0, 255).astype(np.uint8))
             labels.append(f"cat{c:02d}")
     return np.stack(images), np.asarray(labels)

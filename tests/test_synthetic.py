@@ -165,6 +165,8 @@ def test_linear_brain_and_category_images():
     c = np.corrcoef(flat)
     same = np.equal.outer(cats, cats) & ~np.eye(24, dtype=bool)
     assert c[same].mean() > c[~np.equal.outer(cats, cats)].mean() + 0.2
+    more, more_cats = category_images(4, 9, size=32, seed=0)  # extends the set: same prototypes and exemplars
+    assert np.array_equal(more[more_cats == "cat02"][:6], images[cats == "cat02"])
     feats = np.random.default_rng(0).standard_normal((400, 30))
     brain = LinearBrain.from_features(feats, 12, ncsnr=0.8, n_components=5, seed=1)
     y = brain.sample(feats, 3, seed=2)
