@@ -1,16 +1,25 @@
-"""`make demo`: berg's main job end to end, offline, on a SYNTHETIC demo model.
+"""`make demo`: berg's main job end to end, on images that ship with the repository.
 
-1. starts a local S3 server (SeaweedFS, 127.0.0.1 only),
-2. builds a small synthetic demo model with berg's own creation code (random images, an untrained
-   ResNet-18, made-up "voxels"; it is NOT a brain model),
-3. uploads the artifact and fetches it lazily through berg's store,
-4. encodes the images in ../shared/data/img2fmri/*.jpg,
-5. writes HDF5 + NIfTI + a PNG slice plot into --out.
+* When the pretrained ResNet-18 weights are in torchvision's cache (``$TORCH_HOME/hub/checkpoints``),
+  the demo runs the real published model ``fmri-bold5000-resnet18`` (img2fmri): its group-level map on
+  the MNI152 2 mm template for every image (the readout is fetched from PyPI and converted once, ~30 s).
+* Otherwise it builds and runs a small SYNTHETIC model with berg's own creation code (random images, an
+  untrained ResNet-18, made-up "voxels" on a made-up grid). It says so, and says how to get the real one.
+
+Outputs (``--out``, default ``demo_output/``): ``responses.h5`` (berg.save, with provenance),
+``responses.nii.gz`` (one volume per image) with ``responses.json`` beside it (which image each volume
+is), and ``responses_map.png`` (nilearn stat map + glass brain of the first image).
+
+Usage::
+
+    python scripts/demo.py [--out DIR] [--images DIR | --images FILE ...] [--synthetic]
+    make demo IMAGES=path/to/folder
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -18,77 +27,192 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # creation_code/ and tests/s3server.py live in the repository
+sys.path.insert(0, str(REPO))  # creation_code/ lives in the repository, not in the installed package
+
+EXAMPLE_IMAGES = REPO / "examples" / "images"
+REAL_MODEL = "fmri-bold5000-resnet18"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 log = logging.getLogger("berg.demo")
 
 
-def say(msg: str) -> None:
+def say(msg: str = "") -> None:
+    """The demo is a command-line program: its report goes to stdout."""
     sys.stdout.write(msg + "\n")
     sys.stdout.flush()
 
 
-def find_images(explicit: str | None) -> list[Path]:
-    candidates = [Path(explicit)] if explicit else [REPO.parent / "shared" / "data" / "img2fmri", REPO / "shared" / "data" / "img2fmri"]
-    for folder in candidates:
-        images = sorted(folder.glob("*.jpg"))
-        if images:
-            return images
-    raise SystemExit(f"demo: no .jpg images found in {', '.join(map(str, candidates))}; pass --images DIR")
+def find_images(given: list[str] | None) -> list[Path]:
+    """Image files from ``--images`` (folders expand to their images, sorted by name), else the examples."""
+    sources = [Path(g).expanduser() for g in given] if given else [EXAMPLE_IMAGES]
+    images: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            images += sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif src.is_file():
+            images.append(src)
+        else:
+            raise SystemExit(f"demo: --images {src}: no such file or folder")
+    if not images:
+        raise SystemExit(
+            f"demo: no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, sources))}; "
+            "pass a folder of images: make demo IMAGES=path/to/folder"
+        )
+    return images
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    ap.add_argument("--images", default=None, help="folder of .jpg images (default: ../shared/data/img2fmri)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def pretrained_weights_file() -> Path:
+    """Where torchvision keeps the real model's backbone weights (whether or not the file is there)."""
+    import torch
+    from torchvision.models import get_weight
 
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    images = find_images(args.images)
+    from berg.registry import Registry
 
+    weights = get_weight(Registry().get(REAL_MODEL).recipe["backbone"]["weights"])
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def plot_map(img, out_png: Path, *, title: str, units: str, on_template: bool) -> Path:
+    """Stat map of the first volume: three orthogonal slices with orientation marks and a labelled colour bar.
+
+    On the MNI152 template (and with a glass brain) for maps in MNI space; without any background for
+    the synthetic model, whose made-up grid has no anatomy to show.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from nilearn import image, plotting
+
+    from berg.fsutil import atomic_path
+
+    first = image.index_img(img, 0) if len(img.shape) == 4 else img
+    # NaN marks voxels outside the model's outputs; nilearn wants them as sub-threshold zeros.
+    first = image.new_img_like(first, np.nan_to_num(np.asarray(first.dataobj, dtype=np.float32)))
+    rows = 2 if on_template else 1
+    fig = plt.figure(figsize=(11, 3.6 * rows))
+    height = 0.9 / rows
+    top = fig.add_axes((0.0, 1 - height - 0.03, 0.92, height))
+    kwargs = {} if on_template else {"bg_img": None}  # nilearn's default background is the MNI152 template
+    display = plotting.plot_stat_map(first, axes=top, title=title, draw_cross=False, **kwargs)
+    display._cbar.set_label(units)  # nilearn has no public colour-bar label argument
+    if on_template:
+        glass = plotting.plot_glass_brain(first, axes=fig.add_axes((0.0, 0.02, 0.92, height)), plot_abs=False,
+                                          colorbar=True, title="glass brain (maximum intensity projection)")
+        glass._cbar.set_label(units)
+    with atomic_path(out_png, ".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return out_png
+
+
+def write_outputs(out: Path, responses, model, img, names: list[str], extra: dict) -> tuple[Path, Path, Path]:
+    """HDF5 (berg.save) + 4-D NIfTI + a JSON sidecar naming each volume's stimulus."""
+    import berg
+    from berg.fsutil import atomic_path, atomic_write_text
+
+    h5 = out / "responses.h5"
+    berg.save(h5, responses, model)
+    nii = out / "responses.nii.gz"
+    with atomic_path(nii, ".nii.gz") as tmp:
+        img.to_filename(str(tmp))
+    sidecar = out / "responses.json"
+    atomic_write_text(sidecar, json.dumps({"volumes": names, **extra}, indent=2) + "\n")
+    return h5, nii, sidecar
+
+
+def run_real(images: list[Path], out: Path) -> None:
+    """The published img2fmri model: group-level MNI152 maps of every image."""
     import numpy as np
 
     import berg
-    from berg.plotting import plot_volume_slices
-    from berg.store.cache import cache_list
-    from creation_code.demo.build import BUCKET, build_demo
-    from tests.s3server import SeaweedServer
+
+    client = berg.BERG()
+    say(f"[1/4] loading {REAL_MODEL} (subject='all', space='mni'): readout from PyPI, converted once")
+    group = client.get_encoding_model(REAL_MODEL, subject="all", space="mni")
+    say(f"[2/4] encoding {len(images)} images: {', '.join(p.name for p in images)}")
+    maps = client.encode(group, images)
+    img = group.to_nifti(maps)
+    say(f"      group maps: {maps.shape} {maps.dtype} -> NIfTI {img.shape} (MNI152 2 mm)")
+    h5, nii, sidecar = write_outputs(out, maps, group, img, [p.name for p in images],
+                                     {"model": REAL_MODEL, "space": "MNI152 2 mm", "units": "z (group map)"})
+    png = plot_map(img, out / "responses_map.png", title=f"{REAL_MODEL} group map - {images[0].name}",
+                   units="z (group map)", on_template=True)
+    say(f"[3/4] wrote {h5.name}, {nii.name}, {sidecar.name}, {png.name} in {out}")
+    assert np.isfinite(maps).all()
+    say("[4/4] done. Open the map with any NIfTI viewer, or nilearn.plotting.view_img(...) in Jupyter.")
+
+
+def run_synthetic(images: list[Path], out: Path, reason: str) -> None:
+    """Build the synthetic demo model with berg's creation code and run it through berg's store."""
+    import numpy as np
+
+    import berg
+    from creation_code.demo.build import build_demo
 
     say("=" * 78)
-    say("berg demo — NOTE: the model used here is SYNTHETIC (random images, untrained ResNet-18,")
-    say("made-up voxels). It shows the machinery end to end; its outputs mean nothing about brains.")
+    say("NOTE: this run uses a SYNTHETIC model (random images, untrained ResNet-18, made-up voxels on")
+    say("a made-up grid). It shows berg's machinery end to end; its outputs mean nothing about brains.")
+    say(f"Why: {reason}")
+    say("To run the real published model (fmri-bold5000-resnet18) instead, download the ResNet-18")
+    say("ImageNet weights once on a connected machine:")
+    say('    .venv/bin/python -c "import torchvision; torchvision.models.resnet18(weights=\'DEFAULT\')"')
+    say("then run `make demo` again (it also needs PyPI once, for img2fmri's readout).")
     say("=" * 78)
-    with tempfile.TemporaryDirectory(prefix="berg-demo-") as tmp, SeaweedServer(Path(tmp) / "s3") as server:
+    with tempfile.TemporaryDirectory(prefix="berg-demo-") as tmp:
         tmp = Path(tmp)
-        say(f"[1/5] local S3 server (SeaweedFS) on {server.endpoint_url}")
-        say("[2/5] building the synthetic demo model with berg's creation code ...")
-        built = build_demo(tmp / "demo_model")
+        say("[1/4] building the synthetic demo model with berg's creation code ...")
+        built = build_demo(tmp / "build")
         say(f"      trained and exported: {built.model_id} ({built.summary})")
-        server.create_bucket(BUCKET)
-        server.upload_tree(built.artifact_dir, BUCKET, built.prefix)
-        say(f"[3/5] uploaded to s3://{BUCKET}/{built.prefix}; fetching lazily through berg's store")
-        os.environ["BERG_S3_ENDPOINT"] = server.endpoint_url
-        client = berg.BERG(cache_dir=tmp / "cache", registry=built.registry_path)
+        # The artifact folder laid out as a bucket: berg reads it in place through its store.
+        bucket = tmp / "bucket"
+        (bucket / built.prefix).parent.mkdir(parents=True, exist_ok=True)
+        Path(built.artifact_dir).rename(bucket / built.prefix.rstrip("/"))  # berg refuses symlinks out
+        client = berg.BERG(berg_dir=bucket, cache_dir=tmp / "cache", registry=built.registry_path, offline=True)
         model = client.get_encoding_model(built.model_id, subject=1, backbone_weights="untrained", device="cpu")
-        say(f"[4/5] encoding {len(images)} images: {', '.join(p.name for p in images)}")
+        say(f"[2/4] encoding {len(images)} images: {', '.join(p.name for p in images)}")
         responses = client.encode(model, images, show_progress=False)
-        say(f"      responses: {responses.shape} {responses.dtype}, mean {responses.mean():+.3f}, sd {responses.std():.3f}")
-        h5 = out / "responses.h5"
-        berg.save(h5, responses, model)
-        nii = out / "responses.nii.gz"
         img = model.to_nifti(responses)
-        tmp_nii = nii.with_name(".responses.tmp.nii.gz")
-        img.to_filename(str(tmp_nii))
-        tmp_nii.replace(nii)
-        png = out / "responses_slices.png"
-        plot_volume_slices(img, title=f"{built.model_id} (SYNTHETIC) — {images[0].name}", out_path=png)
-        cached = [e["key"] for e in cache_list(tmp / "cache")]
-        say(f"[5/5] wrote {h5}, {nii} {img.shape}, {png}")
-        say(f"      files fetched into the cache: {len(cached)}")
+        say(f"      responses: {responses.shape} {responses.dtype} -> NIfTI {img.shape} (made-up 3 mm grid)")
+        units = "SYNTHETIC arbitrary units"
+        h5, nii, sidecar = write_outputs(out, responses, model, img, [p.name for p in images],
+                                         {"model": built.model_id, "synthetic": True, "units": units})
+        png = plot_map(img, out / "responses_map.png", units=units, on_template=False,
+                       title=f"SYNTHETIC model, made-up grid (no anatomy) - {images[0].name}")
+        say(f"[3/4] wrote {h5.name}, {nii.name}, {sidecar.name}, {png.name} in {out}")
         assert np.isfinite(responses).all()
-    say("demo finished. Remember: synthetic model, synthetic numbers.")
+    say("[4/4] demo finished. Remember: synthetic model, synthetic numbers.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    ap.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                    help="image files or folders of images (default: the repository's examples/images)")
+    ap.add_argument("--synthetic", action="store_true", help="use the synthetic model even if real weights exist")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    images = find_images(args.images)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    weights = pretrained_weights_file()
+    if args.synthetic:
+        run_synthetic(images, out, "--synthetic was given")
+        return 0
+    if not weights.is_file():
+        run_synthetic(images, out, f"the ResNet-18 ImageNet weights are not in torchvision's cache ({weights})")
+        return 0
+    import berg
+
+    try:
+        run_real(images, out)
+    except berg.BERGError as exc:  # e.g. offline on first use: the readout cannot be fetched from PyPI
+        say(f"could not run {REAL_MODEL}: {exc}")
+        run_synthetic(images, out, f"{REAL_MODEL} could not be loaded (see above)")
     return 0
 
 

@@ -1,8 +1,16 @@
-"""`make docs`: generate docs/models/<id>.md and the README model table from model_cards/.
+"""`make docs`: generate the documentation pages that come from data, and the site navigation.
 
-The generated files are never edited by hand; tests run ``gen_docs.py --check``, which fails when a
-card changed and `make docs` was not run. Running it twice changes nothing (idempotent). Pages of
-models that left the registry are deleted (only pages that carry the generated-file footer).
+Generated (never edit them by hand; tests run ``gen_docs.py --check``, which fails when a card changed
+and `make docs` was not run; running it twice changes nothing):
+
+* ``docs/models/<id>.md`` — one page per registry model, from its card (``berg.cards.card_to_markdown``);
+  pages of models that left the registry are deleted (only pages that carry the generated-file footer);
+* the model table of ``README.md`` (between ``<!-- models:start -->`` and ``<!-- models:end -->``) and
+  ``docs/catalogue.md`` (the same table for the site);
+* ``docs/citing.md`` — how to cite berg (from ``CITATION.cff``) and every model (from the cards);
+* the ``nav:`` block of ``mkdocs.yml`` (between its ``# nav:start`` and ``# nav:end`` lines): the fixed
+  pages plus whatever tutorials (``docs/tutorials/*.ipynb``), guides (``docs/guide/*.md``) and CLI page
+  exist, so a page that is not written yet is never a broken link.
 
 Usage::
 
@@ -13,7 +21,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,8 +31,34 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 START, END = "<!-- models:start -->", "<!-- models:end -->"
+NAV_START, NAV_END = "# nav:start", "# nav:end"
 GENERATED = "by `make docs`; do not edit._"
 DOCS = REPO / "docs" / "models"
+
+# The fixed part of the site; (title, page) or (title, [entries]). "@tutorials", "@guides", "@models",
+# "@cli" are filled from the files that exist.
+NAV: list = [
+    ("Home", "index.md"),
+    ("Getting started", "getting-started.md"),
+    ("Concepts", "concepts.md"),
+    ("Tutorials", "@tutorials"),
+    ("Guides", [("Training a model", "training.md"), "@guides"]),
+    ("Models", [("Catalogue", "catalogue.md"), "@models"]),
+    ("Command line", "@cli"),
+    ("API reference", [
+        ("Overview", "reference/index.md"),
+        ("berg (BERG, encode, save)", "reference/api.md"),
+        ("Models and spaces", "reference/models.md"),
+        ("Stimuli and preprocessing", "reference/stimuli.md"),
+        ("Model cards", "reference/cards.md"),
+        ("Metrics and HRFs", "reference/metrics.md"),
+        ("Plotting", "reference/plotting.md"),
+        ("Training", "reference/training.md"),
+        ("Errors", "reference/errors.md"),
+    ]),
+    ("Citing berg", "citing.md"),
+    ("For developers", [("Architecture", "architecture.md")]),
+]
 
 
 def _cell(text: object) -> str:
@@ -31,7 +66,9 @@ def _cell(text: object) -> str:
 
 
 def _outputs(card: dict) -> str:
-    counts = list(card["parameters"]["selection"]["n_outputs"].values())
+    counts = list((card["parameters"]["selection"].get("n_outputs") or {}).values())
+    if not counts:
+        return "see page"
     lo, hi = min(counts), max(counts)
     return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
 
@@ -40,21 +77,132 @@ def _accuracy(card: dict) -> str:
     return "summary on page" if card["accuracy"].get("summary") else "no summary numbers"
 
 
+def _table(cards: dict[str, dict], link: str) -> list[str]:
+    rows = [
+        "| model | modality | dataset | subjects | outputs per subject | stimuli | model type | accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model_id, card in cards.items():
+        rows.append(
+            f"| [{model_id}]({link.format(id=model_id)}) | {card['modality']} | {_cell(card['dataset']['name'])} | "
+            f"{len(card['parameters']['subjects'])} | {_outputs(card)} | {card['stimuli']['type']} | "
+            f"{_cell(card['model_type'])} | {_accuracy(card)} |"
+        )
+    return rows
+
+
+def _plain_brackets(markdown: str) -> str:
+    """Keep card text such as ``meta["rois"]["PPA"]`` plain: ``[a][b]`` is Markdown's reference-link form.
+
+    Outside code fences and code spans, ``][`` becomes ``]\\[`` (renders as ``][``), so neither Markdown
+    nor mkdocs-autorefs reads Python subscripts in a card as a link to resolve.
+    """
+    out, fenced = [], False
+    for line in markdown.split("\n"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and "][" in line:
+            parts = line.split("`")
+            line = "`".join(part.replace("][", "]\\[") if i % 2 == 0 else part for i, part in enumerate(parts))
+        out.append(line)
+    return "\n".join(out)
+
+
+def _title(path: Path) -> str:
+    """A page's title: its first Markdown heading (first markdown cell of a notebook), else its name."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".ipynb":
+        cells = json.loads(text).get("cells", [])
+        text = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "markdown")
+    match = re.search(r"^#\s+(.+?)\s*$", text, flags=re.M)
+    return match.group(1).strip() if match else path.stem.replace("-", " ")
+
+
+def _nav_entries(value, model_ids: list[str]) -> list:
+    docs = REPO / "docs"
+    if value == "@tutorials":
+        return [(_title(p), f"tutorials/{p.name}") for p in sorted((docs / "tutorials").glob("*.ipynb"))]
+    if value == "@guides":
+        return [(_title(p), f"guide/{p.name}") for p in sorted((docs / "guide").glob("*.md"))]
+    if value == "@models":
+        return [(m, f"models/{m}.md") for m in model_ids]
+    if value == "@cli":
+        return [("Command line", "cli.md")] if (docs / "cli.md").is_file() else []
+    return [value]
+
+
+def _nav_yaml(model_ids: list[str]) -> str:
+    lines = [NAV_START, "nav:"]
+    for title, target in NAV:
+        if isinstance(target, str) and not target.startswith("@"):
+            lines.append(f"  - {json.dumps(title)}: {target}")
+            continue
+        entries = []
+        for item in (target if isinstance(target, list) else [target]):
+            entries += _nav_entries(item, model_ids) if isinstance(item, str) else [item]
+        if not entries:
+            continue  # a section none of whose pages exist yet
+        if target == "@cli":
+            lines.append(f"  - {json.dumps(title)}: {entries[0][1]}")
+            continue
+        lines.append(f"  - {json.dumps(title)}:")
+        lines += [f"      - {json.dumps(t)}: {p}" for t, p in entries]
+    lines.append(NAV_END)
+    return "\n".join(lines)
+
+
+def _berg_bibtex() -> str | None:
+    """BibTeX for berg itself, from CITATION.cff (None where the file is absent)."""
+    path = REPO / "CITATION.cff"
+    if not path.is_file():
+        return None
+    from berg.yamlio import read_yaml
+
+    cff = read_yaml(path)
+    authors = " and ".join(
+        f"{{{a['name']}}}" if "name" in a else f"{a['family-names']}, {a['given-names']}" for a in cff["authors"]
+    )
+    fields = [("author", authors), ("title", cff["title"].replace("berg", "{berg}", 1)),
+              ("version", cff["version"]), ("license", cff.get("license", ""))]
+    if cff.get("repository-code") or cff.get("url"):
+        fields.append(("url", cff.get("repository-code") or cff["url"]))
+    if cff.get("date-released"):
+        fields.append(("year", str(cff["date-released"])[:4]))
+    body = ",\n".join(f"  {k:<7} = {{{v}}}" for k, v in fields if v)
+    return f"@software{{berg,\n{body}\n}}"
+
+
+def _citing(cards: dict[str, dict]) -> str | None:
+    bib = _berg_bibtex()
+    if bib is None:
+        return None
+    out = ["# Citing berg", "",
+           "If berg helps your work, cite berg **and** the papers behind every model you used: the model's "
+           "authors built it, berg only serves it. The same text is in `CITATION.cff` (GitHub shows it as "
+           "\"Cite this repository\") and in each model's card (`berg describe MODEL`).", "",
+           "## berg", "", "```bibtex", bib, "```", ""]
+    for model_id, card in cards.items():
+        if not card.get("citations"):
+            continue
+        out += [f"## {model_id}", "", f"[{card['name']}](models/{model_id}.md)", ""]
+        for c in card["citations"]:
+            out += [f"For {c['for']}:", "", "```bibtex", c["bibtex"].rstrip(), "```", ""]
+    out += ["_Generated from `CITATION.cff` and `model_cards/` by `make docs`; do not edit._"]
+    return "\n".join(out) + "\n"
+
+
 def render() -> dict[Path, str]:
-    """Every generated file and its content, from the repository's registry.yaml and model_cards/.
+    """Every generated file and its content, from the repository's registry.yaml, model_cards/ and docs/.
 
     Reads the checkout's files directly (not ``BERG_REGISTRY`` or an installed copy), so the docs
     always describe exactly what is committed. Invalid cards stop the run with their errors.
     """
     from berg.cards import card_to_markdown, read_card_file
-    from berg.registry import read_yaml
+    from berg.yamlio import read_yaml
 
     registry = read_yaml(REPO / "registry.yaml") or {}
     pages: dict[Path, str] = {}
-    rows = [
-        "| model | modality | dataset | subjects | outputs per subject | stimuli | model type | accuracy |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    cards: dict[str, dict] = {}
     problems = []
     for model_id in sorted(registry.get("models") or {}):
         entry = registry["models"][model_id]
@@ -65,20 +213,35 @@ def render() -> dict[Path, str]:
         if errors:
             problems += [f"{entry['card']}: {e}" for e in errors]
             continue
-        pages[DOCS / f"{model_id}.md"] = card_to_markdown(card)
-        rows.append(
-            f"| [{model_id}](docs/models/{model_id}.md) | {card['modality']} | {_cell(card['dataset']['name'])} | "
-            f"{len(card['parameters']['subjects'])} | {_outputs(card)} | {card['stimuli']['type']} | "
-            f"{_cell(card['model_type'])} | {_accuracy(card)} |"
-        )
+        cards[model_id] = card
+        pages[DOCS / f"{model_id}.md"] = _plain_brackets(card_to_markdown(card))
     if problems:
         raise SystemExit("invalid model cards:\n  " + "\n  ".join(problems))
+
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     if readme.count(START) != 1 or readme.count(END) != 1:
         raise SystemExit(f"README.md must contain {START} and {END} exactly once")
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
-    pages[REPO / "README.md"] = f"{head}{START}\n" + "\n".join(rows) + f"\n{END}{tail}"
+    pages[REPO / "README.md"] = f"{head}{START}\n" + "\n".join(_table(cards, "docs/models/{id}.md")) + f"\n{END}{tail}"
+
+    docs = REPO / "docs"
+    if (REPO / "mkdocs.yml").is_file():  # the site's own pages (absent in a copy that only has the cards)
+        pages[docs / "catalogue.md"] = "\n".join([
+            "# Model catalogue", "",
+            "Every model berg serves, with its card's key facts. Each page gives the subjects, valid "
+            "selections, input and output, preprocessing, accuracy, download sizes and how to cite it.", "",
+            *_table(cards, "models/{id}.md"), "",
+            "_Generated from `model_cards/` by `make docs`; do not edit._", ""])
+        citing = _citing(cards)
+        if citing is not None:
+            pages[docs / "citing.md"] = citing
+        mk = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+        if mk.count(NAV_START) != 1 or mk.count(NAV_END) != 1:
+            raise SystemExit(f"mkdocs.yml must contain {NAV_START!r} and {NAV_END!r} lines exactly once")
+        head, rest = mk.split(NAV_START, 1)
+        _, tail = rest.split(NAV_END, 1)
+        pages[REPO / "mkdocs.yml"] = head + _nav_yaml(list(cards)) + tail
     return pages
 
 
@@ -90,11 +253,10 @@ def orphans(pages: dict[Path, str]) -> list[Path]:
 
 
 def _write(path: Path, text: str) -> None:
+    from berg.fsutil import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:  # default mode, unlike mkstemp's 0600
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in gone:
         sys.stdout.write(f"{'orphan' if args.check else 'deleted'}: {path.relative_to(REPO)}\n")
     if args.check and (stale or gone):
-        sys.stdout.write("run `make docs` and commit the result\n")
+        sys.stdout.write("run `make docs` (or python scripts/gen_docs.py) and commit the result\n")
         return 1
     return 0
 

@@ -1,0 +1,374 @@
+"""The documentation site: it builds with warnings as errors, its tutorials execute, its links resolve,
+and every page loads in headless Chromium without console errors.
+
+Builds once per session (``mkdocs build --strict``, tutorials executed on the example data) into a
+temporary folder. Screenshots of the home page and one model page are saved as build artefacts in
+``build/docs-screenshots/`` (or ``$BERG_DOCS_ARTIFACTS``). Needs the ``docs`` extra
+(``pip install -e ".[docs]"``) and Debian's ``chromium`` (``.ci/run`` installs it); the browser checks
+skip with a clear message where Chromium is absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import http.server
+import importlib.util
+import json
+import os
+import shutil
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CACHE = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test"))
+ARTIFACTS = Path(os.environ.get("BERG_DOCS_ARTIFACTS", REPO / "build" / "docs-screenshots"))
+pytestmark = pytest.mark.slow
+
+for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "mkdocs_jupyter", "websocket"):
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"the docs extra is not installed ({module} missing): pip install -e \".[docs]\"",
+                    allow_module_level=True)
+
+
+# --------------------------------------------------------------------------- the build
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Path:
+    """The site built exactly as `make docs` builds it (strict), into a temporary folder."""
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
+               # the tutorials' converted img2fmri artifact is shared with the other tests' runs
+               BERG_CACHE=str(TEST_CACHE / "docs-cache"))
+    env.pop("BERG_OFFLINE", None)
+    stale = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"],
+                           capture_output=True, text=True)
+    if stale.returncode != 0:  # e.g. a new guide page or model card: the nav would omit it
+        pytest.fail(f"generated docs are stale; run `make docs` (python scripts/gen_docs.py):\n{stale.stdout}")
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, f"mkdocs build --strict failed:\n{log[-6000:]}"
+    (out / ".build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    return out
+
+
+def _nav_pages(site: Path) -> list[str]:
+    """Site-relative URLs of every page in the generated nav (mkdocs.yml)."""
+    from berg.yamlio import read_yaml
+
+    def walk(items):
+        for item in items:
+            for value in item.values():
+                if isinstance(value, list):
+                    yield from walk(value)
+                else:
+                    page = value.removesuffix(".md").removesuffix(".ipynb")
+                    yield "" if page == "index" else page.removesuffix("/index") + "/"
+
+    return list(walk(read_yaml(REPO / "mkdocs.yml")["nav"]))
+
+
+def test_every_nav_page_is_built(site):
+    pages = _nav_pages(site)
+    assert len(pages) >= 15, pages
+    missing = [p for p in pages if not (site / p / "index.html").is_file()]
+    assert not missing, missing
+    for required in ("", "getting-started/", "concepts/", "catalogue/", "citing/", "reference/api/"):
+        assert required in pages
+
+
+def test_generated_pages_are_up_to_date():
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, f"run `make docs`:\n{res.stdout}{res.stderr}"
+
+
+def test_tutorials_were_executed_without_errors(site):
+    tutorials = sorted((REPO / "docs" / "tutorials").glob("*.ipynb"))
+    assert len(tutorials) >= 3
+    for nb in tutorials:
+        html = (site / "tutorials" / nb.stem / "index.html").read_text(encoding="utf-8")
+        # (mkdocs-jupyter runs with allow_errors: false, so an exception already fails the build)
+        assert "Traceback (most recent call last)" not in html, nb.name
+        # executed: every code cell produced output, and the plots are inline PNGs
+        assert html.count("data:image/png;base64") >= 1, f"{nb.name}: no figure in the executed notebook"
+
+
+def test_api_reference_renders_docstrings(site):
+    html = (site / "reference" / "api" / "index.html").read_text(encoding="utf-8")
+    for name in ("get_encoding_model", "encode", "get_model_metadata", "save"):
+        assert f'id="berg.api.BERG.{name}"' in html or f'id="berg.{name}"' in html or f'id="berg.io.{name}"' in html, name
+    assert "backbone_weights" in html  # a parameter table came from the numpydoc docstring
+
+
+def test_model_pages_carry_citations_and_downloads(site):
+    for card in ("fmri-bold5000-resnet18", "fmri-bmd-s3d"):
+        html = (site / "models" / card / "index.html").read_text(encoding="utf-8")
+        assert "How to cite" in html and "@article" in html and "Download" in html, card
+    citing = (REPO / "docs" / "citing.md").read_text(encoding="utf-8")
+    assert "@software{berg," in citing and (site / "citing" / "index.html").is_file()
+
+
+# --------------------------------------------------------------------------- links
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[str] = []
+        self.resources: list[str] = []  # what the browser loads by itself (scripts, styles, images)
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("name"):
+            self.ids.add(a["name"])
+        for key in ("href", "src"):
+            if a.get(key) and not (tag == "link" and a.get("rel") in ("preconnect", "canonical")):
+                self.refs.append(a[key])
+                if tag != "a":
+                    self.resources.append(a[key])
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(path: Path) -> _Links:
+    parser = _Links()
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return parser
+
+
+def _target_file(site: Path, url_path: str) -> Path:
+    path = site / unquote(url_path).lstrip("/")
+    return path / "index.html" if url_path.endswith("/") or path.is_dir() else path
+
+
+def test_internal_links_and_anchors_resolve(site):
+    broken = []
+    pages = [p for p in site.rglob("*.html") if p.name != "404.html"]
+    for page in pages:
+        base = "/" + page.relative_to(site).as_posix()
+        for ref in _parse(page).refs:
+            parsed = urlparse(ref)
+            if parsed.scheme or ref.startswith(("//", "mailto:", "data:", "javascript:")) or ref == "":
+                continue
+            target_url = urlparse(urljoin(base, ref))
+            target = _target_file(site, target_url.path) if target_url.path != base else page
+            if not target.is_file():
+                broken.append(f"{page.relative_to(site)}: {ref} -> missing {target.relative_to(site)}")
+            elif target_url.fragment and target.suffix == ".html" and unquote(target_url.fragment) not in _parse(target).ids:
+                broken.append(f"{page.relative_to(site)}: {ref} -> no anchor #{target_url.fragment}")
+    assert len(pages) >= 15
+    assert not broken, "\n".join(broken[:40])
+
+
+def test_no_page_needs_the_network(site):
+    """Scripts, styles and fonts are served by the site itself (it works offline, and in the browser test)."""
+    offenders = []
+    for page in site.rglob("*.html"):
+        for ref in _parse(page).resources:
+            if ref.startswith(("http://", "https://", "//")):
+                offenders.append(f"{page.relative_to(site)}: {ref}")
+    assert not offenders, "\n".join(offenders[:20])
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@contextlib.contextmanager
+def _serve(root: Path):
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler) as httpd:
+        httpd.daemon_threads = True
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+        finally:
+            httpd.shutdown()
+
+
+class _DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, ws_url: str):
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        my_id = self.next_id
+        self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        self.ws.settimeout(30)  # wait_for/drain leave short timeouts behind
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_for(self, method: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        for i, ev in enumerate(self.events):
+            if ev.get("method") == method:
+                return self.events.pop(i)
+        import websocket
+
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                msg = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                break
+            if msg.get("method") == method:
+                return msg
+            self.events.append(msg)
+        raise TimeoutError(f"no {method} within {timeout} s")
+
+    def drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        import websocket
+
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                self.events.append(json.loads(self.ws.recv()))
+            except websocket.WebSocketTimeoutException:
+                break
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.ws.close()
+
+
+@contextlib.contextmanager
+def _browser():
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium; .ci/run does it)")
+    profile = Path(tempfile.mkdtemp(prefix="berg-chromium-"))
+    proc = subprocess.Popen(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--remote-allow-origins=*", "--window-size=1280,900", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.poll() is not None else ""
+                pytest.fail(f"chromium did not start its DevTools endpoint: {err}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+            targets = json.load(resp)
+        page = next(t for t in targets if t.get("type") == "page")
+        yield _DevTools(page["webSocketDebuggerUrl"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _problems(events: list[dict], origin: str) -> list[str]:
+    out = []
+    for ev in events:
+        method, p = ev.get("method"), ev.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
+        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            out.append("console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
+        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
+        elif method == "Network.responseReceived" and p.get("response", {}).get("status", 200) >= 400:
+            out.append(f"HTTP {p['response']['status']}: {p['response']['url']}")
+        elif method == "Network.loadingFailed" and not p.get("canceled"):
+            out.append(f"load failed: {p.get('errorText')} ({p.get('type')})")
+    return out
+
+
+def test_every_page_loads_in_chromium_without_console_errors(site):
+    from PIL import Image
+
+    pages = _nav_pages(site)
+    shots = {"": "home.png", "models/fmri-bold5000-resnet18/": "model-fmri-bold5000-resnet18.png"}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    failures = {}
+    with _serve(site) as origin, _browser() as dt:
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            dt.call(f"{domain}.enable")
+        dt.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        for page in pages:
+            dt.events.clear()
+            dt.call("Page.navigate", url=origin + page)
+            dt.wait_for("Page.loadEventFired")
+            dt.drain(0.4)  # late script errors (search worker, deferred bundles)
+            title = dt.call("Runtime.evaluate", expression="document.title", returnByValue=True)
+            problems = _problems(dt.events, origin)
+            if not title.get("result", {}).get("value"):
+                problems.append("page has no title")
+            if problems:
+                failures[page or "/"] = problems
+            if page in shots:
+                png = base64.b64decode(dt.call("Page.captureScreenshot", format="png")["data"])
+                (ARTIFACTS / shots[page]).write_bytes(png)
+    assert not failures, json.dumps(failures, indent=1)[:4000]
+    for name in shots.values():
+        with Image.open(ARTIFACTS / name) as img:
+            assert img.size == (1280, 900)
+            lo, hi = img.convert("L").getextrema()
+            assert hi - lo > 100, f"{name} looks blank"
+
+
+def test_browser_check_sees_script_errors_and_missing_files(tmp_path):
+    """The console/network check above can fail: a page with a script error and a missing image."""
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "index.html").write_text(
+        "<!doctype html><title>bad</title><img src='missing.png'><script>notDefined()</script>")
+    with _serve(tmp_path) as origin, _browser() as dt:
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            dt.call(f"{domain}.enable")
+        dt.call("Page.navigate", url=origin + "bad/")
+        dt.wait_for("Page.loadEventFired")
+        dt.drain(0.4)
+        problems = _problems(dt.events, origin)
+    assert any("notDefined" in p for p in problems), problems
+    assert any("404" in p and "missing.png" in p for p in problems), problems
