@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -81,6 +80,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with berg's one-line errors (``berg: error: ...``, exit 2) and close-match hints."""
 
     known_flags: list[str] = []
+    #: Why an ``encode`` command line has no model options (its model id is unknown), for the message.
+    no_model_options: str = ""
 
     def error(self, message: str) -> NoReturn:
         hint = ""
@@ -89,6 +90,8 @@ class _Parser(argparse.ArgumentParser):
             flags = [a.split("=")[0] for a in unknown.group(1).split() if a.startswith("--")]
             near = {f: close_matches(f, _Parser.known_flags, n=1) for f in flags}
             hint = "".join(f"; did you mean {n[0]!r} for {f!r}?" for f, n in near.items() if n)
+            if _Parser.no_model_options:  # e.g. --space of a misspelt model id
+                hint += f" (model options need a known model: {_Parser.no_model_options})"
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice:
             options = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
@@ -261,14 +264,6 @@ def _check_nifti_request(spec: Any, subject: Any, options: Mapping[str, Any]) ->
         )
 
 
-def _accepted(func: Any, **kwargs: Any) -> dict[str, Any]:
-    """The keyword arguments ``func`` takes (berg.io's writers gain options as output spaces grow)."""
-    params = inspect.signature(func).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
 def _save(out: Path, responses: Any, model: Any, stimulus_ids: list[str], nifti: bool) -> None:
     from berg import io as bio
 
@@ -278,7 +273,7 @@ def _save(out: Path, responses: Any, model: Any, stimulus_ids: list[str], nifti:
                 raise InvalidParameterError(
                     f"NIfTI output takes one subject or a group map, got subjects {list(responses)}; use -o OUT.h5"
                 )
-            bio.save_nifti(out, responses, model, **_accepted(bio.save_nifti, stimulus_ids=stimulus_ids))
+            bio.save_nifti(out, responses, model, stimulus_ids=stimulus_ids)
         else:
             bio.save(out, responses, model, stimulus_ids=stimulus_ids)
     except BERGError:
@@ -470,7 +465,8 @@ def _spec_for(argv: Sequence[str], top: argparse.ArgumentParser, encode: argpars
         from berg.registry import Registry
 
         return Registry(registries or None).get(model_id)
-    except BERGError:  # an unknown id is reported (with suggestions) when the command runs
+    except BERGError as exc:  # an unknown id is reported (with suggestions) when the command runs
+        _Parser.no_model_options = " ".join(str(exc).split())
         return None
 
 
@@ -643,6 +639,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_fetch)
 
     encode = _add_encode(sub)
+    _Parser.no_model_options = ""
     spec = _spec_for(argv, p, encode) if argv is not None else None
     if spec is not None:
         _add_model_options(encode, spec)
@@ -711,8 +708,20 @@ def _berg_warnings() -> Iterator[None]:
             warnings.showwarning = previous
 
 
+def _flag_spelling(text: str) -> str:
+    """``subject='all'`` -> ``--subject all``, ``space='mni'`` -> ``--space mni``: keyword words of the
+    Python API turned into this command line's flags (only for flags that exist, quoted or numeric values)."""
+    names = {f[2:].replace("-", "_"): f for f in _Parser.known_flags}
+
+    def swap(match: re.Match) -> str:
+        flag = names.get(match.group(1))
+        return f"{flag} {match.group(3) or match.group(4) or match.group(5)}" if flag else match.group(0)
+
+    return re.sub(r"\b([a-z][a-z0-9_]*)=('([^']*)'|\"([^\"]*)\"|(-?\d+(?:\.\d+)?)\b)", swap, text)
+
+
 def _error_line(exc: BaseException) -> str:
-    return f"berg: error: {' '.join(in_cli_words(exc).split())}\n"
+    return f"berg: error: {' '.join(_flag_spelling(in_cli_words(exc)).split())}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -417,6 +417,7 @@ def test_model_option_flags_are_checked_before_any_io(capsys, tmp_path, image):
             "--space and --model-kwarg space=... both given",
         ),
         (["--subject", "all", "--space", "mni", "--roi-list", "FFA", "-o", str(tmp_path / "g.h5")], "valid"),
+        (["--subject", "1", "--space", "mni", "-o", str(tmp_path / "g.h5")], "pass --subject all"),  # CLI words
     ]
     for extra, part in cases:
         assert main([*base, *extra]) == 2

@@ -196,6 +196,10 @@ def test_cli_misspelt_weights_fail_before_any_io(image, tmp_path, capsys):
         (["encode", REAL, "--subject", "all", "--spce", "mni", "a.jpg", "-o", "o.h5"], "did you mean '--space'"),
         (["encode", REAL, "--subject", "all", "--space", "mnii", "a.jpg", "-o", "o.h5"], "did you mean 'mni'?"),
         (["encode", REAL, "--subject", "1", "--voxel-order", "C", "a.jpg", "-o", "o.h5"], "did you mean 'c'?"),
+        (
+            ["encode", "fmri-bold5000-resnet81", "--subject", "all", "--space", "mni", "a.jpg", "-o", "o.h5"],
+            "model options need a known model: unknown model 'fmri-bold5000-resnet81'. Did you mean",
+        ),
     ],
 )
 def test_misspelt_commands_flags_and_choices_get_close_matches(capsys, argv, part):
