@@ -560,7 +560,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument(
         "--kind",
         default="auto",
-        choices=["auto", "stat", "glass", "slices", "surface"],
+        choices=["auto", "stat", "glass", "surface"],
         help="auto: stat map for volumes, surface for surfaces (default)",
     )
     s.add_argument("--index", type=int, default=0, metavar="I", help="stimulus (volume) to draw (default 0)")

@@ -382,7 +382,7 @@ def plot_file(
         title = title or f"{path.name}" + (f" — {label}" if label else f" — volume {index}")
         fig = plot_volume(
             img,
-            kind="stat" if kind in ("auto", "slices") else kind,
+            kind="stat" if kind == "auto" else kind,
             index=index,
             title=title,
             units=units or side.get("units"),
@@ -405,7 +405,7 @@ def plot_file(
         img = space.to_nifti(responses[index])
         fig = plot_volume(
             img,
-            kind="stat" if kind in ("auto", "slices") else kind,
+            kind="stat" if kind == "auto" else kind,
             title=title,
             units=units,
             threshold=threshold,

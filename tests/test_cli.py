@@ -385,6 +385,49 @@ def test_plot_nifti_and_h5_with_nilearn(synth, stimuli, common, tmp_path, capsys
     assert not (tmp_path / "x.png").exists()
 
 
+class _ToySurfaceModel:
+    """Just what berg.save needs from a model whose outputs are surface vertices."""
+
+    def __init__(self, space):
+        self.model_id, self.subjects, self.spec, self._space = "toy-surface", [1], None, space
+
+    def space(self, subject=None):
+        return self._space
+
+    def provenance(self):
+        return {"model_id": self.model_id, "subjects": [1]}
+
+    def output_ids(self, subject=None):
+        return np.arange(self._space.n_outputs)
+
+
+@pytest.mark.slow
+def test_plot_surface_responses_on_fsaverage5(tmp_path, capsys):
+    from PIL import Image
+
+    import berg
+    from berg.spaces import SurfaceSpace
+
+    rng = np.random.default_rng(0)
+    verts = {h: np.sort(rng.choice(10242, 3000, replace=False)) for h in ("lh", "rh")}
+    space = SurfaceSpace("fsaverage5", verts, {"lh": 10242, "rh": 10242})
+    h5 = tmp_path / "surf.h5"
+    berg.save(
+        h5,
+        rng.normal(size=(2, space.n_outputs)).astype(np.float32),
+        _ToySurfaceModel(space),
+        stimulus_ids=["a.png", "b.png"],
+    )
+    png = tmp_path / "surf.png"
+    assert main(["plot", str(h5), "--index", "1", "-o", str(png)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {png} (surface map of stimulus 1 (subject 1) on fsaverage5)"
+    assert Image.open(png).size[0] > 1000
+    other = SurfaceSpace("fsaverage", {"lh": np.arange(5)}, {"lh": 163842})
+    berg.save(tmp_path / "big.h5", np.ones((1, 5), np.float32), _ToySurfaceModel(other))
+    assert main(["plot", str(tmp_path / "big.h5"), "-o", str(tmp_path / "big.png")]) == 2
+    _one_line_error(capsys.readouterr().err, "nilearn ships only fsaverage5")
+
+
 # --------------------------------------------------------------------------- model options as flags, group maps
 
 
