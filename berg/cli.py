@@ -700,7 +700,7 @@ def _berg_warnings() -> Iterator[None]:
             previous(message, category, filename, lineno, file, line)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        warnings.simplefilter("always", UntrainedBackboneWarning)  # each model load announces it; others untouched
         warnings.showwarning = show
         try:
             yield

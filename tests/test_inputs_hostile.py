@@ -397,3 +397,19 @@ def test_registry_and_selection_validation_are_berg_errors():
             client.registry.get(bad_id)
     with pytest.raises(InvalidParameterError, match="NUL"):
         _ = berg.BERG(cache_dir="/tmp/a\x00b").store
+
+
+@pytest.mark.xfail(strict=True, reason="berg/registry.py (lead, issue 9) accepts '.' as a model id in a registry file")
+@pytest.mark.parametrize("model_id", [".", "..", "a/b", "with space"])
+def test_registry_file_refuses_ids_that_are_not_plain_names(tmp_path, model_id):
+    """A registry entry named "." would make the model's cache folder the cache root itself."""
+    from berg.registry import Registry
+
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(
+        "format_version: 1\nmodels:\n"
+        f"  {model_id!r}:\n    card: fmri-bmd-s3d.yaml\n    modality: fmri\n    dataset: bmd\n"
+        "    source: {kind: s3, bucket: b, prefix: p/}\n    layout: native\n    recipe: {}\n"
+    )
+    with pytest.raises(InvalidParameterError, match="model id"):
+        Registry(reg)
