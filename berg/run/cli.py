@@ -83,7 +83,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.device:
         plan.device = args.device
     shard = (args.shard, args.of) if args.shard is not None else None
-    report = run(plan, shard=shard, show_progress=not args.quiet)
+    report = run(plan, shard=shard, show_progress=not args.quiet, prepare_only=args.prepare_only)
+    if args.prepare_only:
+        out.write(f"{report.store}: prepared; {report.n_shards - report.skipped_units} shard(s) pending or stale "
+                  f"(see 'berg status {report.store}')\n")
+        return 0
     out.write(f"{report.store}: computed {report.computed_units} shard(s), skipped {report.skipped_units} "
               f"finished, in {_duration(report.seconds)}"
               + (f" ({report.stimuli_per_second:.1f} stimuli/s)" if report.computed_units else "") + "\n")
@@ -136,6 +140,8 @@ def add_run_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--store", metavar="RUN", help="override the plan's store folder")
     p.add_argument("--executor", choices=["local", "dask"], help="override the plan's executor kind")
     p.add_argument("--device", help="override the plan's device (cpu, cuda, ...)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="create/update the store for this plan (stale shards show in 'berg status'); compute nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

@@ -32,8 +32,10 @@ from berg.run.store import RunStore
 from berg.run.worker import (
     compute_unit,
     default_decode_threads,
+    encode_unit,
     load_entries,
     shard_bounds,
+    write_unit,
 )
 
 __all__ = ["RunReport", "pending_units", "run"]
@@ -120,11 +122,11 @@ def run(
     n = len(source)
     n_shards = -(-n // plan.shard_size)
     use_dask = plan.executor["kind"] == "dask" and shard is None
-    # The driver of a Dask run only needs spaces and provenance: load on CPU (a login node has no GPU).
-    loaded = load_entries(plan, source, device="cpu" if use_dask else None)
     store = RunStore(plan.store)
     show = show_progress and not _quiet()
-    with store.lock(shard):
+    with store.lock(shard):  # first: a second run on the store stops before loading anything
+        # The driver of a Dask run only needs spaces and provenance: load on CPU (a login node has no GPU).
+        loaded = load_entries(plan, source, device="cpu" if use_dask else None)
         targets = [t for le in loaded.values() for t in le.targets.values()]
         store.initialise(targets=targets, plan=plan.to_dict(), plan_hash=plan.plan_hash(),
                          stimulus_ids=source.ids(), stimuli_fingerprint=source.fingerprint(),
@@ -173,18 +175,33 @@ def _run_local(store, plan, loaded, source, units, show) -> list[dict[str, Any]]
     order = sorted(units)
     n = len(source)
     results = []
-    with _progress(sum(shard_bounds(u, plan.shard_size, n)[1] - u * plan.shard_size for u in order),
-                   show, "berg run") as bar, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-shard-decode") as prefetch:
-        # Decode shard k+1 (itself in `threads` threads) while shard k runs through the network.
-        nxt = prefetch.submit(source.read, range(*shard_bounds(order[0], plan.shard_size, n)), threads)
+
+    def bounds(u: int) -> range:
+        return range(*shard_bounds(u, plan.shard_size, n))
+
+    with _progress(sum(len(bounds(u)) for u in order), show, "berg run") as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-shard-decode") as prefetch, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-shard-write") as writer:
+        # Three stages overlap: shard k+1 is decoded (itself in `threads` threads) and shard k-1 written
+        # and fsync-ed while shard k runs through the network. At most one write is in flight, so memory
+        # stays at a few shards whatever the collection size.
+        nxt = prefetch.submit(source.read, bounds(order[0]), threads)
+        writing = None
         for k, unit in enumerate(order):
             items = nxt.result()
             if k + 1 < len(order):
-                nxt = prefetch.submit(source.read, range(*shard_bounds(order[k + 1], plan.shard_size, n)), threads)
-            results.append(compute_unit(store, plan, loaded, source, unit, units[unit], items=items))
-            start, stop = shard_bounds(unit, plan.shard_size, n)
-            bar.update(stop - start)
+                nxt = prefetch.submit(source.read, bounds(order[k + 1]), threads)
+            done = encode_unit(store, plan, loaded, source, unit, units[unit], items=items)
+            if writing is not None:
+                results.append(writing.result())
+                writing = None
+            if done is None:
+                results.append({"shard": unit, "computed": [], "failed": [], "seconds": 0.0})
+            else:
+                writing = writer.submit(write_unit, store, plan, done)
+            bar.update(len(bounds(unit)))
+        if writing is not None:
+            results.append(writing.result())
     return results
 
 

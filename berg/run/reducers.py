@@ -40,10 +40,8 @@ class Reducer:
     @property
     def n_out(self) -> int:
         """Columns after reduction."""
-        n = self.n_in
-        for kind, arg in self.steps:
-            n = len(arg)
-        return n
+        # every step's argument lists the columns (take) or column groups (mean) it produces
+        return len(self.steps[-1][1]) if self.steps else self.n_in
 
     @property
     def is_identity(self) -> bool:

@@ -4,7 +4,7 @@ Layout of a run folder ``RUN/``::
 
     RUN/responses.zarr/                  zarr v3 (open with zarr.open_group(RUN/responses.zarr))
         zarr.json                        attrs: format "berg-run", format_version, n_stimuli, shard_size,
-                                                stimuli (fingerprint), plan_hash, berg_version
+                                                stimuli (fingerprint), plan_hash, plan, berg_version
         stimulus_ids                     (n_stimuli,) str paths, or int64 indices for an HDF5 brick
         <model name>/sub-01/             attrs: model_id, subject, target_hash, space, dims, provenance,
                                                 reducers, selection
@@ -291,6 +291,7 @@ class RunStore:
             root_attrs = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "n_stimuli": n, "shard_size": shard_size,
                 "stimuli": _json_safe(stimuli_fingerprint), "plan_hash": plan_hash, "berg_version": __version__,
+                "plan": _json_safe(plan),  # the zarr store alone says how it was made
             }
             old_ids = root.get("stimulus_ids")
             if old_ids is None or old_ids.shape != ids.shape or not np.array_equal(old_ids[:], ids):

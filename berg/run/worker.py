@@ -24,7 +24,7 @@ from berg.run.sources import StimulusSource
 from berg.run.store import FORMAT_VERSION, RunStore, TargetInfo
 from berg.subjects import subject_label
 
-__all__ = ["LoadedEntry", "compute_unit", "default_decode_threads", "load_entries", "shard_bounds"]
+__all__ = ["LoadedEntry", "ShardOutputs", "compute_unit", "encode_unit", "write_unit", "default_decode_threads", "load_entries", "shard_bounds"]
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,19 @@ def decode_shard(source: StimulusSource, shard: int, plan: EncodePlan, threads: 
     return source.read(range(start, stop), threads=threads)
 
 
-def compute_unit(
+@dataclass
+class ShardOutputs:
+    """A computed shard waiting to be written: ``{target key: (target, rows)}``."""
+
+    shard: int
+    start: int
+    stop: int
+    outputs: dict[str, tuple[TargetInfo, np.ndarray]]
+    failed: list[dict[str, Any]]
+    t0: float
+
+
+def encode_unit(
     store: RunStore,
     plan: EncodePlan,
     loaded: Mapping[str, LoadedEntry],
@@ -221,10 +233,10 @@ def compute_unit(
     *,
     items: list[Any] | None = None,
     decode_threads: int = 1,
-) -> dict[str, Any]:
-    """Compute shard ``shard`` for the ``pending`` targets (``{target key: expected hash}``) and mark them done.
+) -> ShardOutputs | None:
+    """Compute shard ``shard`` for the ``pending`` targets (``{target key: expected hash}``); nothing written.
 
-    Returns a small record: ``{"shard", "computed": [keys], "failed": [...], "seconds"}``.
+    Returns ``None`` when every pending target of the shard is already done (an earlier attempt finished it).
 
     Raises
     ------
@@ -234,8 +246,7 @@ def compute_unit(
         This process resolved a target to another hash than the driver (e.g. a different artifact).
     """
     t0 = time.perf_counter()
-    n = len(source)
-    start, stop = shard_bounds(shard, plan.shard_size, n)
+    start, stop = shard_bounds(shard, plan.shard_size, len(source))
     todo: dict[str, list[Any]] = {}
     known = {t.key for le in loaded.values() for t in le.targets.values()}
     if set(pending) - known:
@@ -256,7 +267,7 @@ def compute_unit(
                 continue  # finished by an earlier attempt of this task (e.g. its worker died after the marker)
             todo.setdefault(name, []).append(s)
     if not todo:
-        return {"shard": shard, "computed": [], "failed": [], "seconds": 0.0}
+        return None
     store.log_event("shard_start", shard=shard, targets=sorted(k for k in pending))
     if items is None:
         items = source.read(range(start, stop), threads=decode_threads)
@@ -270,34 +281,53 @@ def compute_unit(
             f"stimulus {first['index']} cannot be decoded: {first['error']}. Fix or remove the file, or set "
             "on_error: skip in the plan (failed stimuli are then listed and their rows are NaN)"
         )
-    computed = []
-    outputs: dict[str, dict[Any, np.ndarray]] = {}
+    outputs: dict[str, tuple[TargetInfo, np.ndarray]] = {}
     model_items = [_model_item(items[k], source.kind) for k in good]
     for group in _backbone_groups([loaded[name] for name in todo]):
         full = _encode_group(group, model_items, np.asarray(good, dtype=np.int64), stop - start)
         for le in group:
-            name = le.entry.name
-            outputs[name] = {s: full[name][s] if le.reducers[s].is_identity else le.reducers[s].apply(full[name][s])
-                             for s in todo[name]}
+            for s in todo[le.entry.name]:
+                t, red = le.targets[s], le.reducers[s]
+                data = full[le.entry.name][s] if red.is_identity else red.apply(full[le.entry.name][s])
+                if tuple(data.shape[1:]) != tuple(t.shape):
+                    raise InvalidParameterError(
+                        f"{t.key}: the model returned {data.shape[1:]} per stimulus, the store expects {t.shape} "
+                        "(from its output space); the model's space declaration is inconsistent"
+                    )
+                outputs[t.key] = (t, data)
+    return ShardOutputs(shard, start, stop, outputs, failed, t0)
+
+
+def write_unit(store: RunStore, plan: EncodePlan, done: ShardOutputs) -> dict[str, Any]:
+    """Write a computed shard and mark it done; returns ``{"shard", "computed", "failed", "seconds"}``."""
     # Data of every target first, markers last: a marker never exists for data that is not on disk.
-    for name, per in outputs.items():
-        for s, data in per.items():
-            t = loaded[name].targets[s]
-            if tuple(data.shape[1:]) != tuple(t.shape):
-                raise InvalidParameterError(
-                    f"{t.key}: the model returned {data.shape[1:]} per stimulus, the store expects {t.shape} "
-                    "(from its output space); the model's space declaration is inconsistent"
-                )
-            store.write_shard(t.key, shard, start, data, fsync=plan.fsync)
-    seconds = time.perf_counter() - t0
-    for name, per in outputs.items():
-        for s in per:
-            t = loaded[name].targets[s]
-            store.mark_done(t.key, shard, {"target_hash": t.hash, "plan_hash": plan.plan_hash(), "start": start,
-                                           "stop": stop, "failed": failed, "seconds": seconds})
-            computed.append(t.key)
-    store.log_event("unit_done", shard=shard, targets=computed, seconds=seconds, n_failed=len(failed))
-    return {"shard": shard, "computed": computed, "failed": failed, "seconds": seconds}
+    for key, (_, data) in done.outputs.items():
+        store.write_shard(key, done.shard, done.start, data, fsync=plan.fsync)
+    seconds = time.perf_counter() - done.t0
+    for key, (t, _) in done.outputs.items():
+        store.mark_done(key, done.shard, {"target_hash": t.hash, "plan_hash": plan.plan_hash(), "start": done.start,
+                                          "stop": done.stop, "failed": done.failed, "seconds": seconds})
+    computed = list(done.outputs)
+    store.log_event("unit_done", shard=done.shard, targets=computed, seconds=seconds, n_failed=len(done.failed))
+    return {"shard": done.shard, "computed": computed, "failed": done.failed, "seconds": seconds}
+
+
+def compute_unit(
+    store: RunStore,
+    plan: EncodePlan,
+    loaded: Mapping[str, LoadedEntry],
+    source: StimulusSource,
+    shard: int,
+    pending: Mapping[str, str],
+    *,
+    items: list[Any] | None = None,
+    decode_threads: int = 1,
+) -> dict[str, Any]:
+    """:func:`encode_unit` then :func:`write_unit`: one shard computed, written and marked done."""
+    done = encode_unit(store, plan, loaded, source, shard, pending, items=items, decode_threads=decode_threads)
+    if done is None:
+        return {"shard": shard, "computed": [], "failed": [], "seconds": 0.0}
+    return write_unit(store, plan, done)
 
 
 def _model_shape(le: LoadedEntry, subject: Any) -> tuple[int, ...]:
