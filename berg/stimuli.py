@@ -10,7 +10,7 @@ Accepted forms (the same rules are printed in every :class:`~berg.errors.Stimulu
   axis 1 and axis 3 could be channels, channels-first is assumed (torch convention) with a warning.
 * **Video arrays**: ``uint8`` 5-D ``(B, T, 3, H, W)`` (BERG's layout).
 * **Files**: a path (``str`` or :class:`os.PathLike`), a **folder** (its image or video files, by
-  suffix, sorted by name; hidden files skipped), a **glob pattern** (``"stimuli/*.png"``, sorted), or a
+  suffix, sorted by name; hidden files and sub-folders skipped), a **glob pattern** (``"stimuli/*.png"``, sorted), or a
   list/tuple mixing those. Image files are opened with Pillow (restricted to common raster formats) and
   converted with ``convert("RGB")``; videos are decoded with PyAV. Files are checked when the
   stimuli are loaded (existence, readable header, pixel limit) and decoded lazily, one batch at a time.
