@@ -102,3 +102,15 @@ def test_bad_inputs():
         contrast_map(y, labels, "face", ["face", "body"])
     assert dice([], []) == 0.0 and dice([1, 2], [2, 3]) == 0.5
     assert roi_agreement([0, 1], {"m": np.array([True, True, False])}) == {"m": 1.0}
+
+
+def test_multi_axis_outputs_are_flattened():
+    """EEG-like (n_stimuli, channels, times) responses: outputs index the flattened trailing shape."""
+    from berg.experiments import rsm
+
+    y, labels = planted(n_per=10, n_out=60)
+    y3 = y.reshape(len(y), 6, 10)
+    assert np.allclose(contrast_map(y3, labels, "face").t, contrast_map(y, labels, "face").t)
+    assert np.allclose(rsm(y3, dtype=np.float64), np.corrcoef(y.astype(np.float64)))
+    assert np.allclose(rsm(y3, outputs=np.arange(12), dtype=np.float64, max_memory=0, block_size=7),
+                       np.corrcoef(y[:, :12].astype(np.float64)))

@@ -98,7 +98,7 @@ def test_noise_ceiling_brackets_the_true_model():
 
 
 def test_bad_inputs():
-    with pytest.raises(InvalidParameterError, match="2-D"):
+    with pytest.raises(InvalidParameterError, match="n_stimuli, n_outputs"):
         rsm(np.zeros(5))
     with pytest.raises(InvalidParameterError, match="at least 2 outputs"):
         rsm(np.zeros((5, 5)), outputs=[1])

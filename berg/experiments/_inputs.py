@@ -18,6 +18,7 @@ from berg.errors import InvalidParameterError, close_matches
 __all__ = [
     "as_subject_dict",
     "check_array",
+    "n_outputs",
     "iter_row_blocks",
     "rows_per_block",
     "roi_indices_for",
@@ -31,15 +32,24 @@ BLOCK_BYTES = 256 * 2**20
 
 
 def check_array(array: Any, name: str = "responses") -> Any:
-    """Check that ``array`` is 2-D ``(n_stimuli, n_outputs)``; plain sequences become numpy arrays."""
+    """Check that ``array`` is ``(n_stimuli, ...)`` with at least 2 axes; sequences become numpy arrays.
+
+    Trailing axes (e.g. EEG ``(n_stimuli, n_reps, n_channels, n_times)``) are flattened block by block,
+    in C order: output ``i`` is element ``i`` of the flattened trailing shape, as ROI indices count.
+    """
     if not hasattr(array, "shape") or not hasattr(array, "__getitem__"):
         array = np.asarray(array)
-    if len(array.shape) != 2:
+    if len(array.shape) < 2:
         raise InvalidParameterError(
-            f"{name} must be 2-D (n_stimuli, n_outputs); got shape {tuple(array.shape)}. "
+            f"{name} must be (n_stimuli, n_outputs); got shape {tuple(array.shape)}. "
             "Pass one subject's array, or a {subject: array} dict for several subjects."
         )
     return array
+
+
+def n_outputs(array: Any) -> int:
+    """Outputs per stimulus: the product of the trailing axes."""
+    return int(np.prod(array.shape[1:], dtype=np.int64))
 
 
 def as_subject_dict(responses: Any, name: str = "responses") -> dict[Any, Any]:
@@ -59,7 +69,7 @@ def as_subject_dict(responses: Any, name: str = "responses") -> dict[Any, Any]:
 
 def rows_per_block(array: Any, max_bytes: int = BLOCK_BYTES, itemsize: int = 8) -> int:
     """Rows per block so that one float64 block stays under ``max_bytes``, aligned to zarr/h5 chunks."""
-    n_rows, n_cols = int(array.shape[0]), max(1, int(array.shape[1]))
+    n_rows, n_cols = int(array.shape[0]), max(1, n_outputs(array))
     rows = max(1, max_bytes // (n_cols * itemsize))
     chunks = getattr(array, "chunks", None)
     if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int) and chunks[0] > 0:
@@ -80,6 +90,7 @@ def iter_row_blocks(
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         block = np.asarray(array[start:stop])
+        block = block.reshape(len(block), -1)
         if columns is not None:
             block = block[:, columns]
         yield start, stop, block.astype(dtype, copy=False)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from berg.errors import InvalidParameterError, close_matches
-from berg.experiments._inputs import as_subject_dict, iter_row_blocks
+from berg.experiments._inputs import as_subject_dict, iter_row_blocks, n_outputs
 
 __all__ = ["Contrast", "contrast_map", "category_localizer", "threshold_map", "dice", "roi_agreement"]
 
@@ -170,7 +170,7 @@ def _contrast_one(
     n1, n2 = int(is_pos.sum()), int(is_neg.sum())
     if n1 < 2 or n2 < 2:
         raise InvalidParameterError(f"contrast {name!r} needs >= 2 stimuli per side; has {n1} vs {n2}")
-    p_out = int(array.shape[1])
+    p_out = n_outputs(array)
     s1, q1, s2, q2 = (np.zeros(p_out) for _ in range(4))
     shift = None
     for start, stop, block in iter_row_blocks(array, block_rows=block_rows):

@@ -33,6 +33,7 @@ from berg.experiments._inputs import (
     as_subject_dict,
     check_array,
     iter_row_blocks,
+    n_outputs,
     resolve_device,
     roi_indices_for,
     select_outputs,
@@ -73,7 +74,7 @@ class _Standardised:
     def __init__(self, array: Any, columns: np.ndarray | None, dtype: Any, max_memory: int) -> None:
         self.array, self.columns, self.dtype = array, columns, dtype
         self.n = int(array.shape[0])
-        self.p = int(array.shape[1]) if columns is None else len(columns)
+        self.p = n_outputs(array) if columns is None else len(columns)
         self.cache: np.ndarray | None = None
         if self.n * self.p * np.dtype(dtype).itemsize <= max_memory:
             self.cache = np.empty((self.n, self.p), dtype=dtype)
@@ -86,6 +87,7 @@ class _Standardised:
         if self.cache is not None:
             return self.cache[start:stop]
         block = np.asarray(self.array[start:stop])
+        block = block.reshape(len(block), -1)
         if self.columns is not None:
             block = block[:, self.columns]
         return zscore_rows(block).astype(self.dtype, copy=False)
