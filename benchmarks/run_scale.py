@@ -125,7 +125,7 @@ def _rm(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def bench_overhead(work: Path, opts: dict, n: int, device: str) -> dict:
+def bench_overhead(work: Path, opts: dict, n: int, device: str, repeats: int = 2) -> dict:
     import berg
 
     folder = work / f"images-{n}"
@@ -144,16 +144,29 @@ def bench_overhead(work: Path, opts: dict, n: int, device: str) -> dict:
         _rm(store)
         berg.run(plan_dict(store, folder, opts, {"kind": "local"}, device=device), show_progress=False)
 
-    times = {"loop": [], "run": []}
-    for _ in range(2):  # interleaved, so load changes hit both alike
+    times: dict[str, list[float]] = {"loop": [], "run": []}
+    cpu: dict[str, list[float]] = {"loop": [], "run": []}
+    for _ in range(repeats):  # interleaved, so load changes hit both alike
         for name, fn in (("loop", loop), ("run", run)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(_cpu() - c0)
     loop_s, run_s = min(times["loop"]), min(times["run"])
-    return {"bench": "overhead", "n_images": n, "loop_img_per_s": round(n / loop_s, 1),
+    loop_c, run_c = min(cpu["loop"]), min(cpu["run"])
+    return {"bench": "overhead", "n_images": n, "repeats": repeats, "loop_img_per_s": round(n / loop_s, 1),
             "run_img_per_s": round(n / run_s, 1), "ratio_run_over_loop": round(loop_s / run_s, 3),
-            "note": "both load the model once; run also creates the store and writes zstd zarr chunks"}
+            "loop_cpu_s": round(loop_c, 1), "run_cpu_s": round(run_c, 1),
+            "cpu_ratio_loop_over_run": round(loop_c / run_c, 3),
+            "note": "both load the model once; run also creates the store and writes zstd zarr chunks; "
+                    "cpu = user+sys of this process (all threads), robust to other jobs on the machine"}
+
+
+def _cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 _RSS_CHILD = """
@@ -262,6 +275,7 @@ def main() -> None:
     ap.add_argument("--rss-counts", default="1000,4000")
     ap.add_argument("--n-outputs", type=int, default=20_000)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=2, help="overhead: interleaved repeats (best of)")
     ap.add_argument("--work", default=None, help="folder for images and runs (default: a temporary folder)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -275,7 +289,7 @@ def main() -> None:
     for b in args.benches:
         load0 = os.getloadavg()[0]
         if b == "overhead":
-            r = bench_overhead(work, opts, args.n_images, args.device)
+            r = bench_overhead(work, opts, args.n_images, args.device, args.repeats)
         elif b == "rss":
             r = bench_rss(work, opts, [int(c) for c in args.rss_counts.split(",")])
         elif b == "dask":

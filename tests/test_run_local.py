@@ -244,6 +244,11 @@ def test_reducers_dtype_and_selection(tmp_path, images, berg_opts, synth):
     plan = berg.EncodePlan(models=models, stimuli=stim, store=store, shard_size=4, dtype="float16",
                            berg=berg_opts, device="cpu")
     berg.run(plan, show_progress=False)
+    from berg.run.sources import open_source
+    from berg.run.worker import _backbone_groups, load_entries
+
+    loaded = load_entries(plan, open_source(plan.stimuli), device="cpu")
+    assert [len(g) for g in _backbone_groups(list(loaded.values()))] == [2]  # one backbone pass for both entries
     full = _encode(berg_opts, stim, subjects=[1])[1]
     g = berg.run.open_responses(store)
     means = g["roi-means/sub-01/responses"][:]

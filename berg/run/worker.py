@@ -96,6 +96,10 @@ def backbone_key(model: Any, prov: Mapping[str, Any]) -> str | None:
     when the model offers no features entry point (then it runs its own ``iter_encode``)."""
     if not (hasattr(model, "extractor") and hasattr(model, "outputs_from_features")):
         return None
+    from berg.engine import LinearEncodingModel
+
+    if getattr(type(model), "iter_encode", None) is not LinearEncodingModel.iter_encode:
+        return None  # a model with its own batching loop (ensembles, captions...) runs that loop, unshared
     return digest({k: prov.get(k) for k in ("backbone", "nodes", "transform", "device")})
 
 
