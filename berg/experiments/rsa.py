@@ -295,19 +295,23 @@ def batch_rsm_correlation(
     -------
     (n_batches,) float64 array
     """
-    from scipy.stats import rankdata
-
     _check_method(method)
     batches = np.asarray(batches, dtype=np.int64)
     if batches.ndim != 2 or batches.shape[1] < 3:
         raise InvalidParameterError(f"batches must be (n_batches, k >= 3) indices; got shape {batches.shape}")
+    n = rsm_a.shape[0]
     ti, tj = np.tril_indices(batches.shape[1], -1)
+    # C-contiguous arrays (and memmaps) are gathered through one flat index shared by both RSMs
+    flat_a, flat_b = (np.asarray(m).reshape(-1) if np.asarray(m).flags.c_contiguous else None for m in (rsm_a, rsm_b))
     scores = np.empty(len(batches))
     for s in range(0, len(batches), chunk):
         b = batches[s : s + chunk]
-        va = np.asarray(rsm_a[b[:, ti], b[:, tj]], dtype=np.float64)
-        vb = np.asarray(rsm_b[b[:, ti], b[:, tj]], dtype=np.float64)
+        flat = b[:, ti] * n + b[:, tj]
+        va = (flat_a[flat] if flat_a is not None else np.asarray(rsm_a[b[:, ti], b[:, tj]])).astype(np.float64)
+        vb = (flat_b[flat] if flat_b is not None else np.asarray(rsm_b[b[:, ti], b[:, tj]])).astype(np.float64)
         if method == "spearman":
+            from scipy.stats import rankdata
+
             va, vb = rankdata(va, axis=1), rankdata(vb, axis=1)
         va -= va.mean(axis=1, keepdims=True)
         vb -= vb.mean(axis=1, keepdims=True)
