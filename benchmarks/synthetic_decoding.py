@@ -1,0 +1,198 @@
+"""Benchmark: synthetic dataset generation vs ``encode``, and the full decoding study (issue 13).
+
+Builds a SYNTHETIC ``fmri-bold5000-alexnet`` (seeded untrained AlexNet, BOLD5000-shaped release with
+BOLD5000's real ROI sizes: 1,685 / 2,270 / 3,104 voxels for CSI1-3, all ROIs, 3 subjects), then times
+
+1. ``model.encode(images)`` for ``--n`` images (all three subjects in one pass: the engine's speed);
+2. ``berg.synthetic.generate(model, images, path, noise="metadata")`` for the same images (encode +
+   noise matched to the real data's NCSNR + streaming into berg's dataset HDF5); target: at least
+   0.9x the speed of (1);
+3. the decoding study on the generated data: category classification synthetic -> real (logistic
+   regression, 1,000 permutations), semantic identification of held-out categories, and a learning
+   curve, per subject.
+
+Run by hand (never by the tests)::
+
+    .venv/bin/python benchmarks/synthetic_decoding.py --n 100000
+    .venv/bin/python benchmarks/synthetic_decoding.py --n 5000 --image-size 64   # a quick look
+
+Images are ``--image-size`` pixels (64 keeps 100,000 images at 1.2 GB in memory; the recipe then crops
+64 instead of 224, everything else is the same code path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODEL_ID = "bench-bold5000-alexnet"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="synthetic stimuli to generate")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--permutations", type=int, default=1000)
+    ap.add_argument("--work", default=None, help="folder for the release, model and dataset (default: a temp dir)")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore", UserWarning)  # the untrained-backbone warning, once per call
+
+    from berg.api import BERG
+    from berg.experiments.decoding import classify, identify, learning_curve, split_categories
+    from berg.recipes import build_model
+    from berg.synthetic import category_images, generate
+    from berg.training.datasets import bold5000_release_dataset
+    from creation_code.bold5000_alexnet.synthetic_release import (
+        BOLD5000_VOXELS,
+        write_registry,
+        write_synthetic_release,
+    )
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="berg-bench-syn-"))
+    subjects = (1, 2, 3)
+    t0 = time.perf_counter()
+    truth = write_synthetic_release(
+        work / "data",
+        subjects=subjects,
+        n_categories=20,
+        n_per_category=30,
+        n_test=40,
+        voxels_per_roi=BOLD5000_VOXELS,
+        ncsnr=0.8,
+        image_size=args.image_size,
+    )
+    registry = write_registry(
+        work,
+        MODEL_ID,
+        subjects=subjects,
+        image_size=args.image_size,
+        n_outputs={s: truth.signal[s].shape[1] for s in subjects},
+    )
+    client = BERG(cache_dir=work / "cache", registry=registry)
+    build_model(
+        MODEL_ID,
+        work / "data",
+        client=client,
+        force=True,
+        options={
+            "backbone_weights": "untrained",
+            "image_size": args.image_size,
+            "n_components": 64,
+            "subjects": list(subjects),
+            "model_id": MODEL_ID,
+            "show_progress": False,
+        },
+    )
+    t_build = time.perf_counter() - t0
+    model = client.get_encoding_model(
+        MODEL_ID, subject=list(subjects), device=args.device, backbone_weights="untrained", batch_size=args.batch_size
+    )
+    n_out = {s: model.space(s).n_outputs for s in subjects}
+
+    # new images of the release's categories: the synthetic training set (same prototypes, new exemplars)
+    per_cat = -(-args.n // 20)
+    images, cats = category_images(20, 30 + per_cat, size=args.image_size, seed=0)
+    keep = (np.arange(len(cats)) % (30 + per_cat)) >= 30  # the first 30 per category are the release's
+    images, cats = images[keep][: args.n], cats[keep][: args.n]
+
+    model.encode(images[: args.batch_size], show_progress=False)  # warm-up (threads, allocator)
+    t0 = time.perf_counter()
+    model.encode(images, show_progress=False)
+    t_encode = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    syn = generate(
+        model,
+        images,
+        work / "synthetic.h5",
+        n_repeats=1,
+        noise="metadata",
+        categories=cats,
+        seed=0,
+        chunk_size=max(512, args.batch_size),
+    )
+    t_generate = time.perf_counter() - t0
+    size_gb = (work / "synthetic.h5").stat().st_size / 1e9
+
+    # the study, per subject: real data = the release (its categories from the ImageNet-style names)
+    real = bold5000_release_dataset(work / "data", subjects)
+    real_cats = np.array([truth.categories[truth.ids.index(i)] for i in real.ids])
+    emb_feats = truth.features["fc6"]
+    pcs = (emb_feats - emb_feats.mean(0)) / (emb_feats.std(0) + 1e-9)
+    _, _, vt = np.linalg.svd(pcs[:200], full_matrices=False)
+    # a stand-in "semantic" embedding: each category's mean fc6 feature in a 16-PC space
+    emb = {c: (pcs[truth.categories == c] @ vt[:16].T).mean(0) for c in np.unique(truth.categories)}
+    held = [f"cat{k:02d}" for k in range(0, 20, 4)]
+    t0 = time.perf_counter()
+    results = {}
+    for s in subjects:
+        y_syn = np.asarray(syn.responses[s][:])[:, 0]
+        y_real = np.nanmean(np.asarray(real.subjects[s].responses[:]), axis=1)
+        test = real.indices("test")
+        c = classify(y_syn, cats, y_real[test], real_cats[test], n_permutations=args.permutations)
+        tr_syn, _ = split_categories(cats, test_categories=held)
+        _, te_real = split_categories(real_cats, test_categories=held)
+        ident = identify(
+            y_syn[tr_syn],
+            cats[tr_syn],
+            y_real[te_real],
+            real_cats[te_real],
+            emb,
+            n_way=2,
+            n_permutations=args.permutations,
+        )
+        sizes = [s_ for s_ in (100, 1000, 10_000, 100_000) if s_ <= len(y_syn)]
+        curve = learning_curve(
+            y_syn,
+            cats,
+            y_real[test],
+            real_cats[test],
+            sizes=sizes,
+            n_draws=2,
+            real_x=y_real[real.indices("train")],
+            real_y=real_cats[real.indices("train")],
+            n_permutations=min(args.permutations, 200),
+        )
+        results[s] = {
+            "classify_acc": round(c.accuracy, 3),
+            "classify_p": c.p_value,
+            "chance": round(c.chance, 3),
+            "identify_2way": round(ident.accuracy, 3),
+            "identify_p": ident.p_value,
+            "curve": dict(zip(map(int, curve.sizes), np.round(curve.accuracy, 3).tolist())),
+            "real_curve": dict(zip(map(int, curve.real_sizes), np.round(curve.real_accuracy, 3).tolist())),
+        }
+    t_study = time.perf_counter() - t0
+
+    report = {
+        "machine": f"{platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+        "n_stimuli": int(args.n),
+        "image_size": args.image_size,
+        "outputs_per_subject": n_out,
+        "responses_generated": int(args.n) * sum(n_out.values()),
+        "build_s": round(t_build, 1),
+        "encode_s": round(t_encode, 2),
+        "generate_s": round(t_generate, 2),
+        "generate_speed_vs_encode": round(t_encode / t_generate, 3),
+        "dataset_gb": round(size_gb, 2),
+        "study_s": round(t_study, 1),
+        "study": results,
+    }
+    sys.stdout.write(json.dumps(report, indent=1, default=float) + "\n")
+    return 0 if t_encode / t_generate >= 0.9 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
