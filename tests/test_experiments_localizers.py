@@ -114,3 +114,30 @@ def test_multi_axis_outputs_are_flattened():
     assert np.allclose(rsm(y3, dtype=np.float64), np.corrcoef(y.astype(np.float64)))
     assert np.allclose(rsm(y3, outputs=np.arange(12), dtype=np.float64, max_memory=0, block_size=7),
                        np.corrcoef(y[:, :12].astype(np.float64)))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the untrained-backbone warning, expected here
+def test_localizer_on_a_berg_model_and_nifti_t_map(tmp_path):
+    """End to end: encode labelled images with a real berg model, t-map, place it on the model's grid."""
+    import berg
+    from synthetic_native import GRID, MODEL_ID, build
+
+    synth = build(tmp_path / "synthetic")
+    client = berg.BERG(berg_dir=synth.berg_dir, cache_dir=tmp_path / "cache", offline=True, registry=synth.registry)
+    model = client.get_encoding_model(MODEL_ID, subject=1, device="cpu", backbone_weights="untrained")
+    rng = np.random.default_rng(0)
+    bright = rng.integers(150, 256, size=(12, 64, 64, 3), dtype=np.uint8)  # two visually distinct "categories"
+    dark = rng.integers(0, 100, size=(12, 64, 64, 3), dtype=np.uint8)
+    responses = model.encode(np.concatenate([bright, dark]), show_progress=False)
+    labels = np.repeat(["bright", "dark"], 12)
+    c = contrast_map(responses, labels, "bright", "dark")
+    y64 = responses.astype(np.float64)
+    ref = ttest_ind(y64[:12], y64[12:], equal_var=False)
+    assert np.allclose(c.t, ref.statistic, rtol=1e-6)
+    img = model.to_nifti(c.t)
+    assert img.shape == GRID
+    ijk = synth.voxel_ijk[1]
+    assert np.allclose(np.asarray(img.dataobj)[tuple(ijk.T)], c.t, rtol=1e-6)
+    agreement = c.agreement(model.get_metadata()["rois"], correction="none", tail="two-sided")
+    assert set(agreement) == {"A", "B"}
