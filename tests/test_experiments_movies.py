@@ -191,3 +191,40 @@ def test_group_average_and_nifti_inputs():
     fast = np.sin(2 * np.pi * np.arange(n) * 2.0 / 10.0)
     out = remove_drift((slow + 3.0)[:, None] * np.ones((1, 5)) + fast[:, None], 2.0)
     assert np.corrcoef(out[:, 0], fast)[0, 1] > 0.99 and np.abs(out - fast[:, None]).max() < 0.1
+
+
+def test_composed_group_map_equals_step_by_step():
+    """img2fmri's group map folded into one matmul per batch equals readout -> place -> smooth -> z-score."""
+    import torch
+
+    from berg.models.bold5000_resnet18.mni import MNI_SHAPE, GroupMapper, SubjectGeometry
+
+    rng = np.random.default_rng(7)
+    func_shape, k = (6, 6, 6), 20
+    geometry, readouts = {}, {}
+    for s in (1, 2):
+        flat = rng.choice(np.prod(func_shape), size=40, replace=False)
+        masks = {"LHEarlyVis": np.sort(flat[:15]), "RHEarlyVis": np.sort(flat[15:30]), "LHOPA": np.sort(flat[25:40]),
+                 "RHOPA": np.sort(flat[30:40])}  # LHOPA overlaps RHEarlyVis: nanmean placement
+        blocks, start = [], 0
+        for roi in ("EarlyVis", "OPA"):
+            for hemi in ("LH", "RH"):
+                n = masks[hemi + roi].size
+                blocks.append((roi, hemi, start, start + n))
+                start += n
+        centre = np.ravel_multi_index((45, 54, 45), MNI_SHAPE)
+        mni = centre + rng.choice(np.arange(-400, 400), size=60, replace=False)
+        geometry[s] = SubjectGeometry(func_shape=func_shape, blocks=blocks, masks=masks, mni_index=mni,
+                                      func_index=rng.choice(flat, size=60),
+                                      overlap={h + r: mni[:30] for h in ("LH", "RH") for r in ("EarlyVis", "OPA")})
+        readouts[s] = (rng.normal(size=(start, k)), rng.normal(size=start))
+    for support in ("v1.0", "v0.2"):
+        mapper = GroupMapper(geometry, {s: np.arange(readouts[s][0].shape[0]) for s in geometry},
+                             roi_list=["EarlyVis", "OPA"], sigma=2.0, support=support)
+        feats = rng.random((5, k)) * 3
+        step = mapper({s: feats @ w.T + b for s, (w, b) in readouts.items()})
+        composed = mapper.compose(readouts)(torch.as_tensor(feats))
+        np.testing.assert_allclose(composed, step, atol=1e-5)
+        assert np.abs(composed - step).max() < 1e-6
+        np.testing.assert_allclose(composed.mean(axis=1), 0, atol=1e-6)
+        np.testing.assert_allclose(composed.std(axis=1), 1, atol=1e-5)

@@ -259,7 +259,7 @@ def first_level_kernel_glm(
         design = confound_design(x.shape[0], tr, None if confounds is None else confounds[s],
                                  drift_model=drift_model, high_pass=high_pass)
         design.insert(0, "kernel", reg)
-        glm = FirstLevelModel(t_r=tr, mask_img=mask_img, noise_model=noise_model, smoothing_fwhm=smoothing_fwhm,
+        glm = FirstLevelModel(mask_img=mask_img, noise_model=noise_model, smoothing_fwhm=smoothing_fwhm,
                               signal_scaling=False, minimize_memory=True)
         glm.fit(img, design_matrices=design)
         out.append(glm.compute_contrast("kernel", output_type=output_type))

@@ -1,0 +1,233 @@
+"""Movie analyses at scale (issue 14): VGG-16 kernel time series, group maps of a movie, kernel GLMs.
+
+Three measurements, each against its own reference, all on synthetic data with the real shapes:
+
+1. ``kernels``: a movie (default 6 minutes at 24 fps, Partly Cloudy's length) -> time series of all
+   4,224 VGG-16 kernels (``berg.experiments.kernels.kernel_time_series``: PyAV decoding, berg's
+   transform, forward to conv5_3, spatial means, TR averaging). Frames/s against the bare VGG-16
+   forward (``features`` up to conv5_3's ReLU) on pre-transformed batches. Target >= 0.9x.
+2. ``groupmaps``: img2fmri's group MNI maps of movie frames (``fmri-bold5000-resnet18``,
+   ``space="mni"``) against the bare ResNet-18 forward, with the step-by-step map (readout + sparse
+   placement/smoothing + z-scoring) and the composed one-matmul map. Needs the converted img2fmri
+   artifact in ``$BERG_TEST_CACHE`` (``tests/test_bold5000_mni.py`` makes it). Target >= 0.8x.
+3. ``glm``: the voxelwise GLM of 4,224 kernels x 60,000 voxels x 168 TRs with Friston-24 confounds as
+   one batched least-squares solve (``batched_kernel_glm``), against a per-kernel nilearn
+   ``FirstLevelModel`` loop on a subset of kernels (extrapolated), and the ratio.
+
+Run by hand:  .venv/bin/python benchmarks/movies.py [--part kernels groupmaps glm] [--minutes 6]
+Shorter movies (``--minutes 0.5``) keep the CPU run short; frames/s does not depend on the length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEST_CACHE = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test"))
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}"
+
+
+def bench_kernels(minutes: float, device: str, batch_size: int, size: tuple[int, int]) -> dict:
+    import torch
+
+    from berg.experiments.kernels import VGG16Kernels, kernel_time_series
+    from berg.experiments.movies import make_synthetic_movie
+    from berg.stimuli import decode_video
+
+    with tempfile.TemporaryDirectory(prefix="berg-movie-bench-") as tmp:
+        duration = 60.0 * minutes
+        bounds = list(np.arange(20.0, duration - 1.0, 20.0))
+        movie = make_synthetic_movie(Path(tmp) / "movie.mp4", boundaries=bounds, duration=duration, fps=24,
+                                     size=size)
+        net = VGG16Kernels(backbone_weights="untrained", device=device)
+        frames, rate = decode_video(movie)
+        n = len(frames)
+        # Bare forward: the same network on pre-transformed batches (decoding/resizing excluded).
+        batches = [net.transform(list(frames[a:a + batch_size])) for a in range(0, n, batch_size)]
+        net.features(batches[0][:2].to(net.device))  # warm-up
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for x in batches:
+                net.features(x.to(net.device))
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        t_bare = time.perf_counter() - t0
+        del batches
+        t0 = time.perf_counter()
+        ts = kernel_time_series(movie, 2.0, n_drop=0, extractor=net, batch_size=batch_size)
+        t_full = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for a in range(0, n, batch_size):
+                net(net.transform(list(frames[a:a + batch_size])))
+        t_model = time.perf_counter() - t0
+    return {
+        "movie": f"{duration:.0f} s at {rate:g} fps, {size[0]}x{size[1]}, {n} frames",
+        "kernels": ts.n_kernels, "volumes": int(ts.data.shape[0]), "frames_per_volume": int(ts.frames_per_tr[0]),
+        "bare_vgg16_forward_frames_per_s": round(n / t_bare, 2),
+        "kernel_time_series_frames_per_s (decode+transform+forward+means+TR)": round(n / t_full, 2),
+        "transform+forward+means_frames_per_s (no decoding)": round(n / t_model, 2),
+        "ratio_full_vs_bare": round(t_bare / t_full, 3),
+        "ratio_no_decode_vs_bare": round(t_bare / t_model, 3),
+        "extrapolated_6_min_movie_s": round(8640 * t_full / n, 1),
+    }
+
+
+def bench_groupmaps(n_frames: int, device: str, repeats: int) -> dict:
+    import torch
+
+    import berg
+    from berg.engine import iter_batches
+    from berg.models.bold5000_resnet18.convert import CONVERTER_VERSION, WHEEL_SHA256
+
+    artifact = TEST_CACHE / "artifacts" / f"{WHEEL_SHA256[:12]}-v{CONVERTER_VERSION}"
+    if not (artifact / "manifest.json").is_file():
+        return {"skipped": f"no converted img2fmri artifact at {artifact} (run tests/test_bold5000_mni.py once)"}
+    with tempfile.TemporaryDirectory(prefix="berg-gm-bench-") as tmp:
+        client = berg.BERG(berg_dir=artifact, cache_dir=Path(tmp) / "cache", offline=True)
+        model = client.get_encoding_model("fmri-bold5000-resnet18", subject="all", space="mni", device=device,
+                                          backbone_weights="untrained")
+        frames = np.random.default_rng(0).integers(0, 256, (n_frames, 240, 320, 3), dtype=np.uint8)
+        stim = model.prepare_stimuli(frames)
+        xs = [x for _, _, x in iter_batches(model.extractor.transform, stim, model.batch_size)]
+        readouts = {s: (np.concatenate([h.readout.weight for h in model.heads[s]]),
+                        np.concatenate([h.readout.bias for h in model.heads[s]])) for s in model.subjects}
+        composed = model.mapper.compose(readouts, device=model.device)
+
+        def bare():
+            for x in xs:
+                model.extractor(x)
+
+        def stepwise():
+            for x in xs:
+                outs = model.outputs_from_features(model.extractor(x))
+                model.mapper(dict(zip(model.subjects, [o.cpu().numpy() for o in outs])))
+
+        def onematmul():
+            for x in xs:
+                composed(model.extractor(x))
+
+        def encode():
+            model.encode(frames, show_progress=False)
+
+        feats = torch.rand(model.batch_size, 512, device=model.device)
+
+        def map_step():
+            outs = model.outputs_from_features(feats)
+            model.mapper(dict(zip(model.subjects, [o.cpu().numpy() for o in outs])))
+
+        def map_composed():
+            composed(feats)
+
+        bare()  # warm-up
+        times: dict[str, list[float]] = {}
+        for _ in range(repeats):  # interleaved, so load changes hit every path alike
+            for name, fn in (("bare", bare), ("stepwise", stepwise), ("composed", onematmul), ("encode", encode)):
+                t0 = time.perf_counter()
+                fn()
+                times.setdefault(name, []).append(time.perf_counter() - t0)
+            for name, fn in (("map_step", map_step), ("map_composed", map_composed)):
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    fn()
+                times.setdefault(name, []).append((time.perf_counter() - t0) / 5)
+        best = {k: min(v) for k, v in times.items()}
+        step_out = np.concatenate([model.mapper(dict(zip(model.subjects, [o.cpu().numpy() for o in
+                                   model.outputs_from_features(model.extractor(x))]))) for x in xs[:1]])
+        comp_out = composed(model.extractor(xs[0]))
+    return {
+        "frames": n_frames, "batch": model.batch_size, "support_voxels": model.mapper.n_outputs,
+        "device": str(model.device), "default_path_on_this_device": "composed" if model.group_map is not None else "stepwise",
+        "bare_resnet18_frames_per_s": round(n_frames / best["bare"], 2),
+        "features+stepwise_map_frames_per_s": round(n_frames / best["stepwise"], 2),
+        "features+composed_map_frames_per_s": round(n_frames / best["composed"], 2),
+        "encode_mni_frames_per_s (incl. preprocessing)": round(n_frames / best["encode"], 2),
+        "ratio_stepwise_vs_bare": round(best["bare"] / best["stepwise"], 3),
+        "ratio_composed_vs_bare": round(best["bare"] / best["composed"], 3),
+        "ratio_encode_vs_bare": round(best["bare"] / best["encode"], 3),
+        "map_only_ms_per_batch_stepwise": round(1e3 * best["map_step"], 2),
+        "map_only_ms_per_batch_composed": round(1e3 * best["map_composed"], 2),
+        "max_abs_diff_composed_vs_stepwise": float(np.abs(step_out - comp_out).max()),
+    }
+
+
+def bench_glm(n_kernels: int, n_voxels: int, n_tr: int, subset: int, device: str) -> dict:
+    import nibabel as nib
+
+    from berg.experiments.glm import batched_kernel_glm, first_level_kernel_glm, friston24, kernel_regressors
+
+    rng = np.random.default_rng(0)
+    tr = 2.0
+    kernels = rng.normal(size=(n_tr, n_kernels)).cumsum(axis=0).astype(np.float32)
+    motion = rng.normal(scale=0.05, size=(n_tr, 6)).cumsum(axis=0)
+    conf = friston24(motion)
+    bold = rng.normal(size=(n_tr, n_voxels)).astype(np.float32)
+    t0 = time.perf_counter()
+    reg = kernel_regressors(kernels, tr)
+    t_reg = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = batched_kernel_glm(bold, kernels, tr, confounds=conf, regressors=reg, device=device)
+    t_batched = time.perf_counter() - t0
+    # nilearn's FirstLevelModel, one kernel at a time, on the same voxels as a NIfTI (OLS, as batched).
+    side = int(np.ceil(n_voxels ** (1 / 3)))
+    shape = (side, side, int(np.ceil(n_voxels / side**2)))
+    vol = np.zeros((int(np.prod(shape)), n_tr), np.float32)
+    vol[:n_voxels] = bold.T
+    mask = np.zeros(int(np.prod(shape)), np.uint8)
+    mask[:n_voxels] = 1
+    img = nib.Nifti1Image(vol.reshape(shape + (n_tr,)), np.eye(4))
+    mimg = nib.Nifti1Image(mask.reshape(shape), np.eye(4))
+    t0 = time.perf_counter()
+    for k in range(subset):
+        first_level_kernel_glm([img], kernels, tr, kernel=k, confounds=[conf], mask_img=mimg, noise_model="ols")
+    t_nilearn = (time.perf_counter() - t0) / subset
+    return {
+        "kernels": n_kernels, "voxels": n_voxels, "volumes": n_tr, "confounds": "Friston-24 + cosine drift + intercept",
+        "device": device,
+        "regressors_s (nilearn compute_regressor, once per study)": round(t_reg, 2),
+        "batched_solve_s (all kernels)": round(t_batched, 2),
+        "nilearn_FirstLevelModel_s_per_kernel": round(t_nilearn, 3),
+        "nilearn_loop_extrapolated_s (all kernels)": round(t_nilearn * n_kernels, 1),
+        "speed-up": round(t_nilearn * n_kernels / t_batched, 1),
+        "dof": res.dof,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", nargs="+", default=["kernels", "groupmaps", "glm"], choices=["kernels", "groupmaps", "glm"])
+    ap.add_argument("--minutes", type=float, default=6.0, help="movie length for the kernel part")
+    ap.add_argument("--size", default="224x320", help="movie frame size HxW")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--gm-frames", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--glm-kernels", type=int, default=4224)
+    ap.add_argument("--glm-voxels", type=int, default=60000)
+    ap.add_argument("--glm-trs", type=int, default=168)
+    ap.add_argument("--glm-subset", type=int, default=3, help="kernels timed in the nilearn loop")
+    args = ap.parse_args()
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine()}
+    if "kernels" in args.part:
+        out["kernels"] = bench_kernels(args.minutes, args.device, args.batch_size, (h, w))
+    if "groupmaps" in args.part:
+        out["groupmaps"] = bench_groupmaps(args.gm_frames, args.device, args.repeats)
+    if "glm" in args.part:
+        out["glm"] = bench_glm(args.glm_kernels, args.glm_voxels, args.glm_trs, args.glm_subset, args.device)
+    out["machine_after"] = _machine()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
