@@ -129,7 +129,14 @@ def test_localizer_on_a_berg_model_and_nifti_t_map(tmp_path):
     rng = np.random.default_rng(0)
     bright = rng.integers(150, 256, size=(12, 64, 64, 3), dtype=np.uint8)  # two visually distinct "categories"
     dark = rng.integers(0, 100, size=(12, 64, 64, 3), dtype=np.uint8)
-    responses = model.encode(np.concatenate([bright, dark]), show_progress=False)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: threads only contend on a loaded CI box
+    try:
+        responses = model.encode(np.concatenate([bright, dark]), show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
     labels = np.repeat(["bright", "dark"], 12)
     c = contrast_map(responses, labels, "bright", "dark")
     y64 = responses.astype(np.float64)
