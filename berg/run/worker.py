@@ -153,6 +153,10 @@ def load_entries(
         )
         prov = model.provenance()
         checksums = prov.get("artifacts") or {}
+        bkey = backbone_key(model, prov)
+        if device is not None and device != plan.device:
+            # a Dask driver loads on the CPU only to lay out the store; the numbers come from the workers
+            prov = {**prov, "device": f"{plan.device} (Dask workers)"}
         needs_meta = any(("roi_mean" in r) or ("nc_threshold" in r) or ("select" in r and "roi" in r["select"])
                          for r in entry.reducers)
         targets, reducers = {}, {}
@@ -179,7 +183,7 @@ def load_entries(
                 hash=_target_hash(entry, s, artifacts, plan, fingerprint, n, out_shape),
             )
             reducers[s] = red
-        loaded[entry.name] = LoadedEntry(entry, model, targets, reducers, backbone_key(model, prov))
+        loaded[entry.name] = LoadedEntry(entry, model, targets, reducers, bkey)
     return loaded
 
 
