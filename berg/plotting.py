@@ -53,13 +53,12 @@ def _nilearn():
     return plotting, datasets
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs: Any):
+    """A matplotlib Figure that belongs to no pyplot backend: saving uses Agg, nothing pops up, the
+    user's backend (a notebook's inline one) is left as it is, and a returned figure displays there."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)  # no display needed; a notebook's inline backend stays
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def is_mni(image: Any) -> bool:
@@ -150,7 +149,6 @@ def plot_volume(
     matplotlib.figure.Figure
     """
     plotting, datasets = _nilearn()
-    plt = _pyplot()
     img = _one_volume(image, index)
     data = np.asarray(img.dataobj)
     finite = np.isfinite(data)
@@ -163,7 +161,7 @@ def plot_volume(
     threshold = peak * 1e-6 if threshold is None else float(threshold)
     mni = is_mni(img) if mni is None else mni
     units = units or _DEFAULT_UNITS
-    fig = plt.figure(figsize=(10, 3.6), facecolor="black")
+    fig = _figure(figsize=(10, 3.6), facecolor="black")
     common = dict(
         figure=fig,
         colorbar=True,
@@ -235,7 +233,8 @@ def plot_surface(
     matplotlib.figure.Figure
     """
     plotting, _ = _nilearn()
-    plt = _pyplot()
+    import mpl_toolkits.mplot3d  # noqa: F401 - registers the "3d" projection
+
     surf, sulc = _template_mesh(template, mesh)
     parts = getattr(surf, "parts", surf)
     values = {h: np.asarray(responses[h], dtype=np.float32).ravel() for h in ("lh", "rh") if h in responses}
@@ -247,7 +246,9 @@ def plot_surface(
     peak = float(np.abs(finite).max())
     threshold = peak * 1e-6 if threshold is None else float(threshold)
     views = [(h, view) for h in values for view in ("lateral", "medial")]
-    fig, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 3.4), subplot_kw={"projection": "3d"})
+    fig = _figure(figsize=(2.6 * len(views) + 1, 2.8))
+    axes = fig.subplots(1, len(views), subplot_kw={"projection": "3d"})
+    fig.subplots_adjust(left=0, right=0.9, bottom=0, top=0.85, wspace=0)  # meshes fill their panels
     axes = np.atleast_1d(axes)
     for ax, (h, view) in zip(axes, views):
         side = "left" if h == "lh" else "right"
@@ -370,7 +371,6 @@ def plot_file(
     threshold, title, units
         As in :func:`plot_volume` (units default to the file's).
     """
-    plt = _pyplot()
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -380,7 +380,7 @@ def plot_file(
         side = _sidecar(path)
         label = _stimulus_label(side.get("volumes") or side.get("stimulus_ids"), index)
         title = title or f"{path.name}" + (f" — {label}" if label else f" — volume {index}")
-        fig = plot_volume(
+        plot_volume(
             img,
             kind="stat" if kind == "auto" else kind,
             index=index,
@@ -390,7 +390,6 @@ def plot_file(
             out_path=out_path,
         )
         where = "MNI152 template" if is_mni(img) else "subject grid"
-        plt.close(fig)
         return f"{'glass brain' if kind == 'glass' else 'stat map'} of volume {index} on the {where}"
     if not name.endswith((".h5", ".hdf5")):
         raise InvalidParameterError(f"plot_file reads .nii, .nii.gz, .h5 or .hdf5 files; got {path.name!r}")
@@ -403,7 +402,7 @@ def plot_file(
     units = units or file_units
     if space.kind == "volume":
         img = space.to_nifti(responses[index])
-        fig = plot_volume(
+        plot_volume(
             img,
             kind="stat" if kind == "auto" else kind,
             title=title,
@@ -416,16 +415,13 @@ def plot_file(
         if kind not in ("auto", "surface"):
             raise InvalidParameterError(f"kind={kind!r} does not apply to surface responses; use 'surface'")
         mesh = {h: v[0] for h, v in space.to_mesh(responses[index : index + 1]).items()}
-        fig = plot_surface(
-            mesh, template=space.template, title=title, units=units, threshold=threshold, out_path=out_path
-        )
+        plot_surface(mesh, template=space.template, title=title, units=units, threshold=threshold, out_path=out_path)
         info = f"surface map of stimulus {index} ({group}) on {space.template}"
     else:
         raise InvalidParameterError(
             f"{path.name} holds a {space.kind} space; berg plot draws volumes and surfaces "
             "(plot other outputs with matplotlib from berg.load_responses)"
         )
-    plt.close(fig)
     return info
 
 
@@ -459,7 +455,6 @@ def plot_volume_slices(
     -------
     matplotlib.figure.Figure
     """
-    plt = _pyplot()
     data = np.asarray(image.dataobj[...] if hasattr(image, "dataobj") else image, dtype=np.float32)
     if data.ndim == 4:
         data = data[..., volume_index]
@@ -469,7 +464,8 @@ def plot_volume_slices(
         raise InvalidParameterError("the volume has no finite value to draw")
     i, j, k = np.unravel_index(int(np.nanargmax(np.abs(data))), data.shape)
     vmax = float(np.nanmax(np.abs(data))) or 1.0
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    fig = _figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 3)
     views = [(data[i, :, :], f"x = {i}"), (data[:, j, :], f"y = {j}"), (data[:, :, k], f"z = {k}")]
     for ax, (plane, label) in zip(axes, views):
         im = ax.imshow(plane.T, origin="lower", cmap=cmap, vmin=-vmax, vmax=vmax)
