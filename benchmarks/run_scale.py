@@ -42,26 +42,48 @@ SUBJECTS = [1, 2, 3]
 
 def _card(n_out: int) -> dict:
     """A valid card for the synthetic benchmark model (its numbers mean nothing)."""
-    transform = {"kind": "image", "size": [224, 224], "resize": "squash", "crop": None,
-                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    transform = {
+        "kind": "image",
+        "size": [224, 224],
+        "resize": "squash",
+        "crop": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     return {
-        "id": MODEL_ID, "name": "Synthetic ResNet-18 benchmark model (not a brain model)", "modality": "fmri",
-        "dataset": {"name": "synthetic", "space": "none", "citation": "none"}, "species": "none (synthetic)",
+        "id": MODEL_ID,
+        "name": "Synthetic ResNet-18 benchmark model (not a brain model)",
+        "modality": "fmri",
+        "dataset": {"name": "synthetic", "space": "none", "citation": "none"},
+        "species": "none (synthetic)",
         "stimuli": {"type": "image", "description": "random images"},
-        "model_type": "ResNet-18 (untrained) + random linear readout", "creator": "benchmarks/run_scale.py",
+        "model_type": "ResNet-18 (untrained) + random linear readout",
+        "creator": "benchmarks/run_scale.py",
         "description": "Benchmark model; its outputs mean nothing.",
-        "input": {"type": "image", "dtype": "uint8", "range": [0, 255], "shape": "[batch, 3, H, W]",
-                  "description": "RGB"},
-        "output": {"dtype": "float32", "dims": [{"name": "n_stimuli", "description": "stimuli"},
-                                                {"name": "n_outputs", "description": "outputs"}],
-                   "units": "arbitrary"},
-        "parameters": {"subjects": SUBJECTS, "selection": {"rois": ["all"], "n_outputs": {s: n_out for s in SUBJECTS}},
-                       "model_kwargs": []},
-        "preprocessing": {"transform": transform}, "metadata": {"rois": "ROI indices"},
+        "input": {
+            "type": "image",
+            "dtype": "uint8",
+            "range": [0, 255],
+            "shape": "[batch, 3, H, W]",
+            "description": "RGB",
+        },
+        "output": {
+            "dtype": "float32",
+            "dims": [{"name": "n_stimuli", "description": "stimuli"}, {"name": "n_outputs", "description": "outputs"}],
+            "units": "arbitrary",
+        },
+        "parameters": {
+            "subjects": SUBJECTS,
+            "selection": {"rois": ["all"], "n_outputs": {s: n_out for s in SUBJECTS}},
+            "model_kwargs": [],
+        },
+        "preprocessing": {"transform": transform},
+        "metadata": {"rois": "ROI indices"},
         "accuracy": {"split": "none", "summary": {}, "notes": "synthetic"},
         "references": [{"title": "berg benchmarks", "url": "https://example.invalid"}],
         "license": {"code": "MIT", "weights": "synthetic"},
-        "provenance": {"weights": "synthetic", "artifact": "benchmarks/run_scale.py"}, "caveats": ["synthetic"],
+        "provenance": {"weights": "synthetic", "artifact": "benchmarks/run_scale.py"},
+        "caveats": ["synthetic"],
     }
 
 
@@ -71,31 +93,58 @@ def build_artifact(root: Path, n_out: int) -> dict:
 
     rng = np.random.default_rng(0)
     w = ArtifactWriter(root / "berg_dir" / "bench-run/", MODEL_ID)
-    w.add_tensors("projection.safetensors", {
-        "weight": rng.standard_normal((K, 512), dtype=np.float32) / np.sqrt(512),
-        "bias": rng.standard_normal(K, dtype=np.float32),
-    })
+    w.add_tensors(
+        "projection.safetensors",
+        {
+            "weight": rng.standard_normal((K, 512), dtype=np.float32) / np.sqrt(512),
+            "bias": rng.standard_normal(K, dtype=np.float32),
+        },
+    )
     for s in SUBJECTS:
-        w.add_tensors(f"readout/sub-{s:02d}.safetensors", {
-            "weight": rng.standard_normal((n_out, K), dtype=np.float32) / 10,
-            "bias": rng.standard_normal(n_out, dtype=np.float32),
-        })
+        w.add_tensors(
+            f"readout/sub-{s:02d}.safetensors",
+            {
+                "weight": rng.standard_normal((n_out, K), dtype=np.float32) / 10,
+                "bias": rng.standard_normal(n_out, dtype=np.float32),
+            },
+        )
         w.add_tensors(f"metadata/sub-{s:02d}.safetensors", {"roi/all": np.arange(n_out, dtype=np.int64)})
-        w.add_json(f"metadata/sub-{s:02d}.json", {"n_outputs": n_out, "output_space": {"kind": "flat"}, "rois": ["all"]})
+        w.add_json(
+            f"metadata/sub-{s:02d}.json", {"n_outputs": n_out, "output_space": {"kind": "flat"}, "rois": ["all"]}
+        )
     w.finalize({"creator": "benchmarks/run_scale.py"})
     (root / f"{MODEL_ID}.yaml").write_text(yaml.safe_dump(_card(n_out), sort_keys=False))
     recipe = {
         "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
         "nodes": ["avgpool"],
-        "transform": {"kind": "image", "size": [224, 224], "resize": "squash", "crop": None,
-                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        "projection": "scaler_pca", "readout": "linear", "output_space": "flat",
+        "transform": {
+            "kind": "image",
+            "size": [224, 224],
+            "resize": "squash",
+            "crop": None,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+        "projection": "scaler_pca",
+        "readout": "linear",
+        "output_space": "flat",
     }
-    entry = {"card": f"{MODEL_ID}.yaml", "modality": "fmri", "dataset": "bench", "subjects": SUBJECTS,
-             "source": {"kind": "s3", "bucket": "none", "prefix": "bench-run/"}, "layout": "native", "recipe": recipe}
+    entry = {
+        "card": f"{MODEL_ID}.yaml",
+        "modality": "fmri",
+        "dataset": "bench",
+        "subjects": SUBJECTS,
+        "source": {"kind": "s3", "bucket": "none", "prefix": "bench-run/"},
+        "layout": "native",
+        "recipe": recipe,
+    }
     (root / "registry.yaml").write_text(yaml.safe_dump({"format_version": 1, "models": {MODEL_ID: entry}}))
-    return {"berg_dir": str(root / "berg_dir"), "cache_dir": str(root / "cache"), "offline": True,
-            "registry": str(root / "registry.yaml")}
+    return {
+        "berg_dir": str(root / "berg_dir"),
+        "cache_dir": str(root / "cache"),
+        "offline": True,
+        "registry": str(root / "registry.yaml"),
+    }
 
 
 def write_images(folder: Path, n: int) -> list[Path]:
@@ -116,9 +165,15 @@ def write_images(folder: Path, n: int) -> list[Path]:
 
 
 def plan_dict(store: Path, stimuli: Path, opts: dict, executor: dict, shard: int = 256, device: str = "cpu") -> dict:
-    return {"models": [{"id": MODEL_ID, "subjects": SUBJECTS, "backbone_weights": "untrained", "batch_size": 32}],
-            "stimuli": {"folder": str(stimuli)}, "store": str(store), "shard_size": shard, "device": device,
-            "executor": executor, "berg": opts}
+    return {
+        "models": [{"id": MODEL_ID, "subjects": SUBJECTS, "backbone_weights": "untrained", "batch_size": 32}],
+        "stimuli": {"folder": str(stimuli)},
+        "store": str(store),
+        "shard_size": shard,
+        "device": device,
+        "executor": executor,
+        "berg": opts,
+    }
 
 
 def _rm(path: Path) -> None:
@@ -134,10 +189,11 @@ def bench_overhead(work: Path, opts: dict, n: int, device: str, repeats: int = 2
 
     def loop():
         # what a user script does: load the model, then encode the files 256 at a time (results discarded)
-        model = client.get_encoding_model(MODEL_ID, subject=SUBJECTS, device=device, batch_size=32,
-                                          backbone_weights="untrained")
+        model = client.get_encoding_model(
+            MODEL_ID, subject=SUBJECTS, device=device, batch_size=32, backbone_weights="untrained"
+        )
         for i in range(0, n, 256):
-            model.encode(paths[i:i + 256], show_progress=False)
+            model.encode(paths[i : i + 256], show_progress=False)
 
     def run():
         store = work / "run-overhead"
@@ -154,12 +210,19 @@ def bench_overhead(work: Path, opts: dict, n: int, device: str, repeats: int = 2
             cpu[name].append(_cpu() - c0)
     loop_s, run_s = min(times["loop"]), min(times["run"])
     loop_c, run_c = min(cpu["loop"]), min(cpu["run"])
-    return {"bench": "overhead", "n_images": n, "repeats": repeats, "loop_img_per_s": round(n / loop_s, 1),
-            "run_img_per_s": round(n / run_s, 1), "ratio_run_over_loop": round(loop_s / run_s, 3),
-            "loop_cpu_s": round(loop_c, 1), "run_cpu_s": round(run_c, 1),
-            "cpu_ratio_loop_over_run": round(loop_c / run_c, 3),
-            "note": "both load the model once; run also creates the store and writes zstd zarr chunks; "
-                    "cpu = user+sys of this process (all threads), robust to other jobs on the machine"}
+    return {
+        "bench": "overhead",
+        "n_images": n,
+        "repeats": repeats,
+        "loop_img_per_s": round(n / loop_s, 1),
+        "run_img_per_s": round(n / run_s, 1),
+        "ratio_run_over_loop": round(loop_s / run_s, 3),
+        "loop_cpu_s": round(loop_c, 1),
+        "run_cpu_s": round(run_c, 1),
+        "cpu_ratio_loop_over_run": round(loop_c / run_c, 3),
+        "note": "both load the model once; run also creates the store and writes zstd zarr chunks; "
+        "cpu = user+sys of this process (all threads), robust to other jobs on the machine",
+    }
 
 
 def _cpu() -> float:
@@ -187,8 +250,9 @@ def bench_rss(work: Path, opts: dict, counts: list[int]) -> dict:
         _rm(store)
         plan = plan_dict(store, folder, opts, {"kind": "local"})
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(plan)], capture_output=True, text=True,
-                             check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, json.dumps(plan)], capture_output=True, text=True, check=True
+        )
         out[f"peak_rss_mb_{n}"] = round(int(res.stdout.strip().splitlines()[-1]) / 1024, 1)
         out[f"seconds_{n}"] = round(time.perf_counter() - t0, 1)
     return out
@@ -244,9 +308,16 @@ def bench_resume(work: Path, opts: dict, n: int, shard: int) -> dict:
     proc.wait()
     time.sleep(1.0)
     t_resume = _timed_run(plan)
-    return {"bench": "resume", "n_images": n, "shard_size": shard, "full_run_s": round(t_full, 1),
-            "shards_done_at_kill": done_at_kill, "n_shards": n_shards, "resume_s": round(t_resume, 1),
-            "resume_over_full": round(t_resume / t_full, 3)}
+    return {
+        "bench": "resume",
+        "n_images": n,
+        "shard_size": shard,
+        "full_run_s": round(t_full, 1),
+        "shards_done_at_kill": done_at_kill,
+        "n_shards": n_shards,
+        "resume_s": round(t_resume, 1),
+        "resume_over_full": round(t_resume / t_full, 3),
+    }
 
 
 def bench_gpu(work: Path, opts: dict, n: int) -> dict:
@@ -254,16 +325,23 @@ def bench_gpu(work: Path, opts: dict, n: int) -> dict:
     write_images(folder, n)
     store = work / "run-gpu"
     _rm(store)
-    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                            "-lms", "200"], stdout=subprocess.PIPE, text=True)
+    smi = subprocess.Popen(
+        ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         t = _timed_run(plan_dict(store, folder, opts, {"kind": "local"}, device="cuda"))
     finally:
         smi.terminate()
     util = [float(x) for x in smi.communicate()[0].split() if x.strip().replace(".", "").isdigit()]
-    return {"bench": "gpu", "n_images": n, "img_per_s": round(n / t, 1),
-            "gpu_util_mean_pct": round(float(np.mean(util)), 1) if util else None,
-            "gpu_util_max_pct": max(util) if util else None}
+    return {
+        "bench": "gpu",
+        "n_images": n,
+        "img_per_s": round(n / t, 1),
+        "gpu_util_mean_pct": round(float(np.mean(util)), 1) if util else None,
+        "gpu_util_max_pct": max(util) if util else None,
+    }
 
 
 def main() -> None:
@@ -283,9 +361,19 @@ def main() -> None:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="berg-run-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     opts = build_artifact(work / "artifact", args.n_outputs)
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                      "load_avg": os.getloadavg(), "n_outputs_per_subject": args.n_outputs,
-                      "subjects": len(SUBJECTS), "date": time.strftime("%Y-%m-%d %H:%M")}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "load_avg": os.getloadavg(),
+                "n_outputs_per_subject": args.n_outputs,
+                "subjects": len(SUBJECTS),
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            }
+        ),
+        flush=True,
+    )
     for b in args.benches:
         load0 = os.getloadavg()[0]
         if b == "overhead":

@@ -46,7 +46,11 @@ def images(tmp_path):
 def _plan(store, images, synth, cache, executor):
     return berg.EncodePlan(
         models=[{"id": MODEL_ID, "subjects": [1, 2], "backbone_weights": "untrained", "batch_size": 4}],
-        stimuli=str(images), store=store, shard_size=SHARD, device="cpu", executor=executor,
+        stimuli=str(images),
+        store=store,
+        shard_size=SHARD,
+        device="cpu",
+        executor=executor,
         berg={"cache_dir": str(cache), "registry": str(synth.registry)},
     )
 
@@ -68,8 +72,13 @@ def test_worker_killed_mid_shard(tmp_path, images, synth, s3_server, monkeypatch
     ref = berg.run.open_responses(ref_store)
 
     store = tmp_path / "run"
-    plan = _plan(store, images, synth, tmp_path / "cache-dask",
-                 {"kind": "dask", "n_workers": 2, "threads_per_worker": 1, "resources": {"GPU": 1}})
+    plan = _plan(
+        store,
+        images,
+        synth,
+        tmp_path / "cache-dask",
+        {"kind": "dask", "n_workers": 2, "threads_per_worker": 1, "resources": {"GPU": 1}},
+    )
     outcome: dict = {}
 
     def drive():
@@ -87,14 +96,21 @@ def test_worker_killed_mid_shard(tmp_path, images, synth, s3_server, monkeypatch
         events = rs.read_events()
         done_units = {e["shard"] for e in events if e["event"] == "unit_done"}
         for e in events:
-            if e["event"] == "shard_start" and e["pid"] != os.getpid() and e["shard"] not in done_units \
-                    and len(done_units) >= 2:
+            if (
+                e["event"] == "shard_start"
+                and e["pid"] != os.getpid()
+                and e["shard"] not in done_units
+                and len(done_units) >= 2
+            ):
                 os.kill(e["pid"], signal.SIGKILL)  # a worker dies in the middle of a shard
                 killed = e
                 break
         time.sleep(0.005)
-    finished_at_kill = {(k, int(p.stem)) for k in (f"{MODEL_ID}/sub-01", f"{MODEL_ID}/sub-02")
-                        for p in (store / "markers" / k).glob("*.json")}
+    finished_at_kill = {
+        (k, int(p.stem))
+        for k in (f"{MODEL_ID}/sub-01", f"{MODEL_ID}/sub-02")
+        for p in (store / "markers" / k).glob("*.json")
+    }
     n_events = len(rs.read_events())
     driver.join(timeout=300)
     assert not driver.is_alive()

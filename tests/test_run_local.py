@@ -44,23 +44,35 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def berg_opts(synth, tmp_path_factory):
-    return {"berg_dir": str(synth.berg_dir), "cache_dir": str(tmp_path_factory.mktemp("cache")), "offline": True,
-            "registry": str(synth.registry)}
+    return {
+        "berg_dir": str(synth.berg_dir),
+        "cache_dir": str(tmp_path_factory.mktemp("cache")),
+        "offline": True,
+        "registry": str(synth.registry),
+    }
 
 
 def _plan(store, stimuli, berg_opts, subjects=(1, 2), **kw):
     model = {"id": MODEL_ID, "subjects": list(subjects), "backbone_weights": "untrained", "batch_size": 4}
     model.update(kw.pop("model", {}))
-    return berg.EncodePlan(models=[model], stimuli=stimuli, store=store, shard_size=kw.pop("shard_size", 8),
-                           berg=berg_opts, device="cpu", **kw)
+    return berg.EncodePlan(
+        models=[model],
+        stimuli=stimuli,
+        store=store,
+        shard_size=kw.pop("shard_size", 8),
+        berg=berg_opts,
+        device="cpu",
+        **kw,
+    )
 
 
 def _encode(berg_opts, stimuli, subjects=(1, 2), **kw):
     client = berg.BERG(**berg_opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = client.get_encoding_model(MODEL_ID, subject=list(subjects), device="cpu", backbone_weights="untrained",
-                                      batch_size=4, **kw)
+        m = client.get_encoding_model(
+            MODEL_ID, subject=list(subjects), device="cpu", backbone_weights="untrained", batch_size=4, **kw
+        )
         return m.encode(stimuli, show_progress=False)
 
 
@@ -104,8 +116,9 @@ def test_kill_whole_run_resume_bit_for_bit_and_lock(tmp_path, images, berg_opts,
     store = tmp_path / "run"
     plan = _plan(store, str(images), berg_opts, shard_size=4)
     plan.to_yaml(tmp_path / "plan.yaml")
-    proc = subprocess.Popen([sys.executable, "-m", "berg.cli", "run", str(tmp_path / "plan.yaml"), "-q"],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "berg.cli", "run", str(tmp_path / "plan.yaml"), "-q"], stderr=subprocess.PIPE, text=True
+    )
     markers = store / "markers" / MODEL_ID / "sub-02"
     locked_message = None
     try:
@@ -128,15 +141,18 @@ def test_kill_whole_run_resume_bit_for_bit_and_lock(tmp_path, images, berg_opts,
         if proc.poll() is None:
             proc.kill()
     assert locked_message is not None and f"pid {proc.pid}" in locked_message
-    finished = {(key, int(p.stem)) for key in (f"{MODEL_ID}/sub-01", f"{MODEL_ID}/sub-02")
-                for p in (store / "markers" / key).glob("*.json")}
+    finished = {
+        (key, int(p.stem))
+        for key in (f"{MODEL_ID}/sub-01", f"{MODEL_ID}/sub-02")
+        for p in (store / "markers" / key).glob("*.json")
+    }
     n_shards = N_IMAGES // 4
     assert 0 < len({s for _, s in finished}) < n_shards, "the kill must land mid-run"
     ref = {s: _responses(one_pass, s) for s in (1, 2)}
     partial = {s: _responses(store, s) for s in (1, 2)}
     for key, shard in finished:  # a marked shard is complete: never half-written
         s = int(key[-2:])
-        np.testing.assert_array_equal(partial[s][shard * 4:shard * 4 + 4], ref[s][shard * 4:shard * 4 + 4])
+        np.testing.assert_array_equal(partial[s][shard * 4 : shard * 4 + 4], ref[s][shard * 4 : shard * 4 + 4])
     events_before = len(RunStore(store).read_events())
 
     report = berg.run(plan, show_progress=False)
@@ -145,7 +161,9 @@ def test_kill_whole_run_resume_bit_for_bit_and_lock(tmp_path, images, berg_opts,
     resumed = [e for e in RunStore(store).read_events()[events_before:] if e["event"] == "unit_done"]
     recomputed = [(key, e["shard"]) for e in resumed for key in e["targets"] if (key, e["shard"]) in finished]
     assert recomputed == []  # no finished shard was computed again
-    both_done = {s for s in range(n_shards) if all((k, s) in finished for k in (f"{MODEL_ID}/sub-01", f"{MODEL_ID}/sub-02"))}
+    both_done = {
+        s for s in range(n_shards) if all((k, s) in finished for k in (f"{MODEL_ID}/sub-01", f"{MODEL_ID}/sub-02"))
+    }
     assert report.computed_units == n_shards - len(both_done)
     assert RunStore(store).status()["complete"]
 
@@ -235,14 +253,28 @@ def test_reducers_dtype_and_selection(tmp_path, images, berg_opts, synth):
     client = berg.BERG(**berg_opts)
     meta = client.get_model_metadata(MODEL_ID, subject=1)
     models = [
-        {"id": MODEL_ID, "name": "roi-means", "subjects": [1], "backbone_weights": "untrained", "batch_size": 4,
-         "selection": {"roi": ["A", "B"]}, "reducers": [{"roi_mean": ["A", "B"]}]},
-        {"id": MODEL_ID, "name": "reliable", "subjects": [1], "backbone_weights": "untrained", "batch_size": 4,
-         "reducers": [{"nc_threshold": {"threshold": 0.5, "metric": "correlation"}}]},
+        {
+            "id": MODEL_ID,
+            "name": "roi-means",
+            "subjects": [1],
+            "backbone_weights": "untrained",
+            "batch_size": 4,
+            "selection": {"roi": ["A", "B"]},
+            "reducers": [{"roi_mean": ["A", "B"]}],
+        },
+        {
+            "id": MODEL_ID,
+            "name": "reliable",
+            "subjects": [1],
+            "backbone_weights": "untrained",
+            "batch_size": 4,
+            "reducers": [{"nc_threshold": {"threshold": 0.5, "metric": "correlation"}}],
+        },
     ]
     store = tmp_path / "run"
-    plan = berg.EncodePlan(models=models, stimuli=stim, store=store, shard_size=4, dtype="float16",
-                           berg=berg_opts, device="cpu")
+    plan = berg.EncodePlan(
+        models=models, stimuli=stim, store=store, shard_size=4, dtype="float16", berg=berg_opts, device="cpu"
+    )
     berg.run(plan, show_progress=False)
     from berg.run.sources import open_source
     from berg.run.worker import _backbone_groups, load_entries
@@ -267,8 +299,10 @@ def test_hdf5_brick(tmp_path, berg_opts, synth):
     with h5py.File(tmp_path / "brick.hdf5", "w") as f:
         f.create_dataset("imgBrick", data=synth.test_images, chunks=(1, *synth.test_images.shape[1:]))
     store = tmp_path / "run"
-    berg.run(_plan(store, {"hdf5": str(tmp_path / "brick.hdf5"), "dataset": "imgBrick"}, berg_opts, shard_size=4),
-             show_progress=False)
+    berg.run(
+        _plan(store, {"hdf5": str(tmp_path / "brick.hdf5"), "dataset": "imgBrick"}, berg_opts, shard_size=4),
+        show_progress=False,
+    )
     ref = _encode(berg_opts, synth.test_images)
     for s in (1, 2):
         np.testing.assert_array_equal(_responses(store, s), ref[s])

@@ -28,7 +28,8 @@ def _plan(tmp_path, **kw):
 
 def test_plan_yaml_round_trip_and_relative_paths(tmp_path):
     (tmp_path / "imgs").mkdir()
-    (tmp_path / "plan.yaml").write_text(textwrap.dedent("""
+    (tmp_path / "plan.yaml").write_text(
+        textwrap.dedent("""
         store: out/run
         stimuli: imgs
         models:
@@ -36,7 +37,8 @@ def test_plan_yaml_round_trip_and_relative_paths(tmp_path):
         shard_size: 16
         dtype: float16
         executor: {kind: dask, n_workers: 2}
-    """))
+    """)
+    )
     plan = EncodePlan.from_yaml(tmp_path / "plan.yaml")
     assert plan.store == tmp_path / "out/run"
     assert plan.stimuli == {"folder": str(tmp_path / "imgs")}
@@ -50,9 +52,12 @@ def test_plan_yaml_round_trip_and_relative_paths(tmp_path):
 def test_plan_hash_covers_content_not_execution(tmp_path):
     base = _plan(tmp_path)
     assert _plan(tmp_path, executor={"kind": "dask"}, decode_threads=3).plan_hash() == base.plan_hash()
-    for change in ({"shard_size": 7}, {"dtype": "float16"},
-                   {"models": [{"id": "m", "subjects": [1, 2, 3]}]},
-                   {"models": [{"id": "m", "subjects": [1, 2], "selection": {"roi": "V1"}}]}):
+    for change in (
+        {"shard_size": 7},
+        {"dtype": "float16"},
+        {"models": [{"id": "m", "subjects": [1, 2, 3]}]},
+        {"models": [{"id": "m", "subjects": [1, 2], "selection": {"roi": "V1"}}]},
+    ):
         assert _plan(tmp_path, **change).plan_hash() != base.plan_hash(), change
 
 
@@ -171,24 +176,48 @@ def test_video_folder_source(tmp_path):
 
 
 def _meta():
-    return {"n_outputs": 6, "rois": {"A": np.array([0, 1, 2]), "B": np.array([2, 5])},
-            "accuracy": {"noise_ceiling": np.array([0.1, 0.5, 0.9, np.nan, 0.2, 0.8])}}
+    return {
+        "n_outputs": 6,
+        "rois": {"A": np.array([0, 1, 2]), "B": np.array([2, 5])},
+        "accuracy": {"noise_ceiling": np.array([0.1, 0.5, 0.9, np.nan, 0.2, 0.8])},
+    }
 
 
 def test_reducers_against_plain_numpy():
     y = np.arange(24, dtype=np.float32).reshape(4, 6)
     coords = {"output_ids": np.arange(6) * 10}
-    red = build_reducer([{"roi_mean": ["A", "B"]}], meta=_meta(), full_rows=None, n_full=6, coords=coords,
-                        response_shape=(6,), where="t")
+    red = build_reducer(
+        [{"roi_mean": ["A", "B"]}],
+        meta=_meta(),
+        full_rows=None,
+        n_full=6,
+        coords=coords,
+        response_shape=(6,),
+        where="t",
+    )
     np.testing.assert_array_equal(red.apply(y), np.stack([y[:, [0, 1, 2]].mean(1), y[:, [2, 5]].mean(1)], 1))
     assert list(red.coords["roi"]) == ["A", "B"] and list(red.coords["n_outputs_in_roi"]) == [3, 2]
-    nc = build_reducer([{"nc_threshold": {"threshold": 0.4, "metric": "noise_ceiling"}}], meta=_meta(),
-                       full_rows=None, n_full=6, coords=coords, response_shape=(6,), where="t")
+    nc = build_reducer(
+        [{"nc_threshold": {"threshold": 0.4, "metric": "noise_ceiling"}}],
+        meta=_meta(),
+        full_rows=None,
+        n_full=6,
+        coords=coords,
+        response_shape=(6,),
+        where="t",
+    )
     np.testing.assert_array_equal(nc.apply(y), y[:, [1, 2, 5]])  # the NaN ceiling is dropped
     assert list(nc.coords["output_ids"]) == [10, 20, 50]
     # the model kept rows [1, 2, 4, 5] (a selection): ROI / index reducers map onto those columns
-    sel = build_reducer([{"select": {"outputs": [5, 2]}}, {"roi_mean": ["B"]}], meta=_meta(),
-                        full_rows=np.array([1, 2, 4, 5]), n_full=6, coords={}, response_shape=(4,), where="t")
+    sel = build_reducer(
+        [{"select": {"outputs": [5, 2]}}, {"roi_mean": ["B"]}],
+        meta=_meta(),
+        full_rows=np.array([1, 2, 4, 5]),
+        n_full=6,
+        coords={},
+        response_shape=(4,),
+        where="t",
+    )
     y4 = y[:, [1, 2, 4, 5]]
     np.testing.assert_array_equal(sel.apply(y4), y[:, [2, 5]].mean(1, keepdims=True))
     nan_row = np.full((1, 6), np.nan, dtype=np.float32)
@@ -213,22 +242,38 @@ def test_reducer_errors(specs, fragment):
 
 def test_reducers_refuse_multi_axis_outputs():
     with pytest.raises(InvalidParameterError, match="n_stimuli, n_outputs"):
-        build_reducer([{"roi_mean": ["A"]}], meta=_meta(), full_rows=None, n_full=6, coords={},
-                      response_shape=(2, 3), where="t")
+        build_reducer(
+            [{"roi_mean": ["A"]}], meta=_meta(), full_rows=None, n_full=6, coords={}, response_shape=(2, 3), where="t"
+        )
 
 
 # ----------------------------------------------------------------------------------------- store
 
 
 def _target(shape=(2, 5, 7), h="h1", name="toy"):
-    return TargetInfo(name=name, model_id="toy", subject=1, label="sub-01", shape=shape,
-                      dims=["rep", "channel", "time"][-len(shape):], coords={"time": np.arange(shape[-1]) * 10.0},
-                      attrs={"space": {"kind": "sensor_time"}}, hash=h)
+    return TargetInfo(
+        name=name,
+        model_id="toy",
+        subject=1,
+        label="sub-01",
+        shape=shape,
+        dims=["rep", "channel", "time"][-len(shape) :],
+        coords={"time": np.arange(shape[-1]) * 10.0},
+        attrs={"space": {"kind": "sensor_time"}},
+        hash=h,
+    )
 
 
 def _init(store, targets, n=10, shard=4, dtype="float32"):
-    store.initialise(targets=targets, plan={"p": 1}, plan_hash="ph", stimulus_ids=[f"s{i}" for i in range(n)],
-                     stimuli_fingerprint={"n": n}, shard_size=shard, dtype=dtype)
+    store.initialise(
+        targets=targets,
+        plan={"p": 1},
+        plan_hash="ph",
+        stimulus_ids=[f"s{i}" for i in range(n)],
+        stimuli_fingerprint={"n": n},
+        shard_size=shard,
+        dtype=dtype,
+    )
 
 
 def test_store_any_trailing_shape_whole_chunks(tmp_path):
@@ -242,8 +287,11 @@ def test_store_any_trailing_shape_whole_chunks(tmp_path):
     for shard, (a, b) in enumerate([(0, 4), (4, 8), (8, 10)]):
         store.write_shard(t.key, shard, a, data[a:b])
         store.mark_done(t.key, shard, {"target_hash": t.hash})
-    chunk_files = sorted(p.relative_to(store.zarr_path / "toy/sub-01/responses/c").as_posix()
-                         for p in (store.zarr_path / "toy/sub-01/responses/c").rglob("*") if p.is_file())
+    chunk_files = sorted(
+        p.relative_to(store.zarr_path / "toy/sub-01/responses/c").as_posix()
+        for p in (store.zarr_path / "toy/sub-01/responses/c").rglob("*")
+        if p.is_file()
+    )
     assert chunk_files == ["0/0/0/0", "1/0/0/0", "2/0/0/0"]  # one chunk file per shard
     np.testing.assert_array_equal(RunStore.open(store.root).group()["toy/sub-01/responses"][:], data)
     np.testing.assert_array_equal(store.group()["toy/sub-01/coords/time"][:], np.arange(7) * 10.0)

@@ -54,8 +54,9 @@ def open_responses(store: str | os.PathLike[str]):
 class _CallableModule(types.ModuleType):
     """Lets ``berg.run(plan)`` work although ``berg.run`` is also this package (``berg.run.status`` ...)."""
 
-    def __call__(self, plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True,
-                 prepare_only: bool = False):
+    def __call__(
+        self, plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True, prepare_only: bool = False
+    ):
         return run(plan, shard=shard, show_progress=show_progress, prepare_only=prepare_only)
 
 

@@ -33,8 +33,12 @@ def _duration(seconds: float | None) -> str:
 
 def format_status(status: dict[str, Any]) -> str:
     """A readable table of :meth:`berg.run.store.RunStore.status`."""
-    lines = [(f"run {status['root']}: {status['n_stimuli']} stimuli in {status['n_shards']} shards of "
-              f"{status['shard_size']}")]
+    lines = [
+        (
+            f"run {status['root']}: {status['n_stimuli']} stimuli in {status['n_shards']} shards of "
+            f"{status['shard_size']}"
+        )
+    ]
     width = max([len(k) for k in status["targets"]] + [6])
     lines.append(f"  {'target':{width}s}  {'done':>6s} {'stale':>6s} {'pending':>7s}")
     for key, t in status["targets"].items():
@@ -43,13 +47,18 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append("complete")
     else:
         rate = status.get("units_per_second")
-        lines.append(f"{status['pending_units']} shard(s) to compute; "
-                     f"rate {rate * 60:.1f} shards/min" if rate else
-                     f"{status['pending_units']} shard(s) to compute; rate unknown")
+        lines.append(
+            f"{status['pending_units']} shard(s) to compute; rate {rate * 60:.1f} shards/min"
+            if rate
+            else f"{status['pending_units']} shard(s) to compute; rate unknown"
+        )
         lines[-1] += f"; ETA {_duration(status.get('eta_seconds'))}"
     running = status.get("holders") or []
-    lines.append("running: " + ", ".join(f"pid {h['pid']} on {h['host']} ({h['mode']})" for h in running)
-                 if running else "not running")
+    lines.append(
+        "running: " + ", ".join(f"pid {h['pid']} on {h['host']} ({h['mode']})" for h in running)
+        if running
+        else "not running"
+    )
     if status["failed"]:
         lines.append(f"{len(status['failed'])} stimulus(es) could not be decoded (NaN rows):")
         lines += [f"  {f['index']}: {f['id']}" for f in status["failed"][:20]]
@@ -68,12 +77,16 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if (args.shard is None) != (args.of is None):
         raise InvalidParameterError("--shard I and --of N go together (0 <= I < N)")
     plan = EncodePlan.from_yaml(args.plan)
-    overrides = {"berg_dir": getattr(args, "berg_dir", None), "cache_dir": getattr(args, "cache_dir", None),
-                 "registry": getattr(args, "registry", None)}
+    overrides = {
+        "berg_dir": getattr(args, "berg_dir", None),
+        "cache_dir": getattr(args, "cache_dir", None),
+        "registry": getattr(args, "registry", None),
+    }
     for key, value in overrides.items():
         if value is not None:
-            plan.berg[key] = [os.fspath(Path(v).resolve()) for v in value] if key == "registry" \
-                else os.fspath(Path(value).resolve())
+            plan.berg[key] = (
+                [os.fspath(Path(v).resolve()) for v in value] if key == "registry" else os.fspath(Path(value).resolve())
+            )
     if getattr(args, "offline", False):
         plan.berg["offline"] = True
     if args.store:
@@ -85,15 +98,22 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     shard = (args.shard, args.of) if args.shard is not None else None
     report = run(plan, shard=shard, show_progress=not args.quiet, prepare_only=args.prepare_only)
     if args.prepare_only:
-        out.write(f"{report.store}: prepared; {report.n_shards - report.skipped_units} shard(s) pending or stale "
-                  f"(see 'berg status {report.store}')\n")
+        out.write(
+            f"{report.store}: prepared; {report.n_shards - report.skipped_units} shard(s) pending or stale "
+            f"(see 'berg status {report.store}')\n"
+        )
         return 0
-    out.write(f"{report.store}: computed {report.computed_units} shard(s), skipped {report.skipped_units} "
-              f"finished, in {_duration(report.seconds)}"
-              + (f" ({report.stimuli_per_second:.1f} stimuli/s)" if report.computed_units else "") + "\n")
+    out.write(
+        f"{report.store}: computed {report.computed_units} shard(s), skipped {report.skipped_units} "
+        f"finished, in {_duration(report.seconds)}"
+        + (f" ({report.stimuli_per_second:.1f} stimuli/s)" if report.computed_units else "")
+        + "\n"
+    )
     if report.failed:
-        out.write(f"{len(report.failed)} stimulus(es) could not be decoded and have NaN rows "
-                  f"(see 'berg status {report.store}')\n")
+        out.write(
+            f"{len(report.failed)} stimulus(es) could not be decoded and have NaN rows "
+            f"(see 'berg status {report.store}')\n"
+        )
     return 0
 
 
@@ -130,30 +150,41 @@ def _index(text: str) -> int:
 def add_run_subparser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``run``, ``status`` and ``export`` to an argparse sub-parsers object; returns the ``run`` parser."""
     p = subparsers.add_parser(
-        "run", help="run or resume a sharded encoding PLAN.yaml into a zarr store",
+        "run",
+        help="run or resume a sharded encoding PLAN.yaml into a zarr store",
         description="Encode a stimulus collection with the plan's models into a resumable zarr store: "
-                    "finished shards are never recomputed; stale ones (the plan changed) are.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "finished shards are never recomputed; stale ones (the plan changed) are.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("plan", metavar="PLAN.yaml")
     p.add_argument("--shard", type=_index, metavar="I", help="Slurm-array slice index, 0-based (with --of)")
     p.add_argument("--of", type=_index, metavar="N", help="number of slices (with --shard)")
     p.add_argument("--store", metavar="RUN", help="override the plan's store folder")
     p.add_argument("--executor", choices=["local", "dask"], help="override the plan's executor kind")
     p.add_argument("--device", help="override the plan's device (cpu, cuda, ...)")
-    p.add_argument("--prepare-only", action="store_true",
-                   help="create/update the store for this plan (stale shards show in 'berg status'); compute nothing")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="create/update the store for this plan (stale shards show in 'berg status'); compute nothing",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
-    s = subparsers.add_parser("status", help="done / pending / stale shards of a run, failed stimuli, ETA",
-                              description="Progress of a run folder (exit status 3 while shards remain).")
+    s = subparsers.add_parser(
+        "status",
+        help="done / pending / stale shards of a run, failed stimuli, ETA",
+        description="Progress of a run folder (exit status 3 while shards remain).",
+    )
     s.add_argument("run", metavar="RUN")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
 
-    e = subparsers.add_parser("export", help="export a run to one HDF5 file (small runs)",
-                              description="Copy a finished run into one HDF5 file (berg.save's layout, "
-                                          "one group per model).")
+    e = subparsers.add_parser(
+        "export",
+        help="export a run to one HDF5 file (small runs)",
+        description="Copy a finished run into one HDF5 file (berg.save's layout, one group per model).",
+    )
     e.add_argument("run", metavar="RUN")
     e.add_argument("--to", required=True, metavar="OUT.h5")
     e.add_argument("--allow-incomplete", action="store_true", help="export even if shards remain (NaN rows)")

@@ -128,19 +128,35 @@ def run(
         # The driver of a Dask run only needs spaces and provenance: load on CPU (a login node has no GPU).
         loaded = load_entries(plan, source, device="cpu" if use_dask else None)
         targets = [t for le in loaded.values() for t in le.targets.values()]
-        store.initialise(targets=targets, plan=plan.to_dict(), plan_hash=plan.plan_hash(),
-                         stimulus_ids=source.ids(), stimuli_fingerprint=source.fingerprint(),
-                         shard_size=plan.shard_size, dtype=plan.dtype, compressor=plan.compressor)
+        store.initialise(
+            targets=targets,
+            plan=plan.to_dict(),
+            plan_hash=plan.plan_hash(),
+            stimulus_ids=source.ids(),
+            stimuli_fingerprint=source.fingerprint(),
+            shard_size=plan.shard_size,
+            dtype=plan.dtype,
+            compressor=plan.compressor,
+        )
         units = pending_units(store, loaded, n_shards)
         finished = n_shards - len(units)
         if shard is not None:
             units = {u: k for u, k in units.items() if u % shard[1] == shard[0]}
         if prepare_only:
-            return RunReport(store=os.fspath(plan.store), n_stimuli=n, n_shards=n_shards, computed_units=0,
-                             skipped_units=finished, seconds=time.perf_counter() - t_start,
-                             failed=store.failed())
-        store.log_event("run_start", pending=len(units), mode="dask" if use_dask else
-                        ("local" if shard is None else f"slice {shard[0]} of {shard[1]}"))
+            return RunReport(
+                store=os.fspath(plan.store),
+                n_stimuli=n,
+                n_shards=n_shards,
+                computed_units=0,
+                skipped_units=finished,
+                seconds=time.perf_counter() - t_start,
+                failed=store.failed(),
+            )
+        store.log_event(
+            "run_start",
+            pending=len(units),
+            mode="dask" if use_dask else ("local" if shard is None else f"slice {shard[0]} of {shard[1]}"),
+        )
         log.info("%s: %d of %d shards to compute", plan.store, len(units), n_shards)
         dashboard = None
         if not units:
@@ -154,12 +170,18 @@ def run(
         store.log_event("run_end", computed=len(results))
     computed_stimuli = sum(
         shard_bounds(r["shard"], plan.shard_size, n)[1] - shard_bounds(r["shard"], plan.shard_size, n)[0]
-        for r in results if r["computed"]
+        for r in results
+        if r["computed"]
     )
     return RunReport(
-        store=os.fspath(plan.store), n_stimuli=n, n_shards=n_shards,
-        computed_units=sum(1 for r in results if r["computed"]), skipped_units=finished,
-        seconds=time.perf_counter() - t_start, failed=store.failed(), dashboard=dashboard,
+        store=os.fspath(plan.store),
+        n_stimuli=n,
+        n_shards=n_shards,
+        computed_units=sum(1 for r in results if r["computed"]),
+        skipped_units=finished,
+        seconds=time.perf_counter() - t_start,
+        failed=store.failed(),
+        dashboard=dashboard,
         computed_stimuli=computed_stimuli,
     )
 
@@ -179,9 +201,11 @@ def _run_local(store, plan, loaded, source, units, show) -> list[dict[str, Any]]
     def bounds(u: int) -> range:
         return range(*shard_bounds(u, plan.shard_size, n))
 
-    with _progress(sum(len(bounds(u)) for u in order), show, "berg run") as bar, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-shard-decode") as prefetch, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-shard-write") as writer:
+    with (
+        _progress(sum(len(bounds(u)) for u in order), show, "berg run") as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-shard-decode") as prefetch,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-shard-write") as writer,
+    ):
         # Three stages overlap: shard k+1 is decoded (itself in `threads` threads) and shard k-1 written
         # and fsync-ed while shard k runs through the network. At most one write is in flight, so memory
         # stays at a few shards whatever the collection size.
@@ -266,12 +290,20 @@ def _run_dask(plan: EncodePlan, units: dict[int, dict[str, str]], n: int, show: 
     results = []
     try:
         futures = [
-            client.submit(_dask_unit, plan_dict, u, units[u], key=f"berg-shard-{plan.plan_hash()[:10]}-{u}",
-                          pure=False, resources=resources)
+            client.submit(
+                _dask_unit,
+                plan_dict,
+                u,
+                units[u],
+                key=f"berg-shard-{plan.plan_hash()[:10]}-{u}",
+                pure=False,
+                resources=resources,
+            )
             for u in sorted(units)
         ]
-        with _progress(sum(shard_bounds(u, plan.shard_size, n)[1] - u * plan.shard_size for u in units),
-                       show, "berg run (dask)") as bar:
+        with _progress(
+            sum(shard_bounds(u, plan.shard_size, n)[1] - u * plan.shard_size for u in units), show, "berg run (dask)"
+        ) as bar:
             for fut in as_completed(futures):
                 try:
                     res = fut.result()

@@ -69,9 +69,16 @@ def export_hdf5(run: str | os.PathLike[str], to: str | os.PathLike[str], *, allo
     with atomic_path(to, suffix=to.suffix) as tmp, h5py.File(tmp, "w") as out:
         from berg._version import __version__
 
-        out.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "plan_hash": info["plan_hash"],
-                          "plan": json.dumps(info["plan"]), "berg_version": __version__,
-                          "n_stimuli": info["n_stimuli"]})
+        out.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "plan_hash": info["plan_hash"],
+                "plan": json.dumps(info["plan"]),
+                "berg_version": __version__,
+                "n_stimuli": info["n_stimuli"],
+            }
+        )
         ids = group["stimulus_ids"][:]
         out.create_dataset("stimulus_ids", data=_strings(ids) if ids.dtype.kind in "OUS" else ids)
         out.create_dataset("failed", data=np.asarray([f["index"] for f in status["failed"]], dtype=np.int64))
@@ -79,11 +86,15 @@ def export_hdf5(run: str | os.PathLike[str], to: str | os.PathLike[str], *, allo
             src = group[key]
             dst = out.create_group(key)
             arr = src["responses"]
-            resp = dst.create_dataset("responses", shape=arr.shape, dtype=arr.dtype,
-                                      chunks=tuple(min(c, s) for c, s in zip(arr.chunks, arr.shape)) or None)
+            resp = dst.create_dataset(
+                "responses",
+                shape=arr.shape,
+                dtype=arr.dtype,
+                chunks=tuple(min(c, s) for c, s in zip(arr.chunks, arr.shape)) or None,
+            )
             step = arr.chunks[0]
             for a in range(0, arr.shape[0], step):
-                resp[a:a + step] = arr[a:a + step]
+                resp[a : a + step] = arr[a : a + step]
             attrs: dict[str, Any] = dict(src.attrs)
             resp.attrs["dims"] = json.dumps(attrs.get("dims", []))
             for name, child in src.arrays():
@@ -93,10 +104,17 @@ def export_hdf5(run: str | os.PathLike[str], to: str | os.PathLike[str], *, allo
             if "coords" in src:
                 for name, child in src["coords"].arrays():
                     values = child[:]
-                    dst.create_dataset(f"coords/{name}", data=_strings(values) if values.dtype.kind in "OUS" else values)
-            dst.attrs.update({"model_id": attrs.get("model_id", ""), "subject": json.dumps(attrs.get("subject")),
-                              "provenance": json.dumps(attrs.get("provenance", {})),
-                              "space": json.dumps(attrs.get("space", {})),
-                              "reducers": json.dumps(attrs.get("reducers", []))})
+                    dst.create_dataset(
+                        f"coords/{name}", data=_strings(values) if values.dtype.kind in "OUS" else values
+                    )
+            dst.attrs.update(
+                {
+                    "model_id": attrs.get("model_id", ""),
+                    "subject": json.dumps(attrs.get("subject")),
+                    "provenance": json.dumps(attrs.get("provenance", {})),
+                    "space": json.dumps(attrs.get("space", {})),
+                    "reducers": json.dumps(attrs.get("reducers", [])),
+                }
+            )
     log.info("exported %s to %s", run, to)
     return to

@@ -46,15 +46,41 @@ EXECUTORS = ("local", "dask")
 REDUCERS = ("roi_mean", "nc_threshold", "select")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PLAN_KEYS = (
-    "models", "stimuli", "store", "shard_size", "dtype", "on_error", "executor", "device",
-    "batch_size", "decode_threads", "berg", "fsync", "compressor",
+    "models",
+    "stimuli",
+    "store",
+    "shard_size",
+    "dtype",
+    "on_error",
+    "executor",
+    "device",
+    "batch_size",
+    "decode_threads",
+    "berg",
+    "fsync",
+    "compressor",
 )
 _MODEL_KEYS = (
-    "id", "name", "subjects", "selection", "reducers", "backbone_weights", "backbone_seed",
-    "batch_size", "model_kwargs",
+    "id",
+    "name",
+    "subjects",
+    "selection",
+    "reducers",
+    "backbone_weights",
+    "backbone_seed",
+    "batch_size",
+    "model_kwargs",
 )
-_EXECUTOR_KEYS = ("kind", "n_workers", "threads_per_worker", "address", "resources", "torch_threads",
-                  "dashboard", "memory_limit")
+_EXECUTOR_KEYS = (
+    "kind",
+    "n_workers",
+    "threads_per_worker",
+    "address",
+    "resources",
+    "torch_threads",
+    "dashboard",
+    "memory_limit",
+)
 _BERG_KEYS = ("berg_dir", "cache_dir", "offline", "registry")
 COMPRESSORS = ("zstd", "none")
 
@@ -87,9 +113,7 @@ def _unknown(keys: Any, valid: Sequence[str], where: str) -> None:
         hints = "".join(
             f" (did you mean {close_matches(str(k), valid)[0]!r}?)" for k in extra[:1] if close_matches(str(k), valid)
         )
-        raise InvalidParameterError(
-            f"unknown key(s) {extra} in {where}{hints}; valid keys: {', '.join(valid)}"
-        )
+        raise InvalidParameterError(f"unknown key(s) {extra} in {where}{hints}; valid keys: {', '.join(valid)}")
 
 
 def _choice(value: Any, valid: Sequence[str], what: str) -> str:
@@ -120,7 +144,7 @@ def _reducers(raw: Any, where: str) -> list[dict[str, Any]]:
             raise InvalidParameterError(
                 f"{where}.reducers[{i}] must be a one-key dict such as {{roi_mean: [V1, V2]}}, got {item!r}"
             )
-        (kind, arg), = item.items()
+        ((kind, arg),) = item.items()
         _choice(kind, REDUCERS, f"{where}.reducers[{i}]")
         if kind == "roi_mean":
             rois = [arg] if isinstance(arg, str) else arg
@@ -134,14 +158,20 @@ def _reducers(raw: Any, where: str) -> list[dict[str, Any]]:
                     f"{where}.reducers[{i}].nc_threshold takes a number or {{threshold: 0.3, metric: noise_ceiling}}"
                 )
             _unknown(cfg, ("threshold", "metric"), f"{where}.reducers[{i}].nc_threshold")
-            out.append({"nc_threshold": {"threshold": float(cfg["threshold"]),
-                                         "metric": str(cfg.get("metric", "noise_ceiling"))}})
+            out.append(
+                {
+                    "nc_threshold": {
+                        "threshold": float(cfg["threshold"]),
+                        "metric": str(cfg.get("metric", "noise_ceiling")),
+                    }
+                }
+            )
         else:  # select
             if not isinstance(arg, Mapping) or len(arg) != 1 or next(iter(arg)) not in ("roi", "outputs"):
                 raise InvalidParameterError(
                     f"{where}.reducers[{i}].select takes {{roi: name or [names]}} or {{outputs: [indices]}}"
                 )
-            (key, value), = arg.items()
+            ((key, value),) = arg.items()
             if key == "roi":
                 value = [value] if isinstance(value, str) else list(value)
             else:
@@ -212,17 +242,23 @@ class ModelEntry:
                 f"{where}.name {entry.name!r} must be letters, digits, '.', '_' or '-' (it names a store group)"
             )
         subjects = entry.subjects
-        if not (subjects == "all" or isinstance(subjects, (int, str)) or
-                (isinstance(subjects, (list, tuple)) and subjects)):
+        if not (
+            subjects == "all" or isinstance(subjects, (int, str)) or (isinstance(subjects, (list, tuple)) and subjects)
+        ):
             raise InvalidParameterError(f"{where}.subjects must be a subject, a non-empty list or 'all'")
         return entry
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (the YAML form)."""
         return {
-            "id": self.id, "name": self.name, "subjects": self.subjects, "selection": self.selection,
-            "reducers": copy.deepcopy(self.reducers), "backbone_weights": self.backbone_weights,
-            "backbone_seed": self.backbone_seed, "batch_size": self.batch_size,
+            "id": self.id,
+            "name": self.name,
+            "subjects": self.subjects,
+            "selection": self.selection,
+            "reducers": copy.deepcopy(self.reducers),
+            "backbone_weights": self.backbone_weights,
+            "backbone_seed": self.backbone_seed,
+            "batch_size": self.batch_size,
             "model_kwargs": dict(self.model_kwargs),
         }
 
@@ -289,8 +325,9 @@ class EncodePlan:
         self.base_dir = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
         if not isinstance(models, (list, tuple)) or not models:
             raise InvalidParameterError("a plan needs 'models': a non-empty list of {id: ..., subjects: ...}")
-        self.models = [m if isinstance(m, ModelEntry) else ModelEntry.from_dict(m, f"models[{i}]")
-                       for i, m in enumerate(models)]
+        self.models = [
+            m if isinstance(m, ModelEntry) else ModelEntry.from_dict(m, f"models[{i}]") for i, m in enumerate(models)
+        ]
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

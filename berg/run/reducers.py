@@ -126,7 +126,7 @@ def build_reducer(
     cols = _columns(full_rows, n_full)  # full-output index of each current column
     position = {int(r): i for i, r in enumerate(cols)}
     for i, spec in enumerate(specs):
-        (kind, arg), = spec.items()
+        ((kind, arg),) = spec.items()
         if red.steps and red.steps[-1][0] == "mean":
             raise InvalidParameterError(f"{where}: roi_mean must be the last reducer (reducers[{i}] follows it)")
         if kind == "roi_mean" or (kind == "select" and "roi" in arg):
@@ -144,8 +144,10 @@ def build_reducer(
                 groups.append(idx)
             if kind == "roi_mean":
                 red.steps.append(("mean", groups))
-                red.coords = {"roi": np.asarray(names, dtype=str),
-                              "n_outputs_in_roi": np.asarray([g.size for g in groups], dtype=np.int64)}
+                red.coords = {
+                    "roi": np.asarray(names, dtype=str),
+                    "n_outputs_in_roi": np.asarray([g.size for g in groups], dtype=np.int64),
+                }
                 red.dims = ["roi"]
                 continue
             keep = np.unique(np.concatenate(groups)) if groups else np.zeros(0, np.int64)

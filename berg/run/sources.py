@@ -44,8 +44,14 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 _KINDS = ("folder", "glob", "list", "list_file", "hdf5", "videos")
-_OPTIONS = {"folder": ("recursive", "extensions"), "videos": ("recursive", "extensions"),
-            "hdf5": ("dataset",), "glob": (), "list": (), "list_file": ()}
+_OPTIONS = {
+    "folder": ("recursive", "extensions"),
+    "videos": ("recursive", "extensions"),
+    "hdf5": ("dataset",),
+    "glob": (),
+    "list": (),
+    "list_file": (),
+}
 
 
 def _abs(base: Path, value: Any) -> str:
@@ -74,9 +80,7 @@ def normalise_stimuli(raw: Any, base_dir: Path) -> dict[str, Any]:
         )
     kinds = [k for k in raw if k in _KINDS]
     if len(kinds) != 1:
-        raise InvalidParameterError(
-            f"stimuli needs exactly one of {', '.join(_KINDS)}; got keys {sorted(raw)}"
-        )
+        raise InvalidParameterError(f"stimuli needs exactly one of {', '.join(_KINDS)}; got keys {sorted(raw)}")
     kind = kinds[0]
     extra = [k for k in raw if k != kind and k not in _OPTIONS[kind]]
     if extra:
@@ -213,8 +217,13 @@ class HDF5Source(StimulusSource):
         return np.arange(len(self), dtype=np.int64)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": "image", "file": os.path.basename(self.path), "dataset": self.dataset,
-                "shape": list(self.shape), "first_last_sha256": self._sample}
+        return {
+            "kind": "image",
+            "file": os.path.basename(self.path),
+            "dataset": self.dataset,
+            "shape": list(self.shape),
+            "first_last_sha256": self._sample,
+        }
 
     def describe(self, i: int) -> str:
         return f"{self.path}[{self.dataset}][{i}]"
@@ -243,12 +252,11 @@ def _listing(folder: str, suffixes: Sequence[str], recursive: bool, what: str) -
     if not root.is_dir():
         raise StimulusError(f"stimulus folder not found: {folder}")
     it = root.rglob("*") if recursive else root.iterdir()
-    files = sorted(os.fspath(p) for p in it if p.is_file() and p.suffix.lower() in suffixes
-                   and not p.name.startswith("."))
+    files = sorted(
+        os.fspath(p) for p in it if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    )
     if not files:
-        raise StimulusError(
-            f"no {what} files ({', '.join(suffixes)}) in {folder}{' (recursive)' if recursive else ''}"
-        )
+        raise StimulusError(f"no {what} files ({', '.join(suffixes)}) in {folder}{' (recursive)' if recursive else ''}")
     return files
 
 

@@ -163,9 +163,7 @@ class RunStore:
         if not store.root.is_dir():
             raise StoreFormatError(f"run folder not found: {store.root}")
         if not store.run_json.is_file():
-            raise StoreFormatError(
-                f"{store.root} is not a berg run (no run.json); start one with 'berg run PLAN.yaml'"
-            )
+            raise StoreFormatError(f"{store.root} is not a berg run (no run.json); start one with 'berg run PLAN.yaml'")
         info = store.info()
         if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
             raise StoreFormatError(
@@ -220,10 +218,13 @@ class RunStore:
             if not lk.acquire(blocking=False):
                 for h in held:
                     h.release()
-                holders = "; ".join(
-                    f"pid {h.get('pid')} on {h.get('host')} since {h.get('started_utc')} ({h.get('mode')})"
-                    for h in self._holders()
-                ) or "unknown holder"
+                holders = (
+                    "; ".join(
+                        f"pid {h.get('pid')} on {h.get('host')} since {h.get('started_utc')} ({h.get('mode')})"
+                        for h in self._holders()
+                    )
+                    or "unknown holder"
+                )
                 what = "this slice" if lk is not run_lock else "the store"
                 raise RunLockedError(
                     f"another berg run holds {what} {self.root} ({holders}). Wait for it to finish or stop it; "
@@ -232,8 +233,11 @@ class RunStore:
             held.append(lk)
         holder = self.locks / f"holder-{socket.gethostname()}-{os.getpid()}.json"
         mode = "exclusive" if slice_ is None else f"slice {slice_[0]} of {slice_[1]}"
-        atomic_write_text(holder, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                              "started_utc": _utc(), "mode": mode}), fsync=False)
+        atomic_write_text(
+            holder,
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _utc(), "mode": mode}),
+            fsync=False,
+        )
         try:
             yield
         finally:
@@ -289,26 +293,46 @@ class RunStore:
             n = int(ids.shape[0])
             root = self.group("a")
             root_attrs = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "n_stimuli": n, "shard_size": shard_size,
-                "stimuli": _json_safe(stimuli_fingerprint), "plan_hash": plan_hash, "berg_version": __version__,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "n_stimuli": n,
+                "shard_size": shard_size,
+                "stimuli": _json_safe(stimuli_fingerprint),
+                "plan_hash": plan_hash,
+                "berg_version": __version__,
                 "plan": _json_safe(plan),  # the zarr store alone says how it was made
             }
             old_ids = root.get("stimulus_ids")
             if old_ids is None or old_ids.shape != ids.shape or not np.array_equal(old_ids[:], ids):
                 kind = "int64" if ids.dtype.kind in "iu" else str
-                arr = root.create_array("stimulus_ids", shape=ids.shape, dtype=kind, overwrite=True,
-                                        chunks=(max(1, min(n, 65536)),))
+                arr = root.create_array(
+                    "stimulus_ids", shape=ids.shape, dtype=kind, overwrite=True, chunks=(max(1, min(n, 65536)),)
+                )
                 arr[:] = ids.astype(np.int64) if kind == "int64" else ids.astype(str)
             compressors = None if compressor == "none" else "auto"
             for t in targets:
                 self._reconcile(root, t, n, shard_size, dtype, compressors)
             root.attrs.update(root_attrs)
             info = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "updated_utc": _utc(),
-                "plan": _json_safe(plan), "plan_hash": plan_hash, "n_stimuli": n, "shard_size": shard_size,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "updated_utc": _utc(),
+                "plan": _json_safe(plan),
+                "plan_hash": plan_hash,
+                "n_stimuli": n,
+                "shard_size": shard_size,
                 "n_shards": math.ceil(n / shard_size),
-                "targets": {t.key: {"name": t.name, "model_id": t.model_id, "subject": t.subject,
-                                    "label": t.label, "hash": t.hash, "shape": list(t.shape)} for t in targets},
+                "targets": {
+                    t.key: {
+                        "name": t.name,
+                        "model_id": t.model_id,
+                        "subject": t.subject,
+                        "label": t.label,
+                        "hash": t.hash,
+                        "shape": list(t.shape),
+                    }
+                    for t in targets
+                },
             }
             atomic_write_text(self.run_json, json.dumps(info, indent=1))
         self._group = None
@@ -319,27 +343,52 @@ class RunStore:
         chunks = self.chunk_shape(n, shard_size, t.shape, np.dtype(dtype).itemsize)
         grp = root.require_group(t.key)
         arr = grp.get("responses")
-        fits = (arr is not None and tuple(arr.shape) == shape and arr.dtype == np.dtype(dtype)
-                and tuple(arr.chunks) == chunks
-                and bool(arr.compressors) == (compressors is not None))
+        fits = (
+            arr is not None
+            and tuple(arr.shape) == shape
+            and arr.dtype == np.dtype(dtype)
+            and tuple(arr.chunks) == chunks
+            and bool(arr.compressors) == (compressors is not None)
+        )
         if not fits:
             if arr is not None:
                 log.info("%s: stored array %s no longer fits %s; recreating it", t.key, arr.shape, shape)
             self.drop_markers(t.key)
-            grp.create_array("responses", shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan,
-                             overwrite=True, compressors=compressors, dimension_names=["stimulus", *t.dims])
+            grp.create_array(
+                "responses",
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                fill_value=np.nan,
+                overwrite=True,
+                compressors=compressors,
+                dimension_names=["stimulus", *t.dims],
+            )
         for cname, values in t.coords.items():
             values = np.asarray(values)
             path = cname if cname == "output_ids" else f"coords/{cname}"
             old = grp.get(path)
-            if old is not None and old.shape == values.shape and old.dtype == values.dtype \
-                    and np.array_equal(old[:], values):
+            if (
+                old is not None
+                and old.shape == values.shape
+                and old.dtype == values.dtype
+                and np.array_equal(old[:], values)
+            ):
                 continue
             kind = str if values.dtype.kind in "US" else values.dtype
             c = grp.create_array(path, shape=values.shape, dtype=kind, overwrite=True)
             c[...] = values.astype(str) if kind is str else values
-        grp.attrs.update(_json_safe({**t.attrs, "model_id": t.model_id, "subject": t.subject,
-                                     "target_hash": t.hash, "dims": ["stimulus", *t.dims]}))
+        grp.attrs.update(
+            _json_safe(
+                {
+                    **t.attrs,
+                    "model_id": t.model_id,
+                    "subject": t.subject,
+                    "target_hash": t.hash,
+                    "dims": ["stimulus", *t.dims],
+                }
+            )
+        )
 
     # ------------------------------------------------------------------ markers
     def _marker_dir(self, key: str) -> Path:
@@ -391,7 +440,7 @@ class RunStore:
 
             arr = zarr.open_array(store=os.fspath(self.zarr_path), path=f"{key}/responses", mode="r+")
             self._arrays[key] = arr
-        arr[start:start + data.shape[0]] = data.astype(arr.dtype, copy=False)
+        arr[start : start + data.shape[0]] = data.astype(arr.dtype, copy=False)
         if fsync:
             self._fsync_chunks(key, shard)
 
@@ -412,14 +461,27 @@ class RunStore:
 
     def mark_done(self, key: str, shard: int, record: Mapping[str, Any]) -> None:
         """Write the shard's marker (atomically, durably): the last step of a shard."""
-        record = {**record, "target": key, "shard": shard, "finished_utc": _utc(), "finished_unix": time.time(),
-                  "host": socket.gethostname(), "pid": os.getpid()}
+        record = {
+            **record,
+            "target": key,
+            "shard": shard,
+            "finished_utc": _utc(),
+            "finished_unix": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         atomic_write_text(self.marker_path(key, shard), json.dumps(_json_safe(record)))
 
     def log_event(self, event: str, **fields: Any) -> None:
         """Append one line to ``events.jsonl`` (single ``O_APPEND`` write: lines from processes never mix)."""
-        line = json.dumps(_json_safe({"event": event, "t": time.time(), "pid": os.getpid(),
-                                      "host": socket.gethostname(), **fields})) + "\n"
+        line = (
+            json.dumps(
+                _json_safe(
+                    {"event": event, "t": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **fields}
+                )
+            )
+            + "\n"
+        )
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
@@ -487,10 +549,17 @@ class RunStore:
                 eta = len(pending_units) / rate
         done_all = all(v["pending"] == 0 and v["stale"] == 0 for v in targets.values())
         return {
-            "root": os.fspath(self.root), "n_stimuli": info.get("n_stimuli"), "shard_size": info.get("shard_size"),
-            "n_shards": n_shards, "plan_hash": info.get("plan_hash"), "targets": targets,
-            "pending_units": len(pending_units), "complete": bool(targets) and done_all,
-            "failed": self.failed(), "units_per_second": rate, "eta_seconds": eta,
+            "root": os.fspath(self.root),
+            "n_stimuli": info.get("n_stimuli"),
+            "shard_size": info.get("shard_size"),
+            "n_shards": n_shards,
+            "plan_hash": info.get("plan_hash"),
+            "targets": targets,
+            "pending_units": len(pending_units),
+            "complete": bool(targets) and done_all,
+            "failed": self.failed(),
+            "units_per_second": rate,
+            "eta_seconds": eta,
             "holders": holders,
         }
 
@@ -498,4 +567,3 @@ class RunStore:
 def open_responses(root: str | os.PathLike[str]):
     """The run's zarr group (read-only): ``open_responses(RUN)["model/sub-01/responses"]``."""
     return RunStore.open(root).group("r")
-

@@ -24,7 +24,16 @@ from berg.run.sources import StimulusSource
 from berg.run.store import FORMAT_VERSION, RunStore, TargetInfo
 from berg.subjects import subject_label
 
-__all__ = ["LoadedEntry", "ShardOutputs", "compute_unit", "encode_unit", "write_unit", "default_decode_threads", "load_entries", "shard_bounds"]
+__all__ = [
+    "LoadedEntry",
+    "ShardOutputs",
+    "compute_unit",
+    "encode_unit",
+    "write_unit",
+    "default_decode_threads",
+    "load_entries",
+    "shard_bounds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +118,36 @@ def _subject_artifacts(checksums: Mapping[str, str], subject: Any, subjects: Seq
     return {k: v for k, v in checksums.items() if not any(o in k.split("/")[-1] or f"/{o}/" in f"/{k}" for o in others)}
 
 
-def _target_hash(entry: ModelEntry, subject: Any, artifacts: Mapping[str, str], plan: EncodePlan,
-                 fingerprint: Mapping[str, Any], n: int, shape: tuple[int, ...]) -> str:
+def _target_hash(
+    entry: ModelEntry,
+    subject: Any,
+    artifacts: Mapping[str, str],
+    plan: EncodePlan,
+    fingerprint: Mapping[str, Any],
+    n: int,
+    shape: tuple[int, ...],
+) -> str:
     selection = entry.selection
     if isinstance(selection, Mapping) and isinstance(selection.get("voxels"), Mapping):
         selection = {**selection, "voxels": selection["voxels"].get(subject)}
-    return digest({
-        "format_version": FORMAT_VERSION, "model_id": entry.id, "subject": subject, "selection": selection,
-        "reducers": entry.reducers, "backbone_weights": entry.backbone_weights, "backbone_seed": entry.backbone_seed,
-        "model_kwargs": entry.model_kwargs, "artifacts": dict(sorted(artifacts.items())), "stimuli": fingerprint,
-        "n_stimuli": n, "shard_size": plan.shard_size, "dtype": plan.dtype, "shape": list(shape),
-    })
+    return digest(
+        {
+            "format_version": FORMAT_VERSION,
+            "model_id": entry.id,
+            "subject": subject,
+            "selection": selection,
+            "reducers": entry.reducers,
+            "backbone_weights": entry.backbone_weights,
+            "backbone_seed": entry.backbone_seed,
+            "model_kwargs": entry.model_kwargs,
+            "artifacts": dict(sorted(artifacts.items())),
+            "stimuli": fingerprint,
+            "n_stimuli": n,
+            "shard_size": plan.shard_size,
+            "dtype": plan.dtype,
+            "shape": list(shape),
+        }
+    )
 
 
 def berg_client(plan: EncodePlan):
@@ -127,8 +155,12 @@ def berg_client(plan: EncodePlan):
     from berg.api import BERG
 
     opts = plan.berg
-    return BERG(berg_dir=opts.get("berg_dir"), cache_dir=opts.get("cache_dir"),
-                offline=bool(opts.get("offline", False)), registry=opts.get("registry"))
+    return BERG(
+        berg_dir=opts.get("berg_dir"),
+        cache_dir=opts.get("cache_dir"),
+        offline=bool(opts.get("offline", False)),
+        registry=opts.get("registry"),
+    )
 
 
 def load_entries(
@@ -144,12 +176,18 @@ def load_entries(
     n = len(source)
     loaded: dict[str, LoadedEntry] = {}
     for i, entry in enumerate(plan.models):
-        subjects = entry.subjects if entry.subjects == "all" or isinstance(entry.subjects, (list, tuple)) \
-            else [entry.subjects]
+        subjects = (
+            entry.subjects if entry.subjects == "all" or isinstance(entry.subjects, (list, tuple)) else [entry.subjects]
+        )
         model = client.get_encoding_model(
-            entry.id, subject=subjects, selection=entry.selection, device=device or plan.device,
-            batch_size=entry.batch_size or plan.batch_size, backbone_weights=entry.backbone_weights,
-            backbone_seed=entry.backbone_seed, **entry.model_kwargs,
+            entry.id,
+            subject=subjects,
+            selection=entry.selection,
+            device=device or plan.device,
+            batch_size=entry.batch_size or plan.batch_size,
+            backbone_weights=entry.backbone_weights,
+            backbone_seed=entry.backbone_seed,
+            **entry.model_kwargs,
         )
         prov = model.provenance()
         checksums = prov.get("artifacts") or {}
@@ -157,8 +195,10 @@ def load_entries(
         if device is not None and device != plan.device:
             # a Dask driver loads on the CPU only to lay out the store; the numbers come from the workers
             prov = {**prov, "device": f"{plan.device} (Dask workers)"}
-        needs_meta = any(("roi_mean" in r) or ("nc_threshold" in r) or ("select" in r and "roi" in r["select"])
-                         for r in entry.reducers)
+        needs_meta = any(
+            ("roi_mean" in r) or ("nc_threshold" in r) or ("select" in r and "roi" in r["select"])
+            for r in entry.reducers
+        )
         targets, reducers = {}, {}
         for s in model.subjects:
             space = model.spaces[s]
@@ -166,20 +206,39 @@ def load_entries(
             coords = _coords(model, s, space, shape)
             meta = client.get_model_metadata(entry.id, subject=s) if needs_meta else None
             rows = (getattr(model, "selected_rows", None) or {}).get(s)
-            n_full = int(meta["n_outputs"]) if meta is not None and "n_outputs" in meta else (
-                int(np.max(rows)) + 1 if rows is not None else int(np.prod(shape)))
-            red = build_reducer(entry.reducers, meta=meta, full_rows=rows, n_full=n_full, coords=coords,
-                                response_shape=shape, where=f"models[{i}] ({entry.name}) subject {s}")
+            n_full = (
+                int(meta["n_outputs"])
+                if meta is not None and "n_outputs" in meta
+                else (int(np.max(rows)) + 1 if rows is not None else int(np.prod(shape)))
+            )
+            red = build_reducer(
+                entry.reducers,
+                meta=meta,
+                full_rows=rows,
+                n_full=n_full,
+                coords=coords,
+                response_shape=shape,
+                where=f"models[{i}] ({entry.name}) subject {s}",
+            )
             out_shape = shape if red.is_identity else (red.n_out,)
             dims = _dims(space, shape) if red.is_identity else red.dims
             artifacts = _subject_artifacts(checksums, s, model.subjects)
             space_dict = space.to_dict() if hasattr(space, "to_dict") else {"kind": getattr(space, "kind", "flat")}
             targets[s] = TargetInfo(
-                name=entry.name, model_id=entry.id, subject=s, label=subject_label(s), shape=out_shape, dims=dims,
+                name=entry.name,
+                model_id=entry.id,
+                subject=s,
+                label=subject_label(s),
+                shape=out_shape,
+                dims=dims,
                 coords=red.coords if not red.is_identity else coords,
-                attrs={"space": space_dict, "reducers": entry.reducers, "selection": entry.selection,
-                       "provenance": {**prov, "subjects": [s], "artifacts": artifacts},
-                       "model_response_shape": list(shape)},
+                attrs={
+                    "space": space_dict,
+                    "reducers": entry.reducers,
+                    "selection": entry.selection,
+                    "provenance": {**prov, "subjects": [s], "artifacts": artifacts},
+                    "model_response_shape": list(shape),
+                },
                 hash=_target_hash(entry, s, artifacts, plan, fingerprint, n, out_shape),
             )
             reducers[s] = red
@@ -281,8 +340,11 @@ def encode_unit(
         items = source.read(range(start, stop), threads=decode_threads)
     items = _validate(items, loaded[next(iter(todo))].model, source.kind)
     good = [k for k, it in enumerate(items) if not isinstance(it, BaseException)]
-    failed = [{"index": start + k, "id": source.describe(start + k), "error": str(it)}
-              for k, it in enumerate(items) if isinstance(it, BaseException)]
+    failed = [
+        {"index": start + k, "id": source.describe(start + k), "error": str(it)}
+        for k, it in enumerate(items)
+        if isinstance(it, BaseException)
+    ]
     if failed and plan.on_error == "raise":
         first = failed[0]
         raise StimulusError(
@@ -313,8 +375,18 @@ def write_unit(store: RunStore, plan: EncodePlan, done: ShardOutputs) -> dict[st
         store.write_shard(key, done.shard, done.start, data, fsync=plan.fsync)
     seconds = time.perf_counter() - done.t0
     for key, (t, _) in done.outputs.items():
-        store.mark_done(key, done.shard, {"target_hash": t.hash, "plan_hash": plan.plan_hash(), "start": done.start,
-                                          "stop": done.stop, "failed": done.failed, "seconds": seconds})
+        store.mark_done(
+            key,
+            done.shard,
+            {
+                "target_hash": t.hash,
+                "plan_hash": plan.plan_hash(),
+                "start": done.start,
+                "stop": done.stop,
+                "failed": done.failed,
+                "seconds": seconds,
+            },
+        )
     computed = list(done.outputs)
     store.log_event("unit_done", shard=done.shard, targets=computed, seconds=seconds, n_failed=len(done.failed))
     return {"shard": done.shard, "computed": computed, "failed": done.failed, "seconds": seconds}
@@ -350,15 +422,18 @@ def _backbone_groups(entries: Sequence[LoadedEntry]) -> list[list[LoadedEntry]]:
     return list(groups.values())
 
 
-def _encode_group(group: Sequence[LoadedEntry], items: list[np.ndarray], rows: np.ndarray,
-                  n_rows: int) -> dict[str, dict[Any, np.ndarray]]:
+def _encode_group(
+    group: Sequence[LoadedEntry], items: list[np.ndarray], rows: np.ndarray, n_rows: int
+) -> dict[str, dict[Any, np.ndarray]]:
     """Responses ``{name: {subject: (n_rows, *shape)}}`` of a shard; rows not in ``rows`` stay NaN.
 
     One model: its own batching loop (``iter_encode``). Several models with one backbone: the backbone runs
     once per batch and each model maps the shared features (``outputs_from_features``).
     """
-    full = {le.entry.name: {s: np.full((n_rows, *_model_shape(le, s)), np.nan, dtype=np.float32)
-                            for s in le.model.subjects} for le in group}
+    full = {
+        le.entry.name: {s: np.full((n_rows, *_model_shape(le, s)), np.nan, dtype=np.float32) for s in le.model.subjects}
+        for le in group
+    }
     if not items:
         return full
     first = group[0].model
