@@ -249,3 +249,20 @@ def test_univariate_responses_with_missing_outputs():
             for r, idx in rois.items():
                 assert np.allclose(uni[r], np.nanmean(y[:, idx], axis=1), equal_nan=True), r
     assert np.isnan(uni["B"][4]) and np.isfinite(uni["A"][3])
+
+
+def test_plots(tmp_path):
+    from berg.experiments import plot_multivariate_control, plot_univariate_control
+
+    responses, _, _ = planted_univariate(n=200, n_sub=2)
+    res = univariate_control(responses, ROIS, roi_pair=("A", "B"), n_images=5, margin=0.05, n_null=500,
+                             cross_validate=False)
+    fig = plot_univariate_control(res, max_points=100, out_path=tmp_path / "uni.pdf")
+    ax = fig.axes[0]
+    assert len(ax.collections) == 5 and ax.get_xlabel().startswith("A")  # background + 4 conditions
+    assert (tmp_path / "uni.pdf").read_bytes()[:4] == b"%PDF"
+    rsms_a, rsms_b, _ = planted_rsms(n=60, planted=15, n_sub=1)
+    mres = multivariate_control(rsms_a, rsms_b, n_images=8, population=6, generations=4, n_null=200)
+    fig = plot_multivariate_control(mres, out_path=tmp_path / "multi.png")
+    assert len(fig.axes[0].lines) == 3
+    assert (tmp_path / "multi.png").read_bytes()[:4] == b"\x89PNG"

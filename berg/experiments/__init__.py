@@ -30,6 +30,8 @@ _LAZY: dict[str, str] = {
     "UnivariateControlResult": "control",
     "MultivariateControlResult": "control",
     "Baseline": "control",
+    "plot_univariate_control": "control",
+    "plot_multivariate_control": "control",
     # rsa.py: representational similarity
     "rsm": "rsa",
     "roi_rsms": "rsa",

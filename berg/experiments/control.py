@@ -65,6 +65,8 @@ __all__ = [
     "UnivariateEvidence",
     "MultivariateControlResult",
     "MultivariateEvidence",
+    "plot_univariate_control",
+    "plot_multivariate_control",
     "CONDITIONS",
 ]
 
@@ -821,3 +823,84 @@ def _multivariate_evidence(
     ci["baseline"] = _bootstrap_ci(base_test[:, None], n_bootstrap, rng)[:, 0]
     p_between = {c: float(_between_subject_p(significant[c][:, None], alpha)[0]) for c in conditions}
     return MultivariateEvidence(subjects, chosen, test, base_test, p_within, significant, p_between, ci, alpha)
+
+
+# ----------------------------------------------------------------------------- plots
+_COLORS = {"high_high": "tab:red", "low_low": "tab:blue", "high_low": "tab:orange", "low_high": "tab:green",
+           "align": "tab:red", "disentangle": "tab:blue"}
+
+
+def _figure(ax: Any, size: tuple[float, float]):
+    import matplotlib.pyplot as plt  # matplotlib falls back to Agg without a display
+
+    return plt.subplots(figsize=size) if ax is None else (ax.figure, ax)
+
+
+def _save(fig: Any, out_path: Any) -> None:
+    if out_path is not None:
+        from pathlib import Path
+
+        from berg.fsutil import atomic_path
+
+        suffix = Path(out_path).suffix or ".png"
+        with atomic_path(out_path, suffix) as tmp:
+            fig.savefig(tmp, dpi=120, format=suffix.lstrip("."))
+
+
+def plot_univariate_control(
+    result: UnivariateControlResult, *, max_points: int = 20_000, out_path: Any = None, ax: Any = None
+):
+    """Scatter of the two ROIs' scores (mean over subjects), the four conditions' stimuli and baselines.
+
+    Parameters
+    ----------
+    result : UnivariateControlResult
+    max_points : int
+        Background stimuli drawn (a seeded random subset beyond this).
+    out_path : path, optional
+        Save the figure there (PNG or PDF by suffix, atomically).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, ax = _figure(ax, (4.2, 4.0))
+    r1, r2 = result.rois
+    s1 = np.nanmean([result.univariate[s][r1] for s in result.univariate], axis=0)
+    s2 = np.nanmean([result.univariate[s][r2] for s in result.univariate], axis=0)
+    shown = np.arange(len(s1))
+    if len(shown) > max_points:
+        shown = np.sort(np.random.default_rng(0).choice(len(s1), max_points, replace=False))
+    ax.scatter(s1[shown], s2[shown], s=2, c="0.75", lw=0, rasterized=True, label="all stimuli")
+    for cond, idx in result.chosen_indices.items():
+        ax.scatter(s1[idx], s2[idx], s=10, c=_COLORS[cond], lw=0, label=cond.replace("_", "/"))
+    ax.axvline(result.baseline[0].score, color="k", ls="--", lw=0.8)
+    ax.axhline(result.baseline[1].score, color="k", ls="--", lw=0.8)
+    ax.set_xlabel(f"{r1} (mean response)")
+    ax.set_ylabel(f"{r2} (mean response)")
+    ax.legend(frameon=False, fontsize=7, markerscale=2)
+    ax.set_title(f"univariate control {r1} vs {r2}")
+    fig.tight_layout()
+    _save(fig, out_path)
+    return fig
+
+
+def plot_multivariate_control(result: MultivariateControlResult, *, out_path: Any = None, ax: Any = None):
+    """RSM correlation of the best batch per generation, per condition, against the baseline.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Saved to ``out_path`` when given.
+    """
+    fig, ax = _figure(ax, (4.6, 3.2))
+    for cond, history in result.history.items():
+        ax.plot(np.arange(1, len(history) + 1), history, color=_COLORS[cond], label=cond)
+    ax.axhline(result.baseline.score, color="k", ls="--", lw=0.8, label="baseline")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("RSM correlation of the best batch")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    _save(fig, out_path)
+    return fig
