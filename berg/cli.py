@@ -328,6 +328,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
         backbone_seed=args.backbone_seed,
         **options,
     )
+    if nifti and len(getattr(model, "subjects", [])) > 1:
+        try:  # a group map has one space for all subjects; separate subjects have one each
+            model.space(None)
+        except InvalidParameterError:
+            raise InvalidParameterError(
+                "NIfTI output takes one subject or a group map; these options give one map per subject: use "
+                "-o OUT.h5" + _group_hint(spec)
+            ) from None
     log.info("encoding %d %s(s) with %r", len(stimuli), spec.input_kind, model)
     responses = client.encode(model, stimuli, show_progress=not _quiet(args))
     _save(out, responses, model, [str(p) for p in stimuli.ids()], nifti)

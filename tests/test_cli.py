@@ -530,6 +530,12 @@ def test_group_mni_map_to_nifti_with_space_flag(img2fmri_artifact, stimuli, tmp_
     assert side["volumes"] == stimuli[:2]
     assert main(["plot", str(out), "-o", str(tmp_path / "g.png")]) == 0
     assert "on the MNI152 template" in capsys.readouterr().out
+    per_subject = [a for a in argv if a not in ("--space", "mni", "--sigma", "1.0")]
+    per_subject[per_subject.index("all")] = "1,2"
+    per_subject[per_subject.index(REAL) + 1 : per_subject.index(REAL) + 1] = ["--voxel-order", "fortran"]
+    assert main([*per_subject[:-1], str(tmp_path / "two.nii.gz")]) == 2  # options, but one map per subject
+    _one_line_error(capsys.readouterr().err, "these options give one map per subject", "--subject all --space mni")
+    assert not (tmp_path / "two.nii.gz").exists()
 
 
 # --------------------------------------------------------------------------- generated reference
