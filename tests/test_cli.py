@@ -450,6 +450,18 @@ def test_encode_help_lists_the_models_card_options(capsys):
     assert "'berg encode ID --help' lists the options of model ID" in capsys.readouterr().out
 
 
+def test_nifti_needs_a_volume_model(capsys, tmp_path, image):
+    from berg.registry import Registry
+
+    surface = next(m for m in Registry().ids() if Registry().get(m).output_space_kind != "volume")
+    kind = Registry().get(surface).output_space_kind
+    cache = tmp_path / "cache"
+    out = str(tmp_path / "x.nii.gz")
+    assert main(["--cache-dir", str(cache), "encode", surface, "--subject", "1", str(image), "-o", out]) == 2
+    _one_line_error(capsys.readouterr().err, f"outputs are a {kind} space, not a volume; use -o OUT.h5")
+    assert not cache.exists()
+
+
 def test_model_option_flags_are_checked_before_any_io(capsys, tmp_path, image):
     cache = tmp_path / "cache"
     base = ["--cache-dir", str(cache), "encode", REAL, str(image)]
