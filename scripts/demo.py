@@ -8,7 +8,7 @@
 
 Outputs (``--out``, default ``demo_output/``): ``responses.h5`` (berg.save, with provenance),
 ``responses.nii.gz`` (one volume per image) with ``responses.json`` beside it (which image each volume
-is), and ``responses_map.png`` (nilearn stat map + glass brain of the first image).
+is), and ``responses_map.png`` (+ ``responses_glass.png`` on MNI): nilearn maps of the first image.
 
 Usage::
 
@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -72,54 +71,22 @@ def pretrained_weights_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def plot_map(img, out_png: Path, *, title: str, units: str, on_template: bool) -> Path:
-    """Stat map of the first volume: three orthogonal slices with orientation marks and a labelled colour bar.
-
-    On the MNI152 template (and with a glass brain) for maps in MNI space; without any background for
-    the synthetic model, whose made-up grid has no anatomy to show.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from nilearn import image, plotting
-
-    from berg.fsutil import atomic_path
-
-    first = image.index_img(img, 0) if len(img.shape) == 4 else img
-    # NaN marks voxels outside the model's outputs; nilearn wants them as sub-threshold zeros.
-    first = image.new_img_like(first, np.nan_to_num(np.asarray(first.dataobj, dtype=np.float32)))
-    rows = 2 if on_template else 1
-    fig = plt.figure(figsize=(11, 3.6 * rows))
-    height = 0.9 / rows
-    top = fig.add_axes((0.0, 1 - height - 0.03, 0.92, height))
-    kwargs = {} if on_template else {"bg_img": None}  # nilearn's default background is the MNI152 template
-    display = plotting.plot_stat_map(first, axes=top, title=title, draw_cross=False, **kwargs)
-    display._cbar.set_label(units)  # nilearn has no public colour-bar label argument
-    if on_template:
-        glass = plotting.plot_glass_brain(first, axes=fig.add_axes((0.0, 0.02, 0.92, height)), plot_abs=False,
-                                          colorbar=True, title="glass brain (maximum intensity projection)")
-        glass._cbar.set_label(units)
-    with atomic_path(out_png, ".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return out_png
-
-
-def write_outputs(out: Path, responses, model, img, names: list[str], extra: dict) -> tuple[Path, Path, Path]:
-    """HDF5 (berg.save) + 4-D NIfTI + a JSON sidecar naming each volume's stimulus."""
+def write_outputs(out: Path, responses, model, images: list[Path], *, units: str, title: str,
+                  on_template: bool) -> list[Path]:
+    """HDF5 (berg.save) + NIfTI with its stimulus sidecar (berg.save_nifti) + nilearn maps (berg.plotting)."""
     import berg
-    from berg.fsutil import atomic_path, atomic_write_text
+    from berg.plotting import plot_volume
 
-    h5 = out / "responses.h5"
-    berg.save(h5, responses, model)
-    nii = out / "responses.nii.gz"
-    with atomic_path(nii, ".nii.gz") as tmp:
-        img.to_filename(str(tmp))
-    sidecar = out / "responses.json"
-    atomic_write_text(sidecar, json.dumps({"volumes": names, **extra}, indent=2) + "\n")
-    return h5, nii, sidecar
+    names = [p.name for p in images]
+    h5 = berg.save(out / "responses.h5", responses, model, stimulus_ids=names)
+    nii = berg.save_nifti(out / "responses.nii.gz", responses, model, stimulus_ids=names)
+    written = [Path(h5), Path(nii), Path(nii).with_name("responses.json")]
+    maps = [("stat", out / "responses_map.png")] + ([("glass", out / "responses_glass.png")] if on_template else [])
+    for kind, png in maps:
+        plot_volume(nii, kind=kind, index=0, units=units, title=f"{title} - {names[0]}", mni=on_template,
+                    out_path=png)
+        written.append(png)
+    return [p for p in written if p.exists()]
 
 
 def run_real(images: list[Path], out: Path) -> None:
@@ -133,13 +100,10 @@ def run_real(images: list[Path], out: Path) -> None:
     group = client.get_encoding_model(REAL_MODEL, subject="all", space="mni")
     say(f"[2/4] encoding {len(images)} images: {', '.join(p.name for p in images)}")
     maps = client.encode(group, images)
-    img = group.to_nifti(maps)
-    say(f"      group maps: {maps.shape} {maps.dtype} -> NIfTI {img.shape} (MNI152 2 mm)")
-    h5, nii, sidecar = write_outputs(out, maps, group, img, [p.name for p in images],
-                                     {"model": REAL_MODEL, "space": "MNI152 2 mm", "units": "z (group map)"})
-    png = plot_map(img, out / "responses_map.png", title=f"{REAL_MODEL} group map - {images[0].name}",
-                   units="z (group map)", on_template=True)
-    say(f"[3/4] wrote {h5.name}, {nii.name}, {sidecar.name}, {png.name} in {out}")
+    say(f"      group maps: {maps.shape} {maps.dtype} -> NIfTI {group.to_nifti(maps).shape} (MNI152 2 mm)")
+    written = write_outputs(out, maps, group, images, units="z (group map)", title=f"{REAL_MODEL} group map",
+                            on_template=True)
+    say(f"[3/4] wrote {', '.join(p.name for p in written)} in {out}")
     assert np.isfinite(maps).all()
     say("[4/4] done. Open the map with any NIfTI viewer, or nilearn.plotting.view_img(...) in Jupyter.")
 
@@ -173,14 +137,11 @@ def run_synthetic(images: list[Path], out: Path, reason: str) -> None:
         model = client.get_encoding_model(built.model_id, subject=1, backbone_weights="untrained", device="cpu")
         say(f"[2/4] encoding {len(images)} images: {', '.join(p.name for p in images)}")
         responses = client.encode(model, images, show_progress=False)
-        img = model.to_nifti(responses)
-        say(f"      responses: {responses.shape} {responses.dtype} -> NIfTI {img.shape} (made-up 3 mm grid)")
-        units = "SYNTHETIC arbitrary units"
-        h5, nii, sidecar = write_outputs(out, responses, model, img, [p.name for p in images],
-                                         {"model": built.model_id, "synthetic": True, "units": units})
-        png = plot_map(img, out / "responses_map.png", units=units, on_template=False,
-                       title=f"SYNTHETIC model, made-up grid (no anatomy) - {images[0].name}")
-        say(f"[3/4] wrote {h5.name}, {nii.name}, {sidecar.name}, {png.name} in {out}")
+        say(f"      responses: {responses.shape} {responses.dtype} -> NIfTI {model.to_nifti(responses).shape}"
+            " (made-up 3 mm grid)")
+        written = write_outputs(out, responses, model, images, units="SYNTHETIC arbitrary units",
+                                title="SYNTHETIC model, made-up grid (no anatomy)", on_template=False)
+        say(f"[3/4] wrote {', '.join(p.name for p in written)} in {out}")
         assert np.isfinite(responses).all()
     say("[4/4] demo finished. Remember: synthetic model, synthetic numbers.")
 

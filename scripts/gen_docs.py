@@ -206,7 +206,11 @@ def render() -> dict[Path, str]:
     problems = []
     for model_id in sorted(registry.get("models") or {}):
         entry = registry["models"][model_id]
-        card = read_card_file(REPO / "model_cards" / entry["card"])
+        path = REPO / "model_cards" / entry["card"]
+        if not path.is_file():
+            problems.append(f"{entry['card']}: no such card for registry entry {model_id!r}")
+            continue
+        card = read_card_file(path)
         errors = card.validate()
         if card.get("id") != model_id:
             errors.append(f"card id {card.get('id')!r} differs from registry id {model_id!r}")
