@@ -135,8 +135,15 @@ def _row_noise(seed: int, subject_index: int, row: int, shape: tuple[int, int]) 
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-def add_noise(clean: np.ndarray, noise_sd: np.ndarray | None, n_repeats: int, *, seed: int = 0,
-              subject_index: int = 0, first_row: int = 0) -> np.ndarray:
+def add_noise(
+    clean: np.ndarray,
+    noise_sd: np.ndarray | None,
+    n_repeats: int,
+    *,
+    seed: int = 0,
+    subject_index: int = 0,
+    first_row: int = 0,
+) -> np.ndarray:
     """Noisy repetitions of clean responses.
 
     Parameters
@@ -286,19 +293,32 @@ def _model_rois(model: Any, subject: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _resolve_ncsnr(noise: str, model: Any, subject: Any, n_outputs: int, n_repeats: int, *,
-                   ncsnr: Any, noise_ceiling: Any, ceiling_repeats: int | None) -> np.ndarray | None:
+def _resolve_ncsnr(
+    noise: str,
+    model: Any,
+    subject: Any,
+    n_outputs: int,
+    n_repeats: int,
+    *,
+    ncsnr: Any,
+    noise_ceiling: Any,
+    ceiling_repeats: int | None,
+) -> np.ndarray | None:
     if noise == "none":
         return None
     if noise == "ncsnr":
         value = ncsnr[subject] if isinstance(ncsnr, Mapping) else ncsnr
         if value is None:
-            raise InvalidParameterError("noise='ncsnr' needs ncsnr= (a number, an array per output, or {subject: array})")
+            raise InvalidParameterError(
+                "noise='ncsnr' needs ncsnr= (a number, an array per output, or {subject: array})"
+            )
         out = np.asarray(value, dtype=np.float64)
     elif noise == "noise_ceiling":
         value = noise_ceiling[subject] if isinstance(noise_ceiling, Mapping) else noise_ceiling
         if value is None:
-            raise InvalidParameterError("noise='noise_ceiling' needs noise_ceiling= (fractions, per output or one number)")
+            raise InvalidParameterError(
+                "noise='noise_ceiling' needs noise_ceiling= (fractions, per output or one number)"
+            )
         out = ncsnr_from_noise_ceiling(value, int(ceiling_repeats or n_repeats))
     else:
         out = ncsnr_from_metadata(_metadata(model, subject))
@@ -307,7 +327,9 @@ def _resolve_ncsnr(noise: str, model: Any, subject: Any, n_outputs: int, n_repea
             out = out[rows]
     out = np.broadcast_to(out, (n_outputs,)).astype(np.float64) if out.ndim == 0 else out
     if out.shape != (n_outputs,):
-        raise InvalidParameterError(f"subject {subject}: NCSNR has shape {out.shape}, the model has {n_outputs} outputs")
+        raise InvalidParameterError(
+            f"subject {subject}: NCSNR has shape {out.shape}, the model has {n_outputs} outputs"
+        )
     if np.any(out < 0) or not np.all(np.isfinite(out)):
         raise InvalidParameterError(f"subject {subject}: NCSNR values must be finite and >= 0")
     return out
@@ -336,18 +358,26 @@ class _NoisyRows:
         if not isinstance(key, slice) or key.step not in (None, 1):
             raise TypeError("rows are read as contiguous slices")
         start, stop, _ = key.indices(self.shape[0])
-        return add_noise(np.asarray(self.clean[start:stop]), self.noise_sd, self.n_repeats, seed=self.seed,
-                         subject_index=self.subject_index, first_row=start)
+        return add_noise(
+            np.asarray(self.clean[start:stop]),
+            self.noise_sd,
+            self.n_repeats,
+            seed=self.seed,
+            subject_index=self.subject_index,
+            first_row=start,
+        )
 
 
-def _validate(n: int, ids: Sequence[str] | None, categories: Any, split: Any, n_repeats: int,
-              noise: str) -> tuple[list[str], np.ndarray | None, np.ndarray]:
+def _validate(
+    n: int, ids: Sequence[str] | None, categories: Any, split: Any, n_repeats: int, noise: str
+) -> tuple[list[str], np.ndarray | None, np.ndarray]:
     if noise not in NOISE_KINDS:
         from berg.errors import close_matches
 
         hint = close_matches(str(noise), NOISE_KINDS)
-        raise InvalidParameterError(f"noise={noise!r} unknown; valid: {list(NOISE_KINDS)}"
-                                    + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise InvalidParameterError(
+            f"noise={noise!r} unknown; valid: {list(NOISE_KINDS)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
     if int(n_repeats) < 1:
         raise InvalidParameterError(f"n_repeats must be >= 1, got {n_repeats}")
     ids = [f"synthetic-{i:06d}" for i in range(n)] if ids is None else [str(i) for i in ids]
@@ -429,9 +459,14 @@ def generate(
     subjects = _model_subjects(model, subjects)
     if chunk_size < 1:
         raise InvalidParameterError(f"chunk_size must be >= 1, got {chunk_size}")
-    info = {"model_id": getattr(model, "model_id", type(model).__name__), "noise": noise, "seed": int(seed),
-            "n_repeats": int(n_repeats), "n_stimuli": n,
-            "ceiling_repeats": int(ceiling_repeats) if ceiling_repeats else None}
+    info = {
+        "model_id": getattr(model, "model_id", type(model).__name__),
+        "noise": noise,
+        "seed": int(seed),
+        "n_repeats": int(n_repeats),
+        "n_stimuli": n,
+        "ceiling_repeats": int(ceiling_repeats) if ceiling_repeats else None,
+    }
     prov = getattr(model, "provenance", None)
     if callable(prov):
         try:
@@ -439,12 +474,38 @@ def generate(
         except Exception as exc:  # provenance is a record; never fail generation over it
             log.warning("model provenance unavailable: %s", exc)
     if path is None:
-        return _generate_memory(model, stimuli, subjects, ids, cats, split, info, ncsnr=ncsnr,
-                                noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats,
-                                signal_var=signal_var, chunk_size=chunk_size, show_progress=show_progress)
-    return _generate_file(model, stimuli, Path(path), subjects, ids, cats, split, info, name=name, ncsnr=ncsnr,
-                          noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats, signal_var=signal_var,
-                          chunk_size=chunk_size, show_progress=show_progress)
+        return _generate_memory(
+            model,
+            stimuli,
+            subjects,
+            ids,
+            cats,
+            split,
+            info,
+            ncsnr=ncsnr,
+            noise_ceiling=noise_ceiling,
+            ceiling_repeats=ceiling_repeats,
+            signal_var=signal_var,
+            chunk_size=chunk_size,
+            show_progress=show_progress,
+        )
+    return _generate_file(
+        model,
+        stimuli,
+        Path(path),
+        subjects,
+        ids,
+        cats,
+        split,
+        info,
+        name=name,
+        ncsnr=ncsnr,
+        noise_ceiling=noise_ceiling,
+        ceiling_repeats=ceiling_repeats,
+        signal_var=signal_var,
+        chunk_size=chunk_size,
+        show_progress=show_progress,
+    )
 
 
 def _chunks(n: int, size: int, show_progress: bool, desc: str):
@@ -461,8 +522,16 @@ def _finish(model, subjects, clean_var, info, *, ncsnr, noise_ceiling, ceiling_r
     out_ncsnr, out_sd, out_var, rois = {}, {}, {}, {}
     for s in subjects:
         var = np.asarray(signal_var[s], dtype=np.float64) if signal_var is not None else clean_var[s]
-        snr = _resolve_ncsnr(info["noise"], model, s, n_outputs[s], info["n_repeats"], ncsnr=ncsnr,
-                             noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats)
+        snr = _resolve_ncsnr(
+            info["noise"],
+            model,
+            s,
+            n_outputs[s],
+            info["n_repeats"],
+            ncsnr=ncsnr,
+            noise_ceiling=noise_ceiling,
+            ceiling_repeats=ceiling_repeats,
+        )
         out_var[s] = var
         if snr is not None:
             out_ncsnr[s], out_sd[s] = snr, _noise_sd(snr, var)
@@ -470,25 +539,67 @@ def _finish(model, subjects, clean_var, info, *, ncsnr, noise_ceiling, ceiling_r
     return out_ncsnr, out_sd, out_var, rois
 
 
-def _generate_memory(model, stimuli, subjects, ids, cats, split, info, *, ncsnr, noise_ceiling, ceiling_repeats,
-                     signal_var, chunk_size, show_progress) -> SyntheticDataset:
+def _generate_memory(
+    model,
+    stimuli,
+    subjects,
+    ids,
+    cats,
+    split,
+    info,
+    *,
+    ncsnr,
+    noise_ceiling,
+    ceiling_repeats,
+    signal_var,
+    chunk_size,
+    show_progress,
+) -> SyntheticDataset:
     parts: dict[Any, list[np.ndarray]] = {s: [] for s in subjects}
     for a, b in _chunks(len(stimuli), chunk_size, show_progress, "synthetic"):
         out = _encode(model, stimuli[a:b])
         for s in subjects:
             parts[s].append(out[s])
     clean = {s: np.concatenate(p) for s, p in parts.items()}
-    var = {s: c.astype(np.float64).var(axis=0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1]) for s, c in clean.items()}
-    snr, sd, var, rois = _finish(model, subjects, var, info, ncsnr=ncsnr, noise_ceiling=noise_ceiling,
-                                 ceiling_repeats=ceiling_repeats, signal_var=signal_var,
-                                 n_outputs={s: c.shape[1] for s, c in clean.items()})
-    responses = {s: add_noise(clean[s], sd.get(s), info["n_repeats"], seed=info["seed"], subject_index=j)
-                 for j, s in enumerate(subjects)}
+    var = {
+        s: c.astype(np.float64).var(axis=0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1]) for s, c in clean.items()
+    }
+    snr, sd, var, rois = _finish(
+        model,
+        subjects,
+        var,
+        info,
+        ncsnr=ncsnr,
+        noise_ceiling=noise_ceiling,
+        ceiling_repeats=ceiling_repeats,
+        signal_var=signal_var,
+        n_outputs={s: c.shape[1] for s, c in clean.items()},
+    )
+    responses = {
+        s: add_noise(clean[s], sd.get(s), info["n_repeats"], seed=info["seed"], subject_index=j)
+        for j, s in enumerate(subjects)
+    }
     return SyntheticDataset(ids, cats, split, responses, clean, snr, sd, var, rois, None, info)
 
 
-def _generate_file(model, stimuli, path, subjects, ids, cats, split, info, *, name, ncsnr, noise_ceiling,
-                   ceiling_repeats, signal_var, chunk_size, show_progress) -> SyntheticDataset:
+def _generate_file(
+    model,
+    stimuli,
+    path,
+    subjects,
+    ids,
+    cats,
+    split,
+    info,
+    *,
+    name,
+    ncsnr,
+    noise_ceiling,
+    ceiling_repeats,
+    signal_var,
+    chunk_size,
+    show_progress,
+) -> SyntheticDataset:
     import h5py
 
     from berg.fsutil import atomic_path, temporary_name
@@ -508,19 +619,33 @@ def _generate_file(model, stimuli, path, subjects, ids, cats, split, info, *, na
                     y = out[s]
                     label = subject_label(s)
                     if label not in f:
-                        f.create_dataset(label, shape=(n, y.shape[1]), dtype=np.float32,
-                                         chunks=(min(n, 64), min(y.shape[1], 1 << 14)))
+                        f.create_dataset(
+                            label,
+                            shape=(n, y.shape[1]),
+                            dtype=np.float32,
+                            chunks=(min(n, 64), min(y.shape[1], 1 << 14)),
+                        )
                         moments[s] = _Moments(y.shape[1])
                     f[label][a:b] = y
                     moments[s].update(y)
         with h5py.File(scratch, "r") as f:
             clean = {s: f[subject_label(s)] for s in subjects}
-            snr, sd, var, rois = _finish(model, subjects, {s: m.var() for s, m in moments.items()}, info,
-                                         ncsnr=ncsnr, noise_ceiling=noise_ceiling, ceiling_repeats=ceiling_repeats,
-                                         signal_var=signal_var, n_outputs={s: c.shape[1] for s, c in clean.items()})
+            snr, sd, var, rois = _finish(
+                model,
+                subjects,
+                {s: m.var() for s, m in moments.items()},
+                info,
+                ncsnr=ncsnr,
+                noise_ceiling=noise_ceiling,
+                ceiling_repeats=ceiling_repeats,
+                signal_var=signal_var,
+                n_outputs={s: c.shape[1] for s, c in clean.items()},
+            )
             # Pass 2: berg's own writer streams the noisy rows (clean + per-row noise) into the file.
-            data = {s: SubjectData(_NoisyRows(clean[s], sd.get(s), info["n_repeats"], info["seed"], j), None, rois[s])
-                    for j, s in enumerate(subjects)}
+            data = {
+                s: SubjectData(_NoisyRows(clean[s], sd.get(s), info["n_repeats"], info["seed"], j), None, rois[s])
+                for j, s in enumerate(subjects)
+            }
             stim = stimuli if isinstance(stimuli, np.ndarray) else [str(p) for p in stimuli]
             ds = EncodingDataset(name=name, kind="image", stimuli=stim, ids=ids, split=split, subjects=data)
             with atomic_path(path, ".h5") as tmp:
@@ -542,8 +667,9 @@ def _generate_file(model, stimuli, path, subjects, ids, cats, split, info, *, na
         except OSError:
             pass
     lazy = read_dataset(path, checksum=False)
-    return SyntheticDataset(ids, cats, split, {s: lazy.subjects[s].responses for s in subjects}, {}, snr, sd, var,
-                            rois, path, info)
+    return SyntheticDataset(
+        ids, cats, split, {s: lazy.subjects[s].responses for s in subjects}, {}, snr, sd, var, rois, path, info
+    )
 
 
 # --------------------------------------------------------------------------------- labelled reads
@@ -577,7 +703,9 @@ class LabelledDataset:
     def responses(self, subject: Any, *, rows: Any = None) -> np.ndarray:
         """``(n, n_repeats, n_outputs)`` float32 responses of a subject (all rows or ``rows``)."""
         if subject not in self.dataset.subjects:
-            raise InvalidParameterError(f"subject {subject!r} not in the dataset; subjects: {list(self.dataset.subjects)}")
+            raise InvalidParameterError(
+                f"subject {subject!r} not in the dataset; subjects: {list(self.dataset.subjects)}"
+            )
         r = self.dataset.subjects[subject].responses
         return np.asarray(r[:] if rows is None else r[np.asarray(rows)])
 
@@ -625,8 +753,9 @@ def read_labelled(path: str | os.PathLike[str]) -> LabelledDataset:
 # ------------------------------------------------------------------------------ ground truth (tests)
 
 
-def category_images(n_categories: int, n_per_category: int, *, size: int = 64, prototype_weight: float = 0.6,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def category_images(
+    n_categories: int, n_per_category: int, *, size: int = 64, prototype_weight: float = 0.6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Images with a planted category structure (for tests and demos; not natural images).
 
     Each category has a prototype (smooth random colour field); an exemplar is
@@ -644,6 +773,7 @@ def category_images(n_categories: int, n_per_category: int, *, size: int = 64, p
 
     if not 0.0 <= prototype_weight <= 1.0:
         raise InvalidParameterError(f"prototype_weight must be in [0, 1], got {prototype_weight}")
+
     def field_(rng: np.random.Generator) -> np.ndarray:
         x = gaussian_filter(rng.standard_normal((size, size, 3)), sigma=(size / 10, size / 10, 0))
         return (x - x.mean()) / (x.std() + 1e-12)
@@ -681,8 +811,16 @@ class LinearBrain:
     rois: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_features(cls, features: np.ndarray, n_outputs: int, *, ncsnr: Any = 1.0, n_components: int = 10,
-                      rois: Mapping[str, np.ndarray] | None = None, seed: int = 0) -> "LinearBrain":
+    def from_features(
+        cls,
+        features: np.ndarray,
+        n_outputs: int,
+        *,
+        ncsnr: Any = 1.0,
+        n_components: int = 10,
+        rois: Mapping[str, np.ndarray] | None = None,
+        seed: int = 0,
+    ) -> LinearBrain:
         """A random map from the top ``n_components`` principal directions of ``features``.
 
         Parameters
@@ -724,4 +862,3 @@ class LinearBrain:
         from berg.metrics import noise_ceiling
 
         return noise_ceiling(self.ncsnr, n)
-

@@ -23,23 +23,37 @@ SUBJECTS = (1, 2)
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from creation_code.bold5000_alexnet.synthetic_release import write_registry, write_synthetic_release
-
     from berg.api import BERG
     from berg.recipes import build_model
+    from creation_code.bold5000_alexnet.synthetic_release import write_registry, write_synthetic_release
 
     root = tmp_path_factory.mktemp("b5k")
     truth = write_synthetic_release(root / "data", subjects=SUBJECTS, ncsnr=1.0, seed=0)
     cache = root / "cache"
-    registry = write_registry(root, MODEL_ID, subjects=SUBJECTS, image_size=64,
-                              n_outputs={s: truth.signal[s].shape[1] for s in SUBJECTS})
+    registry = write_registry(
+        root, MODEL_ID, subjects=SUBJECTS, image_size=64, n_outputs={s: truth.signal[s].shape[1] for s in SUBJECTS}
+    )
     # `berg build` (berg.recipes.build_model): the registry's creator, options checked against its defaults
-    out = build_model(MODEL_ID, root / "data", client=BERG(cache_dir=cache, registry=registry),
-                      options={"backbone_weights": "untrained", "image_size": 64, "n_components": 20,
-                               "subjects": list(SUBJECTS), "model_id": MODEL_ID})
+    out = build_model(
+        MODEL_ID,
+        root / "data",
+        client=BERG(cache_dir=cache, registry=registry),
+        options={
+            "backbone_weights": "untrained",
+            "image_size": 64,
+            "n_components": 20,
+            "subjects": list(SUBJECTS),
+            "model_id": MODEL_ID,
+        },
+    )
     assert (out / "manifest.json").is_file() and out == cache / MODEL_ID
-    return {"root": root, "truth": truth, "cache": cache, "registry": registry,
-            "summary": json.loads((out.parent / f".{out.name}.build" / "summary.json").read_text())}
+    return {
+        "root": root,
+        "truth": truth,
+        "cache": cache,
+        "registry": registry,
+        "summary": json.loads((out.parent / f".{out.name}.build" / "summary.json").read_text()),
+    }
 
 
 def _client(b):
@@ -83,8 +97,11 @@ def test_build_recovers_planted_layers(built):
     order = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     exact = sum(best[str(s)][roi] == layer for s in SUBJECTS for roi, layer in planted.items())
     assert exact >= 16, best
-    assert all(abs(order.index(best[str(s)][roi]) - order.index(layer)) <= 1
-               for s in SUBJECTS for roi, layer in planted.items())
+    assert all(
+        abs(order.index(best[str(s)][roi]) - order.index(layer)) <= 1
+        for s in SUBJECTS
+        for roi, layer in planted.items()
+    )
     # held-out accuracy per layer x ROI is recorded (16 test images: too few to rank layers reliably)
     assert set(built["summary"]["test_r"]["1"]) == set(order)
 
@@ -125,8 +142,9 @@ def test_encode_predicts_the_true_signal_and_variants_agree_with_the_artifact(bu
     roi = meta["rois"]["LHLOC"]
     np.testing.assert_allclose(pred[:, roi], one.encode(paths, show_progress=False)[:, roi], rtol=1e-4, atol=1e-4)
     # selections are pushed into the heads: an ROI selection equals slicing the full output
-    sel = client.get_encoding_model(MODEL_ID, subject=1, device="cpu", backbone_weights="untrained",
-                                    selection={"roi": "LHLOC"})
+    sel = client.get_encoding_model(
+        MODEL_ID, subject=1, device="cpu", backbone_weights="untrained", selection={"roi": "LHLOC"}
+    )
     np.testing.assert_allclose(sel.encode(paths, show_progress=False), pred[:, roi], rtol=1e-5, atol=1e-5)
 
 
@@ -144,16 +162,27 @@ def test_the_paper_study_in_a_few_lines(built):
     test = ds.indices("test")
     real_test = np.asarray(ds.subjects[1].responses[test])
     paths = [ds.stimuli[i] for i in test]
-    res = reliability(model.encode(paths, show_progress=False), real_test, rois=model.get_metadata()["rois"], n_boot=200)
-    c = np.median(metrics.pearson_r(model.encode(paths, show_progress=False), t.signal[1][[t.ids.index(ds.ids[i]) for i in test]]))
+    res = reliability(
+        model.encode(paths, show_progress=False), real_test, rois=model.get_metadata()["rois"], n_boot=200
+    )
+    c = np.median(
+        metrics.pearson_r(model.encode(paths, show_progress=False), t.signal[1][[t.ids.index(ds.ids[i]) for i in test]])
+    )
     theory = expected_reliability(c, t.ncsnr)
     assert bool(theory["synthetic_better"]) and res.ci_difference["all"][0] > 0
 
     # synthetic training data for every training image, noise matched to the real data's NCSNR (metadata)
     train = ds.indices("train")
     cats = np.array([i.split("_")[0] for i in ds.ids])
-    syn = generate(model, [ds.stimuli[i] for i in train], n_repeats=1, noise="metadata", categories=cats[train],
-                   ids=[ds.ids[i] for i in train], seed=0)
+    syn = generate(
+        model,
+        [ds.stimuli[i] for i in train],
+        n_repeats=1,
+        noise="metadata",
+        categories=cats[train],
+        ids=[ds.ids[i] for i in train],
+        seed=0,
+    )
     assert np.mean(syn.ncsnr[1] > 0) > 0.9  # NCSNR measured on 16 test images: a few voxels come out 0
     out = classify(syn.responses[1], cats[train], real_test, cats[test], n_permutations=300)
     assert out.accuracy > 2 * out.chance and out.p_value < 0.01

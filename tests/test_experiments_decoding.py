@@ -27,8 +27,14 @@ N_CAT, N_REAL, N_SYN = 30, 8, 16
 RECIPE = {
     "backbone": {"builder": "torchvision.models.alexnet", "weights": "AlexNet_Weights.IMAGENET1K_V1"},
     "nodes": ["features.12"],
-    "transform": {"kind": "image", "size": [64, 64], "resize": "squash", "crop": None,
-                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "transform": {
+        "kind": "image",
+        "size": [64, 64],
+        "resize": "squash",
+        "crop": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
 }
 
 
@@ -60,8 +66,18 @@ def world():
     _, _, vt = np.linalg.svd(z[real_rows], full_matrices=False)
     pcs = z @ vt[:16].T
     emb = {c: pcs[cats == c].mean(0) for c in np.unique(cats)}
-    return dict(real=real, real_cats=rc, train=train, test=test, synthetic=synthetic, syn_cats=cats[syn_rows],
-                emb=emb, brain=brain, feats=feats, real_rows=real_rows)
+    return dict(
+        real=real,
+        real_cats=rc,
+        train=train,
+        test=test,
+        synthetic=synthetic,
+        syn_cats=cats[syn_rows],
+        emb=emb,
+        brain=brain,
+        feats=feats,
+        real_rows=real_rows,
+    )
 
 
 def test_splits():
@@ -99,8 +115,10 @@ def test_shuffled_labels_give_chance_and_non_significant_p(world):
     w = world
     test_x, test_y = w["real"][w["test"]], w["real_cats"][w["test"]]
     rng = np.random.default_rng(0)
-    results = [classify(w["synthetic"], rng.permutation(w["syn_cats"]), test_x, test_y, n_permutations=200, seed=s)
-               for s in range(8)]
+    results = [
+        classify(w["synthetic"], rng.permutation(w["syn_cats"]), test_x, test_y, n_permutations=200, seed=s)
+        for s in range(8)
+    ]
     accs = np.array([r.accuracy for r in results])
     assert abs(accs.mean() - 1 / N_CAT) < 0.04
     assert sum(r.p_value < 0.05 for r in results) <= 1
@@ -124,8 +142,15 @@ def test_unseen_categories_identified_above_chance(world):
     assert res.accuracy > 0.6 and res.p_value < 0.01
     top1 = identify(allx[train], ally[train], allx[test], ally[test], w["emb"], n_permutations=300)
     assert top1.n_way == len(held) and top1.accuracy > 2 / len(held) and top1.p_value < 0.01
-    shuffled = identify(allx[train], np.random.default_rng(1).permutation(ally[train]), allx[test], ally[test],
-                        w["emb"], n_way=2, n_permutations=300)
+    shuffled = identify(
+        allx[train],
+        np.random.default_rng(1).permutation(ally[train]),
+        allx[test],
+        ally[test],
+        w["emb"],
+        n_way=2,
+        n_permutations=300,
+    )
     assert abs(shuffled.accuracy - 0.5) < 0.12
     with pytest.raises(InvalidParameterError, match="embeddings lack"):
         identify(allx[train], ally[train], allx[test], ally[test], {"cat01": np.ones(16)})
@@ -137,8 +162,17 @@ def test_unseen_categories_identified_above_chance(world):
 def test_learning_curve_grows_with_synthetic_data(world):
     w = world
     test_x, test_y = w["real"][w["test"]], w["real_cats"][w["test"]]
-    curve = learning_curve(w["synthetic"], w["syn_cats"], test_x, test_y, sizes=[30, 90, 480], n_draws=3,
-                           real_x=w["real"][w["train"]], real_y=w["real_cats"][w["train"]], n_permutations=200)
+    curve = learning_curve(
+        w["synthetic"],
+        w["syn_cats"],
+        test_x,
+        test_y,
+        sizes=[30, 90, 480],
+        n_draws=3,
+        real_x=w["real"][w["train"]],
+        real_y=w["real_cats"][w["train"]],
+        n_permutations=200,
+    )
     assert list(curve.sizes) == [30, 90, 480] and curve.chance == pytest.approx(1 / N_CAT)
     assert curve.accuracy[-1] > curve.accuracy[0] + 0.05
     assert curve.p_value[-1] < 0.01

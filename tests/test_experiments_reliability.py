@@ -30,8 +30,9 @@ def test_point_estimates_equal_direct_pearson():
     assert res.r_synthetic["all"] == pytest.approx(syn.mean())
 
 
-@pytest.mark.parametrize("ncsnr, model_r, synthetic_wins", [(0.5, 0.8, True), (3.0, 0.8, False), (1.0, 0.95, True),
-                                                             (1.5, 0.6, False)])
+@pytest.mark.parametrize(
+    "ncsnr, model_r, synthetic_wins", [(0.5, 0.8, True), (3.0, 0.8, False), (1.0, 0.95, True), (1.5, 0.6, False)]
+)
 def test_synthetic_beats_real_exactly_when_theory_says(ncsnr, model_r, synthetic_wins):
     theory = expected_reliability(model_r, ncsnr)
     assert bool(theory["synthetic_better"]) is synthetic_wins

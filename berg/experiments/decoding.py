@@ -116,7 +116,9 @@ def permutation_p_value(observed: float, null: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ splits
 
 
-def split_images(categories: Sequence[Any], *, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_images(
+    categories: Sequence[Any], *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Hold out images, stratified by category (each category keeps >= 1 image on each side).
 
     Returns
@@ -138,8 +140,14 @@ def split_images(categories: Sequence[Any], *, test_fraction: float = 0.2, seed:
     return np.setdiff1d(np.arange(len(cats)), test_idx), test_idx
 
 
-def split_categories(categories: Sequence[Any], *, n_test_categories: int | None = None, test_fraction: float = 0.2,
-                     test_categories: Sequence[Any] | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_categories(
+    categories: Sequence[Any],
+    *,
+    n_test_categories: int | None = None,
+    test_fraction: float = 0.2,
+    test_categories: Sequence[Any] | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Hold out whole categories: no test category has a training image.
 
     Parameters
@@ -163,7 +171,9 @@ def split_categories(categories: Sequence[Any], *, n_test_categories: int | None
     else:
         k = n_test_categories if n_test_categories is not None else max(2, int(round(test_fraction * unique.size)))
         if not 1 <= k < unique.size:
-            raise InvalidParameterError(f"cannot hold out {k} of {unique.size} categories (need 1 <= k < {unique.size})")
+            raise InvalidParameterError(
+                f"cannot hold out {k} of {unique.size} categories (need 1 <= k < {unique.size})"
+            )
         held = np.random.default_rng(seed).choice(unique, size=k, replace=False)
     test = np.isin(cats, held)
     return np.flatnonzero(~test), np.flatnonzero(test)
@@ -178,7 +188,9 @@ def _as_2d(x: Any, name: str) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             x = np.nanmean(x, axis=1)
     if x.ndim != 2:
-        raise InvalidParameterError(f"{name} must be (n_stimuli, n_outputs) or (n_stimuli, n_repeats, n_outputs), got {x.shape}")
+        raise InvalidParameterError(
+            f"{name} must be (n_stimuli, n_outputs) or (n_stimuli, n_repeats, n_outputs), got {x.shape}"
+        )
     if not np.all(np.isfinite(x)):
         raise InvalidParameterError(f"{name} has NaN or infinite values (a stimulus without any repeat?)")
     return x
@@ -192,14 +204,18 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
     if value not in valid:
         hint = close_matches(str(value), valid)
-        raise InvalidParameterError(f"{name}={value!r} unknown; valid: {list(valid)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        raise InvalidParameterError(
+            f"{name}={value!r} unknown; valid: {list(valid)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
 
 
 def _prepare(train_x, test_x, standardize: str) -> tuple[np.ndarray, np.ndarray]:
     _check_choice("standardize", standardize, STANDARDIZE)
     a, b = _as_2d(train_x, "train_x"), _as_2d(test_x, "test_x")
     if a.shape[1] != b.shape[1]:
-        raise InvalidParameterError(f"train_x has {a.shape[1]} outputs and test_x {b.shape[1]}; they must be the same outputs")
+        raise InvalidParameterError(
+            f"train_x has {a.shape[1]} outputs and test_x {b.shape[1]}; they must be the same outputs"
+        )
     if standardize == "each":
         return _zscore(a), _zscore(b)
     if standardize == "train":
@@ -237,9 +253,20 @@ def _perms(n_permutations: int, n: int, seed: int) -> list[np.ndarray]:
 # --------------------------------------------------------------------------------- classification
 
 
-def classify(train_x: Any, train_y: Sequence[Any], test_x: Any, test_y: Sequence[Any], *, classifier: str = "logistic",
-             C: float = 1.0, standardize: str = "each", n_permutations: int = 1000, permute: str = "test",
-             seed: int = 0, max_iter: int = 2000) -> DecodingResult:
+def classify(
+    train_x: Any,
+    train_y: Sequence[Any],
+    test_x: Any,
+    test_y: Sequence[Any],
+    *,
+    classifier: str = "logistic",
+    C: float = 1.0,
+    standardize: str = "each",
+    n_permutations: int = 1000,
+    permute: str = "test",
+    seed: int = 0,
+    max_iter: int = 2000,
+) -> DecodingResult:
     """Train a linear classifier and score it on held-out responses.
 
     Parameters
@@ -271,8 +298,10 @@ def classify(train_x: Any, train_y: Sequence[Any], test_x: Any, test_y: Sequence
         raise InvalidParameterError("the training labels have a single class; need >= 2")
     unseen = sorted(set(yb.tolist()) - set(classes.tolist()))
     if unseen:
-        raise InvalidParameterError(f"test labels {unseen[:5]} never occur in training; hold out images, not "
-                                    "categories, for classification, or use identify() with an embedding table")
+        raise InvalidParameterError(
+            f"test labels {unseen[:5]} never occur in training; hold out images, not "
+            "categories, for classification, or use identify() with an embedding table"
+        )
     clf = _classifier(classifier, C, max_iter, seed).fit(a, ya)
     pred = clf.predict(b)
     acc = float(np.mean(pred == yb))
@@ -280,9 +309,22 @@ def classify(train_x: Any, train_y: Sequence[Any], test_x: Any, test_y: Sequence
     if permute == "test":
         null = np.array([np.mean(pred == yb[p]) for p in perms])
     else:
-        null = np.array([np.mean(_classifier(classifier, C, max_iter, seed).fit(a, ya[p]).predict(b) == yb) for p in perms])
-    return DecodingResult(acc, 1.0 / classes.size, permutation_p_value(acc, null), null, "classification", pred, yb,
-                          classes, None, len(ya), permute)
+        null = np.array(
+            [np.mean(_classifier(classifier, C, max_iter, seed).fit(a, ya[p]).predict(b) == yb) for p in perms]
+        )
+    return DecodingResult(
+        acc,
+        1.0 / classes.size,
+        permutation_p_value(acc, null),
+        null,
+        "classification",
+        pred,
+        yb,
+        classes,
+        None,
+        len(ya),
+        permute,
+    )
 
 
 # --------------------------------------------------------------------------------- identification
@@ -312,9 +354,20 @@ def _n_way_accuracy(ranks_of_true: np.ndarray, n_candidates: int, n_way: int) ->
     return float(np.mean(comb(ranks_of_true, n_way - 1) / comb(n_candidates - 1, n_way - 1)))
 
 
-def identify(train_x: Any, train_y: Sequence[Any], test_x: Any, test_y: Sequence[Any], embeddings: Any, *,
-             candidates: Sequence[Any] | None = None, n_way: int | None = None, alphas: Sequence[float] | None = None,
-             standardize: str = "each", n_permutations: int = 1000, seed: int = 0) -> DecodingResult:
+def identify(
+    train_x: Any,
+    train_y: Sequence[Any],
+    test_x: Any,
+    test_y: Sequence[Any],
+    embeddings: Any,
+    *,
+    candidates: Sequence[Any] | None = None,
+    n_way: int | None = None,
+    alphas: Sequence[float] | None = None,
+    standardize: str = "each",
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> DecodingResult:
     """Semantic-embedding decoder with n-way identification (works for categories never trained on).
 
     A ridge regression (:class:`sklearn.linear_model.RidgeCV`, alpha per embedding dimension chosen
@@ -374,8 +427,19 @@ def identify(train_x: Any, train_y: Sequence[Any], test_x: Any, test_y: Sequence
     rows = np.arange(len(yb))
     acc = _n_way_accuracy(ranks[rows, truth], n_c, n_way)
     null = np.array([_n_way_accuracy(ranks[rows, truth[p]], n_c, n_way) for p in _perms(n_permutations, len(yb), seed)])
-    return DecodingResult(acc, 1.0 / n_way, permutation_p_value(acc, null), null, "identification",
-                          cands[np.argmax(sim, axis=1)], yb, cands, n_way, len(ya), "test")
+    return DecodingResult(
+        acc,
+        1.0 / n_way,
+        permutation_p_value(acc, null),
+        null,
+        "identification",
+        cands[np.argmax(sim, axis=1)],
+        yb,
+        cands,
+        n_way,
+        len(ya),
+        "test",
+    )
 
 
 # --------------------------------------------------------------------------------- learning curves
@@ -413,7 +477,9 @@ class LearningCurve:
         fig, ax = plt.subplots(figsize=(4.5, 3.2)) if ax is None else (ax.figure, ax)
         ax.errorbar(self.sizes, self.accuracy, yerr=self.accuracy_sd, marker="o", label="trained on synthetic")
         if len(self.real_sizes):
-            ax.errorbar(self.real_sizes, self.real_accuracy, yerr=self.real_accuracy_sd, marker="s", label="trained on real")
+            ax.errorbar(
+                self.real_sizes, self.real_accuracy, yerr=self.real_accuracy_sd, marker="s", label="trained on real"
+            )
         ax.axhline(self.chance, color="k", ls="--", lw=0.8, label="chance")
         ax.set_xscale("log")
         ax.set_xlabel("training stimuli")
@@ -452,10 +518,23 @@ def _stratified_subset(y: np.ndarray, size: int, rng: np.random.Generator) -> np
     return np.concatenate([first, rest])
 
 
-def learning_curve(synthetic_x: Any, synthetic_y: Sequence[Any], test_x: Any, test_y: Sequence[Any], *,
-                   sizes: Sequence[int], real_x: Any = None, real_y: Sequence[Any] | None = None, n_draws: int = 3,
-                   classifier: str = "logistic", C: float = 1.0, standardize: str = "each",
-                   n_permutations: int = 1000, seed: int = 0, max_iter: int = 2000) -> LearningCurve:
+def learning_curve(
+    synthetic_x: Any,
+    synthetic_y: Sequence[Any],
+    test_x: Any,
+    test_y: Sequence[Any],
+    *,
+    sizes: Sequence[int],
+    real_x: Any = None,
+    real_y: Sequence[Any] | None = None,
+    n_draws: int = 3,
+    classifier: str = "logistic",
+    C: float = 1.0,
+    standardize: str = "each",
+    n_permutations: int = 1000,
+    seed: int = 0,
+    max_iter: int = 2000,
+) -> LearningCurve:
     """Test accuracy on real responses vs the number of synthetic training stimuli (and of real ones).
 
     Parameters
@@ -482,12 +561,15 @@ def learning_curve(synthetic_x: Any, synthetic_y: Sequence[Any], test_x: Any, te
     ty = _labels(test_y, len(tx), "test_y")
     sizes = np.asarray(sorted({int(s) for s in sizes}), dtype=np.int64)
     if sizes.size == 0 or sizes[-1] > len(sx):
-        raise InvalidParameterError(f"sizes must be non-empty and at most the synthetic pool ({len(sx)}); got {sizes.tolist()}")
+        raise InvalidParameterError(
+            f"sizes must be non-empty and at most the synthetic pool ({len(sx)}); got {sizes.tolist()}"
+        )
     if n_draws < 1:
         raise InvalidParameterError(f"n_draws must be >= 1, got {n_draws}")
     perms = _perms(n_permutations, len(ty), seed)
-    kw = dict(n_draws=n_draws, classifier=classifier, C=C, standardize=standardize, perms=perms, seed=seed,
-              max_iter=max_iter)
+    kw = dict(
+        n_draws=n_draws, classifier=classifier, C=C, standardize=standardize, perms=perms, seed=seed, max_iter=max_iter
+    )
     acc, sd, p = _curve(sx, sy, tx, ty, sizes, **kw)
     empty = np.array([])
     r_sizes, r_acc, r_sd, r_p = np.array([], dtype=np.int64), empty, empty, empty

@@ -66,9 +66,17 @@ class ReliabilityResult:
 
     def table(self) -> list[dict[str, Any]]:
         """One row per ROI (plain numbers, for printing or a DataFrame)."""
-        return [{"roi": r, "r_synthetic": self.r_synthetic[r], "r_real": self.r_real[r],
-                 "difference": self.difference[r], "ci_difference": self.ci_difference[r],
-                 "p_not_better": self.p_not_better[r]} for r in self.rois]
+        return [
+            {
+                "roi": r,
+                "r_synthetic": self.r_synthetic[r],
+                "r_real": self.r_real[r],
+                "difference": self.difference[r],
+                "ci_difference": self.ci_difference[r],
+                "p_not_better": self.p_not_better[r],
+            }
+            for r in self.rois
+        ]
 
 
 def expected_reliability(model_signal_r: Any, ncsnr: Any) -> dict[str, np.ndarray]:
@@ -99,7 +107,9 @@ def _weighted_r(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.divide(cov, den, out=np.zeros_like(cov), where=den > 1e-12)
 
 
-def _pairs(syn: np.ndarray, real: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+def _pairs(
+    syn: np.ndarray, real: np.ndarray
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
     """(synthetic repeat, real repeat) and (real j, real k) pairs of (n, m) arrays."""
     k = real.shape[1]
     sp = [(syn[:, a], real[:, b]) for a in range(syn.shape[1]) for b in range(k)]
@@ -117,8 +127,15 @@ def _mean_r(w: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.nda
     return total / len(pairs)
 
 
-def reliability(synthetic: Any, real: Any, *, rois: Mapping[str, Any] | None = None, n_boot: int = 1000,
-                ci: float = 0.95, seed: int = 0) -> ReliabilityResult:
+def reliability(
+    synthetic: Any,
+    real: Any,
+    *,
+    rois: Mapping[str, Any] | None = None,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> ReliabilityResult:
     """Synthetic-vs-real and real-vs-real correlations per ROI, with bootstrap intervals over stimuli.
 
     Parameters
@@ -152,7 +169,9 @@ def reliability(synthetic: Any, real: Any, *, rois: Mapping[str, Any] | None = N
         )
     n, k, m = real.shape
     if syn.shape[0] != n or syn.shape[2] != m:
-        raise InvalidParameterError(f"synthetic {np.shape(synthetic)} and real {real.shape} differ in stimuli or outputs")
+        raise InvalidParameterError(
+            f"synthetic {np.shape(synthetic)} and real {real.shape} differ in stimuli or outputs"
+        )
     if k < 2:
         raise InvalidParameterError("real responses need at least 2 repeats to measure their reliability")
     if n < 3:
@@ -203,7 +222,10 @@ def reliability(synthetic: Any, real: Any, *, rois: Mapping[str, Any] | None = N
         ci_difference={r: interval(diff, j) for j, r in enumerate(names)},
         p_not_better={r: float(np.mean(diff[1:, j] <= 0)) if n_boot else float("nan") for j, r in enumerate(names)},
         per_output={"synthetic": per_syn, "real": per_real},
-        n_stimuli=n, n_repeats=k, n_boot=int(n_boot), ci=float(ci),
+        n_stimuli=n,
+        n_repeats=k,
+        n_boot=int(n_boot),
+        ci=float(ci),
     )
 
 
@@ -221,7 +243,7 @@ def plot_reliability(result: ReliabilityResult, *, title: str = "", out_path: st
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = (plt.subplots(figsize=(max(4.0, 0.8 * len(result.rois) + 2), 3.2)) if ax is None else (ax.figure, ax))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(result.rois) + 2), 3.2)) if ax is None else (ax.figure, ax)
     x = np.arange(len(result.rois))
     for off, label, vals, cis, color in (
         (-0.2, "synthetic vs real", result.r_synthetic, result.ci_synthetic, "tab:orange"),
@@ -236,7 +258,9 @@ def plot_reliability(result: ReliabilityResult, *, title: str = "", out_path: st
     ax.set_ylabel("mean Pearson r")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(frameon=False, fontsize=8)
-    ax.set_title(title or f"reliability ({result.n_stimuli} stimuli, {result.n_repeats} repeats, {int(result.ci * 100)}% CI)")
+    ax.set_title(
+        title or f"reliability ({result.n_stimuli} stimuli, {result.n_repeats} repeats, {int(result.ci * 100)}% CI)"
+    )
     fig.tight_layout()
     if out_path is not None:
         from berg.fsutil import atomic_path

@@ -75,7 +75,9 @@ class Bold5000AlexNetLayout(NativeLayout):
         keys = [LAYERS_KEY, *self._meta_keys(subject)]
         self.fetch_keys(keys)
         layers = self.layers_used([subject])
-        return keys + [f"projections/{n}.safetensors" for n in layers] + [self._readout_key_of(n, subject) for n in layers]
+        return (
+            keys + [f"projections/{n}.safetensors" for n in layers] + [self._readout_key_of(n, subject) for n in layers]
+        )
 
     def _readout(self, layer: str, subject: Any) -> LinearReadout:
         key = self._readout_key_of(layer, subject)
@@ -114,13 +116,15 @@ class Bold5000AlexNet(LinearEncodingModel):
     layer_widths: dict[str, int] = {}
 
     @classmethod
-    def load(cls, request: LoadRequest) -> "Bold5000AlexNet":
+    def load(cls, request: LoadRequest) -> Bold5000AlexNet:
         """Fetch what the ``layer`` variant needs, build AlexNet with only those nodes, slice selections."""
         from berg.features import FeatureExtractor
 
         layout = request.layout()
         if not isinstance(layout, Bold5000AlexNetLayout):
-            raise ModelLoadError(f"{request.model_id}: layout must be berg.models.bold5000_alexnet:Bold5000AlexNetLayout")
+            raise ModelLoadError(
+                f"{request.model_id}: layout must be berg.models.bold5000_alexnet:Bold5000AlexNetLayout"
+            )
         layout.variant = str(request.options.get("layer", BEST))
         subjects = list(request.subjects)
         layout.fetch_keys(list(dict.fromkeys(k for s in subjects for k in layout.model_keys(s))))
@@ -140,22 +144,38 @@ class Bold5000AlexNet(LinearEncodingModel):
             built_n = int(layout._meta_json(s)["n_outputs"])
             declared_n = request.spec.n_outputs(s)
             if declared_n is not None and declared_n != built_n:
-                log.warning("%s subject %s: the build has %d outputs, the card declares %d (voxel selections "
-                            "are checked against the card)", request.model_id, s, built_n, declared_n)
+                log.warning(
+                    "%s subject %s: the build has %d outputs, the card declares %d (voxel selections "
+                    "are checked against the card)",
+                    request.model_id,
+                    s,
+                    built_n,
+                    declared_n,
+                )
             rows, spaces[s] = layout.output_space(s).narrow(request.selections[s], _LazyRois(layout, s))
             heads[s] = _select_heads(layout.load_heads(s), rows)
             selected_rows[s] = rows
         names = [n for n in used if any(h.projection == n for hs in heads.values() for h in hs)]
         recipe = {**request.spec.recipe, "nodes": [info["nodes"][n] for n in names]}
-        extractor = FeatureExtractor(recipe, backbone_weights=request.backbone_weights, device=request.device,
-                                     seed=request.backbone_seed)
+        extractor = FeatureExtractor(
+            recipe, backbone_weights=request.backbone_weights, device=request.device, seed=request.backbone_seed
+        )
         model = cls.__new__(cls)
         model.layer_order = names
         model.layer_widths = {n: int(info["n_features"][n]) for n in names}
         LinearEncodingModel.__init__(
-            model, request.spec, extractor=extractor, projections=layout.load_projections(names), heads=heads,
-            spaces=spaces, selections=request.selections, layout=layout, batch_size=request.batch_size,
-            multi_subject=request.multi_subject, options=request.options, selected_rows=selected_rows,
+            model,
+            request.spec,
+            extractor=extractor,
+            projections=layout.load_projections(names),
+            heads=heads,
+            spaces=spaces,
+            selections=request.selections,
+            layout=layout,
+            batch_size=request.batch_size,
+            multi_subject=request.multi_subject,
+            options=request.options,
+            selected_rows=selected_rows,
         )
         model.setup()
         return model
@@ -166,16 +186,20 @@ class Bold5000AlexNet(LinearEncodingModel):
         for name in self.layer_order:
             proj = self.projections[name]
             if proj.n_features != self.layer_widths[name]:
-                raise ModelLoadError(f"{self.model_id}: projection {name} reads {proj.n_features} features, "
-                                     f"layers.json says {self.layer_widths[name]}")
+                raise ModelLoadError(
+                    f"{self.model_id}: projection {name} reads {proj.n_features} features, "
+                    f"layers.json says {self.layer_widths[name]}"
+                )
             self._columns[name] = (offset, offset + proj.n_features)
             offset += proj.n_features
         for s, heads in self.heads.items():
             for h in heads:
                 if h.readout.n_inputs != self.projections[h.projection].n_components:
-                    raise ModelLoadError(f"{self.model_id}: subject {s} readout of {h.projection} expects "
-                                         f"{h.readout.n_inputs} inputs, the projection gives "
-                                         f"{self.projections[h.projection].n_components}")
+                    raise ModelLoadError(
+                        f"{self.model_id}: subject {s} readout of {h.projection} expects "
+                        f"{h.readout.n_inputs} inputs, the projection gives "
+                        f"{self.projections[h.projection].n_components}"
+                    )
         self.n_features = offset
 
     def outputs_from_features(self, features) -> list[Any]:
@@ -190,7 +214,7 @@ class Bold5000AlexNet(LinearEncodingModel):
         for g in self._groups:
             y = torch.addmm(g.b_t, projected[g.projection], g.w_t)
             for si, dst, src, n in g.targets:
-                outs[si][:, dst:dst + n] = y[:, src:src + n]
+                outs[si][:, dst : dst + n] = y[:, src : src + n]
         return outs
 
     def get_metadata(self) -> dict[str, Any]:

@@ -72,8 +72,14 @@ def recipe(image_size: int = 224, layers: list[str] | None = None) -> dict[str, 
     return {
         "backbone": {"builder": "torchvision.models.alexnet", "weights": "AlexNet_Weights.IMAGENET1K_V1"},
         "nodes": [LAYERS[name] for name in layers],
-        "transform": {"kind": "image", "size": [round(image_size * 256 / 224)] * 2, "resize": "shorter",
-                      "crop": [image_size, image_size], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "transform": {
+            "kind": "image",
+            "size": [round(image_size * 256 / 224)] * 2,
+            "resize": "shorter",
+            "crop": [image_size, image_size],
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
         "projection": "scaler_pca",
         "readout": "linear",
         "output_space": "flat",
@@ -86,7 +92,9 @@ def _options(options: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         hints = {u: close_matches(u, DEFAULTS) for u in unknown}
         hint = "; ".join(f"{u!r}: did you mean {h[0]!r}?" for u, h in hints.items() if h)
-        raise InvalidParameterError(f"unknown build options {unknown}; valid: {sorted(DEFAULTS)}" + (f" ({hint})" if hint else ""))
+        raise InvalidParameterError(
+            f"unknown build options {unknown}; valid: {sorted(DEFAULTS)}" + (f" ({hint})" if hint else "")
+        )
     out = {**DEFAULTS, **options}
     bad = [name for name in out["layers"] if name not in LAYERS]
     if bad or not out["layers"]:
@@ -97,7 +105,9 @@ def _options(options: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def build(data_dir: Path, out_dir: Path, *, options: dict[str, Any] | None = None, work_dir: Path | None = None) -> None:
+def build(
+    data_dir: Path, out_dir: Path, *, options: dict[str, Any] | None = None, work_dir: Path | None = None
+) -> None:
     """The registry's creator: BOLD5000 release in ``data_dir`` -> berg-native artifact in ``out_dir``.
 
     Parameters
@@ -118,7 +128,9 @@ def build(data_dir: Path, out_dir: Path, *, options: dict[str, Any] | None = Non
     if work_dir is not None and not opts["work_dir"]:
         opts["work_dir"] = str(work_dir)
     ds = bold5000_release_dataset(data_dir, opts["subjects"], tr=opts["tr"])
-    build_from_dataset(ds, Path(out_dir), options=opts, data_description=f"BOLD5000 release 1 ({opts['tr']}) in {data_dir}")
+    build_from_dataset(
+        ds, Path(out_dir), options=opts, data_description=f"BOLD5000 release 1 ({opts['tr']}) in {data_dir}"
+    )
 
 
 class _Columns:
@@ -131,7 +143,7 @@ class _Columns:
     def __getitem__(self, key: Any) -> np.ndarray:
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         c0, c1, _ = cols.indices(self.shape[1])
-        return np.asarray(self.data[rows, self.a + c0:self.a + c1])
+        return np.asarray(self.data[rows, self.a + c0 : self.a + c1])
 
 
 def _node_widths(extractor: Any, stimuli: Any) -> list[int]:
@@ -149,7 +161,7 @@ def _project_all(features: _Columns, projection: Any, *, rows_per_block: int = 2
     out = np.empty((n, projection.weight.shape[0]), dtype=np.float32)
     for a in range(0, n, rows_per_block):
         x = np.asarray(features[slice(a, min(a + rows_per_block, n)), slice(None)], dtype=np.float32)
-        out[a:a + len(x)] = x @ projection.weight.T + projection.bias
+        out[a : a + len(x)] = x @ projection.weight.T + projection.bias
     return out
 
 
@@ -157,8 +169,9 @@ def _roi_table(values: np.ndarray, rois: dict[str, np.ndarray]) -> dict[str, flo
     return {r: float(np.mean(values[idx])) if len(idx) else float("nan") for r, idx in rois.items()}
 
 
-def build_from_dataset(ds: Any, out_dir: Path, *, options: dict[str, Any] | None = None,
-                       data_description: str = "a berg dataset") -> dict[str, Any]:
+def build_from_dataset(
+    ds: Any, out_dir: Path, *, options: dict[str, Any] | None = None, data_description: str = "a berg dataset"
+) -> dict[str, Any]:
     """Steps 2-6 on a berg :class:`~berg.training.datasets.EncodingDataset` (what tests call).
 
     Returns
@@ -248,14 +261,22 @@ def build_from_dataset(ds: Any, out_dir: Path, *, options: dict[str, Any] | None
     # --- 6. the artifact
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with ArtifactWriter(out_dir, opts["model_id"]) as w:
-        w.add_json("layers.json", {
-            "layers": layers, "nodes": {n: LAYERS[n] for n in layers}, "n_features": dict(zip(layers, map(int, widths))),
-            "n_components": {n: projections[n].n_components for n in layers}, "transform": rec["transform"],
-            "backbone": rec["backbone"], "backbone_weights": "pretrained" if weights is None else str(weights),
-        })
+        w.add_json(
+            "layers.json",
+            {
+                "layers": layers,
+                "nodes": {n: LAYERS[n] for n in layers},
+                "n_features": dict(zip(layers, map(int, widths))),
+                "n_components": {n: projections[n].n_components for n in layers},
+                "transform": rec["transform"],
+                "backbone": rec["backbone"],
+                "backbone_weights": "pretrained" if weights is None else str(weights),
+            },
+        )
         for name in layers:
-            w.add_tensors(f"projections/{name}.safetensors", {"weight": projections[name].weight,
-                                                               "bias": projections[name].bias})
+            w.add_tensors(
+                f"projections/{name}.safetensors", {"weight": projections[name].weight, "bias": projections[name].bias}
+            )
         for s, sd in ds.subjects.items():
             label = subject_label(s)
             code = readouts[s]["_code"]
@@ -273,33 +294,58 @@ def build_from_dataset(ds: Any, out_dir: Path, *, options: dict[str, Any] | None
                     tensors[f"roi/{r[2:]}"] = both.astype(np.int64)
             if not sd.rois:
                 tensors["roi/all"] = rows.astype(np.int64)
-            tensors.update({"layer_of_output": code, "accuracy/correlation": best_r.astype(np.float32),
-                            "accuracy/ncsnr": reliab[s]["ncsnr"].astype(np.float32),
-                            "accuracy/noise_ceiling": reliab[s]["noise_ceiling"].astype(np.float32)})
+            tensors.update(
+                {
+                    "layer_of_output": code,
+                    "accuracy/correlation": best_r.astype(np.float32),
+                    "accuracy/ncsnr": reliab[s]["ncsnr"].astype(np.float32),
+                    "accuracy/noise_ceiling": reliab[s]["noise_ceiling"].astype(np.float32),
+                }
+            )
             for name in layers:
                 for metric in ("correlation", "cv_r", "ridge_alpha"):
                     tensors[f"accuracy/{name}/{metric}"] = np.asarray(per_output[s][name][metric], dtype=np.float32)
             w.add_tensors(f"metadata/{label}.safetensors", tensors)
-            w.add_json(f"metadata/{label}.json", {
-                "n_outputs": int(sd.n_outputs), "output_space": {"kind": "flat"},
-                "rois": sorted(k[4:] for k in tensors if k.startswith("roi/")),
-                "info": {"dataset": ds.name, "layers": layers, "best_layer": best[s],
-                         "test_r_per_layer_roi": test_tab[s], "cv_r_per_layer_roi": cv_tab[s],
-                         "n_train_stimuli": int(len(train_idx)), "n_test_stimuli": int(len(test_idx)),
-                         "best_layer_rule": "per ROI, the layer with the highest mean training-set CV r"},
-            })
-        w.finalize({
-            "creator": "creation_code.bold5000_alexnet.build:build", "data": data_description,
-            "dataset": {"name": ds.name, "n_stimuli": len(ds.ids), "n_train": int(len(train_idx)),
-                        "n_test": int(len(test_idx)), "sha256": getattr(ds, "checksum", "") or None},
-            "options": {k: v for k, v in opts.items() if k not in ("work_dir", "show_progress", "model_id")},
-            "recipe": rec, "versions": library_versions(),
-        })
+            w.add_json(
+                f"metadata/{label}.json",
+                {
+                    "n_outputs": int(sd.n_outputs),
+                    "output_space": {"kind": "flat"},
+                    "rois": sorted(k[4:] for k in tensors if k.startswith("roi/")),
+                    "info": {
+                        "dataset": ds.name,
+                        "layers": layers,
+                        "best_layer": best[s],
+                        "test_r_per_layer_roi": test_tab[s],
+                        "cv_r_per_layer_roi": cv_tab[s],
+                        "n_train_stimuli": int(len(train_idx)),
+                        "n_test_stimuli": int(len(test_idx)),
+                        "best_layer_rule": "per ROI, the layer with the highest mean training-set CV r",
+                    },
+                },
+            )
+        w.finalize(
+            {
+                "creator": "creation_code.bold5000_alexnet.build:build",
+                "data": data_description,
+                "dataset": {
+                    "name": ds.name,
+                    "n_stimuli": len(ds.ids),
+                    "n_train": int(len(train_idx)),
+                    "n_test": int(len(test_idx)),
+                    "sha256": getattr(ds, "checksum", "") or None,
+                },
+                "options": {k: v for k, v in opts.items() if k not in ("work_dir", "show_progress", "model_id")},
+                "recipe": rec,
+                "versions": library_versions(),
+            }
+        )
     summary = {"best_layer": best, "test_r": test_tab, "cv_r": cv_tab, "artifact": out_dir}
     from berg.fsutil import atomic_write_text
 
-    atomic_write_text(work / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "artifact"},
-                                                         default=str, indent=1))
+    atomic_write_text(
+        work / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "artifact"}, default=str, indent=1)
+    )
     return summary
 
 
@@ -311,6 +357,7 @@ if __name__ == "__main__":  # pragma: no cover - `berg build` is the entry point
     ap.add_argument("out_dir")
     ap.add_argument("--option", action="append", default=[], help="KEY=JSON_VALUE")
     ns = ap.parse_args()
-    build(Path(ns.data_dir), Path(ns.out_dir),
-          options={k: json.loads(v) for k, v in (o.split("=", 1) for o in ns.option)})
+    build(
+        Path(ns.data_dir), Path(ns.out_dir), options={k: json.loads(v) for k, v in (o.split("=", 1) for o in ns.option)}
+    )
     sys.stdout.write(f"built {MODEL_ID} in {ns.out_dir}\n")

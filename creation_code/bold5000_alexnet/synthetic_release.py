@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 
 __all__ = ["PLANTED", "BOLD5000_VOXELS", "SyntheticRelease", "write_synthetic_release", "write_registry"]
@@ -43,12 +44,42 @@ class SyntheticRelease:
 
 #: voxels per ROI of BOLD5000's CSI1-3 (LH + RH counts as img2fmri records them), for realistic sizes
 BOLD5000_VOXELS = {
-    1: {"LHEarlyVis": 210, "RHEarlyVis": 285, "LHLOC": 152, "RHLOC": 190, "LHOPA": 101, "RHOPA": 187,
-        "LHPPA": 131, "RHPPA": 200, "LHRSC": 86, "RHRSC": 143},
-    2: {"LHEarlyVis": 254, "RHEarlyVis": 241, "LHLOC": 327, "RHLOC": 561, "LHOPA": 85, "RHOPA": 95,
-        "LHPPA": 172, "RHPPA": 198, "LHRSC": 59, "RHRSC": 278},
-    3: {"LHEarlyVis": 522, "RHEarlyVis": 696, "LHLOC": 430, "RHLOC": 597, "LHOPA": 187, "RHOPA": 205,
-        "LHPPA": 112, "RHPPA": 161, "LHRSC": 78, "RHRSC": 116},
+    1: {
+        "LHEarlyVis": 210,
+        "RHEarlyVis": 285,
+        "LHLOC": 152,
+        "RHLOC": 190,
+        "LHOPA": 101,
+        "RHOPA": 187,
+        "LHPPA": 131,
+        "RHPPA": 200,
+        "LHRSC": 86,
+        "RHRSC": 143,
+    },
+    2: {
+        "LHEarlyVis": 254,
+        "RHEarlyVis": 241,
+        "LHLOC": 327,
+        "RHLOC": 561,
+        "LHOPA": 85,
+        "RHOPA": 95,
+        "LHPPA": 172,
+        "RHPPA": 198,
+        "LHRSC": 59,
+        "RHRSC": 278,
+    },
+    3: {
+        "LHEarlyVis": 522,
+        "RHEarlyVis": 696,
+        "LHLOC": 430,
+        "RHLOC": 597,
+        "LHOPA": 187,
+        "RHOPA": 205,
+        "LHPPA": 112,
+        "RHPPA": 161,
+        "LHRSC": 78,
+        "RHRSC": 116,
+    },
 }
 
 
@@ -59,9 +90,19 @@ def _n_voxels(spec: Any, subject: int, roi: str) -> int:
     return int(table[roi])
 
 
-def write_synthetic_release(root: str | Path, *, subjects=(1, 2), n_categories: int = 10, n_per_category: int = 24,
-                            n_test: int = 16, test_repeats: int = 4, voxels_per_roi: Any = 8, ncsnr: float = 1.0,
-                            image_size: int = 64, seed: int = 0) -> SyntheticRelease:
+def write_synthetic_release(
+    root: str | Path,
+    *,
+    subjects=(1, 2),
+    n_categories: int = 10,
+    n_per_category: int = 24,
+    n_test: int = 16,
+    test_repeats: int = 4,
+    voxels_per_roi: Any = 8,
+    ncsnr: float = 1.0,
+    image_size: int = 64,
+    seed: int = 0,
+) -> SyntheticRelease:
     """Write a small synthetic BOLD5000-shaped release under ``root`` and return its ground truth.
 
     Training images are shown once, the ``n_test`` test images ``test_repeats`` times (the first of them
@@ -108,7 +149,7 @@ def write_synthetic_release(root: str | Path, *, subjects=(1, 2), n_categories: 
     widths = [int(out[n].flatten(1).shape[1]) for n in ext.nodes]
     feats = np.concatenate(list(iter_features(ext, stim, batch_size=64))).astype(np.float64)
     bounds = np.concatenate([[0], np.cumsum(widths)])
-    by_layer = {name: feats[:, bounds[j]:bounds[j + 1]] for j, name in enumerate(LAYERS)}
+    by_layer = {name: feats[:, bounds[j] : bounds[j + 1]] for j, name in enumerate(LAYERS)}
     train_rows = np.array([i for i, n in enumerate(ids) if n not in set(test_ids)])
 
     signal, rois, planted = {}, {}, {}
@@ -126,8 +167,9 @@ def write_synthetic_release(root: str | Path, *, subjects=(1, 2), n_categories: 
             layer = PLANTED[roi[2:]]
             planted[roi] = layer
             n_vox = _n_voxels(voxels_per_roi, s, roi)
-            brain = LinearBrain.from_features(by_layer[layer][train_rows], n_vox, ncsnr=ncsnr,
-                                              n_components=6, seed=int(rng.integers(1 << 31)))
+            brain = LinearBrain.from_features(
+                by_layer[layer][train_rows], n_vox, ncsnr=ncsnr, n_components=6, seed=int(rng.integers(1 << 31))
+            )
             sig = brain.signal(by_layer[layer])  # (n_images, voxels): unit variance over training images
             noise = rng.standard_normal((len(trials), n_vox)) / ncsnr
             mat[roi] = (sig[[row[n] for n in trials]] + noise).astype(np.float32)
@@ -141,9 +183,9 @@ def write_synthetic_release(root: str | Path, *, subjects=(1, 2), n_categories: 
     return SyntheticRelease(root, ids, cats, test_ids, signal, rois, planted, ncsnr, by_layer)
 
 
-
-def write_registry(root: str | Path, model_id: str, *, subjects=(1, 2), n_outputs: dict[int, int] | None = None,
-                   image_size: int = 64) -> Path:
+def write_registry(
+    root: str | Path, model_id: str, *, subjects=(1, 2), n_outputs: dict[int, int] | None = None, image_size: int = 64
+) -> Path:
     """A registry file (+ card copy) under ``root`` declaring a SYNTHETIC build of the model as ``model_id``.
 
     Its recipe uses ``image_size`` (small for tests); build it with
@@ -165,13 +207,27 @@ def write_registry(root: str | Path, model_id: str, *, subjects=(1, 2), n_output
     (root / "model_cards").mkdir(parents=True, exist_ok=True)
     (root / "model_cards" / f"{model_id}.yaml").write_text(yaml.safe_dump(card, sort_keys=False), encoding="utf-8")
     options = {k: v for k, v in DEFAULTS.items() if k != "work_dir"}
-    entry = {"card": f"{model_id}.yaml", "modality": "fmri", "dataset": "bold5000", "subjects": list(subjects),
-             "source": {"kind": "build", "command": f"berg build {model_id} --data DIR",
-                        "data": "a synthetic BOLD5000-shaped release"},
-             "layout": "berg.models.bold5000_alexnet:Bold5000AlexNetLayout", "recipe": recipe(image_size),
-             "model_class": "berg.models.bold5000_alexnet:Bold5000AlexNet",
-             "build": {"creator": "creation_code.bold5000_alexnet.build:build", "data": "synthetic release",
-                       "options": options}}
+    entry = {
+        "card": f"{model_id}.yaml",
+        "modality": "fmri",
+        "dataset": "bold5000",
+        "subjects": list(subjects),
+        "source": {
+            "kind": "build",
+            "command": f"berg build {model_id} --data DIR",
+            "data": "a synthetic BOLD5000-shaped release",
+        },
+        "layout": "berg.models.bold5000_alexnet:Bold5000AlexNetLayout",
+        "recipe": recipe(image_size),
+        "model_class": "berg.models.bold5000_alexnet:Bold5000AlexNet",
+        "build": {
+            "creator": "creation_code.bold5000_alexnet.build:build",
+            "data": "synthetic release",
+            "options": options,
+        },
+    }
     path = root / "registry.yaml"
-    path.write_text(yaml.safe_dump({"format_version": 1, "models": {model_id: entry}}, sort_keys=False), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump({"format_version": 1, "models": {model_id: entry}}, sort_keys=False), encoding="utf-8"
+    )
     return path
