@@ -333,6 +333,9 @@ class FeatureExtractor:
                 f"feature nodes {self.nodes} not found in {recipe['backbone']['builder']}: {exc}"
             ) from exc
         self.network = self.network.eval().to(self.device)
+        # Frozen: berg never trains a backbone, and gradients of forward() are wanted w.r.t. the input
+        # only (image synthesis); weight gradients would cost 2-3x per backward pass.
+        self.network.requires_grad_(False)
         weights = validate_backbone_weights(backbone_weights)
         self.backbone_weights = PRETRAINED if weights is None else str(weights)
         self.seed = seed
