@@ -350,6 +350,7 @@ def test_lock_refuses_a_second_process_and_frees_on_death(tmp_path):
     finally:
         proc.kill()  # SIGKILL: the kernel drops the flock
         proc.wait()
+    assert RunStore(root).status()["holders"] == []  # the killed run's holder file is not reported
     with RunStore(root).lock():
         pass
     # slices of one array share the store, but one slice is held once

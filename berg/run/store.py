@@ -136,6 +136,18 @@ class _Flock:
             self._fd = None
 
 
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class RunStore:
     """A run folder (see the module docstring); :func:`berg.run.run` creates and fills it.
 
@@ -194,10 +206,16 @@ class RunStore:
 
     # ------------------------------------------------------------------ locks
     def _holders(self) -> list[dict[str, Any]]:
+        """Runs holding the store now (holder files of killed processes on this host are dropped)."""
         out = []
+        host = socket.gethostname()
         for p in sorted(self.locks.glob("holder-*.json")):
             with contextlib.suppress(OSError, json.JSONDecodeError):
-                out.append(json.loads(p.read_text()))
+                h = json.loads(p.read_text())
+                if h.get("host") == host and not _alive(int(h.get("pid", -1))):
+                    p.unlink(missing_ok=True)  # a SIGKILLed run leaves its file; the kernel already freed its lock
+                    continue
+                out.append(h)
         return out
 
     @contextlib.contextmanager
