@@ -196,7 +196,10 @@ class BERG:
         spec = self.registry.get(model_id)
         if batch_size is None:
             batch_size = int(spec.recipe.get("batch_size", _DEFAULT_BATCH.get(spec.input_kind, 8)))
+        from berg.features import validate_backbone_weights
+
         subjects, selections, device, batch_size = validate_load_params(spec, subject, selection, device, batch_size)
+        backbone_weights = validate_backbone_weights(backbone_weights)
         cls = model_class_for(spec)
         options = cls.validate_options(spec, dict(options or {}))
         multi = isinstance(subject, (list, tuple)) or (isinstance(subject, str) and subject == "all")

@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="stim", leave=False)
+    from berg.env import progress_enabled
+
+    return tqdm(total=total, disable=not progress_enabled(enabled), desc=desc, unit="stim", leave=False)
 
 
 def iter_batches(
@@ -251,6 +253,7 @@ class LinearEncodingModel(BaseModelInterface):
                 device=request.device,
                 seed=request.backbone_seed,
                 transform_overrides=cls.transform_overrides(request.spec, request.options),
+                offline=getattr(request.client, "offline", None),
             )
         return cache[key]
 
@@ -391,11 +394,14 @@ class LinearEncodingModel(BaseModelInterface):
         std = self._torch.tensor(cfg["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return self.forward((x - mean) / std)
 
-    def prepare_stimuli(self, stimulus: Any) -> Stimuli:
+    def prepare_stimuli(self, stimulus: Any, *, allow_still_images: bool = False) -> Stimuli:
         """Validate a stimulus for this model (kind and minimum frames from the registry/card)."""
-        return load_stimuli(stimulus, self.spec.input_kind, min_frames=self.spec.min_frames)
+        return load_stimuli(stimulus, self.spec.input_kind, min_frames=self.spec.min_frames,
+                            allow_still_images=allow_still_images)
 
-    def encode(self, stimulus: Any, *, show_progress: bool = True) -> np.ndarray | dict[Any, np.ndarray]:
+    def encode(
+        self, stimulus: Any, *, show_progress: bool = True, allow_still_images: bool = False
+    ) -> np.ndarray | dict[Any, np.ndarray]:
         """In silico responses to ``stimulus``.
 
         Parameters
@@ -403,7 +409,10 @@ class LinearEncodingModel(BaseModelInterface):
         stimulus : array, path(s), folder, glob or PIL image(s)
             See :mod:`berg.stimuli` for accepted forms.
         show_progress : bool
-            Progress bar over stimuli.
+            Progress bar over stimuli (``BERG_QUIET=1`` turns every bar off).
+        allow_still_images : bool
+            For video models: accept still images as one-frame clips (refused by default: "this
+            model takes videos").
 
         Returns
         -------
@@ -411,7 +420,7 @@ class LinearEncodingModel(BaseModelInterface):
             float32 ``(n_stimuli, *model.space().shape)``; ``{subject: array}`` when several subjects
             were loaded.
         """
-        stimuli = self.prepare_stimuli(stimulus)
+        stimuli = self.prepare_stimuli(stimulus, allow_still_images=allow_still_images)
         out = {s: np.empty((len(stimuli), *self.spaces[s].shape), dtype=np.float32) for s in self.subjects}
         for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
             for s, y in zip(self.subjects, per_subject):
@@ -443,17 +452,15 @@ class LinearEncodingModel(BaseModelInterface):
             "berg_version": __version__,
             "artifacts": checksums,
             "source": dict(self.spec.source),
-            "backbone": {**self.spec.recipe["backbone"], "backbone_weights": self.extractor.backbone_weights,
-                         "seed": self.extractor.seed},
+            "backbone": self.extractor.provenance(),
             "nodes": list(self.extractor.nodes),
             "transform": self.extractor.transform.describe(),
             "options": dict(self.options),
             "output_space": {str(s): sp.to_dict() for s, sp in self.spaces.items()},
             "device": self.device,
         }
-        if self.extractor.backbone_weights == "untrained":
-            prov["warning"] = ("responses come from an UNTRAINED (randomly initialised) backbone: a control, "
-                               "not the published model")
+        if self.extractor.untrained_warning:
+            prov["warning"] = self.extractor.untrained_warning
         return prov
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ subject's space, so ``to_nifti``/``to_gifti``/``split`` work on what was read).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -50,15 +51,22 @@ def _label(subject: Any) -> str:
 
 
 def _check_output_path(path: Any, suffixes: Sequence[str], what: str) -> Path:
-    text = os.fspath(path)
-    if "\x00" in text:
-        raise InvalidParameterError(f"{what} path contains a NUL byte: {text!r}")
-    out = Path(text).expanduser()
-    if out.is_dir():
-        raise InvalidParameterError(f"{what} path {out} is a folder; give a file name ending with {' or '.join(suffixes)}")
-    if not out.name.endswith(tuple(suffixes)):
-        raise InvalidParameterError(f"{what} output must end with {' or '.join(suffixes)}, got {out.name!r}")
-    return out
+    from berg.errors import check_output_path
+
+    return check_output_path(path, suffixes, what=f"{what} output")
+
+
+@contextlib.contextmanager
+def _writing(path: Path, action: str):
+    """Disk-full / permission errors arrive as a BERGError that keeps the errno text."""
+    from berg.errors import BERGError, os_error
+
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, BERGError) or exc.errno is None:
+            raise
+        raise os_error(exc, action, path) from exc
 
 
 def _space_of(model: Any, subject: Any):
@@ -172,7 +180,7 @@ def save(
     spec = getattr(model, "spec", None)
     units = ((getattr(spec, "card", None) or {}).get("output") or {}).get("units") if spec is not None else None
 
-    with atomic_path(path, ".h5") as tmp:
+    with _writing(path, "write the responses"), atomic_path(path, ".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -332,7 +340,7 @@ def save_nifti(
     img = space.to_nifti(arr, affine=affine)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
     sidecar = path.with_name(path.name[: -len(suffix)] + ".json")
-    with atomic_path(path, suffix) as tmp:
+    with _writing(path, "write the NIfTI image"), atomic_path(path, suffix) as tmp:
         img.to_filename(str(tmp))
     if arr.ndim == 2:
         from berg.fsutil import atomic_write_text
@@ -382,7 +390,7 @@ def save_gifti(
     out = {}
     for hemi, img in images.items():
         target = Path(f"{prefix}.{hemi}.func.gii")
-        with atomic_path(target, ".func.gii") as tmp:
+        with _writing(target, "write the GIfTI image"), atomic_path(target, ".func.gii") as tmp:
             nib.save(img, str(tmp))
         out[hemi] = target
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ __all__ = ["ModelSpec", "Registry", "Selection", "load_registry", "validate_load
 log = logging.getLogger(__name__)
 
 _REQUIRED = ("card", "modality", "dataset")
+# Model ids name cache folders: no '/', '.', '..', spaces or leading '_'/'.' (berg's own folders).
+_MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _PIPELINE = ("source", "layout", "recipe")
 _KNOWN = {"card", "modality", "dataset", "subjects", "source", "layout", "recipe", "model_class", "ensemble", "build"}
 
@@ -437,6 +440,11 @@ class Registry:
             missing = [k for k in required if k not in entry]
             if missing:
                 raise InvalidParameterError(f"{path}: model {model_id} lacks {missing}")
+            if not isinstance(model_id, str) or not _MODEL_ID_RE.match(model_id):
+                raise InvalidParameterError(
+                    f"{path}: model id {model_id!r} is not valid: ids are letters, digits, '_' and '-' "
+                    "(e.g. fmri-nsd_fsaverage-vit_b_32), starting with a letter or digit"
+                )
             if model_id in self._specs:
                 raise InvalidParameterError(f"{path}: model id {model_id} is already registered")
             ensemble = entry.get("ensemble")

@@ -399,7 +399,6 @@ def test_registry_and_selection_validation_are_berg_errors():
         _ = berg.BERG(cache_dir="/tmp/a\x00b").store
 
 
-@pytest.mark.xfail(strict=True, reason="berg/registry.py (lead, issue 9) accepts '.' as a model id in a registry file")
 @pytest.mark.parametrize("model_id", [".", "..", "a/b", "with space"])
 def test_registry_file_refuses_ids_that_are_not_plain_names(tmp_path, model_id):
     """A registry entry named "." would make the model's cache folder the cache root itself."""

@@ -121,7 +121,7 @@ def test_float64_responses_are_stored_as_float32(tmp_path):
 
 
 @pytest.mark.parametrize("case, match", [
-    ("suffix", "must end with .h5 or .hdf5"),
+    ("suffix", "must end with .h5, .hdf5"),
     ("unknown subject", r"subject\(s\) \[3\] that the model did not load; loaded subjects: \[1, 2\]"),
     ("1-D", "returns \\(n_stimuli, 12\\)"),
     ("int dtype", "expected float32"),
@@ -202,7 +202,7 @@ def test_save_nifti_errors(tmp_path):
         bio.save_nifti(tmp_path / "x.nii.gz", r, model)
     with pytest.raises(InvalidParameterError, match="not in responses"):
         bio.save_nifti(tmp_path / "x.nii.gz", r, model, subject=5)
-    with pytest.raises(InvalidParameterError, match=r"\.nii or \.nii\.gz"):
+    with pytest.raises(InvalidParameterError, match=r"must end with \.nii, \.nii\.gz"):
         bio.save_nifti(tmp_path / "x.h5", r[1], StandIn({1: 12}))
     with pytest.raises(InvalidParameterError, match="no volumetric space"):
         bio.save_nifti(tmp_path / "x.nii", r[1], StandIn({1: 12}, volume=False))

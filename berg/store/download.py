@@ -157,9 +157,11 @@ def _read_meta(path: Path) -> Any:
 def _progress(total: int, initial: int, label: str, enabled: bool):
     from tqdm.auto import tqdm
 
+    from berg.env import progress_enabled  # BERG_QUIET / `berg -q` silence every bar
+
     return tqdm(
         total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=label, disable=not enabled or total < (8 << 20), leave=False,
+        desc=label, disable=not progress_enabled(enabled) or total < (8 << 20), leave=False,
     )
 
 

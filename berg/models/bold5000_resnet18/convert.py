@@ -96,6 +96,13 @@ def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool
         root = extract_wheel(wheel_path, Path(tmp))
         with zipfile.ZipFile(wheel_path) as z:
             pickles = {name: z.read(name) for name in z.namelist() if name.endswith("_model.pkl")}
+        from tqdm.auto import tqdm
+
+        from berg.env import progress_enabled
+
+        # the first load converts the wheel (a minute or more, mostly FNIRT): show it, unless BERG_QUIET / `berg -q`
+        bar = tqdm(total=len(SUBJECTS) + int(with_mni), desc="converting img2fmri 1.0", unit="step",
+                   disable=not progress_enabled(), leave=False)
         for s in SUBJECTS:
             weights, biases, rois, ijk_c, ijk_f = [], [], {}, [], []
             start = 0
@@ -133,11 +140,15 @@ def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool
                 "info": {"subject": f"CSI{s}", "roi_order": list(ROIS),
                          "row_order": "ROI by ROI; LH mask voxels then RH, each in C order of the grid"},
             })
+            bar.update()
         if with_mni:
             from berg.models.bold5000_resnet18.mni import mni_arrays
 
+            bar.set_description("converting img2fmri 1.0: MNI maps (FNIRT, the long step)")
             for name, arrays in mni_arrays(root).items():
                 writer.add_tensors(f"mni/{name}.safetensors", arrays)
+            bar.update()
+        bar.close()
     return writer.finalize({
         "source": "img2fmri==1.0 wheel from PyPI", "wheel_sha256": WHEEL_SHA256,
         "converter": "berg.models.bold5000_resnet18.convert", "converter_version": CONVERTER_VERSION,
