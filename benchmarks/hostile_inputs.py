@@ -161,15 +161,31 @@ def tup(*parts: bytes) -> bytes:
 
 
 def dtype_pickle(name: str, order: str = "<") -> bytes:
-    return (g("numpy", "dtype") + u(name) + b"\x89\x88" + TUPLE3 + REDUCE
-            + tup(i(3), u(order), NONE, NONE, NONE, i(-1), i(-1), i(0)) + BUILD)
+    return (
+        g("numpy", "dtype")
+        + u(name)
+        + b"\x89\x88"
+        + TUPLE3
+        + REDUCE
+        + tup(i(3), u(order), NONE, NONE, NONE, i(-1), i(-1), i(0))
+        + BUILD
+    )
 
 
 def array_pickle(shape: tuple[int, ...], dtype: str | bytes, data: bytes, *, order: str = "<") -> bytes:
     """numpy's array pickle (``_reconstruct`` + BUILD) with the given state; ``data`` is a pickled value."""
     dt = dtype if isinstance(dtype, bytes) else dtype_pickle(dtype, order)
-    return (g("numpy._core.multiarray", "_reconstruct") + g("numpy", "ndarray") + i(0) + TUPLE1
-            + b"C\x01b" + TUPLE3 + REDUCE + tup(i(1), tup(*map(i, shape)), dt, b"\x89", data) + BUILD)
+    return (
+        g("numpy._core.multiarray", "_reconstruct")
+        + g("numpy", "ndarray")
+        + i(0)
+        + TUPLE1
+        + b"C\x01b"
+        + TUPLE3
+        + REDUCE
+        + tup(i(1), tup(*map(i, shape)), dt, b"\x89", data)
+        + BUILD
+    )
 
 
 def npy_wrap(payload: bytes) -> bytes:
@@ -191,9 +207,14 @@ def berg_style_dict() -> dict:
         "pca_param": {"components_": rng.random((3, 40)), "explained_variance_": rng.random(3)},
         "rois": {"lV1v": (np.arange(5),), "FFA": np.array([1, 4, 9])},
         "info": ["fsaverage", 163842, 2.5, None, True, b"raw", ("a", 1)],
-        "set": {1, 2}, "frozen": frozenset({"x"}), "complex": 1 + 2j, "scalar": np.float32(3.5),
-        "fortran": np.asfortranarray(rng.random((2, 3))), "big_endian": rng.random(4).astype(">f8"),
-        "strings": np.array(["Fp1", "Fz"]), "objects": np.array([None, "a", 1], dtype=object),
+        "set": {1, 2},
+        "frozen": frozenset({"x"}),
+        "complex": 1 + 2j,
+        "scalar": np.float32(3.5),
+        "fortran": np.asfortranarray(rng.random((2, 3))),
+        "big_endian": rng.random(4).astype(">f8"),
+        "strings": np.array(["Fp1", "Fz"]),
+        "objects": np.array([None, "a", 1], dtype=object),
     }
 
 
@@ -207,8 +228,8 @@ class Payload:
     name: str
     build: Callable[[Context], bytes]
     expect: str = "error"
-    extra: str | None = None      # name of a stand-in set in EXTRAS
-    heavy: bool = False           # over ~1 MB or slow: benchmark only, or a slow test
+    extra: str | None = None  # name of a stand-in set in EXTRAS
+    heavy: bool = False  # over ~1 MB or slow: benchmark only, or a slow test
     check: Callable[[Any], None] | None = None  # for expect="ok": an assertion on the result
 
 
@@ -223,8 +244,10 @@ def _extras(name: str | None) -> dict | None:
             raise ValueError("stand-in refuses this state")
 
     return {
-        "sklearn": {("sklearn.decomposition._pca", "PCA"): StateOnly,
-                    ("sklearn.linear_model._ridge", "Ridge"): StateOnly},
+        "sklearn": {
+            ("sklearn.decomposition._pca", "PCA"): StateOnly,
+            ("sklearn.linear_model._ridge", "Ridge"): StateOnly,
+        },
         "raising": {("sklearn.decomposition._pca", "PCA"): Raising},
         "nibabel": {("nibabel", "*"): StateOnly},
     }[name]
@@ -233,8 +256,14 @@ def _extras(name: str | None) -> dict | None:
 LEGACY_PAYLOADS: list[Payload] = []
 
 
-def payload(name: str, expect: str = "error", *, extra: str | None = None, heavy: bool = False,
-            check: Callable[[Any], None] | None = None) -> Callable:
+def payload(
+    name: str,
+    expect: str = "error",
+    *,
+    extra: str | None = None,
+    heavy: bool = False,
+    check: Callable[[Any], None] | None = None,
+) -> Callable:
     def register(build: Callable[[Context], bytes]) -> Callable[[Context], bytes]:
         LEGACY_PAYLOADS.append(Payload(name, build, expect, extra, heavy, check))
         return build
@@ -257,11 +286,36 @@ _const("self-list", P4 + EMPTY_LIST + MEMOIZE + get(0) + APPEND + STOP)
 _const("self-dict", P4 + EMPTY_DICT + MEMOIZE + u("me") + get(0) + SETITEM + STOP)
 _const("mutual-cycle", P4 + EMPTY_LIST + MEMOIZE + EMPTY_LIST + MEMOIZE + get(0) + APPEND + APPEND + STOP)
 _const("cycle-through-tuple", P4 + EMPTY_LIST + MEMOIZE + get(0) + TUPLE1 + APPEND + STOP)
-_const("cycle-in-set-state", P4 + g("sklearn.decomposition._pca", "PCA") + EMPTY_TUPLE + NEWOBJ + MEMOIZE
-       + EMPTY_DICT + u("self") + get(0) + SETITEM + BUILD + STOP, extra="sklearn")
-_const("object-array-holds-itself", P2 + g("numpy._core.multiarray", "_reconstruct") + g("numpy", "ndarray")
-       + i(0) + TUPLE1 + b"C\x01b" + TUPLE3 + REDUCE + b"q\x00"
-       + tup(i(1), tup(i(1)), dtype_pickle("O8", "|"), b"\x89", EMPTY_LIST + get(0) + APPEND) + BUILD + STOP)
+_const(
+    "cycle-in-set-state",
+    P4
+    + g("sklearn.decomposition._pca", "PCA")
+    + EMPTY_TUPLE
+    + NEWOBJ
+    + MEMOIZE
+    + EMPTY_DICT
+    + u("self")
+    + get(0)
+    + SETITEM
+    + BUILD
+    + STOP,
+    extra="sklearn",
+)
+_const(
+    "object-array-holds-itself",
+    P2
+    + g("numpy._core.multiarray", "_reconstruct")
+    + g("numpy", "ndarray")
+    + i(0)
+    + TUPLE1
+    + b"C\x01b"
+    + TUPLE3
+    + REDUCE
+    + b"q\x00"
+    + tup(i(1), tup(i(1)), dtype_pickle("O8", "|"), b"\x89", EMPTY_LIST + get(0) + APPEND)
+    + BUILD
+    + STOP,
+)
 
 
 def _shared(levels: int, kind: str = "list") -> bytes:
@@ -302,8 +356,9 @@ _const("array-shape-overflow", P2 + array_pickle((2**32, 2**32), "f8", binbytes(
 _const("array-shape-negative", P2 + array_pickle((-1, 8), "f8", binbytes(b"")) + STOP)
 _const("array-shape-bigint", P2 + array_pickle((2**80000,), "f8", binbytes(b"")) + STOP)
 _const("array-65-dims", P2 + array_pickle((1,) * 65, "f8", binbytes(b"\0" * 8)) + STOP)
-_const("object-array-1e9-items", P2 + array_pickle((10**9,), dtype_pickle("O8", "|"), EMPTY_LIST + NONE + APPEND)
-       + STOP)
+_const(
+    "object-array-1e9-items", P2 + array_pickle((10**9,), dtype_pickle("O8", "|"), EMPTY_LIST + NONE + APPEND) + STOP
+)
 _const("zero-itemsize-1e12", P2 + array_pickle((10**12,), "V0", binbytes(b"")) + STOP)
 _const("subarray-dtype-name", P2 + array_pickle((1,), "(100000000,)f8", binbytes(b"")) + STOP)
 _const("binunicode8-2**62", P4 + b"\x8d" + struct.pack("<Q", 2**62) + STOP)
@@ -313,32 +368,63 @@ _const("bytearray8-2**40", P4 + b"\x96" + struct.pack("<Q", 2**40) + STOP)
 _const("long4-2GB", P2 + b"\x8b" + struct.pack("<i", 2**31 - 1) + STOP)
 _const("long4-negative", P2 + b"\x8b" + struct.pack("<i", -5) + STOP)
 _const("binstring-negative", P2 + b"T" + struct.pack("<i", -1) + STOP)
-_const("frame-2**63", P4 + b"\x95" + struct.pack("<Q", 2**63) + NONE + STOP, "ok",
-       check=lambda obj: None if obj is None else (_ for _ in ()).throw(AssertionError(obj)))
+_const(
+    "frame-2**63",
+    P4 + b"\x95" + struct.pack("<Q", 2**63) + NONE + STOP,
+    "ok",
+    check=lambda obj: None if obj is None else (_ for _ in ()).throw(AssertionError(obj)),
+)
 
 
 def _amplify(unit: bytes, times: int, head: bytes) -> bytes:
     return P4 + head + MEMOIZE + POP + unit * times + NONE + STOP
 
 
-_const("codecs-encode-amplify", _amplify(g("_codecs", "encode") + get(0) + TUPLE1 + REDUCE + POP, 20_000,
-                                         u("x" * 65_536)))
-_const("set-amplify", _amplify(g("builtins", "set") + get(0) + TUPLE1 + REDUCE + POP, 20_000,
-                               EMPTY_LIST + MARK + b"".join(i(k) for k in range(10_000)) + APPENDS))
-_const("ordereddict-amplify", _amplify(g("collections", "OrderedDict") + get(0) + TUPLE1 + REDUCE + POP, 20_000,
-                                       EMPTY_LIST + MARK + b"".join(tup(i(k), NONE) for k in range(5_000)) + APPENDS))
-_const("object-array-amplify", _amplify(array_pickle((10_000,), dtype_pickle("O8", "|"), get(0)) + POP, 5_000,
-                                        EMPTY_LIST + MARK + NONE * 10_000 + APPENDS))
+_const(
+    "codecs-encode-amplify", _amplify(g("_codecs", "encode") + get(0) + TUPLE1 + REDUCE + POP, 20_000, u("x" * 65_536))
+)
+_const(
+    "set-amplify",
+    _amplify(
+        g("builtins", "set") + get(0) + TUPLE1 + REDUCE + POP,
+        20_000,
+        EMPTY_LIST + MARK + b"".join(i(k) for k in range(10_000)) + APPENDS,
+    ),
+)
+_const(
+    "ordereddict-amplify",
+    _amplify(
+        g("collections", "OrderedDict") + get(0) + TUPLE1 + REDUCE + POP,
+        20_000,
+        EMPTY_LIST + MARK + b"".join(tup(i(k), NONE) for k in range(5_000)) + APPENDS,
+    ),
+)
+_const(
+    "object-array-amplify",
+    _amplify(
+        array_pickle((10_000,), dtype_pickle("O8", "|"), get(0)) + POP,
+        5_000,
+        EMPTY_LIST + MARK + NONE * 10_000 + APPENDS,
+    ),
+)
 _const("empty-dict-flood-1MB", P2 + EMPTY_DICT * (1 << 20) + STOP)
 _const("mark-flood-1MB", P2 + MARK * (1 << 20) + STOP)
 _const("dup-flood-1MB", P2 + NONE + DUP * (1 << 20) + STOP, "ok", check=lambda obj: None)
-_const("memo-flood", P4 + NONE + b"".join(b"r" + struct.pack("<I", k) for k in range(200_000)) + STOP, "ok",
-       check=lambda obj: None)
+_const(
+    "memo-flood",
+    P4 + NONE + b"".join(b"r" + struct.pack("<I", k) for k in range(200_000)) + STOP,
+    "ok",
+    check=lambda obj: None,
+)
 _P = sys.hash_info.modulus
-_const("hash-flood-int-keys", P2 + EMPTY_DICT + MARK + b"".join(i(k * _P + 1) + NONE for k in range(1, 20_000))
-       + SETITEMS + STOP)
-_const("hash-flood-tuple-keys", P2 + EMPTY_DICT + MARK + b"".join(i(k * _P + 1) + TUPLE1 + NONE
-                                                                  for k in range(1, 20_000)) + SETITEMS + STOP)
+_const(
+    "hash-flood-int-keys",
+    P2 + EMPTY_DICT + MARK + b"".join(i(k * _P + 1) + NONE for k in range(1, 20_000)) + SETITEMS + STOP,
+)
+_const(
+    "hash-flood-tuple-keys",
+    P2 + EMPTY_DICT + MARK + b"".join(i(k * _P + 1) + TUPLE1 + NONE for k in range(1, 20_000)) + SETITEMS + STOP,
+)
 _const("hash-flood-set", P4 + EMPTY_SET + MARK + b"".join(i(k * _P + 1) for k in range(1, 20_000)) + ADDITEMS + STOP)
 _const("hash-flood-frozenset", P4 + MARK + b"".join(i(k * _P + 1) for k in range(1, 20_000)) + b"\x91" + STOP)
 _const("global-line-1MB", P2 + b"c" + b"a" * (1 << 20) + STOP)
@@ -364,38 +450,95 @@ _const("unhashable-list-key", P2 + EMPTY_DICT + EMPTY_LIST + NONE + SETITEM + ST
 _const("unhashable-dict-key", P2 + MARK + EMPTY_DICT + NONE + b"d" + STOP)
 _const("unhashable-set-member", P4 + EMPTY_SET + MARK + EMPTY_LIST + ADDITEMS + STOP)
 _const("unhashable-frozenset-member", P4 + MARK + EMPTY_DICT + b"\x91" + STOP)
-_const("unhashable-array-key", P2 + EMPTY_DICT + array_pickle((1,), "f8", binbytes(b"\0" * 8)) + NONE + SETITEM
-       + STOP)
+_const("unhashable-array-key", P2 + EMPTY_DICT + array_pickle((1,), "f8", binbytes(b"\0" * 8)) + NONE + SETITEM + STOP)
 _const("unhashable-tuple-of-list-key", P2 + EMPTY_DICT + EMPTY_LIST + TUPLE1 + NONE + SETITEM + STOP)
-_const("set-of-lists-via-reduce", P2 + g("builtins", "set") + EMPTY_LIST + MARK + EMPTY_LIST + APPENDS + TUPLE1
-       + REDUCE + STOP)
+_const(
+    "set-of-lists-via-reduce",
+    P2 + g("builtins", "set") + EMPTY_LIST + MARK + EMPTY_LIST + APPENDS + TUPLE1 + REDUCE + STOP,
+)
 _const("reduce-args-not-tuple", P2 + g("builtins", "set") + NONE + REDUCE + STOP)
 _const("reduce-non-callable", P2 + i(1) + EMPTY_TUPLE + REDUCE + STOP, "unsafe")
 _const("reduce-on-dtype-object", P2 + dtype_pickle("f8") + EMPTY_TUPLE + REDUCE + STOP, "unsafe")
-_const("reconstruct-1-arg", P2 + g("numpy._core.multiarray", "_reconstruct") + g("numpy", "ndarray") + TUPLE1
-       + REDUCE + STOP)
-_const("reconstruct-not-ndarray", P2 + g("numpy._core.multiarray", "_reconstruct") + g("builtins", "set")
-       + tup(i(0)) + b"C\x01b" + TUPLE3 + REDUCE + STOP, "unsafe")
+_const(
+    "reconstruct-1-arg",
+    P2 + g("numpy._core.multiarray", "_reconstruct") + g("numpy", "ndarray") + TUPLE1 + REDUCE + STOP,
+)
+_const(
+    "reconstruct-not-ndarray",
+    P2
+    + g("numpy._core.multiarray", "_reconstruct")
+    + g("builtins", "set")
+    + tup(i(0))
+    + b"C\x01b"
+    + TUPLE3
+    + REDUCE
+    + STOP,
+    "unsafe",
+)
 _const("scalar-5-args", P2 + g("numpy._core.multiarray", "scalar") + tup(*[NONE] * 5) + REDUCE + STOP)
-_const("scalar-wrong-length", P2 + g("numpy._core.multiarray", "scalar") + dtype_pickle("f8") + b"C\x03abc"
-       + TUPLE2 + REDUCE + STOP)
-_const("scalar-dtype-not-dtype", P2 + g("numpy._core.multiarray", "scalar") + u("f8") + b"C\x08" + b"\0" * 8
-       + TUPLE2 + REDUCE + STOP)
+_const(
+    "scalar-wrong-length",
+    P2 + g("numpy._core.multiarray", "scalar") + dtype_pickle("f8") + b"C\x03abc" + TUPLE2 + REDUCE + STOP,
+)
+_const(
+    "scalar-dtype-not-dtype",
+    P2 + g("numpy._core.multiarray", "scalar") + u("f8") + b"C\x08" + b"\0" * 8 + TUPLE2 + REDUCE + STOP,
+)
 _const("dtype-no-args", P2 + g("numpy", "dtype") + EMPTY_TUPLE + REDUCE + STOP)
 _const("dtype-not-a-string", P2 + g("numpy", "dtype") + EMPTY_LIST + TUPLE1 + REDUCE + STOP)
 _const("dtype-bad-state", P2 + g("numpy", "dtype") + u("f8") + TUPLE1 + REDUCE + NONE + BUILD + STOP)
-_const("dtype-bad-fields", P2 + g("numpy", "dtype") + u("V8") + TUPLE1 + REDUCE
-       + tup(i(3), u("|"), NONE, tup(u("a")), EMPTY_DICT, i(8), i(1), i(0)) + BUILD + STOP)
-_const("frombuffer-bad-order", P2 + g("numpy._core.numeric", "_frombuffer")
-       + tup(binbytes(b"\0" * 8), dtype_pickle("f8"), tup(i(1)), u("Z")) + REDUCE + STOP)
-_const("array-state-none", P2 + g("numpy._core.multiarray", "_reconstruct") + g("numpy", "ndarray") + i(0) + TUPLE1
-       + b"C\x01b" + TUPLE3 + REDUCE + NONE + BUILD + STOP)
+_const(
+    "dtype-bad-fields",
+    P2
+    + g("numpy", "dtype")
+    + u("V8")
+    + TUPLE1
+    + REDUCE
+    + tup(i(3), u("|"), NONE, tup(u("a")), EMPTY_DICT, i(8), i(1), i(0))
+    + BUILD
+    + STOP,
+)
+_const(
+    "frombuffer-bad-order",
+    P2
+    + g("numpy._core.numeric", "_frombuffer")
+    + tup(binbytes(b"\0" * 8), dtype_pickle("f8"), tup(i(1)), u("Z"))
+    + REDUCE
+    + STOP,
+)
+_const(
+    "array-state-none",
+    P2
+    + g("numpy._core.multiarray", "_reconstruct")
+    + g("numpy", "ndarray")
+    + i(0)
+    + TUPLE1
+    + b"C\x01b"
+    + TUPLE3
+    + REDUCE
+    + NONE
+    + BUILD
+    + STOP,
+)
 _const("array-data-too-short", P2 + array_pickle((4,), "f8", binbytes(b"\0" * 8)) + STOP)
 _const("array-data-not-bytes", P2 + array_pickle((1,), "f8", EMPTY_LIST) + STOP)
 _const("array-dtype-is-string", P2 + array_pickle((1,), u("f8"), binbytes(b"\0" * 8)) + STOP)
-_const("array-used-before-build", P2 + g("numpy._core.multiarray", "_reconstruct") + g("numpy", "ndarray") + i(0)
-       + TUPLE1 + b"C\x01b" + TUPLE3 + REDUCE + DUP + tup(i(1), tup(i(1)), dtype_pickle("f8"), b"\x89",
-                                                          binbytes(b"\0" * 8)) + BUILD + TUPLE2 + STOP)
+_const(
+    "array-used-before-build",
+    P2
+    + g("numpy._core.multiarray", "_reconstruct")
+    + g("numpy", "ndarray")
+    + i(0)
+    + TUPLE1
+    + b"C\x01b"
+    + TUPLE3
+    + REDUCE
+    + DUP
+    + tup(i(1), tup(i(1)), dtype_pickle("f8"), b"\x89", binbytes(b"\0" * 8))
+    + BUILD
+    + TUPLE2
+    + STOP,
+)
 _const("build-on-int", P2 + i(1) + EMPTY_DICT + BUILD + STOP, "unsafe")
 _const("build-on-dict", P2 + EMPTY_DICT + EMPTY_DICT + BUILD + STOP, "unsafe")
 _const("binget-unknown", P2 + get(5) + STOP)
@@ -408,11 +551,24 @@ _const("protocol-6", b"\x80\x06" + NONE + STOP)
 _const("truncated-binint", P2 + b"J\x01\x00")
 _const("truncated-binbytes", P2 + b"B\x10\x00\x00\x00abc")
 _const("truncated-after-value", P2 + NONE)
-for _op, _body in {"INST": b"iposix\nsystem\n", "OBJ": b"(o", "PERSID": b"P0\n", "BINPERSID": b"NQ",
-                   "EXT1": b"\x82\x01", "EXT2": b"\x83\x01\x00", "EXT4": b"\x84\x01\x00\x00\x00",
-                   "NEXT_BUFFER": b"\x97", "READONLY_BUFFER": b"N\x98", "INT": b"I1" + b"9" * 5000 + b"\n",
-                   "LONG": b"L1" + b"9" * 100_000 + b"L\n", "STRING": b"S'a'\n", "UNICODE": b"Vx\n",
-                   "FLOAT": b"F1.0\n", "GET": b"g0\n", "PUT": b"Np0\n"}.items():
+for _op, _body in {
+    "INST": b"iposix\nsystem\n",
+    "OBJ": b"(o",
+    "PERSID": b"P0\n",
+    "BINPERSID": b"NQ",
+    "EXT1": b"\x82\x01",
+    "EXT2": b"\x83\x01\x00",
+    "EXT4": b"\x84\x01\x00\x00\x00",
+    "NEXT_BUFFER": b"\x97",
+    "READONLY_BUFFER": b"N\x98",
+    "INT": b"I1" + b"9" * 5000 + b"\n",
+    "LONG": b"L1" + b"9" * 100_000 + b"L\n",
+    "STRING": b"S'a'\n",
+    "UNICODE": b"Vx\n",
+    "FLOAT": b"F1.0\n",
+    "GET": b"g0\n",
+    "PUT": b"Np0\n",
+}.items():
     _const(f"unsupported-opcode-{_op}", P2 + _body + STOP)
 _const("complex-bad-string", P2 + g("builtins", "complex") + u("x" * 1000) + TUPLE1 + REDUCE + STOP)
 _const("complex-overflow", P2 + g("builtins", "complex") + i(2**2000) + TUPLE1 + REDUCE + STOP)
@@ -421,15 +577,25 @@ _const("codecs-rot13", P2 + g("_codecs", "encode") + u("abc") + u("rot13") + TUP
 _const("codecs-not-str", P2 + g("_codecs", "encode") + i(5) + u("latin1") + TUPLE2 + REDUCE + STOP)
 _const("bytearray-of-dict", P2 + g("builtins", "bytearray") + EMPTY_DICT + TUPLE1 + REDUCE + STOP)
 _const("bytearray-str-no-encoding", P2 + g("builtins", "bytearray") + u("abc") + TUPLE1 + REDUCE + STOP)
-_const("newobj-of-scalar-function", P2 + g("numpy._core.multiarray", "scalar") + EMPTY_TUPLE + NEWOBJ + STOP,
-       "unsafe")
-_const("newobj-ex-bad-kwargs", P4 + g("sklearn.decomposition._pca", "PCA") + EMPTY_TUPLE + EMPTY_LIST + b"\x92"
-       + STOP, extra="sklearn")
-_const("stand-in-raises-in-setstate", P4 + g("sklearn.decomposition._pca", "PCA") + EMPTY_TUPLE + NEWOBJ
-       + EMPTY_DICT + BUILD + STOP, extra="raising")
+_const("newobj-of-scalar-function", P2 + g("numpy._core.multiarray", "scalar") + EMPTY_TUPLE + NEWOBJ + STOP, "unsafe")
+_const(
+    "newobj-ex-bad-kwargs",
+    P4 + g("sklearn.decomposition._pca", "PCA") + EMPTY_TUPLE + EMPTY_LIST + b"\x92" + STOP,
+    extra="sklearn",
+)
+_const(
+    "stand-in-raises-in-setstate",
+    P4 + g("sklearn.decomposition._pca", "PCA") + EMPTY_TUPLE + NEWOBJ + EMPTY_DICT + BUILD + STOP,
+    extra="raising",
+)
 _const("wildcard-prefix-is-not-package", P2 + g("nibabelx", "system") + STOP, "unsafe", extra="nibabel")
-_const("wildcard-stand-in-inert", P2 + g("nibabel.nifti1", "Nifti1Image") + EMPTY_TUPLE + NEWOBJ + STOP, "ok",
-       extra="nibabel", check=lambda obj: None)
+_const(
+    "wildcard-stand-in-inert",
+    P2 + g("nibabel.nifti1", "Nifti1Image") + EMPTY_TUPLE + NEWOBJ + STOP,
+    "ok",
+    extra="nibabel",
+    check=lambda obj: None,
+)
 
 
 def _mutants() -> None:
@@ -465,28 +631,61 @@ def _code_execution_payloads() -> None:
         "builtins.eval": lambda c: P2 + g("builtins", "eval") + u(py(c)) + TUPLE1 + REDUCE + STOP,
         "builtins.exec": lambda c: P2 + g("builtins", "exec") + u(py(c)) + TUPLE1 + REDUCE + STOP,
         "__builtin__.eval": lambda c: P2 + g("__builtin__", "eval") + u(py(c)) + TUPLE1 + REDUCE + STOP,
-        "builtins.open-outside": lambda c: P2 + g("builtins", "open") + u(str(c.outside / "decoy.txt")) + u("w")
-        + TUPLE2 + REDUCE + STOP,
+        "builtins.open-outside": lambda c: (
+            P2 + g("builtins", "open") + u(str(c.outside / "decoy.txt")) + u("w") + TUPLE2 + REDUCE + STOP
+        ),
         "subprocess.Popen": lambda c: P2 + g("subprocess", "Popen") + u(touch(c)) + TUPLE1 + REDUCE + STOP,
-        "subprocess.check_call": lambda c: P2 + g("subprocess", "check_call") + EMPTY_LIST + MARK + u("touch")
-        + u(str(c.marker)) + APPENDS + TUPLE1 + REDUCE + STOP,
+        "subprocess.check_call": lambda c: (
+            P2
+            + g("subprocess", "check_call")
+            + EMPTY_LIST
+            + MARK
+            + u("touch")
+            + u(str(c.marker))
+            + APPENDS
+            + TUPLE1
+            + REDUCE
+            + STOP
+        ),
         "importlib.import_module": lambda c: P2 + g("importlib", "import_module") + u("os") + TUPLE1 + REDUCE + STOP,
         "builtins.getattr": lambda c: P2 + g("builtins", "getattr") + i(1) + u("__class__") + TUPLE2 + REDUCE + STOP,
-        "numpy.testing-runstring": lambda c: P2 + g("numpy.testing._private.utils", "runstring")
-        + u(py(c)) + EMPTY_DICT + TUPLE2 + REDUCE + STOP,
+        "numpy.testing-runstring": lambda c: (
+            P2 + g("numpy.testing._private.utils", "runstring") + u(py(c)) + EMPTY_DICT + TUPLE2 + REDUCE + STOP
+        ),
         "numpy.load": lambda c: P2 + g("numpy", "load") + u(str(c.marker)) + TUPLE1 + REDUCE + STOP,
-        "copyreg._reconstructor": lambda c: P2 + g("copyreg", "_reconstructor") + tup(g("os", "system"))
-        + REDUCE + STOP,
-        "reconstruct-cls-os.system": lambda c: P2 + g("numpy._core.multiarray", "_reconstruct")
-        + g("os", "system") + u(touch(c)) + TUPLE1 + b"C\x01b" + TUPLE3 + REDUCE + STOP,
-        "evil-inside-allowed-pca": lambda c: P4 + g("sklearn.decomposition._pca", "PCA") + EMPTY_TUPLE + NEWOBJ
-        + EMPTY_DICT + u("components_") + g("os", "system") + u(touch(c)) + TUPLE1 + REDUCE + SETITEM + BUILD
-        + STOP,
+        "copyreg._reconstructor": lambda c: (
+            P2 + g("copyreg", "_reconstructor") + tup(g("os", "system")) + REDUCE + STOP
+        ),
+        "reconstruct-cls-os.system": lambda c: (
+            P2
+            + g("numpy._core.multiarray", "_reconstruct")
+            + g("os", "system")
+            + u(touch(c))
+            + TUPLE1
+            + b"C\x01b"
+            + TUPLE3
+            + REDUCE
+            + STOP
+        ),
+        "evil-inside-allowed-pca": lambda c: (
+            P4
+            + g("sklearn.decomposition._pca", "PCA")
+            + EMPTY_TUPLE
+            + NEWOBJ
+            + EMPTY_DICT
+            + u("components_")
+            + g("os", "system")
+            + u(touch(c))
+            + TUPLE1
+            + REDUCE
+            + SETITEM
+            + BUILD
+            + STOP
+        ),
         "system-as-stand-in-key": lambda c: P2 + g("posix", "system") + EMPTY_TUPLE + NEWOBJ + STOP,
     }
     for name, build in specs.items():
-        LEGACY_PAYLOADS.append(Payload(f"code-{name}", build, "unsafe",
-                                       extra="sklearn" if "pca" in name else None))
+        LEGACY_PAYLOADS.append(Payload(f"code-{name}", build, "unsafe", extra="sklearn" if "pca" in name else None))
 
     class Evil:  # pickled with the real pickler, protocols 0..5
         def __init__(self, cmd: str):
@@ -496,9 +695,13 @@ def _code_execution_payloads() -> None:
             return (os.system, (self.cmd,))
 
     for proto in range(2, 6):
-        LEGACY_PAYLOADS.append(Payload(
-            f"code-pickler-evil-in-dict-p{proto}",
-            lambda c, p=proto: pickle.dumps({"weights": [1.0], "x": Evil(touch(c))}, protocol=p), "unsafe"))
+        LEGACY_PAYLOADS.append(
+            Payload(
+                f"code-pickler-evil-in-dict-p{proto}",
+                lambda c, p=proto: pickle.dumps({"weights": [1.0], "x": Evil(touch(c))}, protocol=p),
+                "unsafe",
+            )
+        )
 
 
 _code_execution_payloads()
@@ -522,9 +725,14 @@ def read_payload(p: Payload, ctx: Context, route: str) -> Any:
 
 for _p in LEGACY_PAYLOADS:
     for _route in ("bytes", "npy"):
-        CASES.append(Case(f"legacy-{_route}", _p.name,
-                          lambda ctx, p=_p, r=_route: read_payload(p, ctx, r),
-                          "ok" if _p.expect == "ok" else "either" if _p.expect == "either" else "error"))
+        CASES.append(
+            Case(
+                f"legacy-{_route}",
+                _p.name,
+                lambda ctx, p=_p, r=_route: read_payload(p, ctx, r),
+                "ok" if _p.expect == "ok" else "either" if _p.expect == "either" else "error",
+            )
+        )
 
 
 def _npy_header(shape: tuple[int, ...], descr: str = "<f8") -> bytes:
@@ -710,16 +918,27 @@ def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
         before = _snapshot(ctx.outside)
         outcome, detail, elapsed, peak = _measure(c, ctx, timeout, traced)
         extra = sorted(p.name for p in ctx.root.iterdir()) != ["cache", "outside"] + (
-            ["PWNED"] if ctx.marker.exists() else [])
-        records.append({
-            "id": c.id, "expect": c.expect, "outcome": outcome, "detail": detail, "seconds": round(elapsed, 3),
-            "peak": peak, "code_executed": ctx.marker.exists(),
-            "outside_touched": _snapshot(ctx.outside) != before or extra,
-        })
+            ["PWNED"] if ctx.marker.exists() else []
+        )
+        records.append(
+            {
+                "id": c.id,
+                "expect": c.expect,
+                "outcome": outcome,
+                "detail": detail,
+                "seconds": round(elapsed, 3),
+                "peak": peak,
+                "code_executed": ctx.marker.exists(),
+                "outside_touched": _snapshot(ctx.outside) != before or extra,
+            }
+        )
         shutil.rmtree(ctx.root, ignore_errors=True)
     plain, traced_rec = records
     if plain["outcome"] != traced_rec["outcome"]:
-        plain["outcome"], plain["detail"] = "other", f"outcome differs between runs: {plain['detail']} / {traced_rec['detail']}"
+        plain["outcome"], plain["detail"] = (
+            "other",
+            f"outcome differs between runs: {plain['detail']} / {traced_rec['detail']}",
+        )
     plain["peak_rss"], plain["peak_traced"] = plain["peak"], traced_rec["peak"]
     plain["peak"] = max(plain["peak"], traced_rec["peak"])
     plain["code_executed"] |= traced_rec["code_executed"]
@@ -769,8 +988,11 @@ def run_all(cases: list[Case], timeout: float, verbose: bool) -> list[dict[str, 
     todo = [c.id for c in cases]
     while todo:
         proc = subprocess.run(
-            [sys.executable, __file__, "--worker", "--timeout", str(timeout)], input="\n".join(todo),
-            capture_output=True, text=True, timeout=timeout * len(todo) + 120,
+            [sys.executable, __file__, "--worker", "--timeout", str(timeout)],
+            input="\n".join(todo),
+            capture_output=True,
+            text=True,
+            timeout=timeout * len(todo) + 120,
         )
         started = None
         for line in proc.stdout.splitlines():
@@ -781,13 +1003,26 @@ def run_all(cases: list[Case], timeout: float, verbose: bool) -> list[dict[str, 
                 records.append(msg)
                 started = None
                 if verbose:
-                    print(f"{msg['outcome']:6s} {msg['peak'] / MB:7.1f} MB {msg['seconds']:7.2f} s  {msg['id']}"
-                          f"  {msg['detail'][:110]}", file=sys.stderr)
+                    print(
+                        f"{msg['outcome']:6s} {msg['peak'] / MB:7.1f} MB {msg['seconds']:7.2f} s  {msg['id']}"
+                        f"  {msg['detail'][:110]}",
+                        file=sys.stderr,
+                    )
         done = {r["id"] for r in records}
         if started is not None:  # the worker died inside this case
             tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-            records.append({"id": started, "expect": "error", "outcome": "other", "detail": f"worker died: {tail[0]}",
-                            "seconds": 0.0, "peak": 0, "code_executed": False, "outside_touched": False})
+            records.append(
+                {
+                    "id": started,
+                    "expect": "error",
+                    "outcome": "other",
+                    "detail": f"worker died: {tail[0]}",
+                    "seconds": 0.0,
+                    "peak": 0,
+                    "code_executed": False,
+                    "outside_touched": False,
+                }
+            )
             done.add(started)
         elif proc.returncode != 0 and not records:
             raise SystemExit(f"worker failed: {proc.stderr[-2000:]}")
@@ -800,15 +1035,23 @@ def summarise(records: list[dict[str, Any]]) -> tuple[str, bool]:
     n = len(records)
     berg = sum(r["outcome"] == "berg" for r in records)
     other = sum(r["outcome"] == "other" for r in records)
-    wrong = [r["id"] for r in records if (r["expect"] == "error" and r["outcome"] == "ok")
-             or (r["expect"] == "ok" and r["outcome"] != "ok")]
+    wrong = [
+        r["id"]
+        for r in records
+        if (r["expect"] == "error" and r["outcome"] == "ok") or (r["expect"] == "ok" and r["outcome"] != "ok")
+    ]
     executed = sum(r["code_executed"] for r in records)
     touched = sum(r["outside_touched"] for r in records)
     worst = max(records, key=lambda r: r["peak"]) if records else {"peak": 0, "id": "-"}
-    peak = (f"peak memory of any single bad file < {PEAK_LIMIT // MB} MB" if worst["peak"] < PEAK_LIMIT
-            else f"peak memory of any single bad file {worst['peak'] / MB:.0f} MB ({worst['id']})")
-    line = (f"bad inputs tried {n}, BERGError {berg}, other exceptions {other}, code executed {executed}, "
-            f"files outside the cache touched {touched}, {peak}")
+    peak = (
+        f"peak memory of any single bad file < {PEAK_LIMIT // MB} MB"
+        if worst["peak"] < PEAK_LIMIT
+        else f"peak memory of any single bad file {worst['peak'] / MB:.0f} MB ({worst['id']})"
+    )
+    line = (
+        f"bad inputs tried {n}, BERGError {berg}, other exceptions {other}, code executed {executed}, "
+        f"files outside the cache touched {touched}, {peak}"
+    )
     if wrong:
         line += f"; not handled as expected: {', '.join(wrong[:10])}"
     return line, not (other or executed or touched or wrong or worst["peak"] >= PEAK_LIMIT)
@@ -829,8 +1072,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     records = run_all(cases, args.timeout, args.verbose)
     worst = sorted(records, key=lambda r: -r["peak"])[:3]
-    print(f"{len(records)} cases in {time.perf_counter() - t0:.0f} s; largest peaks: "
-          + ", ".join(f"{r['id']} {r['peak'] / MB:.1f} MB" for r in worst), file=sys.stderr)
+    print(
+        f"{len(records)} cases in {time.perf_counter() - t0:.0f} s; largest peaks: "
+        + ", ".join(f"{r['id']} {r['peak'] / MB:.1f} MB" for r in worst),
+        file=sys.stderr,
+    )
     for r in records:
         if r["outcome"] == "other" or r["code_executed"] or r["outside_touched"]:
             print(f"FAILED {r['id']}: {r['detail']}", file=sys.stderr)

@@ -23,13 +23,23 @@ from berg.store import legacy
 from berg.store.legacy import MAX_DEPTH, StateOnly, load_legacy_npy, safe_unpickle
 
 _spec = importlib.util.spec_from_file_location(
-    "hostile_inputs", Path(__file__).resolve().parents[1] / "benchmarks" / "hostile_inputs.py")
+    "hostile_inputs", Path(__file__).resolve().parents[1] / "benchmarks" / "hostile_inputs.py"
+)
 H = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("hostile_inputs", H)
 _spec.loader.exec_module(H)
 
-HEAVY = {"empty-dict-flood-1MB", "mark-flood-1MB", "dup-flood-1MB", "global-line-1MB", "memo-flood",
-         "codecs-encode-amplify", "set-amplify", "ordereddict-amplify", "object-array-amplify"}
+HEAVY = {
+    "empty-dict-flood-1MB",
+    "mark-flood-1MB",
+    "dup-flood-1MB",
+    "global-line-1MB",
+    "memo-flood",
+    "codecs-encode-amplify",
+    "set-amplify",
+    "ordereddict-amplify",
+    "object-array-amplify",
+}
 FAST = [p for p in H.LEGACY_PAYLOADS if p.name not in HEAVY and not p.heavy]
 SLOW = [p for p in H.LEGACY_PAYLOADS if p.name in HEAVY or p.heavy]
 
@@ -73,9 +83,22 @@ def test_hostile_payload_heavy(p, ctx, monkeypatch):
     _judge(p, ctx, "bytes")
 
 
-@pytest.mark.parametrize("name", ["bytearray-1.5GB", "bytearray-newobj", "ndarray-shape-arg", "ndarray-object-shape-arg",
-                                  "array-shape-1e9-8-bytes", "object-array-1e9-items", "zero-itemsize-1e12",
-                                  "binunicode8-2**62", "binbytes8-2**40", "long4-2GB", "hash-flood-int-keys"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bytearray-1.5GB",
+        "bytearray-newobj",
+        "ndarray-shape-arg",
+        "ndarray-object-shape-arg",
+        "array-shape-1e9-8-bytes",
+        "object-array-1e9-items",
+        "zero-itemsize-1e12",
+        "binunicode8-2**62",
+        "binbytes8-2**40",
+        "long4-2GB",
+        "hash-flood-int-keys",
+    ],
+)
 def test_size_arguments_allocate_nothing(name, ctx):
     p = next(p for p in H.LEGACY_PAYLOADS if p.name == name)
     tracemalloc.start()

@@ -58,9 +58,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from berg.registry import ModelSpec
 
 __all__ = [
-    "BERGCatalogueLayout", "BERGCatalogueModel", "SklearnState", "PCAParams", "Linear", "SubjectWeights",
-    "read_weights", "read_metadata", "fold_projection", "roi_rows", "accuracy_summary", "weights_key", "metadata_key",
-    "N_VERTICES", "EEG_REPETITIONS",
+    "BERGCatalogueLayout",
+    "BERGCatalogueModel",
+    "SklearnState",
+    "PCAParams",
+    "Linear",
+    "SubjectWeights",
+    "read_weights",
+    "read_metadata",
+    "fold_projection",
+    "roi_rows",
+    "accuracy_summary",
+    "weights_key",
+    "metadata_key",
+    "N_VERTICES",
+    "EEG_REPETITIONS",
 ]
 
 log = logging.getLogger(__name__)
@@ -134,13 +146,13 @@ def _vector(d: dict, key: str, n: int | None, where: str) -> np.ndarray:
 class PCAParams:
     """A fitted PCA as far as inference needs it: ``z = (x - mean) @ components.T`` (``/ sqrt(ev)`` if whiten)."""
 
-    components: np.ndarray           # (k, F), memory-mapped from the weights file when large
-    mean: np.ndarray | None          # (F,)
+    components: np.ndarray  # (k, F), memory-mapped from the weights file when large
+    mean: np.ndarray | None  # (F,)
     whiten: bool = False
     explained_variance: np.ndarray | None = None
 
     @classmethod
-    def read(cls, obj: Any, where: str) -> "PCAParams":
+    def read(cls, obj: Any, where: str) -> PCAParams:
         d = _attrs(obj, where)
         comps = _get(d, "components_", where)
         if not isinstance(comps, np.ndarray) or comps.ndim != 2:
@@ -167,11 +179,11 @@ class PCAParams:
 class Linear:
     """One published LinearRegression: ``y = z @ coef.T + intercept``."""
 
-    coef: np.ndarray        # (n_outputs, k)
-    intercept: np.ndarray   # (n_outputs,)
+    coef: np.ndarray  # (n_outputs, k)
+    intercept: np.ndarray  # (n_outputs,)
 
     @classmethod
-    def read(cls, obj: Any, where: str, *, k: int | None = None) -> "Linear":
+    def read(cls, obj: Any, where: str, *, k: int | None = None) -> Linear:
         d = _attrs(obj, where)
         coef = _get(d, "coef_", where)
         intercept = np.asarray(_get(d, "intercept_", where)).reshape(-1)
@@ -185,7 +197,47 @@ class Linear:
         return cls(coef, intercept)
 
     def readout(self) -> LinearReadout:
-        return LinearReadout(self.coef, self.intercept)
+        return stacked_readout([self])
+
+
+def _rows_into_columns(arr: np.ndarray, out: np.ndarray, col0: int, chunk: int = 8192) -> None:
+    """``out[:, col0:col0 + n] = arr.T`` for an ``(n, k)`` array, reading a memory map with plain reads.
+
+    Touching a mapping adds the file's pages to the resident set; reading chunks through the page
+    cache keeps RSS at the destination plus one chunk.
+    """
+    n, k = arr.shape
+    path, offset = getattr(arr, "filename", None), getattr(arr, "offset", None)
+    if isinstance(arr, np.memmap) and path and offset is not None and arr.flags.c_contiguous:
+        with open(path, "rb") as fh:
+            for a in range(0, n, chunk):
+                b = min(n, a + chunk)
+                fh.seek(offset + a * k * arr.dtype.itemsize)
+                rows = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * k)
+                if rows.size != (b - a) * k:
+                    raise ModelLoadError(f"{path}: truncated readout (rows {a}..{b})")
+                out[:, col0 + a : col0 + b] = rows.reshape(b - a, k).T
+        return
+    for a in range(0, n, chunk):
+        out[:, col0 + a : col0 + min(n, a + chunk)] = np.asarray(arr[a : a + chunk]).T
+
+
+def stacked_readout(parts: list[Linear]) -> LinearReadout:
+    """One readout of several published ones stacked by rows, held transposed in memory.
+
+    The weight is a ``(n_outputs, k)`` view of a C-contiguous ``(k, n_outputs)`` float32 array: the
+    engine's ``(k, n)`` operand is then that array itself (no transpose copy), and it is filled from
+    the file with plain reads, so loading costs one copy of the readout and no mapped pages.
+    """
+    k = parts[0].coef.shape[1]
+    n = sum(p.coef.shape[0] for p in parts)
+    wt = np.empty((k, n), dtype=np.float32)
+    col = 0
+    for p in parts:
+        _rows_into_columns(p.coef, wt, col)
+        col += p.coef.shape[0]
+    bias = np.concatenate([np.asarray(p.intercept, dtype=np.float32) for p in parts])
+    return LinearReadout(wt.T, bias)
 
 
 @dataclass
@@ -198,7 +250,7 @@ class SubjectWeights:
 
     scaler_mean: np.ndarray
     scaler_scale: np.ndarray
-    pcas: dict[str, PCAParams]          # projection name -> PCA ("pca" for NSD, "rep-r" for EEG)
+    pcas: dict[str, PCAParams]  # projection name -> PCA ("pca" for NSD, "rep-r" for EEG)
     heads: list[tuple[str, str, Linear]]  # (head name, projection name, readout)
     form: str
 
@@ -219,24 +271,31 @@ def read_weights(path: str | Path, family: str, *, where: str | None = None) -> 
     if family == "nsd_fsaverage":
         pca = PCAParams.read(pca_param, f"{where}['pca_param']")
         k = pca.components.shape[0]
-        heads = [(h, "pca", Linear.read(_get(d, f"{h}_reg_param", where), f"{where}['{h}_reg_param']", k=k))
-                 for h in ("lh", "rh")]
+        heads = [
+            (h, "pca", Linear.read(_get(d, f"{h}_reg_param", where), f"{where}['{h}_reg_param']", k=k))
+            for h in ("lh", "rh")
+        ]
         pcas, form = {"pca": pca}, "nsd"
     elif family == "things_eeg_2":
         regs = _get(d, "reg_param", where)
         if not isinstance(regs, dict) or not all(r in regs for r in EEG_REPETITIONS):
-            raise ModelLoadError(f"{where}: reg_param must hold {list(EEG_REPETITIONS)}, found "
-                                 f"{sorted(regs) if isinstance(regs, dict) else type(regs).__name__}")
+            raise ModelLoadError(
+                f"{where}: reg_param must hold {list(EEG_REPETITIONS)}, found "
+                f"{sorted(regs) if isinstance(regs, dict) else type(regs).__name__}"
+            )
         if isinstance(pca_param, dict) and "components_" in pca_param:
-            shared = PCAParams.read(pca_param, f"{where}['pca_param']")  # oldest form: one PCA for all
-            pcas, form = {r: shared for r in EEG_REPETITIONS}, "shared"
+            # oldest form: one PCA for all repetitions (one projection, computed once per batch)
+            pcas, form = {"shared": PCAParams.read(pca_param, f"{where}['pca_param']")}, "shared"
         elif isinstance(pca_param, dict) and all(r in pca_param for r in EEG_REPETITIONS):
             pcas = {r: PCAParams.read(pca_param[r], f"{where}['pca_param'][{r!r}]") for r in EEG_REPETITIONS}
             form = "objects" if all(isinstance(pca_param[r], StateOnly) for r in EEG_REPETITIONS) else "attribute_dicts"
         else:
             raise ModelLoadError(f"{where}: pca_param is neither one PCA nor {list(EEG_REPETITIONS)}")
-        heads = [(r, r, Linear.read(regs[r], f"{where}['reg_param'][{r!r}]", k=pcas[r].components.shape[0]))
-                 for r in EEG_REPETITIONS]
+        proj = {r: "shared" if form == "shared" else r for r in EEG_REPETITIONS}
+        heads = [
+            (r, proj[r], Linear.read(regs[r], f"{where}['reg_param'][{r!r}]", k=pcas[proj[r]].components.shape[0]))
+            for r in EEG_REPETITIONS
+        ]
     else:
         raise ModelLoadError(f"unknown BERG catalogue family {family!r}; valid: {', '.join(FAMILIES)}")
     for name, pca in pcas.items():
@@ -266,7 +325,9 @@ def _index_array(entry: Any, n: int, where: str) -> np.ndarray:
         entry = entry[0]
     arr = np.asarray(entry) if isinstance(entry, (np.ndarray, list)) else None
     if arr is None or arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
-        raise ModelLoadError(f"{where}: a ROI entry must be an integer index array (np.where), got {type(entry).__name__}")
+        raise ModelLoadError(
+            f"{where}: a ROI entry must be an integer index array (np.where), got {type(entry).__name__}"
+        )
     arr = arr.astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= n):
         raise ModelLoadError(f"{where}: ROI vertex indices span {arr.min()}..{arr.max()}, outside 0..{n - 1}")
@@ -284,8 +345,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_metadata(path: str | Path, family: str, *, n_vertices: Mapping[str, int] | None = None,
-                  where: str | None = None) -> dict[str, Any]:
+def read_metadata(
+    path: str | Path, family: str, *, n_vertices: Mapping[str, int] | None = None, where: str | None = None
+) -> dict[str, Any]:
     """Read a BERG metadata file into a plain dict (BERG's own nesting; any subset of the documented keys).
 
     NSD: ``fmri`` (``lh_ncsnr``..., ``{lh,rh}_fsaverage_rois`` as ``{name: int64 vertex indices}``) and
@@ -325,8 +387,10 @@ def roi_rows(meta: Mapping[str, Any], n_lh: int) -> dict[str, np.ndarray]:
     lh, rh = fmri.get("lh_fsaverage_rois") or {}, fmri.get("rh_fsaverage_rois") or {}
     out = {}
     for name in dict.fromkeys([*lh, *rh]):
-        parts = [np.asarray(lh.get(name, np.zeros(0, np.int64)), np.int64),
-                 np.asarray(rh.get(name, np.zeros(0, np.int64)), np.int64) + n_lh]
+        parts = [
+            np.asarray(lh.get(name, np.zeros(0, np.int64)), np.int64),
+            np.asarray(rh.get(name, np.zeros(0, np.int64)), np.int64) + n_lh,
+        ]
         out[name] = np.concatenate(parts)
     return out
 
@@ -421,10 +485,18 @@ class BERGCatalogueLayout(ArtifactLayout):
     def load_heads(self, subject: Any) -> list[ReadoutHead]:
         w = self.weights(subject)
         expected = self.output_space(subject).n_outputs
-        heads = [ReadoutHead(self._projection_name(subject, proj), lin.readout()) for _, proj, lin in w.heads]
+        # heads on the same projection (NSD's lh and rh) become one readout: one matmul, one copy
+        merged: dict[str, list[Linear]] = {}
+        for _, proj, lin in w.heads:
+            merged.setdefault(proj, []).append(lin)
+        heads = [
+            ReadoutHead(self._projection_name(subject, proj), stacked_readout(parts)) for proj, parts in merged.items()
+        ]
         got = sum(h.readout.n_outputs for h in heads)
         if got != expected:
-            raise ModelLoadError(f"{weights_key(subject)}: readouts give {got} outputs, the output space has {expected}")
+            raise ModelLoadError(
+                f"{weights_key(subject)}: readouts give {got} outputs, the output space has {expected}"
+            )
         return heads
 
     def load_projections(self, names: list[str | None]) -> dict[str, Projection | None]:
@@ -441,7 +513,8 @@ class BERGCatalogueLayout(ArtifactLayout):
             sha = self.store.sha256(self.spec.model_id, self.spec.source, key)
             w = self.weights(subject)
             path = self.store.derived(
-                self.spec.model_id, f"projection-{label}-{pca}.safetensors",
+                self.spec.model_id,
+                f"projection-{label}-{pca}.safetensors",
                 {key: sha, "pca": pca, "fold": FOLD_VERSION},
                 lambda target, w=w, pca=pca: fold_projection(target, w, pca),
             )
@@ -461,8 +534,11 @@ class BERGCatalogueLayout(ArtifactLayout):
         eeg = self.load_metadata(subject).get("eeg") or {}
         channels = eeg.get("ch_names") or sel.get("channels")
         times = eeg.get("times")
-        times_ms = (np.round(np.asarray(times) * 1000.0, 6) if times is not None
-                    else _card_times(((self.spec.card.get("output") or {}).get("space") or {}).get("times_ms")))
+        times_ms = (
+            np.round(np.asarray(times) * 1000.0, 6)
+            if times is not None
+            else _card_times(((self.spec.card.get("output") or {}).get("space") or {}).get("times_ms"))
+        )
         if not channels or not len(times_ms):
             raise ModelLoadError(f"{metadata_key(subject)}: no channel names/times in the file or the card")
         return SensorTimeSpace(tuple(channels), times_ms, len(EEG_REPETITIONS))
@@ -482,7 +558,7 @@ class _SquareCropTransform:
         h, w = img.shape[:2]
         side = min(h, w)
         top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
-        return img[top:top + side, left:left + side]
+        return img[top : top + side, left : left + side]
 
     def __call__(self, items):
         return self.base([self._crop(np.asarray(i)) for i in items])
@@ -501,18 +577,26 @@ class _TorchvisionPresetTransform:
     def __init__(self, resize_size: int, crop_size: int, mean, std):
         from torchvision.transforms._presets import ImageClassification
 
-        self.preset = ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=tuple(mean),
-                                          std=tuple(std))
-        self.cfg = {"kind": "image", "resize_size": resize_size, "crop_size": crop_size, "mean": list(mean),
-                    "std": list(std), "pipeline": "torchvision ImageClassification preset on uint8 tensors"}
+        self.preset = ImageClassification(
+            crop_size=crop_size, resize_size=resize_size, mean=tuple(mean), std=tuple(std)
+        )
+        self.cfg = {
+            "kind": "image",
+            "resize_size": resize_size,
+            "crop_size": crop_size,
+            "mean": list(mean),
+            "std": list(std),
+            "pipeline": "torchvision ImageClassification preset on uint8 tensors",
+        }
         self.kind = "image"
         self.crop_size = crop_size
 
     def __call__(self, items):
         import torch
 
-        return torch.stack([self.preset(torch.from_numpy(np.ascontiguousarray(np.asarray(i))).permute(2, 0, 1))
-                            for i in items])
+        return torch.stack(
+            [self.preset(torch.from_numpy(np.ascontiguousarray(np.asarray(i))).permute(2, 0, 1)) for i in items]
+        )
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -533,17 +617,21 @@ class BERGCatalogueModel(LinearEncodingModel):
     """
 
     @classmethod
-    def _catalogue(cls, spec: "ModelSpec") -> dict[str, Any]:
+    def _catalogue(cls, spec: ModelSpec) -> dict[str, Any]:
         return dict(spec.recipe.get("berg_catalogue") or {})
 
     @classmethod
-    def extractor_for(cls, request: "LoadRequest") -> "FeatureExtractor":
+    def extractor_for(cls, request: LoadRequest) -> FeatureExtractor:
         import dataclasses
 
         cfg = cls._catalogue(request.spec)
         seed = cfg.get("untrained_seed")
-        if seed is not None and request.backbone_weights in (None, "pretrained"):
-            # the published model IS the seeded random network: rebuild exactly that one
+        if seed is not None and (
+            request.backbone_weights in (None, "pretrained")
+            or (request.backbone_weights == "untrained" and request.backbone_seed == 0)
+        ):
+            # the published model IS the seeded random network: rebuild exactly that one (an explicit
+            # backbone_seed, or a weights file, still wins)
             request = dataclasses.replace(request, backbone_weights="untrained", backbone_seed=int(seed))
         base = super().extractor_for(request)
         variant = request.options.get("preprocessing") or "training"
@@ -555,16 +643,18 @@ class BERGCatalogueModel(LinearEncodingModel):
             ext.transform = _SquareCropTransform(base.transform)
         else:
             inf = cfg.get("inference") or {}
-            ext.transform = _TorchvisionPresetTransform(int(inf.get("resize_size", 256)), int(inf.get("crop_size", 224)),
-                                                        t["mean"], t["std"])
+            ext.transform = _TorchvisionPresetTransform(
+                int(inf.get("resize_size", 256)), int(inf.get("crop_size", 224)), t["mean"], t["std"]
+            )
         return ext
 
     def setup(self) -> None:
         self._rep_spaces = dict(self.spaces)
         self._average = bool(self.options.get("average_repetitions"))
         if self._average:
-            self.spaces = {s: sp.mean_repetitions() if isinstance(sp, SensorTimeSpace) else sp
-                           for s, sp in self.spaces.items()}
+            self.spaces = {
+                s: sp.mean_repetitions() if isinstance(sp, SensorTimeSpace) else sp for s, sp in self.spaces.items()
+            }
 
     def _shape_outputs(self, subject: Any, flat: np.ndarray) -> np.ndarray:
         full = self._rep_spaces[subject].reshape(flat)

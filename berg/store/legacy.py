@@ -78,8 +78,12 @@ _DTYPE_NAME = re.compile(r"[A-Za-z]{1,3}\d{0,6}")
 _MAX_DIMS = 64
 _MAX_NPY_HEADER = 10_000  # numpy's own max_header_size
 # What an empty container costs in memory (charged to the budget: one opcode byte makes one).
-_EMPTY_COST = {"list": sys.getsizeof([]), "dict": sys.getsizeof({}), "set": sys.getsizeof(set()),
-               "tuple": sys.getsizeof(())}
+_EMPTY_COST = {
+    "list": sys.getsizeof([]),
+    "dict": sys.getsizeof({}),
+    "set": sys.getsizeof(set()),
+    "tuple": sys.getsizeof(()),
+}
 
 
 class StateOnly:
@@ -259,16 +263,22 @@ class _Numpy:
             dt = dt.newbyteorder(state[1])
         if len(state) >= 6 and state[3] is not None:
             names, fields, itemsize = state[3], state[4], state[5]
-            if not (isinstance(names, tuple) and isinstance(fields, dict) and isinstance(itemsize, int)
-                    and all(isinstance(n, str) for n in names)):
+            if not (
+                isinstance(names, tuple)
+                and isinstance(fields, dict)
+                and isinstance(itemsize, int)
+                and all(isinstance(n, str) for n in names)
+            ):
                 raise _Malformed("unsupported structured dtype state")
             try:
-                return np.dtype({
-                    "names": list(names),
-                    "formats": [_as_dtype(fields[n][0]) for n in names],
-                    "offsets": [int(fields[n][1]) for n in names],
-                    "itemsize": itemsize,
-                })
+                return np.dtype(
+                    {
+                        "names": list(names),
+                        "formats": [_as_dtype(fields[n][0]) for n in names],
+                        "offsets": [int(fields[n][1]) for n in names],
+                        "itemsize": itemsize,
+                    }
+                )
             except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
                 raise _Malformed(f"unsupported structured dtype: {exc}") from exc
         return dt
@@ -361,21 +371,23 @@ def _allowed_globals(numpy_: _Numpy, builtins_: _Builtins) -> dict[tuple[str, st
         allowed[(mod, "scalar")] = numpy_.scalar
     for mod in ("numpy.core.numeric", "numpy._core.numeric"):
         allowed[(mod, "_frombuffer")] = numpy_.frombuffer
-    allowed.update({
-        ("numpy", "ndarray"): _NDARRAY,
-        ("numpy", "dtype"): numpy_.make_dtype,
-        ("_codecs", "encode"): builtins_.codecs_encode,
-        ("builtins", "set"): builtins_.set,
-        ("builtins", "frozenset"): builtins_.frozenset,
-        ("builtins", "complex"): builtins_.complex,
-        ("builtins", "bytearray"): builtins_.bytearray,
-        ("collections", "OrderedDict"): builtins_.dict,
-        # protocol-2 pickles name Python 2's module for the builtins
-        ("__builtin__", "set"): builtins_.set,
-        ("__builtin__", "frozenset"): builtins_.frozenset,
-        ("__builtin__", "complex"): builtins_.complex,
-        ("__builtin__", "bytearray"): builtins_.bytearray,
-    })
+    allowed.update(
+        {
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy", "dtype"): numpy_.make_dtype,
+            ("_codecs", "encode"): builtins_.codecs_encode,
+            ("builtins", "set"): builtins_.set,
+            ("builtins", "frozenset"): builtins_.frozenset,
+            ("builtins", "complex"): builtins_.complex,
+            ("builtins", "bytearray"): builtins_.bytearray,
+            ("collections", "OrderedDict"): builtins_.dict,
+            # protocol-2 pickles name Python 2's module for the builtins
+            ("__builtin__", "set"): builtins_.set,
+            ("__builtin__", "frozenset"): builtins_.frozenset,
+            ("__builtin__", "complex"): builtins_.complex,
+            ("__builtin__", "bytearray"): builtins_.bytearray,
+        }
+    )
     return allowed
 
 
@@ -444,9 +456,19 @@ class _Stream:
 # --------------------------------------------------------------------------- the interpreter
 
 _OPCODES = {op.code.encode("latin1"): op.name for op in pickletools.opcodes}
-_SIZE_FORMATS = {"LONG1": "<B", "LONG4": "<i", "BINUNICODE": "<I", "SHORT_BINUNICODE": "<B",
-                 "BINUNICODE8": "<Q", "BINBYTES": "<I", "SHORT_BINBYTES": "<B", "BINBYTES8": "<Q",
-                 "BYTEARRAY8": "<Q", "BINSTRING": "<i", "SHORT_BINSTRING": "<B"}
+_SIZE_FORMATS = {
+    "LONG1": "<B",
+    "LONG4": "<i",
+    "BINUNICODE": "<I",
+    "SHORT_BINUNICODE": "<B",
+    "BINUNICODE8": "<Q",
+    "BINBYTES": "<I",
+    "SHORT_BINBYTES": "<B",
+    "BINBYTES8": "<Q",
+    "BYTEARRAY8": "<Q",
+    "BINSTRING": "<i",
+    "SHORT_BINSTRING": "<B",
+}
 _HASHABLE_SCALARS = (str, bytes, float, complex, type(None), np.generic, np.dtype)
 
 
@@ -461,8 +483,13 @@ class _Machine:
         self.allowed = _allowed_globals(self.numpy, self.builtins)
         self.allowed.update(extra)
         self.callables = {id(v) for v in self.allowed.values() if v is not _NDARRAY}
-        self.newobj_ok = {id(self.builtins.set), id(self.builtins.frozenset), id(self.builtins.dict),
-                          id(self.builtins.complex), id(self.builtins.bytearray)}
+        self.newobj_ok = {
+            id(self.builtins.set),
+            id(self.builtins.frozenset),
+            id(self.builtins.dict),
+            id(self.builtins.complex),
+            id(self.builtins.bytearray),
+        }
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
@@ -803,8 +830,9 @@ class _Machine:
 
     def _call(self, func: Any, args: Any, kwargs: Any = None) -> Any:
         if func is _NDARRAY:
-            raise _Malformed("numpy.ndarray(...) called with a size argument refused: array data must "
-                             "come from the file's bytes")
+            raise _Malformed(
+                "numpy.ndarray(...) called with a size argument refused: array data must come from the file's bytes"
+            )
         if id(func) not in self.callables:
             raise _Refused(f"calling {_describe(func)} refused: only allow-listed globals are called")
         if not isinstance(args, tuple):
@@ -871,8 +899,13 @@ def _children(obj: Any, pending_states: Mapping[int, list[Any]]) -> Iterable[Any
     if t is dict:
         return itertools.chain.from_iterable(obj.items())
     if isinstance(obj, StateOnly):
-        return itertools.chain(obj.args, obj.kwargs.values(), itertools.chain.from_iterable(
-            i if type(i) is tuple else (i,) for i in obj.items), [obj.state], pending_states.get(id(obj), ()))
+        return itertools.chain(
+            obj.args,
+            obj.kwargs.values(),
+            itertools.chain.from_iterable(i if type(i) is tuple else (i,) for i in obj.items),
+            [obj.state],
+            pending_states.get(id(obj), ()),
+        )
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject:
         return obj.reshape(-1)
     if isinstance(obj, _PendingArray):
@@ -880,7 +913,9 @@ def _children(obj: Any, pending_states: Mapping[int, list[Any]]) -> Iterable[Any
     if isinstance(obj, _PendingDtype):
         raise _Malformed("a dtype is used before its state (BUILD) was given")
     if isinstance(obj, _LazyBytes):
-        raise _Malformed(f"a {obj.length}-byte string that is not array data (legacy artifacts keep big data in arrays)")
+        raise _Malformed(
+            f"a {obj.length}-byte string that is not array data (legacy artifacts keep big data in arrays)"
+        )
     return None
 
 
@@ -992,9 +1027,7 @@ def safe_unpickle(
     return _interpret(fh, _path, extra_globals)
 
 
-def load_legacy_npy(
-    path: str | os.PathLike[str], *, extra_globals: Mapping[tuple[str, str], Any] | None = None
-) -> Any:
+def load_legacy_npy(path: str | os.PathLike[str], *, extra_globals: Mapping[tuple[str, str], Any] | None = None) -> Any:
     """Read an ``.npy`` file, including the pickled object arrays (dicts) that BERG saved with ``np.save``.
 
     A 0-d object array (how ``np.save`` stores a dict) is unwrapped to its item. Large arrays inside
@@ -1045,8 +1078,7 @@ def load_legacy_npy(
                 shape = _shape(shape)
                 if not math.prod(shape):
                     return np.empty(shape, dtype)
-                return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                                 order="F" if fortran else "C")
+                return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
             obj = _interpret(fh, str(path), extra_globals)
     except BERGError:
         raise

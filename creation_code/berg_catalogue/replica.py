@@ -37,16 +37,57 @@ PREFIXES = {
     ("things_eeg_2", b): f"encoding_models/modality-eeg/train_dataset-things_eeg_2/model-{b}/"
     for b in ("vit_b_32", "alexnet", "alexnet_untrained")
 }
-CHANNELS = ("Fp1 F3 F7 FT9 FC5 FC1 C3 T7 TP9 CP5 CP1 Pz P3 P7 O1 Oz O2 P4 P8 TP10 CP6 CP2 Cz C4 T8 FT10 FC6 "
-            "FC2 F4 F8 Fp2 AF7 AF3 AFz F1 F5 FT7 FC3 FCz C1 C5 TP7 CP3 P1 P5 PO7 PO3 POz PO4 PO8 P6 P2 CPz "
-            "CP4 TP8 C6 C2 FC4 FT8 F6 F2 AF4 AF8").split()
-NSD_ROIS = ["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4", "EBA", "FBA-1", "FBA-2", "mTL-bodies", "OFA",
-            "FFA-1", "FFA-2", "mTL-faces", "aTL-faces", "OPA", "PPA", "RSC", "OWFA", "VWFA-1", "VWFA-2",
-            "mfs-words", "mTL-words", "early", "midventral", "midlateral", "midparietal", "ventral", "lateral",
-            "parietal", "nsdgeneral"]
+CHANNELS = (
+    "Fp1 F3 F7 FT9 FC5 FC1 C3 T7 TP9 CP5 CP1 Pz P3 P7 O1 Oz O2 P4 P8 TP10 CP6 CP2 Cz C4 T8 FT10 FC6 "
+    "FC2 F4 F8 Fp2 AF7 AF3 AFz F1 F5 FT7 FC3 FCz C1 C5 TP7 CP3 P1 P5 PO7 PO3 POz PO4 PO8 P6 P2 CPz "
+    "CP4 TP8 C6 C2 FC4 FT8 F6 F2 AF4 AF8"
+).split()
+NSD_ROIS = [
+    "V1v",
+    "V1d",
+    "V2v",
+    "V2d",
+    "V3v",
+    "V3d",
+    "hV4",
+    "EBA",
+    "FBA-1",
+    "FBA-2",
+    "mTL-bodies",
+    "OFA",
+    "FFA-1",
+    "FFA-2",
+    "mTL-faces",
+    "aTL-faces",
+    "OPA",
+    "PPA",
+    "RSC",
+    "OWFA",
+    "VWFA-1",
+    "VWFA-2",
+    "mfs-words",
+    "mTL-words",
+    "early",
+    "midventral",
+    "midlateral",
+    "midparietal",
+    "ventral",
+    "lateral",
+    "parietal",
+    "nsdgeneral",
+]
 EEG_FORMS = ("objects", "attribute_dicts", "shared")
-_PCA_ATTRS = ("components_", "explained_variance_", "explained_variance_ratio_", "singular_values_", "mean_",
-              "n_components_", "n_samples_", "noise_variance_", "n_features_in_")
+_PCA_ATTRS = (
+    "components_",
+    "explained_variance_",
+    "explained_variance_ratio_",
+    "singular_values_",
+    "mean_",
+    "n_components_",
+    "n_samples_",
+    "noise_variance_",
+    "n_features_in_",
+)
 
 
 @dataclass
@@ -58,7 +99,7 @@ class Replica:
     backbone: str
     prefix: str
     subjects: tuple[int, ...]
-    weights: dict[int, dict[str, Any]] = field(default_factory=dict)   # the dicts np.save wrote
+    weights: dict[int, dict[str, Any]] = field(default_factory=dict)  # the dicts np.save wrote
     metadata: dict[int, dict[str, Any]] = field(default_factory=dict)
     form: str = "objects"
 
@@ -73,8 +114,13 @@ def _save(path: Path, obj: dict) -> None:
 
 
 def _scaler_param(scaler) -> dict[str, Any]:
-    return {"scale_": scaler.scale_, "mean_": scaler.mean_, "var_": scaler.var_,
-            "n_features_in_": scaler.n_features_in_, "n_samples_seen_": scaler.n_samples_seen_}
+    return {
+        "scale_": scaler.scale_,
+        "mean_": scaler.mean_,
+        "var_": scaler.var_,
+        "n_features_in_": scaler.n_features_in_,
+        "n_samples_seen_": scaler.n_samples_seen_,
+    }
 
 
 def _pca_param(pca) -> dict[str, Any]:
@@ -105,7 +151,7 @@ def _random_pca(rng: np.random.Generator, k: int, n_features: int, n_samples: in
     pca.explained_variance_ = ev
     pca.explained_variance_ratio_ = (ev / ev.sum() / 2).astype(np.float32)
     pca.singular_values_ = np.sqrt(ev * (n_samples - 1)).astype(np.float32)
-    pca.mean_ = (rng.standard_normal(n_features, dtype=np.float32) * np.float32(0.1))
+    pca.mean_ = rng.standard_normal(n_features, dtype=np.float32) * np.float32(0.1)
     pca.n_components_ = k
     pca.n_samples_ = n_samples
     pca.noise_variance_ = np.float32(0.01)
@@ -113,15 +159,15 @@ def _random_pca(rng: np.random.Generator, k: int, n_features: int, n_samples: in
     return pca
 
 
-def _fit_chain(rng: np.random.Generator, n_features: int, k: int, n_targets: int, n_samples: int,
-               seeds: list[int]):
+def _fit_chain(rng: np.random.Generator, n_features: int, k: int, n_targets: int, n_samples: int, seeds: list[int]):
     """BERG's training procedure on random data: scaler, one PCA per seed, least squares per PCA."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LinearRegression
     from sklearn.preprocessing import StandardScaler
 
-    x = (rng.standard_normal((n_samples, n_features)) * rng.uniform(0.5, 2, n_features)
-         + rng.standard_normal(n_features)).astype(np.float32)
+    x = (
+        rng.standard_normal((n_samples, n_features)) * rng.uniform(0.5, 2, n_features) + rng.standard_normal(n_features)
+    ).astype(np.float32)
     scaler = StandardScaler().fit(x)
     xs = scaler.transform(x)
     pcas, regs = [], []
@@ -131,8 +177,13 @@ def _fit_chain(rng: np.random.Generator, n_features: int, k: int, n_targets: int
         y = z @ rng.standard_normal((k, n_targets)).astype(np.float32) + rng.standard_normal(n_targets)
         reg = LinearRegression().fit(z, y + 0.1 * rng.standard_normal(y.shape))
         pcas.append(pca)
-        regs.append({"coef_": reg.coef_.astype(np.float32), "intercept_": reg.intercept_.astype(np.float32),
-                     "n_features_in_": k})
+        regs.append(
+            {
+                "coef_": reg.coef_.astype(np.float32),
+                "intercept_": reg.intercept_.astype(np.float32),
+                "n_features_in_": k,
+            }
+        )
     return scaler, pcas, regs
 
 
@@ -140,7 +191,7 @@ def _random_reg(rng: np.random.Generator, n_out: int, k: int) -> dict[str, Any]:
     coef = np.empty((n_out, k), dtype=np.float32)
     step = 1 << 16
     for a in range(0, n_out, step):
-        coef[a:a + step] = rng.standard_normal((min(step, n_out - a), k), dtype=np.float32) / np.float32(np.sqrt(k))
+        coef[a : a + step] = rng.standard_normal((min(step, n_out - a), k), dtype=np.float32) / np.float32(np.sqrt(k))
     return {"coef_": coef, "intercept_": rng.standard_normal(n_out, dtype=np.float32), "n_features_in_": k}
 
 
@@ -157,8 +208,11 @@ def _nsd_metadata(rng: np.random.Generator, n_vertices: int, subject: int) -> di
             where = np.where(vec == 1)  # what BERG's prepare script stores: np.where's tuple (or its array)
             rois[name] = where if j % 2 else where[0]
         fmri[f"{h}_fsaverage_rois"] = rois
-    enc: dict[str, Any] = {"train_img_num": np.arange(90) + 100 * subject, "val_img_num": np.arange(5),
-                           "test_img_num": np.arange(5, 12)}
+    enc: dict[str, Any] = {
+        "train_img_num": np.arange(90) + 100 * subject,
+        "val_img_num": np.arange(5),
+        "test_img_num": np.arange(5, 12),
+    }
     for h in ("lh", "rh"):
         for split in ("nsdcore", "nsdsynthetic"):
             r = np.clip(rng.normal(0.3, 0.2, n_vertices), 0, None).astype(np.float32)
@@ -173,27 +227,50 @@ def _nsd_metadata(rng: np.random.Generator, n_vertices: int, subject: int) -> di
 def _eeg_metadata(rng: np.random.Generator, channels: list[str], n_times: int, n_reps: int) -> dict[str, Any]:
     times = np.round(np.arange(n_times) * 0.005 - 0.1, 3)
     concepts = [f"{i:05d}_concept" for i in range(20)]
-    info = lambda n: {"train_img_concepts": concepts[:n], "train_img_concepts_THINGS": concepts[:n],  # noqa: E731
-                      "train_img_files": [f"{c}_01.jpg" for c in concepts[:n]]}
+
+    def info(n: int) -> dict[str, list[str]]:
+        return {
+            "train_img_concepts": concepts[:n],
+            "train_img_concepts_THINGS": concepts[:n],
+            "train_img_files": [f"{c}_01.jpg" for c in concepts[:n]],
+        }
+
     test = {k.replace("train", "test"): v for k, v in info(8).items()}
     shape = (len(channels), n_times)
     return {
-        "eeg": {"ch_names": list(channels), "times": times,
-                "ncsnr": rng.uniform(0, 1, shape).astype(np.float32),
-                "noise_ceiling": rng.uniform(0, 1, shape).astype(np.float32)},
+        "eeg": {
+            "ch_names": list(channels),
+            "times": times,
+            "ncsnr": rng.uniform(0, 1, shape).astype(np.float32),
+            "noise_ceiling": rng.uniform(0, 1, shape).astype(np.float32),
+        },
         "encoding_models": {
             "correlation_averaged_repetitions": rng.uniform(-0.1, 0.6, shape).astype(np.float32),
             "correlation_single_repetitions": rng.uniform(-0.1, 0.5, (n_reps, *shape)).astype(np.float32),
-            "train_img_info": info(20), "test_img_info": test,
+            "train_img_info": info(20),
+            "test_img_info": test,
         },
     }
 
 
-def write_replica(root: str | Path, family: str, backbone: str = "vit_b_32", *, subjects=(1, 2),
-                  n_features: int = 64, n_components: int = 6, n_vertices: int = 40,
-                  channels: list[str] | None = None, n_times: int = 7, n_reps: int = 4,
-                  form: str = "objects", fit: bool = True, n_train: int = 30, seed: int = 0,
-                  keep_arrays: bool = True) -> Replica:
+def write_replica(
+    root: str | Path,
+    family: str,
+    backbone: str = "vit_b_32",
+    *,
+    subjects=(1, 2),
+    n_features: int = 64,
+    n_components: int = 6,
+    n_vertices: int = 40,
+    channels: list[str] | None = None,
+    n_times: int = 7,
+    n_reps: int = 4,
+    form: str = "objects",
+    fit: bool = True,
+    n_train: int = 30,
+    seed: int = 0,
+    keep_arrays: bool = True,
+) -> Replica:
     """Write BERG's weights and metadata files of one model folder under ``root`` (a berg_dir).
 
     Parameters
@@ -229,16 +306,28 @@ def write_replica(root: str | Path, family: str, backbone: str = "vit_b_32", *, 
         if family == "nsd_fsaverage":
             if fit:
                 scaler, (pca,), (reg,) = _fit_chain(rng, n_features, n_components, 2 * n_vertices, n_train, [20200220])
-                regs = [{"coef_": reg["coef_"][:n_vertices], "intercept_": reg["intercept_"][:n_vertices],
-                         "n_features_in_": n_components},
-                        {"coef_": reg["coef_"][n_vertices:], "intercept_": reg["intercept_"][n_vertices:],
-                         "n_features_in_": n_components}]
+                regs = [
+                    {
+                        "coef_": reg["coef_"][:n_vertices],
+                        "intercept_": reg["intercept_"][:n_vertices],
+                        "n_features_in_": n_components,
+                    },
+                    {
+                        "coef_": reg["coef_"][n_vertices:],
+                        "intercept_": reg["intercept_"][n_vertices:],
+                        "n_features_in_": n_components,
+                    },
+                ]
             else:
                 scaler = _random_scaler(rng, n_features, 9000)
                 pca = _random_pca(rng, n_components, n_features, 9000, 20200220)
                 regs = [_random_reg(rng, n_vertices, n_components) for _ in range(2)]
-            weights = {"scaler_param": _scaler_param(scaler), "pca_param": _pca_param(pca),
-                       "lh_reg_param": regs[0], "rh_reg_param": regs[1]}
+            weights = {
+                "scaler_param": _scaler_param(scaler),
+                "pca_param": _pca_param(pca),
+                "lh_reg_param": regs[0],
+                "rh_reg_param": regs[1],
+            }
             meta = _nsd_metadata(rng, n_vertices, s)
         else:
             n_out = len(channels) * n_times
@@ -248,8 +337,9 @@ def write_replica(root: str | Path, family: str, backbone: str = "vit_b_32", *, 
             if fit:
                 scaler, pcas, regs = _fit_chain(rng, n_features, n_components, n_out, n_train, seeds)
                 if form == "shared":  # the oldest form: one PCA for all repetitions, readouts per repetition
-                    regs = regs + [_fit_extra_reg(rng, pcas[0], scaler, n_out, n_features, n_train)
-                                   for _ in range(n_reps - 1)]
+                    regs = regs + [
+                        _fit_extra_reg(rng, pcas[0], scaler, n_out, n_features, n_train) for _ in range(n_reps - 1)
+                    ]
             else:
                 scaler = _random_scaler(rng, n_features, 16540)
                 pcas = [_random_pca(rng, n_components, n_features, 16540, sd) for sd in seeds]
@@ -260,8 +350,11 @@ def write_replica(root: str | Path, family: str, backbone: str = "vit_b_32", *, 
                 pca_param = {f"rep-{r + 1}": _pca_param(pcas[r]) for r in range(n_reps)}
             else:
                 pca_param = _pca_param(pcas[0])
-            weights = {"scaler_param": _scaler_param(scaler), "pca_param": pca_param,
-                       "reg_param": {f"rep-{r + 1}": regs[r] for r in range(n_reps)}}
+            weights = {
+                "scaler_param": _scaler_param(scaler),
+                "pca_param": pca_param,
+                "reg_param": {f"rep-{r + 1}": regs[r] for r in range(n_reps)},
+            }
             meta = _eeg_metadata(rng, channels, n_times, n_reps)
         _save(rep.path(f"encoding_models_weights/weights_subject-{s:02d}.npy"), weights)
         _save(rep.path(f"metadata/metadata_subject-{s:02d}.npy"), meta)
