@@ -102,10 +102,12 @@ def test_batched_glm_equals_nilearn_first_level(kernels):
     batched = batched_kernel_glm(img, kernels, TR, confounds=conf, mask_img=_mask_img())
     masker = NiftiMasker(_mask_img()).fit()
     for k in (0, 3):
-        eff = first_level_kernel_glm([img], kernels, TR, kernel=k, confounds=[conf], mask_img=_mask_img(),
-                                     noise_model="ols")[0]
-        stat = first_level_kernel_glm([img], kernels, TR, kernel=k, confounds=[conf], mask_img=_mask_img(),
-                                      noise_model="ols", output_type="stat")[0]
+        eff = first_level_kernel_glm(
+            [img], kernels, TR, kernel=k, confounds=[conf], mask_img=_mask_img(), noise_model="ols"
+        )[0]
+        stat = first_level_kernel_glm(
+            [img], kernels, TR, kernel=k, confounds=[conf], mask_img=_mask_img(), noise_model="ols", output_type="stat"
+        )[0]
         np.testing.assert_allclose(batched.beta[k], np.ravel(masker.transform(eff)), atol=1e-5)
         np.testing.assert_allclose(batched.t[k], np.ravel(masker.transform(stat)), atol=1e-4)
     assert batched.dof == N_TR - (24 + conf_drift_columns() + 1) - 1
@@ -121,8 +123,9 @@ def conf_drift_columns() -> int:
 def test_nilearn_path_finds_planted_voxels_at_the_group_level(kernels):
     rng = np.random.default_rng(3)
     subs = [_subject(rng, kernels) for _ in range(6)]
-    eff = first_level_kernel_glm([s[2] for s in subs], kernels, TR, kernel=0,
-                                 confounds=[friston24(s[1]) for s in subs], mask_img=_mask_img())  # AR(1)
+    eff = first_level_kernel_glm(
+        [s[2] for s in subs], kernels, TR, kernel=0, confounds=[friston24(s[1]) for s in subs], mask_img=_mask_img()
+    )  # AR(1)
     res = group_kernel_test(eff, mask_img=_mask_img(), height_control="fpr", alpha=0.001)
     sig = np.asarray(res.thresholded.dataobj).ravel() != 0
     lab = _regions()

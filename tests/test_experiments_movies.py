@@ -83,7 +83,10 @@ def test_luminance_baseline_goes_through_the_registry(luminance):
     assert grid[:7].mean() > grid[9:].mean() + 1.0
     # Luma of the normalised channels, exactly: a uniform grey frame gives one value everywhere.
     grey = np.full((1, 30, 30, 3), 128, np.uint8)
-    v = (np.array([0.2126, 0.7152, 0.0722]) * ((128 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]))).sum()
+    v = (
+        np.array([0.2126, 0.7152, 0.0722])
+        * ((128 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]))
+    ).sum()
     np.testing.assert_allclose(luminance.encode(grey, show_progress=False), v, atol=1e-5)
 
 
@@ -140,8 +143,9 @@ def test_boundary_analysis_detects_planted_effect(tmp_path):
     rng = np.random.default_rng(1)
     bounds_tr = (12, 27, 41, 58, 70, 86)
     model, base, real = _planted(rng, bounds_tr=bounds_tr)
-    res = boundary_analysis(model, base, real, [2.0 * b for b in bounds_tr], tr=2.0, window=4,
-                            n_permutations=500, seed=0)
+    res = boundary_analysis(
+        model, base, real, [2.0 * b for b in bounds_tr], tr=2.0, window=4, n_permutations=500, seed=0
+    )
     at = {int(k): p for k, p in zip(res.lags, res.p_values)}
     # Shifts of +-1 TR still overlap the 3-TR planted window, so p cannot go far below 2 / 500 * 5.
     assert max(at[-1], at[0], at[1]) < 0.05 and res.difference[res.lags == 0][0] > 0.5
@@ -204,8 +208,12 @@ def test_composed_group_map_equals_step_by_step():
     geometry, readouts = {}, {}
     for s in (1, 2):
         flat = rng.choice(np.prod(func_shape), size=40, replace=False)
-        masks = {"LHEarlyVis": np.sort(flat[:15]), "RHEarlyVis": np.sort(flat[15:30]), "LHOPA": np.sort(flat[25:40]),
-                 "RHOPA": np.sort(flat[30:40])}  # LHOPA overlaps RHEarlyVis: nanmean placement
+        masks = {
+            "LHEarlyVis": np.sort(flat[:15]),
+            "RHEarlyVis": np.sort(flat[15:30]),
+            "LHOPA": np.sort(flat[25:40]),
+            "RHOPA": np.sort(flat[30:40]),
+        }  # LHOPA overlaps RHEarlyVis: nanmean placement
         blocks, start = [], 0
         for roi in ("EarlyVis", "OPA"):
             for hemi in ("LH", "RH"):
@@ -214,13 +222,23 @@ def test_composed_group_map_equals_step_by_step():
                 start += n
         centre = np.ravel_multi_index((45, 54, 45), MNI_SHAPE)
         mni = centre + rng.choice(np.arange(-400, 400), size=60, replace=False)
-        geometry[s] = SubjectGeometry(func_shape=func_shape, blocks=blocks, masks=masks, mni_index=mni,
-                                      func_index=rng.choice(flat, size=60),
-                                      overlap={h + r: mni[:30] for h in ("LH", "RH") for r in ("EarlyVis", "OPA")})
+        geometry[s] = SubjectGeometry(
+            func_shape=func_shape,
+            blocks=blocks,
+            masks=masks,
+            mni_index=mni,
+            func_index=rng.choice(flat, size=60),
+            overlap={h + r: mni[:30] for h in ("LH", "RH") for r in ("EarlyVis", "OPA")},
+        )
         readouts[s] = (rng.normal(size=(start, k)), rng.normal(size=start))
     for support in ("v1.0", "v0.2"):
-        mapper = GroupMapper(geometry, {s: np.arange(readouts[s][0].shape[0]) for s in geometry},
-                             roi_list=["EarlyVis", "OPA"], sigma=2.0, support=support)
+        mapper = GroupMapper(
+            geometry,
+            {s: np.arange(readouts[s][0].shape[0]) for s in geometry},
+            roi_list=["EarlyVis", "OPA"],
+            sigma=2.0,
+            support=support,
+        )
         feats = rng.random((5, k)) * 3
         step = mapper({s: feats @ w.T + b for s, (w, b) in readouts.items()})
         composed = mapper.compose(readouts)(torch.as_tensor(feats))

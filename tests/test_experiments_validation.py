@@ -99,4 +99,10 @@ def test_image_inputs_with_a_mask(tmp_path):
 
 def test_stars():
     assert [significance_stars(p) for p in (0.00005, 0.0005, 0.005, 0.02, 0.07, 0.5)] == [
-        "****", "***", "**", "*", "\u2020", ""]
+        "****",
+        "***",
+        "**",
+        "*",
+        "\u2020",
+        "",
+    ]

@@ -92,7 +92,9 @@ def friston24(confounds: Any, *, columns: Sequence[str] = MOTION_COLUMNS):
             raise InvalidParameterError(f"a confound array must be (n_tr, {len(columns)}), got {confounds.shape}")
         confounds = pd.DataFrame(confounds, columns=list(columns))
     if not isinstance(confounds, pd.DataFrame):
-        raise InvalidParameterError("confounds must be a DataFrame, an fMRIPrep confounds TSV path, or an (n_tr, 6) array")
+        raise InvalidParameterError(
+            "confounds must be a DataFrame, an fMRIPrep confounds TSV path, or an (n_tr, 6) array"
+        )
     missing = [c for c in columns if c not in confounds.columns]
     if missing:
         raise InvalidParameterError(
@@ -171,8 +173,9 @@ def kernel_regressors(
     return conv @ x
 
 
-def confound_design(n_tr: int, tr: float, confounds: Any = None, *, drift_model: str | None = "cosine",
-                    high_pass: float = 0.01):
+def confound_design(
+    n_tr: int, tr: float, confounds: Any = None, *, drift_model: str | None = "cosine", high_pass: float = 0.01
+):
     """The shared part of every kernel's design: confounds, nilearn's drift basis and the intercept.
 
     Returns
@@ -191,8 +194,9 @@ def confound_design(n_tr: int, tr: float, confounds: Any = None, *, drift_model:
         if len(df) != n_tr:
             raise InvalidParameterError(f"confounds have {len(df)} rows for {n_tr} volumes")
         regs, names = df.to_numpy(dtype=float), [str(c) for c in df.columns]
-    return make_first_level_design_matrix(frame_times, drift_model=drift_model, high_pass=high_pass,
-                                          add_regs=regs, add_reg_names=names)
+    return make_first_level_design_matrix(
+        frame_times, drift_model=drift_model, high_pass=high_pass, add_regs=regs, add_reg_names=names
+    )
 
 
 # ----------------------------------------------------------------------------------- nilearn path
@@ -206,8 +210,10 @@ def _kernel_index(names: list[str], kernel: Any) -> int:
     from berg.errors import close_matches
 
     hint = close_matches(str(kernel), names)
-    raise InvalidParameterError(f"unknown kernel {kernel!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
-                                f"use an index or a name like {names[0]!r}")
+    raise InvalidParameterError(
+        f"unknown kernel {kernel!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+        f"use an index or a name like {names[0]!r}"
+    )
 
 
 def first_level_kernel_glm(
@@ -256,11 +262,17 @@ def first_level_kernel_glm(
         raise InvalidParameterError(f"{len(confounds)} confound tables for {len(run_imgs)} runs")
     out = []
     for s, img in enumerate(run_imgs):
-        design = confound_design(x.shape[0], tr, None if confounds is None else confounds[s],
-                                 drift_model=drift_model, high_pass=high_pass)
+        design = confound_design(
+            x.shape[0], tr, None if confounds is None else confounds[s], drift_model=drift_model, high_pass=high_pass
+        )
         design.insert(0, "kernel", reg)
-        glm = FirstLevelModel(mask_img=mask_img, noise_model=noise_model, smoothing_fwhm=smoothing_fwhm,
-                              signal_scaling=False, minimize_memory=True)
+        glm = FirstLevelModel(
+            mask_img=mask_img,
+            noise_model=noise_model,
+            smoothing_fwhm=smoothing_fwhm,
+            signal_scaling=False,
+            minimize_memory=True,
+        )
         glm.fit(img, design_matrices=design)
         out.append(glm.compute_contrast("kernel", output_type=output_type))
     return out
@@ -325,8 +337,9 @@ def group_kernel_test(
     model = SecondLevelModel(mask_img=mask_img, smoothing_fwhm=smoothing_fwhm, minimize_memory=True)
     model.fit(list(effect_maps), design_matrix=design)
     z = model.compute_contrast("intercept", output_type="z_score")
-    thr_img, thr = threshold_stats_img(z, mask_img=model.masker_.mask_img_, alpha=alpha,
-                                       height_control=height_control, two_sided=two_sided)
+    thr_img, thr = threshold_stats_img(
+        z, mask_img=model.masker_.mask_img_, alpha=alpha, height_control=height_control, two_sided=two_sided
+    )
     n_sig = int(np.count_nonzero(np.asarray(thr_img.dataobj)))
     return GroupKernelResult(z, thr_img, float(thr), n_sig, height_control, float(alpha))
 
@@ -471,8 +484,9 @@ class GroupTTest:
         return threshold_mask(self.z, height_control=height_control, alpha=alpha, two_sided=self.two_sided)
 
 
-def group_t_test(betas: Sequence[np.ndarray] | np.ndarray, *, two_sided: bool = False,
-                 kernel_names: Sequence[str] | None = None) -> GroupTTest:
+def group_t_test(
+    betas: Sequence[np.ndarray] | np.ndarray, *, two_sided: bool = False, kernel_names: Sequence[str] | None = None
+) -> GroupTTest:
     """One-sample t-test across participants, per kernel and voxel (what ``SecondLevelModel`` does per map).
 
     Parameters
@@ -497,15 +511,20 @@ def group_t_test(betas: Sequence[np.ndarray] | np.ndarray, *, two_sided: bool = 
     dof = n - 1
     p = 2 * stats.t.sf(np.abs(t), dof) if two_sided else stats.t.sf(t, dof)
     # z with the same tail probability (what nilearn reports as z_score)
-    z = np.sign(t) * stats.norm.isf(np.clip(p / 2 if two_sided else p, 1e-300, 1.0)) if two_sided \
+    z = (
+        np.sign(t) * stats.norm.isf(np.clip(p / 2 if two_sided else p, 1e-300, 1.0))
+        if two_sided
         else stats.norm.isf(np.clip(p, 1e-300, 1.0))
+    )
     names = list(kernel_names) if kernel_names is not None else [f"kernel_{k}" for k in range(b.shape[1])]
-    return GroupTTest(t=t.astype(np.float32), z=z.astype(np.float32), p=p, dof=dof, kernel_names=names,
-                      two_sided=two_sided)
+    return GroupTTest(
+        t=t.astype(np.float32), z=z.astype(np.float32), p=p, dof=dof, kernel_names=names, two_sided=two_sided
+    )
 
 
-def threshold_mask(z: np.ndarray, *, height_control: str = "fpr", alpha: float = 0.001,
-                   two_sided: bool = False) -> np.ndarray:
+def threshold_mask(
+    z: np.ndarray, *, height_control: str = "fpr", alpha: float = 0.001, two_sided: bool = False
+) -> np.ndarray:
     """Significant voxels of z maps ``(n_maps, n_voxels)``, with nilearn's thresholds.
 
     ``"fpr"``: ``p < alpha`` per voxel; ``"fdr"``: Benjamini-Hochberg within each map
@@ -580,8 +599,11 @@ def layer_summary(
     names = list(kernel_names) if kernel_names is not None else [f"kernel_{k}" for k in range(sig.shape[0])]
     layer_of = _layer_of(names, layers)
     regions = [int(r) for r in np.unique(lab) if r != 0]
-    hits = np.stack([sig[:, lab == r].sum(axis=1) >= min_voxels for r in regions], axis=1) if regions \
+    hits = (
+        np.stack([sig[:, lab == r].sum(axis=1) >= min_voxels for r in regions], axis=1)
+        if regions
         else np.zeros((sig.shape[0], 0), dtype=bool)
+    )
     rn = [str((region_names or {}).get(r, r)) for r in regions]
     df = pd.DataFrame(hits.astype(int), columns=rn)
     df.insert(0, "layer", layer_of)
@@ -605,7 +627,11 @@ def kernels_reaching(
 
 
 def plot_kernel_map(
-    stat_img: Any, *, kind: str = "glass", threshold: float | None = None, title: str = "",
+    stat_img: Any,
+    *,
+    kind: str = "glass",
+    threshold: float | None = None,
+    title: str = "",
     out_path: str | Path | None = None,
 ):
     """A nilearn glass brain (``"glass"``) or stat map (``"stat"``) of a z map; returns the figure."""
@@ -616,11 +642,13 @@ def plot_kernel_map(
     plt = _pyplot()
     fig = plt.figure(figsize=(8, 3.2))
     if kind == "glass":
-        plotting.plot_glass_brain(stat_img, threshold=threshold, colorbar=True, title=title or None, figure=fig,
-                                  plot_abs=False)
+        plotting.plot_glass_brain(
+            stat_img, threshold=threshold, colorbar=True, title=title or None, figure=fig, plot_abs=False
+        )
     elif kind == "stat":
-        plotting.plot_stat_map(stat_img, threshold=threshold, colorbar=True, title=title or None, figure=fig,
-                               bg_img=None, draw_cross=False)
+        plotting.plot_stat_map(
+            stat_img, threshold=threshold, colorbar=True, title=title or None, figure=fig, bg_img=None, draw_cross=False
+        )
     else:
         raise InvalidParameterError(f"kind={kind!r}; valid: 'glass', 'stat'")
     if out_path is not None:
@@ -628,8 +656,9 @@ def plot_kernel_map(
     return fig
 
 
-def plot_layer_summary(summary: Any, *, title: str = "kernels reaching each region",
-                       out_path: str | Path | None = None):
+def plot_layer_summary(
+    summary: Any, *, title: str = "kernels reaching each region", out_path: str | Path | None = None
+):
     """Heat map of :func:`layer_summary` (layers x regions, number of kernels)."""
     from berg.experiments.validation import _pyplot, save_figure
 

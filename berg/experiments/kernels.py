@@ -36,18 +36,32 @@ log = logging.getLogger(__name__)
 
 #: The 13 convolution layers of VGG-16: name -> (index of the conv in ``features``, number of kernels).
 VGG16_LAYERS: dict[str, tuple[int, int]] = {
-    "conv1_1": (0, 64), "conv1_2": (2, 64),
-    "conv2_1": (5, 128), "conv2_2": (7, 128),
-    "conv3_1": (10, 256), "conv3_2": (12, 256), "conv3_3": (14, 256),
-    "conv4_1": (17, 512), "conv4_2": (19, 512), "conv4_3": (21, 512),
-    "conv5_1": (24, 512), "conv5_2": (26, 512), "conv5_3": (28, 512),
+    "conv1_1": (0, 64),
+    "conv1_2": (2, 64),
+    "conv2_1": (5, 128),
+    "conv2_2": (7, 128),
+    "conv3_1": (10, 256),
+    "conv3_2": (12, 256),
+    "conv3_3": (14, 256),
+    "conv4_1": (17, 512),
+    "conv4_2": (19, 512),
+    "conv4_3": (21, 512),
+    "conv5_1": (24, 512),
+    "conv5_2": (26, 512),
+    "conv5_3": (28, 512),
 }
 
 #: Backbone and preprocessing (declared once, as berg's registry recipes are).
 VGG16_RECIPE: dict[str, Any] = {
     "backbone": {"builder": "torchvision.models.vgg16", "weights": "VGG16_Weights.IMAGENET1K_V1"},
-    "transform": {"kind": "image", "size": [224, 224], "resize": "squash", "crop": None,
-                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "transform": {
+        "kind": "image",
+        "size": [224, 224],
+        "resize": "squash",
+        "crop": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
 }
 
 _ACTIVATIONS = ("relu", "conv")
@@ -294,8 +308,9 @@ def kernel_time_series(
         raise InvalidParameterError(f"n_drop must be an integer >= 0, got {n_drop!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    net = extractor or VGG16Kernels(layers, activation=activation, backbone_weights=backbone_weights,
-                                    device=device, seed=seed, size=size)
+    net = extractor or VGG16Kernels(
+        layers, activation=activation, backbone_weights=backbone_weights, device=device, seed=seed, size=size
+    )
     if isinstance(movie, np.ndarray):
         if fps is None or not fps > 0:
             raise InvalidParameterError("an array movie needs fps= (its frame rate)")
@@ -314,37 +329,55 @@ def kernel_time_series(
         bar = tqdm(unit="frame", desc="VGG-16 kernels")
     sums: list[np.ndarray] = []
     counts: list[int] = []
-    rate = float(fps or 0.0)
-    last_t = 0.0
+    state = {"rate": float(fps or 0.0), "last_t": 0.0}
 
-    def flush(frames: list[np.ndarray], vols: list[int]) -> None:
-        feats = net.extract(frames).astype(np.float64)
-        for f, v in zip(feats, vols):
-            while len(sums) <= v:
-                sums.append(np.zeros(net.n_kernels))
-                counts.append(0)
-            sums[v] += f
-            counts[v] += 1
-        if bar is not None:
-            bar.update(len(frames))
+    def batches() -> Iterator[tuple[list[np.ndarray], list[int]]]:
+        frames: list[np.ndarray] = []
+        vols: list[int] = []
+        for frame, t, r in source:
+            state["rate"] = state["rate"] or r
+            state["last_t"] = t
+            frames.append(frame)
+            vols.append(int(math.floor(t / tr + 1e-9)))
+            if len(frames) == batch_size:
+                yield frames, vols
+                frames, vols = [], []
+        if frames:
+            yield frames, vols
 
-    batch: list[np.ndarray] = []
-    vols: list[int] = []
-    for frame, t, r in source:
-        rate = rate or r
-        last_t = t
-        batch.append(frame)
-        vols.append(int(math.floor(t / tr + 1e-9)))
-        if len(batch) == batch_size:
-            flush(batch, vols)
-            batch, vols = [], []
-    if batch:
-        flush(batch, vols)
+    stream = batches()
+
+    def prepare():
+        # Decoding and resizing of the next batch run in a worker thread while the network runs
+        # (PyAV, Pillow and torch release the GIL), as berg's engine does for encode.
+        item = next(stream, None)
+        return None if item is None else (net.transform(item[0]), item[1])
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-kernels") as pool:
+        pending = pool.submit(prepare)
+        while True:
+            item = pending.result()
+            if item is None:
+                break
+            pending = pool.submit(prepare)
+            x, vols = item
+            feats = net(x).cpu().numpy().astype(np.float64)
+            for f, v in zip(feats, vols):
+                while len(sums) <= v:
+                    sums.append(np.zeros(net.n_kernels))
+                    counts.append(0)
+                sums[v] += f
+                counts[v] += 1
+            if bar is not None:
+                bar.update(len(vols))
     if bar is not None:
         bar.close()
     if not counts:
         raise StimulusError(f"{movie} contains no frames")
     # The movie ends at last_t + 1/rate; only volumes it covers completely are kept.
+    rate, last_t = state["rate"], state["last_t"]
     duration = last_t + (1.0 / rate if rate else 0.0)
     whole = min(len(counts), int(math.floor(duration / tr + 1e-6)))
     if whole <= n_drop:
@@ -353,10 +386,21 @@ def kernel_time_series(
         )
     cnt = np.asarray(counts[:whole])
     if np.any(cnt == 0):
-        raise StimulusError(f"volumes {np.flatnonzero(cnt == 0).tolist()} received no frames (frame rate below 1 / TR?)")
+        raise StimulusError(
+            f"volumes {np.flatnonzero(cnt == 0).tolist()} received no frames (frame rate below 1 / TR?)"
+        )
     data = (np.stack(sums[:whole]) / cnt[:, None])[n_drop:].astype(np.float32)
     return KernelTimeSeries(
-        data=data, layers=dict(net.layers), tr=float(tr), n_drop=int(n_drop), frames_per_tr=cnt[n_drop:],
-        fps=rate, info={"backbone": VGG16_RECIPE["backbone"], "backbone_weights": net.backbone_weights,
-                        "activation": net.activation, "transform": net.transform.describe()},
+        data=data,
+        layers=dict(net.layers),
+        tr=float(tr),
+        n_drop=int(n_drop),
+        frames_per_tr=cnt[n_drop:],
+        fps=rate,
+        info={
+            "backbone": VGG16_RECIPE["backbone"],
+            "backbone_weights": net.backbone_weights,
+            "activation": net.activation,
+            "transform": net.transform.describe(),
+        },
     )

@@ -116,7 +116,7 @@ def make_synthetic_movie(
                 t = i / float(rate)
                 scene = int(np.searchsorted(b, t, side="right"))
                 dy = int(t * 3) % h  # slow drift inside a scene (3 px/s)
-                img = textures[scene][dy:dy + h, :w]
+                img = textures[scene][dy : dy + h, :w]
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
                 for packet in stream.encode(frame):
                     container.mux(packet)
@@ -203,8 +203,14 @@ def predict_movie(
         )
     bold = resample_to_tr(convolve_hrf(np.asarray(responses), rate, kind=hrf), rate, tr, n_tr=n_tr)
     return MovieResponse(
-        data=bold, tr=float(tr), frame_indices=info["indices"], frame_times=info["times"], fps=rate,
-        hrf=hrf, model_id=str(getattr(model, "model_id", "")), info={"stream_fps": info["stream_fps"], "rule": rule},
+        data=bold,
+        tr=float(tr),
+        frame_indices=info["indices"],
+        frame_times=info["times"],
+        fps=rate,
+        hrf=hrf,
+        model_id=str(getattr(model, "model_id", "")),
+        info={"stream_fps": info["stream_fps"], "rule": rule},
     )
 
 
@@ -441,13 +447,18 @@ class BoundaryResult:
     def summary(self) -> dict[str, Any]:
         """Per-lag numbers (JSON-ready)."""
         return {
-            "lags": self.lags.tolist(), "difference": self.difference.tolist(), "p_values": self.p_values.tolist(),
-            "model_bta": self.model_bta.tolist(), "baseline_bta": self.baseline_bta.tolist(),
-            "n_permutations": int(self.null.shape[0]), "boundaries_tr": self.boundaries_tr.tolist(),
+            "lags": self.lags.tolist(),
+            "difference": self.difference.tolist(),
+            "p_values": self.p_values.tolist(),
+            "model_bta": self.model_bta.tolist(),
+            "baseline_bta": self.baseline_bta.tolist(),
+            "n_permutations": int(self.null.shape[0]),
+            "boundaries_tr": self.boundaries_tr.tolist(),
         }
 
-    def plot(self, *, title: str = "boundary-triggered average", alpha: float = 0.05,
-             out_path: str | Path | None = None):
+    def plot(
+        self, *, title: str = "boundary-triggered average", alpha: float = 0.05, out_path: str | Path | None = None
+    ):
         """img2fmri's Fig 3: both matches around boundaries, and their difference with the null band."""
         plt = _pyplot()
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
@@ -477,8 +488,14 @@ class BoundaryResult:
 
 def _as_similarity(x: Any, roi: Any, mask: Any) -> np.ndarray:
     arr = x.data if isinstance(x, MovieResponse) else x
-    if isinstance(arr, np.ndarray) and arr.ndim == 2 and arr.shape[0] == arr.shape[1] and roi is None \
-            and np.allclose(np.diag(arr), 1.0) and np.allclose(arr, arr.T):
+    if (
+        isinstance(arr, np.ndarray)
+        and arr.ndim == 2
+        and arr.shape[0] == arr.shape[1]
+        and roi is None
+        and np.allclose(np.diag(arr), 1.0)
+        and np.allclose(arr, arr.T)
+    ):
         return np.asarray(arr, dtype=np.float64)  # already a similarity matrix
     return pattern_similarity(x, roi=roi, mask=mask)
 
@@ -554,14 +571,23 @@ def boundary_analysis(
         m = min(chunk, int(n_permutations) - start)
         shifts = rng.integers(1, n, size=m)
         sets = (b[None, :] + shifts[:, None]) % n
-        null[start:start + m] = _bta_many(series[2:], sets, lags, exclude_near)[:, 0]
+        null[start : start + m] = _bta_many(series[2:], sets, lags, exclude_near)[:, 0]
     diff = obs[2]
     with np.errstate(invalid="ignore"):
         exceed = np.sum(null >= diff[None] - 1e-12, axis=0)
     p = (1 + exceed) / (1 + int(n_permutations))
     return BoundaryResult(
-        lags=lags, model_match=m_match, baseline_match=b_match, model_bta=obs[0], baseline_bta=obs[1],
-        difference=diff, null=null, p_values=p, boundaries_tr=b, tr=float(tr), labels=tuple(labels),
+        lags=lags,
+        model_match=m_match,
+        baseline_match=b_match,
+        model_bta=obs[0],
+        baseline_bta=obs[1],
+        difference=diff,
+        null=null,
+        p_values=p,
+        boundaries_tr=b,
+        tr=float(tr),
+        labels=tuple(labels),
     )
 
 

@@ -58,7 +58,7 @@ def as_matrix(data: Any, mask: Any = None, *, name: str = "data") -> np.ndarray:
     name : str
         What ``data`` is, for error messages.
     """
-    if isinstance(data, np.ndarray) or (isinstance(data, Sequence) and data and isinstance(data[0], (int, float))):
+    if not _image_like(data) and not (isinstance(data, (list, tuple)) and data and _image_like(data[0])):
         arr = np.asarray(data, dtype=np.float64)
         if arr.ndim != 2:
             raise InvalidParameterError(
@@ -66,7 +66,9 @@ def as_matrix(data: Any, mask: Any = None, *, name: str = "data") -> np.ndarray:
             )
         return arr
     if mask is None:
-        raise InvalidParameterError(f"{name} is given as image(s): pass mask= (a NIfTI mask image) to choose the voxels")
+        raise InvalidParameterError(
+            f"{name} is given as image(s): pass mask= (a NIfTI mask image) to choose the voxels"
+        )
     from nilearn.maskers import NiftiMasker
 
     masker = NiftiMasker(mask_img=mask, standardize=None)
@@ -76,6 +78,13 @@ def as_matrix(data: Any, mask: Any = None, *, name: str = "data") -> np.ndarray:
 
         imgs = concat_imgs([str(i) if isinstance(i, Path) else i for i in imgs])
     return np.asarray(masker.fit_transform(str(imgs) if isinstance(imgs, (str, Path)) else imgs), dtype=np.float64)
+
+
+def _image_like(x: Any) -> bool:
+    """A NIfTI image or a path to one (what nilearn masks), as opposed to an array of numbers."""
+    from nibabel.spatialimages import SpatialImage
+
+    return isinstance(x, (str, Path, SpatialImage))
 
 
 def _zrows(x: np.ndarray) -> np.ndarray:
@@ -178,9 +187,14 @@ class ValidationResult:
     def summary(self) -> dict[str, Any]:
         """Plain numbers (JSON-ready)."""
         return {
-            "label": self.label, "n_items": int(self.corr.shape[0]), "statistic": self.statistic,
-            "null_mean": float(self.null.mean()), "null_sd": float(self.null.std()),
-            "p_value": self.p_value, "n_permutations": self.n_permutations, "seed": self.seed,
+            "label": self.label,
+            "n_items": int(self.corr.shape[0]),
+            "statistic": self.statistic,
+            "null_mean": float(self.null.mean()),
+            "null_sd": float(self.null.std()),
+            "p_value": self.p_value,
+            "n_permutations": self.n_permutations,
+            "seed": self.seed,
         }
 
     def plot(self, *, title: str | None = None, out_path: str | Path | None = None):
@@ -231,7 +245,7 @@ def permutation_test(
         m = min(_PERM_CHUNK, int(n_permutations) - start)
         rows = rng.permuted(np.broadcast_to(cols, (m, n)), axis=1)
         diag = c[rows, cols].sum(axis=1)
-        null[start:start + m] = diag / n - (total - diag) / (n * n - n)
+        null[start : start + m] = diag / n - (total - diag) / (n * n - n)
     # Ties count against the model (>=), and the observed arrangement is one of the permutations.
     p = float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + n_permutations))
     return ValidationResult(corr=c, statistic=observed, null=null, p_value=p, label=label, seed=seed)
@@ -289,8 +303,9 @@ def validate_predictions(
             parts = {str(name): np.flatnonzero(g == name) for name in dict.fromkeys(g.tolist())}
         for gname, idx in parts.items():
             label = "/".join(x for x in (who, gname) if x) or "all"
-            out[label] = permutation_test(corr[np.ix_(idx, idx)], n_permutations=n_permutations,
-                                          seed=seed + k, label=label)
+            out[label] = permutation_test(
+                corr[np.ix_(idx, idx)], n_permutations=n_permutations, seed=seed + k, label=label
+            )
             k += 1
     return out
 

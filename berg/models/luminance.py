@@ -117,21 +117,33 @@ def build_artifact(out_dir: str | Path) -> Path:
     n = GRID[0] * GRID[1]
     names = [f"lum_r{r:02d}_c{c:02d}" for r in range(GRID[0]) for c in range(GRID[1])]
     w = ArtifactWriter(Path(out_dir), MODEL_ID)
-    w.add_tensors("readout/sub-01.safetensors", {"weight": np.eye(n, dtype=np.float32),
-                                                 "bias": np.zeros(n, dtype=np.float32)})
-    w.add_json("metadata/sub-01.json", {
-        "n_outputs": n,
-        "output_space": {"kind": "flat", "n_outputs": n, "names": names},
-        "info": {"grid": list(GRID), "luma": list(LUMA), "block_pixels": [224 // GRID[0], 224 // GRID[1]]},
-    })
+    w.add_tensors(
+        "readout/sub-01.safetensors", {"weight": np.eye(n, dtype=np.float32), "bias": np.zeros(n, dtype=np.float32)}
+    )
+    w.add_json(
+        "metadata/sub-01.json",
+        {
+            "n_outputs": n,
+            "output_space": {"kind": "flat", "n_outputs": n, "names": names},
+            "info": {"grid": list(GRID), "luma": list(LUMA), "block_pixels": [224 // GRID[0], 224 // GRID[1]]},
+        },
+    )
     rows = np.arange(n, dtype=np.int64).reshape(GRID)
-    w.add_tensors("metadata/sub-01.safetensors", {
-        "roi/all": rows.ravel(),
-        "roi/centre": rows[4:12, 4:12].ravel(),
-        "roi/periphery": np.setdiff1d(rows.ravel(), rows[4:12, 4:12].ravel()),
-    })
-    return w.finalize({"creator": "berg.models.luminance.build_artifact", "artifact_version": ARTIFACT_VERSION,
-                       "description": "identity readout over the 16 x 16 block-averaged luma of the frame"})
+    w.add_tensors(
+        "metadata/sub-01.safetensors",
+        {
+            "roi/all": rows.ravel(),
+            "roi/centre": rows[4:12, 4:12].ravel(),
+            "roi/periphery": np.setdiff1d(rows.ravel(), rows[4:12, 4:12].ravel()),
+        },
+    )
+    return w.finalize(
+        {
+            "creator": "berg.models.luminance.build_artifact",
+            "artifact_version": ARTIFACT_VERSION,
+            "description": "identity readout over the 16 x 16 block-averaged luma of the frame",
+        }
+    )
 
 
 def _main(argv: list[str] | None = None) -> None:
