@@ -36,9 +36,9 @@ WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's cache name for ResNet18_
 pytestmark = pytest.mark.slow
 
 
-def blocks(lang: str) -> list[tuple[int, str]]:
-    """``(line number, code)`` of every fenced block of README.md with this info string."""
-    out, lines, i = [], README.read_text(encoding="utf-8").splitlines(), 0
+def blocks(lang: str, path: Path = README) -> list[tuple[int, str]]:
+    """``(line number, code)`` of every fenced block of a Markdown file (README.md) with this info string."""
+    out, lines, i = [], path.read_text(encoding="utf-8").splitlines(), 0
     while i < len(lines):
         if lines[i].strip() == f"```{lang}":
             start, body = i + 1, []
@@ -207,6 +207,23 @@ def test_readme_names_only_files_that_exist(workdir, python_run, bash_run):
         if not ((REPO / name).exists() or (work / name).exists() or (REPO / "docs" / name).exists()):
             missing.append(name)
     assert not missing, f"README names files that do not exist: {sorted(set(missing))}"
+
+
+DOC_PAGES = ["getting-started.md", "concepts.md", "index.md"]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_documentation_page_snippets_run_as_written(page, workdir, tmp_path):
+    """The Python examples of the site's own pages (the guides test theirs), in order, in one namespace."""
+    work, env = workdir
+    code = blocks("python", REPO / "docs" / page)
+    assert code, page
+    (tmp_path / "blocks.json").write_text(json.dumps(code))
+    runner = "import json, sys\nns = {'__name__': '__main__'}\nfor n, c in json.load(open(sys.argv[1])):\n    exec(compile(c, f'block at line {n}', 'exec'), ns)\n"
+    (tmp_path / "run.py").write_text(runner)
+    res = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "blocks.json")],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"docs/{page}:\n{res.stderr[-4000:]}"
 
 
 # --------------------------------------------------------------------------- make demo
