@@ -60,7 +60,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOISE_KINDS = ("none", "ncsnr", "noise_ceiling", "metadata")
-_CHUNK = 512  # stimuli per encode call when generating
+_CHUNK = 512  # stimuli per encode call when generating (models without iter_encode)
+_CLEAN_IN_MEMORY = 2 << 30  # bytes of clean responses kept in memory between the two passes
 
 
 # ------------------------------------------------------------------------------------------ noise
@@ -129,10 +130,13 @@ def ncsnr_from_metadata(metadata: Mapping[str, Any]) -> np.ndarray:
     )
 
 
-def _row_noise(seed: int, subject_index: int, row: int, shape: tuple[int, int]) -> np.ndarray:
-    """Standard-normal noise of one stimulus: a function of (seed, subject, row) only."""
-    rng = np.random.default_rng([int(seed), int(subject_index), int(row)])
-    return rng.standard_normal(shape, dtype=np.float32)
+NOISE_BLOCK = 64  # stimuli per noise stream: noise of rows [64 b, 64 b + 64) comes from (seed, subject, b)
+
+
+def _block_noise(seed: int, subject_index: int, block: int, shape: tuple[int, int]) -> np.ndarray:
+    """Standard-normal noise ``(NOISE_BLOCK, *shape)`` of one block of stimuli: a function of (seed, subject, block)."""
+    rng = np.random.default_rng([int(seed), int(subject_index), int(block)])
+    return rng.standard_normal((NOISE_BLOCK, *shape), dtype=np.float32)
 
 
 def add_noise(
@@ -153,7 +157,9 @@ def add_noise(
         Per-output noise standard deviation (``None``: every repeat equals ``clean``).
     n_repeats : int
     seed, subject_index, first_row : int
-        Row ``i`` of ``clean`` draws its noise from ``(seed, subject_index, first_row + i)``.
+        Row ``i`` of ``clean`` is stimulus ``first_row + i``; its noise depends only on ``seed``,
+        ``subject_index`` and that stimulus index (blocks of :data:`NOISE_BLOCK` stimuli share one
+        stream), so any split of the rows into calls gives the same numbers.
 
     Returns
     -------
@@ -164,8 +170,14 @@ def add_noise(
     if noise_sd is None:
         return out
     sd = np.asarray(noise_sd, dtype=np.float32)
-    for i in range(clean.shape[0]):
-        out[i] += _row_noise(seed, subject_index, first_row + i, (n_repeats, clean.shape[1])) * sd
+    n, m = clean.shape
+    first, last = first_row, first_row + n
+    for block in range(first // NOISE_BLOCK, -(-last // NOISE_BLOCK)):
+        lo, hi = max(first, block * NOISE_BLOCK), min(last, (block + 1) * NOISE_BLOCK)
+        noise = _block_noise(seed, subject_index, block, (n_repeats, m))[
+            lo - block * NOISE_BLOCK : hi - block * NOISE_BLOCK
+        ]
+        out[lo - first : hi - first] += noise * sd
     return out
 
 
@@ -258,8 +270,26 @@ def _model_subjects(model: Any, subjects: Sequence[Any] | None) -> list[Any]:
 def _encode(model: Any, items: Any) -> dict[Any, np.ndarray]:
     out = model.encode(items, show_progress=False)
     if isinstance(out, Mapping):
-        return {s: np.asarray(v, dtype=np.float32) for s, v in out.items()}
-    return {getattr(model, "subjects", [None])[0]: np.asarray(out, dtype=np.float32)}
+        return {s: np.asarray(v, dtype=np.float32).reshape(len(v), -1) for s, v in out.items()}
+    out = np.asarray(out, dtype=np.float32)
+    return {getattr(model, "subjects", [None])[0]: out.reshape(len(out), -1)}
+
+
+def _iter_responses(model: Any, stimuli: Any, chunk_size: int, show_progress: bool):
+    """Yield ``(start, stop, {subject: (b, n_outputs) float32})`` over all stimuli.
+
+    berg's engine models are streamed through their own batching loop (``iter_encode``: one backbone
+    pass per batch with the next batch prepared in a thread), so generation runs at ``encode``'s speed;
+    any other model is called with ``encode`` on chunks of ``chunk_size`` stimuli.
+    """
+    if hasattr(model, "iter_encode") and hasattr(model, "prepare_stimuli"):
+        prepared = model.prepare_stimuli(stimuli)
+        subjects = list(model.subjects)
+        for a, b, outs in model.iter_encode(prepared, show_progress=show_progress):
+            yield a, b, {s: np.asarray(y, dtype=np.float32).reshape(b - a, -1) for s, y in zip(subjects, outs)}
+        return
+    for a, b in _chunks(len(stimuli), chunk_size, show_progress, "synthetic"):
+        yield a, b, _encode(model, stimuli[a:b])
 
 
 def _metadata(model: Any, subject: Any) -> Mapping[str, Any]:
@@ -442,7 +472,7 @@ def generate(
     seed : int
         Seeds the noise (row ``i`` of subject ``s`` uses ``(seed, s, i)``).
     chunk_size : int
-        Stimuli per ``encode`` call.
+        Stimuli per ``encode`` call for models without berg's ``iter_encode`` (engine models stream batch by batch).
     name : str
         Dataset name (HDF5 attribute).
 
@@ -556,8 +586,7 @@ def _generate_memory(
     show_progress,
 ) -> SyntheticDataset:
     parts: dict[Any, list[np.ndarray]] = {s: [] for s in subjects}
-    for a, b in _chunks(len(stimuli), chunk_size, show_progress, "synthetic"):
-        out = _encode(model, stimuli[a:b])
+    for _, _, out in _iter_responses(model, stimuli, chunk_size, show_progress):
         for s in subjects:
             parts[s].append(out[s])
     clean = {s: np.concatenate(p) for s, p in parts.items()}
@@ -606,62 +635,72 @@ def _generate_file(
     from berg.training.datasets import EncodingDataset, SubjectData, read_dataset, write_dataset
 
     n = len(stimuli)
-    # Pass 1: clean responses into a scratch file beside the target (same disk, deleted after), with
-    # running moments, because the noise must be sized by the variance over *all* stimuli.
+    # Pass 1: clean responses (in memory when they fit in _CLEAN_IN_MEMORY bytes, else in a scratch file
+    # beside the target, deleted after) with running moments, because the noise must be sized by the
+    # variance over *all* stimuli.
     scratch = temporary_name(path, ".clean.h5")
     path.parent.mkdir(parents=True, exist_ok=True)
+    f = None
     try:
         moments: dict[Any, _Moments] = {}
-        with h5py.File(scratch, "w") as f:
-            for a, b in _chunks(n, chunk_size, show_progress, "synthetic"):
-                out = _encode(model, stimuli[a:b])
-                for s in subjects:
-                    y = out[s]
-                    label = subject_label(s)
-                    if label not in f:
-                        f.create_dataset(
-                            label,
+        clean: dict[Any, Any] = {}
+        for a, b, out in _iter_responses(model, stimuli, chunk_size, show_progress):
+            if not moments and n * sum(out[s].shape[1] for s in subjects) * 4 > _CLEAN_IN_MEMORY:
+                f = h5py.File(scratch, "w")
+            for s in subjects:
+                y = out[s]
+                if s not in moments:
+                    moments[s] = _Moments(y.shape[1])
+                    clean[s] = (
+                        np.empty((n, y.shape[1]), dtype=np.float32)
+                        if f is None
+                        else f.create_dataset(
+                            subject_label(s),
                             shape=(n, y.shape[1]),
                             dtype=np.float32,
                             chunks=(min(n, 64), min(y.shape[1], 1 << 14)),
                         )
-                        moments[s] = _Moments(y.shape[1])
-                    f[label][a:b] = y
-                    moments[s].update(y)
-        with h5py.File(scratch, "r") as f:
+                    )
+                clean[s][a:b] = y
+                moments[s].update(y)
+        if f is not None:  # reopen read-only: pass 2 reads row blocks back
+            f.close()
+            f = h5py.File(scratch, "r")
             clean = {s: f[subject_label(s)] for s in subjects}
-            snr, sd, var, rois = _finish(
-                model,
-                subjects,
-                {s: m.var() for s, m in moments.items()},
-                info,
-                ncsnr=ncsnr,
-                noise_ceiling=noise_ceiling,
-                ceiling_repeats=ceiling_repeats,
-                signal_var=signal_var,
-                n_outputs={s: c.shape[1] for s, c in clean.items()},
-            )
-            # Pass 2: berg's own writer streams the noisy rows (clean + per-row noise) into the file.
-            data = {
-                s: SubjectData(_NoisyRows(clean[s], sd.get(s), info["n_repeats"], info["seed"], j), None, rois[s])
-                for j, s in enumerate(subjects)
-            }
-            stim = stimuli if isinstance(stimuli, np.ndarray) else [str(p) for p in stimuli]
-            ds = EncodingDataset(name=name, kind="image", stimuli=stim, ids=ids, split=split, subjects=data)
-            with atomic_path(path, ".h5") as tmp:
-                write_dataset(tmp, ds)
-                with h5py.File(tmp, "a") as out:
-                    if cats is not None:
-                        out.create_dataset("stimuli/categories", data=cats.tolist(), dtype=h5py.string_dtype())
-                    g = out.require_group("synthetic")
-                    g.attrs["info"] = json.dumps(info, default=str)
-                    for s in subjects:
-                        sg = g.require_group(subject_label(s))
-                        sg.create_dataset("signal_var", data=var[s])
-                        if s in snr:
-                            sg.create_dataset("ncsnr", data=snr[s])
-                            sg.create_dataset("noise_sd", data=sd[s])
+        snr, sd, var, rois = _finish(
+            model,
+            subjects,
+            {s: m.var() for s, m in moments.items()},
+            info,
+            ncsnr=ncsnr,
+            noise_ceiling=noise_ceiling,
+            ceiling_repeats=ceiling_repeats,
+            signal_var=signal_var,
+            n_outputs={s: c.shape[1] for s, c in clean.items()},
+        )
+        # Pass 2: berg's own writer streams the noisy rows (clean + per-row noise) into the file.
+        data = {
+            s: SubjectData(_NoisyRows(clean[s], sd.get(s), info["n_repeats"], info["seed"], j), None, rois[s])
+            for j, s in enumerate(subjects)
+        }
+        stim = stimuli if isinstance(stimuli, np.ndarray) else [str(p) for p in stimuli]
+        ds = EncodingDataset(name=name, kind="image", stimuli=stim, ids=ids, split=split, subjects=data)
+        with atomic_path(path, ".h5") as tmp:
+            write_dataset(tmp, ds)
+            with h5py.File(tmp, "a") as out:
+                if cats is not None:
+                    out.create_dataset("stimuli/categories", data=cats.tolist(), dtype=h5py.string_dtype())
+                g = out.require_group("synthetic")
+                g.attrs["info"] = json.dumps(info, default=str)
+                for s in subjects:
+                    sg = g.require_group(subject_label(s))
+                    sg.create_dataset("signal_var", data=var[s])
+                    if s in snr:
+                        sg.create_dataset("ncsnr", data=snr[s])
+                        sg.create_dataset("noise_sd", data=sd[s])
     finally:
+        if f is not None:
+            f.close()
         try:
             scratch.unlink()
         except OSError:

@@ -108,8 +108,13 @@ def test_no_noise_repeats_equal_model_output():
         assert np.array_equal(data.responses[s][:, 1], data.responses[s][:, 0])
 
 
-def test_file_generation_equals_memory_and_is_readable(tmp_path):
+@pytest.mark.parametrize("clean_in_memory", [True, False])
+def test_file_generation_equals_memory_and_is_readable(tmp_path, monkeypatch, clean_in_memory):
+    import berg.synthetic
     from berg.training.datasets import read_dataset
+
+    if not clean_in_memory:  # force the scratch-file path of large datasets
+        monkeypatch.setattr(berg.synthetic, "_CLEAN_IN_MEMORY", 0)
 
     model = LinearEncoder(n_outputs=(9, 4), metadata={"rois": {"A": np.arange(3)}})
     x = _stimuli(70)
