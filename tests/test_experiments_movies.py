@@ -246,3 +246,30 @@ def test_composed_group_map_equals_step_by_step():
         assert np.abs(composed - step).max() < 1e-6
         np.testing.assert_allclose(composed.mean(axis=1), 0, atol=1e-6)
         np.testing.assert_allclose(composed.std(axis=1), 1, atol=1e-5)
+
+
+def test_movie_analysis_from_a_movie_file_and_nifti_runs(luminance, tmp_path):
+    """The issue's inputs end to end: movie, TR, boundaries (s), 4-D NIfTIs + mask, dropped volumes."""
+    import nibabel as nib
+
+    from berg.experiments.movies import movie_analysis
+
+    bounds = [10.0, 22.0, 31.0]
+    movie = make_synthetic_movie(tmp_path / "m.mp4", boundaries=bounds, duration=40.0, fps=24, size=(48, 64))
+    full = predict_movie(luminance, movie, tr=2.0).data  # the "brain" follows the luminance, plus noise
+    rng = np.random.default_rng(8)
+    shape = (8, 8, 4)
+    mask = nib.Nifti1Image(np.ones(shape, np.uint8), np.eye(4))
+    runs = []
+    for _ in range(3):
+        y = full[2:] + 0.05 * rng.normal(size=full[2:].shape)  # two volumes dropped by the "study"
+        runs.append(nib.Nifti1Image(y.T.reshape(shape + (y.shape[0],)).astype(np.float32), np.eye(4)))
+    res = movie_analysis(
+        luminance, luminance, movie, 2.0, bounds, runs, mask=mask, n_drop=2, window=2, n_permutations=50
+    )
+    assert res.real.shape == (18, 256) and res.model.data.shape == (18, 256)
+    # The measured data are the prediction plus noise (z-scored per voxel by group_average).
+    assert res.boundaries.model_match.mean() > 0.8
+    np.testing.assert_allclose(res.boundaries.difference, 0, atol=1e-12)  # same model twice
+    assert res.boundaries.boundaries_tr.tolist() == [3, 9, 14]  # 10, 22, 31 s minus the 4 s dropped, / 2 s
+    assert res.plot() is not None

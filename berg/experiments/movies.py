@@ -46,6 +46,8 @@ __all__ = [
     "boundary_triggered_average",
     "boundary_analysis",
     "plot_similarity_matrices",
+    "movie_analysis",
+    "MovieAnalysis",
 ]
 
 log = logging.getLogger(__name__)
@@ -488,16 +490,17 @@ class BoundaryResult:
 
 def _as_similarity(x: Any, roi: Any, mask: Any) -> np.ndarray:
     arr = x.data if isinstance(x, MovieResponse) else x
-    if (
-        isinstance(arr, np.ndarray)
-        and arr.ndim == 2
-        and arr.shape[0] == arr.shape[1]
-        and roi is None
-        and np.allclose(np.diag(arr), 1.0)
-        and np.allclose(arr, arr.T)
-    ):
+    if isinstance(arr, np.ndarray) and roi is None and _is_similarity(arr):
         return np.asarray(arr, dtype=np.float64)  # already a similarity matrix
     return pattern_similarity(x, roi=roi, mask=mask)
+
+
+def _is_similarity(a: np.ndarray) -> bool:
+    """Square, symmetric, within [-1, 1], diagonal 1 (or 0 for constant patterns)."""
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or not np.allclose(a, a.T):
+        return False
+    d = np.diag(a)
+    return bool(np.all(np.abs(a) <= 1 + 1e-9) and np.all(np.isclose(d, 1.0) | np.isclose(d, 0.0)) and np.any(d > 0.5))
 
 
 def boundary_analysis(
@@ -589,6 +592,86 @@ def boundary_analysis(
         tr=float(tr),
         labels=tuple(labels),
     )
+
+
+@dataclass
+class MovieAnalysis:
+    """Everything :func:`movie_analysis` computed: predictions, similarity matrices, boundary result."""
+
+    model: MovieResponse
+    baseline: MovieResponse
+    real: np.ndarray
+    similarity: dict[str, np.ndarray]
+    boundaries: BoundaryResult
+
+    def plot(self, *, out_path: str | Path | None = None):
+        """The three similarity matrices side by side, boundaries marked."""
+        b = self.boundaries
+        return plot_similarity_matrices(self.similarity, boundaries=b.boundaries_tr * b.tr, tr=b.tr, out_path=out_path)
+
+
+def movie_analysis(
+    model: Any,
+    baseline: Any,
+    movie: str | Path,
+    tr: float,
+    boundaries: Sequence[float],
+    real: Any,
+    *,
+    mask: Any = None,
+    n_drop: int = 0,
+    model_roi: Any = None,
+    baseline_roi: Any = None,
+    fps: float = 2.0,
+    rule: str = "nearest",
+    hrf: str = "afni_gam",
+    **kwargs: Any,
+) -> MovieAnalysis:
+    """img2fmri's Fig 3 from its inputs: a movie, a TR, boundaries in seconds, the measured data and a mask.
+
+    Parameters
+    ----------
+    model, baseline : loaded berg models
+        e.g. ``fmri-bold5000-resnet18`` (``subject="all", space="mni"``) and ``fmri-luminance-baseline``.
+    movie : path
+    tr : float
+    boundaries : sequence of float
+        Event boundaries in seconds from the movie's start.
+    real : 4-D NIfTI (with ``mask``), ``(n_tr, n_voxels)`` array, or a list of those (one per
+        participant, averaged with :func:`group_average`)
+        The measured responses; volume ``k`` is movie time ``(n_drop + k) * tr``.
+    mask : NIfTI image, optional
+    n_drop : int
+        Leading volumes of the movie missing from ``real`` (dropped by the study).
+    model_roi, baseline_roi : column indices, optional
+    fps, rule, hrf
+        See :func:`predict_movie`.
+    **kwargs
+        Passed to :func:`boundary_analysis` (``window``, ``band``, ``n_permutations``, ``seed``, ...).
+
+    Returns
+    -------
+    MovieAnalysis
+    """
+    runs = real if isinstance(real, (list, tuple)) else [real]
+    data = group_average(runs, mask=mask) if len(runs) > 1 else as_matrix(runs[0], mask, name="real")
+    n_tr = data.shape[0]
+    preds = []
+    for m in (model, baseline):
+        p = predict_movie(m, movie, tr, fps=fps, rule=rule, hrf=hrf, n_tr=n_tr + int(n_drop))
+        p.data = p.data[int(n_drop) :]
+        preds.append(p)
+    shifted = [b - n_drop * tr for b in boundaries if 0 <= b - n_drop * tr < n_tr * tr]
+    labels = kwargs.pop(
+        "labels", (str(getattr(model, "model_id", "model")), str(getattr(baseline, "model_id", "baseline")))
+    )
+    sims = {
+        labels[0]: pattern_similarity(preds[0], roi=model_roi),
+        "real": pattern_similarity(data),
+        labels[1]: pattern_similarity(preds[1], roi=baseline_roi),
+    }
+    result = boundary_analysis(sims[labels[0]], sims[labels[1]], sims["real"], shifted, tr, labels=labels, **kwargs)
+    return MovieAnalysis(model=preds[0], baseline=preds[1], real=data, similarity=sims, boundaries=result)
 
 
 def plot_similarity_matrices(
