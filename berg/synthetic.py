@@ -470,7 +470,7 @@ def generate(
         Stimulus ids (default ``synthetic-000000`` ...), category labels (stored for decoders), and
         split labels (default all ``"train"``).
     seed : int
-        Seeds the noise (row ``i`` of subject ``s`` uses ``(seed, s, i)``).
+        Seeds the noise (stimulus ``i`` of the ``j``-th subject: stream ``(seed, j, i // 64)``).
     chunk_size : int
         Stimuli per ``encode`` call for models without berg's ``iter_encode`` (engine models stream batch by batch).
     name : str
