@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from berg._version import __version__
-from berg.errors import ModelLoadError, StimulusError
+from berg.errors import InvalidParameterError, ModelLoadError, StimulusError
 from berg.models.base import BaseModelInterface, LoadRequest
 from berg.readouts import Projection, ReadoutHead
 from berg.stimuli import Stimuli, load_stimuli
@@ -55,9 +55,7 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, disable=not progress_enabled(enabled), desc=desc, unit="stim", leave=False)
 
 
-def iter_batches(
-    transform: Any, stimuli: Sequence[Any], batch_size: int
-) -> Iterator[tuple[int, int, Any]]:
+def iter_batches(transform: Any, stimuli: Sequence[Any], batch_size: int) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(start, stop, tensor)`` preprocessed batches, preparing the next batch in a thread."""
     starts = list(range(0, len(stimuli), batch_size))
 
@@ -79,7 +77,7 @@ def iter_batches(
 
 
 def iter_features(
-    extractor: "FeatureExtractor",
+    extractor: FeatureExtractor,
     stimuli: Sequence[Any],
     *,
     batch_size: int,
@@ -93,6 +91,30 @@ def iter_features(
         for start, stop, x in iter_batches(extractor.transform, stimuli, batch_size):
             yield extractor(x).cpu().numpy()
             bar.update(stop - start)
+
+
+#: Readouts at least this wide use numpy's matmul on CPU (measured faster there: benchmarks/RESULTS.md).
+NUMPY_READOUT_MIN_OUTPUTS = 16384
+
+
+def readout_kernel(device: str, n_outputs: int) -> str:
+    """Which GEMM computes a readout: ``"torch"`` (addmm) or ``"numpy"`` (matmul), for this device and width.
+
+    On CPU, numpy's BLAS ran wide skinny readouts ((64 x 100) @ (100 x 108,219)) about 1.8x faster than
+    torch's addmm on our 2-core machines, and torch was faster for narrow ones; the choice is a fixed
+    rule of the shape (never a timing), so repeated runs compute bit-identical outputs.
+    ``BERG_READOUT_KERNEL=torch|numpy`` overrides it on CPU. GPUs always use torch.
+    """
+    from berg.env import env_str
+
+    choice = env_str("BERG_READOUT_KERNEL", "auto")
+    if choice not in ("auto", "torch", "numpy"):
+        raise InvalidParameterError(f"BERG_READOUT_KERNEL={choice!r}; valid: auto, torch, numpy")
+    if not str(device).startswith("cpu"):
+        return "torch"
+    if choice != "auto":
+        return choice
+    return "numpy" if n_outputs >= NUMPY_READOUT_MIN_OUTPUTS else "torch"
 
 
 def _as_tensor(array: np.ndarray, device: str):
@@ -146,14 +168,14 @@ class LinearEncodingModel(BaseModelInterface):
 
     def __init__(
         self,
-        spec: "ModelSpec",
+        spec: ModelSpec,
         *,
-        extractor: "FeatureExtractor",
+        extractor: FeatureExtractor,
         projections: Mapping[str | None, Projection | None],
         heads: Mapping[Any, Sequence[ReadoutHead]],
-        spaces: Mapping[Any, "OutputSpace"],
-        selections: Mapping[Any, "Selection"],
-        layout: "ArtifactLayout",
+        spaces: Mapping[Any, OutputSpace],
+        selections: Mapping[Any, Selection],
+        layout: ArtifactLayout,
         batch_size: int,
         multi_subject: bool,
         options: Mapping[str, Any] | None = None,
@@ -194,7 +216,9 @@ class LinearEncodingModel(BaseModelInterface):
                     )
                 widths.add(proj.n_features if proj is not None else h.readout.n_inputs)
         if len(widths) > 1:
-            raise ModelLoadError(f"{self.model_id}: projections/readouts expect different feature widths {sorted(widths)}")
+            raise ModelLoadError(
+                f"{self.model_id}: projections/readouts expect different feature widths {sorted(widths)}"
+            )
         self.n_features = widths.pop() if widths else 0
 
     def _build_groups(self) -> None:
@@ -221,30 +245,40 @@ class LinearEncodingModel(BaseModelInterface):
             bias = np.concatenate(g.biases) if len(g.biases) > 1 else g.biases[0]
             g.w_t = _as_tensor(np.ascontiguousarray(weight.T), self.device)  # (k, n_group)
             g.b_t = _as_tensor(np.ascontiguousarray(bias), self.device)
+            g.kernel = readout_kernel(self.device, g.width)
             g.weights, g.biases = [], []  # the stacked copy is what is kept
         # The common case (every subject's outputs are one contiguous block of one group) is served
         # with views, no copy.
         self._direct = all(len(self.heads[s]) == 1 for s in self.subjects) and len(self._groups) == 1
 
     @classmethod
-    def validate_options(cls, spec: "ModelSpec", options: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_options(cls, spec: ModelSpec, options: Mapping[str, Any]) -> dict[str, Any]:
         """Check model options against the card (no I/O); returns them with defaults filled."""
         return spec.validate_options(options)
 
     @classmethod
-    def transform_overrides(cls, spec: "ModelSpec", options: Mapping[str, Any]) -> dict[str, Any]:
+    def transform_overrides(cls, spec: ModelSpec, options: Mapping[str, Any]) -> dict[str, Any]:
         """Preprocessing changes implied by model options (none for the plain engine)."""
         return {}
 
     @classmethod
-    def extractor_for(cls, request: LoadRequest) -> "FeatureExtractor":
+    def extractor_for(cls, request: LoadRequest) -> FeatureExtractor:
         """The backbone of a request, shared with other models of the same load that compute the same features."""
         from berg.features import FeatureExtractor
 
-        key = json.dumps([request.spec.recipe.get("backbone"), request.spec.recipe.get("nodes"),
-                          request.spec.recipe.get("transform"), cls.transform_overrides(request.spec, request.options),
-                          str(request.backbone_weights), request.backbone_seed, request.device],
-                         sort_keys=True, default=str)
+        key = json.dumps(
+            [
+                request.spec.recipe.get("backbone"),
+                request.spec.recipe.get("nodes"),
+                request.spec.recipe.get("transform"),
+                cls.transform_overrides(request.spec, request.options),
+                str(request.backbone_weights),
+                request.backbone_seed,
+                request.device,
+            ],
+            sort_keys=True,
+            default=str,
+        )
         cache = request.shared.setdefault("extractors", {})
         if key not in cache:
             cache[key] = FeatureExtractor(
@@ -258,7 +292,7 @@ class LinearEncodingModel(BaseModelInterface):
         return cache[key]
 
     @classmethod
-    def load(cls, request: LoadRequest) -> "LinearEncodingModel":
+    def load(cls, request: LoadRequest) -> LinearEncodingModel:
         """Fetch the artifacts the subjects need, build the backbone, push selections into readout rows."""
         readout_kind = request.spec.recipe.get("readout", "linear")
         if readout_kind != "linear":
@@ -333,14 +367,21 @@ class LinearEncodingModel(BaseModelInterface):
             if g.projection not in projected:
                 pt = self._proj_t.get(g.projection)
                 projected[g.projection] = features if pt is None else torch.addmm(pt[1], features, pt[0].T)
-            group_out.append(torch.addmm(g.b_t, projected[g.projection], g.w_t))
+            z = projected[g.projection]
+            if g.kernel == "numpy" and not z.requires_grad:
+                # numpy's BLAS on the same memory (torch.from_numpy shares it): faster for wide readouts on CPU
+                y = np.matmul(z.numpy(), g.w_t.numpy())
+                y += g.b_t.numpy()
+                group_out.append(torch.from_numpy(y))
+            else:
+                group_out.append(torch.addmm(g.b_t, z, g.w_t))
         if self._direct:
             (y,), (g,) = group_out, self._groups
-            return [y[:, src:src + n] for _, _, src, n in g.targets]
+            return [y[:, src : src + n] for _, _, src, n in g.targets]
         outs = [features.new_empty((features.shape[0], n)) for n in self._n_out]
         for g, y in zip(self._groups, group_out):
             for si, dst, src, n in g.targets:
-                outs[si][:, dst:dst + n] = y[:, src:src + n]
+                outs[si][:, dst : dst + n] = y[:, src : src + n]
         return outs
 
     def _shape_outputs(self, subject: Any, flat: np.ndarray) -> np.ndarray:
@@ -387,8 +428,11 @@ class LinearEncodingModel(BaseModelInterface):
 
         t = self.extractor.transform
         size = tuple(t.input_size)
-        x = pixels if tuple(pixels.shape[-2:]) == size else F.interpolate(pixels, size=size, mode="bilinear",
-                                                                         align_corners=False, antialias=True)
+        x = (
+            pixels
+            if tuple(pixels.shape[-2:]) == size
+            else F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+        )
         cfg = t.describe()
         mean = self._torch.tensor(cfg["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = self._torch.tensor(cfg["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -396,8 +440,9 @@ class LinearEncodingModel(BaseModelInterface):
 
     def prepare_stimuli(self, stimulus: Any, *, allow_still_images: bool = False) -> Stimuli:
         """Validate a stimulus for this model (kind and minimum frames from the registry/card)."""
-        return load_stimuli(stimulus, self.spec.input_kind, min_frames=self.spec.min_frames,
-                            allow_still_images=allow_still_images)
+        return load_stimuli(
+            stimulus, self.spec.input_kind, min_frames=self.spec.min_frames, allow_still_images=allow_still_images
+        )
 
     def encode(
         self, stimulus: Any, *, show_progress: bool = True, allow_still_images: bool = False
@@ -473,7 +518,7 @@ class LinearEncodingModel(BaseModelInterface):
 class _LazyRois(Mapping):
     """ROI indices read only if a selection asks for them (most loads never do)."""
 
-    def __init__(self, layout: "ArtifactLayout", subject: Any):
+    def __init__(self, layout: ArtifactLayout, subject: Any):
         self._layout, self._subject, self._rois = layout, subject, None
 
     def _get(self) -> dict[str, np.ndarray]:

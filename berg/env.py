@@ -1,26 +1,26 @@
 """The one place berg reads its ``BERG_*`` environment variables.
 
-=====================  ===========================================================================
-variable               meaning
-=====================  ===========================================================================
-``BERG_CACHE``         cache root (default: the platform's user cache folder ``berg``)
-``BERG_OFFLINE``       ``1``/``true``/``yes``: never use the network
-``BERG_REGISTRY``      extra registry files, ``os.pathsep``-separated
-``BERG_S3_ENDPOINT``   S3 endpoint URL for every ``s3`` source (tests, mirrors)
-``BERG_S3_SIGNED``     ``1``: signed S3 requests with the user's AWS credentials
-``BERG_PYPI_URL``      PEP 503 simple index for ``pypi_wheel`` sources
-``BERG_FETCH_THREADS`` files fetched at once (default 8)
-``BERG_PARALLEL``      ranged parts downloaded at once for large files
-``BERG_CHUNK_MB``      size of one ranged part in MiB
-``BERG_RETRIES``       attempts per download before giving up (default 6)
-``BERG_BACKOFF``       first retry delay in seconds, doubled per retry (default 0.5)
-``BERG_TIMEOUT``       socket timeout of remote requests in seconds (default 60)
-``BERG_BUILD_DIR``     folder of models built with ``berg build`` (``<dir>/<model_id>/``; default: the cache)
-``BERG_MAX_PIXELS``    largest image (pixels) berg decodes (default 178,956,970, Pillow's)
-``BERG_QUIET``         ``1``: no progress bars
-=====================  ===========================================================================
-
-``BERG_PARALLEL_MIN_MB``: files at least this big (MiB, default 32) are fetched as ranged parts.
+========================  ======================================================================================
+variable                  meaning
+========================  ======================================================================================
+``BERG_CACHE``            cache root (default: the platform's user cache folder ``berg``)
+``BERG_OFFLINE``          ``1``/``true``/``yes``: never use the network
+``BERG_REGISTRY``         extra registry files, ``os.pathsep``-separated
+``BERG_S3_ENDPOINT``      S3 endpoint URL for every ``s3`` source (tests, mirrors)
+``BERG_S3_SIGNED``        ``1``: signed S3 requests with the user's AWS credentials
+``BERG_PYPI_URL``         PEP 503 simple index for ``pypi_wheel`` sources
+``BERG_FETCH_THREADS``    files fetched at once (default 8)
+``BERG_PARALLEL``         ranged parts downloaded at once for large files
+``BERG_CHUNK_MB``         size of one ranged part in MiB
+``BERG_RETRIES``          attempts per download before giving up (default 6)
+``BERG_BACKOFF``          first retry delay in seconds, doubled per retry (default 0.5)
+``BERG_TIMEOUT``          socket timeout of remote requests in seconds (default 60)
+``BERG_BUILD_DIR``        folder of models built with ``berg build`` (``<dir>/<model_id>/``; default: the cache)
+``BERG_MAX_PIXELS``       largest image (pixels) berg decodes (default 178,956,970, Pillow's)
+``BERG_QUIET``            ``1``: no progress bars
+``BERG_READOUT_KERNEL``   ``torch`` or ``numpy``: force the CPU readout GEMM (default: by width)
+``BERG_PARALLEL_MIN_MB``  files at least this big (MiB, default 32) are fetched as ranged parts
+========================  ======================================================================================
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ KNOWN = (
     "BERG_BUILD_DIR",
     "BERG_MAX_PIXELS",
     "BERG_QUIET",
+    "BERG_READOUT_KERNEL",
 )
 
 

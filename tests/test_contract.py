@@ -10,9 +10,9 @@ import json
 
 import numpy as np
 import pytest
+import toy_models as toys
 
 import berg
-import toy_models as toys
 from berg.errors import InvalidParameterError, ModelLoadError, ModelNotBuiltError
 
 
@@ -107,7 +107,9 @@ def test_surface_selections_equal_slicing_with_bergs_precedence(client, images):
     lh = np.zeros(11, int)
     lh[[0, 3, 10]] = 1
     m = _load(client, "test-toy-surface-a", subject=1, selection={"lh_vertices": lh})
-    np.testing.assert_allclose(m.encode(images, show_progress=False), full[:, [0, 3, 10, *range(11, 20)]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        m.encode(images, show_progress=False), full[:, [0, 3, 10, *range(11, 20)]], rtol=1e-5, atol=1e-5
+    )
     rh = np.zeros(9, int)
     rh[[1, 8]] = 1
     m = _load(client, "test-toy-surface-a", subject=1, selection={"lh_vertices": lh, "rh_vertices": rh})
@@ -126,7 +128,9 @@ def test_multi_subject_equals_separate_encodes(client, images):
     both = _load(client, "test-toy-surface-a", subject=[1, 2], selection={"roi": "FFA"})
     out = both.encode(images, show_progress=False)
     for s in (1, 2):
-        single = _load(client, "test-toy-surface-a", subject=s, selection={"roi": "FFA"}).encode(images, show_progress=False)
+        single = _load(client, "test-toy-surface-a", subject=s, selection={"roi": "FFA"}).encode(
+            images, show_progress=False
+        )
         np.testing.assert_allclose(out[s], single, rtol=1e-5, atol=1e-5)
 
 
@@ -141,7 +145,9 @@ def test_ensemble_is_the_weighted_mean_with_one_backbone_pass(client, toy, image
     monkeypatch.setattr(net, "forward", lambda x: calls.append(len(x)) or original(x))
     out = client.encode(ens, images, show_progress=False)
     assert calls == [5]
-    expected = (1 * toys.surface_reference(toy.surface_a[1], feats) + 3 * toys.surface_reference(toy.surface_b[1], feats)) / 4
+    expected = (
+        1 * toys.surface_reference(toy.surface_a[1], feats) + 3 * toys.surface_reference(toy.surface_b[1], feats)
+    ) / 4
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     prov = ens.provenance()
     assert prov["weights"] == {"test-toy-surface-a": 0.25, "test-toy-surface-b": 0.75}
@@ -188,8 +194,21 @@ def test_recipe_model_says_how_to_build_then_builds(client, toy, images, tmp_pat
     (data / "seed.json").write_text(json.dumps({"seed": 2}))
     from berg.cli import main
 
-    assert main(["--registry", str(toy.registry), "--cache-dir", str(tmp_path / "cache"),
-                 "build", "test-toy-recipe", "--data", str(data)]) == 0
+    assert (
+        main(
+            [
+                "--registry",
+                str(toy.registry),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "build",
+                "test-toy-recipe",
+                "--data",
+                str(data),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cache" / "test-toy-recipe" / "manifest.json").is_file()
     built = _load(client, "test-toy-recipe", subject=1).encode(images, show_progress=False)
     same = _load(client, "test-toy-surface-a", subject=1).encode(images, show_progress=False)  # seed 2 too
@@ -216,10 +235,54 @@ def test_cli_encodes_any_space(toy, tmp_path, images):
     folder.mkdir()
     for i, img in enumerate(images[:2]):
         Image.fromarray(img).save(folder / f"i{i}.png")
-    common = ["--registry", str(toy.registry), "--berg-dir", str(toy.berg_dir), "--cache-dir", str(tmp_path / "c"),
-              "--offline"]
+    common = [
+        "--registry",
+        str(toy.registry),
+        "--berg-dir",
+        str(toy.berg_dir),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--offline",
+    ]
     for model_id, shape in (("test-toy-mlp", (2, 2, 5, 7)), ("test-toy-ensemble", (2, 20))):
         out = tmp_path / f"{model_id}.h5"
-        assert main([*common, "encode", model_id, str(folder / "i0.png"), str(folder / "i1.png"), "--subject", "1",
-                     "--backbone-weights", "untrained", "--device", "cpu", "-o", str(out), "-q"]) == 0
+        assert (
+            main(
+                [
+                    *common,
+                    "encode",
+                    model_id,
+                    str(folder / "i0.png"),
+                    str(folder / "i1.png"),
+                    "--subject",
+                    "1",
+                    "--backbone-weights",
+                    "untrained",
+                    "--device",
+                    "cpu",
+                    "-o",
+                    str(out),
+                    "-q",
+                ]
+            )
+            == 0
+        )
         assert berg.load_responses(out)["responses"]["1"].shape == shape
+
+
+def test_readout_kernels_agree_and_can_be_forced(client, images, monkeypatch):
+    import berg.engine as engine
+
+    monkeypatch.setattr(engine, "NUMPY_READOUT_MIN_OUTPUTS", 1)  # the toy is narrow: force the wide-readout path
+    m_np = _load(client, "test-toy-surface-a", subject=1)
+    assert {g.kernel for g in m_np._groups} == {"numpy"}
+    monkeypatch.setenv("BERG_READOUT_KERNEL", "torch")
+    m_t = _load(client, "test-toy-surface-a", subject=1)
+    assert {g.kernel for g in m_t._groups} == {"torch"}
+    np.testing.assert_allclose(m_np.encode(images, show_progress=False), m_t.encode(images, show_progress=False),
+                               rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("BERG_READOUT_KERNEL", "blas")
+    with pytest.raises(InvalidParameterError, match="valid: auto, torch, numpy"):
+        _load(client, "test-toy-surface-a", subject=1)
+    monkeypatch.delenv("BERG_READOUT_KERNEL")
+    assert engine.readout_kernel("cuda:0", 10**6) == "torch"
