@@ -238,6 +238,11 @@ def kernels() -> dict:
         out[name] = {
             "numpy": gflops(lambda x=x, w=w, b=b: x @ w.T + b, 2 * m * k * n, 3),
             "torch_addmm": gflops(lambda xt=xt, wt=wt, bt=bt: torch.addmm(bt, xt, wt.T), 2 * m * k * n, 3),
+            # the operand as the engine holds it: (k, n) contiguous (berg_catalogue's stacked readout)
+            "torch_addmm_kn": gflops(
+                lambda xt=xt, w_kn=wt.T.contiguous(), bt=bt: torch.addmm(bt, xt, w_kn), 2 * m * k * n, 3
+            ),
+            "numpy_kn": gflops(lambda x=x, w_kn=np.ascontiguousarray(w.T), b=b: x @ w_kn + b, 2 * m * k * n, 3),
         }
     return out
 
