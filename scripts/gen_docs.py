@@ -115,7 +115,8 @@ def _title(path: Path) -> str:
         cells = json.loads(text).get("cells", [])
         text = "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "markdown")
     match = re.search(r"^#\s+(.+?)\s*$", text, flags=re.M)
-    return match.group(1).strip() if match else path.stem.replace("-", " ")
+    # nav titles are plain text: drop Markdown code marks (`berg run` -> berg run)
+    return match.group(1).replace("`", "").strip() if match else path.stem.replace("-", " ")
 
 
 def _nav_entries(value, model_ids: list[str]) -> list:

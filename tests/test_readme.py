@@ -284,3 +284,41 @@ def test_demo_runs_the_real_model_when_the_weights_are_cached(tmp_path, fake_tor
     assert img.shape == (91, 109, 91, 2)
     assert json.loads((tmp_path / "out" / "responses.json").read_text())["volumes"] == ["amusement2.jpg", "horse1.jpg"]
     assert (tmp_path / "out" / "responses_glass.png").is_file()
+
+
+# --------------------------------------------------------------------------- citations
+
+
+def test_citation_cff_matches_the_package():
+    import berg
+    from berg.yamlio import read_yaml
+
+    cff = read_yaml(REPO / "CITATION.cff")
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert str(cff["version"]) == berg.__version__, "bump CITATION.cff's version with berg/_version.py"
+    assert cff["title"].startswith("berg") and cff["authors"] and cff["license"] == "MIT"
+
+
+def test_card_citations_are_well_formed_bibtex():
+    from berg.cards import load_card
+
+    keys = {}
+    cards = sorted((REPO / "model_cards").glob("*.yaml"))
+    with_citations = 0
+    for path in cards:
+        card = load_card(path)
+        for c in card.get("citations") or []:
+            bib = c["bibtex"].strip()
+            head = re.match(r"@(\w+)\{([^,\s]+),", bib)
+            assert head and head.group(1).lower() in {"article", "inproceedings", "misc", "software", "book",
+                                                     "incollection", "techreport", "online"}, (path.name, bib[:60])
+            depth = 0
+            for ch in bib:
+                depth += {"{": 1, "}": -1}.get(ch, 0)
+                assert depth >= 0, (path.name, head.group(2))
+            assert depth == 0 and bib.endswith("}"), (path.name, head.group(2))
+            assert re.search(r"\btitle\s*=", bib) and re.search(r"\byear\s*=", bib), (path.name, head.group(2))
+            # one key, one work: the same key in two cards must be the same entry
+            assert keys.setdefault(head.group(2), bib) == bib, f"BibTeX key {head.group(2)} differs between cards"
+        with_citations += bool(card.get("citations"))
+    assert with_citations >= 2
