@@ -450,10 +450,11 @@ def batched_kernel_glm(
         s = torch.as_tensor(sxx[a:b], dtype=torch.float32, device=dev)[:, None]
         xt = torch.as_tensor(x_res[:, a:b].T, dtype=torch.float32, device=dev)
         with torch.inference_mode():
-            bt = (xt @ yt) / s  # (chunk, n_voxels)
-            rss = torch.clamp(syy_t[None, :] - bt * bt * s, min=0.0)
-            se = torch.sqrt(rss / dof / s)
-            tt = torch.where(se > 0, bt / torch.where(se > 0, se, torch.ones_like(se)), torch.zeros_like(bt))
+            # In place, two (chunk, n_voxels) buffers: beta = x'y / s; sigma = sqrt(RSS / dof) with
+            # RSS = y'y - beta^2 s; t = beta sqrt(s) / sigma (0 where the fit is exact).
+            bt = (xt @ yt).div_(s)
+            sigma = bt.square().mul_(s).neg_().add_(syy_t[None, :]).clamp_(min=0.0).div_(dof).sqrt_()
+            tt = sigma.reciprocal_().mul_(bt).mul_(s.sqrt()).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         beta[a:b] = bt.cpu().numpy()
         tval[a:b] = tt.cpu().numpy()
     return BatchedGLM(beta=beta, t=tval, dof=dof, kernel_names=names)
