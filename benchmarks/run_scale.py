@@ -266,6 +266,17 @@ def _timed_run(plan: dict) -> float:
     return time.perf_counter() - t0
 
 
+def _steady_rate(store: Path, n: int, shard: int) -> float:
+    """Stimuli/s between the first shard start and the last shard end (cluster start-up and model loading
+    excluded), from the run's event log."""
+    from berg.run.store import RunStore
+
+    events = RunStore(store).read_events()
+    first = min(e["t"] for e in events if e["event"] == "shard_start")
+    last = max(e["t"] for e in events if e["event"] == "unit_done")
+    return n / (last - first)
+
+
 def bench_dask(work: Path, opts: dict, n: int, shard: int) -> dict:
     folder = work / f"images-{n}"
     write_images(folder, n)
@@ -276,7 +287,9 @@ def bench_dask(work: Path, opts: dict, n: int, shard: int) -> dict:
         ex = {"kind": "dask", "n_workers": workers, "threads_per_worker": 1}
         res[f"seconds_{workers}w"] = round(_timed_run(plan_dict(store, folder, opts, ex, shard=shard)), 1)
         res[f"img_per_s_{workers}w"] = round(n / res[f"seconds_{workers}w"], 1)
+        res[f"steady_img_per_s_{workers}w"] = round(_steady_rate(store, n, shard), 1)
     res["speedup"] = round(res["seconds_1w"] / res["seconds_2w"], 2)
+    res["steady_speedup"] = round(res["steady_img_per_s_2w"] / res["steady_img_per_s_1w"], 2)
     return res
 
 
