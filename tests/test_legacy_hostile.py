@@ -271,3 +271,39 @@ def test_every_prefix_and_many_mutations_fail_cleanly():
         except ArtifactError:
             outcomes["error"] += 1
     assert outcomes["error"] > 100  # the mutations do break the stream; none escaped as another error
+
+
+def test_harness_classifies_what_it_sees(tmp_path):
+    """The benchmark's own judge: other exceptions, code execution and touched files are all caught."""
+    from berg.errors import ArtifactError as AE
+
+    def raise_berg(ctx):
+        raise AE("bad file")
+
+    def raise_other(ctx):
+        raise ValueError("escaped")
+
+    def run_code(ctx):
+        ctx.marker.write_text("x")
+
+    def touch_outside(ctx):
+        (ctx.outside / "decoy.txt").write_text("changed")
+
+    def allocate(ctx):
+        return bytearray(64 << 20)
+
+    recs = {
+        f.__name__: H.run_case(H.Case("t", f.__name__, f), tmp_path, 30)
+        for f in (raise_berg, raise_other, run_code, touch_outside, allocate)
+    }
+    assert recs["raise_berg"]["outcome"] == "berg" and recs["raise_other"]["outcome"] == "other"
+    assert recs["run_code"]["code_executed"] and not recs["raise_berg"]["code_executed"]
+    assert recs["touch_outside"]["outside_touched"] and not recs["raise_other"]["outside_touched"]
+    assert recs["allocate"]["peak"] >= 64 << 20 > recs["raise_berg"]["peak"]
+    line, ok = H.summarise(list(recs.values()))
+    assert not ok and line.startswith("bad inputs tried 5, BERGError 1, other exceptions 1, code executed 1, ")
+    line, ok = H.summarise([recs["raise_berg"]])
+    assert ok and line == (
+        "bad inputs tried 1, BERGError 1, other exceptions 0, code executed 0, files outside the "
+        "cache touched 0, peak memory of any single bad file < 100 MB"
+    )
