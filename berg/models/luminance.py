@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from berg.engine import LinearEncodingModel
-from berg.errors import ModelNotBuiltError
+from berg.errors import ModelLoadError, ModelNotBuiltError
 from berg.features import FeatureExtractor, resolve_device
 from berg.transforms import from_recipe
 
@@ -96,7 +96,14 @@ class LuminanceBaseline(LinearEncodingModel):
             # Nothing to learn and nothing to download: build the tiny artifact where the source wants it.
             root = request.client.store.source(request.spec.source).local_root(request.spec.model_id)
             log.info("building %s into %s (no data needed)", request.spec.model_id, root)
-            build_artifact(root)
+            try:
+                build_artifact(root)
+            except OSError as exc:
+                raise ModelLoadError(
+                    f"{request.spec.model_id} builds its tiny artifact on first use, but {root} is not writable "
+                    f"({exc}). Build it elsewhere with `python -m berg.models.luminance DIR/{MODEL_ID}` and set "
+                    "BERG_BUILD_DIR=DIR (or point BERG_CACHE at a writable folder)."
+                ) from exc
             return super().load(request)
 
 
