@@ -384,3 +384,27 @@ def test_export_refuses_incomplete_and_copies(tmp_path):
         assert list(f["failed"][:]) == [5]
         assert json.loads(f["toy/sub-01"].attrs["space"]) == {"kind": "sensor_time"}
         np.testing.assert_array_equal(f["toy/sub-01/coords/time"][:], np.arange(7) * 10.0)
+
+
+def test_status_eta_from_the_latest_run(tmp_path):
+    store = RunStore(tmp_path / "run")
+    t = _target(shape=(3,))
+    _init(store, [t], n=40, shard=4)  # 10 shards
+    for s in range(4):
+        store.write_shard(t.key, s, 4 * s, np.zeros((4, 3)))
+        store.mark_done(t.key, s, {"target_hash": t.hash})
+    lines = [
+        {"event": "run_start", "t": 1000.0},
+        {"event": "unit_done", "t": 1000.0 + 10, "shard": 0},
+        {"event": "unit_done", "t": 1020.0, "shard": 1},
+        {"event": "unit_done", "t": 1030.0, "shard": 2},
+        {"event": "unit_done", "t": 1040.0, "shard": 3},
+    ]
+    store.events.write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"torn line')
+    st = store.status()
+    assert st["pending_units"] == 6 and not st["complete"]
+    assert st["units_per_second"] == pytest.approx(4 / 40)
+    assert st["eta_seconds"] == pytest.approx(60.0)  # 6 shards at one per 10 s
+    from berg.run.cli import format_status
+
+    assert "6 shard(s) to compute; rate 6.0 shards/min; ETA 1m00s" in format_status(st)
