@@ -188,12 +188,14 @@ class _Moments:
         self.n, self.mean, self.m2 = 0, np.zeros(m), np.zeros(m)
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
         nb = x.shape[0]
         if nb == 0:
             return
-        mb = x.mean(axis=0)
-        m2b = ((x - mb) ** 2).sum(axis=0)
+        # block moments from float32 data, accumulated in float64 (no float64 copy of the block)
+        mb = x.mean(axis=0, dtype=np.float64)
+        d = x - mb.astype(x.dtype)
+        m2b = np.square(d).sum(axis=0, dtype=np.float64)
         n = self.n + nb
         delta = mb - self.mean
         self.mean = self.mean + delta * nb / n
