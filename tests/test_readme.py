@@ -88,7 +88,7 @@ def berg_cache() -> Path:
     from berg.store import Store
     from berg.store.sources import source_for
 
-    cache = TEST_CACHE / "readme-cache"
+    cache = TEST_CACHE / "docs-cache"  # shared with tests/test_docs.py: one img2fmri conversion per CI run
     try:
         source_for(Registry().get("fmri-bold5000-resnet18").source).wheel_path(Store(cache_dir=cache))
     except berg.BERGError as exc:  # pragma: no cover - only offline without a cached wheel
