@@ -29,8 +29,9 @@ def model_class_for(spec: ModelSpec) -> Any:
         return LinearEncodingModel
     from berg._imports import import_object
 
-    return check_model_class(import_object(spec.model_class, f"model class of {spec.model_id}"),
-                             f"model class of {spec.model_id}")
+    return check_model_class(
+        import_object(spec.model_class, f"model class of {spec.model_id}"), f"model class of {spec.model_id}"
+    )
 
 
 class BERG:
@@ -172,8 +173,14 @@ class BERG:
             Files missing/corrupt or inconsistent.
         """
         request = self.load_request(
-            model_id, subject, selection, device=device, batch_size=batch_size,
-            backbone_weights=backbone_weights, backbone_seed=backbone_seed, options=model_kwargs,
+            model_id,
+            subject,
+            selection,
+            device=device,
+            batch_size=batch_size,
+            backbone_weights=backbone_weights,
+            backbone_seed=backbone_seed,
+            options=model_kwargs,
         )
         return self.load(request)
 
@@ -204,9 +211,16 @@ class BERG:
         options = cls.validate_options(spec, dict(options or {}))
         multi = isinstance(subject, (list, tuple)) or (isinstance(subject, str) and subject == "all")
         return LoadRequest(
-            spec=spec, subjects=tuple(subjects), selections=selections, device=resolve_device(device),
-            batch_size=batch_size, backbone_weights=backbone_weights, backbone_seed=int(backbone_seed),
-            options=options, multi_subject=multi, client=self,
+            spec=spec,
+            subjects=tuple(subjects),
+            selections=selections,
+            device=resolve_device(device),
+            batch_size=batch_size,
+            backbone_weights=backbone_weights,
+            backbone_seed=int(backbone_seed),
+            options=options,
+            multi_subject=multi,
+            client=self,
         )
 
     def load(self, request: Any) -> Any:
@@ -239,9 +253,7 @@ class BERG:
         from berg.models.base import REQUIRED_METHODS
 
         if isinstance(model, type) or not all(callable(getattr(model, m, None)) for m in REQUIRED_METHODS):
-            raise InvalidParameterError(
-                f"model must be what get_encoding_model returns, got {type(model).__name__}"
-            )
+            raise InvalidParameterError(f"model must be what get_encoding_model returns, got {type(model).__name__}")
         # Model-specific inputs (e.g. captions= for caption-reading models) go to the model's encode.
         responses = model.encode(stimulus, show_progress=show_progress, **encode_options)
         if return_metadata:
@@ -274,13 +286,8 @@ class BERG:
             keys = layout.all_keys()
         else:
             subjects = spec.validate_subjects(subject)
-            keys = list(
-                dict.fromkeys(
-                    k for s in subjects for k in (*layout.model_keys(s), *layout.metadata_keys(s))
-                )
-            )
+            keys = list(dict.fromkeys(k for s in subjects for k in (*layout.model_keys(s), *layout.metadata_keys(s))))
         return layout.fetch_keys(keys)
 
     def __repr__(self) -> str:
         return f"BERG(berg_dir={self.berg_dir}, offline={self.offline}, models={len(self.registry.ids())})"
-

@@ -218,7 +218,9 @@ def _scalar(value: Any) -> str:
 def _wrap(text: str, indent: int, first: str = "") -> list[str]:
     pad = " " * indent
     return textwrap.wrap(
-        " ".join(str(text).split()), width=_WIDTH, initial_indent=pad + first,
+        " ".join(str(text).split()),
+        width=_WIDTH,
+        initial_indent=pad + first,
         subsequent_indent=pad + " " * len(first),
     ) or [pad + first.rstrip()]
 
@@ -287,9 +289,13 @@ def card_to_text(card: Mapping[str, Any]) -> str:
     ds = card.get("dataset", {}) if isinstance(card.get("dataset"), Mapping) else {}
     lines = [f"{card.get('id')} — {card.get('name', '')}", ""]
     facts = [
-        ("modality", card.get("modality")), ("species", card.get("species")),
-        ("stimuli", (card.get("stimuli") or {}).get("type")), ("dataset", ds.get("name")),
-        ("space", ds.get("space")), ("model", card.get("model_type")), ("creator", card.get("creator")),
+        ("modality", card.get("modality")),
+        ("species", card.get("species")),
+        ("stimuli", (card.get("stimuli") or {}).get("type")),
+        ("dataset", ds.get("name")),
+        ("space", ds.get("space")),
+        ("model", card.get("model_type")),
+        ("creator", card.get("creator")),
         ("subjects (outputs)", _subjects_text(card)),
         ("ROIs", _scalar(card.get("parameters", {}).get("selection", {}).get("rois", []))),
     ]
@@ -344,15 +350,27 @@ def _usage(card: Mapping[str, Any]) -> list[str]:
     rois = params.get("selection", {}).get("rois") or []
     kind = (card.get("input") or {}).get("type", "image")
     # files that ship in the repository's examples/ folder, so the snippet runs as written from a clone
-    files = ["examples/clips/shapes.mp4"] if kind == "video" else ["examples/images/horse1.jpg", "examples/images/amusement1.jpg"]
+    files = (
+        ["examples/clips/shapes.mp4"]
+        if kind == "video"
+        else ["examples/images/horse1.jpg", "examples/images/amusement1.jpg"]
+    )
     roi_py = f', selection={{"roi": "{rois[0]}"}}' if rois else ""
     roi_cli = f" --roi {rois[0]}" if rois else ""
     return [
-        "```python", "from berg import BERG", "", "b = BERG()",
+        "```python",
+        "from berg import BERG",
+        "",
+        "b = BERG()",
         f'model = b.get_encoding_model("{model_id}", subject={subject!r}{roi_py})',
-        f"responses = b.encode(model, {json.dumps(files)})   # float32 (n_stimuli, n_outputs)", "```", "",
-        "```bash", f"berg describe {model_id}",
-        f"berg encode {model_id} --subject {subject}{roi_cli} {' '.join(files)} -o responses.h5", "```", "",
+        f"responses = b.encode(model, {json.dumps(files)})   # float32 (n_stimuli, n_outputs)",
+        "```",
+        "",
+        "```bash",
+        f"berg describe {model_id}",
+        f"berg encode {model_id} --subject {subject}{roi_cli} {' '.join(files)} -o responses.h5",
+        "```",
+        "",
     ]
 
 
@@ -371,21 +389,37 @@ def card_to_markdown(card: Mapping[str, Any]) -> str:
     ds = card.get("dataset", {})
     params = card.get("parameters", {})
     selection = params.get("selection", {})
-    out = [f"# {card['id']}", "", f"**{card.get('name', '')}**", "", " ".join(str(card.get("description", "")).split()), ""]
-    out += _md_table(["", ""], [
-        ("modality", card.get("modality")), ("species", card.get("species")),
-        ("stimuli", f"{card['stimuli']['type']}: {card['stimuli']['description']}"),
-        ("dataset", f"{ds.get('name')} — {ds.get('citation')}"), ("space", ds.get("space")),
-        ("model type", card.get("model_type")), ("creator", card.get("creator")),
-        ("licence (code)", card["license"]["code"]), ("licence (weights)", card["license"]["weights"]),
-    ])
+    out = [
+        f"# {card['id']}",
+        "",
+        f"**{card.get('name', '')}**",
+        "",
+        " ".join(str(card.get("description", "")).split()),
+        "",
+    ]
+    out += _md_table(
+        ["", ""],
+        [
+            ("modality", card.get("modality")),
+            ("species", card.get("species")),
+            ("stimuli", f"{card['stimuli']['type']}: {card['stimuli']['description']}"),
+            ("dataset", f"{ds.get('name')} — {ds.get('citation')}"),
+            ("space", ds.get("space")),
+            ("model type", card.get("model_type")),
+            ("creator", card.get("creator")),
+            ("licence (code)", card["license"]["code"]),
+            ("licence (weights)", card["license"]["weights"]),
+        ],
+    )
     out += ["", "## Usage", "", *_usage(card)]
 
     out += ["## Subjects and selection", ""]
     n_outputs = selection.get("n_outputs") or {}  # optional: spaces with fixed sizes declare "lengths"
     if n_outputs:
-        out += _md_table(["subject", "outputs (one-hot length)"],
-                         [(s, f"{n_outputs.get(s, n_outputs.get(str(s), 0)):,}") for s in params["subjects"]])
+        out += _md_table(
+            ["subject", "outputs (one-hot length)"],
+            [(s, f"{n_outputs.get(s, n_outputs.get(str(s), 0)):,}") for s in params["subjects"]],
+        )
     else:
         out += ["Subjects: " + ", ".join(str(s) for s in params["subjects"])]
     out += ["", "Valid ROI names: " + ", ".join(f"`{r}`" for r in selection.get("rois", [])), ""]
@@ -395,9 +429,13 @@ def card_to_markdown(card: Mapping[str, Any]) -> str:
         out += [" ".join(str(selection["notes"]).split()), ""]
     if params.get("model_kwargs"):
         out += ["Model keyword arguments:", ""]
-        out += _md_table(["name", "type", "default", "choices", "description"],
-                         [(k["name"], k["type"], k.get("default", ""), k.get("choices", ""), k["description"])
-                          for k in params["model_kwargs"]]) + [""]
+        out += _md_table(
+            ["name", "type", "default", "choices", "description"],
+            [
+                (k["name"], k["type"], k.get("default", ""), k.get("choices", ""), k["description"])
+                for k in params["model_kwargs"]
+            ],
+        ) + [""]
 
     inp = card["input"]
     out += ["## Input", "", " ".join(str(inp["description"]).split()), ""]

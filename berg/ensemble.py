@@ -88,7 +88,7 @@ class EnsembleModel(BaseModelInterface):
         return spec.validate_options(options)
 
     @classmethod
-    def load(cls, request: LoadRequest) -> "EnsembleModel":
+    def load(cls, request: LoadRequest) -> EnsembleModel:
         """Load every member (sharing backbones through ``request.shared``) and check their spaces."""
         client = request.client
         if client is None:
@@ -105,7 +105,8 @@ class EnsembleModel(BaseModelInterface):
             if missing:
                 raise ModelLoadError(f"ensemble member {m['model']} has no subject(s) {missing}")
             member_request = request.replace(
-                spec=member_spec, options=member_cls.validate_options(member_spec, m["options"]),
+                spec=member_spec,
+                options=member_cls.validate_options(member_spec, m["options"]),
             )
             members.append(member_cls.load(member_request))
             weights.append(m["weight"])
@@ -159,7 +160,11 @@ class EnsembleModel(BaseModelInterface):
                     for w, m in zip(self.weights, self.members):
                         f = next(fv for e, fv in zip(extractors, feats) if e is m.extractor)
                         outs = m.outputs_from_features(f)
-                        acc = [float(w) * o for o in outs] if acc is None else [a + float(w) * o for a, o in zip(acc, outs)]
+                        acc = (
+                            [float(w) * o for o in outs]
+                            if acc is None
+                            else [a + float(w) * o for a, o in zip(acc, outs)]
+                        )
                 yield start, stop, [self.spaces[s].reshape(a.cpu().numpy()) for s, a in zip(self.subjects, acc)]
                 bar.update(stop - start)
 
@@ -184,8 +189,9 @@ class EnsembleModel(BaseModelInterface):
             "berg_version": __version__,
             "weights": {m.model_id: float(w) for m, w in zip(self.members, self.weights)},
             "members": [m.provenance() for m in self.members],
-            "artifacts": {f"{m.model_id}/{k}": v for m in self.members
-                          for k, v in (m.provenance().get("artifacts") or {}).items()},
+            "artifacts": {
+                f"{m.model_id}/{k}": v for m in self.members for k, v in (m.provenance().get("artifacts") or {}).items()
+            },
         }
 
     def forward(self, x: Any) -> Any:

@@ -186,7 +186,7 @@ def save(
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["model_id"] = str(model.model_id)
             f.attrs["berg_version"] = __version__
-            f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["created_utc"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             f.attrs["subjects"] = json.dumps(list(per_subject), default=str)
             f.attrs["provenance"] = json.dumps(provenance, default=str, sort_keys=True)
             f.attrs["artifacts"] = json.dumps(provenance.get("artifacts", {}), default=str, sort_keys=True)
@@ -202,8 +202,10 @@ def save(
                 group.attrs["selection"] = json.dumps(selection.get(str(subject), {}), default=str)
                 group.attrs["space"] = json.dumps(space.to_dict(), default=str)
                 ds = group.create_dataset(
-                    "responses", data=r.astype(np.float32, copy=False),
-                    chunks=True if (compression and r.size) else None, compression=compression if r.size else None,
+                    "responses",
+                    data=r.astype(np.float32, copy=False),
+                    chunks=True if (compression and r.size) else None,
+                    compression=compression if r.size else None,
                 )
                 dims = ["stimulus", *space.dims]
                 ds.attrs["dims"] = np.array(dims, dtype=h5py.string_dtype())
@@ -218,7 +220,9 @@ def save(
                     _write_coord(coords, f"space_{name.replace('/', '_')}", values)
                 out_ids = model.output_ids(None if subject == _GROUP else subject)
                 oid = group.create_dataset("output_ids", data=np.asarray(out_ids))
-                oid.attrs["meaning"] = "voxel (i, j, k) on the model's grid" if np.ndim(out_ids) == 2 else "output index"
+                oid.attrs["meaning"] = (
+                    "voxel (i, j, k) on the model's grid" if np.ndim(out_ids) == 2 else "output index"
+                )
     return path
 
 
@@ -268,8 +272,11 @@ def load_responses(path: str | os.PathLike[str]) -> dict[str, Any]:
             coords = {name: _read_coord(ds) for name, ds in group["coords"].items()} if "coords" in group else {}
             out["coords"][key] = {k: v for k, v in coords.items() if not k.startswith("space_")}
             if "space" in group.attrs:
-                arrays = {k[len("space_"):].replace("_", "/", 1) if k.startswith("space_vertices") else k[len("space_"):]: v
-                          for k, v in coords.items() if k.startswith("space_")}
+                arrays = {
+                    k[len("space_") :].replace("_", "/", 1) if k.startswith("space_vertices") else k[len("space_") :]: v
+                    for k, v in coords.items()
+                    if k.startswith("space_")
+                }
                 if "voxel_ijk" in coords:
                     arrays.setdefault("voxel_ijk", coords["voxel_ijk"])
                 out["spaces"][key] = space_from_dict(json.loads(group.attrs["space"]), arrays=arrays)
@@ -347,8 +354,14 @@ def save_nifti(
 
         prov = model.provenance()
         who = subject if subject is not None else (model.subjects[0] if len(model.subjects) == 1 else _GROUP)
-        meta = {"model_id": model.model_id, "subject": str(who), "volumes": ids, "units": _units(model),
-                "outside_outputs": "NaN (not predicted)", "provenance": prov}
+        meta = {
+            "model_id": model.model_id,
+            "subject": str(who),
+            "volumes": ids,
+            "units": _units(model),
+            "outside_outputs": "NaN (not predicted)",
+            "provenance": prov,
+        }
         atomic_write_text(sidecar, json.dumps(meta, indent=1, default=str, sort_keys=True))
     return path
 

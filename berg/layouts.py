@@ -17,8 +17,8 @@ import numpy as np
 
 from berg.errors import ModelLoadError
 from berg.readouts import LinearReadout, Projection, ReadoutHead
-from berg.subjects import subject_label
 from berg.spaces import OutputSpace, space_from_dict
+from berg.subjects import subject_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from berg.registry import ModelSpec
@@ -38,7 +38,7 @@ class ArtifactLayout(ABC):
         Where files are fetched from (berg_dir, cache, remote).
     """
 
-    def __init__(self, spec: "ModelSpec", store: "Store"):
+    def __init__(self, spec: ModelSpec, store: Store):
         self.spec = spec
         self.store = store
 
@@ -197,7 +197,7 @@ class NativeLayout(ArtifactLayout):
         return space_from_dict(desc, n_outputs=int(info["n_outputs"]), arrays=arrays)
 
 
-def layout_for(spec: "ModelSpec", store: "Store") -> ArtifactLayout | None:
+def layout_for(spec: ModelSpec, store: Store) -> ArtifactLayout | None:
     """Instantiate the layout a registry entry names (``None`` for ``"none"``: ensembles have no files)."""
     if spec.layout == "none":
         return None

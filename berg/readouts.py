@@ -18,8 +18,16 @@ import numpy as np
 from berg.errors import ModelLoadError
 from berg.fsutil import atomic_write
 
-__all__ = ["Affine", "Projection", "LinearReadout", "ReadoutHead", "fold_scaler", "folded_rows",
-           "write_folded_projection"]
+__all__ = [
+    "Affine",
+    "Projection",
+    "LinearReadout",
+    "ReadoutHead",
+    "fold_scaler",
+    "folded_rows",
+    "write_folded_projection",
+]
+
 
 def folded_rows(
     mean: np.ndarray | None, scale: np.ndarray | None, rows: Iterable[np.ndarray]
@@ -30,8 +38,11 @@ def folded_rows(
     exists) and returned as float32 weight rows plus a float64 bias. Zero scales count as 1, as in
     scikit-learn; ``None`` means no scaling / no centring.
     """
-    inv = None if scale is None else 1.0 / np.where(np.asarray(scale, dtype=np.float64) == 0, 1.0,
-                                                    np.asarray(scale, dtype=np.float64))
+    inv = (
+        None
+        if scale is None
+        else 1.0 / np.where(np.asarray(scale, dtype=np.float64) == 0, 1.0, np.asarray(scale, dtype=np.float64))
+    )
     mos = None if mean is None else np.asarray(mean, dtype=np.float64) * (1.0 if inv is None else inv)
     for row in rows:
         r = np.asarray(row, dtype=np.float64)
@@ -79,7 +90,10 @@ def fold_scaler(
 
 
 def write_folded_projection(
-    path: Path, mean: np.ndarray | None, scale: np.ndarray | None, rows: Iterable[np.ndarray],
+    path: Path,
+    mean: np.ndarray | None,
+    scale: np.ndarray | None,
+    rows: Iterable[np.ndarray],
     shape: tuple[int, int],
 ) -> None:
     """Stream :func:`folded_rows` into a safetensors file (``weight`` (k, n), ``bias`` (k,), float32).
@@ -90,9 +104,11 @@ def write_folded_projection(
     k, n = shape
     _check_fold_shapes(mean, scale, (k, n))
     w_bytes = k * n * 4
-    header = {"weight": {"dtype": "F32", "shape": [k, n], "data_offsets": [0, w_bytes]},
-              "bias": {"dtype": "F32", "shape": [k], "data_offsets": [w_bytes, w_bytes + 4 * k]},
-              "__metadata__": {"format": "pt", "note": "scaler folded into the components by berg"}}
+    header = {
+        "weight": {"dtype": "F32", "shape": [k, n], "data_offsets": [0, w_bytes]},
+        "bias": {"dtype": "F32", "shape": [k], "data_offsets": [w_bytes, w_bytes + 4 * k]},
+        "__metadata__": {"format": "pt", "note": "scaler folded into the components by berg"},
+    }
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     path = Path(path)
@@ -133,7 +149,9 @@ class Affine:
             self.weight = self.weight.astype(np.float32)
         self.bias = np.asarray(self.bias, dtype=np.float32)
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ModelLoadError(f"{type(self).__name__} weight {self.weight.shape} and bias {self.bias.shape} do not fit")
+            raise ModelLoadError(
+                f"{type(self).__name__} weight {self.weight.shape} and bias {self.bias.shape} do not fit"
+            )
 
     @property
     def n_outputs(self) -> int:
@@ -184,7 +202,7 @@ class Projection(Affine):
         components: np.ndarray,
         *,
         out: np.ndarray | None = None,
-    ) -> "Projection":
+    ) -> Projection:
         """Build from StandardScaler ``mean_``/``scale_`` and PCA/SVD ``components_`` (see :func:`fold_scaler`).
 
         For scikit-learn's ``PCA`` (which centres on its own ``mean_``) pass the composition yourself:

@@ -140,8 +140,11 @@ def build_model(
         prefix = str(spec.source.get("prefix") or f"{model_id}/")
         out = Path(os.fspath(out_dir)).expanduser() / prefix
     else:
-        out = built_path(spec, client.store) if client.store.berg_dir is None else \
-            Path(client.store.model_folder(model_id, spec.source))
+        out = (
+            built_path(spec, client.store)
+            if client.store.berg_dir is None
+            else Path(client.store.model_folder(model_id, spec.source))
+        )
     if (out / "manifest.json").is_file() and not force:
         _verify(out)
         log.info("%s is already built in %s (use force=True / --force to rebuild)", model_id, out)
@@ -186,8 +189,11 @@ def cmd_build(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def add_build_subparser(sub: argparse._SubParsersAction) -> None:
     """Attach ``berg build`` to the CLI."""
-    p = sub.add_parser("build", help="build a recipe model (no published weights) from its dataset",
-                       description="Build a recipe model once on this machine from its dataset.")
+    p = sub.add_parser(
+        "build",
+        help="build a recipe model (no published weights) from its dataset",
+        description="Build a recipe model once on this machine from its dataset.",
+    )
     p.add_argument("model_id", help="a recipe model id (see `berg list`)")
     p.add_argument("--data", required=True, metavar="DIR", help="the dataset folder the model is built from")
     p.add_argument("--out", metavar="DIR", help="write DIR/<id>/ instead of the cache (load with --berg-dir DIR)")

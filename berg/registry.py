@@ -305,7 +305,9 @@ class ModelSpec:
         valid = self.roi_names
         aliases = self._selection_card().get("roi_aliases") or {}
         if not valid:
-            raise InvalidParameterError(f"{self.model_id} declares no ROIs; valid selection keys: {list(self.selection_keys)}")
+            raise InvalidParameterError(
+                f"{self.model_id} declares no ROIs; valid selection keys: {list(self.selection_keys)}"
+            )
         if isinstance(roi, str):
             names = [roi]
         elif isinstance(roi, (list, tuple)) and all(isinstance(r, str) for r in roi):
@@ -319,7 +321,9 @@ class ModelSpec:
         out = []
         for name in names:
             if name not in valid and name in aliases:
-                log.warning("ROI %r is an alias of %r (%s); using %r", name, aliases[name], self.model_id, aliases[name])
+                log.warning(
+                    "ROI %r is an alias of %r (%s); using %r", name, aliases[name], self.model_id, aliases[name]
+                )
                 name = aliases[name]
             if name not in valid:
                 hint = close_matches(str(name), valid)
@@ -481,9 +485,7 @@ class Registry:
         if model_id not in self._specs:
             hint = close_matches(str(model_id), self._specs)
             extra = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
-            raise ModelNotFoundError(
-                f"unknown model {model_id!r}.{extra} Available models: {', '.join(self.ids())}"
-            )
+            raise ModelNotFoundError(f"unknown model {model_id!r}.{extra} Available models: {', '.join(self.ids())}")
         return self._specs[model_id]
 
 

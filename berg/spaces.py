@@ -20,7 +20,7 @@ rows to keep (before any matmul) and the space of what remains. Each kind declar
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -133,7 +133,7 @@ class OutputSpace:
         return arr.reshape(arr.shape[0], self.n_outputs)
 
     # -- selections ---------------------------------------------------------------------------
-    def narrow(self, selection: Any, roi_indices: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, "OutputSpace"]:
+    def narrow(self, selection: Any, roi_indices: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, OutputSpace]:
         """Readout rows a validated :class:`~berg.registry.Selection` keeps, and the remaining space.
 
         ``None`` rows mean "all outputs" (nothing is sliced).
@@ -147,7 +147,7 @@ class OutputSpace:
             f"selection keys {selection.keys()} do not apply to a {self.kind} space; valid: {self.SELECTION_KEYS}"
         )
 
-    def select(self, rows: np.ndarray | None) -> "OutputSpace":  # pragma: no cover - abstract
+    def select(self, rows: np.ndarray | None) -> OutputSpace:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- description --------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class OutputSpace:
         """Index arrays that complete :meth:`to_dict` (stored as tensors in artifacts)."""
         return {}
 
-    def same_as(self, other: "OutputSpace") -> bool:
+    def same_as(self, other: OutputSpace) -> bool:
         """True when both spaces describe the same outputs in the same order."""
         if type(self) is not type(other) or self.to_dict() != other.to_dict():
             return False
@@ -269,7 +269,7 @@ class VolumeSpace(OutputSpace):
             raise InvalidParameterError(f"voxel_ijk has indices outside the grid {self.grid}")
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, affine: np.ndarray | None, *, order: str = "c") -> "VolumeSpace":
+    def from_mask(cls, mask: np.ndarray, affine: np.ndarray | None, *, order: str = "c") -> VolumeSpace:
         """Outputs = the mask's non-zero voxels, enumerated in ``order`` (see :func:`mask_voxel_indices`)."""
         mask = np.asarray(mask) != 0
         flat = mask_voxel_indices(mask, order)
@@ -335,8 +335,11 @@ class VolumeSpace(OutputSpace):
         return img
 
     def to_dict(self):
-        return {"kind": "volume", "shape": list(self.grid),
-                "affine": None if self.affine is None else self.affine.tolist()}
+        return {
+            "kind": "volume",
+            "shape": list(self.grid),
+            "affine": None if self.affine is None else self.affine.tolist(),
+        }
 
     def arrays(self):
         return {"voxel_ijk": self.voxel_ijk}
@@ -370,8 +373,9 @@ class SurfaceSpace(OutputSpace):
         unknown = set(self.vertices) - set(HEMISPHERES)
         if unknown:
             raise InvalidParameterError(f"unknown hemisphere(s) {sorted(unknown)}; valid: {HEMISPHERES}")
-        self.vertices = {h: np.asarray(self.vertices[h], dtype=np.int64).ravel() for h in HEMISPHERES
-                         if h in self.vertices}
+        self.vertices = {
+            h: np.asarray(self.vertices[h], dtype=np.int64).ravel() for h in HEMISPHERES if h in self.vertices
+        }
         self.n_vertices = {h: int(n) for h, n in self.n_vertices.items()}
         for h, v in self.vertices.items():
             n = self.n_vertices.get(h)
@@ -379,7 +383,7 @@ class SurfaceSpace(OutputSpace):
                 raise InvalidParameterError(f"{h} vertex indices must lie in [0, {n}) of the {self.template} mesh")
 
     @classmethod
-    def full(cls, template: str, n_vertices: Mapping[str, int]) -> "SurfaceSpace":
+    def full(cls, template: str, n_vertices: Mapping[str, int]) -> SurfaceSpace:
         """Every vertex of the template's hemispheres."""
         return cls(template, {h: np.arange(n) for h, n in n_vertices.items()}, dict(n_vertices))
 
@@ -459,16 +463,21 @@ class SurfaceSpace(OutputSpace):
         for h, full in self.to_mesh(responses, fill=fill).items():
             img = GiftiImage()
             for row in full:
-                img.add_gifti_data_array(GiftiDataArray(row.astype(np.float32), intent="NIFTI_INTENT_NONE",
-                                                        datatype="NIFTI_TYPE_FLOAT32"))
+                img.add_gifti_data_array(
+                    GiftiDataArray(row.astype(np.float32), intent="NIFTI_INTENT_NONE", datatype="NIFTI_TYPE_FLOAT32")
+                )
             img.meta["AnatomicalStructurePrimary"] = "CortexLeft" if h == "lh" else "CortexRight"
             img.meta["Template"] = self.template
             images[h] = img
         return images
 
     def to_dict(self):
-        return {"kind": "surface", "template": self.template,
-                "hemispheres": list(self.vertices), "n_vertices": dict(self.n_vertices)}
+        return {
+            "kind": "surface",
+            "template": self.template,
+            "hemispheres": list(self.vertices),
+            "n_vertices": dict(self.n_vertices),
+        }
 
     def arrays(self):
         return {f"vertices/{h}": v for h, v in self.vertices.items()}
@@ -545,16 +554,22 @@ class SensorTimeSpace(OutputSpace):
         n_ch, n_t = len(self.channels), self.times_ms.size
         reps = np.arange(self.n_reps or 1)
         rows = ((reps[:, None, None] * n_ch + ch_idx[None, :, None]) * n_t + t_idx[None, None, :]).ravel()
-        space = SensorTimeSpace(tuple(self.channels[i] for i in ch_idx), self.times_ms[t_idx], self.n_reps,
-                                None if self.positions is None else self.positions[ch_idx])
+        space = SensorTimeSpace(
+            tuple(self.channels[i] for i in ch_idx),
+            self.times_ms[t_idx],
+            self.n_reps,
+            None if self.positions is None else self.positions[ch_idx],
+        )
         return rows.astype(np.int64), space
 
     def select(self, rows):
         if rows is None:
             return self
-        raise InvalidParameterError("select sensor x time outputs with selection={'channels': [...], 'timepoints': ...}")
+        raise InvalidParameterError(
+            "select sensor x time outputs with selection={'channels': [...], 'timepoints': ...}"
+        )
 
-    def mean_repetitions(self) -> "SensorTimeSpace":
+    def mean_repetitions(self) -> SensorTimeSpace:
         """The space of responses averaged over repetitions (no repetition axis)."""
         return SensorTimeSpace(self.channels, self.times_ms, None, self.positions)
 
@@ -567,8 +582,12 @@ class SensorTimeSpace(OutputSpace):
         return out
 
     def to_dict(self):
-        return {"kind": "sensor_time", "channels": list(self.channels), "times_ms": self.times_ms.tolist(),
-                "n_reps": self.n_reps}
+        return {
+            "kind": "sensor_time",
+            "channels": list(self.channels),
+            "times_ms": self.times_ms.tolist(),
+            "n_reps": self.n_reps,
+        }
 
     def arrays(self):
         return {} if self.positions is None else {"channel_positions": self.positions}
@@ -582,9 +601,13 @@ SPACE_KINDS: dict[str, type[OutputSpace]] = {
 }
 
 
-def space_from_dict(desc: Mapping[str, Any], *, n_outputs: int | None = None,
-                    arrays: Mapping[str, np.ndarray] | None = None,
-                    voxel_ijk: np.ndarray | None = None) -> OutputSpace:
+def space_from_dict(
+    desc: Mapping[str, Any],
+    *,
+    n_outputs: int | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    voxel_ijk: np.ndarray | None = None,
+) -> OutputSpace:
     """Rebuild a space from :meth:`OutputSpace.to_dict` and :meth:`OutputSpace.arrays`.
 
     ``n_outputs``, when given, is checked against the rebuilt space.
@@ -601,12 +624,12 @@ def space_from_dict(desc: Mapping[str, Any], *, n_outputs: int | None = None,
         space = VolumeSpace(tuple(desc["shape"]), desc.get("affine"), arrays["voxel_ijk"])
     elif kind == "surface":
         hemis = desc.get("hemispheres") or list(desc["n_vertices"])
-        verts = {h: arrays[f"vertices/{h}"] if f"vertices/{h}" in arrays else np.arange(desc["n_vertices"][h])
-                 for h in hemis}
+        verts = {
+            h: arrays[f"vertices/{h}"] if f"vertices/{h}" in arrays else np.arange(desc["n_vertices"][h]) for h in hemis
+        }
         space = SurfaceSpace(desc["template"], verts, desc["n_vertices"])
     elif kind == "sensor_time":
-        space = SensorTimeSpace(desc["channels"], desc["times_ms"], desc.get("n_reps"),
-                                arrays.get("channel_positions"))
+        space = SensorTimeSpace(desc["channels"], desc["times_ms"], desc.get("n_reps"), arrays.get("channel_positions"))
     else:
         raise ModelLoadError(f"unknown output space kind {kind!r}; valid: {', '.join(SPACE_KINDS)}")
     if n_outputs is not None and space.n_outputs != int(n_outputs):

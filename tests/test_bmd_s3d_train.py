@@ -82,8 +82,14 @@ def bmd(tmp_path_factory):
         b = rng.standard_normal((K, n_vox))
         signal = z @ b
         noise = 0.3 * signal.std()
-        np.save(folder / "train.npy", (signal[:N_TRAIN, None] + noise * rng.standard_normal((N_TRAIN, 3, n_vox))).astype(np.float32))
-        np.save(folder / "test.npy", (signal[N_TRAIN:, None] + noise * rng.standard_normal((N_TEST, 10, n_vox))).astype(np.float32))
+        np.save(
+            folder / "train.npy",
+            (signal[:N_TRAIN, None] + noise * rng.standard_normal((N_TRAIN, 3, n_vox))).astype(np.float32),
+        )
+        np.save(
+            folder / "test.npy",
+            (signal[N_TRAIN:, None] + noise * rng.standard_normal((N_TEST, 10, n_vox))).astype(np.float32),
+        )
         truth[s] = (mask, roi.astype(bool))
     return root, truth
 
@@ -112,10 +118,16 @@ def test_train_export_and_reload(bmd, tmp_path):
     import berg
 
     root, truth = bmd
-    result = train_bmd(root, tmp_path / "out", recipe=_small_recipe(), backbone_weights="untrained",
-                       projection={"kind": "scaler_pca", "n_components": K}, batch_size=8,
-                       source={"kind": "s3", "bucket": "unused", "prefix": "artifact/"},
-                       model_id="test-bmd-s3d-retrained")  # the registry already holds fmri-bmd-s3d
+    result = train_bmd(
+        root,
+        tmp_path / "out",
+        recipe=_small_recipe(),
+        backbone_weights="untrained",
+        projection={"kind": "scaler_pca", "n_components": K},
+        batch_size=8,
+        source={"kind": "s3", "bucket": "unused", "prefix": "artifact/"},
+        model_id="test-bmd-s3d-retrained",
+    )  # the registry already holds fmri-bmd-s3d
     for s in (1, 2):
         acc = result.accuracy[s]
         assert acc["median_r"] > 0.9, acc  # the betas are a noisy linear map of the top-K components
@@ -124,9 +136,12 @@ def test_train_export_and_reload(bmd, tmp_path):
     assert card["accuracy"]["summary"][1]["median_r"] == pytest.approx(result.accuracy[1]["median_r"], abs=1e-4)
     assert card["parameters"]["selection"]["n_outputs"] == {1: int(truth[1][0].sum()), 2: int(truth[2][0].sum())}
     # the exported berg-native model reproduces the trainer's test predictions through the inference path
-    client = berg.BERG(berg_dir=result.artifact_dir.parent, cache_dir=tmp_path / "cache", registry=result.registry_path,
-                       offline=True)
-    model = client.get_encoding_model("test-bmd-s3d-retrained", subject=[1, 2], device="cpu", backbone_weights="untrained")
+    client = berg.BERG(
+        berg_dir=result.artifact_dir.parent, cache_dir=tmp_path / "cache", registry=result.registry_path, offline=True
+    )
+    model = client.get_encoding_model(
+        "test-bmd-s3d-retrained", subject=[1, 2], device="cpu", backbone_weights="untrained"
+    )
     test_videos = sorted(str(p) for p in (root / "stimuli" / "test").glob("*.mp4"))
     out = model.encode(test_videos, show_progress=False)
     for s in (1, 2):

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from synthetic_native import MODEL_ID, N_OUT, build
 
 import berg
 from berg.errors import (
@@ -14,8 +15,6 @@ from berg.errors import (
     ModelNotFoundError,
     StimulusError,
 )
-
-from synthetic_native import MODEL_ID, N_OUT, build
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,9 @@ def test_channels_first_paths_and_pil_agree(client, model1, synth, tmp_path):
         Image.fromarray(img).save(p)
         paths.append(p)
     from_files = client.encode(model1, paths, show_progress=False)
-    pil = client.encode(model1, [Image.fromarray(img).convert("L") for img in synth.test_images[:2]], show_progress=False)
+    pil = client.encode(
+        model1, [Image.fromarray(img).convert("L") for img in synth.test_images[:2]], show_progress=False
+    )
     np.testing.assert_array_equal(cf, base)
     np.testing.assert_allclose(from_files, base[:3], rtol=1e-6, atol=1e-6)
     assert pil.shape == (2, N_OUT[1])  # greyscale converted to RGB, not a crash
@@ -92,15 +93,21 @@ def test_roi_selection_equals_slicing(client, model1, synth):
         )
         names = [roi] if isinstance(roi, str) else roi
         rows = np.unique(np.concatenate([synth.roi_rows[n] for n in names]))
-        np.testing.assert_allclose(m.encode(synth.test_images, show_progress=False), full[:, rows], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            m.encode(synth.test_images, show_progress=False), full[:, rows], rtol=1e-6, atol=1e-6
+        )
 
 
 def test_one_hot_selection_equals_slicing(client, model1, synth):
     full = model1.encode(synth.test_images, show_progress=False)
     vec = np.zeros(N_OUT[1], dtype=int)
     vec[[0, 3, 29]] = 1
-    m = client.get_encoding_model(MODEL_ID, subject=1, selection={"voxels": vec}, device="cpu", backbone_weights="untrained")
-    np.testing.assert_allclose(m.encode(synth.test_images, show_progress=False), full[:, [0, 3, 29]], rtol=1e-6, atol=1e-6)
+    m = client.get_encoding_model(
+        MODEL_ID, subject=1, selection={"voxels": vec}, device="cpu", backbone_weights="untrained"
+    )
+    np.testing.assert_allclose(
+        m.encode(synth.test_images, show_progress=False), full[:, [0, 3, 29]], rtol=1e-6, atol=1e-6
+    )
     # ROI wins over the vector, as in BERG
     m2 = client.get_encoding_model(
         MODEL_ID, subject=1, selection={"roi": "A", "voxels": vec}, device="cpu", backbone_weights="untrained"

@@ -67,8 +67,10 @@ def _rnc_ranking(r1, r2, b, margin, n):
     """gifale95/RNC 02_univariate_rnc.py, written as the script does it (NaN masking)."""
     out = {}
     for name, key, hi1, hi2 in [
-        ("high_high", r1 + r2, True, True), ("low_low", -(r1 + r2), False, False),
-        ("high_low", r1 - r2, True, False), ("low_high", -(r1 - r2), False, True),
+        ("high_high", r1 + r2, True, True),
+        ("low_low", -(r1 + r2), False, False),
+        ("high_low", r1 - r2, True, False),
+        ("low_high", -(r1 - r2), False, True),
     ]:
         order = np.argsort(key)[::-1].astype(float)
         o = order.astype(int)
@@ -104,8 +106,15 @@ def test_univariate_responses_mean_over_roi_and_ncsnr():
 def test_univariate_control_recovers_planted_attribute():
     responses, a, b = planted_univariate()
     res = univariate_control(
-        responses, ROIS, roi_pair=("A", "B"), n_images=20, margin=0.1, n_null=20_000,
-        n_permutations=2000, n_bootstrap=1000, seed=0,
+        responses,
+        ROIS,
+        roi_pair=("A", "B"),
+        n_images=20,
+        margin=0.1,
+        n_null=20_000,
+        n_permutations=2000,
+        n_bootstrap=1000,
+        seed=0,
     )
     idx = res.chosen_indices
     # ROI A is driven by `a` only: its high conditions pick high-`a` stimuli, its low ones low-`a`
@@ -132,8 +141,15 @@ def test_univariate_control_without_structure_is_not_significant():
     # independent noise per subject: choices on other subjects cannot generalise
     responses = {s: rng.standard_normal((400, 40)).astype(np.float32) for s in range(1, 6)}
     res = univariate_control(
-        responses, ROIS, roi_pair=("A", "B"), n_images=15, margin=0.0, n_null=5000,
-        n_permutations=1000, n_bootstrap=500, seed=1,
+        responses,
+        ROIS,
+        roi_pair=("A", "B"),
+        n_images=15,
+        margin=0.0,
+        n_null=5000,
+        n_permutations=1000,
+        n_bootstrap=500,
+        seed=1,
     )
     p = np.concatenate([res.evidence.p_within[c].ravel() for c in res.evidence.p_within])
     assert np.mean(p < 0.05) <= 0.15
@@ -200,8 +216,15 @@ def test_genetic_search_finds_planted_alignment():
 def test_multivariate_control_cross_validated():
     rsms_a, rsms_b, shared = planted_rsms(n_sub=3)
     res = multivariate_control(
-        rsms_a, rsms_b, n_images=15, population=16, generations=25, n_null=3000,
-        n_permutations=2000, n_bootstrap=500, seed=0,
+        rsms_a,
+        rsms_b,
+        n_images=15,
+        population=16,
+        generations=25,
+        n_null=3000,
+        n_permutations=2000,
+        n_bootstrap=500,
+        seed=0,
     )
     assert res.scores["align"] > res.baseline.score + 0.3
     assert abs(res.scores["disentangle"]) < 0.05
@@ -228,8 +251,17 @@ def test_multivariate_control_from_responses_via_roi_rsms():
     a = roi_rsms(responses, ROIS, "A", ncsnr=ncsnr, ncsnr_threshold=0.5, dtype=np.float64)
     b = roi_rsms(responses, ROIS, "B", dtype=np.float64)
     assert set(a) == {1, 2} and np.allclose(a[1], np.corrcoef(responses[1][:, :20]))
-    res = multivariate_control(a, b, conditions=("align",), n_images=10, population=10, generations=15,
-                               n_null=500, cross_validate=False, stimulus_ids=[f"s{i}" for i in range(n)])
+    res = multivariate_control(
+        a,
+        b,
+        conditions=("align",),
+        n_images=10,
+        population=10,
+        generations=15,
+        n_null=500,
+        cross_validate=False,
+        stimulus_ids=[f"s{i}" for i in range(n)],
+    )
     assert res.evidence is None
     assert np.mean([int(i[1:]) < 20 for i in res.chosen["align"]]) > 0.7
 
@@ -255,8 +287,9 @@ def test_plots(tmp_path):
     from berg.experiments import plot_multivariate_control, plot_univariate_control
 
     responses, _, _ = planted_univariate(n=200, n_sub=2)
-    res = univariate_control(responses, ROIS, roi_pair=("A", "B"), n_images=5, margin=0.05, n_null=500,
-                             cross_validate=False)
+    res = univariate_control(
+        responses, ROIS, roi_pair=("A", "B"), n_images=5, margin=0.05, n_null=500, cross_validate=False
+    )
     fig = plot_univariate_control(res, max_points=100, out_path=tmp_path / "uni.pdf")
     ax = fig.axes[0]
     assert len(ax.collections) == 5 and ax.get_xlabel().startswith("A")  # background + 4 conditions

@@ -112,16 +112,19 @@ def test_multi_axis_outputs_are_flattened():
     y3 = y.reshape(len(y), 6, 10)
     assert np.allclose(contrast_map(y3, labels, "face").t, contrast_map(y, labels, "face").t)
     assert np.allclose(rsm(y3, dtype=np.float64), np.corrcoef(y.astype(np.float64)))
-    assert np.allclose(rsm(y3, outputs=np.arange(12), dtype=np.float64, max_memory=0, block_size=7),
-                       np.corrcoef(y[:, :12].astype(np.float64)))
+    assert np.allclose(
+        rsm(y3, outputs=np.arange(12), dtype=np.float64, max_memory=0, block_size=7),
+        np.corrcoef(y[:, :12].astype(np.float64)),
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # the untrained-backbone warning, expected here
 def test_localizer_on_a_berg_model_and_nifti_t_map(tmp_path):
     """End to end: encode labelled images with a real berg model, t-map, place it on the model's grid."""
-    import berg
     from synthetic_native import GRID, MODEL_ID, build
+
+    import berg
 
     synth = build(tmp_path / "synthetic")
     client = berg.BERG(berg_dir=synth.berg_dir, cache_dir=tmp_path / "cache", offline=True, registry=synth.registry)

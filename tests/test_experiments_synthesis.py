@@ -29,9 +29,13 @@ def tiny_encoder(dtype=torch.float32, seed=0):
     """Conv backbone + linear readout to 16 outputs: a stand-in for a berg model's forward."""
     torch.manual_seed(seed)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 5, stride=2), torch.nn.Tanh(),
-        torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.Tanh(),
-        torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(128, 16),
+        torch.nn.Conv2d(3, 8, 5, stride=2),
+        torch.nn.Tanh(),
+        torch.nn.Conv2d(8, 8, 3, stride=2),
+        torch.nn.Tanh(),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(128, 16),
     )
     return net.to(dtype).eval()
 
@@ -139,12 +143,14 @@ def test_bad_parameters():
 @pytest.fixture(scope="module")
 def berg_model(tmp_path_factory):
     """A real berg model (tests/synthetic_native.py: untrained ResNet-18 + scaler/PCA + readout)."""
-    import berg
     from synthetic_native import MODEL_ID, build
 
+    import berg
+
     synth = build(tmp_path_factory.mktemp("synthetic"))
-    client = berg.BERG(berg_dir=synth.berg_dir, cache_dir=tmp_path_factory.mktemp("cache"), offline=True,
-                       registry=synth.registry)
+    client = berg.BERG(
+        berg_dir=synth.berg_dir, cache_dir=tmp_path_factory.mktemp("cache"), offline=True, registry=synth.registry
+    )
     model = client.get_encoding_model(MODEL_ID, subject=1, device="cpu", backbone_weights="untrained")
     if not hasattr(model, "forward_pixels"):
         pytest.skip("this berg model has no differentiable forward_pixels yet (model-contract issue)")

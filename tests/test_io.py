@@ -54,7 +54,9 @@ class StandIn:
 
     def provenance(self):
         return {
-            "model_id": self.model_id, "subjects": self.subjects, "berg_version": berg.__version__,
+            "model_id": self.model_id,
+            "subjects": self.subjects,
+            "berg_version": berg.__version__,
             "selection": {str(s): ({"roi": ["A"]} if s == 2 else {}) for s in self.subjects},
             "artifacts": {"readout/sub-01.safetensors": {"sha256": "ab" * 32, "size": 123}},
         }
@@ -120,17 +122,20 @@ def test_float64_responses_are_stored_as_float32(tmp_path):
         assert f["sub-01/responses"].dtype == np.float32
 
 
-@pytest.mark.parametrize("case, match", [
-    ("suffix", "must end with .h5, .hdf5"),
-    ("unknown subject", r"subject\(s\) \[3\] that the model did not load; loaded subjects: \[1, 2\]"),
-    ("1-D", "returns \\(n_stimuli, 12\\)"),
-    ("int dtype", "expected float32"),
-    ("wrong outputs", "have shape \\(3, 12\\); this model returns \\(n_stimuli, 9\\)"),
-    ("stimulus ids", "stimulus_ids has 1 entries; responses have 3"),
-    ("stimulus counts", "different numbers of stimuli"),
-    ("empty dict", "nothing to save"),
-    ("compression", "compression must be"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("suffix", "must end with .h5, .hdf5"),
+        ("unknown subject", r"subject\(s\) \[3\] that the model did not load; loaded subjects: \[1, 2\]"),
+        ("1-D", "returns \\(n_stimuli, 12\\)"),
+        ("int dtype", "expected float32"),
+        ("wrong outputs", "have shape \\(3, 12\\); this model returns \\(n_stimuli, 9\\)"),
+        ("stimulus ids", "stimulus_ids has 1 entries; responses have 3"),
+        ("stimulus counts", "different numbers of stimuli"),
+        ("empty dict", "nothing to save"),
+        ("compression", "compression must be"),
+    ],
+)
 def test_bad_input_raises_before_writing(tmp_path, case, match):
     model = StandIn({1: 12, 2: 9})
     good = {1: _responses(3, 12), 2: _responses(3, 9)}

@@ -120,8 +120,10 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
 
 def test_extra_registry_file_and_duplicates(tmp_path):
     p = tmp_path / "registry.yaml"
-    p.write_text("format_version: 1\nmodels:\n  fmri-bmd-s3d:\n    card: x.yaml\n    modality: fmri\n"
-                 "    dataset: bmd\n    subjects: [1]\n    source: {kind: s3}\n    layout: native\n    recipe: {}\n")
+    p.write_text(
+        "format_version: 1\nmodels:\n  fmri-bmd-s3d:\n    card: x.yaml\n    modality: fmri\n"
+        "    dataset: bmd\n    subjects: [1]\n    source: {kind: s3}\n    layout: native\n    recipe: {}\n"
+    )
     with pytest.raises(InvalidParameterError, match="already registered"):
         Registry(p)
     with pytest.raises(InvalidParameterError, match="not found"):

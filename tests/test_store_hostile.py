@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_store_sources import FolderSource, _native, folder_source
 
 from berg.errors import ArtifactError, BERGError, InvalidParameterError
 from berg.store import Store
 from berg.store.artifacts import ArtifactWriter, check_key
 from berg.store.cache import INDEX_NAME, CacheIndex, CacheWriteError
-
-from test_store_sources import FolderSource, _native, folder_source
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -114,8 +113,12 @@ def _as_reader(args: dict, *, prefix: list[str] | None = None) -> dict:
         if SETPRIV is None:
             pytest.skip("running as root without setpriv: cannot drop privileges to test read-only caches")
         cmd = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "PYTHONDONTWRITEBYTECODE": "1",
-           "BERG_S3_ENDPOINT": "http://127.0.0.1:9"}  # any network use would fail loudly
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "BERG_S3_ENDPOINT": "http://127.0.0.1:9",
+    }  # any network use would fail loudly
     proc = subprocess.run((prefix or []) + cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -141,13 +144,14 @@ def endpoint(monkeypatch, s3_server):
 # --------------------------------------------------------------------------- planted links
 
 
-MODES = {"stream": {"BERG_PARALLEL": "1"},
-         "ranges": {"BERG_PARALLEL": "3", "BERG_PARALLEL_MIN_MB": "0", "BERG_CHUNK_MB": "0.0625"}}
+MODES = {
+    "stream": {"BERG_PARALLEL": "1"},
+    "ranges": {"BERG_PARALLEL": "3", "BERG_PARALLEL_MIN_MB": "0", "BERG_CHUNK_MB": "0.0625"},
+}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_planted_links_under_bookkeeping_names_are_not_followed(mode, hostile_files, endpoint, tmp_path,
-                                                                monkeypatch):
+def test_planted_links_under_bookkeeping_names_are_not_followed(mode, hostile_files, endpoint, tmp_path, monkeypatch):
     for k, v in MODES[mode].items():
         monkeypatch.setenv(k, v)
     outside = tmp_path / "outside"
@@ -169,7 +173,10 @@ def test_planted_links_under_bookkeeping_names_are_not_followed(mode, hostile_fi
     assert _snapshot(outside) == before  # nothing outside the cache was written, truncated or grown
     for name, victim in victims.items():
         assert victim.read_bytes() == b"precious " + name.encode()
-    assert not (model / INDEX_NAME).is_symlink() and CacheIndex(model).get("data.bin")["sha256"] == hostile_files["data.bin"]
+    assert (
+        not (model / INDEX_NAME).is_symlink()
+        and CacheIndex(model).get("data.bin")["sha256"] == hostile_files["data.bin"]
+    )
 
 
 def test_cache_entries_that_are_links_are_refused(hostile_files, endpoint, tmp_path):
@@ -196,9 +203,18 @@ def test_cache_entries_that_are_links_are_refused(hostile_files, endpoint, tmp_p
 
 # --------------------------------------------------------------------------- reserved names
 
-RESERVED = [INDEX_NAME, f"{INDEX_NAME}.lock", "data.bin.lock", "dir/x.part", "dir/x.part.json",
-            ".data.bin.123.0123abcd.tmp", "dir/.x.tmp", "converted/projection-0123.safetensors",
-            ".berg-dir/data.bin", "a/\x00b"]
+RESERVED = [
+    INDEX_NAME,
+    f"{INDEX_NAME}.lock",
+    "data.bin.lock",
+    "dir/x.part",
+    "dir/x.part.json",
+    ".data.bin.123.0123abcd.tmp",
+    "dir/.x.tmp",
+    "converted/projection-0123.safetensors",
+    ".berg-dir/data.bin",
+    "a/\x00b",
+]
 
 
 @pytest.mark.parametrize("key", RESERVED)
@@ -227,8 +243,9 @@ def test_manifest_listing_a_reserved_key_is_refused(tmp_path):
     manifest["files"]["readout/sub-01.safetensors.lock"] = {"size": 1, "sha256": "0" * 64}
     (tmp_path / "remote" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="reserved"):
-        Store(cache_dir=tmp_path / "cache").fetch("plug", folder_source(tmp_path / "remote"),
-                                                   "readout/sub-01.safetensors.lock")
+        Store(cache_dir=tmp_path / "cache").fetch(
+            "plug", folder_source(tmp_path / "remote"), "readout/sub-01.safetensors.lock"
+        )
 
 
 # --------------------------------------------------------------------------- read-only caches
@@ -242,10 +259,14 @@ def bmd_cache(shared_tmp):
 
     write_replica(shared_tmp / "bucket", subjects=(1,), n_features=300, k=4, grid=(4, 5, 3))
     source = folder_source(shared_tmp / "bucket" / PREFIX, manifest=False)
-    keys = ["encoding_models_weights/pca_weights.npy", "encoding_models_weights/weights_sub-01.npy",
-            "metadata/metadata_sub-01.npy"]
-    out = _as_reader_local({"cache": str(shared_tmp / "cache"), "model": "bmd-mini", "source": source,
-                            "keys": keys, "bmd": True})
+    keys = [
+        "encoding_models_weights/pca_weights.npy",
+        "encoding_models_weights/weights_sub-01.npy",
+        "metadata/metadata_sub-01.npy",
+    ]
+    out = _as_reader_local(
+        {"cache": str(shared_tmp / "cache"), "model": "bmd-mini", "source": source, "keys": keys, "bmd": True}
+    )
     assert all("ok" in v for v in out.values()), out
     return shared_tmp, source, keys, out["projection"]["ok"]
 
@@ -253,8 +274,9 @@ def bmd_cache(shared_tmp):
 def _as_reader_local(args: dict) -> dict:
     """READER in a subprocess as the current user (a writable cache)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
-    proc = subprocess.run([sys.executable, "-c", READER, json.dumps(args)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", READER, json.dumps(args)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -280,13 +302,22 @@ def test_legacy_cache_read_only_in_place_and_missing_file_is_a_clear_error(bmd_c
     root, source, keys, weight_sum = bmd_cache
     _read_only(root / "cache")
     before = _snapshot(root / "cache")
-    out = _as_reader({"cache": str(root / "cache"), "model": "bmd-mini", "source": source, "keys": keys,
-                      "bmd": True, "offline": True})
+    out = _as_reader(
+        {
+            "cache": str(root / "cache"),
+            "model": "bmd-mini",
+            "source": source,
+            "keys": keys,
+            "bmd": True,
+            "offline": True,
+        }
+    )
     assert all("ok" in out[k] for k in keys) and out["projection"]["ok"] == pytest.approx(weight_sum)
     assert _snapshot(root / "cache") == before
     # a file that is not there must be fetched: impossible here, and said so
-    out = _as_reader({"cache": str(root / "cache"), "model": "bmd-mini", "source": source,
-                      "keys": ["metadata/metadata_sub-02.npy"]})
+    out = _as_reader(
+        {"cache": str(root / "cache"), "model": "bmd-mini", "source": source, "keys": ["metadata/metadata_sub-02.npy"]}
+    )
     err = out["metadata/metadata_sub-02.npy"]
     assert err["error"] == "CacheWriteError" and err["oserror"] and err["errno"] in (errno.EACCES, errno.EROFS)
     assert str(root / "cache" / "bmd-mini") in err["msg"] and "BERG_CACHE" in err["msg"] and "--cache-dir" in err["msg"]
@@ -299,8 +330,9 @@ def test_moved_cache_keeps_its_records(bmd_cache):
     _hide_source(root)
     FolderSource.served.clear()
     before = _snapshot(root / "moved")
-    out = _as_reader_local({"cache": str(root / "moved"), "model": "bmd-mini", "source": source, "keys": keys,
-                            "bmd": True})
+    out = _as_reader_local(
+        {"cache": str(root / "moved"), "model": "bmd-mini", "source": source, "keys": keys, "bmd": True}
+    )
     assert all("ok" in out[k] for k in keys) and out["projection"]["ok"] == pytest.approx(weight_sum)
     after = _snapshot(root / "moved")
     derived = [k for k in after if k.startswith("bmd-mini/converted/projection-") and not k.endswith(".lock")]
@@ -315,18 +347,38 @@ def test_read_only_mount_eroFS(bmd_cache):
     root, source, keys, weight_sum = bmd_cache
     unshare = shutil.which("unshare")
     cache = root / "cache"
-    probe = subprocess.run([unshare or "unshare", "-m", "sh", "-c",
-                            f"mount --bind {cache} {cache} && mount -o remount,ro,bind {cache}"],
-                           capture_output=True) if unshare and IS_ROOT else None
+    probe = (
+        subprocess.run(
+            [
+                unshare or "unshare",
+                "-m",
+                "sh",
+                "-c",
+                f"mount --bind {cache} {cache} && mount -o remount,ro,bind {cache}",
+            ],
+            capture_output=True,
+        )
+        if unshare and IS_ROOT
+        else None
+    )
     if probe is None or probe.returncode != 0:
         pytest.skip("no permission to make a read-only bind mount here")
-    args = {"cache": str(cache), "model": "bmd-mini", "source": source, "keys": [*keys, "metadata/metadata_sub-02.npy"],
-            "bmd": True}
-    script = (f"mount --bind {cache} {cache} && mount -o remount,ro,bind {cache} && "
-              f"exec {sys.executable} -c \"$0\" \"$1\"")
+    args = {
+        "cache": str(cache),
+        "model": "bmd-mini",
+        "source": source,
+        "keys": [*keys, "metadata/metadata_sub-02.npy"],
+        "bmd": True,
+    }
+    script = f'mount --bind {cache} {cache} && mount -o remount,ro,bind {cache} && exec {sys.executable} -c "$0" "$1"'
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run([unshare, "-m", "sh", "-c", script, READER, json.dumps(args)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [unshare, "-m", "sh", "-c", script, READER, json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all("ok" in out[k] for k in keys) and out["projection"]["ok"] == pytest.approx(weight_sum)
@@ -396,12 +448,21 @@ def test_real_full_disk_where_a_tmpfs_can_be_mounted(tmp_path, shared_tmp):
     (shared_tmp / "remote" / "big.bin").write_bytes(os.urandom(300_000))
     cache = shared_tmp / "cache"
     cache.mkdir()
-    args = {"cache": str(cache), "model": "raw", "source": folder_source(shared_tmp / "remote", manifest=False),
-            "keys": ["big.bin"]}
-    script = f"mount -t tmpfs -o size=64k tmpfs {cache} && exec {sys.executable} -c \"$0\" \"$1\""
+    args = {
+        "cache": str(cache),
+        "model": "raw",
+        "source": folder_source(shared_tmp / "remote", manifest=False),
+        "keys": ["big.bin"],
+    }
+    script = f'mount -t tmpfs -o size=64k tmpfs {cache} && exec {sys.executable} -c "$0" "$1"'
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
-    proc = subprocess.run([unshare, "-m", "sh", "-c", script, READER, json.dumps(args)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [unshare, "-m", "sh", "-c", script, READER, json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0 and "mount" in proc.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])["big.bin"]
@@ -439,8 +500,15 @@ DERIVE = textwrap.dedent(
 @pytest.mark.slow
 def test_processes_deriving_the_same_file_build_it_once(tmp_path):
     log = tmp_path / "builds.log"
-    procs = [subprocess.Popen([sys.executable, "-c", DERIVE, str(tmp_path / "cache"), str(log)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DERIVE, str(tmp_path / "cache"), str(log)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
     assert len({o[0].strip() for o in outs}) == 1 and log.read_text() == "built\n"
@@ -454,14 +522,22 @@ def test_hostile_store_compass(hostile_files, endpoint, tmp_path, capsys):
     (outside / "victim").write_bytes(b"precious")
     before = _snapshot(outside)
     cases = []
-    cases += [("reserved key", lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k)) for k in RESERVED]
-    cases += [("bad key", lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k))
-              for k in ("../outside/victim", "/etc/passwd", "a/../../b", "a\\b", "", "./x")]
-    cases += [("bad model id", lambda m=m: Store(cache_dir=tmp_path / "c").fetch(m, S3_SOURCE, "data.bin"))
-              for m in (".", "..", "_wheels", "a/b", "m\x00", "")]
+    cases += [
+        ("reserved key", lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k)) for k in RESERVED
+    ]
+    cases += [
+        ("bad key", lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k))
+        for k in ("../outside/victim", "/etc/passwd", "a/../../b", "a\\b", "", "./x")
+    ]
+    cases += [
+        ("bad model id", lambda m=m: Store(cache_dir=tmp_path / "c").fetch(m, S3_SOURCE, "data.bin"))
+        for m in (".", "..", "_wheels", "a/b", "m\x00", "")
+    ]
     cases += [("NUL folder", lambda kw=kw: Store(**{kw: "x\x00y"})) for kw in ("cache_dir", "berg_dir", "build_dir")]
-    cases += [("bad source", lambda s=s: Store(cache_dir=tmp_path / "c").fetch("raw", s, "data.bin"))
-              for s in ({"kind": "nope"}, {"kind": "s3"}, {"kind": "os:system"}, {"kind": "build", "command": 3})]
+    cases += [
+        ("bad source", lambda s=s: Store(cache_dir=tmp_path / "c").fetch("raw", s, "data.bin"))
+        for s in ({"kind": "nope"}, {"kind": "s3"}, {"kind": "os:system"}, {"kind": "build", "command": 3})
+    ]
 
     def planted(name):
         model = tmp_path / f"p-{name}" / "raw"
@@ -483,8 +559,10 @@ def test_hostile_store_compass(hostile_files, endpoint, tmp_path, capsys):
             sys.stderr.write(f"{what}: {type(exc).__name__}: {exc}\n")
     touched = int(_snapshot(outside) != before or (outside / "victim").read_bytes() != b"precious")
     with capsys.disabled():
-        sys.stdout.write(f"\nstore bad inputs tried {len(cases)}, BERGError {berg_errors}, handled safely {survived}, "
-                         f"other exceptions {other}, files outside the cache touched {touched}\n")
+        sys.stdout.write(
+            f"\nstore bad inputs tried {len(cases)}, BERGError {berg_errors}, handled safely {survived}, "
+            f"other exceptions {other}, files outside the cache touched {touched}\n"
+        )
     assert other == 0 and touched == 0 and berg_errors + survived == len(cases)
 
 
@@ -493,7 +571,10 @@ def test_listing_leaves_out_keys_berg_cannot_cache(tmp_path):
     (remote / "dir").mkdir(parents=True)
     for name in ("ok.bin", "dir/fine.txt", "evil.lock", "dir/x.part", INDEX_NAME):
         (remote / name).write_bytes(b"x")
-    assert Store(cache_dir=tmp_path / "c").list_keys(folder_source(remote, manifest=False)) == ["dir/fine.txt", "ok.bin"]
+    assert Store(cache_dir=tmp_path / "c").list_keys(folder_source(remote, manifest=False)) == [
+        "dir/fine.txt",
+        "ok.bin",
+    ]
 
 
 def test_unreadable_cached_file_in_a_shared_cache_is_a_clear_error(shared_tmp):
@@ -502,6 +583,7 @@ def test_unreadable_cached_file_in_a_shared_cache_is_a_clear_error(shared_tmp):
     Store(cache_dir=shared_tmp / "cache").fetch("plug", source, "readout/sub-01.safetensors")
     target = shared_tmp / "cache" / "plug" / "readout" / "sub-01.safetensors"
     target.chmod(0o600 if IS_ROOT else 0o000)  # another user's private file
-    out = _as_reader({"cache": str(shared_tmp / "cache"), "model": "plug", "source": source,
-                      "keys": ["readout/sub-01.safetensors"]})["readout/sub-01.safetensors"]
+    out = _as_reader(
+        {"cache": str(shared_tmp / "cache"), "model": "plug", "source": source, "keys": ["readout/sub-01.safetensors"]}
+    )["readout/sub-01.safetensors"]
     assert out["error"] == "ArtifactError" and "Permission denied [EACCES]" in out["msg"] and str(target) in out["msg"]

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_native import MODEL_ID, N_OUT, PREFIX, build
 
 import berg
 from berg.errors import ArtifactError, ArtifactNotFoundError, IntegrityError, OfflineError
 from berg.store import Store
-
-from synthetic_native import MODEL_ID, N_OUT, PREFIX, build
 
 BUCKET = "berg-test-synthetic"
 RAW_BUCKET = "berg-test-raw"
@@ -53,15 +52,22 @@ def endpoint(monkeypatch, s3_server):
 
 
 def _cached(cache: Path) -> set[str]:
-    return {p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file() and not p.name.startswith(".berg-") and not p.name.endswith(".lock")}
+    return {
+        p.relative_to(cache).as_posix()
+        for p in cache.rglob("*")
+        if p.is_file() and not p.name.startswith(".berg-") and not p.name.endswith(".lock")
+    }
 
 
 def test_lazy_metadata_fetch_only_needed_files(synth, endpoint, tmp_path):
     client = berg.BERG(cache_dir=tmp_path, registry=synth.registry)
     meta = client.get_model_metadata(MODEL_ID, subject=2)
     assert meta["n_outputs"] == N_OUT[2]
-    assert _cached(tmp_path) == {f"{MODEL_ID}/manifest.json", f"{MODEL_ID}/metadata/sub-02.json",
-                                 f"{MODEL_ID}/metadata/sub-02.safetensors"}
+    assert _cached(tmp_path) == {
+        f"{MODEL_ID}/manifest.json",
+        f"{MODEL_ID}/metadata/sub-02.json",
+        f"{MODEL_ID}/metadata/sub-02.safetensors",
+    }
 
 
 def test_encode_through_s3_and_offline_reuse(synth, endpoint, tmp_path):
@@ -174,8 +180,10 @@ def _fetch_through(proxy, tmp, key="small.bin"):
     return Store(cache_dir=tmp).fetch("raw", RAW_SOURCE, key)
 
 
-MODES = {"stream": {"BERG_PARALLEL": "1"},
-         "ranges": {"BERG_PARALLEL": "3", "BERG_PARALLEL_MIN_MB": "0", "BERG_CHUNK_MB": "0.0625"}}
+MODES = {
+    "stream": {"BERG_PARALLEL": "1"},
+    "ranges": {"BERG_PARALLEL": "3", "BERG_PARALLEL_MIN_MB": "0", "BERG_CHUNK_MB": "0.0625"},
+}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -250,8 +258,12 @@ def test_killed_download_leaves_no_partial_file(fault_proxy, raw_files, tmp_path
 
 def test_eight_processes_one_download(fault_proxy, raw_files, tmp_path):
     env = {**os.environ, "BERG_S3_ENDPOINT": fault_proxy.endpoint_url}
-    procs = [subprocess.Popen([sys.executable, "-c", FETCH_SCRIPT, str(tmp_path), RAW_BUCKET], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FETCH_SCRIPT, str(tmp_path), RAW_BUCKET], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(8)
+    ]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len(set(outs)) == 1

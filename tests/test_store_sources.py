@@ -63,8 +63,11 @@ class FolderSource(Source):
         return FileInfo(size=dest.stat().st_size, sha256=digest)
 
     def list(self, prefix: str = "") -> list[str]:
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                      if p.is_file() and p.relative_to(self.root).as_posix().startswith(prefix))
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.is_file() and p.relative_to(self.root).as_posix().startswith(prefix)
+        )
 
 
 def folder_source(root: Path, manifest: bool = True) -> dict:
@@ -85,9 +88,11 @@ def _native(out: Path, model_id: str = "plug") -> dict[str, np.ndarray]:
 
 def test_builtin_sources_implement_the_protocol(tmp_path):
     ctx = SourceContext(cache_dir=tmp_path)
-    for cfg in ({"kind": "s3", "bucket": "b", "prefix": "p/"},
-                {"kind": "pypi_wheel", "package": "p", "version": "1", "sha256": "0" * 64, "converter": "m:f"},
-                {"kind": "build", "command": "berg build x --data DIR", "data": "the x dataset"}):
+    for cfg in (
+        {"kind": "s3", "bucket": "b", "prefix": "p/"},
+        {"kind": "pypi_wheel", "package": "p", "version": "1", "sha256": "0" * 64, "converter": "m:f"},
+        {"kind": "build", "command": "berg build x --data DIR", "data": "the x dataset"},
+    ):
         src = source_for(cfg, ctx)
         assert isinstance(src, Source) and isinstance(src.describe(), str) and src.context is ctx
     assert source_for({"kind": "s3", "bucket": "b", "prefix": "p/"}).describe().startswith("s3://b/p/")
@@ -128,14 +133,18 @@ def test_registry_named_source_class_serves_a_native_artifact(tmp_path):
 def test_offline_refuses_a_remote_source(tmp_path):
     _native(tmp_path / "remote")
     with pytest.raises(OfflineError, match="berg fetch plug --all"):
-        Store(cache_dir=tmp_path / "cache", offline=True).fetch("plug", folder_source(tmp_path / "remote"),
-                                                                 "readout/sub-01.safetensors")
+        Store(cache_dir=tmp_path / "cache", offline=True).fetch(
+            "plug", folder_source(tmp_path / "remote"), "readout/sub-01.safetensors"
+        )
 
 
 # --------------------------------------------------------------------------- build source
 
-BUILD = {"kind": "build", "command": "berg build toy-built --data DIR",
-         "data": "the toy dataset (images/ and responses.npy) from https://example.org/toy"}
+BUILD = {
+    "kind": "build",
+    "command": "berg build toy-built --data DIR",
+    "data": "the toy dataset (images/ and responses.npy) from https://example.org/toy",
+}
 
 
 def test_build_source_not_built_error_gives_command_and_data(tmp_path):
@@ -170,15 +179,19 @@ def test_built_artifact_is_verified_in_cache_or_chosen_folder(tmp_path, monkeypa
     got = Store(cache_dir=tmp_path / "cache").fetch("toy-built", BUILD, "readout/sub-01.safetensors")
     assert got == tmp_path / "mine" / "toy-built" / "readout" / "sub-01.safetensors"
     monkeypatch.delenv("BERG_BUILD_DIR")
-    assert Store(cache_dir=tmp_path / "c2", build_dir=tmp_path / "mine").fetch(
-        "toy-built", BUILD, "metadata/sub-01.json").is_file()
+    assert (
+        Store(cache_dir=tmp_path / "c2", build_dir=tmp_path / "mine")
+        .fetch("toy-built", BUILD, "metadata/sub-01.json")
+        .is_file()
+    )
     # a corrupted built file is an IntegrityError that says to rebuild (it is never "fetched again")
     data = bytearray(got.read_bytes())
     data[-1] ^= 1
     got.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="berg build toy-built"):
         Store(cache_dir=tmp_path / "cache", build_dir=tmp_path / "mine").fetch(
-            "toy-built", BUILD, "readout/sub-01.safetensors")
+            "toy-built", BUILD, "readout/sub-01.safetensors"
+        )
     assert got.exists()  # the user's build is not deleted
 
 
@@ -191,6 +204,7 @@ def _builder(calls: list, value: float):
         from safetensors.numpy import save_file
 
         save_file({"weight": np.full((4, 8), value, np.float32)}, str(tmp))
+
     return build
 
 
@@ -212,8 +226,7 @@ def test_derived_is_built_once_recorded_and_verified(tmp_path):
     again = Store(cache_dir=tmp_path).derived("m", "proj.safetensors", inputs, _builder(calls, 1.0))
     assert len(calls) == 2 and np.all(read_tensors(again)["weight"] == 1.0)
     # new inputs: a new file; the superseded one is removed
-    other = Store(cache_dir=tmp_path).derived("m", "proj.safetensors", {**inputs, "version": "2"},
-                                              _builder(calls, 2.0))
+    other = Store(cache_dir=tmp_path).derived("m", "proj.safetensors", {**inputs, "version": "2"}, _builder(calls, 2.0))
     assert other != path and not path.exists() and np.all(read_tensors(other)["weight"] == 2.0)
     assert [p.name for p in (tmp_path / "m" / "converted").iterdir() if not p.name.endswith(".lock")] == [other.name]
 
@@ -252,7 +265,8 @@ def test_cache_verify_lists_derived_files(tmp_path, capsys):
     path = store.derived("m", "proj.safetensors", {"v": "1"}, _builder([], 3.0))
     results = cache_verify(tmp_path)
     assert [(r["key"], r["kind"], r["status"]) for r in results] == [
-        (path.relative_to(tmp_path / "m").as_posix(), "derived", "ok")]
+        (path.relative_to(tmp_path / "m").as_posix(), "derived", "ok")
+    ]
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
@@ -273,6 +287,7 @@ def test_cache_verify_lists_derived_files(tmp_path, capsys):
 
 def _bmd_layout(bucket: Path, cache: Path, **store_kw):
     from berg.models.bmd_s3d import BERGLegacyLayout
+
     sys.path.insert(0, str(REPO))
     from creation_code.bmd_s3d.replica import PREFIX
 
@@ -324,10 +339,17 @@ def test_berg_dir_digest_is_remembered_by_key_not_path(tmp_path, monkeypatch):
     real = cache_mod.sha256_file
     monkeypatch.setattr(cache_mod, "sha256_file", lambda p: calls.append(p) or real(p))
     want = sha256_file(big)
-    assert Store(berg_dir=tmp_path / "bergdir", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") == want
+    assert (
+        Store(berg_dir=tmp_path / "bergdir", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy")
+        == want
+    )
     # the bucket copy moves: the record (keyed by key, size and mtime) still applies, nothing re-hashed
     shutil.move(str(tmp_path / "bergdir"), str(tmp_path / "moved"))
-    assert Store(berg_dir=tmp_path / "moved", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") == want
+    assert (
+        Store(berg_dir=tmp_path / "moved", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") == want
+    )
     assert len(calls) == 1
     (tmp_path / "moved" / prefix / "w.npy").write_bytes(b"v" * 5000)  # changed: hashed again
-    assert Store(berg_dir=tmp_path / "moved", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") != want
+    assert (
+        Store(berg_dir=tmp_path / "moved", cache_dir=tmp_path / "cache", offline=True).sha256("m", src, "w.npy") != want
+    )

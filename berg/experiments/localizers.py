@@ -28,9 +28,7 @@ _CORRECTIONS = ("fdr", "bonferroni", "none")
 _TAILS = ("positive", "negative", "two-sided")
 
 
-def threshold_map(
-    p: np.ndarray, *, alpha: float = 0.05, correction: str = "fdr"
-) -> np.ndarray:
+def threshold_map(p: np.ndarray, *, alpha: float = 0.05, correction: str = "fdr") -> np.ndarray:
     """Outputs significant at ``alpha`` after a multiple-comparison correction.
 
     Parameters
@@ -109,7 +107,11 @@ class Contrast:
         return threshold_map(self.p_values(tail), alpha=alpha, correction=correction)
 
     def roi(
-        self, *, alpha: float = 0.05, correction: str = "fdr", tail: str = "positive",
+        self,
+        *,
+        alpha: float = 0.05,
+        correction: str = "fdr",
+        tail: str = "positive",
         top_k: int | None = None,
     ) -> np.ndarray:
         """Output indices of the ROI this contrast defines.
@@ -143,9 +145,7 @@ class Contrast:
 def _labels(categories: Any, n: int) -> np.ndarray:
     labels = np.asarray(categories)
     if labels.shape != (n,):
-        raise InvalidParameterError(
-            f"categories must give one label per stimulus ({n}); got shape {labels.shape}"
-        )
+        raise InvalidParameterError(f"categories must give one label per stimulus ({n}); got shape {labels.shape}")
     return labels
 
 
@@ -248,7 +248,10 @@ def contrast_map(
 
 
 def category_localizer(
-    responses: Any, categories: Sequence[Any] | np.ndarray, *, equal_var: bool = False,
+    responses: Any,
+    categories: Sequence[Any] | np.ndarray,
+    *,
+    equal_var: bool = False,
     block_rows: int | None = None,
 ) -> dict[Any, Any]:
     """One contrast per category against all other categories: ``{category: Contrast}``.
@@ -261,8 +264,15 @@ def category_localizer(
     if len(cats) < 2:
         raise InvalidParameterError(f"a localizer needs at least 2 categories; got {cats}")
     return {
-        c: contrast_map(responses, labels, c, [o for o in cats if o != c], name=f"{c} > rest",
-                        equal_var=equal_var, block_rows=block_rows)
+        c: contrast_map(
+            responses,
+            labels,
+            c,
+            [o for o in cats if o != c],
+            name=f"{c} > rest",
+            equal_var=equal_var,
+            block_rows=block_rows,
+        )
         for c in cats
     }
 

@@ -403,7 +403,11 @@ class RSAComparison:
 
 
 def compare_rsms(
-    a: Any, b: Any, *, method: str = "pearson", noise_ceiling: bool = True,
+    a: Any,
+    b: Any,
+    *,
+    method: str = "pearson",
+    noise_ceiling: bool = True,
     stimuli: Sequence[int] | np.ndarray | None = None,
 ) -> RSAComparison:
     """Compare RSMs of two ROIs, models or subjects, with the noise ceiling of the ``b`` side.

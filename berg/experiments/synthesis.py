@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 Objective = Callable[[Any], "torch.Tensor"]
 
 
-def _responses_of(y: Any, subject: Any) -> "torch.Tensor":
+def _responses_of(y: Any, subject: Any) -> torch.Tensor:
     """The ``(B, n_outputs)`` tensor of ``subject`` from a tensor or a ``{subject: tensor}`` dict."""
     if isinstance(y, Mapping):
         if subject is None:
@@ -84,7 +84,7 @@ def roi_mean(indices: Sequence[int] | np.ndarray, *, subject: Any = None) -> Obj
     """
     idx = _index(indices, "indices")
 
-    def objective(y: Any) -> "torch.Tensor":
+    def objective(y: Any) -> torch.Tensor:
         import torch
 
         r = _responses_of(y, subject)
@@ -96,7 +96,10 @@ def roi_mean(indices: Sequence[int] | np.ndarray, *, subject: Any = None) -> Obj
 
 
 def roi_contrast(
-    positive: Sequence[int] | np.ndarray, negative: Sequence[int] | np.ndarray, *, weight: float = 1.0,
+    positive: Sequence[int] | np.ndarray,
+    negative: Sequence[int] | np.ndarray,
+    *,
+    weight: float = 1.0,
     subject: Any = None,
 ) -> Objective:
     """Objective: ``mean(positive ROI) - weight * mean(negative ROI)`` per stimulus.
@@ -105,7 +108,7 @@ def roi_contrast(
     """
     pos, neg = roi_mean(positive, subject=subject), roi_mean(negative, subject=subject)
 
-    def objective(y: Any) -> "torch.Tensor":
+    def objective(y: Any) -> torch.Tensor:
         return pos(y) - weight * neg(y)
 
     objective.__name__ = "roi_contrast"
@@ -153,7 +156,7 @@ def _device_of(forward: Any, device: str | None) -> str:
     return str(getattr(forward, "device", "cpu"))  # berg models carry their device
 
 
-def _gaussian_kernel(sigma: float, dtype: Any, device: Any) -> "torch.Tensor":
+def _gaussian_kernel(sigma: float, dtype: Any, device: Any) -> torch.Tensor:
     import torch
 
     radius = max(1, int(np.ceil(3 * sigma)))
@@ -162,7 +165,7 @@ def _gaussian_kernel(sigma: float, dtype: Any, device: Any) -> "torch.Tensor":
     return k / k.sum()
 
 
-def _blur(x: "torch.Tensor", sigma: float) -> "torch.Tensor":
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur over the last two axes (reflect padding), any leading shape."""
     import torch.nn.functional as F
 
@@ -177,7 +180,7 @@ def _blur(x: "torch.Tensor", sigma: float) -> "torch.Tensor":
     return flat.reshape(shape)
 
 
-def _jitter(x: "torch.Tensor", amount: int, gen: "torch.Generator") -> "torch.Tensor":
+def _jitter(x: torch.Tensor, amount: int, gen: torch.Generator) -> torch.Tensor:
     import torch
 
     if amount <= 0:
@@ -193,18 +196,20 @@ def _check_common(steps: int, lr: float) -> None:
         raise InvalidParameterError(f"lr must be > 0, not {lr!r}")
 
 
-def _values(objective: Objective, y: Any) -> "torch.Tensor":
+def _values(objective: Objective, y: Any) -> torch.Tensor:
     v = objective(y)
     if v.ndim != 1:
-        raise InvalidParameterError(f"the objective must return one value per stimulus (B,); got shape {tuple(v.shape)}")
+        raise InvalidParameterError(
+            f"the objective must return one value per stimulus (B,); got shape {tuple(v.shape)}"
+        )
     return v
 
 
 def synthesize_images(
-    forward: Callable[["torch.Tensor"], Any],
+    forward: Callable[[torch.Tensor], Any],
     objective: Objective,
     *,
-    init: "torch.Tensor | np.ndarray | None" = None,
+    init: torch.Tensor | np.ndarray | None = None,
     shape: Sequence[int] = (1, 3, 224, 224),
     steps: int = 256,
     lr: float = 0.05,
@@ -285,10 +290,10 @@ def synthesize_images(
 
 
 def synthesize_latent(
-    forward: Callable[["torch.Tensor"], Any],
+    forward: Callable[[torch.Tensor], Any],
     objective: Objective,
-    generator: Callable[["torch.Tensor"], "torch.Tensor"],
-    latent: "torch.Tensor | np.ndarray",
+    generator: Callable[[torch.Tensor], torch.Tensor],
+    latent: torch.Tensor | np.ndarray,
     *,
     steps: int = 256,
     lr: float = 0.05,
@@ -334,7 +339,7 @@ def synthesize_latent(
     z.requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
 
-    def penalty(zz: "torch.Tensor") -> "torch.Tensor":
+    def penalty(zz: torch.Tensor) -> torch.Tensor:
         return latent_penalty * zz.pow(2).flatten(1).mean(1)
 
     with torch.no_grad():
@@ -350,7 +355,11 @@ def synthesize_latent(
         images = generator(z)
         final = _values(objective, forward(images)).cpu().numpy()
     return SynthesisResult(
-        images.detach().cpu(), final, np.stack(history), initial, z.detach().cpu(),
+        images.detach().cpu(),
+        final,
+        np.stack(history),
+        initial,
+        z.detach().cpu(),
         tuple(float(v) for v in value_range),  # type: ignore[arg-type]
     )
 
@@ -375,8 +384,8 @@ class GradientCheck:
 
 
 def gradient_check(
-    forward: Callable[["torch.Tensor"], Any],
-    x: "torch.Tensor",
+    forward: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
     objective: Objective | None = None,
     *,
     eps: float = 1e-3,
@@ -408,7 +417,7 @@ def gradient_check(
     """
     import torch
 
-    def f(inp: "torch.Tensor") -> "torch.Tensor":
+    def f(inp: torch.Tensor) -> torch.Tensor:
         y = forward(inp)
         return (objective(y) if objective is not None else _responses_of(y, None)).sum()
 

@@ -60,9 +60,9 @@ class LoadRequest:
         Objects members of one load may share (backbones, keyed by their signature).
     """
 
-    spec: "ModelSpec"
+    spec: ModelSpec
     subjects: tuple[Any, ...]
-    selections: Mapping[Any, "Selection"]
+    selections: Mapping[Any, Selection]
     device: str
     batch_size: int
     backbone_weights: Any = None
@@ -76,13 +76,13 @@ class LoadRequest:
     def model_id(self) -> str:
         return self.spec.model_id
 
-    def layout(self) -> "ArtifactLayout":
+    def layout(self) -> ArtifactLayout:
         """The artifact layout the registry entry names, on the client's store."""
         from berg.layouts import layout_for
 
         return layout_for(self.spec, self.client.store)
 
-    def replace(self, **changes: Any) -> "LoadRequest":
+    def replace(self, **changes: Any) -> LoadRequest:
         """A copy with some fields changed (``shared`` stays the same object)."""
         return dataclasses.replace(self, **changes)
 
@@ -105,17 +105,17 @@ class BaseModelInterface(ABC):
     model_id: str
     subjects: list[Any]
     device: str
-    spaces: dict[Any, "OutputSpace"]
+    spaces: dict[Any, OutputSpace]
     multi_subject: bool = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
     @abstractmethod
-    def load(cls, request: LoadRequest) -> "BaseModelInterface":
+    def load(cls, request: LoadRequest) -> BaseModelInterface:
         """Fetch what the request needs and return the loaded model."""
 
     @classmethod
-    def validate_options(cls, spec: "ModelSpec", options: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_options(cls, spec: ModelSpec, options: Mapping[str, Any]) -> dict[str, Any]:
         """Check model options (no I/O); the default checks them against the card."""
         return spec.validate_options(options)
 
@@ -133,7 +133,7 @@ class BaseModelInterface(ABC):
         """Model id, subjects, selection, berg version, artifact checksums, backbone, preprocessing."""
 
     # ------------------------------------------------------------------ outputs
-    def space(self, subject: Any = None) -> "OutputSpace":
+    def space(self, subject: Any = None) -> OutputSpace:
         """The output space of ``subject`` (the only subject when there is one)."""
         return self.spaces[self._subject_arg(subject)]
 

@@ -44,7 +44,7 @@ PCA_KEY = "encoding_models_weights/pca_weights.npy"
 #: version of the scaler folding; bump it when the folded file would change (it keys the derived artifact)
 FOLD_VERSION = "1"
 # folded projections already memory-mapped in this process (dropped when no model uses them)
-_OPEN_PROJECTIONS: "weakref.WeakValueDictionary[str, Projection]" = weakref.WeakValueDictionary()
+_OPEN_PROJECTIONS: weakref.WeakValueDictionary[str, Projection] = weakref.WeakValueDictionary()
 
 
 def _extra_globals():
@@ -138,8 +138,9 @@ class BERGLegacyLayout(ArtifactLayout):
         """
         self.fetch(PCA_KEY)  # present and verified before its sha256 is trusted
         sha = self.store.sha256(self.spec.model_id, self.spec.source, PCA_KEY)
-        return self.store.derived(self.spec.model_id, "projection.safetensors",
-                                  {PCA_KEY: sha, "fold": FOLD_VERSION}, self._fold_projection)
+        return self.store.derived(
+            self.spec.model_id, "projection.safetensors", {PCA_KEY: sha, "fold": FOLD_VERSION}, self._fold_projection
+        )
 
     def _fold_projection(self, target: Path) -> None:
         pca = self._load(PCA_KEY)
@@ -233,7 +234,9 @@ class BERGLegacyLayout(ArtifactLayout):
                 )
             if arr.dtype == bool:
                 if arr.size != n_voxels:
-                    raise ModelLoadError(f"{key}: ROI {name!r} is a boolean vector of {arr.size}, not {n_voxels} voxels")
+                    raise ModelLoadError(
+                        f"{key}: ROI {name!r} is a boolean vector of {arr.size}, not {n_voxels} voxels"
+                    )
                 arr = np.flatnonzero(arr)
             arr = arr.astype(np.int64)
             if arr.size and (arr.min() < 0 or arr.max() >= n_voxels):

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from berg.env import env_flag, env_int, env_str
-from berg.errors import BERGError, ArtifactError, IntegrityError, InvalidParameterError, OfflineError
+from berg.errors import ArtifactError, BERGError, IntegrityError, InvalidParameterError, OfflineError
 from berg.fsutil import atomic_path, sha256_bytes, sha256_file
 from berg.store.artifacts import DERIVED_DIR, check_key
 from berg.store.cache import (
@@ -67,7 +67,8 @@ def _folder_param(value: Any, what: str) -> Path | None:
     if isinstance(text, bytes) or "\x00" in text:
         raise InvalidParameterError(
             f"{what} {text!r} contains a NUL byte (or is bytes); give a plain folder path, "
-            "e.g. BERG_CACHE=~/.cache/berg or --cache-dir /scratch/berg-cache")
+            "e.g. BERG_CACHE=~/.cache/berg or --cache-dir /scratch/berg-cache"
+        )
     if not text:
         raise InvalidParameterError(f"{what} is empty; give a folder path or leave it unset for the default")
     return Path(text).expanduser()
@@ -94,7 +95,8 @@ def _reading(path: Path) -> Iterator[None]:
         raise ArtifactError(
             f"cannot read {path}: {exc.strerror or exc} [{errno.errorcode.get(exc.errno, exc.errno)}]. In a shared "
             "cache ask its owner to make it readable (chmod -R a+rX, or g+rX for a group), or point BERG_CACHE "
-            "(or --cache-dir) at a cache of your own") from exc
+            "(or --cache-dir) at a cache of your own"
+        ) from exc
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -139,7 +141,9 @@ class Store:
     ):
         self.berg_dir = _folder_param(berg_dir, "berg_dir")
         self.cache_dir = _folder_param(cache_dir, "cache_dir") or default_cache_dir()
-        self.build_dir = _folder_param(build_dir, "build_dir") or _folder_param(env_str("BERG_BUILD_DIR"), "BERG_BUILD_DIR")
+        self.build_dir = _folder_param(build_dir, "build_dir") or _folder_param(
+            env_str("BERG_BUILD_DIR"), "BERG_BUILD_DIR"
+        )
         self.offline = bool(offline) or env_flag("BERG_OFFLINE")
         self._manifests: dict[str, dict[str, Any] | None] = {}
         self._sources: dict[str, Any] = {}
@@ -153,7 +157,8 @@ class Store:
         if "/" in model_id or model_id.startswith(("_", ".")):
             raise ArtifactError(
                 f"invalid model id {model_id!r} for a cache folder: ids must not contain '/' or start with "
-                "'_' or '.' (berg keeps its own folders, such as _wheels, there)")
+                "'_' or '.' (berg keeps its own folders, such as _wheels, there)"
+            )
         return self.cache_dir / model_id
 
     def model_folder(self, model_id: str, source: Mapping[str, Any]) -> Path:
@@ -163,7 +168,7 @@ class Store:
         """
         return self._root(model_id, self._source(source))
 
-    def _root(self, model_id: str, src: "Source") -> Path:
+    def _root(self, model_id: str, src: Source) -> Path:
         root = src.local_root(model_id)
         return Path(root) if root is not None else self.model_cache(model_id)
 
@@ -187,7 +192,8 @@ class Store:
             if os.path.islink(path):
                 raise ArtifactError(
                     f"cache entry {path} is a symbolic link (to {os.readlink(path)}); berg never makes links in "
-                    f"its cache and does not follow them. Remove it (rm {path}) and berg fetches the file again")
+                    f"its cache and does not follow them. Remove it (rm {path}) and berg fetches the file again"
+                )
         return path
 
     def _cache_path(self, model_id: str, key: str) -> Path:
@@ -277,8 +283,16 @@ class Store:
             from tqdm.auto import tqdm
 
             with ThreadPoolExecutor(min(threads, len(keys)), thread_name_prefix="berg-fetch") as pool:
-                results = list(tqdm(pool.map(one, keys), total=len(keys), unit="file", leave=False,
-                                    desc=f"{model_id}", disable=len(keys) < 50))
+                results = list(
+                    tqdm(
+                        pool.map(one, keys),
+                        total=len(keys),
+                        unit="file",
+                        leave=False,
+                        desc=f"{model_id}",
+                        disable=len(keys) < 50,
+                    )
+                )
         out = {k: p for k, p in zip(keys, results) if p is not None}
         missing += [k for k, p in zip(keys, results) if p is None]
         if missing:
@@ -290,19 +304,20 @@ class Store:
             )
         return out
 
-    def _source(self, source: Mapping[str, Any]) -> "Source":
+    def _source(self, source: Mapping[str, Any]) -> Source:
         # One source object (and so one S3 client and connection pool) per source and environment.
         from berg.store.sources import SourceContext, source_for
 
-        ident = json.dumps([dict(source), env_str("BERG_S3_ENDPOINT"), env_str("BERG_S3_SIGNED")],
-                           sort_keys=True, default=str)
+        ident = json.dumps(
+            [dict(source), env_str("BERG_S3_ENDPOINT"), env_str("BERG_S3_SIGNED")], sort_keys=True, default=str
+        )
         with self._lock:
             if ident not in self._sources:
                 context = SourceContext(cache_dir=self.cache_dir, offline=self.offline, build_dir=self.build_dir)
                 self._sources[ident] = source_for(source, context)
             return self._sources[ident]
 
-    def source(self, source: Mapping[str, Any]) -> "Source":
+    def source(self, source: Mapping[str, Any]) -> Source:
         """The :class:`~berg.store.sources.Source` object of a registry ``source:`` mapping (shared)."""
         return self._source(source)
 
@@ -320,11 +335,11 @@ class Store:
                 log.warning("skipping a listed key: %s", exc)
         return keys
 
-    def index(self, model_id: str) -> "CacheIndex":
+    def index(self, model_id: str) -> CacheIndex:
         """The cache index of one model (shared by this store's threads)."""
         return self._index_at(self.model_cache(model_id))
 
-    def _index_at(self, root: Path) -> "CacheIndex":
+    def _index_at(self, root: Path) -> CacheIndex:
         from berg.store.cache import CacheIndex
 
         with self._lock:
@@ -334,7 +349,7 @@ class Store:
             return self._indexes[root]
 
     def _resolve(
-        self, model_id: str, source: Mapping[str, Any], key: str, expected: FileInfo | None, src: "Source"
+        self, model_id: str, source: Mapping[str, Any], key: str, expected: FileInfo | None, src: Source
     ) -> Path:
         local = self._local_berg_dir(source, key)
         if local is not None:
@@ -357,8 +372,9 @@ class Store:
                 return path
             except IntegrityError as exc:
                 if not src.remote:
-                    raise IntegrityError(f"{exc}. It cannot be fetched again: {src.describe()} "
-                                         "(run that command again to rebuild it)") from exc
+                    raise IntegrityError(
+                        f"{exc}. It cannot be fetched again: {src.describe()} (run that command again to rebuild it)"
+                    ) from exc
                 log.warning("cached file is corrupt, fetching it again: %s", exc)
                 try:
                     path.unlink()
@@ -366,7 +382,8 @@ class Store:
                     raise IntegrityError(
                         f"{exc}; the cache is not writable ({unlink_exc.strerror}), so it cannot be fetched again. "
                         "Point BERG_CACHE (or --cache-dir) at a writable folder, or repair this cache "
-                        "(berg cache verify) where it is writable") from exc
+                        "(berg cache verify) where it is writable"
+                    ) from exc
         if src.remote and self.offline and not src.is_local(key):
             raise OfflineError(key)
 
@@ -430,7 +447,7 @@ class Store:
         return sha256_file(path)
 
     @staticmethod
-    def _memo_digest(index: "CacheIndex", memo: str, path: Path) -> str:
+    def _memo_digest(index: CacheIndex, memo: str, path: Path) -> str:
         rec = index.get(memo)
         st = path.stat()
         if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and rec.get("sha256"):
@@ -489,7 +506,9 @@ class Store:
             got = index.digest(key, path, rec)
             if got == rec.get("sha256"):
                 return True
-            log.warning("derived file %s is corrupt (sha256 %s, recorded %s); deriving it again", path, got, rec["sha256"])
+            log.warning(
+                "derived file %s is corrupt (sha256 %s, recorded %s); deriving it again", path, got, rec["sha256"]
+            )
             return False
 
         with _reading(path):
@@ -499,7 +518,8 @@ class Store:
             raise IntegrityError(
                 f"derived file {path} does not match its record and the cache is not writable, so it cannot be "
                 "made again. Point BERG_CACHE (or --cache-dir) at a writable folder, or run berg cache verify "
-                "where this cache is writable")
+                "where this cache is writable"
+            )
 
         def make() -> Path:
             if current():  # another process made it while we waited for the lock
@@ -516,7 +536,7 @@ class Store:
 
         return self._write(root, f"deriving {name} of {model_id}", make, lock=path)
 
-    def _drop_superseded(self, root: Path, index: "CacheIndex", name: str, keep: str) -> None:
+    def _drop_superseded(self, root: Path, index: CacheIndex, name: str, keep: str) -> None:
         # older versions of the same derived file (other inputs) would otherwise stay forever (GBs):
         # recorded ones, and unrecorded ones of the same name pattern (made before derived files were
         # recorded; converted/ is berg's own folder, nothing else lives there)

@@ -88,14 +88,18 @@ def cache_write_error(exc: OSError, folder: Path, what: str) -> CacheWriteError:
     text = exc.strerror or str(exc)
     code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "?"
     where = f" ({exc.filename})" if exc.filename else ""
-    hint = ("free some space (berg cache size / berg cache clear ID) or point"
-            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG) else "point")
+    hint = (
+        "free some space (berg cache size / berg cache clear ID) or point"
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG)
+        else "point"
+    )
     return CacheWriteError(
         f"cannot write to the cache folder {folder} while {what}: {text} [{code}]{where}. This cache is "
         f"read-only or full: {hint} BERG_CACHE (or --cache-dir, or BERG(cache_dir=...)) at a writable "
         "folder, or fetch the missing files once where this cache is writable (berg fetch ID --all). "
         "Reading a read-only cache works when every needed file is already there.",
-        errno_=exc.errno, filename=exc.filename,
+        errno_=exc.errno,
+        filename=exc.filename,
     )
 
 
@@ -322,8 +326,10 @@ def _models(cache_dir: Path, model_id: str | None) -> list[Path]:
 def _files(root: Path) -> list[Path]:
     # berg's own bookkeeping (index, locks, partial downloads, temporaries) is not a cached file
     return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not p.is_symlink()
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and not p.is_symlink()
         and (reserved_reason(p.relative_to(root).as_posix()) is None or _is_derived_path(root, p))
     )
 
@@ -332,8 +338,12 @@ def _is_derived_path(root: Path, path: Path) -> bool:
     from berg.store.artifacts import DERIVED_DIR
 
     rel = path.relative_to(root).parts
-    return len(rel) > 1 and rel[0] == DERIVED_DIR and not any(
-        part.startswith(".") for part in rel) and not rel[-1].endswith((".lock", ".part", ".part.json"))
+    return (
+        len(rel) > 1
+        and rel[0] == DERIVED_DIR
+        and not any(part.startswith(".") for part in rel)
+        and not rel[-1].endswith((".lock", ".part", ".part.json"))
+    )
 
 
 def cache_list(cache_dir: Path, model_id: str | None = None) -> list[dict[str, Any]]:

@@ -41,8 +41,10 @@ def cmd_cache(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 out.write(f"unrecorded (no checksum to compare with): {r['model_id']}/{r['key']}\n")
         kinds = {k: sum(1 for r in results if r["kind"] == k) for k in ("manifest", "downloaded", "derived")}
         n_unrec = sum(1 for r in results if r["status"] == "unrecorded")
-        out.write(f"verified {len(results)} file(s) ({kinds['manifest']} from manifests, {kinds['downloaded']} "
-                  f"downloaded, {kinds['derived']} derived): {len(bad)} corrupt, {n_unrec} unrecorded\n")
+        out.write(
+            f"verified {len(results)} file(s) ({kinds['manifest']} from manifests, {kinds['downloaded']} "
+            f"downloaded, {kinds['derived']} derived): {len(bad)} corrupt, {n_unrec} unrecorded\n"
+        )
         return 1 if bad else 0
     else:
         freed = cache_clear(root, model_id)
@@ -52,9 +54,12 @@ def cmd_cache(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def add_cache_subparser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``cache`` to an argparse sub-parsers object and return its parser."""
-    p = subparsers.add_parser("cache", help="inspect, verify or clear the artifact cache",
-                              description="Inspect, verify or clear berg's artifact cache "
-                                          "($BERG_CACHE or the user cache directory; --cache-dir overrides).")
+    p = subparsers.add_parser(
+        "cache",
+        help="inspect, verify or clear the artifact cache",
+        description="Inspect, verify or clear berg's artifact cache "
+        "($BERG_CACHE or the user cache directory; --cache-dir overrides).",
+    )
     p.add_argument("action", choices=["list", "size", "verify", "clear"])
     p.add_argument("model_id", nargs="?", help="limit to one model")
     p.set_defaults(func=cmd_cache)

@@ -31,8 +31,15 @@ from berg.errors import ArtifactError, IntegrityError, InvalidParameterError
 from berg.fsutil import atomic_write_text
 from berg.store.manifest import FileInfo
 
-__all__ = ["RetryPolicy", "TransientError", "RemoteObject", "download_atomic", "file_lock", "open_nofollow",
-           "drop_planted_link"]
+__all__ = [
+    "RetryPolicy",
+    "TransientError",
+    "RemoteObject",
+    "download_atomic",
+    "file_lock",
+    "open_nofollow",
+    "drop_planted_link",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +79,9 @@ def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -
 def drop_planted_link(path: Path) -> None:
     """Remove a symbolic link found under one of berg's bookkeeping names (never its target)."""
     if os.path.islink(path):
-        log.warning("removing the symbolic link %s -> %s: berg does not follow links in its cache",
-                    path, os.readlink(path))
+        log.warning(
+            "removing the symbolic link %s -> %s: berg does not follow links in its cache", path, os.readlink(path)
+        )
         path.unlink()
 
 
@@ -160,8 +168,14 @@ def _progress(total: int, initial: int, label: str, enabled: bool):
     from berg.env import progress_enabled  # BERG_QUIET / `berg -q` silence every bar
 
     return tqdm(
-        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=label, disable=not progress_enabled(enabled) or total < (8 << 20), leave=False,
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=label,
+        disable=not progress_enabled(enabled) or total < (8 << 20),
+        leave=False,
     )
 
 
@@ -213,8 +227,12 @@ def download_atomic(
     for planted in (part, meta):
         drop_planted_link(planted)
     ranged = open_range is not None and policy.parallel > 1 and remote.size >= policy.parallel_min
-    ident = {"size": remote.size, "etag": remote.etag, "mode": "ranges" if ranged else "stream",
-             "chunk": policy.chunk if ranged else None}
+    ident = {
+        "size": remote.size,
+        "etag": remote.etag,
+        "mode": "ranges" if ranged else "stream",
+        "chunk": policy.chunk if ranged else None,
+    }
     done: list[int] = []
     if part.exists():
         try:
@@ -257,7 +275,7 @@ def _give_up(label: str, attempt: int, exc: Exception, part: Path) -> ArtifactEr
     )
 
 
-def _after_failure(attempt: int, exc: Exception, policy: "RetryPolicy", label: str, part: Path) -> int:
+def _after_failure(attempt: int, exc: Exception, policy: RetryPolicy, label: str, part: Path) -> int:
     """Count a transient failure: give up with a clear error, or log, back off and return the new count."""
     attempt += 1
     if attempt >= policy.attempts:
@@ -414,8 +432,9 @@ class _Hasher:
         self._thread.join(timeout=10)
 
 
-def _verify_part(part: Path, remote: RemoteObject, expected: FileInfo | None, label: str,
-                 sha: str, md5: str | None) -> str:
+def _verify_part(
+    part: Path, remote: RemoteObject, expected: FileInfo | None, label: str, sha: str, md5: str | None
+) -> str:
     if expected is not None and expected.sha256 is not None:
         if sha != expected.sha256:
             part.unlink()

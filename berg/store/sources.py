@@ -156,8 +156,7 @@ class S3Source(Source):
     credentials/profile instead.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], context: SourceContext | None = None,
-                 policy: RetryPolicy | None = None):
+    def __init__(self, cfg: Mapping[str, Any], context: SourceContext | None = None, policy: RetryPolicy | None = None):
         super().__init__(cfg, context)
         if not cfg.get("bucket"):
             raise InvalidParameterError("an s3 source needs a 'bucket' (the bucket name, e.g. bucket: my-models)")
@@ -234,9 +233,21 @@ class S3Source(Source):
                     f"{self._where(key)} does not exist (404). Check the model id/subject, or that the "
                     f"bucket {self.bucket!r} and prefix {self.prefix!r} in registry.yaml are right."
                 )
-            if status == 403 or code in ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                how = ("requests are anonymous; if this bucket is private set BERG_S3_SIGNED=1 and configure "
-                       "AWS credentials") if self.anonymous else "check your AWS credentials/profile"
+            if status == 403 or code in (
+                "403",
+                "AccessDenied",
+                "Forbidden",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+            ):
+                how = (
+                    (
+                        "requests are anonymous; if this bucket is private set BERG_S3_SIGNED=1 and configure "
+                        "AWS credentials"
+                    )
+                    if self.anonymous
+                    else "check your AWS credentials/profile"
+                )
                 return ArtifactError(f"access denied (403) to {self._where(key)}: {how}.")
             if status in _TRANSIENT_HTTP or status >= 500:
                 return TransientError(f"HTTP {status} {code}")
@@ -284,8 +295,12 @@ class S3Source(Source):
         info = self.head(key)
         remote = RemoteObject(size=info.size, etag=info.etag)
         digest = download_atomic(
-            dest, remote, lambda off: self._stream(key, off),
-            expected=expected, label=self._where(key), policy=self.policy,
+            dest,
+            remote,
+            lambda off: self._stream(key, off),
+            expected=expected,
+            label=self._where(key),
+            policy=self.policy,
             open_range=lambda start, stop: self._stream(key, start, stop),
         )
         return FileInfo(size=info.size, sha256=digest, etag=info.etag)
@@ -296,7 +311,7 @@ class S3Source(Source):
         paginator = self.client.get_paginator("list_objects_v2")
         full = self.prefix + prefix
         for page in self._with_retries(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)), prefix):
-            keys += [obj["Key"][len(self.prefix):] for obj in page.get("Contents", [])]
+            keys += [obj["Key"][len(self.prefix) :] for obj in page.get("Contents", [])]
         return sorted(k for k in keys if k and not k.endswith("/"))
 
     def list_keys(self) -> list[str]:
@@ -322,14 +337,14 @@ class PyPIWheelSource(Source):
 
     has_manifest = True
 
-    def __init__(self, cfg: Mapping[str, Any], context: SourceContext | None = None,
-                 policy: RetryPolicy | None = None):
+    def __init__(self, cfg: Mapping[str, Any], context: SourceContext | None = None, policy: RetryPolicy | None = None):
         super().__init__(cfg, context)
         missing = [k for k in ("package", "version", "sha256", "converter") if not cfg.get(k)]
         if missing:
             raise InvalidParameterError(
                 f"a pypi_wheel source needs {missing} (package, version, the wheel's pinned sha256, and "
-                "converter: 'pkg.mod:function')")
+                "converter: 'pkg.mod:function')"
+            )
         self.index_url = (cfg.get("index_url") or env_str("BERG_PYPI_URL") or "https://pypi.org/simple").rstrip("/")
         self.policy = policy or RetryPolicy()
 
@@ -360,14 +375,14 @@ class PyPIWheelSource(Source):
                 raise ArtifactError(f"{url}: giving up after {attempt} attempts ({err})")
             self.policy.sleep(attempt)
 
-    def _context(self, store: "Store | None") -> SourceContext:
+    def _context(self, store: Store | None) -> SourceContext:
         if store is not None:
             return SourceContext(cache_dir=store.cache_dir, offline=store.offline)
         if self.context is None:
             raise ArtifactError("this pypi_wheel source was made without a store context; pass a Store")
         return self.context
 
-    def wheel_path(self, store: "Store | None" = None) -> Path:
+    def wheel_path(self, store: Store | None = None) -> Path:
         """The verified wheel in the cache (downloaded once, pinned sha256 checked)."""
         ctx = self._context(store)
         pkg, pinned, name = self.cfg["package"], self.cfg["sha256"], self.filename
@@ -383,8 +398,14 @@ class PyPIWheelSource(Source):
                 log.warning("cached wheel %s does not match the pinned sha256; fetching it again", dest)
             page = self._http(f"{self.index_url}/{pkg}/").decode("utf-8", "replace")
             links = re.findall(r'href="([^"]+)"', page)
-            chosen = next((urllib.parse.urljoin(f"{self.index_url}/{pkg}/", html.unescape(u)) for u in links
-                           if u.split("#")[0].rsplit("/", 1)[-1] == name and f"sha256={pinned}" in u), None)
+            chosen = next(
+                (
+                    urllib.parse.urljoin(f"{self.index_url}/{pkg}/", html.unescape(u))
+                    for u in links
+                    if u.split("#")[0].rsplit("/", 1)[-1] == name and f"sha256={pinned}" in u
+                ),
+                None,
+            )
             if chosen is None:
                 raise IntegrityError(f"no {name} with the pinned sha256 {pinned} on {self.index_url}/{pkg}/")
             data = self._http(chosen.split("#")[0])
@@ -420,8 +441,7 @@ class PyPIWheelSource(Source):
                 convert(wheel, out)
                 manifest = read_manifest(out / MANIFEST_NAME)
                 for k, info in manifest["files"].items():
-                    verify_file(out / k, FileInfo(size=info["size"], sha256=info["sha256"]),
-                                label=f"converted {k}")
+                    verify_file(out / k, FileInfo(size=info["size"], sha256=info["sha256"]), label=f"converted {k}")
                 if staged.exists():
                     shutil.rmtree(staged)
                 os.replace(out, staged)
@@ -431,7 +451,9 @@ class PyPIWheelSource(Source):
 
     def is_local(self, key: str) -> bool:
         staged = self._staged()
-        return (staged / MANIFEST_NAME).is_file() or (self._context(None).cache_dir / "_wheels" / self.filename).is_file()
+        return (staged / MANIFEST_NAME).is_file() or (
+            self._context(None).cache_dir / "_wheels" / self.filename
+        ).is_file()
 
     def head(self, key: str) -> FileInfo:
         manifest = read_manifest(self._converted() / MANIFEST_NAME)
@@ -450,7 +472,9 @@ class PyPIWheelSource(Source):
         else:
             want = self.head(key)
             if expected is not None and expected.sha256 and expected.sha256 != want.sha256:
-                raise IntegrityError(f"{key}: the converted artifact has sha256 {want.sha256}, expected {expected.sha256}")
+                raise IntegrityError(
+                    f"{key}: the converted artifact has sha256 {want.sha256}, expected {expected.sha256}"
+                )
         src = staged / key
         if not src.is_file():
             raise ArtifactNotFoundError(f"the converted artifact of {self.filename} has no file {key}")
@@ -489,12 +513,14 @@ class BuildSource(Source):
             if key in cfg and not isinstance(cfg[key], str):
                 raise InvalidParameterError(
                     f"a build source's {key!r} must be a string (command: 'berg build MODEL_ID --data DIR', "
-                    f"data: what data it needs, in words), got {type(cfg[key]).__name__}")
+                    f"data: what data it needs, in words), got {type(cfg[key]).__name__}"
+                )
 
     def local_root(self, model_id: str) -> Path:
         ctx = self.context
         chosen = (ctx.build_dir if ctx and ctx.build_dir else None) or (
-            Path(env_str("BERG_BUILD_DIR")).expanduser() if env_str("BERG_BUILD_DIR") else None)
+            Path(env_str("BERG_BUILD_DIR")).expanduser() if env_str("BERG_BUILD_DIR") else None
+        )
         if chosen is not None:
             return Path(chosen) / model_id
         if self.cfg.get("path"):

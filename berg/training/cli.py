@@ -20,10 +20,12 @@ def cmd_train(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     result = train_from_config(args.config, out_dir=args.out, show_progress=not getattr(args, "quiet", False))
-    lines = [f"trained {result.model_id}",
-             f"  artifact: {result.artifact_dir}",
-             f"  card:     {result.card_path}",
-             f"  registry: {result.registry_path}  (use: BERG(registry=...) or berg --registry ...)"]
+    lines = [
+        f"trained {result.model_id}",
+        f"  artifact: {result.artifact_dir}",
+        f"  card:     {result.card_path}",
+        f"  registry: {result.registry_path}  (use: BERG(registry=...) or berg --registry ...)",
+    ]
     lines += ["  " + line for line in result.summary_lines()]
     out.write("\n".join(lines) + "\n")
     return 0
@@ -32,9 +34,10 @@ def cmd_train(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def add_train_subparser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``train`` to an argparse sub-parsers object and return its parser."""
     p = subparsers.add_parser(
-        "train", help="train, evaluate and export a model from a config file",
+        "train",
+        help="train, evaluate and export a model from a config file",
         description="Train a linear encoding model from a berg HDF5 dataset (docs/training.md) and export a "
-                    "berg-native artifact, a model card with held-out accuracy and a registry entry.",
+        "berg-native artifact, a model card with held-out accuracy and a registry entry.",
     )
     p.add_argument("config", help="YAML config (paths inside are relative to it)")
     p.add_argument("--out", default=None, help="output directory (default: out_dir from the config)")

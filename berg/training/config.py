@@ -127,10 +127,14 @@ class TrainConfig:
             r.setdefault("alphas", [10.0**e for e in range(-2, 8)])
             r.setdefault("folds", 5)
             alphas = r["alphas"]
-            if not isinstance(alphas, list) or not alphas or not all(
-                isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in alphas
+            if (
+                not isinstance(alphas, list)
+                or not alphas
+                or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in alphas)
             ):
-                raise InvalidParameterError(f"readout.alphas must be a non-empty list of positive numbers, got {alphas!r}")
+                raise InvalidParameterError(
+                    f"readout.alphas must be a non-empty list of positive numbers, got {alphas!r}"
+                )
             if not isinstance(r["folds"], int) or r["folds"] < 2:
                 raise InvalidParameterError(f"readout.folds must be an integer >= 2, got {r['folds']!r}")
 
@@ -143,7 +147,7 @@ class TrainConfig:
         return recipe
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], base_dir: str | os.PathLike[str] | None = None) -> "TrainConfig":
+    def from_dict(cls, raw: dict[str, Any], base_dir: str | os.PathLike[str] | None = None) -> TrainConfig:
         """Build from a mapping; relative paths are taken relative to ``base_dir``."""
         if not isinstance(raw, dict):
             raise InvalidParameterError("a training config must be a mapping")
@@ -159,7 +163,7 @@ class TrainConfig:
         return cls(**raw)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> "TrainConfig":
+    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a YAML config; relative paths are relative to the config file."""
         path = Path(path)
         if not path.is_file():
@@ -192,4 +196,6 @@ def _unknown(where: str, mapping: dict[str, Any], valid: set[str]) -> None:
     if bad:
         hints = {b: close_matches(b, valid) for b in bad}
         hint = "; ".join(f"{b!r}: did you mean {h}?" for b, h in hints.items() if h)
-        raise InvalidParameterError(f"unknown {where} keys {bad}; valid: {sorted(valid)}" + (f" ({hint})" if hint else ""))
+        raise InvalidParameterError(
+            f"unknown {where} keys {bad}; valid: {sorted(valid)}" + (f" ({hint})" if hint else "")
+        )

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from berg.errors import InvalidParameterError
 from berg.fsutil import atomic_path, sha256_file
 from berg.subjects import subject_label
-from berg.errors import InvalidParameterError
 
 __all__ = [
     "FORMAT",
@@ -43,7 +44,6 @@ __all__ = [
     "EncodingDataset",
     "write_dataset",
     "read_dataset",
-
     "trials_to_repeats",
     "nsd_dataset",
     "bold5000_roi_dataset",
@@ -90,10 +90,10 @@ class _H5Responses:
             order = np.argsort(rows, kind="stable")
             sorted_rows = rows[order]
             for start in range(0, len(sorted_rows), _ROW_BLOCK):
-                chunk = sorted_rows[start:start + _ROW_BLOCK]
+                chunk = sorted_rows[start : start + _ROW_BLOCK]
                 lo, hi = int(chunk[0]), int(chunk[-1]) + 1
                 block = ds[lo:hi]
-                out[order[start:start + len(chunk)]] = block[chunk - lo]
+                out[order[start : start + len(chunk)]] = block[chunk - lo]
         if np.ndim(np.arange(self.shape[0])[key]) == 0:
             return out[0][rest] if rest else out[0]
         return out[(slice(None),) + rest] if rest else out
@@ -179,7 +179,9 @@ class EncodingDataset:
             m = shape[2]
             if sd.voxel_ijk is not None:
                 if sd.voxel_ijk.shape != (m, 3):
-                    raise InvalidParameterError(f"subject {subject}: voxel_ijk is {sd.voxel_ijk.shape}, expected ({m}, 3)")
+                    raise InvalidParameterError(
+                        f"subject {subject}: voxel_ijk is {sd.voxel_ijk.shape}, expected ({m}, 3)"
+                    )
                 if self.grid_shape is not None and (
                     np.any(sd.voxel_ijk < 0) or np.any(sd.voxel_ijk >= np.asarray(self.grid_shape))
                 ):
@@ -227,7 +229,7 @@ def write_dataset(path: str | os.PathLike[str], ds: EncodingDataset) -> Path:
             chunks = (min(n, 16), reps, min(m, 1 << 14))
             out = sg.create_dataset("responses", shape=(n, reps, m), dtype=np.float32, chunks=chunks)
             for a in range(0, n, _ROW_BLOCK):
-                out[a:a + _ROW_BLOCK] = np.asarray(sd.responses[a:min(a + _ROW_BLOCK, n)], dtype=np.float32)
+                out[a : a + _ROW_BLOCK] = np.asarray(sd.responses[a : min(a + _ROW_BLOCK, n)], dtype=np.float32)
             if sd.voxel_ijk is not None:
                 sg.create_dataset("voxel_ijk", data=np.asarray(sd.voxel_ijk, dtype=np.int32))
             for name, idx in sd.rois.items():
@@ -259,7 +261,9 @@ def read_dataset(path: str | os.PathLike[str], *, checksum: bool = True) -> Enco
     with f:
         version = int(f.attrs.get("format_version", 1))
         if version > FORMAT_VERSION:
-            raise InvalidParameterError(f"{path}: dataset format_version {version} is newer than this berg ({FORMAT_VERSION})")
+            raise InvalidParameterError(
+                f"{path}: dataset format_version {version} is newer than this berg ({FORMAT_VERSION})"
+            )
         for required in ("stimuli/ids", "split", "subjects"):
             if required not in f:
                 raise InvalidParameterError(f"{path} lacks /{required}; see docs/training.md for the format")
@@ -298,8 +302,9 @@ def read_dataset(path: str | os.PathLike[str], *, checksum: bool = True) -> Enco
 # --------------------------------------------------------------------------------------- adapters
 
 
-def trials_to_repeats(trial_stimulus: Sequence[Any], trial_responses: np.ndarray,
-                      *, max_repeats: int | None = None) -> tuple[list[Any], np.ndarray]:
+def trials_to_repeats(
+    trial_stimulus: Sequence[Any], trial_responses: np.ndarray, *, max_repeats: int | None = None
+) -> tuple[list[Any], np.ndarray]:
     """Group single trials into berg's ``(n_stimuli, n_repeats, n_outputs)`` layout.
 
     Parameters
@@ -343,8 +348,14 @@ def _zscore_per_session(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean(axis=0)) / np.where(sd == 0, 1.0, sd)).astype(np.float32)
 
 
-def nsd_dataset(nsd_root: str | os.PathLike[str], subject: int, *, mask: str = "nsdgeneral",
-                sessions: Sequence[int] | None = None, zscore: bool = True) -> EncodingDataset:
+def nsd_dataset(
+    nsd_root: str | os.PathLike[str],
+    subject: int,
+    *,
+    mask: str = "nsdgeneral",
+    sessions: Sequence[int] | None = None,
+    zscore: bool = True,
+) -> EncodingDataset:
     """Natural Scenes Dataset (Allen et al. 2022) betas of one subject in berg's format.
 
     Reads, relative to ``nsd_root`` (the layout of the public ``natural-scenes-dataset`` bucket):
@@ -364,9 +375,9 @@ def nsd_dataset(nsd_root: str | os.PathLike[str], subject: int, *, mask: str = "
     ``nsd_expdesign.mat`` (MATLAB v5, not v7.3); that trial ``t`` (0-based) of ``masterordering``
     is trial ``t % 750`` of session ``t // 750 + 1``; the dtype/scaling of the betas files.
     """
+    import h5py
     import nibabel as nib
     import scipy.io
-    import h5py
 
     root = Path(nsd_root)
     design = scipy.io.loadmat(root / "nsddata/experiments/nsd/nsd_expdesign.mat")
@@ -377,7 +388,9 @@ def nsd_dataset(nsd_root: str | os.PathLike[str], subject: int, *, mask: str = "
     mask_img = nib.load(root / f"nsddata/ppdata/{func}/roi/{mask}.nii.gz")
     inside = np.asarray(mask_img.dataobj) > 0
     beta_dir = root / f"nsddata_betas/ppdata/{func}/betas_fithrf_GLMdenoise_RR"
-    available = sorted(int(p.name[len("betas_session"):-len(".nii.gz")]) for p in beta_dir.glob("betas_session*.nii.gz"))
+    available = sorted(
+        int(p.name[len("betas_session") : -len(".nii.gz")]) for p in beta_dir.glob("betas_session*.nii.gz")
+    )
     sessions = list(sessions or available)
     if not sessions:
         raise InvalidParameterError(f"no betas_sessionNN.nii.gz in {beta_dir}")
@@ -385,7 +398,7 @@ def nsd_dataset(nsd_root: str | os.PathLike[str], subject: int, *, mask: str = "
     for s in sessions:
         betas = np.asarray(nib.load(beta_dir / f"betas_session{s:02d}.nii.gz").dataobj)[inside].T / 300.0
         parts.append(_zscore_per_session(betas) if zscore else betas.astype(np.float32))
-        trial_ids.extend(subjectim[order[(s - 1) * 750: s * 750]].tolist())
+        trial_ids.extend(subjectim[order[(s - 1) * 750 : s * 750]].tolist())
         log.info("NSD subject %d session %d: %s", subject, s, betas.shape)
     ids, responses = trials_to_repeats(trial_ids, np.concatenate(parts))
     with h5py.File(root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5", "r") as f:
@@ -393,18 +406,31 @@ def nsd_dataset(nsd_root: str | os.PathLike[str], subject: int, *, mask: str = "
         images = np.stack([brick[i] for i in ids])
     split = np.array(["test" if i in shared else "train" for i in ids])
     return EncodingDataset(
-        name="nsd", kind="image", stimuli=images, ids=[f"nsd-{i + 1:05d}" for i in ids], split=split,
-        subjects={subject: SubjectData(responses, np.argwhere(inside).astype(np.int32), {mask: np.arange(int(inside.sum()))})},
-        grid_shape=tuple(inside.shape), affine=np.asarray(mask_img.affine),
+        name="nsd",
+        kind="image",
+        stimuli=images,
+        ids=[f"nsd-{i + 1:05d}" for i in ids],
+        split=split,
+        subjects={
+            subject: SubjectData(responses, np.argwhere(inside).astype(np.int32), {mask: np.arange(int(inside.sum()))})
+        },
+        grid_shape=tuple(inside.shape),
+        affine=np.asarray(mask_img.affine),
     )
 
 
 BOLD5000_ROIS = ("LHEarlyVis", "RHEarlyVis", "LHLOC", "RHLOC", "LHOPA", "RHOPA", "LHPPA", "RHPPA", "LHRSC", "RHRSC")
 
 
-def bold5000_roi_dataset(roi_mat: str | os.PathLike[str], stim_list: str | os.PathLike[str],
-                         image_dir: str | os.PathLike[str], subject: Any, *,
-                         test_ids: Sequence[str] | None = None, min_test_repeats: int = 2) -> EncodingDataset:
+def bold5000_roi_dataset(
+    roi_mat: str | os.PathLike[str],
+    stim_list: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    subject: Any,
+    *,
+    test_ids: Sequence[str] | None = None,
+    min_test_repeats: int = 2,
+) -> EncodingDataset:
     """BOLD5000 release 1.0 ROI responses (Chang et al. 2019) in berg's format (flat outputs).
 
     Parameters
@@ -452,7 +478,10 @@ def bold5000_roi_dataset(roi_mat: str | os.PathLike[str], stim_list: str | os.Pa
     bounds = np.cumsum([0] + [b.shape[1] for b in blocks])
     rois = {r: np.arange(bounds[j], bounds[j + 1]) for j, r in enumerate(names)}
     return EncodingDataset(
-        name="bold5000", kind="image", stimuli=[str(files[i]) for i in ids], ids=list(ids),
+        name="bold5000",
+        kind="image",
+        stimuli=[str(files[i]) for i in ids],
+        ids=list(ids),
         split=np.array(["test" if i in test else "train" for i in ids]),
         subjects={subject: SubjectData(responses, None, rois)},
     )
@@ -473,8 +502,13 @@ def _bold5000_find(root: Path, candidates: Sequence[str], what: str) -> Path:
     )
 
 
-def bold5000_release_dataset(root: str | os.PathLike[str], subjects: Sequence[int] = (1, 2, 3), *,
-                             tr: str = "TR34", test_ids: Sequence[str] | None = None) -> EncodingDataset:
+def bold5000_release_dataset(
+    root: str | os.PathLike[str],
+    subjects: Sequence[int] = (1, 2, 3),
+    *,
+    tr: str = "TR34",
+    test_ids: Sequence[str] | None = None,
+) -> EncodingDataset:
     """Several BOLD5000 subjects from an unpacked release 1 folder, in one berg dataset.
 
     ``root`` holds ``BOLD5000_ROIs/ROIs/...`` and ``BOLD5000_Stimuli/Scene_Stimuli/...`` (or their
@@ -516,9 +550,16 @@ def bold5000_release_dataset(root: str | os.PathLike[str], subjects: Sequence[in
         out = np.full((len(ids), reps, src.n_outputs), np.nan, dtype=np.float32)
         out[[row[i] for i in d.ids], : src.responses.shape[1]] = src.responses
         merged[s] = SubjectData(out, None, src.rois)
-    test = set(test_ids) if test_ids is not None else {i for d in parts.values() for i, t in zip(d.ids, d.split) if t == "test"}
-    return EncodingDataset(
-        name="bold5000", kind="image", stimuli=[paths[i] for i in ids], ids=ids,
-        split=np.array(["test" if i in test else "train" for i in ids]), subjects=merged,
+    test = (
+        set(test_ids)
+        if test_ids is not None
+        else {i for d in parts.values() for i, t in zip(d.ids, d.split) if t == "test"}
     )
-
+    return EncodingDataset(
+        name="bold5000",
+        kind="image",
+        stimuli=[paths[i] for i in ids],
+        ids=ids,
+        split=np.array(["test" if i in test else "train" for i in ids]),
+        subjects=merged,
+    )

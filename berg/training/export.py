@@ -39,7 +39,7 @@ METRIC_DEFINITIONS = {
     "r": "Pearson r between predictions and the mean over repeats of each held-out test stimulus",
     "r2": "max(r, 0)^2",
     "noise_ceiling": "ncsnr^2 / (ncsnr^2 + mean_i(1/n_i)), n_i = repeats averaged for test stimulus i "
-                     "(= ncsnr^2/(ncsnr^2 + 1/n) for equal counts; NSD's A/B/C formula for 3/2/1); fraction 0-1",
+    "(= ncsnr^2/(ncsnr^2 + 1/n) for equal counts; NSD's A/B/C formula for 3/2/1); fraction 0-1",
     "nc_normalized_ev": "100 * max(r,0)^2 / noise_ceiling, capped at 100 (percent)",
     "nnmc": "Algonauts 2023 score: mean over outputs of nc_normalized_ev (equal to mean_nc_normalized_ev)",
 }
@@ -60,17 +60,17 @@ def _round(value: Any) -> Any:
     return value
 
 
-def _space(ds: "EncodingDataset", voxel_ijk: np.ndarray | None) -> dict[str, Any]:
+def _space(ds: EncodingDataset, voxel_ijk: np.ndarray | None) -> dict[str, Any]:
     if voxel_ijk is not None and ds.grid_shape is not None:
         return {"kind": "volume", "shape": list(ds.grid_shape), "affine": np.asarray(ds.affine, dtype=float).tolist()}
     return {"kind": "flat"}
 
 
 def export_model(
-    cfg: "TrainConfig",
-    ds: "EncodingDataset",
+    cfg: TrainConfig,
+    ds: EncodingDataset,
     subjects: list[Any],
-    projection: "Projection | None",
+    projection: Projection | None,
     readouts: dict[Any, tuple[np.ndarray, np.ndarray]],
     per_output: dict[Any, dict[str, np.ndarray]],
     accuracy: dict[Any, dict[str, Any]],
@@ -104,16 +104,29 @@ def export_model(
                 tensors["voxel_ijk"] = np.asarray(sd.voxel_ijk, dtype=np.int32)
             writer.add_tensors(f"metadata/{label}.safetensors", tensors)
             summary = {k: v for k, v in accuracy[subject].items() if k != "per_roi"}
-            writer.add_json(f"metadata/{label}.json", {
-                "n_outputs": int(weight.shape[0]),
-                "output_space": _space(ds, sd.voxel_ijk),
-                "rois": sorted(sd.rois),
-                "info": {"dataset": ds.name, "accuracy_summary": _round(summary),
-                         "accuracy_per_roi": _round(accuracy[subject]["per_roi"]),
-                         "accuracy_metrics": sorted(per_output[subject])},
-            })
-            for p in plot_all(label, per_output[subject], sd.rois, out_dir / "plots", voxel_ijk=sd.voxel_ijk,
-                              grid_shape=ds.grid_shape, title=f"{cfg.model_id} subject {subject}"):
+            writer.add_json(
+                f"metadata/{label}.json",
+                {
+                    "n_outputs": int(weight.shape[0]),
+                    "output_space": _space(ds, sd.voxel_ijk),
+                    "rois": sorted(sd.rois),
+                    "info": {
+                        "dataset": ds.name,
+                        "accuracy_summary": _round(summary),
+                        "accuracy_per_roi": _round(accuracy[subject]["per_roi"]),
+                        "accuracy_metrics": sorted(per_output[subject]),
+                    },
+                },
+            )
+            for p in plot_all(
+                label,
+                per_output[subject],
+                sd.rois,
+                out_dir / "plots",
+                voxel_ijk=sd.voxel_ijk,
+                grid_shape=ds.grid_shape,
+                title=f"{cfg.model_id} subject {subject}",
+            ):
                 key = f"plots/{p.name}"
                 writer.add_file(key, p)
                 plot_keys.append(key)
@@ -123,14 +136,26 @@ def export_model(
     card_path = write_yaml(out_dir / "model_cards" / f"{cfg.model_id}.yaml", card)
     fragment_path = write_yaml(out_dir / "card_accuracy.yaml", {"accuracy": card["accuracy"]})
     source = dict(cfg.source) or {"kind": "s3", "bucket": "CHANGE-ME", "prefix": f"{cfg.model_id}/"}
-    entry = {"card": f"{cfg.model_id}.yaml", "modality": card["modality"], "dataset": ds.name,
-             "subjects": list(subjects), "source": source, "layout": "native", "recipe": cfg.full_recipe,
-             "model_class": None}
+    entry = {
+        "card": f"{cfg.model_id}.yaml",
+        "modality": card["modality"],
+        "dataset": ds.name,
+        "subjects": list(subjects),
+        "source": source,
+        "layout": "native",
+        "recipe": cfg.full_recipe,
+        "model_class": None,
+    }
     registry_path = write_yaml(out_dir / "registry.yaml", {"format_version": 1, "models": {cfg.model_id: entry}})
-    return {"artifact": out_dir / "artifact", "card": card_path, "card_fragment": fragment_path, "registry": registry_path}
+    return {
+        "artifact": out_dir / "artifact",
+        "card": card_path,
+        "card_fragment": fragment_path,
+        "registry": registry_path,
+    }
 
 
-def _accuracy_section(ds: "EncodingDataset", accuracy: dict[Any, dict[str, Any]], plot_keys: list[str]) -> dict[str, Any]:
+def _accuracy_section(ds: EncodingDataset, accuracy: dict[Any, dict[str, Any]], plot_keys: list[str]) -> dict[str, Any]:
     n_test = next(iter(accuracy.values()))["n_test_stimuli"]
     return {
         "split": f"held-out test split of {ds.name} ({n_test} stimuli), never used for fitting",
@@ -141,48 +166,76 @@ def _accuracy_section(ds: "EncodingDataset", accuracy: dict[Any, dict[str, Any]]
     }
 
 
-def build_card(cfg: "TrainConfig", ds: "EncodingDataset", subjects: list[Any], readouts: dict[Any, Any],
-               accuracy: dict[Any, dict[str, Any]], plot_keys: list[str], provenance: dict[str, Any]) -> dict[str, Any]:
+def build_card(
+    cfg: TrainConfig,
+    ds: EncodingDataset,
+    subjects: list[Any],
+    readouts: dict[Any, Any],
+    accuracy: dict[Any, dict[str, Any]],
+    plot_keys: list[str],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
     """A complete model card (``model_cards/schema.json``), overridden key by key by ``cfg.card``."""
     recipe = cfg.full_recipe
     transform = recipe["transform"]
     rois = sorted({r for s in subjects for r in ds.subjects[s].rois})
     projection = cfg.projection["kind"]
     k = cfg.projection.get("n_components")
-    readout = cfg.readout["kind"] + (f" (alpha per output by {cfg.readout['folds']}-fold CV)" if cfg.readout["kind"] == "ridge" else "")
+    readout = cfg.readout["kind"] + (
+        f" (alpha per output by {cfg.readout['folds']}-fold CV)" if cfg.readout["kind"] == "ridge" else ""
+    )
     card: dict[str, Any] = {
         "id": cfg.model_id,
         "name": cfg.model_id,
         "modality": "fmri",
-        "dataset": {"name": ds.name, "space": "volume" if ds.grid_shape is not None else "flat outputs",
-                    "citation": "see the dataset's publication"},
+        "dataset": {
+            "name": ds.name,
+            "space": "volume" if ds.grid_shape is not None else "flat outputs",
+            "citation": "see the dataset's publication",
+        },
         "species": "human",
         "stimuli": {"type": ds.kind, "description": f"{ds.kind}s of dataset {ds.name}"},
         "model_type": f"{recipe['backbone']['builder']} nodes {list(recipe['nodes'])} -> "
-                      f"{projection}{f' ({k} components)' if projection != 'none' else ''} -> {readout}",
+        f"{projection}{f' ({k} components)' if projection != 'none' else ''} -> {readout}",
         "creator": "berg train",
         "description": f"Linear encoding model trained with berg's creation pipeline on {ds.name}.",
-        "input": {"type": ds.kind, "dtype": "uint8", "range": [0, 255],
-                  "shape": "[batch, 3, height, width]" if ds.kind == "image" else "[batch, frames, 3, height, width]",
-                  "description": f"RGB {ds.kind}s; preprocessing as declared in the recipe's transform"},
-        "output": {"dtype": "float32", "units": "units of the training responses",
-                   "dims": [{"name": "n_stimuli", "description": "one row per stimulus"},
-                            {"name": "n_outputs", "description": "outputs (voxels) of the subject"}]},
+        "input": {
+            "type": ds.kind,
+            "dtype": "uint8",
+            "range": [0, 255],
+            "shape": "[batch, 3, height, width]" if ds.kind == "image" else "[batch, frames, 3, height, width]",
+            "description": f"RGB {ds.kind}s; preprocessing as declared in the recipe's transform",
+        },
+        "output": {
+            "dtype": "float32",
+            "units": "units of the training responses",
+            "dims": [
+                {"name": "n_stimuli", "description": "one row per stimulus"},
+                {"name": "n_outputs", "description": "outputs (voxels) of the subject"},
+            ],
+        },
         "parameters": {
             "subjects": list(subjects),
             "selection": {"rois": rois or ["all"], "n_outputs": {s: readouts[s].n_outputs for s in subjects}},
             "model_kwargs": [],
         },
         "preprocessing": {"transform": transform},
-        "metadata": {"rois": "ROI name -> output indices", "accuracy": "per-output test metrics (correlation, r2, "
-                     "ncsnr, noise_ceiling, nc_normalized_ev, noise_ceiling_train[, ridge_alpha])",
-                     "output_space": "flat, or volume grid + voxel_ijk"},
+        "metadata": {
+            "rois": "ROI name -> output indices",
+            "accuracy": "per-output test metrics (correlation, r2, "
+            "ncsnr, noise_ceiling, nc_normalized_ev, noise_ceiling_train[, ridge_alpha])",
+            "output_space": "flat, or volume grid + voxel_ijk",
+        },
         "accuracy": _accuracy_section(ds, accuracy, plot_keys),
-        "references": [{"title": "berg training pipeline (docs/training.md)", "url": "https://github.com/berg-toolkit/berg"}],
+        "references": [
+            {"title": "berg training pipeline (docs/training.md)", "url": "https://github.com/berg-toolkit/berg"}
+        ],
         "license": {"code": "MIT", "weights": "as the training data permits"},
-        "provenance": {"weights": f"trained by berg train, config sha256 {provenance['config_sha256']}, "
-                                  f"dataset sha256 {provenance['dataset']['sha256'] or 'n/a'}",
-                       "artifact": "berg-native artifact (manifest.json lists every file's sha256)"},
+        "provenance": {
+            "weights": f"trained by berg train, config sha256 {provenance['config_sha256']}, "
+            f"dataset sha256 {provenance['dataset']['sha256'] or 'n/a'}",
+            "artifact": "berg-native artifact (manifest.json lists every file's sha256)",
+        },
         "caveats": ["Accuracy is measured on the dataset's own test split; other stimuli may differ."],
     }
     if not rois:

@@ -18,9 +18,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -113,8 +114,14 @@ class FeatureCache:
         with self._prepare(n) as f:
             return np.flatnonzero(~f["done"][()])
 
-    def compute(self, make_extractor: Callable[[], Any], stimuli: Sequence[Any], *, batch_size: int = 32,
-                show_progress: bool = True) -> None:
+    def compute(
+        self,
+        make_extractor: Callable[[], Any],
+        stimuli: Sequence[Any],
+        *,
+        batch_size: int = 32,
+        show_progress: bool = True,
+    ) -> None:
         """Compute and store features for every row not done yet.
 
         Parameters
@@ -137,17 +144,20 @@ class FeatureCache:
             log.info("features: %d of %d stimuli to compute (cache %s)", todo.size, n, self.path)
             extractor = make_extractor()
             start = 0
-            with tqdm(total=n, initial=n - todo.size, desc="features", unit="stim",
-                      disable=not show_progress) as bar:
+            with tqdm(total=n, initial=n - todo.size, desc="features", unit="stim", disable=not show_progress) as bar:
                 for block in iter_features(extractor, _Rows(stimuli, todo), batch_size=batch_size):
                     if "features" not in f:
                         width = int(block.shape[1])
-                        f.create_dataset("features", shape=(n, width), dtype=np.float32,
-                                         chunks=(min(n, ROW_CHUNK), min(width, COL_CHUNK)))
+                        f.create_dataset(
+                            "features",
+                            shape=(n, width),
+                            dtype=np.float32,
+                            chunks=(min(n, ROW_CHUNK), min(width, COL_CHUNK)),
+                        )
                         f.attrs["n_features"] = width
-                    rows = todo[start:start + len(block)]
+                    rows = todo[start : start + len(block)]
                     if rows[-1] - rows[0] + 1 == len(rows):
-                        f["features"][rows[0]:rows[-1] + 1] = block
+                        f["features"][rows[0] : rows[-1] + 1] = block
                     else:  # gaps left by an interrupted run: h5py writes increasing index lists
                         f["features"][rows.tolist()] = block
                     f.flush()  # features reach the file before they are marked done

@@ -68,8 +68,15 @@ def plot_roi_bars(r: np.ndarray, nc: np.ndarray, rois: dict[str, np.ndarray], pa
     return _save(fig, path)
 
 
-def plot_volume_map(values: np.ndarray, voxel_ijk: np.ndarray, grid_shape: tuple[int, int, int], path: Path,
-                    *, title: str = "", n_slices: int = 12) -> Path:
+def plot_volume_map(
+    values: np.ndarray,
+    voxel_ijk: np.ndarray,
+    grid_shape: tuple[int, int, int],
+    path: Path,
+    *,
+    title: str = "",
+    n_slices: int = 12,
+) -> Path:
     """Axial slices of a per-output value (e.g. test r) placed at its voxel on the grid."""
     plt = _plt()
     vol = np.full(grid_shape, np.nan, dtype=np.float32)
@@ -92,9 +99,16 @@ def plot_volume_map(values: np.ndarray, voxel_ijk: np.ndarray, grid_shape: tuple
     return _save(fig, path)
 
 
-def plot_all(label: str, per_output: dict[str, np.ndarray], rois: dict[str, np.ndarray], out_dir: Path,
-             *, voxel_ijk: np.ndarray | None = None, grid_shape: tuple[int, int, int] | None = None,
-             title: str = "") -> list[Path]:
+def plot_all(
+    label: str,
+    per_output: dict[str, np.ndarray],
+    rois: dict[str, np.ndarray],
+    out_dir: Path,
+    *,
+    voxel_ijk: np.ndarray | None = None,
+    grid_shape: tuple[int, int, int] | None = None,
+    title: str = "",
+) -> list[Path]:
     """Every plot for one subject; returns the PNG paths (``<label>_hist.png`` ...)."""
     out_dir = Path(out_dir)
     r, nc, ev = per_output["correlation"], per_output["noise_ceiling"], per_output["nc_normalized_ev"]

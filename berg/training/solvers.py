@@ -19,8 +19,9 @@ Why these algorithms:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -159,8 +160,9 @@ def fit_projection(
     from tqdm.auto import tqdm
 
     n_blocks = -(-width // col_block)
-    for a, b in tqdm(_blocks(width, col_block), total=n_blocks, desc="projection pass 1/2",
-                     disable=not show_progress, leave=False):
+    for a, b in tqdm(
+        _blocks(width, col_block), total=n_blocks, desc="projection pass 1/2", disable=not show_progress, leave=False
+    ):
         z = _standardise(_read_block(features, rows, a, b, all_rows), mean, scale, a, b, dtype, fit=True)
         gram += z @ z.T  # numpy turns A @ A.T into syrk
     eigval, eigvec = np.linalg.eigh(gram)
@@ -171,8 +173,9 @@ def fit_projection(
     sv = np.sqrt(eigval)
     left = (eigvec / sv).T.astype(dtype)  # (k, n): S⁻¹ Uᵀ
     components = np.empty((n_components, width), dtype=np.float32)
-    for a, b in tqdm(_blocks(width, col_block), total=n_blocks, desc="projection pass 2/2",
-                     disable=not show_progress, leave=False):
+    for a, b in tqdm(
+        _blocks(width, col_block), total=n_blocks, desc="projection pass 2/2", disable=not show_progress, leave=False
+    ):
         z = _standardise(_read_block(features, rows, a, b, all_rows), mean, scale, a, b, dtype, fit=False)
         components[:, a:b] = left @ z
     return ProjectionFit(mean, scale, components, sv, n)
@@ -360,8 +363,16 @@ def fit_ridge_cv(
         a_va = (x[lo:hi] - xm) @ vt.T
         a_va -= a_va.mean(axis=0)  # correlations ignore offsets; centred columns annihilate constants
         shrink = (s[None, :] / (s[None, :] ** 2 + grid[:, None]))[:, :, None]
-        fold_parts.append(_Fold(lo, hi, u.T.astype(np.float32), a_va.T.astype(np.float32),
-                                (a_va.T @ a_va).astype(np.float32), shrink.astype(np.float32)))
+        fold_parts.append(
+            _Fold(
+                lo,
+                hi,
+                u.T.astype(np.float32),
+                a_va.T.astype(np.float32),
+                (a_va.T @ a_va).astype(np.float32),
+                shrink.astype(np.float32),
+            )
+        )
     scores = np.zeros((grid.size, m), dtype=np.float32)
     xm_all = x.mean(axis=0)
     u, s, vt = _svd64(x - xm_all)

@@ -42,8 +42,9 @@ class SyntheticTruth:
         return s2 / (s2 + n2 / n)
 
 
-def blob_grid(shape=(20, 24, 20), n_blobs: int = 3, seed: int = 0,
-              radius: tuple[float, float] = (0.15, 0.25)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def blob_grid(
+    shape=(20, 24, 20), n_blobs: int = 3, seed: int = 0, radius: tuple[float, float] = (0.15, 0.25)
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A made-up brain: voxel indices of a few ellipsoid blobs on a grid, and one 'ROI' per blob."""
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
@@ -105,9 +106,13 @@ def make_synthetic_dataset(
     n = n_train + n_test
     images = rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8)
     # smooth the noise a little so images have spatial structure
-    images = ((images.astype(np.float32) + np.roll(images, 1, axis=1) + np.roll(images, 1, axis=2)) / 3).astype(np.uint8)
+    images = ((images.astype(np.float32) + np.roll(images, 1, axis=1) + np.roll(images, 1, axis=2)) / 3).astype(
+        np.uint8
+    )
     extractor = FeatureExtractor(recipe, backbone_weights="untrained", seed=seed)
-    feats = np.concatenate(list(iter_features(extractor, load_stimuli(images, "image"), batch_size=32))).astype(np.float64)
+    feats = np.concatenate(list(iter_features(extractor, load_stimuli(images, "image"), batch_size=32))).astype(
+        np.float64
+    )
     split = np.array(["train"] * n_train + ["test"] * n_test)
     train = split == "train"
     scaler = StandardScaler().fit(feats[train])
@@ -145,16 +150,22 @@ def make_synthetic_dataset(
         s2s[s], n2s[s] = signal[~train].var(axis=0, ddof=1), n2
         sub_data[s] = SubjectData(responses.astype(np.float32), ijk, rois)
     ds = EncodingDataset(
-        name="synthetic", kind="image", stimuli=images, ids=[f"synthetic-{i:04d}" for i in range(n)],
-        split=split, subjects=sub_data, grid_shape=grid,
+        name="synthetic",
+        kind="image",
+        stimuli=images,
+        ids=[f"synthetic-{i:04d}" for i in range(n)],
+        split=split,
+        subjects=sub_data,
+        grid_shape=grid,
         affine=np.diag([3.0, 3.0, 3.0, 1.0]) if grid is not None else None,
     )
     write_dataset(path, ds)
     return SyntheticTruth(Path(path), truth_w, truth_b, s2s, n2s, n_repeats_test, feats)
 
 
-def linear_problem(n: int, k: int, m: int, *, snr: float = 1.0, seed: int = 0,
-                   dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_problem(
+    n: int, k: int, m: int, *, snr: float = 1.0, seed: int = 0, dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A plain regression problem ``y = x @ w.T + noise`` (no backbone), for solver tests and benchmarks.
 
     Returns

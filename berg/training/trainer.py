@@ -64,12 +64,14 @@ class TrainResult:
         return [
             f"subject {s}: median r {a['median_r']:.3f}, mean r {a['mean_r']:.3f}, mean NC "
             f"{a['mean_noise_ceiling']:.3f}, mean NC-normalised EV {a['mean_nc_normalized_ev']:.1f}%, "
-            f"NNMC {a['nnmc']:.1f}" for s, a in self.accuracy.items()
+            f"NNMC {a['nnmc']:.1f}"
+            for s, a in self.accuracy.items()
         ]
 
 
-def compute_features(cfg: TrainConfig, ds: EncodingDataset, cache_path: str | os.PathLike[str], *,
-                     show_progress: bool = True) -> FeatureCache:
+def compute_features(
+    cfg: TrainConfig, ds: EncodingDataset, cache_path: str | os.PathLike[str], *, show_progress: bool = True
+) -> FeatureCache:
     """Fill the feature cache for every stimulus of ``ds`` (resumable) and return it.
 
     Features come from :class:`berg.features.FeatureExtractor` through :func:`berg.engine.iter_features`:
@@ -98,8 +100,8 @@ def _project(features: Any, projection: Any | None) -> np.ndarray:
     step = max(1, _PROJECT_BYTES // (4 * width))
     out = np.empty((n, projection.weight.shape[0]), dtype=np.float32)
     for a in range(0, n, step):
-        x = np.asarray(features[a:a + step], dtype=np.float32)
-        out[a:a + step] = x @ projection.weight.T + projection.bias
+        x = np.asarray(features[a : a + step], dtype=np.float32)
+        out[a : a + step] = x @ projection.weight.T + projection.bias
     return out
 
 
@@ -127,8 +129,13 @@ def evaluate(pred: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
     r = metrics.pearson_r(pred[ok], target[ok])
     snr = metrics.ncsnr(responses[ok])
     nc = metrics.noise_ceiling_from_counts(snr, counts[ok])
-    return {"correlation": r, "r2": metrics.r2_score_from_r(r), "ncsnr": snr, "noise_ceiling": nc,
-            "nc_normalized_ev": metrics.noise_normalized_ev(r, nc)}
+    return {
+        "correlation": r,
+        "r2": metrics.r2_score_from_r(r),
+        "ncsnr": snr,
+        "noise_ceiling": nc,
+        "nc_normalized_ev": metrics.noise_normalized_ev(r, nc),
+    }
 
 
 def _summary(ev: dict[str, np.ndarray], rois: dict[str, np.ndarray], n_train: int, n_test: int) -> dict[str, Any]:
@@ -192,8 +199,14 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
         if kind_p != "none":
             from berg.readouts import Projection
 
-            fit = fit_projection(feats, train_idx, int(cfg.projection["n_components"]), kind=kind_p,
-                                 col_block=int(cfg.projection.get("col_block", 1 << 15)), show_progress=show_progress)
+            fit = fit_projection(
+                feats,
+                train_idx,
+                int(cfg.projection["n_components"]),
+                kind=kind_p,
+                col_block=int(cfg.projection.get("col_block", 1 << 15)),
+                show_progress=show_progress,
+            )
             projection = Projection.from_scaler_components(fit.mean, fit.scale, fit.components)
         z = _project(feats, projection)
     z_train, z_test = z[train_idx], z[test_idx]
@@ -208,8 +221,9 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
             readout = fit_ols(z_train[has], y_train[has])
             alpha = None
         else:
-            ridge = fit_ridge_cv(z_train[has], y_train[has], cfg.readout["alphas"], folds=int(cfg.readout["folds"]),
-                                 seed=cfg.seed)
+            ridge = fit_ridge_cv(
+                z_train[has], y_train[has], cfg.readout["alphas"], folds=int(cfg.readout["folds"]), seed=cfg.seed
+            )
             readout, alpha = ridge.readout, ridge.alphas
         del y_train
         readouts[subject] = readout
@@ -223,23 +237,43 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
             ev["ridge_alpha"] = alpha
         per_output[subject] = ev
         accuracy[subject] = _summary(ev, sd.rois, int(has.sum()), len(test_idx))
-        log.info("subject %s: median r %.3f, NNMC %.1f", subject, accuracy[subject]["median_r"], accuracy[subject]["nnmc"])
+        log.info(
+            "subject %s: median r %.3f, NNMC %.1f", subject, accuracy[subject]["median_r"], accuracy[subject]["nnmc"]
+        )
 
     provenance = {
         "creator": "berg train",
         "config_sha256": cfg.digest(),
         "config": cfg.to_dict(),
-        "dataset": {"path": str(cfg.dataset), "sha256": ds.checksum, "name": ds.name,
-                    "n_stimuli": len(ds.ids), "n_train": int(train_idx.size), "n_test": int(test_idx.size)},
-        "seeds": {"seed": cfg.seed, "backbone": cfg.seed if cfg.backbone_weights == "untrained" else None,
-                  "cv_folds": cfg.seed if cfg.readout["kind"] == "ridge" else None},
+        "dataset": {
+            "path": str(cfg.dataset),
+            "sha256": ds.checksum,
+            "name": ds.name,
+            "n_stimuli": len(ds.ids),
+            "n_train": int(train_idx.size),
+            "n_test": int(test_idx.size),
+        },
+        "seeds": {
+            "seed": cfg.seed,
+            "backbone": cfg.seed if cfg.backbone_weights == "untrained" else None,
+            "cv_folds": cfg.seed if cfg.readout["kind"] == "ridge" else None,
+        },
         "feature_cache_key": cache.key,
         "projection": _projection_info(fit, kind_p),
         "versions": library_versions(),
     }
     paths = export_model(cfg, ds, subjects, projection, readouts, per_output, accuracy, provenance, out_dir)
-    return TrainResult(cfg.model_id, paths["artifact"], paths["registry"], paths["card"], paths["card_fragment"],
-                       predictions, accuracy, per_output, test_idx)
+    return TrainResult(
+        cfg.model_id,
+        paths["artifact"],
+        paths["registry"],
+        paths["card"],
+        paths["card_fragment"],
+        predictions,
+        accuracy,
+        per_output,
+        test_idx,
+    )
 
 
 def _train_noise_ceiling(responses: Any, rows: np.ndarray) -> np.ndarray:
@@ -251,8 +285,12 @@ def _train_noise_ceiling(responses: Any, rows: np.ndarray) -> np.ndarray:
 def _projection_info(fit: ProjectionFit | None, kind: str) -> dict[str, Any]:
     if fit is None:
         return {"kind": kind}
-    return {"kind": kind, "n_components": int(fit.components.shape[0]), "n_features": int(fit.components.shape[1]),
-            "explained_variance": [float(v) for v in fit.explained_variance]}
+    return {
+        "kind": kind,
+        "n_components": int(fit.components.shape[0]),
+        "n_features": int(fit.components.shape[1]),
+        "explained_variance": [float(v) for v in fit.explained_variance],
+    }
 
 
 def library_versions() -> dict[str, str]:
@@ -260,7 +298,18 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("berg", "numpy", "scipy", "torch", "torchvision", "scikit-learn", "h5py", "safetensors", "Pillow", "av"):
+    for pkg in (
+        "berg",
+        "numpy",
+        "scipy",
+        "torch",
+        "torchvision",
+        "scikit-learn",
+        "h5py",
+        "safetensors",
+        "Pillow",
+        "av",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -268,7 +317,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def train_from_config(path: str | os.PathLike[str], *, out_dir: str | None = None, show_progress: bool = True) -> TrainResult:
+def train_from_config(
+    path: str | os.PathLike[str], *, out_dir: str | None = None, show_progress: bool = True
+) -> TrainResult:
     """``berg train CONFIG.yaml``: read the config (paths relative to it) and train."""
     cfg = TrainConfig.from_yaml(path)
     if out_dir is not None:

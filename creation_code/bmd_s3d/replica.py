@@ -16,23 +16,68 @@ from pathlib import Path
 import numpy as np
 
 PREFIX = "encoding_models/modality-fmri/train_dataset-bmd/model-s3d/"
-ROIS = ["lV1v", "rV1v", "lV1d", "rV1d", "lV2v", "rV2v", "lV2d", "rV2d", "lV3v", "rV3v", "lV3d", "rV3d",
-        "lV3ab", "rV3ab", "lhV4", "rhV4", "lFFA", "rFFA", "lOFA", "rOFA", "lEBA", "rEBA", "lLOC", "rLOC",
-        "lPPA", "rPPA", "lRSC", "rRSC", "lSTS", "rSTS", "lTOS", "rTOS", "lMT", "rMT", "l7AL", "r7AL",
-        "lIPS0", "rIPS0", "lIPS1-2-3", "rIPS1-2-3", "lPFt", "rPFt", "lBA2", "rBA2", "lPFop", "rPFop", "BMDgeneral"]
+ROIS = [
+    "lV1v",
+    "rV1v",
+    "lV1d",
+    "rV1d",
+    "lV2v",
+    "rV2v",
+    "lV2d",
+    "rV2d",
+    "lV3v",
+    "rV3v",
+    "lV3d",
+    "rV3d",
+    "lV3ab",
+    "rV3ab",
+    "lhV4",
+    "rhV4",
+    "lFFA",
+    "rFFA",
+    "lOFA",
+    "rOFA",
+    "lEBA",
+    "rEBA",
+    "lLOC",
+    "rLOC",
+    "lPPA",
+    "rPPA",
+    "lRSC",
+    "rRSC",
+    "lSTS",
+    "rSTS",
+    "lTOS",
+    "rTOS",
+    "lMT",
+    "rMT",
+    "l7AL",
+    "r7AL",
+    "lIPS0",
+    "rIPS0",
+    "lIPS1-2-3",
+    "rIPS1-2-3",
+    "lPFt",
+    "rPFt",
+    "lBA2",
+    "rBA2",
+    "lPFop",
+    "rPFop",
+    "BMDgeneral",
+]
 AFFINE = np.array([[-2.5, 0, 0, 76.0], [0, 2.5, 0, -112.0], [0, 0, 2.5, -70.0], [0, 0, 0, 1]])
 
 
 @dataclass
 class Replica:
-    root: Path               # the berg_dir (bucket root)
+    root: Path  # the berg_dir (bucket root)
     mean: np.ndarray
     scale: np.ndarray
-    components: np.ndarray   # (k, F)
+    components: np.ndarray  # (k, F)
     coef: dict
     intercept: dict
     masks: dict
-    roi_flat: dict           # subject -> {roi: positions in the masked-voxel axis (readout rows)}
+    roi_flat: dict  # subject -> {roi: positions in the masked-voxel axis (readout rows)}
 
 
 def _components(root: Path, k: int, n_features: int, dtype, rng: np.random.Generator):
@@ -51,9 +96,19 @@ def _components(root: Path, k: int, n_features: int, dtype, rng: np.random.Gener
     return np.asarray(mm), scratch  # a plain ndarray view: np.save must pickle numpy.ndarray, not memmap
 
 
-def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, k: int = 10,
-                  grid=(62, 77, 61), n_voxels=None, seed: int = 0, with_affine: bool = False,
-                  dtype=np.float64, keep_arrays: bool = True) -> Replica:
+def write_replica(
+    root: str | Path,
+    *,
+    subjects=(1, 2),
+    n_features: int = 1000,
+    k: int = 10,
+    grid=(62, 77, 61),
+    n_voxels=None,
+    seed: int = 0,
+    with_affine: bool = False,
+    dtype=np.float64,
+    keep_arrays: bool = True,
+) -> Replica:
     """Write BERG's fmri-bmd-s3d files for ``subjects`` under ``root`` (a berg_dir / bucket root).
 
     Parameters
@@ -91,11 +146,22 @@ def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, 
     if n_features > 10:
         var[:3] = 0.0
     components, scratch = _components(root, k, n_features, dtype, rng)
-    pca = {"scaler_param": {"scale_": scale, "mean_": mean, "var_": var,
-                            "n_features_in_": n_features, "n_samples_seen_": np.int64(3000)},
-           "pca_param": {"components_": components, "explained_variance_": np.sort(rng.random(k))[::-1],
-                         "explained_variance_ratio_": np.sort(rng.random(k))[::-1] / k,
-                         "singular_values_": np.sort(rng.random(k))[::-1], "n_features_in_": n_features}}
+    pca = {
+        "scaler_param": {
+            "scale_": scale,
+            "mean_": mean,
+            "var_": var,
+            "n_features_in_": n_features,
+            "n_samples_seen_": np.int64(3000),
+        },
+        "pca_param": {
+            "components_": components,
+            "explained_variance_": np.sort(rng.random(k))[::-1],
+            "explained_variance_ratio_": np.sort(rng.random(k))[::-1] / k,
+            "singular_values_": np.sort(rng.random(k))[::-1],
+            "n_features_in_": n_features,
+        },
+    }
     np.save(base / "encoding_models_weights" / "pca_weights.npy", pca, allow_pickle=True)
     del pca
     if scratch is not None:
@@ -112,8 +178,11 @@ def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, 
         n_vox = int(mask.sum())
         coef = rng.standard_normal((n_vox, k)).astype(dtype)
         intercept = rng.standard_normal(n_vox).astype(dtype)
-        np.save(base / "encoding_models_weights" / f"weights_sub-{s:02d}.npy",
-                {"coef_": coef, "intercept_": intercept, "n_features_in_": k}, allow_pickle=True)
+        np.save(
+            base / "encoding_models_weights" / f"weights_sub-{s:02d}.npy",
+            {"coef_": coef, "intercept_": intercept, "n_features_in_": k},
+            allow_pickle=True,
+        )
         rois, flats = {}, {}
         for i, name in enumerate(ROIS):
             pos = np.sort(rng.choice(n_vox, size=max(1, min(n_vox, int(rng.integers(5, 40)))), replace=False))
@@ -125,12 +194,21 @@ def write_replica(root: str | Path, *, subjects=(1, 2), n_features: int = 1000, 
         nc = rng.uniform(0, 100, n_vox).astype(np.float32)
         r = rng.uniform(-0.2, 0.8, n_vox).astype(np.float32)
         metadata = {
-            "fmri": {"group_mask": group.astype(np.float32), "sub_mask": mask.astype(np.float32), "rois": rois,
-                     **({"group_mask_affine": AFFINE, "sub_mask_affine": AFFINE} if with_affine else {})},
-            "encoding_models": {"noiseceiling_task_train_n_1": nc / 3, "noiseceiling_task_train_n_3": nc,
-                                "noiseceiling_task_test_n_1": nc / 4, "noiseceiling_task_test_n_10": nc,
-                                "correlation": r, "r2": np.clip(r, 0, None) ** 2,
-                                "explained_variance": np.minimum(100 * np.clip(r, 0, None) ** 2 / np.maximum(nc / 100, 1e-6), 100)},
+            "fmri": {
+                "group_mask": group.astype(np.float32),
+                "sub_mask": mask.astype(np.float32),
+                "rois": rois,
+                **({"group_mask_affine": AFFINE, "sub_mask_affine": AFFINE} if with_affine else {}),
+            },
+            "encoding_models": {
+                "noiseceiling_task_train_n_1": nc / 3,
+                "noiseceiling_task_train_n_3": nc,
+                "noiseceiling_task_test_n_1": nc / 4,
+                "noiseceiling_task_test_n_10": nc,
+                "correlation": r,
+                "r2": np.clip(r, 0, None) ** 2,
+                "explained_variance": np.minimum(100 * np.clip(r, 0, None) ** 2 / np.maximum(nc / 100, 1e-6), 100),
+            },
         }
         np.save(base / "metadata" / f"metadata_sub-{s:02d}.npy", metadata, allow_pickle=True)
         masks[s] = mask

@@ -87,8 +87,10 @@ def read_bmd(bmd_dir: str | os.PathLike[str], subjects: list[int] | None = None)
             betas = np.load(folder / f"{split}.npy", mmap_mode="r")  # plain numeric arrays only, no pickles
             expected = (len(videos[split]), N_REPEATS[split], n_vox)
             if betas.shape != expected:
-                raise ValueError(f"{folder / (split + '.npy')}: shape {betas.shape}, expected {expected} "
-                                 "(videos, repeats, mask voxels)")
+                raise ValueError(
+                    f"{folder / (split + '.npy')}: shape {betas.shape}, expected {expected} "
+                    "(videos, repeats, mask voxels)"
+                )
             padded = np.full((betas.shape[0], n_rep, n_vox), np.nan, dtype=np.float32)
             padded[:, : betas.shape[1]] = betas
             parts.append(padded)
@@ -103,12 +105,21 @@ def read_bmd(bmd_dir: str | os.PathLike[str], subjects: list[int] | None = None)
         data[s] = SubjectData(responses=np.concatenate(parts), voxel_ijk=np.argwhere(mask).astype(np.int32), rois=rois)
     stimuli = [str(p) for p in videos["train"] + videos["test"]]
     split = np.array(["train"] * len(videos["train"]) + ["test"] * len(videos["test"]))
-    return EncodingDataset(name="bmd", kind="video", stimuli=stimuli, ids=[Path(p).stem for p in stimuli],
-                           split=split, subjects=data, grid_shape=tuple(grid), affine=np.asarray(affine))
+    return EncodingDataset(
+        name="bmd",
+        kind="video",
+        stimuli=stimuli,
+        ids=[Path(p).stem for p in stimuli],
+        split=split,
+        subjects=data,
+        grid_shape=tuple(grid),
+        affine=np.asarray(affine),
+    )
 
 
-def bmd_to_dataset(bmd_dir: str | os.PathLike[str], out_path: str | os.PathLike[str],
-                   subjects: list[int] | None = None) -> Path:
+def bmd_to_dataset(
+    bmd_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], subjects: list[int] | None = None
+) -> Path:
     """Convert a BMD-format folder into berg's HDF5 training dataset (videos referenced by path)."""
     from berg.training.datasets import write_dataset
 
@@ -127,8 +138,14 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any):
     return cfg
 
 
-def train_bmd(bmd_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-              config: str | os.PathLike[str] | None = None, subjects: list[int] | None = None, **overrides: Any):
+def train_bmd(
+    bmd_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    config: str | os.PathLike[str] | None = None,
+    subjects: list[int] | None = None,
+    **overrides: Any,
+):
     """BMD folder -> berg dataset -> generic trainer -> berg-native export. Returns the TrainResult."""
     from berg.training.trainer import train
 
