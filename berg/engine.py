@@ -484,12 +484,7 @@ class LinearEncodingModel(BaseModelInterface):
 
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say which numbers came from where."""
-        keys = list(dict.fromkeys(k for s in self.subjects for k in self.layout.model_keys(s)))
-        try:
-            checksums = self.layout.checksums(keys)
-        except Exception as exc:  # provenance must never break encoding; record why it is missing
-            log.warning("artifact checksums unavailable: %s", exc)
-            checksums = {}
+        checksums = self.layout.model_checksums(self.subjects)
         prov = {
             "model_id": self.model_id,
             "subjects": list(self.subjects),

@@ -9,6 +9,7 @@ docs/architecture.md). Other layouts (e.g. BERG's legacy pickled dicts) subclass
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,16 @@ class ArtifactLayout(ABC):
     def checksums(self, keys: list[str]) -> dict[str, str]:
         """sha256 of the given keys' local files, for provenance."""
         return {k: self.store.sha256(self.spec.model_id, self.spec.source, k) for k in keys}
+
+    def model_checksums(self, subjects: list[Any]) -> dict[str, str]:
+        """sha256 of every file the subjects' models use, for provenance (``{}`` with a logged warning
+        when they cannot be computed: provenance must never break encoding)."""
+        keys = list(dict.fromkeys(k for s in subjects for k in self.model_keys(s)))
+        try:
+            return self.checksums(keys)
+        except Exception as exc:  # noqa: BLE001 - any failure only means "unrecorded"
+            logging.getLogger(__name__).warning("artifact checksums unavailable: %s", exc)
+            return {}
 
 
 class NativeLayout(ArtifactLayout):
