@@ -28,7 +28,9 @@ Adding cases (other parts of berg: store, stimuli, outputs)::
     def _(ctx):                                       # expect="ok": must return without error
         ...                                           # expect="either": BERGError or a normal return
 
-A plugin module may instead define ``CASES = [H.Case(...), ...]``. The legacy pickle payloads are also
+``prepare=func(ctx)`` (decorator argument or ``Case`` field) writes the bad input before the
+measurement starts, so the peak memory is that of reading it, not of making it. A plugin module may
+instead define ``CASES = [H.Case(...), ...]``. The legacy pickle payloads are also
 used by tests/test_legacy_hostile.py (``LEGACY_PAYLOADS``).
 """
 
@@ -88,6 +90,7 @@ class Case:
     name: str
     run: Callable[[Context], Any]
     expect: str = "error"
+    prepare: Callable[[Context], Any] | None = None  # writes the bad input; not measured, must not fail
 
     @property
     def id(self) -> str:
@@ -97,11 +100,11 @@ class Case:
 CASES: list[Case] = []
 
 
-def case(group: str, name: str | None = None, expect: str = "error") -> Callable:
-    """Decorator registering ``func(ctx)`` as a hostile case."""
+def case(group: str, name: str | None = None, expect: str = "error", prepare: Callable | None = None) -> Callable:
+    """Decorator registering ``func(ctx)`` as a hostile case (``prepare(ctx)`` runs first, unmeasured)."""
 
     def register(func: Callable[[Context], Any]) -> Callable[[Context], Any]:
-        CASES.append(Case(group, name or func.__name__, func, expect))
+        CASES.append(Case(group, name or func.__name__, func, expect, prepare))
         return func
 
     return register
@@ -805,6 +808,60 @@ def _big_bytes(ctx: Context) -> Any:
     return load_legacy_npy(path)
 
 
+def _write_catalogue_weights(ctx: Context, mutate: Callable[[dict], None]) -> None:
+    """A small BERG EEG weights file (real pickled sklearn PCAs, written by the replica writer), mutated."""
+    import numpy as np
+
+    from creation_code.berg_catalogue.replica import write_replica
+
+    rep = write_replica(
+        ctx.cache / "bucket", "things_eeg_2", "alexnet", subjects=(1,), n_features=16, n_components=3, n_train=12
+    )
+    w = rep.weights[1]
+    mutate(w)
+    np.save(ctx.cache / "weights_subject-01.npy", w, allow_pickle=True)
+
+
+def _read_catalogue_weights(ctx: Context) -> Any:
+    from berg.models.berg_catalogue import read_weights
+
+    return read_weights(ctx.cache / "weights_subject-01.npy", "things_eeg_2")
+
+
+class _System:
+    def __init__(self, cmd: str):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def _zeros_coef(w: dict) -> None:
+    import numpy as np
+
+    w["reg_param"]["rep-1"]["coef_"] = np.zeros((35, 9), np.float32)
+
+
+_CATALOGUE_MUTATIONS: dict[str, Callable[[Context, dict], None]] = {
+    "eeg-pca-object-replaced-by-os.system": lambda ctx, w: w["pca_param"].__setitem__(
+        "rep-3", _System(f"touch {ctx.marker}")
+    ),
+    "eeg-pca-without-components": lambda ctx, w: w["pca_param"].__setitem__("rep-2", {"mean_": [0.0]}),
+    "eeg-readout-wrong-width": lambda ctx, w: _zeros_coef(w),
+    "eeg-missing-repetition": lambda ctx, w: w["reg_param"].pop("rep-4"),
+    "eeg-scaler-is-a-list": lambda ctx, w: w.__setitem__("scaler_param", [1, 2, 3]),
+}
+for _name, _mutate in _CATALOGUE_MUTATIONS.items():
+    CASES.append(
+        Case(
+            "catalogue",
+            _name,
+            _read_catalogue_weights,
+            prepare=lambda ctx, m=_mutate: _write_catalogue_weights(ctx, lambda w: m(ctx, w)),
+        )
+    )
+
+
 @case("legacy-bytes", "unseekable-stream-announcing-1TB")
 def _unseekable(ctx: Context) -> Any:
     from berg.store.legacy import safe_unpickle
@@ -915,6 +972,8 @@ def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
     records = []
     for traced in (False, True):
         ctx = _make_context(base)
+        if c.prepare is not None:
+            c.prepare(ctx)
         before = _snapshot(ctx.outside)
         outcome, detail, elapsed, peak = _measure(c, ctx, timeout, traced)
         extra = sorted(p.name for p in ctx.root.iterdir()) != ["cache", "outside"] + (
