@@ -83,6 +83,7 @@ _LAZY: dict[str, str] = {
     "boundary_analysis": "movies",
     "plot_similarity_matrices": "movies",
     "make_synthetic_movie": "movies",
+    "movie_analysis": "movies",
     "MovieResponse": "movies",
     "BoundaryResult": "movies",
     # kernels.py / glm.py: VGG-16 kernel time series and voxelwise GLMs (Sohn et al. 2024)
@@ -92,7 +93,9 @@ _LAZY: dict[str, str] = {
     "batched_kernel_glm": "glm",
     "group_kernel_test": "glm",
     "friston24": "glm",
+    "group_t_test": "glm",
     "layer_summary": "glm",
+    "kernels_reaching": "glm",
     # _inputs.py: shared input handling
     "select_outputs": "_inputs",
 }
