@@ -649,6 +649,8 @@ class BERGCatalogueModel(LinearEncodingModel):
         return ext
 
     def setup(self) -> None:
+        # heads and projections hold their own arrays now: release the weights files' mappings
+        self.layout.__dict__.pop("_weights", None)
         self._rep_spaces = dict(self.spaces)
         self._average = bool(self.options.get("average_repetitions"))
         if self._average:
