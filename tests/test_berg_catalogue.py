@@ -439,3 +439,18 @@ def test_preprocessing_option_reaches_the_model(client):
     assert pixels[0].shape == pixels[1].shape and (pixels[0] - pixels[1]).abs().max() > 1e-3
     with pytest.raises(InvalidParameterError, match="preprocessing"):
         _model(client, EEG_ID, subject=1, preprocessing="bogus")
+
+
+def test_save_and_load_responses_of_both_spaces(client, tmp_path):
+    imgs = np.random.default_rng(4).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    t = np.zeros(EEG_T, dtype=int)
+    t[[1, 3]] = 1
+    for model_id, selection in ((NSD_ID, {"roi": "V1v"}), (EEG_ID, {"channels": [EEG_CH[2]], "timepoints": t})):
+        model = _model(client, model_id, subject=1, device="cpu", selection=selection)
+        out = model.encode(imgs, show_progress=False)
+        path = berg.save(tmp_path / f"{model_id}.h5", out, model, stimulus_ids=["a", "b"])
+        back = berg.load_responses(path)
+        (key,) = back["responses"]
+        np.testing.assert_array_equal(back["responses"][key], out)
+        assert back["spaces"][key].same_as(model.spaces[1])
+        assert back["stimulus_ids"] == ["a", "b"] and back["model_id"] == model_id
