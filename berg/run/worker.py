@@ -201,7 +201,7 @@ def load_entries(
         )
         targets, reducers = {}, {}
         for s in model.subjects:
-            space = model.spaces[s]
+            space = model.space(s) if hasattr(model, "space") else model.spaces[s]
             shape = _response_shape(space)
             coords = _coords(model, s, space, shape)
             meta = client.get_model_metadata(entry.id, subject=s) if needs_meta else None
@@ -254,7 +254,7 @@ def _model_item(item: np.ndarray, kind: str) -> np.ndarray:
 def _validate(items: list[Any], model: Any, kind: str) -> list[Any]:
     """Decoded items the model refuses (too few video frames, wrong shape) become per-item errors too."""
     arrays = [_model_item(it, kind) for it in items if not isinstance(it, BaseException)]
-    if not arrays:
+    if not arrays or not hasattr(model, "prepare_stimuli"):
         return items
     try:
         model.prepare_stimuli(arrays)
@@ -437,7 +437,18 @@ def _encode_group(
     if not items:
         return full
     first = group[0].model
-    stim = first.prepare_stimuli(items)
+    stim = first.prepare_stimuli(items) if hasattr(first, "prepare_stimuli") else items
+    if len(group) == 1 and not hasattr(first, "iter_encode"):
+        # The interface only promises encode(); a shard is small, so encoding it whole is fine.
+        out = first.encode(stim, show_progress=False)
+        if not isinstance(out, Mapping):
+            raise InvalidParameterError(
+                f"{first.model_id}: encode returned one array for subjects {first.subjects} (a group-level "
+                "output); berg run stores one array per subject. Run one entry per subject instead."
+            )
+        for s in first.subjects:
+            full[group[0].entry.name][s][rows] = np.asarray(out[s]).reshape((len(items), *_model_shape(group[0], s)))
+        return full
     if len(group) == 1:
         for a, b, per_subject in first.iter_encode(stim, show_progress=False):
             for s, y in zip(first.subjects, per_subject):
