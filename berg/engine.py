@@ -537,6 +537,8 @@ def _select_heads(heads: Sequence[ReadoutHead], rows: np.ndarray | None) -> list
     if rows is None:
         return list(heads)
     rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:  # an empty ROI: (n, 0) outputs, as BERG returns; keep one head for the widths
+        return [ReadoutHead(heads[0].projection, heads[0].readout.select(rows))]
     total = sum(h.readout.n_outputs for h in heads)
     if rows.size and (rows.min() < 0 or rows.max() >= total):
         raise ModelLoadError(f"selected rows fall outside the {total} outputs")

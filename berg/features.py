@@ -339,7 +339,9 @@ class FeatureExtractor:
         weights = validate_backbone_weights(backbone_weights)
         self.backbone_weights = PRETRAINED if weights is None else str(weights)
         self.seed = seed
-        self.untrained = weights == UNTRAINED
+        # Warn only where the published model has trained weights: for models whose published backbone
+        # is itself untrained (BERG's *_untrained controls: recipe weights null) it is the model.
+        self.untrained = weights == UNTRAINED and recipe["backbone"].get("weights") is not None
         self._warned = False
 
     @property
