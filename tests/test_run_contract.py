@@ -10,6 +10,7 @@ import pytest
 import toy_models as toys
 
 import berg
+from berg.engine import LinearEncodingModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -82,3 +83,39 @@ def test_any_output_space_is_stored_as_encode_returns_it(tmp_path, opts, brick, 
         coords = group[f"{model_id}/sub-{s:02d}/coords"]
         assert any(coord in name for name in coords.array_keys()), list(coords.array_keys())
         assert attrs["space"]["kind"] == model.space(s).to_dict()["kind"]
+
+
+class GroupModel(LinearEncodingModel):
+    """A model class whose ``encode`` returns one group-level array for several subjects (as img2fmri's MNI
+    group maps do); registered below through ``model_class: test_run_contract:GroupModel``."""
+
+    def encode(self, stimulus, *, show_progress=True):
+        out = super().encode(stimulus, show_progress=show_progress)
+        return np.concatenate([out[s] for s in self.subjects], axis=1)  # one array for the group
+
+
+def test_group_level_encode_is_refused_not_silently_split(tmp_path, brick):
+    import yaml
+    from synthetic_native import MODEL_ID, build
+
+    synth = build(tmp_path / "synth")
+    reg = yaml.safe_load(synth.registry.read_text())
+    reg["models"][MODEL_ID]["model_class"] = "test_run_contract:GroupModel"
+    synth.registry.write_text(yaml.safe_dump(reg, sort_keys=False))
+    path, _ = brick
+    plan = berg.EncodePlan(
+        models=[{"id": MODEL_ID, "subjects": [1, 2], "backbone_weights": "untrained"}],
+        stimuli={"hdf5": str(path), "dataset": "imgBrick"},
+        store=tmp_path / "run",
+        shard_size=4,
+        berg={
+            "berg_dir": str(synth.berg_dir),
+            "cache_dir": str(tmp_path / "c"),
+            "offline": True,
+            "registry": str(synth.registry),
+        },
+        device="cpu",
+    )
+    with pytest.raises(berg.InvalidParameterError, match="group-level"):
+        berg.run(plan, show_progress=False)
+    assert not list((tmp_path / "run" / "markers").rglob("*.json"))

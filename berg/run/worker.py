@@ -107,8 +107,10 @@ def backbone_key(model: Any, prov: Mapping[str, Any]) -> str | None:
         return None
     from berg.engine import LinearEncodingModel
 
-    if getattr(type(model), "iter_encode", None) is not LinearEncodingModel.iter_encode:
-        return None  # a model with its own batching loop (ensembles, captions...) runs that loop, unshared
+    if getattr(type(model), "iter_encode", None) is not LinearEncodingModel.iter_encode or not _batching_loop_is_encode(
+        model
+    ):
+        return None  # a model with its own loop or encode (ensembles, group maps...) runs that, unshared
     return digest({k: prov.get(k) for k in ("backbone", "nodes", "transform", "device")})
 
 
@@ -414,6 +416,13 @@ def _model_shape(le: LoadedEntry, subject: Any) -> tuple[int, ...]:
     return tuple(le.targets[subject].attrs["model_response_shape"])
 
 
+def _batching_loop_is_encode(model: Any) -> bool:
+    """True when ``model.encode`` is the engine's, i.e. exactly the concatenation of ``iter_encode``."""
+    from berg.engine import LinearEncodingModel
+
+    return hasattr(model, "iter_encode") and getattr(type(model), "encode", None) is LinearEncodingModel.encode
+
+
 def _backbone_groups(entries: Sequence[LoadedEntry]) -> list[list[LoadedEntry]]:
     """Entries grouped by backbone pass (entries without a features entry point stay alone)."""
     groups: dict[Any, list[LoadedEntry]] = {}
@@ -438,8 +447,9 @@ def _encode_group(
         return full
     first = group[0].model
     stim = first.prepare_stimuli(items) if hasattr(first, "prepare_stimuli") else items
-    if len(group) == 1 and not hasattr(first, "iter_encode"):
-        # The interface only promises encode(); a shard is small, so encoding it whole is fine.
+    if len(group) == 1 and not _batching_loop_is_encode(first):
+        # encode() is the contract; iter_encode is only used where encode is exactly the engine's loop over
+        # it (a model class may change what encode returns, e.g. group maps). A shard is small: encode it whole.
         out = first.encode(stim, show_progress=False)
         if not isinstance(out, Mapping):
             raise InvalidParameterError(
