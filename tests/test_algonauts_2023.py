@@ -177,6 +177,20 @@ def test_missing_extra_names_pip_install(monkeypatch):
         build_sam_encoder("vit_b", backbone_weights="untrained")
 
 
+def test_offline_pretrained_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    import inspect
+
+    from berg.backbones import clip, sam
+    from berg.errors import BackboneWeightsError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(BackboneWeightsError, match=r"offline.*clip_weights=PATH"):
+        inspect.unwrap(clip.build_clip)(None, offline=True)
+    with pytest.raises(BackboneWeightsError, match=r"sam_vit_l_0b3195\.pth.*offline.*TORCH_HOME"):
+        inspect.unwrap(sam.build_sam_encoder)("vit_l", offline=True)
+
+
 def test_backbone_weights_per_backbone():
     from berg.backbones import split_backbone_weights
 

@@ -62,5 +62,5 @@ def split_backbone_weights(value: Any, names: tuple[str, ...]) -> dict[str, Any]
         return {names[0]: value}
     raise InvalidParameterError(
         f"backbone_weights={value!r}: this model runs {len(names)} backbones ({', '.join(names)}); pass None "
-        "(pretrained), 'untrained', or one file per backbone: backbone_weights={'clip': PATH, 'sam': PATH}"
+        "(pretrained), 'untrained', or one file per backbone with the model options clip_weights=PATH, sam_weights=PATH"
     )

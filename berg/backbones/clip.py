@@ -16,7 +16,6 @@ route (Hugging Face hub, cached; ``HF_HUB_OFFLINE=1`` or ``BERG_OFFLINE`` forbid
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,9 +163,20 @@ def _missing(reason: str) -> BackboneWeightsError:
         f"pretrained CLIP weights {MODEL_NAME}/{PRETRAINED_TAG} unavailable: {reason}. open_clip downloads them "
         "from the Hugging Face hub (timm/vit_base_patch32_clip_224.openai) into HF_HOME; run "
         f"python -c \"import open_clip; open_clip.create_model('{MODEL_NAME}', pretrained='{PRETRAINED_TAG}')\" "
-        "where there is internet, or pass backbone_weights={'clip': PATH} (a local state dict), or "
+        "where there is internet, or pass clip_weights=PATH (a local state dict; a model option of get_encoding_model), or "
         "backbone_weights='untrained' (a seeded random-weights control)."
     )
+
+
+def _cached_openai_weights() -> bool:
+    """Whether open_clip's ``openai`` checkpoint of ViT-B/32 is in the Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        return False
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
 
 
 def build_clip(backbone_weights: Any = None, *, seed: int = 0, offline: bool | None = None):
@@ -182,8 +192,8 @@ def build_clip(backbone_weights: Any = None, *, seed: int = 0, offline: bool | N
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if weights is None:
-            if offline:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            if offline and not _cached_openai_weights():
+                raise _missing("berg is offline (BERG_OFFLINE) and they are not in the Hugging Face cache")
             try:
                 model = open_clip.create_model(MODEL_NAME, pretrained=PRETRAINED_TAG)
             except (OSError, RuntimeError, ValueError) as exc:

@@ -83,7 +83,7 @@ def _fetch_checkpoint(model: str, offline: bool) -> Path:
         return target
     how = (
         f"download {url} where there is internet and copy it to {target.parent} (TORCH_HOME sets the folder), "
-        "or pass backbone_weights={'sam': PATH}; backbone_weights='untrained' gives a seeded random control"
+        "or pass sam_weights=PATH (a model option of get_encoding_model); backbone_weights='untrained' gives a seeded random control"
     )
     if offline:
         raise BackboneWeightsError(
@@ -135,6 +135,8 @@ def build_sam_encoder(
         raise InvalidParameterError(f"SAM's pretrained encoder takes 1024 x 1024 images, not {image_size}")
     offline = env_flag("BERG_OFFLINE") if offline is None else offline
     cfg = ENCODERS[model]
+    # the checkpoint first: a missing download fails before ~300 M parameters are initialised
+    path = None if weights == UNTRAINED else _fetch_checkpoint(model, offline) if weights is None else Path(weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = modeling.ImageEncoderViT(
@@ -151,8 +153,7 @@ def build_sam_encoder(
             window_size=14,
             out_chans=OUT_CHANNELS,
         )
-    if weights != UNTRAINED:
-        path = _fetch_checkpoint(model, offline) if weights is None else Path(weights)
+    if path is not None:
         state = _encoder_state(_load_state_dict(path))
         try:
             encoder.load_state_dict(state, strict=True)
