@@ -29,7 +29,7 @@ test: venv
 docs: venv
 	$(BIN)/python -m pip install -q -e ".[docs]"
 	$(BIN)/python scripts/gen_docs.py
-	$(BIN)/python -m mkdocs build --strict --site-dir site
+	BERG_QUIET=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -38,8 +38,7 @@ sys.path.insert(0, str(REPO))
 MODEL_ID = "fmri-bmd-s3d"
 N_FEATURES = 5_337_088
 K = 100
-VOXELS = {1: 108219, 2: 108603, 3: 108366, 4: 108283, 5: 108201, 6: 108449, 7: 108126, 8: 108407, 9: 108250,
-          10: 107987}
+VOXELS = {1: 108219, 2: 108603, 3: 108366, 4: 108283, 5: 108201, 6: 108449, 7: 108126, 8: 108407, 9: 108250, 10: 107987}
 
 
 def _peak_rss_gib() -> float:
@@ -73,8 +72,15 @@ def prepare(root: Path, dtype: str) -> None:
         for old in root.glob("replica-*.done"):
             old.unlink()
         t = time.perf_counter()
-        write_replica(root / "bucket", subjects=tuple(VOXELS), n_features=N_FEATURES, k=K, n_voxels=VOXELS,
-                      dtype=np.dtype(dtype), keep_arrays=False)
+        write_replica(
+            root / "bucket",
+            subjects=tuple(VOXELS),
+            n_features=N_FEATURES,
+            k=K,
+            n_voxels=VOXELS,
+            dtype=np.dtype(dtype),
+            keep_arrays=False,
+        )
         marker.write_text("ok")
         size = (root / "bucket" / PREFIX / "encoding_models_weights" / "pca_weights.npy").stat().st_size
         print(f"replica written in {time.perf_counter() - t:.0f} s (pca_weights.npy {size / 2**30:.2f} GiB)")
@@ -119,10 +125,15 @@ def phase_load(root: Path, cold: bool) -> dict:
     t_encode = time.perf_counter() - t
     assert out.shape == (10, VOXELS[1]) and np.isfinite(out).all()
     proj = model.projection.weight
-    return {"load_s": t_load, "encode10_s": t_encode, "peak_rss_after_imports_gib": rss0,
-            "peak_rss_after_load_gib": rss_load, "peak_rss_gib": _peak_rss_gib(),
-            "projection_gib": proj.size * proj.dtype.itemsize / 2**30,
-            "projection_is_memmap": _is_memmap(proj)}
+    return {
+        "load_s": t_load,
+        "encode10_s": t_encode,
+        "peak_rss_after_imports_gib": rss0,
+        "peak_rss_after_load_gib": rss_load,
+        "peak_rss_gib": _peak_rss_gib(),
+        "projection_gib": proj.size * proj.dtype.itemsize / 2**30,
+        "projection_is_memmap": _is_memmap(proj),
+    }
 
 
 def phase_bare(root: Path) -> dict:
@@ -178,19 +189,27 @@ def phase_speed(root: Path) -> dict:
             with torch.inference_mode():
                 return ext(x).shape[1]
 
-        for name, fn in (("bare", bare), ("one", lambda: one.encode(clips[i:i + 4], show_progress=False)),
-                         ("ten", lambda: ten.encode(clips[i:i + 4], show_progress=False))):
+        for name, fn in (
+            ("bare", bare),
+            ("one", lambda: one.encode(clips[i : i + 4], show_progress=False)),
+            ("ten", lambda: ten.encode(clips[i : i + 4], show_progress=False)),
+        ):
             out, w, c = _timed(fn)
             tot[name][0] += w
             tot[name][1] += c
         assert out[10].shape == (4, VOXELS[10])
-    return {**{f"{k}_wall_s": v[0] for k, v in tot.items()}, **{f"{k}_cpu_s": v[1] for k, v in tot.items()},
-            "n_clips": len(clips), "peak_rss_gib": _peak_rss_gib()}
+    return {
+        **{f"{k}_wall_s": v[0] for k, v in tot.items()},
+        **{f"{k}_cpu_s": v[1] for k, v in tot.items()},
+        "n_clips": len(clips),
+        "peak_rss_gib": _peak_rss_gib(),
+    }
 
 
 def _run(phase: str, root: Path) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--root", str(root), "--phase", phase],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, __file__, "--root", str(root), "--phase", phase], capture_output=True, text=True, check=False
+    )
     if res.returncode:
         sys.stderr.write(res.stderr)
         raise SystemExit(f"phase {phase} failed")
@@ -200,8 +219,12 @@ def _run(phase: str, root: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="/tmp/berg-bench-bmd")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                    help="dtype of the replica's components_ (BERG's real dtype is not documented)")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="dtype of the replica's components_ (BERG's real dtype is not documented)",
+    )
     ap.add_argument("--phase", default=None, choices=["cold", "warm", "bare", "speed"])
     ap.add_argument("--phase-prepare", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -211,8 +234,12 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.WARNING)
-        fn = {"cold": lambda: phase_load(root, True), "warm": lambda: phase_load(root, False),
-              "bare": lambda: phase_bare(root), "speed": lambda: phase_speed(root)}[args.phase]
+        fn = {
+            "cold": lambda: phase_load(root, True),
+            "warm": lambda: phase_load(root, False),
+            "bare": lambda: phase_bare(root),
+            "speed": lambda: phase_speed(root),
+        }[args.phase]
         print(json.dumps(fn()))
         return
     root.mkdir(parents=True, exist_ok=True)
@@ -220,8 +247,9 @@ def main() -> None:
         prepare(root, args.dtype)
         return
     # in a child too: the writer's big pickled copy must not inflate this process (or its children)
-    subprocess.run([sys.executable, __file__, "--root", str(root), "--dtype", args.dtype, "--phase-prepare"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, __file__, "--root", str(root), "--dtype", args.dtype, "--phase-prepare"], check=True
+    )
     results = {}
     for phase in ("cold", "warm", "bare", "speed"):
         t = time.perf_counter()
@@ -232,15 +260,19 @@ def main() -> None:
     print("\nsummary")
     print(f"  components dtype in replica: {args.dtype}; feature width {bare['width']:,}")
     print(f"  cold load (fold + write safetensors): {cold['load_s']:.1f} s; warm load: {warm['load_s']:.2f} s")
-    print(f"  peak RSS load + encode 10 clips: cold {cold['peak_rss_gib']:.2f} GiB, warm {warm['peak_rss_gib']:.2f} GiB; "
-          f"budget 1.5 x {cold['projection_gib']:.2f} GiB + backbone {bare['bare_peak_rss_10_clips_gib']:.2f} GiB "
-          f"= {budget:.2f} GiB")
+    print(
+        f"  peak RSS load + encode 10 clips: cold {cold['peak_rss_gib']:.2f} GiB, warm {warm['peak_rss_gib']:.2f} GiB; "
+        f"budget 1.5 x {cold['projection_gib']:.2f} GiB + backbone {bare['bare_peak_rss_10_clips_gib']:.2f} GiB "
+        f"= {budget:.2f} GiB"
+    )
     n = speed["n_clips"]
     for kind in ("wall", "cpu"):
         bare_t, one_t, ten_t = (speed[f"{k}_{kind}_s"] for k in ("bare", "one", "ten"))
-        print(f"  {kind:4s}: clips/s encode 1 subject (decode + S3D + projection + readout) {n / one_t:.3f}, "
-              f"bare S3D forward {n / bare_t:.3f}, ratio {bare_t / one_t:.2f}; 10 subjects {n / ten_t:.3f} clips/s "
-              f"(10-subject / 1-subject time x{ten_t / one_t:.2f})")
+        print(
+            f"  {kind:4s}: clips/s encode 1 subject (decode + S3D + projection + readout) {n / one_t:.3f}, "
+            f"bare S3D forward {n / bare_t:.3f}, ratio {bare_t / one_t:.2f}; 10 subjects {n / ten_t:.3f} clips/s "
+            f"(10-subject / 1-subject time x{ten_t / one_t:.2f})"
+        )
     (root / "results.json").write_text(json.dumps(results, indent=1))
 
 

@@ -30,14 +30,20 @@ def build_artifact(root: Path, n_features: int = 512) -> Path:
 
     rng = np.random.default_rng(0)
     w = ArtifactWriter(root / "berg_dir" / "bench/", MODEL_ID)
-    w.add_tensors("projection.safetensors", {
-        "weight": rng.standard_normal((K, n_features), dtype=np.float32) / np.sqrt(n_features),
-        "bias": rng.standard_normal(K, dtype=np.float32),
-    })
-    w.add_tensors("readout/sub-01.safetensors", {
-        "weight": rng.standard_normal((N_OUT, K), dtype=np.float32) / 10,
-        "bias": rng.standard_normal(N_OUT, dtype=np.float32),
-    })
+    w.add_tensors(
+        "projection.safetensors",
+        {
+            "weight": rng.standard_normal((K, n_features), dtype=np.float32) / np.sqrt(n_features),
+            "bias": rng.standard_normal(K, dtype=np.float32),
+        },
+    )
+    w.add_tensors(
+        "readout/sub-01.safetensors",
+        {
+            "weight": rng.standard_normal((N_OUT, K), dtype=np.float32) / 10,
+            "bias": rng.standard_normal(N_OUT, dtype=np.float32),
+        },
+    )
     w.add_tensors("metadata/sub-01.safetensors", {"roi/all": np.arange(N_OUT, dtype=np.int64)})
     w.add_json("metadata/sub-01.json", {"n_outputs": N_OUT, "output_space": {"kind": "flat"}, "rois": ["all"]})
     w.finalize({"creator": "benchmarks/encode_overhead.py"})
@@ -46,12 +52,27 @@ def build_artifact(root: Path, n_features: int = 512) -> Path:
     recipe = {
         "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
         "nodes": ["avgpool"],
-        "transform": {"kind": "image", "size": [224, 224], "resize": "squash", "crop": None,
-                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        "projection": "scaler_pca", "readout": "linear", "output_space": "flat",
+        "transform": {
+            "kind": "image",
+            "size": [224, 224],
+            "resize": "squash",
+            "crop": None,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        },
+        "projection": "scaler_pca",
+        "readout": "linear",
+        "output_space": "flat",
     }
-    entry = {"card": f"{MODEL_ID}.yaml", "modality": "fmri", "dataset": "bench", "subjects": [1],
-             "source": {"kind": "s3", "bucket": "none", "prefix": "bench/"}, "layout": "native", "recipe": recipe}
+    entry = {
+        "card": f"{MODEL_ID}.yaml",
+        "modality": "fmri",
+        "dataset": "bench",
+        "subjects": [1],
+        "source": {"kind": "s3", "bucket": "none", "prefix": "bench/"},
+        "layout": "native",
+        "recipe": recipe,
+    }
     reg = root / "registry.yaml"
     reg.write_text(yaml.safe_dump({"format_version": 1, "models": {MODEL_ID: entry}}))
     return reg
@@ -80,14 +101,15 @@ def main() -> None:
         root = Path(tmp)
         reg = build_artifact(root)
         client = berg.BERG(berg_dir=root / "berg_dir", cache_dir=root / "cache", offline=True, registry=reg)
-        model = client.get_encoding_model(MODEL_ID, subject=1, device=args.device,
-                                          batch_size=args.batch_size, backbone_weights="untrained")
+        model = client.get_encoding_model(
+            MODEL_ID, subject=1, device=args.device, batch_size=args.batch_size, backbone_weights="untrained"
+        )
         rng = np.random.default_rng(1)
         images = rng.integers(0, 256, (args.n_images, 224, 224, 3), dtype=np.uint8)
 
         # The bare forward sees the same preprocessed batches (preprocessing done beforehand, untimed).
         transform, net = model.extractor.transform, model.extractor.network
-        batches = [transform(list(images[i:i + args.batch_size])) for i in range(0, len(images), args.batch_size)]
+        batches = [transform(list(images[i : i + args.batch_size])) for i in range(0, len(images), args.batch_size)]
 
         def bare():
             with torch.inference_mode():

@@ -59,11 +59,16 @@ def bench_rsm(n: int, p: int, n_loop: int) -> dict:
     r = rsm(x[:500], device="cpu")
     err = float(np.abs(r - np.corrcoef(x[:500].astype(np.float64))).max())
     return {
-        "n_stimuli": n, "n_outputs": p, "berg_s": round(t_berg, 2), "corrcoef_s": round(t_corr, 2),
-        "corrcoef_over_berg": round(t_corr / t_berg, 2), "pearsonr_loop_pairs_timed": pairs,
+        "n_stimuli": n,
+        "n_outputs": p,
+        "berg_s": round(t_berg, 2),
+        "corrcoef_s": round(t_corr, 2),
+        "corrcoef_over_berg": round(t_corr / t_berg, 2),
+        "pearsonr_loop_pairs_timed": pairs,
         "pearsonr_loop_us_per_pair": round(per_pair * 1e6, 1),
         "pearsonr_loop_full_s_extrapolated": round(t_loop_full, 0),
-        "loop_over_berg": round(t_loop_full / t_berg, 0), "max_abs_error_vs_float64": err,
+        "loop_over_berg": round(t_loop_full / t_berg, 0),
+        "max_abs_error_vs_float64": err,
     }
 
 
@@ -84,21 +89,26 @@ def bench_control(n: int, n_sub: int, roi_size: int) -> dict:
     res = univariate_control(univariate=uni, roi_pair=("A", "B"))  # RNC defaults: 25 images, 10^6 null
     t2 = time.perf_counter()
     return {
-        "n_stimuli": n, "n_subjects": n_sub, "roi_outputs": roi_size, "roi_means_s": round(t1 - t0, 1),
-        "control_with_loso_s": round(t2 - t1, 1), "total_s": round(t2 - t0, 1),
+        "n_stimuli": n,
+        "n_subjects": n_sub,
+        "roi_outputs": roi_size,
+        "roi_means_s": round(t1 - t0, 1),
+        "control_with_loso_s": round(t2 - t1, 1),
+        "total_s": round(t2 - t0, 1),
         "significant_A_high_high": float(res.evidence.significant["high_high"][:, 0].mean()),
     }
 
 
 def bench_forward(n_images: int, batch: int) -> dict:
-    import torch
     import warnings
+
+    import torch
 
     warnings.simplefilter("ignore")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import berg
     from synthetic_native import MODEL_ID, build
 
+    import berg
     from berg.experiments import roi_contrast
 
     root = Path(tempfile.mkdtemp(prefix="berg-bench-"))
@@ -135,9 +145,14 @@ def bench_forward(n_images: int, batch: int) -> dict:
     t_f, t_fb, t_berg = (_time(f, 2) for f in (bare_forward, bare_fb, berg_fb))
     ips = lambda t: round(steps * batch / t, 1)  # noqa: E731
     return {
-        "images": steps * batch, "batch": batch, "size": 64, "bare_forward_ips": ips(t_f),
-        "bare_forward_backward_ips": ips(t_fb), "berg_forward_backward_ips": ips(t_berg),
-        "berg_fb_over_bare_fb": round(t_fb / t_berg, 3), "berg_fb_over_bare_forward": round(t_f / t_berg, 3),
+        "images": steps * batch,
+        "batch": batch,
+        "size": 64,
+        "bare_forward_ips": ips(t_f),
+        "bare_forward_backward_ips": ips(t_fb),
+        "berg_forward_backward_ips": ips(t_berg),
+        "berg_fb_over_bare_fb": round(t_fb / t_berg, 3),
+        "berg_fb_over_bare_forward": round(t_f / t_berg, 3),
     }
 
 
@@ -150,8 +165,12 @@ def main() -> None:
     parts = set(args.only.split(","))
     import torch
 
-    out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+    out = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+    }
     if "rsm" in parts:
         out["rsm"] = bench_rsm(*((2000, 1000, 150) if args.quick else (10_000, 5_000, 300)))
         print(json.dumps({"rsm": out["rsm"]}), flush=True)

@@ -76,8 +76,15 @@ def bench_big(server, work: Path, size_mb: int, repeats: int) -> dict:
     shutil.rmtree(warm_cache)
     mb = size_mb * 1.048576
     b, o = statistics.median(berg_t), statistics.median(boto_t)
-    return {"case": f"1 file, {size_mb} MiB", "berg_s": b, "boto3_s": o, "berg_MBps": mb / b,
-            "boto3_MBps": mb / o, "ratio": o / b, "warm_s": warm}
+    return {
+        "case": f"1 file, {size_mb} MiB",
+        "berg_s": b,
+        "boto3_s": o,
+        "berg_MBps": mb / b,
+        "boto3_MBps": mb / o,
+        "ratio": o / b,
+        "warm_s": warm,
+    }
 
 
 def bench_small(server, work: Path, n: int, kb: int) -> dict:
@@ -107,23 +114,41 @@ def bench_small(server, work: Path, n: int, kb: int) -> dict:
     boto_t, _ = _timed(lambda: [client.download_file(BUCKET, f"small/{k}", str(dest / k)) for k in keys])
     shutil.rmtree(dest)
     mb = n * kb / 1024 * 1.048576
-    return {"case": f"{n} files x {kb} KiB", "berg_s": berg_t, "boto3_s": boto_t, "berg_MBps": mb / berg_t,
-            "boto3_MBps": mb / boto_t, "ratio": boto_t / berg_t, "warm_s": warm}
+    return {
+        "case": f"{n} files x {kb} KiB",
+        "berg_s": berg_t,
+        "boto3_s": boto_t,
+        "berg_MBps": mb / berg_t,
+        "boto3_MBps": mb / boto_t,
+        "ratio": boto_t / berg_t,
+        "warm_s": warm,
+    }
 
 
 def bench_metadata(server, work: Path) -> dict:
-    import berg
     from synthetic_native import MODEL_ID, PREFIX, build
+
+    import berg
 
     model = build(work / "synthetic")
     server.upload_tree(model.berg_dir / PREFIX, "berg-test-synthetic", PREFIX)
     cache = work / "cache-meta"
-    cold, meta = _timed(lambda: berg.BERG(cache_dir=cache, registry=model.registry).get_model_metadata(MODEL_ID, subject=1))
-    warm, _ = _timed(lambda: berg.BERG(cache_dir=cache, registry=model.registry).get_model_metadata(MODEL_ID, subject=1))
-    offline, _ = _timed(lambda: berg.BERG(cache_dir=cache, registry=model.registry, offline=True)
-                        .get_model_metadata(MODEL_ID, subject=1))
-    n_files = sum(1 for p in (cache / MODEL_ID).rglob("*") if p.is_file() and not p.name.startswith(".berg-")
-                  and not p.name.endswith(".lock"))
+    cold, meta = _timed(
+        lambda: berg.BERG(cache_dir=cache, registry=model.registry).get_model_metadata(MODEL_ID, subject=1)
+    )
+    warm, _ = _timed(
+        lambda: berg.BERG(cache_dir=cache, registry=model.registry).get_model_metadata(MODEL_ID, subject=1)
+    )
+    offline, _ = _timed(
+        lambda: berg.BERG(cache_dir=cache, registry=model.registry, offline=True).get_model_metadata(
+            MODEL_ID, subject=1
+        )
+    )
+    n_files = sum(
+        1
+        for p in (cache / MODEL_ID).rglob("*")
+        if p.is_file() and not p.name.startswith(".berg-") and not p.name.endswith(".lock")
+    )
     return {"cold_s": cold, "warm_s": warm, "offline_s": offline, "files": n_files, "n_outputs": meta["n_outputs"]}
 
 
@@ -148,16 +173,25 @@ def main(argv: list[str] | None = None) -> None:
     try:
         print(f"SeaweedFS ready in {t:.1f} s at {server.endpoint_url}")
         server.create_bucket(BUCKET)
-        rows = [bench_big(server, work, args.big_mb, args.repeats), bench_small(server, work, args.n_small, args.small_kb)]
-        print("| case | berg fetch (s) | boto3 download_file (s) | berg MB/s | boto3 MB/s | boto3 time / berg time | warm-cache berg (s) |")
+        rows = [
+            bench_big(server, work, args.big_mb, args.repeats),
+            bench_small(server, work, args.n_small, args.small_kb),
+        ]
+        print(
+            "| case | berg fetch (s) | boto3 download_file (s) | berg MB/s | boto3 MB/s | boto3 time / berg time | warm-cache berg (s) |"
+        )
         print("|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['case']} | {r['berg_s']:.2f} | {r['boto3_s']:.2f} | {r['berg_MBps']:.0f} | "
-                  f"{r['boto3_MBps']:.0f} | {r['ratio']:.2f} | {r['warm_s']:.3f} |")
+            print(
+                f"| {r['case']} | {r['berg_s']:.2f} | {r['boto3_s']:.2f} | {r['berg_MBps']:.0f} | "
+                f"{r['boto3_MBps']:.0f} | {r['ratio']:.2f} | {r['warm_s']:.3f} |"
+            )
         m = bench_metadata(server, work)
-        print(f"\nget_model_metadata (synthetic native model, subject 1; {m['files']} files fetched, "
-              f"n_outputs={m['n_outputs']}): cold {m['cold_s'] * 1000:.0f} ms, warm {m['warm_s'] * 1000:.0f} ms, "
-              f"offline {m['offline_s'] * 1000:.0f} ms")
+        print(
+            f"\nget_model_metadata (synthetic native model, subject 1; {m['files']} files fetched, "
+            f"n_outputs={m['n_outputs']}): cold {m['cold_s'] * 1000:.0f} ms, warm {m['warm_s'] * 1000:.0f} ms, "
+            f"offline {m['offline_s'] * 1000:.0f} ms"
+        )
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

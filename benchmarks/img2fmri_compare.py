@@ -65,8 +65,14 @@ def import_img2fmri(wheel: Path, where: Path):
     algorithms.confounds = confounds
     sys.modules.update({"nipype.algorithms": algorithms, "nipype.algorithms.confounds": confounds})
     sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # only its movie-frame helpers use OpenCV
-    sys.modules.update({"nipype": nipype, "nipype.interfaces": interfaces,
-                        "nipype.interfaces.afni": interfaces.afni, "nipype.interfaces.fsl": interfaces.fsl})
+    sys.modules.update(
+        {
+            "nipype": nipype,
+            "nipype.interfaces": interfaces,
+            "nipype.interfaces.afni": interfaces.afni,
+            "nipype.interfaces.fsl": interfaces.fsl,
+        }
+    )
     real = torchvision.models.resnet18
 
     def seeded_resnet18(*args, **kwargs):
@@ -101,8 +107,9 @@ def main() -> None:
         images = make_images(tmp / "images", args.n_images)
 
         client = berg.BERG(berg_dir=artifact, cache_dir=tmp / "cache", offline=True)
-        model = client.get_encoding_model("fmri-bold5000-resnet18", subject="all", space="mni", device="cpu",
-                                          backbone_weights="untrained")
+        model = client.get_encoding_model(
+            "fmri-bold5000-resnet18", subject="all", space="mni", device="cpu", backbone_weights="untrained"
+        )
         model.encode(images[:2], show_progress=False)  # warm-up
         t0 = time.perf_counter()
         maps = model.encode(images, show_progress=False)
@@ -132,7 +139,11 @@ def main() -> None:
         "ratio_berg_vs_img2fmri": round(t_i2f / t_berg, 1),
         "berg_output": list(maps.shape),
         "img2fmri_subject_space_files": n_written,
-        "shims": ["np.NaN restored", "nipype and cv2 stubbed (AFNI/FSL/movie code not called)", "resnet18 -> seeded weights=None"],
+        "shims": [
+            "np.NaN restored",
+            "nipype and cv2 stubbed (AFNI/FSL/movie code not called)",
+            "resnet18 -> seeded weights=None",
+        ],
     }
     print(json.dumps(result, indent=2))
 

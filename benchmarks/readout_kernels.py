@@ -41,7 +41,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     a = rng.random((2048, 2048), dtype=np.float32)
     peak = 2 * 2048**3 / _time(lambda: a @ a, args.repeats) / 1e9
-    print(f"threads: torch {torch.get_num_threads()}, cpus {os.cpu_count()}; float32 GEMM peak (2048^2): {peak:.1f} GFLOP/s")
+    print(
+        f"threads: torch {torch.get_num_threads()}, cpus {os.cpu_count()}; float32 GEMM peak (2048^2): {peak:.1f} GFLOP/s"
+    )
     print(f"{'shape (b, k, n)':>24} {'torch GFLOP/s':>14} {'numpy GFLOP/s':>14} {'best/peak':>10}")
     for b, k, n in SHAPES:
         x = rng.standard_normal((b, k), dtype=np.float32)

@@ -62,7 +62,9 @@ def main() -> None:
     model = Model()
     # Smooth-ish values, like real predictions (pure noise would be incompressible and unfair to gzip).
     rng = np.random.default_rng(1)
-    base = rng.standard_normal((args.n_stimuli, 64)).astype(np.float32) @ rng.standard_normal((64, N_OUT)).astype(np.float32)
+    base = rng.standard_normal((args.n_stimuli, 64)).astype(np.float32) @ rng.standard_normal((64, N_OUT)).astype(
+        np.float32
+    )
     responses = (base / 8).astype(np.float32)
     mb = responses.nbytes / 1e6
     print(f"responses: {responses.shape} float32, {mb:.0f} MB")
@@ -74,10 +76,14 @@ def main() -> None:
             print(f"save h5 compression={comp!s:5s}: {t:6.2f} s  {mb / t:7.0f} MB/s  file {size:6.0f} MB")
         path = Path(tmp) / "r.nii.gz"
         t = _time(lambda: save_nifti(path, responses, model), repeat=1)
-        print(f"save_nifti .nii.gz (4-D)        : {t:6.2f} s  {mb / t:7.0f} MB/s  file {path.stat().st_size / 1e6:6.0f} MB")
+        print(
+            f"save_nifti .nii.gz (4-D)        : {t:6.2f} s  {mb / t:7.0f} MB/s  file {path.stat().st_size / 1e6:6.0f} MB"
+        )
         path = Path(tmp) / "r.nii"
         t = _time(lambda: save_nifti(path, responses, model), repeat=1)
-        print(f"save_nifti .nii (4-D)           : {t:6.2f} s  {mb / t:7.0f} MB/s  file {path.stat().st_size / 1e6:6.0f} MB")
+        print(
+            f"save_nifti .nii (4-D)           : {t:6.2f} s  {mb / t:7.0f} MB/s  file {path.stat().st_size / 1e6:6.0f} MB"
+        )
 
     for argv in (["--help"], ["list"], ["describe", "fmri-bmd-s3d"]):
         runs = []

@@ -110,7 +110,9 @@ def bench_pca(n: int, width: int, k: int, col_block: int) -> float:
     t, fit = _time(fit_projection, feats, rows, k, kind="scaler_pca", col_block=col_block, show_progress=True)
     # the planted rank-20 structure must be found: top 20 components carry far more variance
     ev = fit.explained_variance
-    print(f"  streamed scaler+PCA {n} x {width:,} -> {k}: {t:.1f} s; var(top 20)/var(21st) = {ev[:20].min() / ev[20]:.1f}")
+    print(
+        f"  streamed scaler+PCA {n} x {width:,} -> {k}: {t:.1f} s; var(top 20)/var(21st) = {ev[:20].min() / ev[20]:.1f}"
+    )
     return t
 
 

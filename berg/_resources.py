@@ -22,9 +22,7 @@ def data_root() -> Path:
     checkout = _PACKAGE.parent
     if (checkout / "registry.yaml").is_file():
         return checkout
-    raise FileNotFoundError(
-        f"berg's registry.yaml is missing (looked in {packaged} and {checkout}); reinstall berg"
-    )
+    raise FileNotFoundError(f"berg's registry.yaml is missing (looked in {packaged} and {checkout}); reinstall berg")
 
 
 def registry_path() -> Path:

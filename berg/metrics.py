@@ -95,7 +95,7 @@ def ncsnr(responses: np.ndarray) -> np.ndarray:
     m = np.shape(responses)[-1]
     out = np.empty(m, dtype=np.float64)
     for a in range(0, m, _OUT_BLOCK):  # float64 copies of column blocks only: bounded memory
-        out[a:a + _OUT_BLOCK] = _ncsnr_block(np.asarray(responses[..., a:a + _OUT_BLOCK], dtype=np.float64))
+        out[a : a + _OUT_BLOCK] = _ncsnr_block(np.asarray(responses[..., a : a + _OUT_BLOCK], dtype=np.float64))
     return out
 
 
@@ -195,7 +195,7 @@ def split_half_reliability(responses: np.ndarray, *, seed: int = 0, n_splits: in
         for _ in range(n_splits):
             perm = rng.permutation(n_rep)
             a = np.nanmean(x[:, perm[: n_rep // 2]], axis=1)
-            b = np.nanmean(x[:, perm[n_rep // 2:]], axis=1)
+            b = np.nanmean(x[:, perm[n_rep // 2 :]], axis=1)
             ok = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
             out += spearman_brown(pearson_r(a[ok], b[ok]))
     return out / n_splits

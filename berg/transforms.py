@@ -112,9 +112,7 @@ def select_frames(n_available: int, n_frames: int) -> np.ndarray:
     if n_available < 1:
         raise InvalidParameterError("a video needs at least 1 frame")
     if n_available < n_frames:
-        return np.concatenate(
-            [np.arange(n_available), np.full(n_frames - n_available, n_available - 1)]
-        ).astype(int)
+        return np.concatenate([np.arange(n_available), np.full(n_frames - n_available, n_available - 1)]).astype(int)
     return np.linspace(0, n_available - 1, n_frames, dtype=int)
 
 
@@ -203,7 +201,5 @@ def from_recipe(cfg: Mapping[str, Any], **overrides: Any) -> ImageTransform | Vi
     valid = {f.name for f in fields(cls) if f.init}
     unknown = set(cfg) - valid
     if unknown:
-        raise InvalidParameterError(
-            f"unknown {kind} transform field(s) {sorted(unknown)}; valid: {sorted(valid)}"
-        )
+        raise InvalidParameterError(f"unknown {kind} transform field(s) {sorted(unknown)}; valid: {sorted(valid)}")
     return cls(**{k: _normalise_cfg_numbers(v) for k, v in cfg.items()})

@@ -71,8 +71,9 @@ def pretrained_weights_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def write_outputs(out: Path, responses, model, images: list[Path], *, units: str, title: str,
-                  on_template: bool) -> list[Path]:
+def write_outputs(
+    out: Path, responses, model, images: list[Path], *, units: str, title: str, on_template: bool
+) -> list[Path]:
     """HDF5 (berg.save) + NIfTI with its stimulus sidecar (berg.save_nifti) + nilearn maps (berg.plotting)."""
     import berg
     from berg.plotting import plot_volume
@@ -83,8 +84,7 @@ def write_outputs(out: Path, responses, model, images: list[Path], *, units: str
     written = [Path(h5), Path(nii), Path(nii).with_name("responses.json")]
     maps = [("stat", out / "responses_map.png")] + ([("glass", out / "responses_glass.png")] if on_template else [])
     for kind, png in maps:
-        plot_volume(nii, kind=kind, index=0, units=units, title=f"{title} - {names[0]}", mni=on_template,
-                    out_path=png)
+        plot_volume(nii, kind=kind, index=0, units=units, title=f"{title} - {names[0]}", mni=on_template, out_path=png)
         written.append(png)
     return [p for p in written if p.exists()]
 
@@ -101,8 +101,9 @@ def run_real(images: list[Path], out: Path) -> None:
     say(f"[2/4] encoding {len(images)} images: {', '.join(p.name for p in images)}")
     maps = client.encode(group, images)
     say(f"      group maps: {maps.shape} {maps.dtype} -> NIfTI {group.to_nifti(maps).shape} (MNI152 2 mm)")
-    written = write_outputs(out, maps, group, images, units="z (group map)", title=f"{REAL_MODEL} group map",
-                            on_template=True)
+    written = write_outputs(
+        out, maps, group, images, units="z (group map)", title=f"{REAL_MODEL} group map", on_template=True
+    )
     say(f"[3/4] wrote {', '.join(p.name for p in written)} in {out}")
     assert np.isfinite(maps).all()
     say("[4/4] done. Open the map with any NIfTI viewer, or nilearn.plotting.view_img(...) in Jupyter.")
@@ -121,7 +122,7 @@ def run_synthetic(images: list[Path], out: Path, reason: str) -> None:
     say(f"Why: {reason}")
     say("To run the real published model (fmri-bold5000-resnet18) instead, download the ResNet-18")
     say("ImageNet weights once on a connected machine:")
-    say('    .venv/bin/python -c "import torchvision; torchvision.models.resnet18(weights=\'DEFAULT\')"')
+    say("    .venv/bin/python -c \"import torchvision; torchvision.models.resnet18(weights='DEFAULT')\"")
     say("then run `make demo` again (it also needs PyPI once, for img2fmri's readout).")
     say("=" * 78)
     with tempfile.TemporaryDirectory(prefix="berg-demo-") as tmp:
@@ -137,10 +138,19 @@ def run_synthetic(images: list[Path], out: Path, reason: str) -> None:
         model = client.get_encoding_model(built.model_id, subject=1, backbone_weights="untrained", device="cpu")
         say(f"[2/4] encoding {len(images)} images: {', '.join(p.name for p in images)}")
         responses = client.encode(model, images, show_progress=False)
-        say(f"      responses: {responses.shape} {responses.dtype} -> NIfTI {model.to_nifti(responses).shape}"
-            " (made-up 3 mm grid)")
-        written = write_outputs(out, responses, model, images, units="SYNTHETIC arbitrary units",
-                                title="SYNTHETIC model, made-up grid (no anatomy)", on_template=False)
+        say(
+            f"      responses: {responses.shape} {responses.dtype} -> NIfTI {model.to_nifti(responses).shape}"
+            " (made-up 3 mm grid)"
+        )
+        written = write_outputs(
+            out,
+            responses,
+            model,
+            images,
+            units="SYNTHETIC arbitrary units",
+            title="SYNTHETIC model, made-up grid (no anatomy)",
+            on_template=False,
+        )
         say(f"[3/4] wrote {', '.join(p.name for p in written)} in {out}")
         assert np.isfinite(responses).all()
     say("[4/4] demo finished. Remember: synthetic model, synthetic numbers.")
@@ -148,11 +158,17 @@ def run_synthetic(images: list[Path], out: Path, reason: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    ap.add_argument("--images", nargs="+", default=None, metavar="PATH",
-                    help="image files or folders of images (default: the repository's examples/images)")
+    ap.add_argument(
+        "--images",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="image files or folders of images (default: the repository's examples/images)",
+    )
     ap.add_argument("--synthetic", action="store_true", help="use the synthetic model even if real weights exist")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -45,17 +45,20 @@ NAV: list = [
     ("Guides", [("Training a model", "training.md"), "@guides"]),
     ("Models", [("Catalogue", "catalogue.md"), "@models"]),
     ("Command line", "@cli"),
-    ("API reference", [
-        ("Overview", "reference/index.md"),
-        ("berg (BERG, encode, save)", "reference/api.md"),
-        ("Models and spaces", "reference/models.md"),
-        ("Stimuli and preprocessing", "reference/stimuli.md"),
-        ("Model cards", "reference/cards.md"),
-        ("Metrics and HRFs", "reference/metrics.md"),
-        ("Plotting", "reference/plotting.md"),
-        ("Training", "reference/training.md"),
-        ("Errors", "reference/errors.md"),
-    ]),
+    (
+        "API reference",
+        [
+            ("Overview", "reference/index.md"),
+            ("berg (BERG, encode, save)", "reference/api.md"),
+            ("Models and spaces", "reference/models.md"),
+            ("Stimuli and preprocessing", "reference/stimuli.md"),
+            ("Model cards", "reference/cards.md"),
+            ("Metrics and HRFs", "reference/metrics.md"),
+            ("Plotting", "reference/plotting.md"),
+            ("Training", "reference/training.md"),
+            ("Errors", "reference/errors.md"),
+        ],
+    ),
     ("Citing berg", "citing.md"),
     ("For developers", [("Architecture", "architecture.md")]),
 ]
@@ -139,7 +142,7 @@ def _nav_yaml(model_ids: list[str]) -> str:
             lines.append(f"  - {json.dumps(title)}: {target}")
             continue
         entries = []
-        for item in (target if isinstance(target, list) else [target]):
+        for item in target if isinstance(target, list) else [target]:
             entries += _nav_entries(item, model_ids) if isinstance(item, str) else [item]
         if not entries:
             continue  # a section none of whose pages exist yet
@@ -163,8 +166,12 @@ def _berg_bibtex() -> str | None:
     authors = " and ".join(
         f"{{{a['name']}}}" if "name" in a else f"{a['family-names']}, {a['given-names']}" for a in cff["authors"]
     )
-    fields = [("author", authors), ("title", cff["title"].replace("berg", "{berg}", 1)),
-              ("version", cff["version"]), ("license", cff.get("license", ""))]
+    fields = [
+        ("author", authors),
+        ("title", cff["title"].replace("berg", "{berg}", 1)),
+        ("version", cff["version"]),
+        ("license", cff.get("license", "")),
+    ]
     if cff.get("repository-code") or cff.get("url"):
         fields.append(("url", cff.get("repository-code") or cff["url"]))
     if cff.get("date-released"):
@@ -177,11 +184,20 @@ def _citing(cards: dict[str, dict]) -> str | None:
     bib = _berg_bibtex()
     if bib is None:
         return None
-    out = ["# Citing berg", "",
-           "If berg helps your work, cite berg **and** the papers behind every model you used: the model's "
-           "authors built it, berg only serves it. The same text is in `CITATION.cff` (GitHub shows it as "
-           "\"Cite this repository\") and in each model's card (`berg describe MODEL`).", "",
-           "## berg", "", "```bibtex", bib, "```", ""]
+    out = [
+        "# Citing berg",
+        "",
+        "If berg helps your work, cite berg **and** the papers behind every model you used: the model's "
+        "authors built it, berg only serves it. The same text is in `CITATION.cff` (GitHub shows it as "
+        '"Cite this repository") and in each model\'s card (`berg describe MODEL`).',
+        "",
+        "## berg",
+        "",
+        "```bibtex",
+        bib,
+        "```",
+        "",
+    ]
     for model_id, card in cards.items():
         if not card.get("citations"):
             continue
@@ -232,12 +248,19 @@ def render() -> dict[Path, str]:
 
     docs = REPO / "docs"
     if (REPO / "mkdocs.yml").is_file():  # the site's own pages (absent in a copy that only has the cards)
-        pages[docs / "catalogue.md"] = "\n".join([
-            "# Model catalogue", "",
-            "Every model berg serves, with its card's key facts. Each page gives the subjects, valid "
-            "selections, input and output, preprocessing, accuracy, download sizes and how to cite it.", "",
-            *_table(cards, "models/{id}.md"), "",
-            "_Generated from `model_cards/` by `make docs`; do not edit._", ""])
+        pages[docs / "catalogue.md"] = "\n".join(
+            [
+                "# Model catalogue",
+                "",
+                "Every model berg serves, with its card's key facts. Each page gives the subjects, valid "
+                "selections, input and output, preprocessing, accuracy, download sizes and how to cite it.",
+                "",
+                *_table(cards, "models/{id}.md"),
+                "",
+                "_Generated from `model_cards/` by `make docs`; do not edit._",
+                "",
+            ]
+        )
         citing = _citing(cards)
         if citing is not None:
             pages[docs / "citing.md"] = citing

@@ -97,7 +97,9 @@ def test_subject_space_encode_equals_direct_computation(client, artifact, img2fm
     for s in (1, 2, 3):
         ro = read_tensors(artifact / f"readout/sub-{s:02d}.safetensors", mmap=False)
         np.testing.assert_allclose(out[s], feats @ ro["weight"].T + ro["bias"], rtol=1e-4, atol=1e-4)
-    ppa = client.get_encoding_model(MODEL_ID, subject=1, selection={"roi": "LHPPA"}, device="cpu", backbone_weights="untrained")
+    ppa = client.get_encoding_model(
+        MODEL_ID, subject=1, selection={"roi": "LHPPA"}, device="cpu", backbone_weights="untrained"
+    )
     rows = read_tensors(artifact / "metadata/sub-01.safetensors", mmap=False)["roi/LHPPA"]
     np.testing.assert_allclose(client.encode(ppa, IMAGES, show_progress=False), out[1][:, rows], rtol=1e-5, atol=1e-5)
     img = model.to_nifti(out)[1]
@@ -116,8 +118,16 @@ def test_group_map_is_zscored_on_support(client, img2fmri_data):
     assert img.shape == (*MNI_SHAPE, 4)
     np.testing.assert_array_equal(img.affine, np.array([[-2, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]]))
     assert np.isfinite(data[..., 0]).sum() <= model.mni_space.n_outputs  # NaN outside the support
-    v02 = client.get_encoding_model(MODEL_ID, subject="all", space="mni", zscore_support="v0.2", sigma=1.25,
-                                    roi_list=["EarlyVis", "OPA", "LOC", "RSC"], device="cpu", backbone_weights="untrained")
+    v02 = client.get_encoding_model(
+        MODEL_ID,
+        subject="all",
+        space="mni",
+        zscore_support="v0.2",
+        sigma=1.25,
+        roi_list=["EarlyVis", "OPA", "LOC", "RSC"],
+        device="cpu",
+        backbone_weights="untrained",
+    )
     m2 = v02.encode(IMAGES[:1], show_progress=False)
     assert m2.shape == (1, 41515)  # img2fmri v0.2's published support for these ROIs and sigma
     with pytest.raises(berg.InvalidParameterError, match="subject='all'"):
@@ -128,7 +138,9 @@ def test_group_map_is_zscored_on_support(client, img2fmri_data):
 
 def test_voxel_order_and_center_crop_options(client, artifact):
     c = client.get_encoding_model(MODEL_ID, subject=1, device="cpu", backbone_weights="untrained")
-    f = client.get_encoding_model(MODEL_ID, subject=1, voxel_order="fortran", device="cpu", backbone_weights="untrained")
+    f = client.get_encoding_model(
+        MODEL_ID, subject=1, voxel_order="fortran", device="cpu", backbone_weights="untrained"
+    )
     md = read_tensors(artifact / "metadata/sub-01.safetensors", mmap=False)
     np.testing.assert_array_equal(f.spaces[1].voxel_ijk, md["voxel_ijk_fortran"])
     np.testing.assert_array_equal(c.spaces[1].voxel_ijk, md["voxel_ijk"])

@@ -172,9 +172,11 @@ def test_overlap_from_own_pipeline_matches_shipped_union(der, nn_maps):
 def test_placement_is_img2fmris_sequential_nanmean():
     rng = np.random.default_rng(2)
     n_vox = 50
-    blocks = [(np.arange(0, 10), rng.choice(n_vox, 10, replace=False)),
-              (np.arange(10, 25), rng.choice(n_vox, 15, replace=False)),
-              (np.arange(25, 45), rng.choice(n_vox, 20, replace=False))]
+    blocks = [
+        (np.arange(0, 10), rng.choice(n_vox, 10, replace=False)),
+        (np.arange(10, 25), rng.choice(n_vox, 15, replace=False)),
+        (np.arange(25, 45), rng.choice(n_vox, 20, replace=False)),
+    ]
     pred = rng.normal(size=45)
     brain = np.full(n_vox, np.nan)
     for rows, vox in blocks:  # img2fmri: brain[mask] = nanmean([brain[mask], pred])
@@ -204,8 +206,9 @@ def _direct_group(subjects, preds, roi_list, sigma, voxel_order, support):
     return mni.zscore(total, axis=1)
 
 
-@pytest.mark.parametrize("voxel_order,support,roi_list", [("c", "v1.0", ["PPA", "EarlyVis", "LOC"]),
-                                                          ("fortran", "v0.2", list(ROIS))])
+@pytest.mark.parametrize(
+    "voxel_order,support,roi_list", [("c", "v1.0", ["PPA", "EarlyVis", "LOC"]), ("fortran", "v0.2", list(ROIS))]
+)
 def test_group_mapper_equals_direct_pipeline(subjects, voxel_order, support, roi_list):
     rng = np.random.default_rng(3)
     geo = {s: g for s, (g, _, _) in subjects.items()}
@@ -218,7 +221,9 @@ def test_group_mapper_equals_direct_pipeline(subjects, voxel_order, support, roi
     np.testing.assert_allclose(out.mean(axis=1), 0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=1), 1, atol=1e-4)
     if support == "v1.0":
-        union = np.unique(np.concatenate([g.overlap[h + r] for g in geo.values() for r in roi_list for h in ("LH", "RH")]))
+        union = np.unique(
+            np.concatenate([g.overlap[h + r] for g in geo.values() for r in roi_list for h in ("LH", "RH")])
+        )
         np.testing.assert_array_equal(gm.support, union)
     # a selection that lacks a requested ROI's rows is refused with a clear error
     with pytest.raises(berg.InvalidParameterError, match="not among the loaded outputs"):
@@ -234,19 +239,24 @@ def test_published_v02_outputs_are_reproduced_by_least_squares(subjects, img2fmr
     import nibabel as nib
     import scipy.linalg
 
-    refs = [np.asarray(nib.load(str(p)).dataobj, dtype=np.float64).reshape(-1)
-            for p in sorted(img2fmri_data.glob("*.v0.2-output.nii.gz"))]
+    refs = [
+        np.asarray(nib.load(str(p)).dataobj, dtype=np.float64).reshape(-1)
+        for p in sorted(img2fmri_data.glob("*.v0.2-output.nii.gz"))
+    ]
     assert len(refs) == 4
     geo = {s: g for s, (g, _, _) in subjects.items()}
     rows = {s: np.arange(w.shape[0]) for s, (_, w, _) in subjects.items()}
     residuals = {}
     for order in ("c", "fortran"):
-        gm = mni.GroupMapper(geo, rows, roi_list=["EarlyVis", "OPA", "LOC", "RSC"], sigma=1.25,
-                             voxel_order=order, support="v0.2")
+        gm = mni.GroupMapper(
+            geo, rows, roi_list=["EarlyVis", "OPA", "LOC", "RSC"], sigma=1.25, voxel_order=order, support="v0.2"
+        )
         for g in refs:  # v0.2 semantics: the support is every voxel some subject's smoothed map reaches
             np.testing.assert_array_equal(np.flatnonzero(g != 0), gm.support)
-        cols = [gm.operators[s] @ np.concatenate([w, b[:, None]], axis=1).astype(np.float64)
-                for s, (_, w, b) in subjects.items()]
+        cols = [
+            gm.operators[s] @ np.concatenate([w, b[:, None]], axis=1).astype(np.float64)
+            for s, (_, w, b) in subjects.items()
+        ]
         X = np.concatenate(cols + [np.ones((gm.n_outputs, 1))], axis=1)
         Y = np.stack([g[gm.support] for g in refs], axis=1)
         # Fit on a random 5000 of the ~41500 support voxels (3x the 1540 unknowns; a full-size

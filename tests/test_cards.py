@@ -86,6 +86,7 @@ def _set(path: str, value):
             del node[leaf]
         else:
             node[leaf] = value
+
     return apply
 
 
@@ -93,12 +94,14 @@ def _chain(*edits):
     def apply(card):
         for edit in edits:
             edit(card)
+
     return apply
 
 
 def _n_outputs(update):
     def apply(card):
         update(card["parameters"]["selection"]["n_outputs"])
+
     return apply
 
 
@@ -121,7 +124,10 @@ BROKEN = {
     "input type differs from stimuli": (_set("input.type", "video"), "input/type"),
     "min_frames on an image model": (_set("input.min_frames", 4), "input"),
     "first output dim not n_stimuli": (_set("output.dims.0.name", "n_voxels"), "output/dims/0"),
-    "no accuracy numbers and no notes": (_chain(_set("accuracy.summary", {}), _set("accuracy.notes", KeyError)), "notes"),
+    "no accuracy numbers and no notes": (
+        _chain(_set("accuracy.summary", {}), _set("accuracy.notes", KeyError)),
+        "notes",
+    ),
     "accuracy summary not numbers": (_set("accuracy.summary", {"1": "good"}), "accuracy/summary/1"),
     "reference without url or doi": (_set("references", [{"title": "a paper"}]), "references/0"),
     "no references": (_set("references", []), "references"),
@@ -156,11 +162,14 @@ def test_card_file_must_be_named_after_its_id(tmp_path):
 # --------------------------------------------------------------------------- YAML reading
 
 
-@pytest.mark.parametrize("text, key", [
-    ("id: a\nname: x\nid: b\n", "'id'"),
-    ("parameters:\n  selection:\n    n_outputs: {1: 5, 2: 6, 1: 7}\n", "1"),
-    ("license:\n  code: MIT\n  weights: x\n  code: GPL\n", "'code'"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("id: a\nname: x\nid: b\n", "'id'"),
+        ("parameters:\n  selection:\n    n_outputs: {1: 5, 2: 6, 1: 7}\n", "1"),
+        ("license:\n  code: MIT\n  weights: x\n  code: GPL\n", "'code'"),
+    ],
+)
 def test_duplicate_keys_are_errors(tmp_path, text, key):
     p = tmp_path / "dup.yaml"
     p.write_text(text)
@@ -213,8 +222,11 @@ def test_text_and_markdown_carry_the_facts(path):
         assert f"{s} ({n:,})" in flat
     assert card["license"]["weights"].split()[0] in text
     # wrapped for a terminal (BibTeX entries are pasted verbatim, so they may be wider)
-    prose = [line for line in text.splitlines() if not line.lstrip().startswith(("@", "author", "title", "journal",
-                                                                                  "booktitle", "url", "doi", "note"))]
+    prose = [
+        line
+        for line in text.splitlines()
+        if not line.lstrip().startswith(("@", "author", "title", "journal", "booktitle", "url", "doi", "note"))
+    ]
     assert max(len(line) for line in prose) <= 110, max(prose, key=len)
 
     md = card.to_markdown()
@@ -247,8 +259,9 @@ def test_validate_tool_as_module():
 
 
 def test_committed_docs_and_readme_table_are_up_to_date():
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"], capture_output=True, text=True
+    )
     assert res.returncode == 0, f"run `make docs`:\n{res.stdout}{res.stderr}"
 
 
@@ -288,7 +301,9 @@ def test_gen_docs_is_idempotent_and_tracks_cards(gen_docs, capsys):
     assert gen_docs.main(["--check"]) == 1
     out = capsys.readouterr().out
     assert "stale: docs/models/fmri-bold5000-resnet18.md" in out and "orphan: docs/models/gone-model.md" in out
-    assert "Renamed" not in (root / "docs" / "models" / "fmri-bold5000-resnet18.md").read_text()  # --check writes nothing
+    assert (
+        "Renamed" not in (root / "docs" / "models" / "fmri-bold5000-resnet18.md").read_text()
+    )  # --check writes nothing
     assert gen_docs.main([]) == 0
     assert "**Renamed img2fmri" in (root / "docs" / "models" / "fmri-bold5000-resnet18.md").read_text()
     assert not orphan.exists() and handwritten.exists()

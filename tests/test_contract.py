@@ -279,8 +279,9 @@ def test_readout_kernels_agree_and_can_be_forced(client, images, monkeypatch):
     monkeypatch.setenv("BERG_READOUT_KERNEL", "torch")
     m_t = _load(client, "test-toy-surface-a", subject=1)
     assert {g.kernel for g in m_t._groups} == {"torch"}
-    np.testing.assert_allclose(m_np.encode(images, show_progress=False), m_t.encode(images, show_progress=False),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        m_np.encode(images, show_progress=False), m_t.encode(images, show_progress=False), rtol=1e-5, atol=1e-5
+    )
     monkeypatch.setenv("BERG_READOUT_KERNEL", "blas")
     with pytest.raises(InvalidParameterError, match="valid: auto, torch, numpy"):
         _load(client, "test-toy-surface-a", subject=1)
@@ -306,14 +307,17 @@ def test_an_empty_roi_gives_zero_outputs_as_berg(toy, tmp_path, images):
     for s in (1, 2):
         w.add_tensors(f"readout/sub-{s:02d}.safetensors", {"weight": rs[s][0], "bias": rs[s][1]})
         w.add_json(f"metadata/sub-{s:02d}.json", {"n_outputs": 20, "output_space": toys._surface_space()})
-        w.add_tensors(f"metadata/sub-{s:02d}.safetensors",
-                      {**{f"roi/{k}": v for k, v in toys.SURFACE_ROIS.items()}, "roi/EMPTY": np.zeros(0, np.int64)})
+        w.add_tensors(
+            f"metadata/sub-{s:02d}.safetensors",
+            {**{f"roi/{k}": v for k, v in toys.SURFACE_ROIS.items()}, "roi/EMPTY": np.zeros(0, np.int64)},
+        )
     w.finalize({"creator": "test"})
     entry = dict(reg["models"]["test-toy-surface-a"], card="test-toy-empty.yaml")
     entry["source"] = dict(entry["source"], prefix="toys/empty/")
     path = toy.root / "registry-empty.yaml"
     path.write_text(yaml.safe_dump({"format_version": 1, "models": {"test-toy-empty": entry}}))
     c = berg.BERG(berg_dir=toy.berg_dir, cache_dir=tmp_path / "c", registry=path, offline=True)
-    m = c.get_encoding_model("test-toy-empty", subject=1, selection={"roi": "EMPTY"}, device="cpu",
-                             backbone_weights="untrained")
+    m = c.get_encoding_model(
+        "test-toy-empty", subject=1, selection={"roi": "EMPTY"}, device="cpu", backbone_weights="untrained"
+    )
     assert m.encode(images, show_progress=False).shape == (5, 0)

@@ -38,8 +38,9 @@ pytestmark = pytest.mark.slow
 
 for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "mkdocs_jupyter", "websocket"):
     if importlib.util.find_spec(module.split(".")[0]) is None:
-        pytest.skip(f"the docs extra is not installed ({module} missing): pip install -e \".[docs]\"",
-                    allow_module_level=True)
+        pytest.skip(
+            f'the docs extra is not installed ({module} missing): pip install -e ".[docs]"', allow_module_level=True
+        )
 
 
 # --------------------------------------------------------------------------- the build
@@ -49,17 +50,32 @@ for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "mkdocs_jup
 def site(tmp_path_factory) -> Path:
     """The site built exactly as `make docs` builds it (strict), into a temporary folder."""
     out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
-               # the tutorials' converted img2fmri artifact is shared with the other tests' runs
-               BERG_CACHE=str(TEST_CACHE / "docs-cache"))
+    # BERG_QUIET: progress bars in executed notebooks are Jupyter widgets whose script comes from a CDN,
+    # which a static offline site cannot load (as `make docs` sets it too)
+    env = dict(
+        os.environ,
+        NO_MKDOCS_2_WARNING="1",
+        MPLBACKEND="Agg",
+        PYTHONUNBUFFERED="1",
+        BERG_QUIET="1",
+        # the tutorials' converted img2fmri artifact is shared with the other tests' runs
+        BERG_CACHE=str(TEST_CACHE / "docs-cache"),
+    )
     env.pop("BERG_OFFLINE", None)
-    stale = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"],
-                           capture_output=True, text=True)
+    stale = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"], capture_output=True, text=True
+    )
     if stale.returncode != 0:  # e.g. a new guide page or model card: the nav would omit it
         pytest.fail(f"generated docs are stale; run `make docs` (python scripts/gen_docs.py):\n{stale.stdout}")
     started = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     log = res.stdout + res.stderr
     assert res.returncode == 0, f"mkdocs build --strict failed:\n{log[-6000:]}"
     (out / ".build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
@@ -92,8 +108,9 @@ def test_every_nav_page_is_built(site):
 
 
 def test_generated_pages_are_up_to_date():
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_docs.py"), "--check"], capture_output=True, text=True
+    )
     assert res.returncode == 0, f"run `make docs`:\n{res.stdout}{res.stderr}"
 
 
@@ -111,7 +128,9 @@ def test_tutorials_were_executed_without_errors(site):
 def test_api_reference_renders_docstrings(site):
     html = (site / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("get_encoding_model", "encode", "get_model_metadata", "save"):
-        assert f'id="berg.api.BERG.{name}"' in html or f'id="berg.{name}"' in html or f'id="berg.io.{name}"' in html, name
+        assert f'id="berg.api.BERG.{name}"' in html or f'id="berg.{name}"' in html or f'id="berg.io.{name}"' in html, (
+            name
+        )
     assert "backbone_weights" in html  # a parameter table came from the numpydoc docstring
 
 
@@ -146,7 +165,7 @@ class _Links(HTMLParser):
                     self.resources.append(a[key])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(path: Path) -> _Links:
     parser = _Links()
     parser.feed(path.read_text(encoding="utf-8", errors="replace"))
@@ -171,7 +190,11 @@ def test_internal_links_and_anchors_resolve(site):
             target = _target_file(site, target_url.path) if target_url.path != base else page
             if not target.is_file():
                 broken.append(f"{page.relative_to(site)}: {ref} -> missing {target.relative_to(site)}")
-            elif target_url.fragment and target.suffix == ".html" and unquote(target_url.fragment) not in _parse(target).ids:
+            elif (
+                target_url.fragment
+                and target.suffix == ".html"
+                and unquote(target_url.fragment) not in _parse(target).ids
+            ):
                 broken.append(f"{page.relative_to(site)}: {ref} -> no anchor #{target_url.fragment}")
     assert len(pages) >= 15
     assert not broken, "\n".join(broken[:40])
@@ -280,11 +303,26 @@ def _browser():
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium; .ci/run does it)")
     profile = Path(tempfile.mkdtemp(prefix="berg-chromium-"))
     proc = subprocess.Popen(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-         "--remote-allow-origins=*", "--window-size=1280,900", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+            "--window-size=1280,900",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -315,7 +353,9 @@ def _problems(events: list[dict], origin: str) -> list[str]:
             d = p.get("exceptionDetails", {})
             out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
         elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            out.append("console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
+            out.append(
+                "console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+            )
         elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
             out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
         elif method == "Network.responseReceived" and p.get("response", {}).get("status", 200) >= 400:
@@ -362,7 +402,8 @@ def test_browser_check_sees_script_errors_and_missing_files(tmp_path):
     """The console/network check above can fail: a page with a script error and a missing image."""
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "index.html").write_text(
-        "<!doctype html><title>bad</title><img src='missing.png'><script>notDefined()</script>")
+        "<!doctype html><title>bad</title><img src='missing.png'><script>notDefined()</script>"
+    )
     with _serve(tmp_path) as origin, _browser() as dt:
         for domain in ("Page", "Runtime", "Log", "Network"):
             dt.call(f"{domain}.enable")

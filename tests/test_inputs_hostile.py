@@ -228,7 +228,9 @@ def _in_child(call: Callable[[], object]) -> tuple[str, int]:
                 fh.write("5")  # VmHWM := current RSS
             base = _status_kb("VmRSS")
             text = _outcome(call)
-            added = max(0, _status_kb("VmHWM") - base) * 1024
+            # The kernel updates VmHWM lazily (when memory is unmapped); a buffer still referenced by the
+            # exception's traceback is in VmRSS but not yet in VmHWM, so take the larger of the two.
+            added = max(0, max(_status_kb("VmHWM"), _status_kb("VmRSS")) - base) * 1024
         finally:
             os.write(write_fd, f"{added}|{text}".encode()[:4000])
             os._exit(0)

@@ -59,10 +59,14 @@ def test_readme_blocks_are_only_python_bash_and_shell():
 
 
 def test_shell_blocks_are_install_and_make_commands():
-    allowed = re.compile(r"^(make( demo| test| docs)?( IMAGES=\S+)?|python3 -m venv \.venv|\.venv/bin/pip install .+)(\s+#.*)?$")
+    allowed = re.compile(
+        r"^(make( demo| test| docs)?( IMAGES=\S+)?|python3 -m venv \.venv|\.venv/bin/pip install .+)(\s+#.*)?$"
+    )
     for lineno, code in blocks("shell"):
         for line in filter(None, (line.strip() for line in code.splitlines())):
-            assert allowed.match(line), f"README line {lineno}: {line!r} is not an install/make command; use a bash block"
+            assert allowed.match(line), (
+                f"README line {lineno}: {line!r} is not an install/make command; use a bash block"
+            )
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +107,18 @@ def workdir(tmp_path_factory, fake_torch_home, berg_cache):
     shutil.copytree(REPO / "examples", work / "examples")
     home = tmp_path_factory.mktemp("home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERG_")}
-    env.update(HOME=str(home), TORCH_HOME=str(fake_torch_home), BERG_CACHE=str(berg_cache),
-               MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        HOME=str(home),
+        TORCH_HOME=str(fake_torch_home),
+        BERG_CACHE=str(berg_cache),
+        MPLBACKEND="Agg",
+        PYTHONUNBUFFERED="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     return work, env
 
 
-RUNNER = textwrap.dedent('''
+RUNNER = textwrap.dedent("""
     import json, sys, traceback
     import numpy as np
     blocks = json.load(open(sys.argv[1]))
@@ -132,7 +141,7 @@ RUNNER = textwrap.dedent('''
         "nan_outside": bool(np.isnan(np.asarray(ns["img"].dataobj)).any()),
     }
     json.dump(facts, open(sys.argv[2], "w"))
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +150,14 @@ def python_run(workdir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runner")
     (tmp / "blocks.json").write_text(json.dumps(blocks("python")))
     (tmp / "run.py").write_text(RUNNER)
-    res = subprocess.run([sys.executable, str(tmp / "run.py"), str(tmp / "blocks.json"), str(tmp / "facts.json")],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, str(tmp / "run.py"), str(tmp / "blocks.json"), str(tmp / "facts.json")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-5000:]
     return json.loads((tmp / "facts.json").read_text()), res.stdout
 
@@ -186,7 +201,9 @@ def test_bash_snippets_run_as_written(workdir, bash_run):
         assert (work / name).is_file(), name
 
 
-PATH_RE = re.compile(r"(?<![\w/.:$-])((?:[\w.-]+/)+[\w.-]*|[\w-]+\.(?:md|py|yaml|yml|cff|h5|nii\.gz|json|png|mp4|jpg|toml))(?![\w/])")
+PATH_RE = re.compile(
+    r"(?<![\w/.:$-])((?:[\w.-]+/)+[\w.-]*|[\w-]+\.(?:md|py|yaml|yml|cff|h5|nii\.gz|json|png|mp4|jpg|toml))(?![\w/])"
+)
 
 
 def test_readme_names_only_files_that_exist(workdir, python_run, bash_run):
@@ -194,11 +211,21 @@ def test_readme_names_only_files_that_exist(workdir, python_run, bash_run):
     text = README.read_text(encoding="utf-8")
     text = re.sub(r"\]\((https?://[^)]+)\)", "]", text)  # web links are not files
     text = re.sub(r"https?://\S+", "", text)
-    ignore = {"path/to/folder", "path/to/brain-encoding-response-generator", "path.safetensors",
-              "demo_output/responses.h5", "demo_output/responses.nii.gz", "demo_output/responses_map.png",
-              "site/", "site/index.html", ".venv/bin/python", ".venv/bin/pip",
-              "responses.json",  # the demo's sidecar, beside demo_output/responses.nii.gz
-              "CONFIG.yaml", "ViT-B/32"}  # a placeholder and a network's name
+    ignore = {
+        "path/to/folder",
+        "path/to/brain-encoding-response-generator",
+        "path.safetensors",
+        "demo_output/responses.h5",
+        "demo_output/responses.nii.gz",
+        "demo_output/responses_map.png",
+        "site/",
+        "site/index.html",
+        ".venv/bin/python",
+        ".venv/bin/pip",
+        "responses.json",  # the demo's sidecar, beside demo_output/responses.nii.gz
+        "CONFIG.yaml",
+        "ViT-B/32",
+    }  # a placeholder and a network's name
     missing = []
     for match in PATH_RE.finditer(text):
         name = match.group(1).rstrip(".")
@@ -221,8 +248,14 @@ def test_documentation_page_snippets_run_as_written(page, workdir, tmp_path):
     (tmp_path / "blocks.json").write_text(json.dumps(code))
     runner = "import json, sys\nns = {'__name__': '__main__'}\nfor n, c in json.load(open(sys.argv[1])):\n    exec(compile(c, f'block at line {n}', 'exec'), ns)\n"
     (tmp_path / "run.py").write_text(runner)
-    res = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "blocks.json")],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "blocks.json")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, f"docs/{page}:\n{res.stderr[-4000:]}"
 
 
@@ -231,8 +264,9 @@ def test_documentation_page_snippets_run_as_written(page, workdir, tmp_path):
 
 def _bare_clone(dest: Path) -> Path:
     """The checkout's files (tracked and new, not ignored), without .venv or anything beside it."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():
@@ -244,8 +278,14 @@ def _bare_clone(dest: Path) -> Path:
 def _demo(clone: Path, out: Path, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERG_")}
     env.update(MPLBACKEND="Agg", PYTHONUNBUFFERED="1", **env_extra)
-    return subprocess.run([sys.executable, str(clone / "scripts" / "demo.py"), "--out", str(out), *args],
-                          cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(clone / "scripts" / "demo.py"), "--out", str(out), *args],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_demo_on_a_bare_clone_runs_the_synthetic_model_and_says_so(tmp_path):
@@ -276,8 +316,13 @@ def test_demo_runs_the_real_model_when_the_weights_are_cached(tmp_path, fake_tor
     mine.mkdir()
     for name in ("horse1.jpg", "amusement2.jpg"):
         shutil.copy(REPO / "examples" / "images" / name, mine / name)
-    res = _demo(REPO, tmp_path / "out", {"HOME": str(tmp_path), "TORCH_HOME": str(fake_torch_home),
-                                         "BERG_CACHE": str(berg_cache)}, "--images", str(mine))
+    res = _demo(
+        REPO,
+        tmp_path / "out",
+        {"HOME": str(tmp_path), "TORCH_HOME": str(fake_torch_home), "BERG_CACHE": str(berg_cache)},
+        "--images",
+        str(mine),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "SYNTHETIC" not in res.stdout and "fmri-bold5000-resnet18" in res.stdout
     img = nib.load(tmp_path / "out" / "responses.nii.gz")
@@ -310,8 +355,16 @@ def test_card_citations_are_well_formed_bibtex():
         for c in card.get("citations") or []:
             bib = c["bibtex"].strip()
             head = re.match(r"@(\w+)\{([^,\s]+),", bib)
-            assert head and head.group(1).lower() in {"article", "inproceedings", "misc", "software", "book",
-                                                     "incollection", "techreport", "online"}, (path.name, bib[:60])
+            assert head and head.group(1).lower() in {
+                "article",
+                "inproceedings",
+                "misc",
+                "software",
+                "book",
+                "incollection",
+                "techreport",
+                "online",
+            }, (path.name, bib[:60])
             depth = 0
             for ch in bib:
                 depth += {"{": 1, "}": -1}.get(ch, 0)

@@ -35,8 +35,12 @@ def _same(a, b, path="root"):
 def test_berg_style_dict_roundtrip_with_memory_maps(tmp_path):
     rng = np.random.default_rng(0)
     d = {
-        "scaler_param": {"scale_": rng.random(300_000), "mean_": rng.random(300_000).astype(np.float32),
-                         "n_features_in_": 300_000, "n_samples_seen_": np.int64(3000)},
+        "scaler_param": {
+            "scale_": rng.random(300_000),
+            "mean_": rng.random(300_000).astype(np.float32),
+            "n_features_in_": 300_000,
+            "n_samples_seen_": np.int64(3000),
+        },
         "pca_param": {"components_": rng.random((3, 300_000)), "singular_values_": rng.random(3)},
         "rois": {"lV1v": (np.array([[1, 2, 3]]), np.arange(5), None), "x": [1, 2.5, "s", True, None, b"b"]},
         "fortran": np.asfortranarray(rng.random((4, 5))),
@@ -91,7 +95,9 @@ def test_allow_listed_stand_in(protocol):
 
     rng = np.random.default_rng(1)
     ridge = Ridge(alpha=2.0).fit(rng.random((20, 5)), rng.random((20, 3)))
-    obj = safe_unpickle(pickle.dumps(ridge, protocol=protocol), extra_globals={("sklearn.linear_model._ridge", "Ridge"): StateOnly})
+    obj = safe_unpickle(
+        pickle.dumps(ridge, protocol=protocol), extra_globals={("sklearn.linear_model._ridge", "Ridge"): StateOnly}
+    )
     assert isinstance(obj, StateOnly)
     np.testing.assert_array_equal(obj.state["coef_"], ridge.coef_)
     assert obj.state["alpha"] == 2.0
@@ -110,7 +116,13 @@ def test_plain_npy_is_memory_mapped(tmp_path):
 
 
 def test_no_unsafe_deserialisation_in_source():
-    pattern = re.compile(r"allow_pickle\s*=\s*True|pickle\.loads?\(|joblib\.load\(|weights_only\s*=\s*False|Unpickler\(")
-    hits = [f"{p.relative_to(BERG_SRC)}:{i}" for p in BERG_SRC.rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    pattern = re.compile(
+        r"allow_pickle\s*=\s*True|pickle\.loads?\(|joblib\.load\(|weights_only\s*=\s*False|Unpickler\("
+    )
+    hits = [
+        f"{p.relative_to(BERG_SRC)}:{i}"
+        for p in BERG_SRC.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert hits == []

@@ -18,8 +18,14 @@ PREFIX = f"{MODEL_ID}/"
 RECIPE = {
     "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
     "nodes": ["layer3", "avgpool"],
-    "transform": {"kind": "image", "size": [64, 64], "resize": "squash", "crop": None,
-                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "transform": {
+        "kind": "image",
+        "size": [64, 64],
+        "resize": "squash",
+        "crop": None,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    },
     "projection": "scaler_pca",
     "readout": "linear",
     "output_space": "volume",
@@ -44,25 +50,40 @@ def build_demo(out_dir: str | Path, *, seed: int = 0) -> DemoModel:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = out_dir / "synthetic_dataset.h5"
-    make_synthetic_dataset(data, RECIPE, n_train=120, n_test=30, grid=(20, 24, 20), n_blobs=5,
-                           blob_radius=(0.2, 0.3), k_true=8,
-                           image_size=64, seed=seed)
+    make_synthetic_dataset(
+        data,
+        RECIPE,
+        n_train=120,
+        n_test=30,
+        grid=(20, 24, 20),
+        n_blobs=5,
+        blob_radius=(0.2, 0.3),
+        k_true=8,
+        image_size=64,
+        seed=seed,
+    )
     cfg = TrainConfig(
-        model_id=MODEL_ID, dataset=str(data), recipe=RECIPE, out_dir=str(out_dir / "export"),
+        model_id=MODEL_ID,
+        dataset=str(data),
+        recipe=RECIPE,
+        out_dir=str(out_dir / "export"),
         projection={"kind": "scaler_pca", "n_components": 20},
         readout={"kind": "ridge", "alphas": [0.1, 1, 10, 100, 1000], "folds": 5},
-        backbone_weights="untrained", seed=seed,
+        backbone_weights="untrained",
+        seed=seed,
         source={"kind": "s3", "bucket": BUCKET, "prefix": PREFIX},
         card={
             "name": "SYNTHETIC demo model (random images, untrained ResNet-18, made-up voxels)",
             "description": "A synthetic model built by `make demo` with berg's creation pipeline. It is NOT a "
-                           "brain model: stimuli are random images, responses are simulated.",
+            "brain model: stimuli are random images, responses are simulated.",
             "species": "none (synthetic)",
             "dataset": {"name": "synthetic", "space": "made-up 3 mm grid (20, 24, 20)", "citation": "none (simulated)"},
             "stimuli": {"type": "image", "description": "SYNTHETIC: smoothed random-noise images, 64x64"},
             "output": {"units": "SYNTHETIC arbitrary units (simulated responses)"},
-            "caveats": ["SYNTHETIC model: random images, untrained ResNet-18, simulated voxels on a made-up grid. "
-                        "Its outputs mean nothing about brains; it exists to demonstrate and test berg."],
+            "caveats": [
+                "SYNTHETIC model: random images, untrained ResNet-18, simulated voxels on a made-up grid. "
+                "Its outputs mean nothing about brains; it exists to demonstrate and test berg."
+            ],
         },
     )
     cfg.dump(out_dir / "demo_config.yaml")  # the exact config, to rerun with `berg train`

@@ -71,8 +71,12 @@ def extract_wheel(wheel: Path, dest: Path) -> Path:
 def _mask(root: Path, subject: int, hemi: str, roi: str):
     import nibabel as nib
 
-    img = nib.load(root / "derivatives" / "bool_masks" /
-                   f"derivatives_spm_sub-CSI{subject}_sub-CSI{subject}_mask-{hemi}{roi}.nii.gz")
+    img = nib.load(
+        root
+        / "derivatives"
+        / "bool_masks"
+        / f"derivatives_spm_sub-CSI{subject}_sub-CSI{subject}_mask-{hemi}{roi}.nii.gz"
+    )
     return np.asarray(img.dataobj) > 0, img.affine
 
 
@@ -101,8 +105,13 @@ def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool
         from berg.env import progress_enabled
 
         # the first load converts the wheel (a minute or more, mostly FNIRT): show it, unless BERG_QUIET / `berg -q`
-        bar = tqdm(total=len(SUBJECTS) + int(with_mni), desc="converting img2fmri 1.0", unit="step",
-                   disable=not progress_enabled(), leave=False)
+        bar = tqdm(
+            total=len(SUBJECTS) + int(with_mni),
+            desc="converting img2fmri 1.0",
+            unit="step",
+            disable=not progress_enabled(),
+            leave=False,
+        )
         for s in SUBJECTS:
             weights, biases, rois, ijk_c, ijk_f = [], [], {}, [], []
             start = 0
@@ -120,26 +129,39 @@ def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool
                     start += n
                     grid_shape = mask.shape
                 if coef.shape[0] != len(rows["LH"]) + len(rows["RH"]):
-                    raise ArtifactError(f"subject {s} {roi}: {coef.shape[0]} Ridge outputs but the LH+RH masks have "
-                                        f"{len(rows['LH']) + len(rows['RH'])} voxels")
+                    raise ArtifactError(
+                        f"subject {s} {roi}: {coef.shape[0]} Ridge outputs but the LH+RH masks have "
+                        f"{len(rows['LH']) + len(rows['RH'])} voxels"
+                    )
                 rois[roi] = np.concatenate([rows["LH"], rows["RH"]])
                 rois[f"LH{roi}"], rois[f"RH{roi}"] = rows["LH"], rows["RH"]
                 weights.append(coef)
                 biases.append(intercept)
             label = f"sub-{s:02d}"
-            writer.add_tensors(f"readout/{label}.safetensors",
-                               {"weight": np.concatenate(weights), "bias": np.concatenate(biases)})
+            writer.add_tensors(
+                f"readout/{label}.safetensors", {"weight": np.concatenate(weights), "bias": np.concatenate(biases)}
+            )
             tensors = {f"roi/{k}": v.astype(np.int64) for k, v in rois.items()}
             tensors["voxel_ijk"] = np.concatenate(ijk_c).astype(np.int32)
             tensors["voxel_ijk_fortran"] = np.concatenate(ijk_f).astype(np.int32)
             writer.add_tensors(f"metadata/{label}.safetensors", tensors)
-            writer.add_json(f"metadata/{label}.json", {
-                "n_outputs": int(start),
-                "output_space": {"kind": "volume", "shape": list(grid_shape), "affine": np.asarray(grid_affine).tolist()},
-                "rois": list(rois),
-                "info": {"subject": f"CSI{s}", "roi_order": list(ROIS),
-                         "row_order": "ROI by ROI; LH mask voxels then RH, each in C order of the grid"},
-            })
+            writer.add_json(
+                f"metadata/{label}.json",
+                {
+                    "n_outputs": int(start),
+                    "output_space": {
+                        "kind": "volume",
+                        "shape": list(grid_shape),
+                        "affine": np.asarray(grid_affine).tolist(),
+                    },
+                    "rois": list(rois),
+                    "info": {
+                        "subject": f"CSI{s}",
+                        "roi_order": list(ROIS),
+                        "row_order": "ROI by ROI; LH mask voxels then RH, each in C order of the grid",
+                    },
+                },
+            )
             bar.update()
         if with_mni:
             from berg.models.bold5000_resnet18.mni import mni_arrays
@@ -149,8 +171,12 @@ def convert_wheel(wheel_path: str | Path, out_dir: str | Path, *, with_mni: bool
                 writer.add_tensors(f"mni/{name}.safetensors", arrays)
             bar.update()
         bar.close()
-    return writer.finalize({
-        "source": "img2fmri==1.0 wheel from PyPI", "wheel_sha256": WHEEL_SHA256,
-        "converter": "berg.models.bold5000_resnet18.convert", "converter_version": CONVERTER_VERSION,
-        "licence": "MIT (img2fmri, Copyright (c) Maxwell Bennett)",
-    }).parent
+    return writer.finalize(
+        {
+            "source": "img2fmri==1.0 wheel from PyPI",
+            "wheel_sha256": WHEEL_SHA256,
+            "converter": "berg.models.bold5000_resnet18.convert",
+            "converter_version": CONVERTER_VERSION,
+            "licence": "MIT (img2fmri, Copyright (c) Maxwell Bennett)",
+        }
+    ).parent

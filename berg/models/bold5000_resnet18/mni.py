@@ -53,9 +53,7 @@ log = logging.getLogger(__name__)
 #: Shape of the MNI152 2 mm grid img2fmri writes.
 MNI_SHAPE: tuple[int, int, int] = (91, 109, 91)
 #: Its voxel-to-mm affine (FSL's MNI152_T1_2mm, radiological storage).
-MNI_AFFINE = np.array(
-    [[-2.0, 0.0, 0.0, 90.0], [0.0, 2.0, 0.0, -126.0], [0.0, 0.0, 2.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
-)
+MNI_AFFINE = np.array([[-2.0, 0.0, 0.0, 90.0], [0.0, 2.0, 0.0, -126.0], [0.0, 0.0, 2.0, -72.0], [0.0, 0.0, 0.0, 1.0]])
 #: z-scoring supports: img2fmri 1.0 (thresholded sigma=1 ROI masks) and 0.2 (everything smoothed).
 SUPPORTS = ("v1.0", "v0.2")
 #: img2fmri's overlap threshold (fraction of each smoothed mask's maximum).
@@ -172,9 +170,7 @@ def fsl_smooth(volume: np.ndarray, sigma: float, voxel_size: float = 2.0) -> np.
     return out
 
 
-def smoothing_matrix(
-    sources: np.ndarray, sigma: float, shape: Sequence[int] = MNI_SHAPE, voxel_size: float = 2.0
-):
+def smoothing_matrix(sources: np.ndarray, sigma: float, shape: Sequence[int] = MNI_SHAPE, voxel_size: float = 2.0):
     """:func:`fsl_smooth` restricted to inputs at ``sources``, as a sparse matrix.
 
     Parameters
@@ -395,8 +391,7 @@ class GroupMapper:
     def subject_maps(self, predictions: Mapping[Any, np.ndarray]) -> dict[Any, np.ndarray]:
         """Smoothed MNI values of each subject on the support, float64 ``(b, n_support)``."""
         return {
-            s: np.asarray((self.operators[s] @ np.asarray(predictions[s], dtype=np.float64).T).T)
-            for s in self.subjects
+            s: np.asarray((self.operators[s] @ np.asarray(predictions[s], dtype=np.float64).T).T) for s in self.subjects
         }
 
     def __call__(self, predictions: Mapping[Any, np.ndarray]) -> np.ndarray:
@@ -435,7 +430,9 @@ class GroupMapper:
             weight, bias = readouts[s]
             op = self.operators[s]
             if weight.shape[0] != op.shape[1]:
-                raise InvalidParameterError(f"subject {s}: readout has {weight.shape[0]} rows, the map expects {op.shape[1]}")
+                raise InvalidParameterError(
+                    f"subject {s}: readout has {weight.shape[0]} rows, the map expects {op.shape[1]}"
+                )
             a = np.asarray(op @ np.asarray(weight, dtype=np.float64))  # (n_support, k), float64
             c = np.asarray(op @ np.asarray(bias, dtype=np.float64)).ravel()
             blocks.append((a - a.mean(axis=0, keepdims=True), c - c.mean()))
@@ -524,7 +521,8 @@ def mni_arrays(root: str | Path) -> dict[str, dict[str, np.ndarray]]:
         out[f"sub-{s:02d}"] = {"nn_index": nn}
         for roi in rois:
             for hemi in ("LH", "RH"):
-                sm = np.asarray(nib.load(str(der / "s_bool_masks" / f"s_sub{s}_{hemi}{roi}_MNI.nii.gz")).dataobj,
-                                dtype=np.float64)
+                sm = np.asarray(
+                    nib.load(str(der / "s_bool_masks" / f"s_sub{s}_{hemi}{roi}_MNI.nii.gz")).dataobj, dtype=np.float64
+                )
                 out["overlap"][f"sub-{s:02d}/{hemi}{roi}"] = np.flatnonzero(sm > sm.max() * OVERLAP_THRESHOLD)
     return out

@@ -64,7 +64,9 @@ class Bold5000ResNet18(LinearEncodingModel):
         spec, subjects, selections, kw = request.spec, request.subjects, request.selections, request.options
         if kw.get("space") == "mni":
             if list(subjects) != list(spec.subjects):
-                raise InvalidParameterError("space='mni' is img2fmri's group map of all three subjects: pass subject='all'")
+                raise InvalidParameterError(
+                    "space='mni' is img2fmri's group map of all three subjects: pass subject='all'"
+                )
             if any(not sel.is_all for sel in selections.values()):
                 raise InvalidParameterError("space='mni' takes no selection (use roi_list to choose ROIs)")
             keys = ["mni/overlap.safetensors"] + [f"mni/sub-{s:02d}.safetensors" for s in subjects]
@@ -88,7 +90,9 @@ class Bold5000ResNet18(LinearEncodingModel):
         self.mapper = GroupMapper(
             {s: self._geometry(s) for s in self.subjects},
             {s: np.arange(self.n_outputs[s]) for s in self.subjects},
-            roi_list=kw["roi_list"], sigma=float(kw["sigma"]), voxel_order=kw["voxel_order"],
+            roi_list=kw["roi_list"],
+            sigma=float(kw["sigma"]),
+            voxel_order=kw["voxel_order"],
             support=kw["zscore_support"],
         )
         self.mni_space = VolumeSpace(MNI_SHAPE, MNI_AFFINE, self.mapper.voxel_ijk())
@@ -122,9 +126,12 @@ class Bold5000ResNet18(LinearEncodingModel):
         overlap = read_tensors(self.layout.fetch("mni/overlap.safetensors"), mmap=False)
         prefix = f"sub-{subject:02d}/"
         return SubjectGeometry(
-            func_shape=shape, blocks=blocks, masks=masks,
-            mni_index=np.flatnonzero(fed), func_index=nn[fed].astype(np.int64),
-            overlap={k[len(prefix):]: v for k, v in overlap.items() if k.startswith(prefix)},
+            func_shape=shape,
+            blocks=blocks,
+            masks=masks,
+            mni_index=np.flatnonzero(fed),
+            func_index=nn[fed].astype(np.int64),
+            overlap={k[len(prefix) :]: v for k, v in overlap.items() if k.startswith(prefix)},
         )
 
     # ------------------------------------------------------------------ group maps
