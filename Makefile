@@ -8,7 +8,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # The stamp records what was installed; the venv is rebuilt when pyproject.toml changes.
 STAMP  := $(VENV)/.berg-installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 
-.PHONY: venv demo test docs bench clean
+.PHONY: venv demo test lint docs bench clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(BIN)/python scripts/demo.py --out demo_output $(if $(IMAGES),--images "$(IMAGES)")
 
-test: venv
+LINT_PATHS := berg tests scripts benchmarks creation_code
+
+lint: venv
+	$(BIN)/python -m ruff check $(LINT_PATHS)
+	$(BIN)/python -m ruff format --check $(LINT_PATHS)
+
+test: venv lint
 	$(BIN)/python -m pytest -q
 
 docs: venv

@@ -301,20 +301,56 @@ class LinearEncodingModel(BaseModelInterface):
                 "model_class implementing berg.models.base.BaseModelInterface"
             )
         layout = request.layout()
-        subjects = list(request.subjects)
-        keys = list(dict.fromkeys(k for s in subjects for k in layout.model_keys(s)))
+        keys = list(dict.fromkeys(k for s in request.subjects for k in layout.model_keys(s)))
         layout.fetch_keys(keys)  # one call: all missing files are reported (or fetched) together
+        heads, spaces, selected_rows = cls.selected_heads(request, layout)
+        return cls.assemble(
+            request,
+            layout,
+            extractor=cls.extractor_for(request),
+            heads=heads,
+            spaces=spaces,
+            selected_rows=selected_rows,
+        )
+
+    @staticmethod
+    def selected_heads(request: LoadRequest, layout: ArtifactLayout) -> tuple[dict, dict, dict]:
+        """Each subject's readout heads with the selection pushed down, its selected space and kept rows."""
         heads, spaces, selected_rows = {}, {}, {}
-        for s in subjects:
+        for s in request.subjects:
             full_heads = layout.load_heads(s)
             rows, spaces[s] = layout.output_space(s).narrow(request.selections[s], _LazyRois(layout, s))
             heads[s] = _select_heads(full_heads, rows)
             selected_rows[s] = rows
-        names = list(dict.fromkeys(h.projection for hs in heads.values() for h in hs))
-        projections = layout.load_projections(names)
-        model = cls(
+        return heads, spaces, selected_rows
+
+    @classmethod
+    def assemble(
+        cls,
+        request: LoadRequest,
+        layout: ArtifactLayout,
+        *,
+        extractor: FeatureExtractor,
+        heads: Mapping[Any, Sequence[ReadoutHead]],
+        spaces: Mapping[Any, OutputSpace],
+        selected_rows: Mapping[Any, np.ndarray | None],
+        projections: Mapping[str | None, Projection | None] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> LinearEncodingModel:
+        """Build the model from loaded parts (subclasses with their own loading call this once).
+
+        ``projections`` default to the ones the heads name; ``attributes`` are set before ``__init__``
+        (for subclasses whose width checks need them).
+        """
+        if projections is None:
+            names = list(dict.fromkeys(h.projection for hs in heads.values() for h in hs))
+            projections = layout.load_projections(names)
+        model = cls.__new__(cls)
+        model.__dict__.update(dict(attributes or {}))
+        cls.__init__(
+            model,
             request.spec,
-            extractor=cls.extractor_for(request),
+            extractor=extractor,
             projections=projections,
             heads=heads,
             spaces=spaces,

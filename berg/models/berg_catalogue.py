@@ -1,6 +1,6 @@
 """BERG's image catalogue read from BERG's own files: NSD fsaverage surfaces and THINGS EEG2 sensor x time.
 
-Six published models share two file formats (../shared/reference/berg-catalogue.md):
+Six published models share two file formats (BERG's creation code and loaders):
 
 =====================================  ==================================================================
 ``fmri-nsd_fsaverage-{backbone}``      per subject: StandardScaler -> PCA(250) -> one LinearRegression

@@ -1,6 +1,6 @@
 """``fmri-bmd-s3d``: BERG's BOLD Moments video model, read from BERG's own bucket layout.
 
-BERG publishes the model as pickled dicts saved with ``np.save`` (see ../shared/reference/berg.md):
+BERG publishes the model as pickled dicts saved with ``np.save`` (BERG's creation code, berg_creation_code/):
 
 * ``encoding_models_weights/pca_weights.npy`` — ``{"scaler_param": {...}, "pca_param": {...}}``, the
   StandardScaler and TruncatedSVD(100) shared by all subjects (100 x 5,337,088);

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from berg.engine import LinearEncodingModel, _select_heads
+from berg.engine import LinearEncodingModel
 from berg.errors import ModelLoadError
 from berg.layouts import NativeLayout
 from berg.models.base import LoadRequest
@@ -137,9 +137,6 @@ class Bold5000AlexNet(LinearEncodingModel):
                 f"{request.model_id} was built with preprocessing {built} but the registry declares {declared}; "
                 "rebuild it (berg build) or use the registry it was built for"
             )
-        heads, spaces, selected_rows = {}, {}, {}
-        from berg.engine import _LazyRois
-
         for s in subjects:
             built_n = int(layout._meta_json(s)["n_outputs"])
             declared_n = request.spec.n_outputs(s)
@@ -152,33 +149,22 @@ class Bold5000AlexNet(LinearEncodingModel):
                     built_n,
                     declared_n,
                 )
-            rows, spaces[s] = layout.output_space(s).narrow(request.selections[s], _LazyRois(layout, s))
-            heads[s] = _select_heads(layout.load_heads(s), rows)
-            selected_rows[s] = rows
+        heads, spaces, selected_rows = cls.selected_heads(request, layout)
         names = [n for n in used if any(h.projection == n for hs in heads.values() for h in hs)]
         recipe = {**request.spec.recipe, "nodes": [info["nodes"][n] for n in names]}
         extractor = FeatureExtractor(
             recipe, backbone_weights=request.backbone_weights, device=request.device, seed=request.backbone_seed
         )
-        model = cls.__new__(cls)
-        model.layer_order = names
-        model.layer_widths = {n: int(info["n_features"][n]) for n in names}
-        LinearEncodingModel.__init__(
-            model,
-            request.spec,
+        return cls.assemble(
+            request,
+            layout,
             extractor=extractor,
-            projections=layout.load_projections(names),
             heads=heads,
             spaces=spaces,
-            selections=request.selections,
-            layout=layout,
-            batch_size=request.batch_size,
-            multi_subject=request.multi_subject,
-            options=request.options,
             selected_rows=selected_rows,
+            projections=layout.load_projections(names),
+            attributes={"layer_order": names, "layer_widths": {n: int(info["n_features"][n]) for n in names}},
         )
-        model.setup()
-        return model
 
     def _check_widths(self) -> None:
         self._columns: dict[str, tuple[int, int]] = {}

@@ -164,7 +164,9 @@ def _main(argv: list[str] | None = None) -> None:
         from berg.store import Store
 
         args.out_dir = Store().source(Registry().get(MODEL_ID).source).local_root(MODEL_ID)
-    print(build_artifact(args.out_dir))  # noqa: T201 - command-line entry point
+    import sys
+
+    sys.stdout.write(f"{build_artifact(args.out_dir)}\n")  # a command-line entry point reports its result
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Write replicas of BERG's NSD-fsaverage and THINGS-EEG2 bucket folders, exactly as BERG writes them.
 
 For tests and benchmarks (no network): the same file names, dict keys, nesting and dtypes as BERG's
-creation code (../shared/reference/berg-catalogue.md sections 2-8), written the way BERG writes them —
+creation code (its encoding-model training scripts), written the way BERG writes them —
 ``np.save`` of a Python dict (a pickled 0-d object array). For EEG, ``pca_param`` holds each historic
 form: real pickled scikit-learn ``PCA`` objects per repetition (final), dicts of their attributes per
 repetition, or one shared attribute dict (oldest). Only this *writer* uses scikit-learn; berg reads

@@ -1,6 +1,6 @@
 """Convert img2fmri 1.0's wheel (PyPI) into a berg-native artifact.
 
-What the wheel holds (see ../shared/reference/img2fmri.md): 15 scikit-learn ``Ridge`` pickles
+What the wheel holds (img2fmri 1.0 on PyPI): 15 scikit-learn ``Ridge`` pickles
 (``img2fmri/models/subj{1,2,3}_{ROI}_model.pkl``), LH/RH boolean ROI masks on each subject's 2 mm
 functional grid, FSL warps to MNI, and smoothed MNI masks. The pickles are read with berg's
 restricted pickle interpreter, admitting only a ``Ridge`` stand-in that keeps its state (never a
