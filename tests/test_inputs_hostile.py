@@ -227,10 +227,13 @@ def _in_child(call: Callable[[], object]) -> tuple[str, int]:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")  # VmHWM := current RSS
             base = _status_kb("VmRSS")
+            tracemalloc.start()  # numpy's buffers, in case the kernel's RSS counters miss them (COW pages)
             text = _outcome(call)
+            traced = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
             # The kernel updates VmHWM lazily (when memory is unmapped); a buffer still referenced by the
             # exception's traceback is in VmRSS but not yet in VmHWM, so take the larger of the two.
-            added = max(0, max(_status_kb("VmHWM"), _status_kb("VmRSS")) - base) * 1024
+            added = max(traced, max(0, max(_status_kb("VmHWM"), _status_kb("VmRSS")) - base) * 1024)
         finally:
             os.write(write_fd, f"{added}|{text}".encode()[:4000])
             os._exit(0)
