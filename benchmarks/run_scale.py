@@ -269,7 +269,7 @@ def _timed_run(plan: dict) -> float:
 def _steady_rate(store: Path, n: int, shard: int) -> float:
     """Stimuli/s between the first shard start and the last shard end (cluster start-up and model loading
     excluded), from the run's event log."""
-    from berg.run.store import RunStore
+    from berg.runner.zarr_store import RunStore
 
     events = RunStore(store).read_events()
     first = min(e["t"] for e in events if e["event"] == "shard_start")

@@ -93,8 +93,8 @@ def __getattr__(name: str) -> Any:
         from berg.recipes import build_model
 
         return build_model
-    if name in ("run", "EncodePlan"):  # berg.run is a callable package: berg.run(plan), berg.run.status(RUN)
-        import berg.run
+    if name in ("run", "runner", "EncodePlan"):  # berg.run(plan) is a function; berg.runner.status(RUN) ...
+        import berg.runner
 
-        return berg.run if name == "run" else berg.run.EncodePlan
+        return {"run": berg.runner.run, "runner": berg.runner, "EncodePlan": berg.runner.EncodePlan}[name]
     raise AttributeError(f"module 'berg' has no attribute {name!r}")

@@ -46,7 +46,7 @@ _PLUGINS = {
     "cache": ("berg.store.cli", "add_cache_subparser", "inspect, verify or clear the artifact cache"),
     "train": ("berg.training.cli", "add_train_subparser", "train and export a model from a CONFIG.yaml"),
     "build": ("berg.recipes", "add_build_subparser", "build a recipe model from its dataset"),
-    "run": ("berg.run.cli", "add_run_subparser", "run a sharded, resumable encoding PLAN.yaml (+ status, export)"),
+    "run": ("berg.runner.cli", "add_run_subparser", "run a sharded, resumable encoding PLAN.yaml (+ status, export)"),
 }
 
 _EPILOG = """examples:

@@ -10,7 +10,7 @@ import pytest
 import toy_models as toys
 
 import berg
-from berg.engine import LinearEncodingModel
+from berg.core.engine import LinearEncodingModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -73,7 +73,7 @@ def test_any_output_space_is_stored_as_encode_returns_it(tmp_path, opts, brick, 
     report = berg.run(plan, show_progress=False)
     assert report.computed_units == 3
     model, ref = _encode(opts, model_id, images, [1, 2])
-    group = berg.run.open_responses(store)
+    group = berg.runner.open_responses(store)
     for s in (1, 2):
         got = group[f"{model_id}/sub-{s:02d}/responses"]
         assert got.shape == (len(images), *shape)

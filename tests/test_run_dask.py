@@ -14,7 +14,7 @@ import pytest
 from synthetic_native import MODEL_ID, PREFIX, build
 
 import berg
-from berg.run.store import RunStore
+from berg.runner.zarr_store import RunStore
 
 pytest.importorskip("dask.distributed")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -69,7 +69,7 @@ def test_worker_killed_mid_shard(tmp_path, images, synth, s3_server, monkeypatch
             berg.run(_plan(ref_store, images, synth, tmp_path / "cache", "local"), show_progress=False)
     finally:
         torch.set_num_threads(threads)
-    ref = berg.run.open_responses(ref_store)
+    ref = berg.runner.open_responses(ref_store)
 
     store = tmp_path / "run"
     plan = _plan(
@@ -120,7 +120,7 @@ def test_worker_killed_mid_shard(tmp_path, images, synth, s3_server, monkeypatch
     report = outcome["report"]
     assert report.dashboard and report.dashboard.startswith("http")
 
-    got = berg.run.open_responses(store)
+    got = berg.runner.open_responses(store)
     for s in ("sub-01", "sub-02"):
         np.testing.assert_array_equal(got[f"{MODEL_ID}/{s}/responses"][:], ref[f"{MODEL_ID}/{s}/responses"][:])
     after = [e for e in rs.read_events()[n_events:] if e["event"] == "unit_done"]

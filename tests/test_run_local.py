@@ -19,7 +19,7 @@ from synthetic_native import MODEL_ID, build
 
 import berg
 from berg.errors import StimulusError
-from berg.run.store import RunLockedError, RunStore
+from berg.runner.zarr_store import RunLockedError, RunStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -77,7 +77,7 @@ def _encode(berg_opts, stimuli, subjects=(1, 2), **kw):
 
 
 def _responses(store, subject, name=MODEL_ID):
-    return berg.run.open_responses(store)[f"{name}/sub-{subject:02d}/responses"][:]
+    return berg.runner.open_responses(store)[f"{name}/sub-{subject:02d}/responses"][:]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_run_equals_encode_and_records_provenance(one_pass, images, berg_opts, s
     ref = _encode(berg_opts, sorted(images.glob("*.png")))
     for s in (1, 2):
         np.testing.assert_array_equal(_responses(one_pass, s), ref[s])  # bit for bit
-    g = berg.run.open_responses(one_pass)
+    g = berg.runner.open_responses(one_pass)
     assert list(g["stimulus_ids"][:2]) == ["img000.png", "img001.png"]
     np.testing.assert_array_equal(g[f"{MODEL_ID}/sub-02/output_ids"][:], synth.voxel_ijk[2])
     attrs = dict(g[f"{MODEL_ID}/sub-01"].attrs)
@@ -201,7 +201,7 @@ def test_plan_changes_mark_affected_shards_stale(tmp_path, images, berg_opts, sy
     plan = _plan(store, stim, opts, subjects=[1, 2])
     prepared = berg.run(plan, show_progress=False, prepare_only=True)
     assert prepared.computed_units == 0
-    st = berg.run.status(store)["targets"]
+    st = berg.runner.status(store)["targets"]
     assert (st[f"{MODEL_ID}/sub-01"]["done"], st[f"{MODEL_ID}/sub-02"]["stale"]) == (2, 2)
     assert berg.run(plan, show_progress=False).computed_units == 2
     assert all(e["targets"] == [f"{MODEL_ID}/sub-02"] for e in _unit_done(store)[-2:])
@@ -234,7 +234,7 @@ def test_bad_stimuli_stop_with_the_file_named_or_are_skipped(tmp_path, images, b
 
     store = tmp_path / "skip"
     report = berg.run(_plan(store, str(folder), berg_opts, on_error="skip"), show_progress=False)
-    ids = list(berg.run.open_responses(store)["stimulus_ids"][:])
+    ids = list(berg.runner.open_responses(store)["stimulus_ids"][:])
     bad = [ids.index("img005b.jpg"), ids.index("img009b.jpg")]
     assert [f["index"] for f in report.failed] == bad
     assert "img009b.jpg" in report.failed[1]["id"]
@@ -245,7 +245,7 @@ def test_bad_stimuli_stop_with_the_file_named_or_are_skipped(tmp_path, images, b
         assert np.isnan(got[bad]).all()
         assert not np.isnan(got[good]).any()
         np.testing.assert_allclose(got[good], ref[s], rtol=1e-5, atol=1e-5)  # batches differ: float32 rounding
-    assert [f["index"] for f in berg.run.status(store)["failed"]] == bad
+    assert [f["index"] for f in berg.runner.status(store)["failed"]] == bad
 
 
 def test_reducers_dtype_and_selection(tmp_path, images, berg_opts, synth):
@@ -276,13 +276,13 @@ def test_reducers_dtype_and_selection(tmp_path, images, berg_opts, synth):
         models=models, stimuli=stim, store=store, shard_size=4, dtype="float16", berg=berg_opts, device="cpu"
     )
     berg.run(plan, show_progress=False)
-    from berg.run.sources import open_source
-    from berg.run.worker import _backbone_groups, load_entries
+    from berg.runner.inputs import open_source
+    from berg.runner.worker import _backbone_groups, load_entries
 
     loaded = load_entries(plan, open_source(plan.stimuli), device="cpu")
     assert [len(g) for g in _backbone_groups(list(loaded.values()))] == [2]  # one backbone pass for both entries
     full = _encode(berg_opts, stim, subjects=[1])[1]
-    g = berg.run.open_responses(store)
+    g = berg.runner.open_responses(store)
     means = g["roi-means/sub-01/responses"][:]
     assert means.dtype == np.float16 and means.shape == (10, 2)
     expect = np.stack([full[:, synth.roi_rows[r]].mean(1) for r in ("A", "B")], 1)
@@ -306,7 +306,7 @@ def test_hdf5_brick(tmp_path, berg_opts, synth):
     ref = _encode(berg_opts, synth.test_images)
     for s in (1, 2):
         np.testing.assert_array_equal(_responses(store, s), ref[s])
-    assert list(berg.run.open_responses(store)["stimulus_ids"][:]) == list(range(len(synth.test_images)))
+    assert list(berg.runner.open_responses(store)["stimulus_ids"][:]) == list(range(len(synth.test_images)))
 
 
 def test_slurm_array_slices_cli_status_export(tmp_path, images, berg_opts, one_pass, capsys):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from berg.errors import InvalidParameterError, StimulusError
-from berg.run.plan import EncodePlan
-from berg.run.reducers import build_reducer
-from berg.run.sources import normalise_stimuli, open_source
-from berg.run.store import RunLockedError, RunStore, StoreFormatError, TargetInfo
+from berg.runner.inputs import normalise_stimuli, open_source
+from berg.runner.plan import EncodePlan
+from berg.runner.reducers import build_reducer
+from berg.runner.zarr_store import RunLockedError, RunStore, StoreFormatError, TargetInfo
 
 
 def _plan(tmp_path, **kw):
@@ -334,7 +334,7 @@ def test_lock_refuses_a_second_process_and_frees_on_death(tmp_path):
     root = tmp_path / "run"
     code = textwrap.dedent(f"""
         import sys, time
-        from berg.run.store import RunStore
+        from berg.runner.zarr_store import RunStore
         with RunStore({str(root)!r}).lock():
             print("held", flush=True)
             time.sleep(60)
@@ -365,7 +365,7 @@ def test_lock_refuses_a_second_process_and_frees_on_death(tmp_path):
 def test_export_refuses_incomplete_and_copies(tmp_path):
     import h5py
 
-    from berg.run.export import IncompleteRunError, export_hdf5
+    from berg.runner.export import IncompleteRunError, export_hdf5
 
     store = RunStore(tmp_path / "run")
     t = _target()
@@ -405,6 +405,6 @@ def test_status_eta_from_the_latest_run(tmp_path):
     assert st["pending_units"] == 6 and not st["complete"]
     assert st["units_per_second"] == pytest.approx(4 / 40)
     assert st["eta_seconds"] == pytest.approx(60.0)  # 6 shards at one per 10 s
-    from berg.run.cli import format_status
+    from berg.runner.cli import format_status
 
     assert "6 shard(s) to compute; rate 6.0 shards/min; ETA 1m00s" in format_status(st)

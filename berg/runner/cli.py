@@ -1,7 +1,7 @@
 """``berg run PLAN.yaml [--shard I --of N]``, ``berg status RUN``, ``berg export RUN --to out.h5``.
 
 :func:`add_run_subparser` adds the three sub-commands for :mod:`berg.cli`; the handlers write their report
-to the stream they are given (stdout by default); everything else in :mod:`berg.run` only returns data.
+to the stream they are given (stdout by default); everything else in :mod:`berg.runner` only returns data.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """A readable table of :meth:`berg.run.store.RunStore.status`."""
+    """A readable table of :meth:`berg.runner.zarr_store.RunStore.status`."""
     lines = [
         (
             f"run {status['root']}: {status['n_stimuli']} stimuli in {status['n_shards']} shards of "
@@ -70,8 +70,8 @@ def format_status(status: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run or resume a plan."""
     from berg.errors import InvalidParameterError
-    from berg.run.executors import run
-    from berg.run.plan import EncodePlan
+    from berg.runner.executors import run
+    from berg.runner.plan import EncodePlan
 
     out = out or sys.stdout
     if (args.shard is None) != (args.of is None):
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def cmd_status(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Show a run's progress; exit status 0 when complete, 3 when shards remain."""
-    from berg.run.store import RunStore
+    from berg.runner.zarr_store import RunStore
 
     out = out or sys.stdout
     status = RunStore.open(args.run).status()
@@ -129,7 +129,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def cmd_export(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Export a run to one HDF5 file."""
-    from berg.run.export import export_hdf5
+    from berg.runner.export import export_hdf5
 
     out = out or sys.stdout
     path = export_hdf5(args.run, args.to, allow_incomplete=args.allow_incomplete)

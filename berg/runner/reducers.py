@@ -100,7 +100,7 @@ def build_reducer(
     Parameters
     ----------
     specs : list of dict
-        Normalised reducer specs (see :mod:`berg.run.plan`).
+        Normalised reducer specs (see :mod:`berg.runner.plan`).
     meta : dict or None
         The subject's metadata (needed by ROI and metric reducers).
     full_rows : array or None

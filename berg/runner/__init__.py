@@ -4,8 +4,12 @@
 >>> plan = berg.EncodePlan(
 ...     models=[{"id": "fmri-bold5000-resnet18", "subjects": [1, 2, 3]}],
 ...     stimuli="images/", store="runs/bold5000.zarr", shard_size=256)
->>> report = berg.run(plan)                  # resumes where a killed run stopped
->>> berg.run.status("runs/bold5000.zarr")    # done / pending / stale shards, ETA   (berg.run module)
+>>> report = berg.run(plan)                      # resumes where a killed run stopped
+>>> berg.runner.status("runs/bold5000.zarr")     # done / pending / stale / damaged shards, ETA
+
+``berg.run`` is the function :func:`run`; this package (``berg.runner``) holds the rest: :func:`status`,
+:func:`export`, :func:`open_responses`, the plan, the zarr run store, stimulus inputs, reducers, the
+worker and the executors.
 
 Importing this package is light (no torch, zarr or dask); they load when a run starts.
 See docs/guide/scale-out.md for the whole workflow (local, Dask, Slurm arrays).
@@ -14,50 +18,41 @@ See docs/guide/scale-out.md for the whole workflow (local, Dask, Slurm arrays).
 from __future__ import annotations
 
 import os
-import sys
-import types
 from typing import Any
 
-from berg.run.plan import EncodePlan, ModelEntry
+from berg.runner.plan import EncodePlan, ModelEntry
 
 __all__ = ["EncodePlan", "ModelEntry", "export", "open_responses", "run", "status"]
 
 
 def run(plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True, prepare_only: bool = False):
-    """Run or resume ``plan`` (an :class:`EncodePlan`, a dict, or a YAML path); see :func:`berg.run.executors.run`."""
-    from berg.run.executors import run as _run
+    """Run or resume ``plan`` (an :class:`EncodePlan`, a dict, or a YAML path); see :func:`berg.runner.executors.run`."""
+    from berg.runner.executors import run as _run
 
     return _run(plan, shard=shard, show_progress=show_progress, prepare_only=prepare_only)
 
 
 def status(store: str | os.PathLike[str]) -> dict[str, Any]:
     """Done / stale / pending shards per target, failed stimuli and ETA of a run folder."""
-    from berg.run.store import RunStore
+    from berg.runner.zarr_store import RunStore
 
     return RunStore.open(store).status()
 
 
-def export(store: str | os.PathLike[str], to: str | os.PathLike[str], *, allow_incomplete: bool = False):
-    """Write a run as one HDF5 file (see :func:`berg.run.export.export_hdf5`)."""
-    from berg.run.export import export_hdf5
+def export(
+    store: str | os.PathLike[str],
+    to: str | os.PathLike[str],
+    *,
+    allow_incomplete: bool = False,
+):
+    """Write a run as one HDF5 file (see :func:`berg.runner.export.export_hdf5`)."""
+    from berg.runner.export import export_hdf5
 
     return export_hdf5(store, to, allow_incomplete=allow_incomplete)
 
 
 def open_responses(store: str | os.PathLike[str]):
     """The run's zarr group, read-only (``open_responses(RUN)["model/sub-01/responses"]``)."""
-    from berg.run.store import open_responses as _open
+    from berg.runner.zarr_store import open_responses as _open
 
     return _open(store)
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``berg.run(plan)`` work although ``berg.run`` is also this package (``berg.run.status`` ...)."""
-
-    def __call__(
-        self, plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool = True, prepare_only: bool = False
-    ):
-        return run(plan, shard=shard, show_progress=show_progress, prepare_only=prepare_only)
-
-
-sys.modules[__name__].__class__ = _CallableModule

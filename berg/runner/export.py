@@ -25,7 +25,7 @@ import numpy as np
 
 from berg.errors import BERGError
 from berg.fsutil import atomic_path
-from berg.run.store import RunStore
+from berg.runner.zarr_store import RunStore
 
 __all__ = ["IncompleteRunError", "export_hdf5"]
 

@@ -6,7 +6,7 @@ written, with the valid values in each error message.
 
 The *content* of a plan (models, subjects, selections, reducers, stimuli, dtype, shard size) decides
 the numbers in the store; the *execution* settings (executor, workers, device, decode threads) do not.
-Only the content enters the hashes that mark shards done (see :mod:`berg.run.store`), so the same plan
+Only the content enters the hashes that mark shards done (see :mod:`berg.runner.zarr_store`), so the same plan
 run locally, on Dask or as a Slurm array resumes the same store.
 
 Example (YAML)::
@@ -273,7 +273,7 @@ class EncodePlan:
     stimuli : str, list or dict
         A folder path, a list of paths, or a dict: ``{"folder": DIR}``, ``{"glob": PATTERN}``,
         ``{"list": [paths]}`` or ``{"list_file": FILE}``, ``{"hdf5": FILE, "dataset": "imgBrick"}``,
-        ``{"videos": DIR}`` (see :mod:`berg.run.sources`).
+        ``{"videos": DIR}`` (see :mod:`berg.runner.inputs`).
     store : path
         The run folder (created; resumed when it exists).
     shard_size : int, default 256
@@ -334,7 +334,7 @@ class EncodePlan:
             raise InvalidParameterError(
                 f"model name(s) {dupes} appear twice in the plan; give each entry its own 'name:'"
             )
-        from berg.run.sources import normalise_stimuli
+        from berg.runner.inputs import normalise_stimuli
 
         self.stimuli = normalise_stimuli(stimuli, self.base_dir)
         if store is None or str(store) == "":

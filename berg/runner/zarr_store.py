@@ -82,7 +82,7 @@ def _utc() -> str:
 
 
 def _json_safe(obj: Any) -> Any:
-    from berg.run.plan import canonical_json
+    from berg.runner.plan import canonical_json
 
     return json.loads(canonical_json(obj))
 
@@ -149,7 +149,7 @@ def _alive(pid: int) -> bool:
 
 
 class RunStore:
-    """A run folder (see the module docstring); :func:`berg.run.run` creates and fills it.
+    """A run folder (see the module docstring); :func:`berg.runner.run` creates and fills it.
 
     Parameters
     ----------

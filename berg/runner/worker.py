@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from berg.errors import InvalidParameterError, StimulusError
-from berg.run.plan import EncodePlan, ModelEntry, digest
-from berg.run.reducers import Reducer, build_reducer
-from berg.run.sources import StimulusSource
-from berg.run.store import FORMAT_VERSION, RunStore, TargetInfo
+from berg.runner.inputs import StimulusSource
+from berg.runner.plan import EncodePlan, ModelEntry, digest
+from berg.runner.reducers import Reducer, build_reducer
+from berg.runner.zarr_store import FORMAT_VERSION, RunStore, TargetInfo
 from berg.subjects import subject_label
 
 __all__ = [
@@ -105,7 +105,7 @@ def backbone_key(model: Any, prov: Mapping[str, Any]) -> str | None:
     when the model offers no features entry point (then it runs its own ``iter_encode``)."""
     if not (hasattr(model, "extractor") and hasattr(model, "outputs_from_features")):
         return None
-    from berg.engine import LinearEncodingModel
+    from berg.core.engine import LinearEncodingModel
 
     if getattr(type(model), "iter_encode", None) is not LinearEncodingModel.iter_encode or not _batching_loop_is_encode(
         model
@@ -418,7 +418,7 @@ def _model_shape(le: LoadedEntry, subject: Any) -> tuple[int, ...]:
 
 def _batching_loop_is_encode(model: Any) -> bool:
     """True when ``model.encode`` is the engine's, i.e. exactly the concatenation of ``iter_encode``."""
-    from berg.engine import LinearEncodingModel
+    from berg.core.engine import LinearEncodingModel
 
     return hasattr(model, "iter_encode") and getattr(type(model), "encode", None) is LinearEncodingModel.encode
 
@@ -466,7 +466,7 @@ def _encode_group(
         return full
     import torch
 
-    from berg.engine import iter_batches
+    from berg.core.engine import iter_batches
 
     batch = min(int(le.model.batch_size) for le in group)
     for a, b, x in iter_batches(first.extractor.transform, stim, batch):

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from berg.errors import InvalidParameterError, MissingExtraError
-from berg.run.plan import EncodePlan
-from berg.run.sources import open_source
-from berg.run.store import RunStore
-from berg.run.worker import (
+from berg.runner.inputs import open_source
+from berg.runner.plan import EncodePlan
+from berg.runner.worker import (
     compute_unit,
     default_decode_threads,
     encode_unit,
@@ -37,6 +36,7 @@ from berg.run.worker import (
     shard_bounds,
     write_unit,
 )
+from berg.runner.zarr_store import RunStore
 
 __all__ = ["RunReport", "pending_units", "run"]
 
@@ -282,7 +282,7 @@ def _run_dask(plan: EncodePlan, units: dict[int, dict[str, str]], n: int, show: 
     dashboard = getattr(client, "dashboard_link", None)
     if dashboard:
         log.warning("Dask dashboard: %s", dashboard)  # the one link users need while a run is going
-    from berg.run.plan import digest
+    from berg.runner.plan import digest
 
     # Workers keep their models per plan *and* execution settings (a device change reloads them).
     plan_dict = {**plan.to_dict(), "__hash__": digest(plan.to_dict())}
