@@ -89,7 +89,7 @@ def bench_groupmaps(n_frames: int, device: str, repeats: int) -> dict:
     import torch
 
     import berg
-    from berg.engine import iter_batches
+    from berg.core.engine import iter_batches
     from berg.models.bold5000_resnet18.convert import CONVERTER_VERSION, WHEEL_SHA256
 
     artifact = TEST_CACHE / "artifacts" / f"{WHEEL_SHA256[:12]}-v{CONVERTER_VERSION}"

@@ -1,6 +1,6 @@
 """Readout GEMM kernels side by side: torch addmm vs numpy matmul per readout shape, vs the GEMM peak.
 
-The engine picks numpy for readouts of at least ``berg.engine.NUMPY_READOUT_MIN_OUTPUTS`` outputs on CPU
+The engine picks numpy for readouts of at least ``berg.core.engine.NUMPY_READOUT_MIN_OUTPUTS`` outputs on CPU
 (a fixed rule of the shape, so runs are bit-reproducible); this script is the evidence for that rule.
 
     python benchmarks/readout_kernels.py [--repeats 5]

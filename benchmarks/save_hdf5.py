@@ -27,7 +27,7 @@ class Model:
     """Stand-in with the interface berg.io uses (real VolumeSpace for to_nifti)."""
 
     def __init__(self):
-        from berg.spaces import VolumeSpace
+        from berg.core.spaces import VolumeSpace
 
         rng = np.random.default_rng(0)
         flat = np.sort(rng.choice(int(np.prod(GRID)), size=N_OUT, replace=False))

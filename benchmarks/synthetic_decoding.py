@@ -53,7 +53,7 @@ def main() -> int:
 
     from berg.api import BERG
     from berg.experiments.decoding import classify, identify, learning_curve, split_categories
-    from berg.recipes import build_model
+    from berg.buildable import build_model
     from berg.synthetic import category_images, generate
     from berg.training.datasets import bold5000_release_dataset
     from creation_code.bold5000_alexnet.synthetic_release import (

@@ -70,6 +70,14 @@ def _shortcut(name: str):
     return call
 
 
+def _build(model_id: str, data_dir: Any, **kwargs: Any) -> Any:
+    """:func:`berg.buildable.build_model` with the default client unless ``client=`` is given."""
+    from berg.buildable import build_model
+
+    kwargs.setdefault("client", default())
+    return build_model(model_id, data_dir, **kwargs)
+
+
 list_models = _shortcut("list_models")
 get_model_catalog = _shortcut("get_model_catalog")
 describe = _shortcut("describe")
@@ -90,9 +98,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(berg.io, name)
     if name == "build":
-        from berg.recipes import build_model
-
-        return build_model
+        return _build
     if name in ("run", "runner", "EncodePlan"):  # berg.run(plan) is a function; berg.runner.status(RUN) ...
         import berg.runner
 

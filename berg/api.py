@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from berg.env import env_flag
+from berg.env import env_flag, parse_bool
 from berg.errors import InvalidParameterError
 from berg.registry import ModelSpec, Registry, validate_load_params
 
@@ -21,10 +21,10 @@ _DEFAULT_BATCH = {"image": 32, "video": 4}
 
 def model_class_for(spec: ModelSpec) -> Any:
     """The class a registry entry names (checked against the interface), or the linear engine."""
-    from berg.models.base import check_model_class
+    from berg.core.contract import check_model_class
 
     if not spec.model_class:
-        from berg.engine import LinearEncodingModel
+        from berg.core.engine import LinearEncodingModel
 
         return LinearEncodingModel
     from berg._imports import import_object
@@ -70,7 +70,7 @@ class BERG:
         if self.berg_dir is not None and not self.berg_dir.is_dir():
             raise InvalidParameterError(f"berg_dir does not exist or is not a directory: {self.berg_dir}")
         self.cache_dir = cache_dir
-        self.offline = bool(offline) or env_flag("BERG_OFFLINE")
+        self.offline = parse_bool(offline, "offline") or env_flag("BERG_OFFLINE")
         self._store = None
 
     @property
@@ -83,7 +83,7 @@ class BERG:
         return self._store
 
     def _layout(self, spec: ModelSpec):
-        from berg.layouts import layout_for
+        from berg.core.layouts import layout_for
 
         layout = layout_for(spec, self.store)
         if layout is None:
@@ -196,9 +196,9 @@ class BERG:
         backbone_seed: int = 0,
         options: Mapping[str, Any] | None = None,
     ):
-        """Validate ``get_encoding_model``'s arguments (no I/O) into a :class:`~berg.models.base.LoadRequest`."""
+        """Validate ``get_encoding_model``'s arguments (no I/O) into a :class:`~berg.core.contract.LoadRequest`."""
+        from berg.core.contract import LoadRequest
         from berg.features import resolve_device
-        from berg.models.base import LoadRequest
 
         spec = self.registry.get(model_id)
         if batch_size is None:
@@ -223,11 +223,15 @@ class BERG:
             client=self,
         )
 
+    def model_class(self, spec: ModelSpec) -> Any:
+        """The model class a registry entry names (checked against the contract), or the linear engine."""
+        return model_class_for(spec)
+
     def load(self, request: Any) -> Any:
-        """Load the model a :class:`~berg.models.base.LoadRequest` describes (what ``get_encoding_model`` does)."""
+        """Load the model a :class:`~berg.core.contract.LoadRequest` describes (what ``get_encoding_model`` does)."""
         spec = request.spec
         if spec.build:
-            from berg.recipes import built_path, is_built, not_built_error
+            from berg.buildable import built_path, is_built, not_built_error
 
             if not is_built(spec, self.store):
                 raise not_built_error(spec, built_path(spec, self.store))
@@ -250,7 +254,7 @@ class BERG:
             ``return_metadata=True`` always ``(responses, metadata)``. If the metadata cannot be
             loaded, an error is raised; the return type never changes silently.
         """
-        from berg.models.base import REQUIRED_METHODS
+        from berg.core.contract import REQUIRED_METHODS
 
         if isinstance(model, type) or not all(callable(getattr(model, m, None)) for m in REQUIRED_METHODS):
             raise InvalidParameterError(f"model must be what get_encoding_model returns, got {type(model).__name__}")

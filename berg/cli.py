@@ -45,7 +45,7 @@ _PLOT_INPUTS = (".h5", ".hdf5", ".nii", ".nii.gz")
 _PLUGINS = {
     "cache": ("berg.store.cli", "add_cache_subparser", "inspect, verify or clear the artifact cache"),
     "train": ("berg.training.cli", "add_train_subparser", "train and export a model from a CONFIG.yaml"),
-    "build": ("berg.recipes", "add_build_subparser", "build a recipe model from its dataset"),
+    "build": ("berg.buildable_cli", "add_build_subparser", "build a model without published weights from its dataset"),
     "run": ("berg.runner.cli", "add_run_subparser", "run a sharded, resumable encoding PLAN.yaml (+ status, export)"),
 }
 

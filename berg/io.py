@@ -245,7 +245,7 @@ def load_responses(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     import h5py
 
-    from berg.spaces import space_from_dict
+    from berg.core.spaces import space_from_dict
 
     text = os.fspath(path)
     if not Path(text).is_file():

@@ -1,11 +1,39 @@
-"""The model registry: ``registry.yaml`` parsed into :class:`ModelSpec` objects, plus parameter checks.
+"""The model registry: ``registry.yaml`` files parsed into :class:`ModelSpec` objects, plus parameter checks.
 
 Everything here is plain data and runs before any artifact I/O: unknown ids, subjects, ROI names,
 one-hot lengths, devices and batch sizes are refused with the valid values in the message.
+
+Where entries come from (each a :class:`RegistrySource`):
+
+* berg's shipped ``registry.yaml`` — the default namespace (``fmri-bmd-s3d``);
+* files named by ``BERG(registry=...)``, ``--registry`` or ``BERG_REGISTRY`` (your own, e.g. written by
+  ``berg train``; trusted like the shipped file);
+* registries added with ``berg registry add NAME URL`` (kept in the user's config) and registries that
+  installed packages ship through the ``berg.registries`` entry-point group (see :mod:`berg.hub`).
+  These come from outside: they may use only the code-free part of the schema (see
+  :func:`check_outside_entry`), their files are pinned by sha256, and their ids live in their own
+  namespace (``lab/model-id``).
+
+File format (one fact in one place)::
+
+    format_version: 1
+    namespace: lab                  # absent: the default namespace (shipped and local files only)
+    defaults:                       # families of entries: shared keys, as timm's _cfg
+      catalogue: {modality: fmri, layout: native, recipe: {...}}
+    models:
+      model-id:
+        extends: catalogue          # deep-merged over the family's defaults
+        recipe:
+          backbone: {builder: torchvision.models.alexnet, weights: AlexNet_Weights.IMAGENET1K_V1}
+          transform: {kind: image}  # size, crop, mean, std: from the weights (torchvision's transforms())
+        versions:                   # optional: lab/model-id@1, lab/model-id@2; the newest by default
+          1: {source: {...}}
+          2: {source: {...}}
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 import os
@@ -18,32 +46,47 @@ from typing import Any
 import numpy as np
 
 from berg._resources import cards_dir, registry_path
+from berg.devices import validate_device
 from berg.env import env_str
-from berg.errors import InvalidParameterError, ModelNotFoundError, close_matches
-from berg.features import validate_device
+from berg.errors import IntegrityError, InvalidParameterError, ModelNotFoundError, close_matches
+from berg.fsutil import sha256_file
 from berg.yamlio import read_yaml
 
-__all__ = ["ModelSpec", "Registry", "Selection", "load_registry", "validate_load_params"]
+__all__ = [
+    "ModelSpec",
+    "Registry",
+    "RegistrySource",
+    "RegistryError",
+    "UntrustedEntryError",
+    "Selection",
+    "check_outside_entry",
+    "parse_model_name",
+    "validate_load_params",
+    "weights_transform",
+]
 
 log = logging.getLogger(__name__)
 
 _REQUIRED = ("card", "modality", "dataset")
 # Model ids name cache folders: no '/', '.', '..', spaces or leading '_'/'.' (berg's own folders).
 _MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# lab/model-id@2: namespace (optional), id, version (optional)
+_NAME_RE = re.compile(r"^(?:(?P<ns>[^/@]+)/)?(?P<id>[^/@]+)(?:@(?P<version>[^/@]*))?$")
 _PIPELINE = ("source", "layout", "recipe")
 _KNOWN = {"card", "modality", "dataset", "subjects", "source", "layout", "recipe", "model_class", "ensemble", "build"}
+# bookkeeping keys of an entry, consumed while loading (not facts of the model)
+_STRUCTURE = ("extends", "versions", "card_sha256")
+#: Largest registry fragment / card read from outside (a fragment of hundreds of models is ~100 kB).
+MAX_OUTSIDE_BYTES = 1 << 20
 
-#: Selection keys of each output-space kind, in precedence order (the first present wins where
-#: keys exclude each other; see :meth:`berg.spaces.OutputSpace.narrow`).
-DEFAULT_SELECTION_KEYS = {
-    "flat": ("roi", "outputs", "voxels"),
-    "volume": ("roi", "voxels"),
-    "surface": ("roi", "lh_vertices", "rh_vertices"),
-    "sensor_time": ("channels", "timepoints"),
-}
-_VECTOR_KEYS = ("voxels", "outputs", "lh_vertices", "rh_vertices", "timepoints")
-# Keys that ``roi`` overrides when both are given (BERG's precedence rule).
-_ROI_OVERRIDES = ("voxels", "outputs", "lh_vertices", "rh_vertices")
+
+
+def _space_keys(attribute: str) -> tuple[str, ...]:
+    """Union over the registered output-space kinds of one selection-key attribute (see berg.core.spaces)."""
+    from berg.core.spaces import SPACE_KINDS
+
+    return tuple(dict.fromkeys(k for cls in SPACE_KINDS.values() for k in getattr(cls, attribute)))
 
 
 @dataclass(frozen=True)
@@ -100,16 +143,26 @@ class ModelSpec:
     source : dict
         Where artifact keys come from (see :mod:`berg.store`); ``{}`` for ensembles.
     layout : str
-        ``"native"`` or a dotted ``"pkg.mod:Class"`` path of an :class:`~berg.layouts.ArtifactLayout`.
+        ``"native"`` or a dotted ``"pkg.mod:Class"`` path of an :class:`~berg.core.layouts.ArtifactLayout`.
     recipe : dict
         backbone, nodes, transform, projection, readout, output_space.
     model_class : str or None
-        Dotted path of a class implementing :class:`~berg.models.base.BaseModelInterface`.
+        Dotted path of a class implementing :class:`~berg.core.contract.BaseModelInterface`.
     ensemble : dict or None
         ``{"members": [{"model": id, "weight": w}, ...]}`` for ensembles.
     build : dict or None
         ``{"creator": "pkg.mod:function", "data": "..."}`` for recipe models built on the user's machine.
     card_path : Path
+    namespace : str
+        ``""`` for the default namespace (berg's shipped registry and your own files).
+    version : int or None
+        The entry's version (``lab/model-id@2``); ``None`` for unversioned entries.
+    registry : str
+        Name of the registry the entry came from (``"berg"`` for the shipped one).
+    origin : str
+        Where that registry came from (a file, a URL, a package's entry point).
+    card_sha256 : str or None
+        Pinned sha256 of the card (entries from outside).
     """
 
     model_id: str
@@ -117,14 +170,44 @@ class ModelSpec:
     dataset: str
     source: dict[str, Any]
     layout: str
-    recipe: dict[str, Any]
+    declared_recipe: dict[str, Any]
     card_path: Path
     model_class: str | None = None
     ensemble: dict[str, Any] | None = None
     build: dict[str, Any] | None = None
     declared_subjects: list[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    namespace: str = ""
+    short_id: str = ""
+    version: int | None = None
+    registry: str = "berg"
+    origin: str = ""
+    card_sha256: str | None = None
+    trusted: bool = True
     _card: dict[str, Any] | None = field(default=None, repr=False)
+    _recipe: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.short_id:
+            self.short_id = self.model_id
+
+    @property
+    def name(self) -> str:
+        """The model's name without version: ``lab/model-id`` (``model-id`` in the default namespace)."""
+        return f"{self.namespace}/{self.short_id}" if self.namespace else self.short_id
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The recipe, its transform completed from the backbone's weights where the entry leaves fields out.
+
+        A torchvision weights name brings its preprocessing (``weights.transforms()``: resize, crop,
+        mean, std); the entry states only what differs. ``transform: {from_weights: NAME}`` names the
+        weights whose preprocessing to use when the backbone itself has none (untrained controls).
+        torchvision is imported only when a field is missing.
+        """
+        if self._recipe is None:
+            self._recipe = complete_recipe(self.declared_recipe, self.model_id)
+        return self._recipe
 
     @property
     def card(self) -> dict[str, Any]:
@@ -134,8 +217,15 @@ class ModelSpec:
 
             if not self.card_path.is_file():
                 raise ModelNotFoundError(f"card of {self.model_id} missing: {self.card_path}")
+            if not self.trusted:  # bounded, alias-free, pinned: before the card loader sees it
+                read_yaml(self.card_path, max_bytes=MAX_OUTSIDE_BYTES, aliases=False)
+            if self.card_sha256 is not None and sha256_file(self.card_path) != self.card_sha256:
+                raise IntegrityError(
+                    f"card of {self.model_id} ({self.card_path}) does not match the sha256 its registry "
+                    f"{self.registry!r} pins ({self.card_sha256}); run `berg registry update {self.registry}`"
+                )
             card = load_card(self.card_path)
-            if card.get("id") != self.model_id:
+            if card.get("id") not in (self.model_id, self.short_id, self.name):
                 raise InvalidParameterError(
                     f"card {self.card_path} has id {card.get('id')!r}; the registry entry is {self.model_id!r}"
                 )
@@ -160,14 +250,14 @@ class ModelSpec:
     @property
     def input_kind(self) -> str:
         """``"image"`` or ``"video"`` (the recipe's transform; the card's input type for ensembles)."""
-        transform = (self.recipe or {}).get("transform") or {}
+        transform = (self.declared_recipe or {}).get("transform") or {}
         return transform.get("kind") or self.card["input"]["type"]
 
     @property
     def output_space_kind(self) -> str:
         """``flat``, ``volume``, ``surface`` or ``sensor_time`` (card ``output.space``, else the recipe)."""
         space = (self.card.get("output") or {}).get("space") or {}
-        return space.get("kind") or (self.recipe or {}).get("output_space") or "flat"
+        return space.get("kind") or (self.declared_recipe or {}).get("output_space") or "flat"
 
     @property
     def min_frames(self) -> int:
@@ -188,7 +278,10 @@ class ModelSpec:
         declared = self._selection_card().get("keys")
         if declared:
             return tuple(declared)
-        keys = DEFAULT_SELECTION_KEYS.get(self.output_space_kind, ("roi",))
+        from berg.core.spaces import SPACE_KINDS
+
+        space_cls = SPACE_KINDS.get(self.output_space_kind)
+        keys = space_cls.SELECTION_KEYS if space_cls is not None else ("roi",)
         return tuple(k for k in keys if k != "roi" or self.roi_names)
 
     @property
@@ -285,10 +378,11 @@ class ModelSpec:
             )
         given = {k: v for k, v in selection.items() if v is not None}
         if given.get("roi") is not None:
-            ignored = [k for k in given if k in _ROI_OVERRIDES]
+            overrides = _space_keys("ROI_OVERRIDES")
+            ignored = [k for k in given if k in overrides]
             if ignored:
                 log.warning("selection: 'roi' takes precedence; %s ignored (as in BERG)", ignored)
-            given = {k: v for k, v in given.items() if k not in _ROI_OVERRIDES}
+            given = {k: v for k, v in given.items() if k not in overrides}
         common: dict[str, Any] = {}
         per_subject: dict[Any, dict[str, Any]] = {s: {} for s in subjects}
         for key, value in given.items():
@@ -296,7 +390,7 @@ class ModelSpec:
                 common[key] = self._check_rois(value)
             elif key == "channels":
                 common[key] = self._check_channels(value)
-            elif key in _VECTOR_KEYS:
+            elif key in _space_keys("VECTOR_KEYS"):
                 for s, vec in self._vectors_per_subject(key, value, subjects).items():
                     per_subject[s][key] = vec
         return {s: Selection({**common, **per_subject[s]}) for s in subjects}
@@ -405,90 +499,3 @@ def validate_load_params(
     return subjects, selections, validate_device(device), _check_batch_size(batch_size)
 
 
-class Registry:
-    """The set of known models: the built-in registry plus optional extra registry files.
-
-    Parameters
-    ----------
-    extra : path or list of paths, optional
-        Additional registry YAML files (e.g. one written by ``berg train``); their ``card:`` paths are
-        relative to the file's directory (or its ``model_cards/`` subdirectory). Also read from the
-        ``BERG_REGISTRY`` environment variable (``os.pathsep``-separated).
-    """
-
-    def __init__(self, extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None):
-        files: list[tuple[Path, Path]] = [(registry_path(), cards_dir())]
-        extras: list[Any] = []
-        if extra is not None:
-            extras = [extra] if isinstance(extra, (str, os.PathLike)) else list(extra)
-        env = env_str("BERG_REGISTRY")
-        if env:
-            extras += [p for p in env.split(os.pathsep) if p]
-        for path in extras:
-            path = Path(path).expanduser().resolve()
-            if not path.is_file():
-                raise InvalidParameterError(f"registry file not found: {path}")
-            cards = path.parent / "model_cards"
-            files.append((path, cards if cards.is_dir() else path.parent))
-        self._specs: dict[str, ModelSpec] = {}
-        for path, card_root in files:
-            self._load(path, card_root)
-
-    def _load(self, path: Path, card_root: Path) -> None:
-        doc = read_yaml(path) or {}
-        models = doc.get("models") or {}
-        for model_id, entry in models.items():
-            if not isinstance(entry, Mapping):
-                raise InvalidParameterError(f"{path}: entry {model_id!r} must be a mapping")
-            required = _REQUIRED + (() if entry.get("ensemble") else _PIPELINE)
-            missing = [k for k in required if k not in entry]
-            if missing:
-                raise InvalidParameterError(f"{path}: model {model_id} lacks {missing}")
-            if not isinstance(model_id, str) or not _MODEL_ID_RE.match(model_id):
-                raise InvalidParameterError(
-                    f"{path}: model id {model_id!r} is not valid: ids are letters, digits, '_' and '-' "
-                    "(e.g. fmri-nsd_fsaverage-vit_b_32), starting with a letter or digit"
-                )
-            if model_id in self._specs:
-                raise InvalidParameterError(f"{path}: model id {model_id} is already registered")
-            ensemble = entry.get("ensemble")
-            self._specs[model_id] = ModelSpec(
-                model_id=model_id,
-                modality=entry["modality"],
-                dataset=entry["dataset"],
-                source=dict(entry.get("source") or {}),
-                layout=entry.get("layout") or "none",
-                recipe=dict(entry.get("recipe") or {}),
-                card_path=card_root / entry["card"],
-                model_class=entry.get("model_class") or ("berg.ensemble:EnsembleModel" if ensemble else None),
-                ensemble=dict(ensemble) if ensemble else None,
-                build=dict(entry["build"]) if entry.get("build") else None,
-                declared_subjects=list(entry["subjects"]) if entry.get("subjects") is not None else None,
-                extra={k: v for k, v in entry.items() if k not in _KNOWN},
-            )
-
-    def ids(self, pattern: str | None = None) -> list[str]:
-        """Model ids, sorted; optionally filtered by a glob pattern such as ``"fmri-*"``."""
-        ids = sorted(self._specs)
-        return [i for i in ids if fnmatch.fnmatchcase(i, pattern)] if pattern else ids
-
-    def __contains__(self, model_id: str) -> bool:
-        return model_id in self._specs
-
-    def __iter__(self):
-        return iter(self.ids())
-
-    def get(self, model_id: str) -> ModelSpec:
-        """The spec of ``model_id``; unknown ids raise with close matches and the valid ids."""
-        if not isinstance(model_id, str):
-            raise InvalidParameterError(f"a model id is a string such as 'fmri-bold5000-resnet18', got {model_id!r}")
-        if model_id not in self._specs:
-            hint = close_matches(str(model_id), self._specs)
-            extra = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
-            raise ModelNotFoundError(f"unknown model {model_id!r}.{extra} Available models: {', '.join(self.ids())}")
-        return self._specs[model_id]
-
-
-def load_registry(extra: Any = None) -> Registry:
-    """Load the built-in registry (plus ``extra`` registry files)."""
-    return Registry(extra)

@@ -100,7 +100,7 @@ def build(root: Path, seed: int = 0) -> SyntheticModel:
     from sklearn.linear_model import LinearRegression
     from sklearn.preprocessing import StandardScaler
 
-    from berg.readouts import Projection
+    from berg.core.readouts import Projection
     from berg.store.artifacts import ArtifactWriter
 
     rng = np.random.default_rng(seed)

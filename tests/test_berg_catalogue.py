@@ -172,7 +172,7 @@ def test_parity_with_bergs_sklearn_chain(client, replicas, which):
     x = _features()
     for s, out in zip(model.subjects, _outputs(model, x)):
         ref = berg_reference(rep, s, x)
-        got = model._shape_outputs(s, out)
+        got = model.shape_outputs(s, out)
         assert got.shape == ref.shape
         assert _rel(got, ref) < 1e-5
 
@@ -186,7 +186,7 @@ def test_older_eeg_formats_from_a_local_berg_dir(replicas, tmp_path, form):
     x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
     (out,) = _outputs(model, x)
     ref = berg_reference(rep, 1, x)
-    assert _rel(model._shape_outputs(1, out), ref) < 1e-5
+    assert _rel(model.shape_outputs(1, out), ref) < 1e-5
     if form == "shared":  # one PCA for the 4 repetitions: one projection, computed once per batch
         assert [k for k in model.projections if k] == ["sub-01/shared"]
     else:
@@ -198,7 +198,7 @@ def test_eeg_repetitions_have_their_own_pca(client, replicas):
     assert model.layout.weights(1).form == "objects"
     w = [model.projections[f"sub-01/rep-{r}"].weight for r in range(1, 5)]
     assert not any(np.allclose(w[0], other) for other in w[1:])
-    out = model._shape_outputs(1, _outputs(model, _features())[0])
+    out = model.shape_outputs(1, _outputs(model, _features())[0])
     assert out.shape == (3, 4, len(EEG_CH), EEG_T)
     assert not np.allclose(out[:, 0], out[:, 1])  # the "stale weights" bug BERG's tests guard against
 
@@ -245,8 +245,8 @@ def _full_and(client, model_id, selection, subject=1):
         _FULL[(model_id, subject)] = _model(client, model_id, subject=subject, device="cpu")
     full = _FULL[(model_id, subject)]
     sel = _model(client, model_id, subject=subject, device="cpu", selection=selection)
-    f = full._shape_outputs(subject, _outputs(full, x)[0])
-    s = sel._shape_outputs(subject, _outputs(sel, x)[0])
+    f = full.shape_outputs(subject, _outputs(full, x)[0])
+    s = sel.shape_outputs(subject, _outputs(sel, x)[0])
     return f, s, sel
 
 
@@ -308,8 +308,8 @@ def test_average_repetitions(client):
     x = _features(2)
     full = _model(client, EEG_ID, subject=1, device="cpu")
     avg = _model(client, EEG_ID, subject=1, device="cpu", average_repetitions=True)
-    f = full._shape_outputs(1, _outputs(full, x)[0])
-    a = avg._shape_outputs(1, _outputs(avg, x)[0])
+    f = full.shape_outputs(1, _outputs(full, x)[0])
+    a = avg.shape_outputs(1, _outputs(avg, x)[0])
     assert a.shape == (2, len(EEG_CH), EEG_T) and avg.spaces[1].n_reps is None
     np.testing.assert_allclose(a, f.mean(axis=1), rtol=1e-5, atol=1e-6)
 
@@ -371,7 +371,7 @@ def test_real_architectures_feature_widths(model_id, width):
 
 
 def test_untrained_alexnet_is_bergs_seeded_network_and_leaves_torch_rng_alone(replicas, tmp_path):
-    from berg.models.base import LoadRequest  # noqa: F401 - the request type the class receives
+    from berg.core.contract import LoadRequest  # noqa: F401 - the request type the class receives
     from berg.models.berg_catalogue import BERGCatalogueModel
 
     client = berg.BERG(

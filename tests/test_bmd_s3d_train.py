@@ -43,7 +43,7 @@ def bmd(tmp_path_factory):
     """A BMD-shaped folder whose betas are a known linear function of the top-K feature components."""
     import nibabel as nib
 
-    from berg.engine import iter_features
+    from berg.core.engine import iter_features
     from berg.features import FeatureExtractor
     from berg.stimuli import load_stimuli
 

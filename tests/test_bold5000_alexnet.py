@@ -24,7 +24,7 @@ SUBJECTS = (1, 2)
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from berg.api import BERG
-    from berg.recipes import build_model
+    from berg.buildable import build_model
     from creation_code.bold5000_alexnet.synthetic_release import write_registry, write_synthetic_release
 
     root = tmp_path_factory.mktemp("b5k")
@@ -33,7 +33,7 @@ def built(tmp_path_factory):
     registry = write_registry(
         root, MODEL_ID, subjects=SUBJECTS, image_size=64, n_outputs={s: truth.signal[s].shape[1] for s in SUBJECTS}
     )
-    # `berg build` (berg.recipes.build_model): the registry's creator, options checked against its defaults
+    # `berg build` (berg.buildable.build_model): the registry's creator, options checked against its defaults
     out = build_model(
         MODEL_ID,
         root / "data",
@@ -128,7 +128,7 @@ def test_encode_predicts_the_true_signal_and_variants_agree_with_the_artifact(bu
     art = built["cache"] / MODEL_ID
     p = read_tensors(art / "projections/conv1.safetensors")
     w = read_tensors(art / "readout/conv1/sub-01.safetensors")
-    from berg.engine import iter_features
+    from berg.core.engine import iter_features
     from berg.stimuli import load_stimuli
 
     feats = np.concatenate(list(iter_features(conv1.extractor, load_stimuli(paths, "image"), batch_size=16)))

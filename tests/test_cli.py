@@ -406,7 +406,7 @@ def test_plot_surface_responses_on_fsaverage5(tmp_path, capsys):
     from PIL import Image
 
     import berg
-    from berg.spaces import SurfaceSpace
+    from berg.core.spaces import SurfaceSpace
 
     rng = np.random.default_rng(0)
     verts = {h: np.sort(rng.choice(10242, 3000, replace=False)) for h in ("lh", "rh")}

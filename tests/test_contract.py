@@ -219,7 +219,7 @@ def test_recipe_model_says_how_to_build_then_builds(client, toy, images, tmp_pat
     target.write_bytes(target.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(berg.BERGError, match="sha256|size|checksum"):
         berg.build("test-toy-recipe", data, client=client)
-    with pytest.raises(InvalidParameterError, match="not a recipe model"):
+    with pytest.raises(InvalidParameterError, match="not a buildable model"):
         berg.build("test-toy-surface-a", data, client=client)
     with pytest.raises(InvalidParameterError, match="unknown build option"):
         berg.build("test-toy-recipe", data, client=client, options={"ofset": 1}, force=True)
@@ -271,7 +271,7 @@ def test_cli_encodes_any_space(toy, tmp_path, images):
 
 
 def test_readout_kernels_agree_and_can_be_forced(client, images, monkeypatch):
-    import berg.engine as engine
+    import berg.core.engine as engine
 
     monkeypatch.setattr(engine, "NUMPY_READOUT_MIN_OUTPUTS", 1)  # the toy is narrow: force the wide-readout path
     m_np = _load(client, "test-toy-surface-a", subject=1)

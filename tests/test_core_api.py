@@ -39,7 +39,7 @@ def _rel(a, b):
 
 
 def test_import_berg_is_light():
-    code = "import sys, berg; print(sorted(m for m in ('torch', 'torchvision', 'berg.engine', 'berg.models.bmd_s3d') if m in sys.modules))"
+    code = "import sys, berg; print(sorted(m for m in ('torch', 'torchvision', 'berg.core.engine', 'berg.models.bmd_s3d') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

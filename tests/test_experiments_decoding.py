@@ -42,7 +42,7 @@ RECIPE = {
 def world():
     from sklearn.linear_model import RidgeCV
 
-    from berg.engine import iter_features
+    from berg.core.engine import iter_features
     from berg.features import FeatureExtractor
     from berg.stimuli import load_stimuli
 

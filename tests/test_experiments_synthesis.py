@@ -152,7 +152,7 @@ def berg_model(tmp_path_factory):
         berg_dir=synth.berg_dir, cache_dir=tmp_path_factory.mktemp("cache"), offline=True, registry=synth.registry
     )
     model = client.get_encoding_model(MODEL_ID, subject=1, device="cpu", backbone_weights="untrained")
-    assert callable(model.forward_pixels), "linear berg models are differentiable (berg.engine.forward_pixels)"
+    assert callable(model.forward_pixels), "linear berg models are differentiable (berg.core.engine.forward_pixels)"
     return model, synth
 
 

@@ -18,7 +18,7 @@ import pytest
 import berg
 from berg import io as bio
 from berg.errors import InvalidParameterError
-from berg.spaces import FlatSpace, VolumeSpace
+from berg.core.spaces import FlatSpace, VolumeSpace
 
 GRID = (5, 6, 4)
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])

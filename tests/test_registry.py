@@ -35,16 +35,16 @@ def check_entry(registry, model_id):
     """The registry-wide checks for one entry (tests/test_contract.py runs them on the toy registry too)."""
     from torchvision.models import get_weight
 
-    from berg.layouts import ArtifactLayout
-    from berg.models.base import check_model_class
-    from berg.registry import DEFAULT_SELECTION_KEYS
+    from berg.core.contract import check_model_class
+    from berg.core.layouts import ArtifactLayout
+    from berg.core.spaces import SPACE_KINDS
     from berg.transforms import from_recipe
 
     spec = registry.get(model_id)
     card = spec.card
     assert card["id"] == model_id
     assert spec.subjects, "card lists no subjects"
-    assert spec.output_space_kind in DEFAULT_SELECTION_KEYS
+    assert spec.output_space_kind in SPACE_KINDS
     if {"voxels", "outputs"} & set(spec.selection_keys):
         for s in spec.subjects:
             assert spec.n_outputs(s) and spec.n_outputs(s) > 0, f"card lacks n_outputs for subject {s}"

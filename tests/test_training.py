@@ -194,7 +194,7 @@ def test_features_come_from_the_inference_extractor(high_snr, tmp_path, monkeypa
     cfg = _cfg(root, truth.path, out_dir=str(tmp_path / "spy"), feature_cache=str(tmp_path / "spy.h5"))
     ds = read_dataset(truth.path)
     with compute_features(cfg, ds, tmp_path / "spy.h5", show_progress=False).open() as feats:
-        from berg.engine import iter_features
+        from berg.core.engine import iter_features
         from berg.features import FeatureExtractor
         from berg.stimuli import load_stimuli
 

@@ -180,7 +180,7 @@ class ToyMLPModel:
         return load_stimuli(stimulus, "image")
 
     def encode(self, stimulus, *, show_progress=True):
-        from berg.engine import iter_features
+        from berg.core.engine import iter_features
 
         stimuli = self.prepare_stimuli(stimulus)
         feats = np.concatenate(list(iter_features(self.extractor, stimuli, batch_size=self.batch_size)))

@@ -22,7 +22,7 @@ variant            prediction                                      captions
                    ``image_text``; other vertices: ``all``
 =================  ==============================================  ==========
 
-Each feature set's readout runs on berg's engine (:class:`~berg.engine.LinearEncodingModel`: selections
+Each feature set's readout runs on berg's engine (:class:`~berg.core.engine.LinearEncodingModel`: selections
 pushed into readout rows, one matmul per batch for all subjects); this class only computes the features
 (each backbone once per batch) and combines the readouts. Captions are the one input the engine cannot
 express: ``encode(images, captions=[...])`` takes one string or list of strings per image; a variant
@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from berg._version import __version__
+from berg.core.contract import BaseModelInterface, LoadRequest
+from berg.core.layouts import NativeLayout
+from berg.core.readouts import LinearReadout, ReadoutHead
 from berg.errors import InvalidParameterError, ModelLoadError
-from berg.layouts import NativeLayout
-from berg.models.base import BaseModelInterface, LoadRequest
-from berg.readouts import LinearReadout, ReadoutHead
 from berg.subjects import subject_label
 
 __all__ = [
@@ -256,8 +256,8 @@ class Algonauts2023Model(BaseModelInterface):
     @classmethod
     def load(cls, request: LoadRequest) -> Algonauts2023Model:
         """Fetch the readouts the variant needs, build only the backbones it needs, push selections down."""
-        from berg.engine import LinearEncodingModel, _LazyRois
-        from berg.spaces import FlatSpace
+        from berg.core.engine import LinearEncodingModel, _LazyRois
+        from berg.core.spaces import FlatSpace
 
         layout = request.layout()
         if not isinstance(layout, Algonauts2023Layout):
@@ -354,7 +354,7 @@ class Algonauts2023Model(BaseModelInterface):
         """Yield ``(start, stop, [responses per subject])``; each backbone runs once per batch."""
         import torch
 
-        from berg.engine import _progress, iter_batches
+        from berg.core.engine import batch_loop
 
         caps = self._captions(captions, len(stimuli))
         order = [k for k in ("image", "text", "sam") if k in self.extractors]
@@ -367,21 +367,23 @@ class Algonauts2023Model(BaseModelInterface):
             ]
 
         n_out = {s: self.spaces[s].n_outputs for s in self.subjects}
-        with _progress(len(stimuli), show_progress, self.model_id) as bar:
-            for start, stop, xs in iter_batches(transform, paired, self.batch_size):
-                feats = {k: self.extractors[k](x) for k, x in zip(order, xs)}
-                with torch.inference_mode():
-                    acc = {s: torch.zeros((stop - start, n_out[s]), device=self.device) for s in self.subjects}
-                    for m in self.members:
-                        f = torch.cat([feats[k] for k in FEATURE_SETS[m.name]], dim=1)
-                        for s, y in zip(self.subjects, m.engine.outputs_from_features(f)):
-                            pos = m.positions[s]
-                            if pos is None:
-                                acc[s] += m.weight * y
-                            else:
-                                acc[s][:, torch.as_tensor(pos, device=y.device)] += m.weight * y
-                yield start, stop, [acc[s].cpu().numpy() for s in self.subjects]
-                bar.update(stop - start)
+
+        def step(xs):
+            feats = {k: self.extractors[k](x) for k, x in zip(order, xs)}
+            with torch.inference_mode():
+                batch = next(iter(feats.values())).shape[0]  # every variant reads at least one backbone
+                acc = {s: torch.zeros((batch, n_out[s]), device=self.device) for s in self.subjects}
+                for m in self.members:
+                    f = torch.cat([feats[k] for k in FEATURE_SETS[m.name]], dim=1)
+                    for s, y in zip(self.subjects, m.engine.outputs_from_features(f)):
+                        pos = m.positions[s]
+                        if pos is None:
+                            acc[s] += m.weight * y
+                        else:
+                            acc[s][:, torch.as_tensor(pos, device=y.device)] += m.weight * y
+            return [acc[s].cpu().numpy() for s in self.subjects]
+
+        yield from batch_loop(paired, transform, self.batch_size, step, desc=self.model_id, show_progress=show_progress)
 
     def encode(self, stimulus: Any, *, show_progress: bool = True, captions: Any = None):
         """In silico responses to images (and their captions).

@@ -25,8 +25,8 @@ What the linear engine gets (everything else is the engine's job):
   (:meth:`berg.store.Store.derived`), memory-mapped afterwards — never a float64 copy;
 * readout heads in output order (``lh`` then ``rh``; ``rep-1`` .. ``rep-4``, each channel-major
   ``(63, 140)``), the published ``coef_`` memory-mapped from the weights file;
-* the output space (:class:`~berg.spaces.SurfaceSpace` on fsaverage, or
-  :class:`~berg.spaces.SensorTimeSpace` with channel names and times in ms from the metadata) and the
+* the output space (:class:`~berg.core.spaces.SurfaceSpace` on fsaverage, or
+  :class:`~berg.core.spaces.SensorTimeSpace` with channel names and times in ms from the metadata) and the
   ROI rows (left hemisphere indices, right hemisphere indices shifted by ``n_lh``).
 
 The plain functions (:func:`read_weights`, :func:`read_metadata`, :func:`fold_projection`) return numpy
@@ -44,17 +44,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from berg.engine import LinearEncodingModel
+from berg.core.engine import LinearEncodingModel
+from berg.core.layouts import ArtifactLayout
+from berg.core.readouts import LinearReadout, Projection, ReadoutHead, write_folded_projection
+from berg.core.spaces import SensorTimeSpace, SurfaceSpace
 from berg.errors import ModelLoadError
-from berg.layouts import ArtifactLayout
-from berg.readouts import LinearReadout, Projection, ReadoutHead, write_folded_projection
-from berg.spaces import SensorTimeSpace, SurfaceSpace
 from berg.store.legacy import StateOnly, load_legacy_npy
 from berg.subjects import subject_label
 
 if TYPE_CHECKING:  # pragma: no cover
+    from berg.core.contract import LoadRequest
     from berg.features import FeatureExtractor
-    from berg.models.base import LoadRequest
     from berg.registry import ModelSpec
 
 __all__ = [
@@ -308,7 +308,7 @@ def fold_projection(target: str | Path, weights: SubjectWeights, name: str) -> N
     """Write the folded float32 projection of PCA ``name`` (scaler and PCA mean folded in) to ``target``.
 
     ``(x - mean_s) / scale_s - mean_pca = (x - (mean_s + scale_s * mean_pca)) / scale_s``, so the one
-    folding kernel (:func:`berg.readouts.folded_rows`) applies with that combined mean; rows stream
+    folding kernel (:func:`berg.core.readouts.folded_rows`) applies with that combined mean; rows stream
     from the weights file one at a time.
     """
     pca = weights.pcas[name]
@@ -463,6 +463,10 @@ class BERGCatalogueLayout(ArtifactLayout):
             key = weights_key(subject)
             cache[subject] = read_weights(self.fetch(key), self.family, where=key)
         return cache[subject]
+
+    def release(self) -> None:
+        """Unmap the weights files: heads and projections hold their own arrays once the model is built."""
+        self.__dict__.pop("_weights", None)
 
     def _n_vertices(self) -> dict[str, int]:
         lengths = (self.spec.parameters.get("selection") or {}).get("lengths") or {}
@@ -649,8 +653,6 @@ class BERGCatalogueModel(LinearEncodingModel):
         return ext
 
     def setup(self) -> None:
-        # heads and projections hold their own arrays now: release the weights files' mappings
-        self.layout.__dict__.pop("_weights", None)
         self._rep_spaces = dict(self.spaces)
         self._average = bool(self.options.get("average_repetitions"))
         if self._average:
@@ -658,16 +660,12 @@ class BERGCatalogueModel(LinearEncodingModel):
                 s: sp.mean_repetitions() if isinstance(sp, SensorTimeSpace) else sp for s, sp in self.spaces.items()
             }
 
-    def _shape_outputs(self, subject: Any, flat: np.ndarray) -> np.ndarray:
-        full = self._rep_spaces[subject].reshape(flat)
-        if self._average and isinstance(self._rep_spaces[subject], SensorTimeSpace):
+    def shape_outputs(self, subject: Any, flat: Any) -> Any:
+        """Outputs in the repetition space, averaged over repetitions when ``average_repetitions`` (numpy or torch)."""
+        rep_space = self._rep_spaces[subject]
+        full = flat.reshape((flat.shape[0], *rep_space.shape))
+        if not (self._average and isinstance(rep_space, SensorTimeSpace)):
+            return full
+        if isinstance(full, np.ndarray):
             return full.mean(axis=1, dtype=np.float64).astype(np.float32)
-        return full
-
-    def forward(self, x):
-        outs = self.outputs_from_features(self.extractor.forward(x))
-        shaped = {}
-        for s, o in zip(self.subjects, outs):
-            y = o.reshape((o.shape[0], *self._rep_spaces[s].shape))
-            shaped[s] = y.mean(dim=1) if self._average and isinstance(self._rep_spaces[s], SensorTimeSpace) else y
-        return shaped if self.multi_subject else shaped[self.subjects[0]]
+        return full.mean(dim=1)

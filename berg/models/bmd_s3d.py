@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from berg.core.layouts import ArtifactLayout
+from berg.core.readouts import LinearReadout, Projection, write_folded_projection
+from berg.core.spaces import VolumeSpace
 from berg.errors import ModelLoadError
-from berg.layouts import ArtifactLayout
-from berg.readouts import LinearReadout, Projection, write_folded_projection
-from berg.spaces import VolumeSpace
 
 __all__ = ["BERGLegacyLayout"]
 
@@ -293,7 +293,7 @@ class BERGLegacyLayout(ArtifactLayout):
         fmri = self.load_metadata(subject)["fmri"]
         expected = self.spec.n_outputs(subject)
         if "sub_mask" not in fmri:
-            from berg.spaces import FlatSpace
+            from berg.core.spaces import FlatSpace
 
             log.warning("%s has no sub_mask: outputs cannot be placed in a volume", self._meta_key(subject))
             return FlatSpace(expected) if expected is not None else FlatSpace(self.load_readout(subject).n_outputs)

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from berg.engine import LinearEncodingModel
+from berg.core.contract import LoadRequest
+from berg.core.engine import LinearEncodingModel
+from berg.core.layouts import NativeLayout
+from berg.core.readouts import LinearReadout, Projection, ReadoutHead
 from berg.errors import ModelLoadError
-from berg.layouts import NativeLayout
-from berg.models.base import LoadRequest
-from berg.readouts import LinearReadout, Projection, ReadoutHead
 from berg.subjects import subject_label
 
 __all__ = ["Bold5000AlexNet", "Bold5000AlexNetLayout", "BEST"]
@@ -109,11 +109,26 @@ class Bold5000AlexNetLayout(NativeLayout):
         return out
 
 
+def _layer_projections(
+    projections: Mapping[str, Projection], names: list[str], info: Mapping[str, Any], model_id: str
+) -> dict[str, Projection]:
+    """Each layer's projection reading its own columns of the concatenated layer features (network order)."""
+    out, offset = {}, 0
+    for name in names:
+        proj, width = projections[name], int(info["n_features"][name])
+        if proj.n_features != width:
+            raise ModelLoadError(
+                f"{model_id}: projection {name} reads {proj.n_features} features, layers.json says {width}"
+            )
+        out[name] = Projection(proj.weight, proj.bias, columns=(offset, offset + width))
+        offset += width
+    return out
+
+
 class Bold5000AlexNet(LinearEncodingModel):
     """The engine with one projection per AlexNet layer, each reading its own layer's feature columns."""
 
     layer_order: list[str] = []
-    layer_widths: dict[str, int] = {}
 
     @classmethod
     def load(cls, request: LoadRequest) -> Bold5000AlexNet:
@@ -138,7 +153,7 @@ class Bold5000AlexNet(LinearEncodingModel):
                 "rebuild it (berg build) or use the registry it was built for"
             )
         for s in subjects:
-            built_n = int(layout._meta_json(s)["n_outputs"])
+            built_n = int(layout.build_info(s)["n_outputs"])
             declared_n = request.spec.n_outputs(s)
             if declared_n is not None and declared_n != built_n:
                 log.warning(
@@ -155,53 +170,17 @@ class Bold5000AlexNet(LinearEncodingModel):
         extractor = FeatureExtractor(
             recipe, backbone_weights=request.backbone_weights, device=request.device, seed=request.backbone_seed
         )
-        return cls.assemble(
+        model = cls.assemble(
             request,
             layout,
             extractor=extractor,
             heads=heads,
             spaces=spaces,
             selected_rows=selected_rows,
-            projections=layout.load_projections(names),
-            attributes={"layer_order": names, "layer_widths": {n: int(info["n_features"][n]) for n in names}},
+            projections=_layer_projections(layout.load_projections(names), names, info, request.model_id),
         )
-
-    def _check_widths(self) -> None:
-        self._columns: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for name in self.layer_order:
-            proj = self.projections[name]
-            if proj.n_features != self.layer_widths[name]:
-                raise ModelLoadError(
-                    f"{self.model_id}: projection {name} reads {proj.n_features} features, "
-                    f"layers.json says {self.layer_widths[name]}"
-                )
-            self._columns[name] = (offset, offset + proj.n_features)
-            offset += proj.n_features
-        for s, heads in self.heads.items():
-            for h in heads:
-                if h.readout.n_inputs != self.projections[h.projection].n_components:
-                    raise ModelLoadError(
-                        f"{self.model_id}: subject {s} readout of {h.projection} expects "
-                        f"{h.readout.n_inputs} inputs, the projection gives "
-                        f"{self.projections[h.projection].n_components}"
-                    )
-        self.n_features = offset
-
-    def outputs_from_features(self, features) -> list[Any]:
-        """Flat outputs per subject from the concatenated layer features (differentiable outside inference)."""
-        torch = self._torch
-        self._check_width(features.shape[1])
-        projected = {}
-        for name, (a, b) in self._columns.items():
-            w, bias = self._proj_t[name]
-            projected[name] = torch.addmm(bias, features[:, a:b], w.T)
-        outs = [features.new_empty((features.shape[0], n)) for n in self._n_out]
-        for g in self._groups:
-            y = torch.addmm(g.b_t, projected[g.projection], g.w_t)
-            for si, dst, src, n in g.targets:
-                outs[si][:, dst : dst + n] = y[:, src : src + n]
-        return outs
+        model.layer_order = names
+        return model
 
     def get_metadata(self) -> dict[str, Any]:
         """The subject's metadata plus ``layer`` (the variant) and ``layers_used``."""

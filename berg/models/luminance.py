@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from berg.engine import LinearEncodingModel
+from berg.core.engine import LinearEncodingModel
 from berg.errors import ModelLoadError, ModelNotBuiltError
 from berg.features import FeatureExtractor, resolve_device
 from berg.transforms import from_recipe

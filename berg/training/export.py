@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from berg.layouts import subject_label
+from berg.core.layouts import subject_label
 from berg.store.artifacts import ArtifactWriter
 from berg.training.plots import plot_all
 
 if TYPE_CHECKING:  # pragma: no cover
-    from berg.readouts import Projection
+    from berg.core.readouts import Projection
     from berg.training.config import TrainConfig
     from berg.training.datasets import EncodingDataset
 

@@ -134,7 +134,7 @@ class FeatureCache:
         """
         from tqdm.auto import tqdm
 
-        from berg.engine import iter_features
+        from berg.core.engine import iter_features
 
         n = len(stimuli)
         with self._prepare(n) as f:

@@ -240,7 +240,7 @@ def fit_ols(x: np.ndarray, y: np.ndarray, *, target_batch: int | None = 32_768) 
     LinearReadout
         ``weight`` (m, k) float32 and ``bias`` (m,) float32 (berg's one affine type).
     """
-    from berg.readouts import LinearReadout
+    from berg.core.readouts import LinearReadout
 
     x = np.asarray(x, dtype=np.float64)
     n, m = y.shape
@@ -282,8 +282,8 @@ class RidgeFit:
 
     @property
     def readout(self):
-        """The fitted map as berg's affine type (:class:`~berg.readouts.LinearReadout`)."""
-        from berg.readouts import LinearReadout
+        """The fitted map as berg's affine type (:class:`~berg.core.readouts.LinearReadout`)."""
+        from berg.core.readouts import LinearReadout
 
         return LinearReadout(self.weight, self.bias)
 

@@ -74,7 +74,7 @@ def compute_features(
 ) -> FeatureCache:
     """Fill the feature cache for every stimulus of ``ds`` (resumable) and return it.
 
-    Features come from :class:`berg.features.FeatureExtractor` through :func:`berg.engine.iter_features`:
+    Features come from :class:`berg.features.FeatureExtractor` through :func:`berg.core.engine.iter_features`:
     the preprocessing object is ``berg.transforms.from_recipe(recipe["transform"])``, the one inference uses.
     """
     from berg.stimuli import load_stimuli
@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> TrainResult:
     with cache.open() as feats:
         log.info("features: %s; projection %s", feats.shape, kind_p)
         if kind_p != "none":
-            from berg.readouts import Projection
+            from berg.core.readouts import Projection
 
             fit = fit_projection(
                 feats,

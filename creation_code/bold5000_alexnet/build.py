@@ -180,7 +180,7 @@ def build_from_dataset(
         ``{"best_layer": {subject: {roi: layer}}, "test_r": {subject: {layer: {roi: r}}},
         "cv_r": ..., "artifact": Path}``.
     """
-    from berg.readouts import Projection
+    from berg.core.readouts import Projection
     from berg.stimuli import load_stimuli
     from berg.store.artifacts import ArtifactWriter
     from berg.subjects import subject_label

@@ -112,7 +112,7 @@ def write_synthetic_release(
     import scipy.io
     from PIL import Image
 
-    from berg.engine import iter_features
+    from berg.core.engine import iter_features
     from berg.features import FeatureExtractor
     from berg.stimuli import load_stimuli
     from berg.synthetic import LinearBrain, category_images
@@ -189,7 +189,7 @@ def write_registry(
     """A registry file (+ card copy) under ``root`` declaring a SYNTHETIC build of the model as ``model_id``.
 
     Its recipe uses ``image_size`` (small for tests); build it with
-    ``berg.recipes.build_model(model_id, data, client=BERG(registry=<returned path>, ...),
+    ``berg.buildable.build_model(model_id, data, client=BERG(registry=<returned path>, ...),
     options={"backbone_weights": "untrained", "image_size": image_size, "model_id": model_id, ...})``.
     """
     import yaml

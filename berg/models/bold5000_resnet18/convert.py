@@ -81,7 +81,7 @@ def _mask(root: Path, subject: int, hemi: str, roi: str):
 
 
 def _ijk(mask: np.ndarray, order: str) -> np.ndarray:
-    from berg.spaces import mask_voxel_indices
+    from berg.core.spaces import mask_voxel_indices
 
     return np.stack(np.unravel_index(mask_voxel_indices(mask, order), mask.shape), axis=1)
 

@@ -209,7 +209,7 @@ def mask_voxels(mask: np.ndarray, voxel_order: str = "c") -> np.ndarray:
     ``"c"`` is numpy's ``brain[mask]`` order (what img2fmri used); ``"fortran"`` enumerates the first
     axis fastest (MATLAB/SPM column-major order).
     """
-    from berg.spaces import mask_voxel_indices
+    from berg.core.spaces import mask_voxel_indices
 
     if voxel_order not in VOXEL_ORDERS:
         raise InvalidParameterError(f"voxel_order={voxel_order!r}; valid: {', '.join(VOXEL_ORDERS)}")

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from berg.engine import LinearEncodingModel
+from berg.core.engine import LinearEncodingModel
+from berg.core.spaces import VolumeSpace
 from berg.errors import InvalidParameterError
-from berg.spaces import VolumeSpace
 
 __all__ = ["Bold5000ResNet18"]
 
@@ -83,6 +83,7 @@ class Bold5000ResNet18(LinearEncodingModel):
                 rows = self.selected_rows.get(s)
                 self.spaces[s] = VolumeSpace(space.grid, space.affine, ijk if rows is None else ijk[rows])
         self.space_name = kw["space"]
+        self.group_level = self.space_name == "mni"
         if self.space_name != "mni":
             return
         from berg.models.bold5000_resnet18.mni import GroupMapper
@@ -145,19 +146,33 @@ class Bold5000ResNet18(LinearEncodingModel):
         """
         if self.space_name != "mni":
             return super().encode(stimulus, show_progress=show_progress)
-        from berg.engine import _progress, iter_batches
-
         stimuli = self.prepare_stimuli(stimulus)
         out = np.empty((len(stimuli), self.mapper.n_outputs), dtype=np.float32)
-        if self.group_map is None:
-            for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
-                out[start:stop] = self.mapper(dict(zip(self.subjects, per_subject)))
-            return out
-        with _progress(len(stimuli), show_progress, self.model_id) as bar:
-            for start, stop, x in iter_batches(self.extractor.transform, stimuli, self.batch_size):
-                out[start:stop] = self.group_map(self.extractor(x))  # features -> group maps, one matmul
-                bar.update(stop - start)
+        for start, stop, (group,) in self.iter_encode(stimuli, show_progress=show_progress):
+            out[start:stop] = group
         return out
+
+    def iter_encode(self, stimuli: Any, *, show_progress: bool = True):
+        """The engine's batches; with ``space="mni"`` each yields ``[group maps]`` (one group-level output).
+
+        On GPU the group operator maps features straight to MNI (one matmul per batch); on CPU each batch's
+        subject responses go through the step-by-step map.
+        """
+        if self.space_name != "mni":
+            yield from super().iter_encode(stimuli, show_progress=show_progress)
+            return
+        if self.group_map is None:
+            for start, stop, per_subject in super().iter_encode(stimuli, show_progress=show_progress):
+                yield start, stop, [self.mapper(dict(zip(self.subjects, per_subject)))]
+            return
+        from berg.core.engine import batch_loop
+
+        def step(x):
+            return [self.group_map(self.extractor(x))]  # features -> group maps, one matmul
+
+        yield from batch_loop(
+            stimuli, self.extractor.transform, self.batch_size, step, desc=self.model_id, show_progress=show_progress
+        )
 
     def space(self, subject: Any = None):
         """The group MNI space for ``space="mni"`` (one output for all subjects), else the subject's."""

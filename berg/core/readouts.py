@@ -176,13 +176,36 @@ class Affine:
 
 @dataclass
 class Projection(Affine):
-    """Affine feature projection ``z = x @ weight.T + bias`` (scaler already folded in).
+    """Affine feature projection ``z = x[:, columns] @ weight.T + bias`` (scaler already folded in).
 
     Attributes
     ----------
     weight : (k, n_features) float32 array, possibly memory-mapped
     bias : (k,) float32 array
+    columns : (start, stop) or None
+        The slice of the backbone's feature columns the projection reads (e.g. one layer of several
+        concatenated nodes); ``None`` reads all of them.
     """
+
+    columns: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.columns is not None:
+            start, stop = (int(c) for c in self.columns)
+            if start < 0 or stop - start != self.n_inputs:
+                raise ModelLoadError(f"projection columns {self.columns} do not fit its {self.n_inputs} input features")
+            self.columns = (start, stop)
+
+    @property
+    def feature_width(self) -> int:
+        """The backbone width this projection needs (the end of its column slice, or its input width)."""
+        return self.columns[1] if self.columns is not None else self.n_inputs
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Apply the projection to ``(n, feature_width)`` numpy features (its column slice is taken here)."""
+        x = np.asarray(x)
+        return super().__call__(x if self.columns is None else x[:, self.columns[0] : self.columns[1]])
 
     @property
     def n_features(self) -> int:

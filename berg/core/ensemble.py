@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from berg._version import __version__
+from berg.core.contract import BaseModelInterface, LoadRequest, is_feature_model
+from berg.core.engine import batch_loop
 from berg.errors import InvalidParameterError, ModelLoadError
-from berg.models.base import BaseModelInterface, LoadRequest
 
 __all__ = ["EnsembleModel"]
 
@@ -98,9 +99,7 @@ class EnsembleModel(BaseModelInterface):
             if m["model"] == request.spec.model_id:
                 raise ModelLoadError(f"ensemble {request.spec.model_id} lists itself as a member")
             member_spec = client.registry.get(m["model"])
-            from berg.api import model_class_for
-
-            member_cls = model_class_for(member_spec)
+            member_cls = client.model_class(member_spec)
             missing = [s for s in request.subjects if s not in member_spec.subjects]
             if missing:
                 raise ModelLoadError(f"ensemble member {m['model']} has no subject(s) {missing}")
@@ -110,67 +109,24 @@ class EnsembleModel(BaseModelInterface):
             )
             members.append(member_cls.load(member_request))
             weights.append(m["weight"])
+        if cls is EnsembleModel and all(is_feature_model(m) for m in members):
+            return FeatureEnsembleModel(request, members, weights)
         return cls(request, members, weights)
 
     # ------------------------------------------------------------------ inference
-    def _shared_pass(self) -> bool:
-        return all(hasattr(m, "extractor") and hasattr(m, "outputs_from_features") for m in self.members)
-
     def encode(self, stimulus: Any, *, show_progress: bool = True) -> np.ndarray | dict[Any, np.ndarray]:
         """Weighted mean of the members' responses, float32 ``(n_stimuli, *space.shape)``."""
-        if not self._shared_pass():
-            total: dict[Any, np.ndarray] | None = None
-            for w, member in zip(self.weights, self.members):
-                out = member.encode(stimulus, show_progress=show_progress)
-                out = out if isinstance(out, dict) else {self.subjects[0]: out}
-                if total is None:
-                    total = {s: w * np.asarray(out[s], dtype=np.float64) for s in self.subjects}
-                else:
-                    for s in self.subjects:
-                        total[s] += w * out[s]
-            res = {s: v.astype(np.float32) for s, v in total.items()}
-            return res if self.multi_subject else res[self.subjects[0]]
-        first = self.members[0]
-        stimuli = first.prepare_stimuli(stimulus)
-        out = {s: np.empty((len(stimuli), *self.spaces[s].shape), dtype=np.float32) for s in self.subjects}
-        for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
-            for s, y in zip(self.subjects, per_subject):
-                out[s][start:stop] = y
-        return out if self.multi_subject else out[self.subjects[0]]
-
-    def iter_encode(self, stimuli: Any, *, show_progress: bool = True):
-        """Yield ``(start, stop, [responses per subject])``: each distinct backbone runs once per batch."""
-        import torch
-
-        from berg.engine import _progress, iter_batches
-
-        extractors: list[Any] = []
-        for m in self.members:
-            if not any(m.extractor is e for e in extractors):
-                extractors.append(m.extractor)
-
-        def transform(items):
-            return [e.transform(items) for e in extractors]
-
-        with _progress(len(stimuli), show_progress, self.model_id) as bar:
-            for start, stop, xs in iter_batches(transform, stimuli, self.batch_size):
-                feats = [e(x) for e, x in zip(extractors, xs)]
-                acc = None
-                with torch.inference_mode():
-                    for w, m in zip(self.weights, self.members):
-                        f = next(fv for e, fv in zip(extractors, feats) if e is m.extractor)
-                        outs = m.outputs_from_features(f)
-                        acc = (
-                            [float(w) * o for o in outs]
-                            if acc is None
-                            else [a + float(w) * o for a, o in zip(acc, outs)]
-                        )
-                yield start, stop, [self.spaces[s].reshape(a.cpu().numpy()) for s, a in zip(self.subjects, acc)]
-                bar.update(stop - start)
-
-    def prepare_stimuli(self, stimulus: Any) -> Any:
-        """Validate stimuli as the members do."""
-        return self.members[0].prepare_stimuli(stimulus)
+        total: dict[Any, np.ndarray] | None = None
+        for w, member in zip(self.weights, self.members):
+            out = member.encode(stimulus, show_progress=show_progress)
+            out = out if isinstance(out, dict) else {self.subjects[0]: out}
+            if total is None:
+                total = {s: w * np.asarray(out[s], dtype=np.float64) for s in self.subjects}
+            else:
+                for s in self.subjects:
+                    total[s] += w * out[s]
+        res = {s: v.astype(np.float32) for s, v in total.items()}
+        return res if self.multi_subject else res[self.subjects[0]]
 
     # ------------------------------------------------------------------ metadata
     def get_metadata(self) -> dict[str, Any]:
@@ -202,4 +158,69 @@ class EnsembleModel(BaseModelInterface):
 
     def __repr__(self) -> str:
         ids = ", ".join(f"{m.model_id}×{w:.2f}" for m, w in zip(self.members, self.weights))
-        return f"EnsembleModel({self.model_id!r}, members=[{ids}], subjects={self.subjects})"
+        return f"{type(self).__name__}({self.model_id!r}, members=[{ids}], subjects={self.subjects})"
+
+
+class FeatureEnsembleModel(EnsembleModel):
+    """An ensemble whose members are all :class:`~berg.core.contract.FeatureModel`: each distinct backbone
+    runs once per batch and every member maps the shared features (``EnsembleModel.load`` picks it)."""
+
+    @property
+    def extractor(self) -> Any:
+        """The first member's extractor (the members' preprocessing must agree to share stimuli)."""
+        return self.members[0].extractor
+
+    def _extractors(self) -> list[Any]:
+        extractors: list[Any] = []
+        for m in self.members:
+            if not any(m.extractor is e for e in extractors):
+                extractors.append(m.extractor)
+        return extractors
+
+    def outputs_from_features(self, features: Any) -> list[Any]:
+        """Weighted mean of the members' flat outputs, for members that share one backbone."""
+        if len(self._extractors()) > 1:
+            raise InvalidParameterError(
+                f"{self.model_id}: members use different backbones; use iter_encode/encode, not one feature tensor"
+            )
+        acc = None
+        for w, m in zip(self.weights, self.members):
+            outs = m.outputs_from_features(features)
+            acc = [float(w) * o for o in outs] if acc is None else [a + float(w) * o for a, o in zip(acc, outs)]
+        return acc
+
+    def encode(self, stimulus: Any, *, show_progress: bool = True) -> np.ndarray | dict[Any, np.ndarray]:
+        """Weighted mean of the members' responses, float32 ``(n_stimuli, *space.shape)`` (one pass per backbone)."""
+        stimuli = self.prepare_stimuli(stimulus)
+        out = {s: np.empty((len(stimuli), *self.spaces[s].shape), dtype=np.float32) for s in self.subjects}
+        for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
+            for s, y in zip(self.subjects, per_subject):
+                out[s][start:stop] = y
+        return out if self.multi_subject else out[self.subjects[0]]
+
+    def iter_encode(self, stimuli: Any, *, show_progress: bool = True):
+        """Yield ``(start, stop, [responses per subject])``: each distinct backbone runs once per batch."""
+        import torch
+
+        extractors = self._extractors()
+
+        def transform(items):
+            return [e.transform(items) for e in extractors]
+
+        def step(xs):
+            feats = [e(x) for e, x in zip(extractors, xs)]
+            acc = None
+            with torch.inference_mode():
+                for w, m in zip(self.weights, self.members):
+                    f = next(fv for e, fv in zip(extractors, feats) if e is m.extractor)
+                    outs = m.outputs_from_features(f)
+                    acc = [float(w) * o for o in outs] if acc is None else [a + float(w) * o for a, o in zip(acc, outs)]
+            return [self.spaces[s].reshape(a.cpu().numpy()) for s, a in zip(self.subjects, acc)]
+
+        yield from batch_loop(
+            stimuli, transform, self.batch_size, step, desc=self.model_id, show_progress=show_progress
+        )
+
+    def prepare_stimuli(self, stimulus: Any) -> Any:
+        """Validate stimuli as the members do."""
+        return self.members[0].prepare_stimuli(stimulus)

@@ -2,8 +2,8 @@
 
 A registry entry may name any class that implements :class:`BaseModelInterface` (subclassing it is
 the easy way, not a requirement: :func:`check_model_class` checks the methods, at load, and names what
-is missing). :class:`berg.engine.LinearEncodingModel` is one implementation ("backbone + nodes +
-projection + linear readout"); :class:`berg.ensemble.EnsembleModel` is another.
+is missing). :class:`berg.core.engine.LinearEncodingModel` is one implementation ("backbone + nodes +
+projection + linear readout"); :class:`berg.core.ensemble.EnsembleModel` is another.
 
 ``BERG.get_encoding_model`` validates everything it can without I/O, packs it into one
 :class:`LoadRequest`, and calls ``ModelClass.load(request)``.
@@ -13,20 +13,27 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from berg.errors import InvalidParameterError, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from berg.layouts import ArtifactLayout
+    from berg.core.layouts import ArtifactLayout
+    from berg.core.spaces import OutputSpace
     from berg.registry import ModelSpec, Selection
-    from berg.spaces import OutputSpace
 
-__all__ = ["BaseModelInterface", "LoadRequest", "check_model_class", "REQUIRED_METHODS"]
+__all__ = [
+    "BaseModelInterface",
+    "FeatureModel",
+    "LoadRequest",
+    "check_model_class",
+    "is_feature_model",
+    "REQUIRED_METHODS",
+]
 
 #: Methods a model class must provide (``load`` and ``validate_options`` are class methods).
 REQUIRED_METHODS = ("load", "validate_options", "encode", "get_metadata", "provenance", "space")
@@ -78,7 +85,7 @@ class LoadRequest:
 
     def layout(self) -> ArtifactLayout:
         """The artifact layout the registry entry names, on the client's store."""
-        from berg.layouts import layout_for
+        from berg.core.layouts import layout_for
 
         return layout_for(self.spec, self.client.store)
 
@@ -98,8 +105,12 @@ class BaseModelInterface(ABC):
     device : str
         Resolved torch device.
     spaces : dict
-        Subject -> :class:`~berg.spaces.OutputSpace` of the (selected) outputs.
+        Subject -> :class:`~berg.core.spaces.OutputSpace` of the (selected) outputs.
     multi_subject : bool
+    group_level : bool
+        True when ``encode`` returns ONE group-level output for all loaded subjects (e.g. MNI group maps
+        of several subjects, ``model.space()`` is then the group space); a :class:`FeatureModel`'s
+        ``iter_encode`` then yields a one-element list per batch.
     """
 
     model_id: str
@@ -107,6 +118,7 @@ class BaseModelInterface(ABC):
     device: str
     spaces: dict[Any, OutputSpace]
     multi_subject: bool = False
+    group_level: bool = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -166,6 +178,42 @@ class BaseModelInterface(ABC):
         return coords["voxel_ijk"] if "voxel_ijk" in coords else np.arange(space.n_outputs)
 
 
+@runtime_checkable
+class FeatureModel(Protocol):
+    """A model that exposes its backbone pass, so callers can share it and stream batches.
+
+    ``berg run``, ensembles, synthetic data and gradient-based synthesis use these members to run one
+    backbone pass for several models, report errors per item and stream results batch by batch. A model
+    that implements only :class:`BaseModelInterface` still works everywhere (callers fall back to
+    ``encode`` on whole shards and log that once).
+
+    Contract: ``iter_encode(prepare_stimuli(x))`` yields, batch by batch, exactly the rows that
+    ``encode(x)`` returns, and ``outputs_from_features(extractor(batch))`` gives them flat per subject.
+
+    Attributes
+    ----------
+    extractor : berg.features.FeatureExtractor
+        The backbone with its preprocessing (``extractor.transform``); ``extractor(x)`` returns the
+        ``(batch, n_features)`` feature tensor the readouts take.
+    """
+
+    extractor: Any
+
+    def outputs_from_features(self, features: Any) -> list[Any]:
+        """Flat outputs per subject (``(batch, n_outputs)`` tensors) from backbone features."""
+
+    def iter_encode(self, stimuli: Any, *, show_progress: bool = True) -> Iterator[tuple[int, int, list[Any]]]:
+        """Yield ``(start, stop, [responses per subject])`` for prepared stimuli."""
+
+    def prepare_stimuli(self, stimulus: Any) -> Any:
+        """Validate and index a stimulus (what ``encode`` accepts) into a sequence ``iter_encode`` takes."""
+
+
+def is_feature_model(model: Any) -> bool:
+    """Whether ``model`` implements :class:`FeatureModel` (a shared backbone pass is possible)."""
+    return isinstance(model, FeatureModel)
+
+
 def check_model_class(cls: Any, what: str) -> Any:
     """Check that ``cls`` implements :class:`BaseModelInterface`; returns it.
 
@@ -184,6 +232,6 @@ def check_model_class(cls: Any, what: str) -> Any:
     if missing:
         raise ModelLoadError(
             f"{what} {cls.__module__}.{cls.__qualname__} does not implement {', '.join(missing)} "
-            f"(see berg.models.base.BaseModelInterface)"
+            f"(see berg.core.contract.BaseModelInterface)"
         )
     return cls

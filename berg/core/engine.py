@@ -12,7 +12,7 @@ Design points (the reasons behind the code):
 * A subject's outputs are its readout heads' outputs in order; the output space reshapes them
   (``(n, n_outputs)`` for volumes and surfaces, ``(n, n_reps, n_channels, n_times)`` for EEG).
 * Selections (ROIs, one-hot vectors) slice readout rows once at load; nothing unselected is computed.
-* The StandardScaler is folded into the projection at load (see :mod:`berg.readouts`), so the
+* The StandardScaler is folded into the projection at load (see :mod:`berg.core.readouts`), so the
   engine never materialises standardised features or a features x outputs product.
 * Preprocessing of batch ``i + 1`` (decoding, resizing) runs in a worker thread while the network
   computes batch ``i``.
@@ -31,23 +31,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from berg._version import __version__
+from berg.core.contract import BaseModelInterface, LoadRequest
+from berg.core.readouts import Projection, ReadoutHead
 from berg.errors import InvalidParameterError, ModelLoadError, StimulusError
-from berg.models.base import BaseModelInterface, LoadRequest
-from berg.readouts import Projection, ReadoutHead
 from berg.stimuli import Stimuli, load_stimuli
 
 if TYPE_CHECKING:  # pragma: no cover
+    from berg.core.layouts import ArtifactLayout
+    from berg.core.spaces import OutputSpace
     from berg.features import FeatureExtractor
-    from berg.layouts import ArtifactLayout
     from berg.registry import ModelSpec, Selection
-    from berg.spaces import OutputSpace
 
-__all__ = ["LinearEncodingModel", "iter_features", "iter_batches"]
+__all__ = ["LinearEncodingModel", "batch_loop", "iter_features", "iter_batches", "progress_bar"]
 
 log = logging.getLogger(__name__)
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def progress_bar(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     from berg.env import progress_enabled
@@ -76,6 +76,40 @@ def iter_batches(transform: Any, stimuli: Sequence[Any], batch_size: int) -> Ite
             yield batch
 
 
+def batch_loop(
+    stimuli: Sequence[Any],
+    transform: Any,
+    batch_size: int,
+    step: Any,
+    *,
+    desc: str,
+    show_progress: bool = True,
+) -> Iterator[tuple[int, int, Any]]:
+    """THE batching loop of berg: yield ``(start, stop, step(batch))`` over preprocessed batches.
+
+    Preprocessing of the next batch overlaps the current ``step`` (see :func:`iter_batches`); one progress
+    bar counts stimuli. The engine, ensembles, the Algonauts model and group maps all run through it, so
+    batching, prefetch and progress behave the same everywhere.
+
+    Parameters
+    ----------
+    stimuli : sequence
+        Prepared stimuli (``model.prepare_stimuli``).
+    transform : callable
+        Items -> model input (e.g. ``extractor.transform``; a callable returning several inputs is fine).
+    batch_size : int
+    step : callable
+        Model input -> the value yielded for that batch.
+    desc : str
+        Progress-bar label.
+    show_progress : bool
+    """
+    with progress_bar(len(stimuli), show_progress, desc) as bar:
+        for start, stop, x in iter_batches(transform, stimuli, batch_size):
+            yield start, stop, step(x)
+            bar.update(stop - start)
+
+
 def iter_features(
     extractor: FeatureExtractor,
     stimuli: Sequence[Any],
@@ -87,7 +121,7 @@ def iter_features(
 
     The trainer uses this so that models are fitted on exactly the features inference computes.
     """
-    with _progress(len(stimuli), show_progress, "features") as bar:
+    with progress_bar(len(stimuli), show_progress, "features") as bar:
         for start, stop, x in iter_batches(extractor.transform, stimuli, batch_size):
             yield extractor(x).cpu().numpy()
             bar.update(stop - start)
@@ -157,9 +191,9 @@ class LinearEncodingModel(BaseModelInterface):
     extractor : FeatureExtractor
         Backbone and its declared preprocessing (``extractor.transform``).
     projections : dict
-        Projection name -> :class:`~berg.readouts.Projection` (or ``None``: features go straight in).
+        Projection name -> :class:`~berg.core.readouts.Projection` (or ``None``: features go straight in).
     heads : dict
-        Subject -> its selected :class:`~berg.readouts.ReadoutHead` list.
+        Subject -> its selected :class:`~berg.core.readouts.ReadoutHead` list.
     spaces : dict
         Subject -> selected output space.
     options : dict
@@ -214,10 +248,16 @@ class LinearEncodingModel(BaseModelInterface):
                         f"{self.model_id}: subject {s} readout expects {h.readout.n_inputs} inputs but projection "
                         f"{h.projection!r} gives {expected} components"
                     )
-                widths.add(proj.n_features if proj is not None else h.readout.n_inputs)
-        if len(widths) > 1:
+                if proj is None:
+                    widths.add(h.readout.n_inputs)
+                elif proj.columns is None:
+                    widths.add(proj.n_features)
+        sliced = [p.feature_width for p in self.projections.values() if p is not None and p.columns is not None]
+        if sliced and not widths:
+            widths.add(max(sliced))  # projections that read column slices of one concatenated feature vector
+        if len(widths) > 1 or (sliced and max(sliced) > min(widths)):
             raise ModelLoadError(
-                f"{self.model_id}: projections/readouts expect different feature widths {sorted(widths)}"
+                f"{self.model_id}: projections/readouts expect different feature widths {sorted(widths | set(sliced))}"
             )
         self.n_features = widths.pop() if widths else 0
 
@@ -237,10 +277,12 @@ class LinearEncodingModel(BaseModelInterface):
                 )
         self._groups = list(groups.values())
         self._proj_t: dict[Any, tuple[Any, Any]] = {}
+        self._proj_columns: dict[Any, tuple[int, int] | None] = {}
         for g in self._groups:
             proj = self.projections.get(g.projection)
             if proj is not None and g.projection not in self._proj_t:
                 self._proj_t[g.projection] = (_as_tensor(proj.weight, self.device), _as_tensor(proj.bias, self.device))
+                self._proj_columns[g.projection] = proj.columns
             weight = np.concatenate(g.weights) if len(g.weights) > 1 else g.weights[0]
             bias = np.concatenate(g.biases) if len(g.biases) > 1 else g.biases[0]
             g.w_t = _as_tensor(np.ascontiguousarray(weight.T), self.device)  # (k, n_group)
@@ -298,7 +340,7 @@ class LinearEncodingModel(BaseModelInterface):
         if readout_kind != "linear":
             raise ModelLoadError(
                 f"{request.model_id}: recipe readout {readout_kind!r} is not linear; a non-linear readout needs a "
-                "model_class implementing berg.models.base.BaseModelInterface"
+                "model_class implementing berg.core.contract.BaseModelInterface"
             )
         layout = request.layout()
         keys = list(dict.fromkeys(k for s in request.subjects for k in layout.model_keys(s)))
@@ -335,20 +377,17 @@ class LinearEncodingModel(BaseModelInterface):
         spaces: Mapping[Any, OutputSpace],
         selected_rows: Mapping[Any, np.ndarray | None],
         projections: Mapping[str | None, Projection | None] | None = None,
-        attributes: Mapping[str, Any] | None = None,
     ) -> LinearEncodingModel:
         """Build the model from loaded parts (subclasses with their own loading call this once).
 
-        ``projections`` default to the ones the heads name; ``attributes`` are set before ``__init__``
-        (for subclasses whose width checks need them).
+        ``projections`` default to the ones the heads name. Afterwards the layout is told to
+        :meth:`~berg.core.layouts.ArtifactLayout.release` what it cached (heads and projections now hold
+        their arrays), then :meth:`setup` runs.
         """
         if projections is None:
             names = list(dict.fromkeys(h.projection for hs in heads.values() for h in hs))
             projections = layout.load_projections(names)
-        model = cls.__new__(cls)
-        model.__dict__.update(dict(attributes or {}))
-        cls.__init__(
-            model,
+        model = cls(
             request.spec,
             extractor=extractor,
             projections=projections,
@@ -361,6 +400,7 @@ class LinearEncodingModel(BaseModelInterface):
             options=request.options,
             selected_rows=selected_rows,
         )
+        layout.release()
         model.setup()
         return model
 
@@ -402,7 +442,9 @@ class LinearEncodingModel(BaseModelInterface):
         for g in self._groups:
             if g.projection not in projected:
                 pt = self._proj_t.get(g.projection)
-                projected[g.projection] = features if pt is None else torch.addmm(pt[1], features, pt[0].T)
+                cols = self._proj_columns.get(g.projection)
+                x = features if cols is None else features[:, cols[0] : cols[1]]
+                projected[g.projection] = x if pt is None else torch.addmm(pt[1], x, pt[0].T)
             z = projected[g.projection]
             if g.kernel == "numpy" and not z.requires_grad:
                 # numpy's BLAS on the same memory (torch.from_numpy shares it): faster for wide readouts on CPU
@@ -420,8 +462,14 @@ class LinearEncodingModel(BaseModelInterface):
                 outs[si][:, dst : dst + n] = y[:, src : src + n]
         return outs
 
-    def _shape_outputs(self, subject: Any, flat: np.ndarray) -> np.ndarray:
-        return self.spaces[subject].reshape(flat)
+    def shape_outputs(self, subject: Any, flat: Any) -> Any:
+        """Flat outputs ``(b, n_outputs)`` of ``subject`` -> ``(b, *space.shape)``.
+
+        The public output-shaping hook: called on numpy arrays by :meth:`iter_encode` and on torch tensors
+        by :meth:`forward`, so a subclass that reduces outputs (e.g. averages repetitions) does it once,
+        for both paths.
+        """
+        return flat.reshape((flat.shape[0], *self.spaces[subject].shape))
 
     def iter_encode(
         self, stimuli: Stimuli, *, show_progress: bool = True
@@ -430,13 +478,16 @@ class LinearEncodingModel(BaseModelInterface):
 
         Responses have the space's shape: ``(b, *model.space(subject).shape)``.
         """
-        with _progress(len(stimuli), show_progress, self.model_id) as bar:
-            for start, stop, x in iter_batches(self.extractor.transform, stimuli, self.batch_size):
-                features = self.extractor(x)
-                with self._torch.inference_mode():
-                    outs = self.outputs_from_features(features)
-                yield start, stop, [self._shape_outputs(s, o.cpu().numpy()) for s, o in zip(self.subjects, outs)]
-                bar.update(stop - start)
+
+        def step(x):
+            features = self.extractor(x)
+            with self._torch.inference_mode():
+                outs = self.outputs_from_features(features)
+            return [self.shape_outputs(s, o.cpu().numpy()) for s, o in zip(self.subjects, outs)]
+
+        yield from batch_loop(
+            stimuli, self.extractor.transform, self.batch_size, step, desc=self.model_id, show_progress=show_progress
+        )
 
     def forward(self, x):
         """Differentiable responses of a preprocessed batch: gradients flow through backbone, projection
@@ -455,7 +506,7 @@ class LinearEncodingModel(BaseModelInterface):
             ``(B, *space.shape)`` on the model's device; ``{subject: tensor}`` for several subjects.
         """
         outs = self.outputs_from_features(self.extractor.forward(x))
-        shaped = {s: o.reshape((o.shape[0], *self.spaces[s].shape)) for s, o in zip(self.subjects, outs)}
+        shaped = {s: self.shape_outputs(s, o) for s, o in zip(self.subjects, outs)}
         return shaped if self.multi_subject else shaped[self.subjects[0]]
 
     def forward_pixels(self, pixels):

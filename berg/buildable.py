@@ -1,4 +1,4 @@
-"""Recipe models: models without published weights, built once on the user's machine from a dataset.
+"""Buildable models: models without published weights, built once on the user's machine from a dataset.
 
 A registry entry declares how::
 
@@ -24,18 +24,16 @@ build every file is verified against the manifest; from then on the model is an 
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import logging
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from berg.errors import InvalidParameterError, ModelLoadError, ModelNotBuiltError
 
-__all__ = ["build_model", "built_path", "is_built", "not_built_error", "add_build_subparser"]
+__all__ = ["build_model", "built_path", "is_built", "not_built_error"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ def build_model(
     force : bool
         Rebuild even when a verified artifact exists.
     client : BERG, optional
-        The client whose registry and cache to use (default: a new ``BERG()``).
+        The client whose registry and cache to use (``berg.build`` and ``berg build`` pass theirs).
 
     Returns
     -------
@@ -114,14 +112,14 @@ def build_model(
         The artifact folder (holds ``manifest.json``).
     """
     from berg._imports import import_object
-    from berg.api import BERG
 
-    client = client or BERG()
+    if client is None:
+        raise InvalidParameterError("build_model needs the BERG client whose registry and cache to use: client=BERG()")
     spec = client.registry.get(model_id)
     if not spec.build:
         buildable = [m for m in client.registry.ids() if client.registry.get(m).build]
         raise InvalidParameterError(
-            f"{model_id} is not a recipe model (it has published weights; just load it). "
+            f"{model_id} is not a buildable model (it has published weights; just load it). "
             f"Models built with `berg build`: {', '.join(buildable) or 'none'}"
         )
     data = Path(os.fspath(data_dir)).expanduser()
@@ -163,40 +161,3 @@ def build_model(
     if manifest.get("model_id") not in (None, model_id):
         raise ModelLoadError(f"the creator wrote an artifact for {manifest.get('model_id')!r}, not {model_id!r}")
     return out
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def cmd_build(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """``berg build ID --data DIR [--out DIR] [--option k=v] [--force]``."""
-    import yaml
-
-    from berg.api import BERG
-
-    out = out or sys.stdout
-    options: dict[str, Any] = {}
-    for pair in args.option or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidParameterError(f"--option takes KEY=VALUE, got {pair!r}")
-        options[key] = yaml.safe_load(value)
-    client = BERG(cache_dir=getattr(args, "cache_dir", None), registry=getattr(args, "registry", None) or None)
-    path = build_model(args.model_id, args.data, out_dir=args.out, options=options, force=args.force, client=client)
-    out.write(f"built {args.model_id}: {path}\n")
-    if args.out:
-        out.write(f"load it with BERG(berg_dir={str(Path(args.out))!r}) or --berg-dir {args.out}\n")
-    return 0
-
-
-def add_build_subparser(sub: argparse._SubParsersAction) -> None:
-    """Attach ``berg build`` to the CLI."""
-    p = sub.add_parser(
-        "build",
-        help="build a recipe model (no published weights) from its dataset",
-        description="Build a recipe model once on this machine from its dataset.",
-    )
-    p.add_argument("model_id", help="a recipe model id (see `berg list`)")
-    p.add_argument("--data", required=True, metavar="DIR", help="the dataset folder the model is built from")
-    p.add_argument("--out", metavar="DIR", help="write DIR/<id>/ instead of the cache (load with --berg-dir DIR)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="creator option (repeatable)")
-    p.add_argument("--force", action="store_true", help="rebuild even if a verified artifact exists")
-    p.set_defaults(func=cmd_build)

@@ -34,6 +34,8 @@ __all__ = [
     "SurfaceSpace",
     "SensorTimeSpace",
     "SPACE_KINDS",
+    "register_space",
+    "space_class",
     "space_from_dict",
     "mask_voxel_indices",
     "roi_rows",
@@ -96,8 +98,20 @@ class OutputSpace:
     """
 
     kind: ClassVar[str] = "abstract"
-    #: Selection keys this space understands (validated against the card by the registry).
+    #: Selection keys this space understands, in precedence order (validated against the card by the
+    #: registry before any I/O).
     SELECTION_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: The selection keys that take one boolean (one-hot) vector over outputs or an axis.
+    VECTOR_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: Keys that ``roi`` overrides when both are given (BERG's precedence rule).
+    ROI_OVERRIDES: ClassVar[tuple[str, ...]] = ()
+    #: Writers that take this space besides HDF5 (``"nifti"``, ``"gifti"``): what ``berg.io`` offers.
+    FILE_FORMATS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_outputs: int | None) -> OutputSpace:
+        """Rebuild a space of this kind from :meth:`to_dict` and :meth:`arrays` (see :func:`space_from_dict`)."""
+        raise NotImplementedError  # pragma: no cover - every registered kind implements it
 
     # -- shape --------------------------------------------------------------------------------
     @property
@@ -192,7 +206,13 @@ class FlatSpace(OutputSpace):
     n: int
     names: tuple[str, ...] | None = None
     kind: ClassVar[str] = "flat"
-    SELECTION_KEYS: ClassVar[tuple[str, ...]] = ("roi", "voxels", "outputs")
+    SELECTION_KEYS: ClassVar[tuple[str, ...]] = ("roi", "outputs", "voxels")
+    VECTOR_KEYS: ClassVar[tuple[str, ...]] = ("outputs", "voxels")
+    ROI_OVERRIDES: ClassVar[tuple[str, ...]] = ("outputs", "voxels")
+
+    @classmethod
+    def from_dict(cls, desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_outputs: int | None) -> FlatSpace:
+        return cls(int(desc.get("n_outputs", n_outputs or 0)), desc.get("names"))
 
     def __post_init__(self) -> None:
         self.n = int(self.n)
@@ -253,6 +273,15 @@ class VolumeSpace(OutputSpace):
     voxel_ijk: np.ndarray
     kind: ClassVar[str] = "volume"
     SELECTION_KEYS: ClassVar[tuple[str, ...]] = ("roi", "voxels")
+    VECTOR_KEYS: ClassVar[tuple[str, ...]] = ("voxels",)
+    ROI_OVERRIDES: ClassVar[tuple[str, ...]] = ("voxels",)
+    FILE_FORMATS: ClassVar[tuple[str, ...]] = ("nifti",)
+
+    @classmethod
+    def from_dict(cls, desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_outputs: int | None) -> VolumeSpace:
+        if "voxel_ijk" not in arrays:
+            raise ModelLoadError("a volume space needs its voxel_ijk array")
+        return cls(tuple(desc["shape"]), desc.get("affine"), arrays["voxel_ijk"])
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(s) for s in self.grid)  # type: ignore[assignment]
@@ -368,6 +397,19 @@ class SurfaceSpace(OutputSpace):
     n_vertices: dict[str, int]
     kind: ClassVar[str] = "surface"
     SELECTION_KEYS: ClassVar[tuple[str, ...]] = ("roi", "lh_vertices", "rh_vertices")
+    VECTOR_KEYS: ClassVar[tuple[str, ...]] = ("lh_vertices", "rh_vertices")
+    ROI_OVERRIDES: ClassVar[tuple[str, ...]] = ("lh_vertices", "rh_vertices")
+    FILE_FORMATS: ClassVar[tuple[str, ...]] = ("gifti",)
+
+    @classmethod
+    def from_dict(
+        cls, desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_outputs: int | None
+    ) -> SurfaceSpace:
+        hemis = desc.get("hemispheres") or list(desc["n_vertices"])
+        verts = {
+            h: arrays[f"vertices/{h}"] if f"vertices/{h}" in arrays else np.arange(desc["n_vertices"][h]) for h in hemis
+        }
+        return cls(desc["template"], verts, desc["n_vertices"])
 
     def __post_init__(self) -> None:
         unknown = set(self.vertices) - set(HEMISPHERES)
@@ -511,6 +553,13 @@ class SensorTimeSpace(OutputSpace):
     positions: np.ndarray | None = None
     kind: ClassVar[str] = "sensor_time"
     SELECTION_KEYS: ClassVar[tuple[str, ...]] = ("channels", "timepoints")
+    VECTOR_KEYS: ClassVar[tuple[str, ...]] = ("timepoints",)
+
+    @classmethod
+    def from_dict(
+        cls, desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_outputs: int | None
+    ) -> SensorTimeSpace:
+        return cls(desc["channels"], desc["times_ms"], desc.get("n_reps"), arrays.get("channel_positions"))
 
     def __post_init__(self) -> None:
         self.channels = tuple(str(c) for c in self.channels)
@@ -593,12 +642,42 @@ class SensorTimeSpace(OutputSpace):
         return {} if self.positions is None else {"channel_positions": self.positions}
 
 
-SPACE_KINDS: dict[str, type[OutputSpace]] = {
-    "flat": FlatSpace,
-    "volume": VolumeSpace,
-    "surface": SurfaceSpace,
-    "sensor_time": SensorTimeSpace,
-}
+#: The output-space registry: kind -> class. Adding a kind is one class and one :func:`register_space`
+#: call; :func:`space_from_dict`, the registry's selection validation, the card check and ``berg.io``
+#: read from here.
+SPACE_KINDS: dict[str, type[OutputSpace]] = {}
+
+
+def register_space(cls: type[OutputSpace]) -> type[OutputSpace]:
+    """Register an output-space class under its ``kind`` (usable as a class decorator).
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``cls`` is not an :class:`OutputSpace` subclass, has no ``kind``, or the kind is taken by
+        another class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, OutputSpace)) or cls.kind in ("", "abstract"):
+        raise InvalidParameterError(f"register_space takes an OutputSpace subclass with a kind, got {cls!r}")
+    taken = SPACE_KINDS.get(cls.kind)
+    if taken is not None and taken is not cls:
+        raise InvalidParameterError(
+            f"output space kind {cls.kind!r} is already registered by {taken.__module__}.{taken.__qualname__}"
+        )
+    SPACE_KINDS[cls.kind] = cls
+    return cls
+
+
+def space_class(kind: str) -> type[OutputSpace]:
+    """The registered class of an output-space kind (clear error naming the valid kinds)."""
+    try:
+        return SPACE_KINDS[kind]
+    except KeyError:
+        raise InvalidParameterError(f"unknown output space kind {kind!r}; valid: {', '.join(SPACE_KINDS)}") from None
+
+
+for _cls in (FlatSpace, VolumeSpace, SurfaceSpace, SensorTimeSpace):
+    register_space(_cls)
 
 
 def space_from_dict(
@@ -616,22 +695,9 @@ def space_from_dict(
     if voxel_ijk is not None:
         arrays["voxel_ijk"] = voxel_ijk
     kind = desc.get("kind", "flat")
-    if kind == "flat":
-        space: OutputSpace = FlatSpace(int(desc.get("n_outputs", n_outputs or 0)), desc.get("names"))
-    elif kind == "volume":
-        if "voxel_ijk" not in arrays:
-            raise ModelLoadError("a volume space needs its voxel_ijk array")
-        space = VolumeSpace(tuple(desc["shape"]), desc.get("affine"), arrays["voxel_ijk"])
-    elif kind == "surface":
-        hemis = desc.get("hemispheres") or list(desc["n_vertices"])
-        verts = {
-            h: arrays[f"vertices/{h}"] if f"vertices/{h}" in arrays else np.arange(desc["n_vertices"][h]) for h in hemis
-        }
-        space = SurfaceSpace(desc["template"], verts, desc["n_vertices"])
-    elif kind == "sensor_time":
-        space = SensorTimeSpace(desc["channels"], desc["times_ms"], desc.get("n_reps"), arrays.get("channel_positions"))
-    else:
+    if kind not in SPACE_KINDS:
         raise ModelLoadError(f"unknown output space kind {kind!r}; valid: {', '.join(SPACE_KINDS)}")
+    space = SPACE_KINDS[kind].from_dict(desc, arrays, n_outputs)
     if n_outputs is not None and space.n_outputs != int(n_outputs):
         raise ModelLoadError(f"{kind} space has {space.n_outputs} outputs, the readout has {n_outputs}")
     return space

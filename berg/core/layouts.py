@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from berg.core.readouts import LinearReadout, Projection, ReadoutHead
+from berg.core.spaces import OutputSpace, space_from_dict
 from berg.errors import ModelLoadError
-from berg.readouts import LinearReadout, Projection, ReadoutHead
-from berg.spaces import OutputSpace, space_from_dict
 from berg.subjects import subject_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,6 +100,12 @@ class ArtifactLayout(ABC):
         """The subject's output space (all outputs)."""
         raise self._not_provided("output_space(subject)")
 
+    def release(self) -> None:  # noqa: B027 - an optional hook: most layouts cache nothing
+        """Drop what the layout cached while the model was assembled (the model now holds its arrays).
+
+        Called once by :meth:`berg.core.engine.LinearEncodingModel.assemble`; the default has nothing to drop.
+        """
+
     # ---------------------------------------------------------------- helpers
     def fetch(self, key: str) -> Path:
         """Local path of ``key`` (fetched and verified by the store if needed)."""
@@ -156,7 +162,7 @@ class NativeLayout(ArtifactLayout):
 
         return read_tensors(self.fetch(key), mmap=mmap)
 
-    def _meta_json(self, subject: Any) -> dict[str, Any]:
+    def build_info(self, subject: Any) -> dict[str, Any]:
         path = self.fetch(self._meta_keys(subject)[0])
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -164,7 +170,7 @@ class NativeLayout(ArtifactLayout):
             raise ModelLoadError(f"cannot read {path}: {exc}") from exc
 
     def load_metadata(self, subject: Any) -> dict[str, Any]:
-        info = self._meta_json(subject)
+        info = self.build_info(subject)
         arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
         meta: dict[str, Any] = {k: v for k, v in info.items() if k not in ("rois",)}
         meta["rois"] = {k[4:]: np.asarray(v) for k, v in arrays.items() if k.startswith("roi/")}
@@ -202,7 +208,7 @@ class NativeLayout(ArtifactLayout):
         return {k[4:]: np.asarray(v, dtype=np.int64) for k, v in arrays.items() if k.startswith("roi/")}
 
     def output_space(self, subject: Any) -> OutputSpace:
-        info = self._meta_json(subject)
+        info = self.build_info(subject)
         desc = info.get("output_space", {"kind": "flat"})
         arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
         return space_from_dict(desc, n_outputs=int(info["n_outputs"]), arrays=arrays)
