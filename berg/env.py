@@ -4,7 +4,7 @@
 variable                  meaning
 ========================  ======================================================================================
 ``BERG_CACHE``            cache root (default: the platform's user cache folder ``berg``)
-``BERG_OFFLINE``          ``1``/``true``/``yes``: never use the network
+``BERG_OFFLINE``          ``1``/``true``/``yes``/``on``: never use the network (``0``/``false``/``no``/``off``: use it)
 ``BERG_REGISTRY``         extra registry files, ``os.pathsep``-separated
 ``BERG_S3_ENDPOINT``      S3 endpoint URL for every ``s3`` source (tests, mirrors)
 ``BERG_S3_SIGNED``        ``1``: signed S3 requests with the user's AWS credentials
@@ -21,15 +21,21 @@ variable                  meaning
 ``BERG_READOUT_KERNEL``   ``torch`` or ``numpy``: force the CPU readout GEMM (default: by width)
 ``BERG_PARALLEL_MIN_MB``  files at least this big (MiB, default 32) are fetched as ranged parts
 ========================  ======================================================================================
+
+Flags (``BERG_OFFLINE``, ``BERG_QUIET``, ``BERG_S3_SIGNED``) are read strictly by :func:`parse_bool`: a value
+that is neither a true word nor a false word is refused with the accepted values, never guessed.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["env_flag", "env_int", "env_str", "progress_enabled", "KNOWN"]
+__all__ = ["env_flag", "env_int", "env_str", "parse_bool", "progress_enabled", "KNOWN", "TRUE_WORDS", "FALSE_WORDS"]
 
-_TRUE = ("1", "true", "yes", "on")
+#: Strings read as True by :func:`parse_bool` (any case, surrounding blanks ignored).
+TRUE_WORDS = ("1", "true", "yes", "on")
+#: Strings read as False by :func:`parse_bool`.
+FALSE_WORDS = ("0", "false", "no", "off")
 
 #: Every variable berg reads (documentation and ``berg --help`` list these).
 KNOWN = (
@@ -65,10 +71,62 @@ def env_str(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def parse_bool(value: object, what: str) -> bool:
+    """A boolean given as a bool or as one of the documented words, read strictly.
+
+    The one parser of booleans that may arrive as text (environment variables, plan and config files,
+    keyword arguments from users): ``"false"`` or ``"no"`` must never count as true because the string
+    is non-empty.
+
+    Parameters
+    ----------
+    value : bool, int or str
+        ``True``/``False`` (numpy booleans too); the integers ``0``/``1``; or one of
+        :data:`TRUE_WORDS` / :data:`FALSE_WORDS` (any case, blanks ignored).
+    what : str
+        How the value is called in the error message (``"offline"``, ``"BERG_OFFLINE"``, ``"plan fsync"``).
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    InvalidParameterError
+        Anything else (``"maybe"``, ``2``, ``None``, a list); the message names the accepted values.
+
+    Examples
+    --------
+    >>> parse_bool("No", "fsync")
+    False
+    >>> parse_bool(True, "offline")
+    True
+    """
+    if isinstance(value, bool):
+        return value
+    # numpy's bool_ without importing numpy (berg.env stays import-light)
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    from berg.errors import InvalidParameterError
+
+    raise InvalidParameterError(
+        f"{what}={value!r} is not a boolean; give True or False, or one of the words "
+        f"{', '.join(TRUE_WORDS)} (true) / {', '.join(FALSE_WORDS)} (false)"
+    )
+
+
 def env_flag(name: str) -> bool:
-    """True when the variable is ``1``, ``true``, ``yes`` or ``on`` (any case)."""
+    """The variable as a boolean (:func:`parse_bool`; unset or empty: False); other words are refused."""
     value = env_str(name)
-    return value is not None and value.strip().lower() in _TRUE
+    return False if value is None else parse_bool(value, name)
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from berg.env import env_flag, env_int, env_str
+from berg.env import env_flag, env_int, env_str, parse_bool
 from berg.errors import ArtifactError, BERGError, IntegrityError, InvalidParameterError, OfflineError
 from berg.fsutil import atomic_path, sha256_bytes, sha256_file
 from berg.store.artifacts import DERIVED_DIR, check_key
@@ -144,7 +144,7 @@ class Store:
         self.build_dir = _folder_param(build_dir, "build_dir") or _folder_param(
             env_str("BERG_BUILD_DIR"), "BERG_BUILD_DIR"
         )
-        self.offline = bool(offline) or env_flag("BERG_OFFLINE")
+        self.offline = parse_bool(offline, "offline") or env_flag("BERG_OFFLINE")
         self._manifests: dict[str, dict[str, Any] | None] = {}
         self._sources: dict[str, Any] = {}
         self._indexes: dict[Path, Any] = {}

@@ -36,6 +36,8 @@ from berg.store.manifest import sha256_file
 
 __all__ = [
     "CacheIndex",
+    "CacheTarget",
+    "resolve_target",
     "CacheWriteError",
     "cache_list",
     "cache_size",
@@ -314,20 +316,151 @@ class CacheIndex:
             self.record(key, path, digest, **{k: v for k, v in rec.items() if k not in ("size", "mtime_ns", "sha256")})
 
 
-def _models(cache_dir: Path, model_id: str | None) -> list[Path]:
+class CacheTarget:
+    """What a ``berg cache`` argument names, resolved inside the cache.
+
+    Attributes
+    ----------
+    cache_dir : Path
+        The cache root, symbolic links resolved.
+    models : list of Path
+        The model folders concerned (resolved, each a direct child of ``cache_dir``).
+    sub : str or None
+        A file or folder below the one model folder (POSIX, relative), or None for the whole folder.
+    """
+
+    def __init__(self, cache_dir: Path, models: list[Path], sub: str | None = None):
+        self.cache_dir, self.models, self.sub = cache_dir, models, sub
+
+
+def _is_berg_folder(folder: Path) -> bool:
+    """Whether berg made ``folder`` (its index or a manifest is there, or it is berg's wheel folder)."""
+    from berg.store.manifest import MANIFEST_NAME
+
+    return folder.name == "_wheels" or any(
+        (folder / name).is_file() and not (folder / name).is_symlink() for name in (INDEX_NAME, MANIFEST_NAME)
+    )
+
+
+def _cached_names(cache_dir: Path) -> list[str]:
     if not cache_dir.is_dir():
         return []
-    if model_id is not None:
-        root = cache_dir / model_id
-        return [root] if root.is_dir() else []
-    return sorted(p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name for p in cache_dir.iterdir() if not p.name.startswith(".") and not p.is_symlink() and p.is_dir()
+    )
 
 
-def _files(root: Path) -> list[Path]:
-    # berg's own bookkeeping (index, locks, partial downloads, temporaries) is not a cached file
+def resolve_target(cache_dir: str | os.PathLike[str], target: Any = None) -> CacheTarget:
+    """Resolve a ``berg cache`` argument to model folders (or one file/folder of a model) inside the cache.
+
+    Parameters
+    ----------
+    cache_dir : path
+        The cache root.
+    target : str, path or None
+        ``None``: every model folder berg made in the cache. Otherwise a model id (``fmri-x``), a path
+        below a model folder (``fmri-x/metadata/file.npy``), relative to the cache (never to the current
+        folder), or an absolute path inside the cache.
+
+    Returns
+    -------
+    CacheTarget
+
+    Raises
+    ------
+    InvalidParameterError
+        The argument is empty, not text, holds a NUL byte, names the cache itself, resolves (after
+        symbolic links) outside the cache, passes through a symbolic link, names a folder berg did not
+        make, or names a model that is not cached (the message lists the cached models).
+    """
+    from berg.errors import InvalidParameterError, close_matches
+
+    cache_dir = Path(cache_dir).expanduser()
+    root = cache_dir.resolve()
+    cached = _cached_names(root)
+    form = "a model id from `berg cache list` (e.g. berg cache clear fmri-bold5000-resnet18), or no argument for every model"
+    if target is None:
+        models = []
+        for name in cached:
+            folder = root / name
+            if _is_berg_folder(folder):
+                models.append(folder)
+            else:
+                log.warning("leaving %s alone: berg did not make it (no %s or manifest.json)", folder, INDEX_NAME)
+        return CacheTarget(root, models)
+    if isinstance(target, bytes) or not isinstance(target, (str, os.PathLike)):
+        raise InvalidParameterError(f"cache argument {target!r} ({type(target).__name__}) is not valid; give {form}")
+    text = os.fspath(target)
+    if not text.strip():
+        raise InvalidParameterError(f"cache argument is empty; give {form}")
+    if "\x00" in text:
+        raise InvalidParameterError(f"cache argument {text!r} contains a NUL byte; give {form}")
+    given = Path(text).expanduser()
+    # relative arguments are read from the cache root, never from the current folder
+    lexical = Path(os.path.normpath(given if given.is_absolute() else root / given))
+    spelled = Path(os.path.normpath(cache_dir.absolute()))
+    if given.is_absolute() and not _lexically_inside(lexical, root) and _lexically_inside(lexical, spelled):
+        lexical = root / lexical.relative_to(spelled)  # the cache named through a link to it (BERG_CACHE)
+    real = lexical.resolve()
+    if not _lexically_inside(real, root) or not _lexically_inside(lexical, root):
+        raise InvalidParameterError(
+            f"cache argument {text!r} resolves to {real}, outside the cache {root}; berg cache only touches "
+            f"files inside the cache. Give {form}"
+        )
+    if real == root:
+        raise InvalidParameterError(f"cache argument {text!r} names the cache itself ({root}); give {form}")
+    # a symbolic link anywhere on the way: berg never makes links in its cache, so it is not followed
+    probe = root
+    for part in lexical.relative_to(root).parts:
+        probe = probe / part
+        if probe.is_symlink():
+            raise InvalidParameterError(
+                f"cache argument {text!r} passes through the symbolic link {probe} -> {os.readlink(probe)}; berg "
+                "never makes links in its cache and does not follow them. Remove the link by hand"
+            )
+    parts = real.relative_to(root).parts
+    model = root / parts[0]
+    if not model.is_dir():
+        near = close_matches(parts[0], cached)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise InvalidParameterError(
+            f"{parts[0]!r} is not in the cache {root}{hint}; cached: {', '.join(cached) or 'nothing'}"
+        )
+    if not _is_berg_folder(model):
+        raise InvalidParameterError(
+            f"{model} was not made by berg (no {INDEX_NAME} or manifest.json in it), so berg cache leaves it alone"
+        )
+    sub = "/".join(parts[1:]) or None
+    if sub is not None and not real.exists():
+        raise InvalidParameterError(f"{sub!r} is not a cached file of {parts[0]} ({real} does not exist)")
+    return CacheTarget(root, [model], sub)
+
+
+def _lexically_inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _models(cache_dir: Path, model_id: Any) -> list[Path]:
+    return resolve_target(cache_dir, model_id).models
+
+
+def _files(root: Path, sub: str | None = None) -> list[Path]:
+    # berg's own bookkeeping (index, locks, partial downloads, temporaries) is not a cached file; links
+    # are never followed (os.walk with followlinks=False, and no file that is a link)
+    start = root / sub if sub else root
+    if start.is_file() and not start.is_symlink():
+        candidates = [start]
+    else:
+        candidates = [
+            Path(folder) / name for folder, _dirs, names in os.walk(start, followlinks=False) for name in names
+        ]
     return sorted(
         p
-        for p in root.rglob("*")
+        for p in candidates
         if p.is_file()
         and not p.is_symlink()
         and (reserved_reason(p.relative_to(root).as_posix()) is None or _is_derived_path(root, p))
@@ -347,10 +480,11 @@ def _is_derived_path(root: Path, path: Path) -> bool:
 
 
 def cache_list(cache_dir: Path, model_id: str | None = None) -> list[dict[str, Any]]:
-    """Cached files: ``[{"model_id", "key", "size"}]``."""
+    """Cached files: ``[{"model_id", "key", "size"}]`` (``model_id``: see :func:`resolve_target`)."""
     out = []
-    for root in _models(Path(cache_dir), model_id):
-        for p in _files(root):
+    target = resolve_target(cache_dir, model_id)
+    for root in target.models:
+        for p in _files(root, target.sub):
             out.append({"model_id": root.name, "key": p.relative_to(root).as_posix(), "size": p.stat().st_size})
     return out
 
@@ -375,13 +509,14 @@ def cache_verify(cache_dir: Path, model_id: str | None = None, *, delete_bad: bo
     from berg.store.manifest import MANIFEST_NAME, read_manifest
 
     results = []
-    for root in _models(Path(cache_dir), model_id):
+    target = resolve_target(cache_dir, model_id)
+    for root in target.models:
         index = CacheIndex(root).load()
         # files listed by a manifest: the model's own, and those of converted artifacts kept below it
         # (e.g. <cache>/_wheels/<wheel>-<hash>/manifest.json)
         manifest_files: dict[Path, str] = {}
-        for manifest_path in sorted(root.rglob(MANIFEST_NAME)):
-            if manifest_path.is_symlink() or not manifest_path.is_file():
+        for manifest_path in _files(root):
+            if manifest_path.name != MANIFEST_NAME:
                 continue
             try:
                 files = read_manifest(manifest_path)["files"]
@@ -389,7 +524,7 @@ def cache_verify(cache_dir: Path, model_id: str | None = None, *, delete_bad: bo
                 continue
             for k, info in files.items():
                 manifest_files.setdefault(manifest_path.parent / k, info.get("sha256"))
-        for p in _files(root):
+        for p in _files(root, target.sub):
             key = p.relative_to(root).as_posix()
             rec = index.get(key) or {}
             if p in manifest_files:
@@ -415,13 +550,24 @@ def cache_verify(cache_dir: Path, model_id: str | None = None, *, delete_bad: bo
 
 
 def cache_clear(cache_dir: Path, model_id: str | None = None) -> int:
-    """Delete a model's cached files (all models when ``model_id`` is None); returns bytes freed."""
-    freed = sum(cache_size(Path(cache_dir), model_id).values())
-    for root in _models(Path(cache_dir), model_id):
+    """Delete a model's cached files (every model berg made when ``model_id`` is None); returns bytes freed.
+
+    ``model_id`` may also name one file or folder below a model folder (``ID/metadata``); see
+    :func:`resolve_target` for what is refused. Only folders berg made are deleted, links are never
+    followed, and nothing outside the cache is touched.
+    """
+    target = resolve_target(cache_dir, model_id)
+    freed = 0
+    for root in target.models:
+        doomed = root / target.sub if target.sub else root
+        freed += sum(p.stat().st_size for p in _files(root, target.sub))
         try:
-            shutil.rmtree(root)
+            if doomed.is_dir() and not doomed.is_symlink():
+                shutil.rmtree(doomed)
+            else:
+                doomed.unlink()
         except OSError as exc:
             if exc.errno in WRITE_ERRNOS:
-                raise cache_write_error(exc, Path(cache_dir), f"clearing {root.name}") from exc
+                raise cache_write_error(exc, target.cache_dir, f"clearing {root.name}") from exc
             raise
     return freed

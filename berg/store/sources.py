@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from berg.env import env_flag, env_str
+from berg.env import env_flag, env_str, parse_bool
 from berg.errors import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -164,8 +164,11 @@ class S3Source(Source):
         self.prefix = cfg.get("prefix", "")
         self.region = cfg.get("region")
         self.endpoint = env_str("BERG_S3_ENDPOINT") or cfg.get("endpoint")
-        self.anonymous = bool(cfg.get("anonymous", True)) and not env_flag("BERG_S3_SIGNED")
-        self.has_manifest = bool(cfg.get("manifest", True))
+        # registry booleans may come from hand-written YAML/JSON as text: read them strictly
+        self.anonymous = parse_bool(cfg.get("anonymous", True), "s3 source 'anonymous'") and not env_flag(
+            "BERG_S3_SIGNED"
+        )
+        self.has_manifest = parse_bool(cfg.get("manifest", True), "s3 source 'manifest'")
         self.policy = policy or RetryPolicy()
         self._client = None
 
