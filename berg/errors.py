@@ -86,6 +86,10 @@ class ModelNotBuiltError(ModelLoadError):
     """A recipe model has not been built on this machine yet (the message gives the ``berg build`` command)."""
 
 
+class NoReliabilityError(BERGError, LookupError):
+    """The model publishes no per-output reliability (NCSNR / noise ceiling); the message says what to pass instead."""
+
+
 class MissingExtraError(BERGError, ImportError):
     """An optional dependency is missing (the message names the ``pip install berg[extra]`` to run)."""
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from berg.errors import InvalidParameterError
+from berg.core.contract import BaseModelInterface, is_feature_model
+from berg.errors import InvalidParameterError, NoReliabilityError
 from berg.subjects import subject_label
 
 __all__ = [
@@ -49,9 +49,7 @@ __all__ = [
     "generate",
     "add_noise",
     "ncsnr_from_noise_ceiling",
-    "ncsnr_from_metadata",
     "read_labelled",
-    "write_categories",
     "read_categories",
     "category_images",
     "LinearBrain",
@@ -89,45 +87,6 @@ def ncsnr_from_noise_ceiling(noise_ceiling: Any, n: int) -> np.ndarray:
             f"got values in [{np.nanmin(nc):.3g}, {np.nanmax(nc):.3g}]"
         )
     return np.sqrt(nc / (n * (1.0 - nc)))
-
-
-_NC_KEY = re.compile(r"noise_?ceiling.*_n_?(\d+)$")
-
-
-def ncsnr_from_metadata(metadata: Mapping[str, Any]) -> np.ndarray:
-    """Per-output NCSNR of the real data a model was fitted on, from its metadata.
-
-    Looked up in this order: ``metadata["accuracy"]["ncsnr"]`` (berg-native models trained by
-    ``berg train``), ``metadata["ncsnr"]``, then a noise ceiling with its repeat count in the key
-    (BERG's ``encoding_models.noiseceiling_task_test_n_10``; percent values are divided by 100),
-    converted with :func:`ncsnr_from_noise_ceiling`.
-
-    Raises
-    ------
-    InvalidParameterError
-        No such field: pass ``noise="ncsnr", ncsnr=...`` instead.
-    """
-    acc = metadata.get("accuracy")
-    if isinstance(acc, Mapping) and "ncsnr" in acc:
-        return np.asarray(acc["ncsnr"], dtype=np.float64)
-    if "ncsnr" in metadata:
-        return np.asarray(metadata["ncsnr"], dtype=np.float64)
-    for group in (metadata.get("encoding_models"), metadata):
-        if not isinstance(group, Mapping):
-            continue
-        found = sorted((int(m.group(1)), k) for k in group if isinstance(k, str) and (m := _NC_KEY.search(k)))
-        test = [(n, k) for n, k in found if "test" in k] or found
-        if test:
-            n, key = test[-1]  # the most repeats: the best-estimated ceiling
-            nc = np.asarray(group[key], dtype=np.float64)
-            if np.nanmax(nc) > 1.0:
-                nc = nc / 100.0
-            return ncsnr_from_noise_ceiling(np.clip(np.nan_to_num(nc), 0.0, 1 - 1e-9), n)
-    raise InvalidParameterError(
-        "the model's metadata has no per-output NCSNR or noise ceiling (looked for accuracy.ncsnr, ncsnr, "
-        "*noiseceiling*_n_<k>); pass noise='ncsnr' with ncsnr=<array> or noise='noise_ceiling' with "
-        "noise_ceiling=<fractions>"
-    )
 
 
 NOISE_BLOCK = 64  # stimuli per noise stream: noise of rows [64 b, 64 b + 64) comes from (seed, subject, b)
@@ -284,7 +243,7 @@ def _iter_responses(model: Any, stimuli: Any, chunk_size: int, show_progress: bo
     pass per batch with the next batch prepared in a thread), so generation runs at ``encode``'s speed;
     any other model is called with ``encode`` on chunks of ``chunk_size`` stimuli.
     """
-    if hasattr(model, "iter_encode") and hasattr(model, "prepare_stimuli"):
+    if is_feature_model(model) and not model.group_level:
         prepared = model.prepare_stimuli(stimuli)
         subjects = list(model.subjects)
         for a, b, outs in model.iter_encode(prepared, show_progress=show_progress):
@@ -299,6 +258,21 @@ def _metadata(model: Any, subject: Any) -> Mapping[str, Any]:
     if len(getattr(model, "subjects", [None])) > 1 and isinstance(meta, Mapping) and subject in meta:
         return meta[subject]
     return meta
+
+
+def _reliability_ncsnr(model: Any, subject: Any) -> np.ndarray:
+    """The NCSNR of the model's training data, from the model's own reliability accessor."""
+    if not isinstance(model, BaseModelInterface):
+        raise InvalidParameterError(
+            "noise='metadata' reads model.reliability() (berg's model interface); for another model pass "
+            "noise='ncsnr' with ncsnr=<array> or noise='noise_ceiling' with noise_ceiling=<fractions>"
+        )
+    try:
+        return model.reliability(subject).ncsnr
+    except NoReliabilityError as exc:
+        raise InvalidParameterError(
+            f"{exc}; pass noise='ncsnr' with ncsnr=<array> or noise='noise_ceiling' with noise_ceiling=<fractions>"
+        ) from exc
 
 
 def _selected(model: Any, subject: Any) -> np.ndarray | None:
@@ -353,10 +327,7 @@ def _resolve_ncsnr(
             )
         out = ncsnr_from_noise_ceiling(value, int(ceiling_repeats or n_repeats))
     else:
-        out = ncsnr_from_metadata(_metadata(model, subject))
-        rows = _selected(model, subject)
-        if rows is not None and out.size != n_outputs:
-            out = out[rows]
+        out = _reliability_ncsnr(model, subject)
     out = np.broadcast_to(out, (n_outputs,)).astype(np.float64) if out.ndim == 0 else out
     if out.shape != (n_outputs,):
         raise InvalidParameterError(
@@ -462,7 +433,7 @@ def generate(
         ``none``: every repeat is the model's response. ``ncsnr``: noise for the given ``ncsnr``
         (number, per-output array or {subject: array}). ``noise_ceiling``: noise for the given
         noise ceiling (fractions) of the mean of ``ceiling_repeats`` repeats (default ``n_repeats``).
-        ``metadata``: the NCSNR of the model's training data (:func:`ncsnr_from_metadata`).
+        ``metadata``: the NCSNR of the model's training data (``model.reliability(subject)``).
     signal_var : {subject: (n_outputs,) array}, optional
         Signal variance the noise is sized against (default: the variance of the clean responses
         over these stimuli, which makes the dataset's measured NCSNR equal the one asked for).
@@ -749,20 +720,6 @@ class LabelledDataset:
             )
         r = self.dataset.subjects[subject].responses
         return np.asarray(r[:] if rows is None else r[np.asarray(rows)])
-
-
-def write_categories(path: str | os.PathLike[str], categories: Sequence[str]) -> None:
-    """Add (or replace) ``/stimuli/categories`` in a berg dataset file (e.g. one from an adapter)."""
-    import h5py
-
-    with h5py.File(path, "a") as f:
-        n = len(f["stimuli/ids"])
-        cats = np.asarray(categories).astype(str)
-        if cats.shape != (n,):
-            raise InvalidParameterError(f"{len(cats)} categories for {n} stimuli in {path}")
-        if "stimuli/categories" in f:
-            del f["stimuli/categories"]
-        f.create_dataset("stimuli/categories", data=cats.tolist(), dtype=h5py.string_dtype())
 
 
 def read_categories(path: str | os.PathLike[str]) -> np.ndarray | None:

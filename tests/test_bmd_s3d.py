@@ -190,7 +190,7 @@ def test_to_nifti_needs_an_affine_only_when_absent(client, replica, tmp_path):
 
 
 def test_metadata_with_any_subset_of_keys(tmp_path):
-    from berg.models.bmd_s3d import BERGLegacyLayout
+    from berg.models.bmd_s3d import BMDLegacyLayout
 
     class _Spec:
         model_id = "x"
@@ -199,7 +199,7 @@ def test_metadata_with_any_subset_of_keys(tmp_path):
         def n_outputs(self, subject):
             return 20
 
-    layout = BERGLegacyLayout.__new__(BERGLegacyLayout)
+    layout = BMDLegacyLayout.__new__(BMDLegacyLayout)
     layout.spec = _Spec()
     for subset in ({}, {"fmri": {}}, {"fmri": {"rois": {"lV1v": np.arange(3)}}}, {"encoding_models": {}}):
         layout._load = lambda key, subset=subset: subset
@@ -298,9 +298,9 @@ def test_restricted_unpickling_refuses_code(replica, tmp_path):
 
 
 def _layout_rois(entries: dict, n_voxels: int) -> dict:
-    from berg.models.bmd_s3d import BERGLegacyLayout
+    from berg.models.bmd_s3d import BMDLegacyLayout
 
-    return BERGLegacyLayout._roi_indices(None, {"rois": entries}, n_voxels, "metadata/metadata_sub-01.npy")
+    return BMDLegacyLayout._roi_indices(None, {"rois": entries}, n_voxels, "metadata/metadata_sub-01.npy")
 
 
 def test_roi_entry_forms_and_range_errors():

@@ -93,10 +93,10 @@ READER = textwrap.dedent(
             out[key] = {"error": type(exc).__name__, "msg": str(exc), "errno": getattr(exc, "errno", None),
                         "oserror": isinstance(exc, OSError)}
     if args.get("bmd"):
-        from berg.models.bmd_s3d import BERGLegacyLayout
+        from berg.models.bmd_s3d import BMDLegacyLayout
         spec = types.SimpleNamespace(model_id=args["model"], source=args["source"])
         try:
-            proj = BERGLegacyLayout(spec, store).load_projection()
+            proj = BMDLegacyLayout(spec, store).load_projection()
             w = np.asarray(proj.weight)
             out["projection"] = {"ok": float(np.abs(w).sum()), "finite": bool(np.isfinite(w).all())}
         except BERGError as exc:

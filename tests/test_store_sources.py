@@ -286,13 +286,13 @@ def test_cache_verify_lists_derived_files(tmp_path, capsys):
 
 
 def _bmd_layout(bucket: Path, cache: Path, **store_kw):
-    from berg.models.bmd_s3d import BERGLegacyLayout
+    from berg.models.bmd_s3d import BMDLegacyLayout
 
     sys.path.insert(0, str(REPO))
     from creation_code.bmd_s3d.replica import PREFIX
 
     spec = types.SimpleNamespace(model_id="bmd-mini", source=folder_source(bucket / PREFIX, manifest=False))
-    return BERGLegacyLayout(spec, Store(cache_dir=cache, **store_kw))
+    return BMDLegacyLayout(spec, Store(cache_dir=cache, **store_kw))
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from berg import metrics
-from berg.errors import InvalidParameterError
+from berg.core.contract import BaseModelInterface
+from berg.core.reliability import Reliability
+from berg.errors import InvalidParameterError, NoReliabilityError
 from berg.synthetic import (
     LinearBrain,
     add_noise,
     category_images,
     generate,
-    ncsnr_from_metadata,
     ncsnr_from_noise_ceiling,
     read_categories,
     read_labelled,
@@ -83,18 +84,41 @@ def test_ncsnr_noise_and_single_repeat_ceiling():
     assert np.allclose(r12, metrics.noise_ceiling(snr, 1), atol=0.05)
 
 
-def test_noise_from_model_metadata_native_and_berg_legacy():
+class ReliableEncoder(LinearEncoder, BaseModelInterface):
+    """LinearEncoder behind berg's model interface, with a known per-output reliability."""
+
+    def __init__(self, reliability, **kwargs):
+        super().__init__(**kwargs)
+        self._reliability = reliability
+
+    @classmethod
+    def load(cls, request):
+        raise NotImplementedError
+
+    def provenance(self):
+        return {"model_id": self.model_id}
+
+    def reliability(self, subject=None):
+        if self._reliability is None:
+            return BaseModelInterface.reliability(self, subject)
+        return self._reliability
+
+
+def test_noise_from_the_model_reliability_accessor():
     snr = np.linspace(0.5, 1.5, 15)
-    native = LinearEncoder(n_outputs=(15,), metadata={"accuracy": {"ncsnr": snr}})
-    data = generate(native, _stimuli(4000), n_repeats=3, noise="metadata", seed=0)
+    model = ReliableEncoder(Reliability.from_ncsnr(snr, 3, "test"), n_outputs=(15,))
+    data = generate(model, _stimuli(4000), n_repeats=3, noise="metadata", seed=0)
     assert np.allclose(data.ncsnr[1], snr)
     assert np.allclose(metrics.ncsnr(data.responses[1]), snr, rtol=0.05, atol=0.07)
-    # BERG stores noise ceilings in percent with the repeat count in the key
+    # BERG stores noise ceilings in percent with the repeat count: the accessor converts them
     nc10 = 100 * metrics.noise_ceiling(snr, 10)
-    legacy = {"encoding_models": {"noiseceiling_task_test_n_10": nc10, "noiseceiling_task_train_n_1": nc10 * 0}}
-    assert np.allclose(ncsnr_from_metadata(legacy), snr)
+    assert np.allclose(Reliability.from_noise_ceiling(nc10, 10, "bmd").ncsnr, snr)
     with pytest.raises(InvalidParameterError, match="noise='ncsnr'"):
-        ncsnr_from_metadata({"rois": {}})
+        generate(ReliableEncoder(None, n_outputs=(15,)), _stimuli(10), noise="metadata")
+    with pytest.raises(NoReliabilityError):
+        ReliableEncoder(None, n_outputs=(15,)).reliability()
+    with pytest.raises(InvalidParameterError, match="model.reliability"):
+        generate(LinearEncoder(n_outputs=(15,)), _stimuli(10), noise="metadata")
 
 
 def test_no_noise_repeats_equal_model_output():

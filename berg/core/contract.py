@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from berg.errors import InvalidParameterError, ModelLoadError
+from berg.errors import InvalidParameterError, ModelLoadError, NoReliabilityError
 
 if TYPE_CHECKING:  # pragma: no cover
     from berg.core.layouts import ArtifactLayout
+    from berg.core.reliability import Reliability
     from berg.core.spaces import OutputSpace
     from berg.registry import ModelSpec, Selection
 
@@ -170,6 +171,23 @@ class BaseModelInterface(ABC):
     def to_gifti(self, responses: Any, subject: Any = None, **kwargs: Any) -> Any:
         """Responses -> ``{"lh": GiftiImage, "rh": GiftiImage}`` (surface spaces)."""
         return self._per_subject(responses, subject, lambda sp, r: sp.to_gifti(r, **kwargs))
+
+    def reliability(self, subject: Any = None) -> Reliability:
+        """Per-output NCSNR and noise ceiling of the data the model was fitted on, in output order.
+
+        Flat, in the order of ``encode``'s flattened outputs for the current selection (see
+        :class:`~berg.core.reliability.Reliability`). Each model family reads it from its own metadata;
+        callers never read metadata keys for this.
+
+        Raises
+        ------
+        NoReliabilityError
+            The model's release publishes no per-output reliability (the message says what to pass instead).
+        """
+        raise NoReliabilityError(
+            f"{self.model_id} publishes no per-output reliability (NCSNR / noise ceiling); pass your own "
+            "(e.g. synthetic.generate(noise='ncsnr', ncsnr=...) or a reducer threshold on another metric)"
+        )
 
     def output_ids(self, subject: Any = None) -> np.ndarray:
         """Identifier of each output: voxel ``(i, j, k)`` for volumes, else the output index."""

@@ -33,6 +33,7 @@ import numpy as np
 from berg._version import __version__
 from berg.core.contract import BaseModelInterface, LoadRequest
 from berg.core.readouts import Projection, ReadoutHead
+from berg.core.reliability import Reliability
 from berg.errors import InvalidParameterError, ModelLoadError, StimulusError
 from berg.stimuli import Stimuli, load_stimuli
 
@@ -568,6 +569,28 @@ class LinearEncodingModel(BaseModelInterface):
         if self.multi_subject:
             return {s: self._metadata[s] for s in self.subjects}
         return self._metadata[self.subjects[0]]
+
+    def reliability(self, subject: Any = None) -> Reliability:
+        """Per-output NCSNR / noise ceiling for the current selection, from the layout's metadata.
+
+        See :meth:`berg.core.contract.BaseModelInterface.reliability`; the layout knows where its release
+        keeps these numbers (:meth:`berg.core.layouts.ArtifactLayout.reliability`).
+        """
+        s = self._subject_arg(subject)
+        full = self.layout.reliability(s)
+        n_full = self.layout.output_space(s).n_outputs
+        if full.n_outputs != n_full:
+            raise ModelLoadError(
+                f"{self.model_id} subject {s}: reliability from {full.source} has {full.n_outputs} values for "
+                f"{n_full} outputs"
+            )
+        selected = full.select(self.selected_rows.get(s))
+        flat = self.shape_outputs(s, selected.ncsnr[None]).reshape(-1)
+        if flat.size == selected.n_outputs:
+            return selected
+        # outputs reduced after the readout (e.g. averaged repetitions): reduce reliability the same way
+        nc = self.shape_outputs(s, selected.noise_ceiling[None]).reshape(-1)
+        return Reliability(flat, nc, selected.n_repeats, selected.source)
 
     def provenance(self) -> dict[str, Any]:
         """Everything needed to say which numbers came from where."""

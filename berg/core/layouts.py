@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from berg.core.readouts import LinearReadout, Projection, ReadoutHead
+from berg.core.reliability import Reliability
 from berg.core.spaces import OutputSpace, space_from_dict
-from berg.errors import ModelLoadError
+from berg.errors import ModelLoadError, NoReliabilityError
 from berg.subjects import subject_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,6 +101,15 @@ class ArtifactLayout(ABC):
         """The subject's output space (all outputs)."""
         raise self._not_provided("output_space(subject)")
 
+    def reliability(self, subject: Any) -> Reliability:
+        """Per-output NCSNR / noise ceiling of ``subject`` over the full output space (flat order).
+
+        Each layout reads them where its release keeps them; the default says there are none.
+        """
+        raise NoReliabilityError(
+            f"{self.spec.model_id}: its release publishes no per-output reliability (NCSNR / noise ceiling)"
+        )
+
     def release(self) -> None:  # noqa: B027 - an optional hook: most layouts cache nothing
         """Drop what the layout cached while the model was assembled (the model now holds its arrays).
 
@@ -139,31 +149,35 @@ class NativeLayout(ArtifactLayout):
     def _has_projection(self) -> bool:
         return self.spec.recipe.get("projection", "none") not in (None, "none")
 
-    def _readout_key(self, subject: Any) -> str:
+    def readout_file(self, subject: Any) -> str:
+        """Key of the subject's readout file."""
         return f"readout/{subject_label(subject)}.safetensors"
 
-    def _meta_keys(self, subject: Any) -> tuple[str, str]:
+    def metadata_files(self, subject: Any) -> tuple[str, str]:
+        """Keys of the subject's metadata: the JSON facts and the safetensors arrays (ROI indices...)."""
         label = subject_label(subject)
         return f"metadata/{label}.json", f"metadata/{label}.safetensors"
 
     def metadata_keys(self, subject: Any) -> list[str]:
-        return list(self._meta_keys(subject))
+        return list(self.metadata_files(subject))
 
     def model_keys(self, subject: Any) -> list[str]:
         shared = [self.PROJECTION] if self._has_projection() else []
-        return shared + [self._readout_key(subject), *self._meta_keys(subject)]
+        return shared + [self.readout_file(subject), *self.metadata_files(subject)]
 
     def all_keys(self) -> list[str]:
         manifest = self.store.manifest(self.spec.model_id, self.spec.source)
         return sorted(manifest["files"])
 
-    def _tensors(self, key: str, *, mmap: bool = True) -> dict[str, np.ndarray]:
+    def tensors(self, key: str, *, mmap: bool = True) -> dict[str, np.ndarray]:
+        """The tensors of a safetensors file of the artifact (fetched and verified; memory-mapped by default)."""
         from berg.store.artifacts import read_tensors
 
         return read_tensors(self.fetch(key), mmap=mmap)
 
     def build_info(self, subject: Any) -> dict[str, Any]:
-        path = self.fetch(self._meta_keys(subject)[0])
+        """The subject's metadata JSON as written at training/build time (``n_outputs``, space, accuracy...)."""
+        path = self.fetch(self.metadata_files(subject)[0])
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -171,7 +185,7 @@ class NativeLayout(ArtifactLayout):
 
     def load_metadata(self, subject: Any) -> dict[str, Any]:
         info = self.build_info(subject)
-        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        arrays = self.tensors(self.metadata_files(subject)[1], mmap=False)
         meta: dict[str, Any] = {k: v for k, v in info.items() if k not in ("rois",)}
         meta["rois"] = {k[4:]: np.asarray(v) for k, v in arrays.items() if k.startswith("roi/")}
         meta["accuracy"] = {k[9:]: np.asarray(v) for k, v in arrays.items() if k.startswith("accuracy/")}
@@ -180,18 +194,43 @@ class NativeLayout(ArtifactLayout):
                 meta[k] = np.asarray(v)
         return meta
 
+    def reliability(self, subject: Any) -> Reliability:
+        """From the ``accuracy/ncsnr`` (and ``accuracy/noise_ceiling``) arrays ``berg train``/``berg build`` write."""
+        acc = self.load_metadata(subject).get("accuracy") or {}
+        key = self.metadata_files(subject)[1]
+        if "ncsnr" not in acc and "noise_ceiling" not in acc:
+            raise NoReliabilityError(
+                f"{self.spec.model_id} subject {subject}: {key} holds no accuracy/ncsnr or accuracy/noise_ceiling "
+                f"(accuracy arrays: {', '.join(sorted(acc)) or 'none'})"
+            )
+        n = self.build_info(subject).get("n_repeats")
+        if "ncsnr" in acc:
+            snr = np.asarray(acc["ncsnr"], dtype=np.float64)
+            if "noise_ceiling" in acc:
+                nc = np.asarray(acc["noise_ceiling"], dtype=np.float64)
+                return Reliability(snr, nc, float(n) if n else None, f"{key}: accuracy/ncsnr, accuracy/noise_ceiling")
+            if n:
+                return Reliability.from_ncsnr(snr, float(n), f"{key}: accuracy/ncsnr")
+            return Reliability(snr, np.full(snr.shape, np.nan), None, f"{key}: accuracy/ncsnr (no repeat count)")
+        nc = np.asarray(acc["noise_ceiling"], dtype=np.float64)
+        if not n:
+            raise NoReliabilityError(
+                f"{self.spec.model_id} subject {subject}: {key} has a noise ceiling but no n_repeats to convert it"
+            )
+        return Reliability.from_noise_ceiling(nc, float(n), f"{key}: accuracy/noise_ceiling")
+
     def load_projection(self) -> Projection | None:
         if not self._has_projection():
             return None
-        t = self._tensors(self.PROJECTION, mmap=True)
+        t = self.tensors(self.PROJECTION, mmap=True)
         try:
             return Projection(t["weight"], t["bias"])
         except KeyError as exc:
             raise ModelLoadError(f"{self.PROJECTION} lacks tensor {exc}; it must hold 'weight' and 'bias'") from exc
 
     def load_readout(self, subject: Any) -> LinearReadout:
-        key = self._readout_key(subject)
-        t = self._tensors(key, mmap=False)
+        key = self.readout_file(subject)
+        t = self.tensors(key, mmap=False)
         try:
             readout = LinearReadout(t["weight"], t["bias"])
         except KeyError as exc:
@@ -204,13 +243,13 @@ class NativeLayout(ArtifactLayout):
         return readout
 
     def roi_indices(self, subject: Any) -> dict[str, np.ndarray]:
-        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        arrays = self.tensors(self.metadata_files(subject)[1], mmap=False)
         return {k[4:]: np.asarray(v, dtype=np.int64) for k, v in arrays.items() if k.startswith("roi/")}
 
     def output_space(self, subject: Any) -> OutputSpace:
         info = self.build_info(subject)
         desc = info.get("output_space", {"kind": "flat"})
-        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        arrays = self.tensors(self.metadata_files(subject)[1], mmap=False)
         return space_from_dict(desc, n_outputs=int(info["n_outputs"]), arrays=arrays)
 
 

@@ -118,15 +118,15 @@ class Algonauts2023Layout(NativeLayout):
         return f"readout/{feature_set}/{subject_label(subject)}.safetensors"
 
     def metadata_keys(self, subject: Any) -> list[str]:
-        return [INFO_KEY, *self._meta_keys(subject)]
+        return [INFO_KEY, *self.metadata_files(subject)]
 
     def model_keys(self, subject: Any) -> list[str]:
-        return [INFO_KEY, *self._meta_keys(subject)] + [self.readout_key(f, subject) for f in self.feature_sets]
+        return [INFO_KEY, *self.metadata_files(subject)] + [self.readout_key(f, subject) for f in self.feature_sets]
 
     def load_feature_readout(self, feature_set: str, subject: Any) -> tuple[LinearReadout, np.ndarray | None]:
         """The readout of one feature set and the output rows it covers (``None``: every output)."""
         key = self.readout_key(feature_set, subject)
-        t = self._tensors(key, mmap=True)
+        t = self.tensors(key, mmap=True)
         try:
             readout = LinearReadout(t["weight"], t["bias"])
         except KeyError as exc:
@@ -141,9 +141,9 @@ class Algonauts2023Layout(NativeLayout):
         return meta
 
     def per_roi_codes(self, subject: Any) -> np.ndarray:
-        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        arrays = self.tensors(self.metadata_files(subject)[1], mmap=False)
         if "per_roi_class" not in arrays:
-            raise ModelLoadError(f"{self._meta_keys(subject)[1]} lacks per_roi_class; rebuild the model")
+            raise ModelLoadError(f"{self.metadata_files(subject)[1]} lacks per_roi_class; rebuild the model")
         return np.asarray(arrays["per_roi_class"], dtype=np.int64)
 
 

@@ -47,8 +47,9 @@ import numpy as np
 from berg.core.engine import LinearEncodingModel
 from berg.core.layouts import ArtifactLayout
 from berg.core.readouts import LinearReadout, Projection, ReadoutHead, write_folded_projection
+from berg.core.reliability import Reliability
 from berg.core.spaces import SensorTimeSpace, SurfaceSpace
-from berg.errors import ModelLoadError
+from berg.errors import ModelLoadError, NoReliabilityError
 from berg.store.legacy import StateOnly, load_legacy_npy
 from berg.subjects import subject_label
 
@@ -92,6 +93,12 @@ def _extra_globals() -> dict[tuple[str, str], Any]:
     # scikit-learn pickles PCA as NEWOBJ(sklearn.decomposition._pca.PCA) + BUILD(state dict); older
     # versions name other modules (sklearn.decomposition.pca): every sklearn global is the stand-in.
     return {("sklearn", "*"): SklearnState}
+
+
+#: NSD-core test images were shown 3 times: BERG's noise ceiling is that of the 3-trial mean.
+NSD_CORE_REPEATS = 3
+#: THINGS EEG2 test images were shown 80 times (BERG's in-vivo test responses average them).
+EEG_TEST_REPEATS = 80
 
 
 def weights_key(subject: Any) -> str:
@@ -525,6 +532,46 @@ class BERGCatalogueLayout(ArtifactLayout):
             t = read_tensors(path, mmap=True)
             out[name] = Projection(t["weight"], t["bias"])
         return out
+
+    def reliability(self, subject: Any) -> Reliability:
+        """NSD: ``fmri.{lh,rh}_ncsnr`` (NSD-core, NC of the 3-trial mean); THINGS EEG2: ``eeg.ncsnr`` /
+        ``eeg.noise_ceiling`` (channels x times, NC of the 80-trial test mean), repeated for each repetition
+        readout. Flat in output order."""
+        key = metadata_key(subject)
+        meta = self.load_metadata(subject)
+        if self.family == "nsd_fsaverage":
+            fmri = meta.get("fmri") or {}
+            if "lh_ncsnr" not in fmri or "rh_ncsnr" not in fmri:
+                raise NoReliabilityError(
+                    f"{self.spec.model_id} subject {subject}: {key} has no fmri.lh_ncsnr/rh_ncsnr "
+                    f"(fmri keys: {', '.join(sorted(fmri)) or 'none'})"
+                )
+            n = self._n_vertices()
+            snr = np.concatenate(
+                [
+                    np.asarray(fmri["lh_ncsnr"], np.float64)[: n["lh"]],
+                    np.asarray(fmri["rh_ncsnr"], np.float64)[: n["rh"]],
+                ]
+            )
+            return Reliability.from_ncsnr(snr, NSD_CORE_REPEATS, f"{key}: fmri.lh_ncsnr + fmri.rh_ncsnr (NSD-core)")
+        eeg = meta.get("eeg") or {}
+        space = self.output_space(subject)
+        n_reps = int(np.prod(space.shape)) // int(np.prod(space.shape[-2:]))
+        if "ncsnr" in eeg:
+            snr = np.asarray(eeg["ncsnr"], np.float64)
+            rel = Reliability.from_ncsnr(np.tile(snr.ravel(), n_reps), EEG_TEST_REPEATS, f"{key}: eeg.ncsnr")
+            if "noise_ceiling" in eeg:
+                nc = np.tile(np.asarray(eeg["noise_ceiling"], np.float64).ravel(), n_reps)
+                nc = nc / 100.0 if nc.size and np.nanmax(nc) > 1.0 else nc
+                rel = Reliability(rel.ncsnr, nc, EEG_TEST_REPEATS, f"{key}: eeg.ncsnr, eeg.noise_ceiling")
+            return rel
+        if "noise_ceiling" in eeg:
+            nc = np.tile(np.asarray(eeg["noise_ceiling"], np.float64).ravel(), n_reps)
+            return Reliability.from_noise_ceiling(nc, EEG_TEST_REPEATS, f"{key}: eeg.noise_ceiling")
+        raise NoReliabilityError(
+            f"{self.spec.model_id} subject {subject}: {key} has no eeg.ncsnr or eeg.noise_ceiling "
+            f"(eeg keys: {', '.join(sorted(eeg)) or 'none'})"
+        )
 
     def roi_indices(self, subject: Any) -> dict[str, np.ndarray]:
         if self.family != "nsd_fsaverage":

@@ -25,6 +25,7 @@ Assumptions about files we could not inspect (documented in the card):
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,11 @@ import numpy as np
 
 from berg.core.layouts import ArtifactLayout
 from berg.core.readouts import LinearReadout, Projection, write_folded_projection
+from berg.core.reliability import Reliability
 from berg.core.spaces import VolumeSpace
-from berg.errors import ModelLoadError
+from berg.errors import ModelLoadError, NoReliabilityError
 
-__all__ = ["BERGLegacyLayout"]
+__all__ = ["BMDLegacyLayout"]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,11 @@ def _get(d: Any, key: str, where: str) -> Any:
     return d[key]
 
 
-class BERGLegacyLayout(ArtifactLayout):
+#: BMD's noise-ceiling keys: ``noiseceiling_task_{train,test}_n_<repeats>``.
+_NC_KEY = re.compile(r"noise_?ceiling.*_n_?(\d+)$")
+
+
+class BMDLegacyLayout(ArtifactLayout):
     """BERG's bucket layout for ``fmri-bmd-s3d`` (pickled ``.npy`` dicts)."""
 
     def _weights_key(self, subject: Any) -> str:
@@ -252,6 +258,21 @@ class BERGLegacyLayout(ArtifactLayout):
         if subject not in cache:
             cache[subject] = self._read_metadata(subject)
         return cache[subject]
+
+    def reliability(self, subject: Any) -> Reliability:
+        """BMD's test-split noise ceiling with the most repeats (``encoding_models.noiseceiling_task_test_n_10``,
+        percent in BERG's files), per voxel of the subject mask; NCSNR derived from it."""
+        enc = self.load_metadata(subject).get("encoding_models") or {}
+        found = sorted((int(m.group(1)), k) for k in enc if (m := _NC_KEY.search(k)) and "test" in k) or sorted(
+            (int(m.group(1)), k) for k in enc if (m := _NC_KEY.search(k))
+        )
+        if not found:
+            raise NoReliabilityError(
+                f"{self.spec.model_id} subject {subject}: {self._meta_key(subject)} has no "
+                f"encoding_models.noiseceiling_*_n_<k> (keys: {', '.join(sorted(enc)) or 'none'})"
+            )
+        n, key = found[-1]  # the most repeats: the best-estimated ceiling
+        return Reliability.from_noise_ceiling(enc[key], n, f"{self._meta_key(subject)}: encoding_models.{key}")
 
     def _read_metadata(self, subject: Any) -> dict[str, Any]:
         # Any subset of the documented keys: what is absent is absent (BERG's files hold fewer keys

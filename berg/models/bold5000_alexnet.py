@@ -53,9 +53,9 @@ class Bold5000AlexNetLayout(NativeLayout):
 
     def layer_codes(self, subject: Any) -> np.ndarray:
         """Index (into ``layers``) of the layer each output uses in the ``best`` variant."""
-        arrays = self._tensors(self._meta_keys(subject)[1], mmap=False)
+        arrays = self.tensors(self.metadata_files(subject)[1], mmap=False)
         if "layer_of_output" not in arrays:
-            raise ModelLoadError(f"{self._meta_keys(subject)[1]} lacks layer_of_output; rebuild the model")
+            raise ModelLoadError(f"{self.metadata_files(subject)[1]} lacks layer_of_output; rebuild the model")
         return np.asarray(arrays["layer_of_output"], dtype=np.int64)
 
     def layers_used(self, subjects: list[Any]) -> list[str]:
@@ -72,7 +72,7 @@ class Bold5000AlexNetLayout(NativeLayout):
         return f"readout/{layer}/{subject_label(subject)}.safetensors"
 
     def model_keys(self, subject: Any) -> list[str]:
-        keys = [LAYERS_KEY, *self._meta_keys(subject)]
+        keys = [LAYERS_KEY, *self.metadata_files(subject)]
         self.fetch_keys(keys)
         layers = self.layers_used([subject])
         return (
@@ -81,7 +81,7 @@ class Bold5000AlexNetLayout(NativeLayout):
 
     def _readout(self, layer: str, subject: Any) -> LinearReadout:
         key = self._readout_key_of(layer, subject)
-        t = self._tensors(key, mmap=False)
+        t = self.tensors(key, mmap=False)
         try:
             return LinearReadout(t["weight"], t["bias"])
         except KeyError as exc:
@@ -104,7 +104,7 @@ class Bold5000AlexNetLayout(NativeLayout):
     def load_projections(self, names: list[str | None]) -> dict[str, Projection | None]:
         out = {}
         for name in names:
-            t = self._tensors(f"projections/{name}.safetensors", mmap=True)
+            t = self.tensors(f"projections/{name}.safetensors", mmap=True)
             out[name] = Projection(t["weight"], t["bias"])
         return out
 
