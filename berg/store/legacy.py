@@ -32,7 +32,10 @@ is an explicit-stack walk. Limits, each raising ``ArtifactError``:
   collide by construction) are refused, and hashable tuples are depth-checked when they are built.
 
 Shared references stay shared: the memo holds objects by identity, so ``[x, x]`` nested 60 levels is
-60 small lists, not 2**60 copies.
+60 small lists, not 2**60 copies. But a consumer that walks, copies or converts the result would follow
+all 2**60 paths, so the final graph check also bounds the *logical* size (the size of the graph unfolded
+into a tree, computed in linear time) by the same budget: such a file is refused at read time, in
+milliseconds, with an :class:`~berg.errors.ArtifactError` (issue 24).
 
 Memory: loading BERG's ``pca_weights.npy`` (a 100 x 5,337,088 float32 ``components_``, 2.1 GB) keeps
 *zero* copies of the array in RAM at load time; the pages are read by the OS when the array is used.
@@ -610,7 +613,11 @@ class _Machine:
     def finish(self, root: Any) -> Any:
         self.op_name = "STOP"
         roots = [root] + [s for _, s in self.builds]
-        _check_graph(roots, {id(inst): [s for i, s in self.builds if i is inst] for inst, _ in self.builds})
+        _check_graph(
+            roots,
+            {id(inst): [s for i, s in self.builds if i is inst] for inst, _ in self.builds},
+            logical_limit=self.budget,
+        )
         for inst, state in self.builds:
             inst.__setstate__(state)
         return root
@@ -919,44 +926,93 @@ def _children(obj: Any, pending_states: Mapping[int, list[Any]]) -> Iterable[Any
     return None
 
 
-def _check_graph(roots: list[Any], pending_states: Mapping[int, list[Any]]) -> None:
-    """Walk the built objects with an explicit stack: refuse cycles, depth > MAX_DEPTH, leftovers.
+def _leaf_cost(obj: Any) -> int:
+    """What a non-container value weighs when a consumer copies or walks it (bytes, roughly)."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, (str, bytes, bytearray)):
+        return len(obj)
+    return 8
 
-    Shared objects are walked once (their height is remembered), so the walk is linear in the
-    number of distinct objects and container slots, whatever the sharing.
+
+def _check_graph(roots: list[Any], pending_states: Mapping[int, list[Any]], logical_limit: int | None = None) -> int:
+    """Walk the built objects with an explicit stack: refuse cycles, depth > MAX_DEPTH, leftovers, and a
+    logical size over ``logical_limit``.
+
+    Shared objects are walked once (their height and logical size are remembered), so the walk is linear
+    in the number of distinct objects and container slots, whatever the sharing. The *logical* size is
+    what the graph weighs as a tree, i.e. when every shared reference is followed -- what a consumer that
+    copies, compares, converts or prints the result pays. A file whose values share references so that
+    the tree is huge (``x = [x, x]`` forty times: 2**40 paths in a few hundred bytes) is refused here, at
+    read time, instead of hanging whatever reads it next.
+
+    Returns
+    -------
+    int
+        The logical size (bytes, roughly) of everything reachable from ``roots``.
     """
     heights: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    total = 0
+
+    def over(n: int) -> None:
+        if logical_limit is not None and n > logical_limit:
+            raise _Malformed(
+                f"its values share references so that reading them whole means more than {logical_limit >> 20} MiB "
+                "(a graph of shared references, e.g. a list holding the same list twice, level after level); "
+                "BERG's files are trees of arrays, so this is refused"
+            )
+
     for root in roots:
         kids = _children(root, pending_states)
-        if kids is None or id(root) in heights:
+        if kids is None:
+            total += _leaf_cost(root)
+            over(total)
+            continue
+        if id(root) in heights:
+            total += sizes[id(root)]
+            over(total)
             continue
         path = {id(root)}
-        stack: list[list[Any]] = [[root, iter(kids), 0]]
+        # frame: [object, its children, height below it, logical size so far]
+        stack: list[list[Any]] = [[root, iter(kids), 0, 64]]
         while stack:
             frame = stack[-1]
             for child in frame[1]:
+                frame[3] += 8  # the slot
                 grandkids = _children(child, pending_states)
                 if grandkids is None:
+                    frame[3] += _leaf_cost(child)
+                    over(frame[3])
                     continue
                 cid = id(child)
                 if cid in heights:
                     if len(stack) + heights[cid] > MAX_DEPTH:
                         raise _Malformed(f"containers nested deeper than {MAX_DEPTH} levels")
                     frame[2] = max(frame[2], heights[cid])
+                    frame[3] += sizes[cid]
+                    over(frame[3])
                     continue
                 if cid in path:
                     raise _Malformed("a self-referencing container (cycle); BERG artifacts never hold one")
                 if len(stack) >= MAX_DEPTH:
                     raise _Malformed(f"containers nested deeper than {MAX_DEPTH} levels")
                 path.add(cid)
-                stack.append([child, iter(grandkids), 0])
+                stack.append([child, iter(grandkids), 0, 64])
                 break
             else:
                 stack.pop()
-                path.discard(id(frame[0]))
-                heights[id(frame[0])] = frame[2] + 1
+                oid = id(frame[0])
+                path.discard(oid)
+                heights[oid] = frame[2] + 1
+                sizes[oid] = frame[3]
                 if stack:
                     stack[-1][2] = max(stack[-1][2], frame[2] + 1)
+                    stack[-1][3] += frame[3]
+                    over(stack[-1][3])
+        total += sizes[id(root)]
+        over(total)
+    return total
 
 
 # --------------------------------------------------------------------------- public API
