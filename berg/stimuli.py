@@ -11,16 +11,32 @@ Accepted forms (the same rules are printed in every :class:`~berg.errors.Stimulu
 * **Video arrays**: ``uint8`` 5-D ``(B, T, 3, H, W)`` (BERG's layout).
 * **Files**: a path (``str`` or :class:`os.PathLike`), a **folder** (its image or video files, by
   suffix, sorted by name; hidden files and sub-folders skipped), a **glob pattern** (``"stimuli/*.png"``, sorted), or a
-  list/tuple mixing those. Image files are opened with Pillow (restricted to common raster formats) and
-  converted with ``convert("RGB")``; videos are decoded with PyAV. Files are checked when the
-  stimuli are loaded (existence, readable header, pixel limit) and decoded lazily, one batch at a time.
+  list/tuple mixing those. Image files are opened with Pillow (restricted to common raster formats);
+  videos are decoded with PyAV. Files are checked when the stimuli are loaded (existence, readable
+  header, pixel budget) and decoded lazily, one batch at a time.
 * **PIL images** (open ones; a closed image is refused), alone or in a list.
 * A :class:`Stimuli` object (what :func:`load_stimuli` returns) is passed through.
 
-Limits: every image or video frame may hold at most ``max_pixels`` pixels (keyword, else the
-``BERG_MAX_PIXELS`` environment variable, else Pillow's default of 178,956,970), so a small file that
-claims 20000 x 20000 pixels is refused before it is decoded. Arrays with an empty axis (a 0 x 0
-image, a clip with 0 frames) are refused.
+Pixel values: 8-bit images go through Pillow's ``convert("RGB")``. Deeper images are scaled from
+the range of their format, never clipped: 16-bit greyscale (PNG, TIFF, PIL ``I;16``) by
+``round(v * 255 / 65535)`` (the PNG specification's rescaling), 32-bit integer TIFFs from ``2**32 - 1``
+(unsigned) or ``2**31 - 1`` (signed), float images (PIL mode ``F``) from [0, 1]. Floats outside
+[0, 1], NaN, negative integers and 32-bit images of unknown range are refused with the conversion to
+use. EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), so images come out as displayed.
+
+Budgets (no stimulus costs more than about 200 MB):
+
+* every image or video frame may hold at most ``max_pixels`` pixels (keyword, else the
+  ``BERG_MAX_PIXELS`` environment variable, else 40,000,000 = a 120 MB RGB array), checked from the
+  file header, so a small file that claims 13000 x 13000 pixels is refused before it is decoded. A
+  JPEG above the budget is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's draft mode) when the caller
+  says which size the model resizes to (``target_size``) and that scale fits; images within the
+  budget are always decoded in full. Conversion runs in strips, so it never holds a second full copy.
+* videos are decoded as a stream: with ``fps`` (:func:`decode_video`) or a model's ``n_frames``
+  (:func:`load_stimuli`) only the frames sampled are kept; the kept frames may take at most
+  ``BERG_MAX_VIDEO_MB`` MiB (default 200).
+
+Arrays with an empty axis (a 0 x 0 image, a clip with 0 frames) and empty paths are refused.
 
 A still image given to a video model is refused ("this model takes videos") unless
 ``allow_still_images=True``; then each still becomes a clip of ``max(min_frames, 1)`` identical frames.
@@ -34,6 +50,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import threading
 import warnings
@@ -53,6 +70,8 @@ __all__ = [
     "decode_video",
     "load_image",
     "max_pixels_limit",
+    "max_video_bytes",
+    "MAX_FPS",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
 ]
@@ -108,11 +127,27 @@ _PIL_FORMATS = (
     "SGI",
     "PCX",
 )
-# Pillow's own default limit, also berg's default (the variable changes it).
-_PIL_DEFAULT_MAX_PIXELS = 178_956_970
+# berg's default pixel budget per image or video frame (BERG_MAX_PIXELS changes it). 40 MP decodes to
+# a 120 MB RGB array; Pillow's own default (~179 MP) lets a 160 KiB PNG cost ~1.8 GB.
+_DEFAULT_MAX_PIXELS = 40_000_000
+# Decoded frames berg keeps for one video (BERG_MAX_VIDEO_MB changes it).
+_DEFAULT_MAX_VIDEO_MB = 200
+#: Highest sampling rate ``decode_video(fps=...)`` accepts (frames per second); no camera or display
+#: format is faster, and above a clip's own rate sampling only repeats frames.
+MAX_FPS = 1000.0
 # Pillow checks its module-level limit inside Image.open; berg raises it (never lowers it) under this
 # lock when a caller asks for a larger limit, so berg's limit is the one that decides.
 _PIL_LIMIT_LOCK = threading.Lock()
+# Images are converted to RGB in strips of about this many bytes, so a conversion never holds a second
+# full-size copy (Pillow's ``np.asarray(img)`` builds the whole image as bytes, joined, then copied).
+_STRIP_BYTES = 1 << 20
+_EXIF_ORIENTATION = 0x0112
+# Pillow's JPEG decoder can scale by 1/2, 1/4 or 1/8 while decoding (libjpeg's DCT scaling).
+_DRAFT_FORMATS = ("JPEG", "MPO")
+_FLOAT_HINT = (
+    "convert it to 8 bits first, e.g. Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)) for "
+    "values in [0, 1], or scale your own range to 0-255"
+)
 
 _IMAGE_FORM = (
     "images must be an integer array (B, 3, H, W) or (B, H, W, 3) with values 0-255 (1, 2 or 4 "
@@ -131,7 +166,7 @@ def _form(kind: Kind) -> str:
 
 
 def max_pixels_limit(max_pixels: int | None = None) -> int:
-    """The pixel limit in force: ``max_pixels`` if given, else ``BERG_MAX_PIXELS``, else Pillow's default.
+    """The pixel budget in force: ``max_pixels`` if given, else ``BERG_MAX_PIXELS``, else 40,000,000.
 
     Parameters
     ----------
@@ -144,10 +179,31 @@ def max_pixels_limit(max_pixels: int | None = None) -> int:
     """
     from berg.env import env_int
 
-    limit = env_int("BERG_MAX_PIXELS", _PIL_DEFAULT_MAX_PIXELS, minimum=1) if max_pixels is None else max_pixels
+    limit = env_int("BERG_MAX_PIXELS", _DEFAULT_MAX_PIXELS, minimum=1) if max_pixels is None else max_pixels
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise StimulusError(f"max_pixels must be a positive integer (pixels per image), got {limit!r}")
     return int(limit)
+
+
+def max_video_bytes(max_bytes: int | None = None) -> int:
+    """The video budget in force: bytes of decoded RGB frames kept for one video.
+
+    Parameters
+    ----------
+    max_bytes : int, optional
+        An explicit limit in bytes; default ``BERG_MAX_VIDEO_MB`` MiB, else 200 MiB.
+
+    Returns
+    -------
+    int
+    """
+    from berg.env import env_int
+
+    if max_bytes is None:
+        return env_int("BERG_MAX_VIDEO_MB", _DEFAULT_MAX_VIDEO_MB, minimum=1) << 20
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise StimulusError(f"max_bytes must be a positive integer (bytes of decoded frames), got {max_bytes!r}")
+    return int(max_bytes)
 
 
 def _check_pixels(width: int, height: int, limit: int, what: str) -> None:
@@ -155,14 +211,35 @@ def _check_pixels(width: int, height: int, limit: int, what: str) -> None:
         raise StimulusError(f"{what} is {width} x {height} pixels; an image needs at least 1 x 1")
     if width * height > limit:
         raise StimulusError(
-            f"{what} is {width} x {height} = {width * height:,} pixels, above the limit of {limit:,} "
-            "(a guard against decompression bombs); if the file is genuine, raise the limit with "
-            "max_pixels=N or the BERG_MAX_PIXELS environment variable"
+            f"{what} is {width} x {height} = {width * height:,} pixels, above the limit of {limit:,} (berg's pixel budget: "
+            "a guard against decompression bombs and out-of-memory); if the file is genuine, raise the "
+            "budget with max_pixels=N or the BERG_MAX_PIXELS environment variable, or downscale the file"
         )
 
 
-def _open_image(path: str | os.PathLike[str], limit: int):
-    """Open an image file lazily (header only) with berg's formats and pixel limit; caller closes it."""
+def _draft(img: Any, target_size: tuple[int, int] | None, limit: int) -> None:
+    """Let a JPEG above the budget decode at 1/2, 1/4 or 1/8 scale, never below the model's input size.
+
+    Only for images the model resizes anyway (``target_size`` given) and only above the budget, so
+    every image berg could decode in full is still decoded in full (no change of any result).
+    """
+    if target_size is None or img.width * img.height <= limit or img.format not in _DRAFT_FORMATS:
+        return
+    side = max(int(s) for s in target_size)
+    before = img.size
+    img.draft(img.mode, (side, side))  # picks the largest scale that keeps both sides >= side
+    if img.size != before:
+        log.info(
+            "decoding %s at %d x %d (JPEG draft of %d x %d; the model resizes to %s)",
+            img.filename,
+            *img.size,
+            *before,
+            target_size,
+        )
+
+
+def _open_image(path: str | os.PathLike[str], limit: int, target_size: tuple[int, int] | None = None):
+    """Open an image file lazily (header only) with berg's formats and pixel budget; caller closes it."""
     from PIL import Image, UnidentifiedImageError
 
     Image.init()
@@ -173,7 +250,7 @@ def _open_image(path: str | os.PathLike[str], limit: int):
             Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
-            # berg's own limit below is the policy; Pillow's warning would only repeat it
+            # berg's own budget below is the policy; Pillow's warning would only repeat it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path, formats=formats)
     except FileNotFoundError:
@@ -182,7 +259,7 @@ def _open_image(path: str | os.PathLike[str], limit: int):
         raise StimulusError(f"{path} is a folder, not an image file") from None
     except Image.DecompressionBombError as exc:
         raise StimulusError(
-            f"image {path} is too large to decode safely ({exc}); raise the limit with max_pixels=N or "
+            f"image {path} is too large to decode safely ({exc}); raise the budget with max_pixels=N or "
             "BERG_MAX_PIXELS if the file is genuine"
         ) from None
     except UnidentifiedImageError:
@@ -192,71 +269,369 @@ def _open_image(path: str | os.PathLike[str], limit: int):
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow plugins raise all three on bad headers
         raise StimulusError(f"cannot read image {path}: {exc} (the file is truncated or corrupt)") from None
     try:
+        _draft(img, target_size, limit)
         _check_pixels(img.width, img.height, limit, f"image {path}")
     except StimulusError:
         img.close()
         raise
+    except (OSError, ValueError) as exc:  # draft on a corrupt JPEG header
+        img.close()
+        raise StimulusError(f"cannot read image {path}: {exc} (the file is truncated or corrupt)") from None
     return img
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
-    """Read an image file as an RGB ``uint8`` array ``(H, W, 3)``.
+def _oriented(img: Any, *, owned: bool) -> Any:
+    """The image as displayed: its EXIF orientation applied (``PIL.ImageOps.exif_transpose``).
+
+    ``owned`` images (opened by berg) are turned in place; a caller's PIL image is left as it is.
+    """
+    import struct
+
+    from PIL import ImageOps
+
+    img.load()  # decode errors surface here, not inside getexif (which would leave a half-loaded PNG)
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION)
+    except (SyntaxError, ValueError, TypeError, KeyError, struct.error) as exc:  # a corrupt EXIF block
+        log.warning("ignoring an unreadable EXIF block (%s); the image is used as stored", exc)
+        return img
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):  # 1 = as stored; other values are invalid
+        return img
+    if owned:
+        ImageOps.exif_transpose(img, in_place=True)
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def _integer_range(img: Any) -> tuple[int, bool] | None:
+    """``(maximum, signed)`` of a 32-bit Pillow ``I`` image's samples, from its file's tags, or None."""
+    if img.format == "PNG":  # Pillow reads 16-bit greyscale PNGs as I (or I;16)
+        return 65535, False
+    tags = getattr(img, "tag_v2", None)  # TIFF only (BitsPerSample 258, SampleFormat 339)
+    if tags is None:
+        return None
+    bits = tags.get(258, (32,))
+    bits = int(bits[0] if isinstance(bits, tuple) else bits)
+    fmt = tags.get(339, (1,))
+    signed = int(fmt[0] if isinstance(fmt, tuple) else fmt) == 2
+    if not 8 < bits <= 32:
+        return None
+    return (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1, signed
+
+
+def _strips(img: Any):
+    """Row strips ``(y0, y1, strip_image)`` of about :data:`_STRIP_BYTES` each."""
+    width, height = img.size
+    rows = max(1, _STRIP_BYTES // max(1, width * 4))
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        yield y0, y1, img.crop((0, y0, width, y1))
+
+
+def _pil_to_rgb(img: Any, what: str, *, owned: bool) -> np.ndarray:
+    """An open PIL image -> ``(H, W, 3)`` uint8, orientation applied, deep images scaled by their range.
+
+    * 8-bit modes (L, P, RGB, RGBA, CMYK, ...): Pillow's ``convert("RGB")``.
+    * 16-bit greyscale (``I;16``, 16-bit PNG): ``round(v * 255 / 65535)``, the PNG specification's
+      sample-depth rescaling. 32-bit integer TIFFs likewise from the range of their sample format
+      (``2**32 - 1`` unsigned, ``2**31 - 1`` signed; negative values are refused).
+    * Float (mode ``F``): values must be finite and within [0, 1]; they become ``round(v * 255)``.
+    Anything else (NaN, floats outside [0, 1], integers of unknown range) is refused with the
+    conversion to use.
+    """
+    img = _oriented(img, owned=owned)
+    width, height = img.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    mode = img.mode
+    if mode.startswith("I;16") and not mode.endswith("S"):
+        top, signed = 65535, False
+    elif mode == "I":
+        found = _integer_range(img)
+        if found is None:
+            raise StimulusError(
+                f"{what} holds 32-bit integers of unknown range (PIL mode I); convert it to 8 bits first, "
+                "e.g. Image.fromarray(np.round(x / x.max() * 255).astype(np.uint8)) for your own range"
+            )
+        top, signed = found
+    elif mode == "F":
+        top, signed = 0, False
+    else:
+        for y0, y1, strip in _strips(img):
+            rgb = strip if strip.mode == "RGB" else strip.convert("RGB")
+            out[y0:y1] = np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(y1 - y0, width, 3)
+        return out
+    low, high = np.inf, -np.inf
+    for y0, y1, strip in _strips(img):
+        values = np.asarray(strip)
+        if mode == "I" and not signed:  # Pillow keeps 32 unsigned bits in a signed int32 sample
+            values = values.view(np.uint32) if values.dtype.itemsize == 4 else values
+        if mode == "F":
+            if not np.isfinite(values).all():
+                raise StimulusError(f"{what} is a float image (PIL mode F) with NaN or infinite values; {_FLOAT_HINT}")
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+            grey = np.round(np.clip(values, 0.0, 1.0).astype(np.float64) * 255.0)
+        else:
+            low = min(low, int(values.min()))
+            wide = np.clip(values.astype(np.int64), 0, None).astype(np.uint64)
+            grey = (wide * 255 + top // 2) // top  # exact integer rounding of v * 255 / top
+        out[y0:y1] = grey.astype(np.uint8)[..., None]
+    if mode == "F" and (low < 0.0 or high > 1.0):
+        raise StimulusError(
+            f"{what} is a float image (PIL mode F) with values {low:g}..{high:g}; berg reads float images as "
+            f"intensities in [0, 1]; {_FLOAT_HINT}"
+        )
+    if mode != "F" and low < 0:
+        raise StimulusError(
+            f"{what} holds signed integers with negative values (min {low}); convert it to 8 bits first, "
+            "e.g. Image.fromarray(np.round((x - x.min()) / np.ptp(x) * 255).astype(np.uint8))"
+        )
+    return out
+
+
+def load_image(
+    path: str | os.PathLike[str], *, max_pixels: int | None = None, target_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read an image file as an RGB ``uint8`` array ``(H, W, 3)``, as displayed (EXIF orientation applied).
 
     Parameters
     ----------
     path : str or path-like
         A raster image Pillow reads (JPEG, PNG, GIF, BMP, TIFF, WebP, PPM, ...). Greyscale, palette,
-        RGBA and CMYK images are converted with ``convert("RGB")`` (alpha is dropped).
+        RGBA and CMYK images are converted with ``convert("RGB")`` (alpha is dropped); 16-bit, 32-bit
+        and float images are scaled from their own range (see :mod:`berg.stimuli`).
     max_pixels : int, optional
-        Largest ``width * height`` accepted (see :func:`max_pixels_limit`).
+        Largest ``width * height`` decoded (see :func:`max_pixels_limit`).
+    target_size : (int, int), optional
+        ``(height, width)`` the caller resizes the image to. A JPEG above the pixel budget is then
+        decoded at 1/2, 1/4 or 1/8 scale (never below this size) instead of being refused.
 
     Raises
     ------
     StimulusError
-        Missing, unreadable, truncated or corrupt file, or one above the pixel limit; the message names
-        the file.
+        Missing, unreadable, truncated or corrupt file, one above the pixel budget, or pixel values
+        berg cannot map to 0-255; the message names the file.
     """
     limit = max_pixels_limit(max_pixels)
-    img = _open_image(path, limit)
+    img = _open_image(path, limit, target_size)
     try:
         with img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return _pil_to_rgb(img, f"image {path}", owned=True)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated/corrupt data (zlib, struct...)
+        if isinstance(exc, StimulusError):
+            raise
         raise StimulusError(f"cannot decode image {path}: {exc} (the file is truncated or corrupt)") from None
 
 
-def _check_video_file(path: str | os.PathLike[str], limit: int) -> None:
-    """Open a video's header: it must hold a video stream of positive size within the pixel limit."""
+# ------------------------------------------------------------------------------------------ videos
+
+
+def _check_fps(fps: Any) -> float | None:
+    if fps is None:
+        return None
+    ok = not isinstance(fps, bool) and isinstance(fps, (int, float, np.integer, np.floating))
+    if not ok or not math.isfinite(float(fps)) or not 0 < float(fps) <= MAX_FPS:
+        raise StimulusError(
+            f"fps={fps!r} is out of range; valid: a number with 0 < fps <= {MAX_FPS:g} (samples per second of "
+            "the clip), or None for every frame"
+        )
+    return float(fps)
+
+
+def _open_video(path: str | os.PathLike[str], limit: int):
+    """Open a video container; its first video stream's frame size is checked from the header."""
     import av
 
     try:
         container = av.open(str(path))
     except FileNotFoundError:
         raise StimulusError(f"video file not found: {path}") from None
+    except IsADirectoryError:
+        raise StimulusError(f"{path} is a folder, not a video file") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:  # type: ignore[attr-defined]
         raise StimulusError(f"cannot decode video {path}: {exc}") from None
-    with container:
+    try:
         if not container.streams.video:
             raise StimulusError(f"cannot decode video {path}: it has no video stream")
-        ctx = container.streams.video[0].codec_context
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width and height:  # some containers only know the size once a frame is decoded
             _check_pixels(width, height, limit, f"video {path} (frame size)")
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _check_video_file(path: str | os.PathLike[str], limit: int) -> None:
+    """Open a video's header: it must hold a video stream of positive size within the pixel budget."""
+    container, _ = _open_video(path, limit)
+    container.close()
+
+
+def _decoded_frames(container: Any, stream: Any, limit: int, path: Any):
+    """``(index, time_s, av.VideoFrame)`` in presentation order; a frame above the budget is refused
+    before it is converted (PyAV has decoded it by then, at the codec's own size, ~1.5 B/pixel)."""
+    size = None
+    for k, frame in enumerate(container.decode(stream)):
+        if (frame.width, frame.height) != size:
+            _check_pixels(frame.width, frame.height, limit, f"video {path} (frame {k})")
+            if size is not None:
+                raise StimulusError(
+                    f"video {path} changes frame size at frame {k} ({size[0]} x {size[1]} -> "
+                    f"{frame.width} x {frame.height}); re-encode it at one size (e.g. ffmpeg -vf scale=W:H)"
+                )
+            size = (frame.width, frame.height)
+        yield k, (float(frame.time) if frame.time is not None else k / 25.0), frame
+
+
+class _Frames:
+    """A growing ``(n, H, W, 3)`` uint8 buffer that refuses to pass the video byte budget."""
+
+    def __init__(self, budget: int, path: Any, hint: str, expected: int = 0):
+        self.budget, self.path, self.hint, self.expected = budget, path, hint, expected
+        self.buf: np.ndarray | None = None
+        self.n = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        if self.buf is None:
+            most = max(1, self.budget // frame.nbytes)
+            self.buf = np.empty((min(max(self.expected, 8), most), *frame.shape), dtype=np.uint8)
+        if self.n == len(self.buf):
+            most = self.budget // frame.nbytes
+            if self.n + 1 > most:
+                raise StimulusError(
+                    f"video {self.path}: more than {most:,} frames of {frame.shape[1]} x {frame.shape[0]} "
+                    f"({(self.n + 1) * frame.nbytes / 2**20:,.0f} MiB decoded) would pass the video budget of "
+                    f"{self.budget / 2**20:,.0f} MiB; {self.hint}, or raise the budget with max_bytes=N or "
+                    "BERG_MAX_VIDEO_MB"
+                )
+            grown = np.empty((min(max(2 * self.n, 8), most), *frame.shape), dtype=np.uint8)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n] = frame
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        assert self.buf is not None
+        return self.buf[: self.n]
+
+
+def _rate(stream: Any, times: list[float]) -> float:
+    """The stream's average rate, else the rate its frame times show, else 25."""
+    rate = float(stream.average_rate) if stream.average_rate else 0.0
+    if rate > 0:
+        return rate
+    if len(times) > 1 and times[-1] > times[0]:
+        return (len(times) - 1) / (times[-1] - times[0])
+    return 25.0
+
+
+def _expected_frames(stream: Any, fps: float | None) -> int:
+    """Frames the header promises (all frames, or samples at ``fps``); 0 when it does not say."""
+    if fps is None:
+        return int(stream.frames or 0)
+    if stream.duration and stream.time_base:
+        return int(math.ceil(float(stream.duration * stream.time_base) * fps)) + 1
+    return 0
+
+
+def _decode_all(container: Any, stream: Any, limit: int, budget: int, path: Any):
+    frames = _Frames(budget, path, "pass fps= to decode_video to sample fewer frames", _expected_frames(stream, None))
+    times: list[float] = []
+    for _, t, frame in _decoded_frames(container, stream, limit, path):
+        frames.append(frame.to_ndarray(format="rgb24"))
+        times.append(t)
+    if not times:
+        raise StimulusError(f"{path} contains no decodable frames")
+    return frames.array(), times
+
+
+def _sample(container: Any, stream: Any, limit: int, budget: int, path: Any, fps: float, rule: str, rate: float):
+    """Frames at ``t = j / fps`` chosen by ``rule`` while decoding; only the sampled frames are kept.
+
+    The choice is the one of "decode every frame, then index": ``"last"`` takes frame
+    ``searchsorted(t_frames, t + 1e-9, "right") - 1``, ``"nearest"`` frame ``floor(t * rate + 0.5 + 1e-9)``
+    (``rate`` is the stream's), both clipped to the clip and for ``t < duration - 1e-9``, where the
+    duration is the last frame's time plus one frame.
+    """
+    step = 1.0 / fps
+    hint = f"lower fps (now {fps:g})"
+    frames = _Frames(budget, path, hint, _expected_frames(stream, fps))
+    indices: list[int] = []
+    times: list[float] = []
+    t0 = None
+    j = 0
+    pending: tuple[int, Any] | None = None  # "last": a frame waits until the next one's time is known
+    for k, t_abs, frame in _decoded_frames(container, stream, limit, path):
+        t0 = t_abs if t0 is None else t0
+        t = t_abs - t0
+        if rule == "last":
+            if pending is not None:
+                pk, pframe = pending
+                arr = None
+                while j * step + 1e-9 < t:
+                    arr = pframe.to_ndarray(format="rgb24") if arr is None else arr
+                    frames.append(arr)
+                    indices.append(pk)
+                    j += 1
+            pending = (k, frame)
+        else:
+            arr = None
+            while math.floor(j * step * rate + 0.5 + 1e-9) <= k:
+                arr = frame.to_ndarray(format="rgb24") if arr is None else arr
+                frames.append(arr)
+                indices.append(k)
+                j += 1
+            pending = (k, frame)
+        times.append(t)
+    if pending is None:
+        raise StimulusError(f"{path} contains no decodable frames")
+    rate = _rate(stream, times) if rule == "last" else rate
+    n_out = len(np.arange(0.0, times[-1] + 1.0 / rate - 1e-9, step))
+    last_k, last_frame = pending
+    arr = None
+    while j < n_out:  # samples after the last frame's start show the last frame
+        arr = last_frame.to_ndarray(format="rgb24") if arr is None else arr
+        frames.append(arr)
+        indices.append(last_k)
+        j += 1
+    idx = np.asarray(indices[:n_out], dtype=np.int64)
+    return frames.array()[:n_out], idx, np.asarray(times)[idx], rate
+
+
+def _times_only(path: Any, limit: int) -> list[float]:
+    """Presentation times of every frame (frames decoded, never converted: constant memory)."""
+    container, stream = _open_video(path, limit)
+    with container:
+        return [t for _, t, _ in _decoded_frames(container, stream, limit, path)]
+
+
+def _video_errors():
+    import av
+
+    return (av.error.FFmpegError, OSError, ValueError, EOFError)  # type: ignore[attr-defined]
 
 
 def decode_video(
-    path: str | os.PathLike[str], *, fps: float | None = None, rule: str = "last", return_info: bool = False
+    path: str | os.PathLike[str],
+    *,
+    fps: float | None = None,
+    rule: str = "last",
+    return_info: bool = False,
+    max_pixels: int | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, dict[str, Any]]:
-    """Decode a video file with PyAV into RGB frames.
+    """Decode a video file with PyAV into RGB frames, as a stream: only the returned frames are kept.
 
     Parameters
     ----------
     path : str or path-like
         Video file (any container/codec FFmpeg in PyAV reads).
     fps : float, optional
-        If given, resample to this rate: one frame for each output time ``t = i / fps`` (``t`` below
-        the clip duration), chosen by ``rule``. If ``None``, all frames are returned at the stream's
-        average rate.
+        If given (``0 < fps <= 1000``), resample to this rate while decoding: one frame for each output
+        time ``t = i / fps`` (``t`` below the clip duration), chosen by ``rule``. If ``None``, all frames
+        are returned at the stream's average rate.
     rule : {"last", "nearest"}
         ``"last"``: the last decoded frame whose presentation time is ``<= t`` (what a viewer sees at
         ``t``). ``"nearest"``: frame ``round(t * stream_fps)`` (halves up), what OpenCV's millisecond
@@ -265,6 +640,11 @@ def decode_video(
     return_info : bool
         Also return ``{"indices", "times", "rule", "stream_fps"}``: the decoded-frame index and its
         presentation time (s, from the first frame) of every returned frame.
+    max_pixels : int, optional
+        Largest frame (``width * height``), checked from the stream header before decoding; see
+        :func:`max_pixels_limit`.
+    max_bytes : int, optional
+        Largest size of the returned frames (bytes); see :func:`max_video_bytes` (default 200 MiB).
 
     Returns
     -------
@@ -274,48 +654,81 @@ def decode_video(
         Frame rate of the returned frames (frames per second).
     info : dict
         Only with ``return_info=True``.
+
+    Raises
+    ------
+    StimulusError
+        A missing or corrupt file, a frame above the pixel budget, returned frames above the byte
+        budget (the message says which ``fps`` fits), ``fps`` out of range, an unknown ``rule``.
     """
     if rule not in ("last", "nearest"):
         raise StimulusError(f"rule={rule!r}; valid: 'last' (frame shown at t), 'nearest' (img2fmri/OpenCV seek)")
-    import av
-
+    rate_out = _check_fps(fps)
+    limit = max_pixels_limit(max_pixels)
+    budget = max_video_bytes(max_bytes)
     try:
-        container = av.open(str(path))
-    except FileNotFoundError as exc:
-        raise StimulusError(f"video file not found: {path}") from exc
-    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
-        raise StimulusError(f"cannot decode video {path}: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise StimulusError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        frames: list[np.ndarray] = []
-        times: list[float] = []
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            times.append(float(frame.time) if frame.time is not None else len(times) / 25.0)
-        rate = float(stream.average_rate) if stream.average_rate else 0.0
-    if not frames:
-        raise StimulusError(f"{path} contains no decodable frames")
-    if rate <= 0:
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 25.0
-    video = np.stack(frames)
-    t = np.asarray(times) - times[0]
-    if fps is None:
-        info = {"indices": np.arange(len(video)), "times": t, "rule": "all", "stream_fps": rate}
-        return (video, rate, info) if return_info else (video, rate)
-    if fps <= 0:
-        raise StimulusError(f"fps must be > 0, got {fps}")
-    duration = t[-1] + 1.0 / rate
-    out_times = np.arange(0.0, duration - 1e-9, 1.0 / fps)
-    if rule == "nearest":
-        idx = np.floor(out_times * rate + 0.5 + 1e-9).astype(np.int64)
-    else:
-        idx = np.searchsorted(t, out_times + 1e-9, side="right") - 1
-    idx = np.clip(idx, 0, len(video) - 1)
+        container, stream = _open_video(path, limit)
+        with container:
+            if rate_out is None:
+                video, times = _decode_all(container, stream, limit, budget, path)
+                rate = _rate(stream, times)
+                t = np.asarray(times) - times[0]
+                info = {"indices": np.arange(len(video)), "times": t, "rule": "all", "stream_fps": rate}
+                return (video, rate, info) if return_info else (video, rate)
+            rate = float(stream.average_rate) if stream.average_rate else 0.0
+            if rule == "nearest" and rate <= 0:  # the rule needs the rate before the first sample
+                rate = _rate(stream, _times_only(path, limit))
+            video, idx, t_idx, rate = _sample(container, stream, limit, budget, path, rate_out, rule, rate)
+    except StimulusError:
+        raise
+    except _video_errors() as exc:
+        raise StimulusError(f"cannot decode video {path}: {exc} (the file is truncated or corrupt)") from None
     if return_info:
-        return video[idx], float(fps), {"indices": idx, "times": t[idx], "rule": rule, "stream_fps": rate}
-    return video[idx], float(fps)
+        return video, rate_out, {"indices": idx, "times": t_idx, "rule": rule, "stream_fps": rate}
+    return video, rate_out
+
+
+def _decode_for_model(path: Any, n_frames: int, limit: int, budget: int) -> tuple[np.ndarray, int]:
+    """The frames a video model samples (``select_frames(T, n_frames)``), decoded as a stream.
+
+    Returns the distinct sampled frames in order and the clip's frame count ``T``: the model's own
+    ``select_frames`` over these gives the frames it would pick from the whole clip. The header's
+    frame count decides what to keep; if the stream holds another number, a second pass keeps the
+    right ones.
+    """
+    from berg.transforms import select_frames
+
+    def keep(wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+        kept: dict[int, np.ndarray] = {}
+        count = 0
+        container, stream = _open_video(path, limit)
+        with container:
+            for k, _, frame in _decoded_frames(container, stream, limit, path):
+                if k in wanted:
+                    kept[k] = frame.to_ndarray(format="rgb24")
+                    if len(kept) * kept[k].nbytes > budget:
+                        raise StimulusError(
+                            f"video {path}: {len(wanted)} sampled frames of {frame.width} x {frame.height} pass "
+                            f"the video budget of {budget / 2**20:,.0f} MiB; raise it with BERG_MAX_VIDEO_MB"
+                        )
+                count += 1
+        return kept, count
+
+    container, stream = _open_video(path, limit)
+    header = int(stream.frames or 0)
+    container.close()
+    try:
+        kept, count = keep(set(select_frames(header, n_frames).tolist()) if header else set())
+        if count == 0:
+            raise StimulusError(f"{path} contains no decodable frames")
+        needed = sorted(set(select_frames(count, n_frames).tolist()))
+        if any(i not in kept for i in needed):  # the header's count was wrong (or missing)
+            kept, count = keep(set(needed))
+    except StimulusError:
+        raise
+    except _video_errors() as exc:
+        raise StimulusError(f"cannot decode video {path}: {exc} (the file is truncated or corrupt)") from None
+    return np.stack([kept[i] for i in needed]), count
 
 
 class _Still:
@@ -341,46 +754,69 @@ class Stimuli(Sequence):
         For videos, the minimum number of frames accepted.
     max_pixels : int, optional
         Largest image or frame (``width * height``) decoded; see :func:`max_pixels_limit`.
+    target_size : (int, int), optional
+        ``(height, width)`` the model resizes images to (lets JPEGs above the budget draft-decode).
+    n_frames : int, optional
+        Frames a video model samples with :func:`berg.transforms.select_frames`; video files are then
+        decoded keeping only those. Without it every frame is decoded, under :func:`max_video_bytes`.
     """
 
-    def __init__(self, items: Sequence[Any], kind: Kind, *, min_frames: int = 1, max_pixels: int | None = None):
+    def __init__(
+        self,
+        items: Sequence[Any],
+        kind: Kind,
+        *,
+        min_frames: int = 1,
+        max_pixels: int | None = None,
+        target_size: tuple[int, int] | None = None,
+        n_frames: int | None = None,
+    ):
         self._items = items
         self.kind = kind
         self.min_frames = min_frames
         self.max_pixels = max_pixels
+        self.target_size = target_size
+        self.n_frames = n_frames
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def _like(self, items: Sequence[Any], **changes: Any) -> Stimuli:
+        kw = {
+            "min_frames": self.min_frames,
+            "max_pixels": self.max_pixels,
+            "target_size": self.target_size,
+            "n_frames": self.n_frames,
+        }
+        return Stimuli(items, self.kind, **{**kw, **changes})
+
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            return Stimuli(self._items[i], self.kind, min_frames=self.min_frames, max_pixels=self.max_pixels)
+            return self._like(self._items[i])
         return self._materialise(self._items[i], i)
 
     def _image(self, item: Any, i: int) -> np.ndarray:
         if isinstance(item, np.ndarray):
             return item
         if isinstance(item, (str, os.PathLike)):
-            return load_image(item, max_pixels=self.max_pixels)
+            return load_image(item, max_pixels=self.max_pixels, target_size=self.target_size)
         try:  # PIL image
-            arr = np.asarray(item.convert("RGB"), dtype=np.uint8)
+            _check_pixels(item.width, item.height, max_pixels_limit(self.max_pixels), f"stimulus {i} (PIL image)")
+            arr = _pil_to_rgb(item, f"stimulus {i} (PIL image)", owned=False)
+        except StimulusError:
+            raise
         except ValueError as exc:  # "Operation on closed image"
             raise StimulusError(f"stimulus {i}: cannot read the PIL image ({exc}); pass it open, or its path") from None
         except OSError as exc:  # a lazily opened, truncated file
             raise StimulusError(f"stimulus {i}: cannot decode the PIL image ({exc})") from None
-        if arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise StimulusError(f"stimulus {i} is a {arr.shape[1]} x {arr.shape[0]} PIL image; it needs at least 1 x 1")
         return arr
 
-    def _video(self, path: Any) -> np.ndarray:
-        import av
-
-        try:
-            return decode_video(path)[0]
-        except StimulusError:
-            raise
-        except (av.error.FFmpegError, OSError, ValueError, EOFError) as exc:  # type: ignore[attr-defined]
-            raise StimulusError(f"cannot decode video {path}: {exc} (the file is truncated or corrupt)") from None
+    def _video(self, path: Any) -> tuple[np.ndarray, int]:
+        limit = max_pixels_limit(self.max_pixels)
+        if self.n_frames:
+            return _decode_for_model(path, int(self.n_frames), limit, max_video_bytes())
+        video = decode_video(path, max_pixels=limit)[0]
+        return video, len(video)
 
     def _materialise(self, item: Any, i: int) -> np.ndarray:
         if isinstance(item, _Still):
@@ -391,7 +827,9 @@ class Stimuli(Sequence):
         elif isinstance(item, np.ndarray):
             arr = item
         else:
-            arr = self._video(item)
+            arr, count = self._video(item)
+            if count < self.min_frames:
+                raise StimulusError(f"video {i} has {count} frames; this model needs at least {self.min_frames}")
         if self.kind == "video" and arr.shape[0] < self.min_frames:
             raise StimulusError(f"video {i} has {arr.shape[0]} frames; this model needs at least {self.min_frames}")
         return arr
@@ -582,6 +1020,9 @@ def _not_found(path: Path, i: int | None) -> StimulusError:
 def _expand_one(item: str | os.PathLike[str], kind: Kind, i: int | None) -> list[Any]:
     """A path, folder or glob -> the files it names (folders and globs: model-kind suffixes, sorted)."""
     text = os.fspath(item)
+    if not text:  # Path("") is the current folder: never encode it by accident
+        where = f"stimulus {i}: " if i is not None else ""
+        raise StimulusError(f"{where}the stimulus path is empty; pass a file, folder or glob path. {_form(kind)}")
     if "\x00" in text:
         raise StimulusError(f"stimulus path {text!r} contains a NUL byte; pass a file, folder or glob path")
     path = Path(text).expanduser()
@@ -752,6 +1193,8 @@ def load_stimuli(
     min_frames: int = 1,
     allow_still_images: bool = False,
     max_pixels: int | None = None,
+    target_size: tuple[int, int] | None = None,
+    n_frames: int | None = None,
 ) -> Stimuli:
     """Validate a user's stimulus and return a :class:`Stimuli` sequence.
 
@@ -767,13 +1210,21 @@ def load_stimuli(
         For video models: accept still images (files, PIL images, 4-D image arrays), each shown as a
         clip of ``max(min_frames, 1)`` identical frames. Without it they are refused.
     max_pixels : int, optional
-        Largest image or frame (``width * height``) decoded; default ``BERG_MAX_PIXELS`` or Pillow's
-        178,956,970.
+        Largest image or frame (``width * height``) decoded; default ``BERG_MAX_PIXELS`` or
+        40,000,000.
+    target_size : (int, int), optional
+        ``(height, width)`` the model resizes every image to (its transform's input size). A JPEG above
+        the pixel budget is then decoded at 1/2, 1/4 or 1/8 scale, never below this size, instead of
+        being refused.
+    n_frames : int, optional
+        Frames a video model samples over each clip (:func:`berg.transforms.select_frames`); video
+        files are then decoded keeping only those frames. Without it every frame is decoded, within
+        :func:`max_video_bytes`.
 
     Returns
     -------
     Stimuli
-        Validated batch; files are checked now (existence, readable header, pixel limit) and decoded
+        Validated batch; files are checked now (existence, readable header, pixel budget) and decoded
         lazily.
 
     Raises
@@ -785,9 +1236,15 @@ def load_stimuli(
     limit = max_pixels_limit(max_pixels)
     if isinstance(stimulus, Stimuli):
         check_kind(stimulus, kind)
-        if stimulus.min_frames >= min_frames:
-            return stimulus
-        return Stimuli(stimulus._items, kind, min_frames=min_frames, max_pixels=stimulus.max_pixels)
+        changes: dict[str, Any] = {}
+        if stimulus.min_frames < min_frames:
+            changes["min_frames"] = min_frames
+        if target_size is not None and stimulus.target_size is None:
+            changes["target_size"] = tuple(target_size)
+        if n_frames is not None and stimulus.n_frames is None:
+            changes["n_frames"] = n_frames
+        return stimulus._like(stimulus._items, **changes) if changes else stimulus
+    size = None if target_size is None else tuple(int(v) for v in target_size)
     items = _as_items(stimulus, kind)
     if isinstance(items, np.ndarray):
         return Stimuli(
@@ -795,6 +1252,8 @@ def load_stimuli(
             kind,
             min_frames=min_frames,
             max_pixels=limit,
+            target_size=size,
+            n_frames=n_frames,
         )
     _check_items(items, kind, allow_still_images)
     out: list[Any] = []
@@ -807,8 +1266,10 @@ def load_stimuli(
             # Headers now (cheap), pixels later: a corrupt file or a decompression bomb is refused before
             # any backbone runs, a large folder is still decoded one batch at a time.
             if kind == "image" or still:
-                _open_image(item, limit).close()
+                _open_image(item, limit, size).close()
             else:
                 _check_video_file(item, limit)
+        else:  # an open PIL image: already in memory, but its RGB copy must fit the budget too
+            _check_pixels(item.width, item.height, limit, f"stimulus {i} (PIL image)")
         out.append(_Still(item, max(min_frames, 1)) if still else item)
-    return Stimuli(out, kind, min_frames=min_frames, max_pixels=limit)
+    return Stimuli(out, kind, min_frames=min_frames, max_pixels=limit, target_size=size, n_frames=n_frames)
