@@ -16,7 +16,8 @@ variable                  meaning
 ``BERG_BACKOFF``          first retry delay in seconds, doubled per retry (default 0.5)
 ``BERG_TIMEOUT``          socket timeout of remote requests in seconds (default 60)
 ``BERG_BUILD_DIR``        folder of models built with ``berg build`` (``<dir>/<model_id>/``; default: the cache)
-``BERG_MAX_PIXELS``       largest image (pixels) berg decodes (default 178,956,970, Pillow's)
+``BERG_MAX_PIXELS``       pixel budget of one image or video frame berg decodes (default 40,000,000)
+``BERG_MAX_VIDEO_MB``     MiB of decoded frames berg keeps for one video (default 200)
 ``BERG_QUIET``            ``1``: no progress bars
 ``BERG_READOUT_KERNEL``   ``torch`` or ``numpy``: force the CPU readout GEMM (default: by width)
 ``BERG_PARALLEL_MIN_MB``  files at least this big (MiB, default 32) are fetched as ranged parts
@@ -54,6 +55,7 @@ KNOWN = (
     "BERG_TIMEOUT",
     "BERG_BUILD_DIR",
     "BERG_MAX_PIXELS",
+    "BERG_MAX_VIDEO_MB",
     "BERG_QUIET",
     "BERG_READOUT_KERNEL",
 )
