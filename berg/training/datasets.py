@@ -17,8 +17,9 @@ Responses are read lazily, one subject at a time, in row blocks: a BMD-sized sub
 (1,102 x 10 x 108 k float32 = 4.8 GB) never has to sit in memory twice.
 
 Adapters turn published files into this format: :func:`trials_to_repeats` (the generic step: one
-row per trial -> stimuli x repeats), :func:`nsd_dataset` and :func:`bold5000_roi_dataset`. BMD is read by
-``creation_code/bmd_s3d/train.py``. The adapters follow the datasets' documentation; what could
+row per trial -> stimuli x repeats), :func:`nsd_dataset` and the BOLD5000 readers of
+:mod:`berg.training.bold5000` (``bold5000_roi_dataset``, ``bold5000_release_dataset``,
+``bold5000_glmsingle_dataset``; importable from here too). BMD is read by ``creation_code/bmd_s3d/train.py``. The adapters follow the datasets' documentation; what could
 not be checked against the real files is listed under "Unverified" in each docstring.
 """
 
@@ -46,8 +47,6 @@ __all__ = [
     "read_dataset",
     "trials_to_repeats",
     "nsd_dataset",
-    "bold5000_roi_dataset",
-    "bold5000_release_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -419,147 +418,16 @@ def nsd_dataset(
     )
 
 
-BOLD5000_ROIS = ("LHEarlyVis", "RHEarlyVis", "LHLOC", "RHLOC", "LHOPA", "RHOPA", "LHPPA", "RHPPA", "LHRSC", "RHRSC")
+# BOLD5000 lives in berg.training.bold5000; these names stay importable from here (loaded on first use,
+# as that module imports this one).
+_BOLD5000_NAMES = frozenset(
+    {"BOLD5000_ROIS", "BOLD5000_TRS", "bold5000_roi_dataset", "bold5000_release_dataset", "bold5000_glmsingle_dataset"}
+)
 
 
-def bold5000_roi_dataset(
-    roi_mat: str | os.PathLike[str],
-    stim_list: str | os.PathLike[str],
-    image_dir: str | os.PathLike[str],
-    subject: Any,
-    *,
-    test_ids: Sequence[str] | None = None,
-    min_test_repeats: int = 2,
-) -> EncodingDataset:
-    """BOLD5000 release 1.0 ROI responses (Chang et al. 2019) in berg's format (flat outputs).
+def __getattr__(name: str) -> Any:
+    if name in _BOLD5000_NAMES:
+        from berg.training import bold5000
 
-    Parameters
-    ----------
-    roi_mat : path
-        ``BOLD5000_ROIs/ROIs/CSIn/mat/CSIn_ROIs_TR<tr>.mat``: one (n_trials, n_voxels) matrix per ROI
-        (names in :data:`BOLD5000_ROIS`).
-    stim_list : path
-        ``BOLD5000_ROIs/ROIs/stim_lists/CSI0n_stim_lists.txt``: image file name of every trial.
-    image_dir : path
-        Folder searched recursively for those file names (``BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli``).
-    subject : int or str
-    test_ids : sequence of str, optional
-        Test images (default: every image shown at least ``min_test_repeats`` times, the repeated set).
-
-    Checked against the release's public documentation and code that reads it (no real file was
-    reachable here): the figshare README of BOLD5000 release 1
-    (https://ndownloader.figshare.com/files/12965441, ``BOLD5000_ROIs.zip``: ``ROIs/CSI{1-4}/mat/``
-    and ``h5/`` with ``CSI{n}_ROIs_TR{1,2,3,4,5,34}``, ``ROIs/stim_lists/CSI0{n}_stim_lists.txt``);
-    public loaders read these ``.mat`` files with ``scipy.io.loadmat`` (MATLAB v5, not v7.3), find the
-    variables LHEarlyVis/RHEarlyVis/LHLOC/RHLOC/LHOPA/RHOPA/LHPPA/RHPPA/LHRSC/RHRSC as
-    ``(n_trials, n_voxels)`` matrices, and index matrix row ``i`` with line ``i`` of the stimulus list
-    (e.g. tarrlab and Meta's neuralset BOLD5000 loaders); the BOLD5000 website states that 112 images
-    were shown 4 times and one 3 times (``Scene_Stimuli/repeated_stimuli_113_list.txt``). TR34 is the
-    mean of TRs 3 and 4 (the HRF peak), the version most users decode. :func:`bold5000_release_dataset`
-    finds these files under an unpacked release and merges subjects.
-    """
-    import scipy.io
-
-    mat = scipy.io.loadmat(roi_mat)
-    names = [r for r in BOLD5000_ROIS if r in mat]
-    if not names:
-        raise InvalidParameterError(f"{roi_mat} has none of the ROI variables {list(BOLD5000_ROIS)}")
-    blocks = [np.asarray(mat[r], dtype=np.float32) for r in names]
-    trials = [line.strip() for line in Path(stim_list).read_text().splitlines() if line.strip()]
-    if len(trials) != blocks[0].shape[0]:
-        raise InvalidParameterError(f"{stim_list} lists {len(trials)} trials, {roi_mat} has {blocks[0].shape[0]}")
-    ids, responses = trials_to_repeats(trials, np.concatenate(blocks, axis=1))
-    files = {p.name: p for p in Path(image_dir).rglob("*") if p.is_file()}
-    missing = [i for i in ids if i not in files]
-    if missing:
-        raise InvalidParameterError(f"{len(missing)} stimulus images not found under {image_dir}, e.g. {missing[:3]}")
-    counts = np.sum(~np.isnan(responses[:, :, 0]), axis=1)
-    test = set(test_ids) if test_ids is not None else {i for i, c in zip(ids, counts) if c >= min_test_repeats}
-    bounds = np.cumsum([0] + [b.shape[1] for b in blocks])
-    rois = {r: np.arange(bounds[j], bounds[j + 1]) for j, r in enumerate(names)}
-    return EncodingDataset(
-        name="bold5000",
-        kind="image",
-        stimuli=[str(files[i]) for i in ids],
-        ids=list(ids),
-        split=np.array(["test" if i in test else "train" for i in ids]),
-        subjects={subject: SubjectData(responses, None, rois)},
-    )
-
-
-BOLD5000_TRS = ("TR1", "TR2", "TR3", "TR4", "TR5", "TR34")
-
-
-def _bold5000_find(root: Path, candidates: Sequence[str], what: str) -> Path:
-    for rel in candidates:
-        for base in (root, root / "BOLD5000_ROIs", root / "BOLD5000_Stimuli"):
-            if (base / rel).exists():
-                return base / rel
-    raise InvalidParameterError(
-        f"BOLD5000 release: {what} not found under {root} (looked for {list(candidates)}, also inside "
-        "BOLD5000_ROIs/ and BOLD5000_Stimuli/); unpack BOLD5000_ROIs.zip and BOLD5000_Stimuli.zip from "
-        "https://figshare.com/articles/dataset/BOLD5000/6459449 into that folder"
-    )
-
-
-def bold5000_release_dataset(
-    root: str | os.PathLike[str],
-    subjects: Sequence[int] = (1, 2, 3),
-    *,
-    tr: str = "TR34",
-    test_ids: Sequence[str] | None = None,
-) -> EncodingDataset:
-    """Several BOLD5000 subjects from an unpacked release 1 folder, in one berg dataset.
-
-    ``root`` holds ``BOLD5000_ROIs/ROIs/...`` and ``BOLD5000_Stimuli/Scene_Stimuli/...`` (or their
-    contents directly). Stimuli are the union of the subjects' images in order of first appearance;
-    a subject's rows for images it never saw are NaN (the trainer leaves them out). The test split is
-    ``repeated_stimuli_113_list.txt`` when present (else ``test_ids``, else images shown >= 2 times).
-
-    Parameters
-    ----------
-    root : path
-    subjects : sequence of int
-        CSI subject numbers (1-4; CSI4 has 9 of the 15 sessions).
-    tr : {"TR1", "TR2", "TR3", "TR4", "TR5", "TR34"}
-        Which of the released response versions (TR34: mean of TR 3 and 4).
-    test_ids : sequence of str, optional
-    """
-    root = Path(root)
-    if tr not in BOLD5000_TRS:
-        raise InvalidParameterError(f"tr={tr!r} unknown; valid: {list(BOLD5000_TRS)}")
-    image_dir = _bold5000_find(root, ["Scene_Stimuli/Presented_Stimuli", "Presented_Stimuli"], "Presented_Stimuli/")
-    if test_ids is None:
-        try:
-            rep = _bold5000_find(root, ["Scene_Stimuli/repeated_stimuli_113_list.txt"], "repeated_stimuli_113_list.txt")
-            test_ids = [ln.strip() for ln in rep.read_text().splitlines() if ln.strip()]
-        except InvalidParameterError:
-            log.info("no repeated_stimuli_113_list.txt; the test split is the images shown >= 2 times")
-    parts = {}
-    for s in subjects:
-        mat = _bold5000_find(root, [f"ROIs/CSI{s}/mat/CSI{s}_ROIs_{tr}.mat"], f"the CSI{s} {tr} ROI file")
-        stim = _bold5000_find(root, [f"ROIs/stim_lists/CSI{s:02d}_stim_lists.txt"], f"the CSI{s} stimulus list")
-        parts[s] = bold5000_roi_dataset(mat, stim, image_dir, s, test_ids=test_ids)
-    ids: list[str] = list(dict.fromkeys(i for d in parts.values() for i in d.ids))
-    row = {i: k for k, i in enumerate(ids)}
-    paths = {i: p for d in parts.values() for i, p in zip(d.ids, d.stimuli)}
-    reps = max(d.subjects[s].responses.shape[1] for s, d in parts.items())
-    merged = {}
-    for s, d in parts.items():
-        src = d.subjects[s]
-        out = np.full((len(ids), reps, src.n_outputs), np.nan, dtype=np.float32)
-        out[[row[i] for i in d.ids], : src.responses.shape[1]] = src.responses
-        merged[s] = SubjectData(out, None, src.rois)
-    test = (
-        set(test_ids)
-        if test_ids is not None
-        else {i for d in parts.values() for i, t in zip(d.ids, d.split) if t == "test"}
-    )
-    return EncodingDataset(
-        name="bold5000",
-        kind="image",
-        stimuli=[paths[i] for i in ids],
-        ids=ids,
-        split=np.array(["test" if i in test else "train" for i in ids]),
-        subjects=merged,
-    )
+        return getattr(bold5000, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
