@@ -21,6 +21,7 @@ variable                  meaning
 ``BERG_QUIET``            ``1``: no progress bars
 ``BERG_READOUT_KERNEL``   ``torch`` or ``numpy``: force the CPU readout GEMM (default: by width)
 ``BERG_PARALLEL_MIN_MB``  files at least this big (MiB, default 32) are fetched as ranged parts
+``BERG_LOCK_TIMEOUT``     seconds to wait for another process's lock on a file (default 900)
 ========================  ======================================================================================
 
 Flags (``BERG_OFFLINE``, ``BERG_QUIET``, ``BERG_S3_SIGNED``) are read strictly by :func:`parse_bool`: a value
@@ -58,6 +59,7 @@ KNOWN = (
     "BERG_MAX_VIDEO_MB",
     "BERG_QUIET",
     "BERG_READOUT_KERNEL",
+    "BERG_LOCK_TIMEOUT",
 )
 
 

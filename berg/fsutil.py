@@ -8,6 +8,10 @@ folder is ``fsync``-ed after it, so a file that is visible under its final name 
 Temporary names carry the writer's pid and a random token (``.<name>.<pid>.<token>.tmp<suffix>``), so
 concurrent writers never share one, and :func:`clean_stale_temporaries` can remove those whose
 process is gone.
+
+Locks: :func:`process_lock` is the one cross-process lock of berg (downloads, derived files, cache
+index records). Every wait on it has a timeout, notices a holder that is stopped (``SIGSTOP``, Ctrl-Z)
+or gone, and names the process that holds it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from berg.errors import BERGError
+
 __all__ = [
+    "LockBusyError",
+    "lock_holder",
+    "process_lock",
     "atomic_path",
     "atomic_write",
     "atomic_write_bytes",
@@ -175,3 +184,212 @@ def clean_stale_temporaries(
                 entry.unlink()
             removed.append(entry)
     return removed
+
+
+# ------------------------------------------------------------------------------------------- locks
+
+#: Seconds a holder may stay stopped (SIGSTOP / Ctrl-Z) or unaccounted for before a waiter gives up.
+STALLED_AFTER_S = 2.0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class LockBusyError(BERGError, TimeoutError):
+    """A lock could not be taken: its holder is stopped, gone, or did not release it in time.
+
+    ``holder`` is what is known of the process holding it (``pid``, ``host``, ``state``, ``what``).
+    """
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.holder = holder or {}
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _proc_state(pid: int) -> str | None:
+    """The process state letter from ``/proc/<pid>/stat`` (``R``, ``S``, ``T`` stopped, ``Z``...), None if gone.
+
+    Where ``/proc`` does not exist, ``"?"`` for a live process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode("ascii", "replace")
+        return text[text.rindex(")") + 2 :].split(" ", 1)[0]  # the name may hold spaces and parentheses
+    except FileNotFoundError:
+        return None if os.path.isdir("/proc/self") else ("?" if _pid_alive(pid) else None)
+    except (OSError, ValueError, IndexError):
+        return "?" if _pid_alive(pid) else None
+
+
+def _flock_pids(fd: int) -> list[int]:
+    """Pids the kernel lists as holding an ``flock`` on the file of ``fd`` (Linux ``/proc/locks``)."""
+    try:
+        st = os.fstat(fd)
+        with open("/proc/locks", "rb") as fh:
+            lines = fh.read().decode("ascii", "replace").splitlines()
+    except OSError:
+        return []
+    pids = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234567 0 EOF" (blocked waiters carry "->")
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if int(inode) == st.st_ino and (int(major, 16), int(minor, 16)) == (
+                os.major(st.st_dev),
+                os.minor(st.st_dev),
+            ):
+                pids.append(int(fields[4]))
+        except ValueError:
+            continue
+    return pids
+
+
+def lock_holder(lock_path: str | os.PathLike[str], fd: int | None = None) -> dict[str, Any]:
+    """What is known of the process holding the lock file: ``pid``, ``host``, ``what``, ``since``, ``state``.
+
+    The holder writes its pid, host and purpose into the lock file when it takes the lock; on Linux the
+    kernel's own list (``/proc/locks``) confirms or corrects the pid. ``state`` is ``"running"``,
+    ``"stopped"``, ``"gone"``, ``"zombie"``, or ``"unknown"`` (a holder on another host).
+    """
+    import json
+    import socket
+
+    info: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.open(lock_path, os.O_RDONLY | _NOFOLLOW), "rb") as fh:
+            info = json.loads(fh.read(4096) or b"{}")
+    if not isinstance(info, dict):
+        info = {}
+    if fd is not None:
+        kernel = _flock_pids(fd)
+        if kernel and info.get("pid") not in kernel:
+            info = {"pid": kernel[0], "host": socket.gethostname()}
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") not in (None, socket.gethostname()):
+        info["state"] = "unknown"
+        return info
+    letter = _proc_state(pid)
+    info["state"] = {None: "gone", "T": "stopped", "t": "stopped", "Z": "zombie", "X": "gone"}.get(letter, "running")
+    return info
+
+
+def _describe_holder(holder: dict[str, Any]) -> str:
+    pid, state = holder.get("pid"), holder.get("state")
+    if pid is None:
+        return "another process (it did not record its pid)"
+    where = f" on {holder['host']}" if holder.get("state") == "unknown" and holder.get("host") else ""
+    what = f", {holder['what']}" if holder.get("what") else ""
+    return f"process {pid}{where} ({state}{what})"
+
+
+@contextlib.contextmanager
+def process_lock(
+    path: str | os.PathLike[str],
+    *,
+    timeout: float | None = None,
+    what: str = "",
+    poll: float = 0.05,
+    stalled_after: float | None = None,
+) -> Iterator[Path]:
+    """Hold an exclusive cross-process lock on the file ``path`` (``fcntl.flock``; created if absent).
+
+    The kernel releases the lock when its holder dies (even on SIGKILL). While waiting, the holder is
+    watched: a holder that stays stopped (``SIGSTOP``, Ctrl-Z) or whose process is gone for
+    ``stalled_after`` seconds makes the wait fail at once with its pid; any wait ends after ``timeout``.
+
+    Parameters
+    ----------
+    path : path-like
+        The lock file (never a symbolic link: it is opened with ``O_NOFOLLOW``).
+    timeout : float, optional
+        Seconds to wait at most (default ``BERG_LOCK_TIMEOUT``, 900).
+    what : str
+        What the holder is doing, recorded for waiters' messages (``"fetching weights.npy of fmri-x"``).
+    poll : float
+        Seconds between attempts.
+    stalled_after : float, optional
+        Grace for a stopped or gone holder (default :data:`STALLED_AFTER_S`).
+
+    Yields
+    ------
+    Path
+        The lock file.
+
+    Raises
+    ------
+    LockBusyError
+        The holder is stopped or gone, or did not release the lock within ``timeout``; the message
+        names its pid and what to do.
+    """
+    import fcntl
+    import json
+    import socket
+    import time
+
+    from berg.env import env_int
+
+    path = Path(path)
+    timeout = float(env_int("BERG_LOCK_TIMEOUT", 900, minimum=0)) if timeout is None else float(timeout)
+    stalled_after = STALLED_AFTER_S if stalled_after is None else stalled_after
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+    try:
+        start = time.monotonic()
+        stalled_since: float | None = None
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            holder = lock_holder(path, fd)
+            if holder.get("pid") == os.getpid():
+                holder["state"] = "running"  # another thread of this process
+            if not announced:
+                import logging
+
+                logging.getLogger(__name__).info("waiting for %s to release %s", _describe_holder(holder), path)
+                announced = True
+            if holder.get("state") in ("stopped", "gone", "zombie"):
+                stalled_since = now if stalled_since is None else stalled_since
+                if now - stalled_since >= stalled_after:
+                    pid = holder.get("pid")
+                    fix = {
+                        "stopped": f"resume it (kill -CONT {pid}, or fg in its shell) or end it (kill {pid})",
+                        "zombie": f"its parent has not reaped it; end the parent of {pid}",
+                        "gone": "a process that inherited its lock file still holds it; end that process",
+                    }[holder["state"]]
+                    raise LockBusyError(
+                        f"{path} is locked by {_describe_holder(holder)}, which is {holder['state']}: {fix}, "
+                        "then try again",
+                        holder,
+                    )
+            else:
+                stalled_since = None
+            if now - start >= timeout:
+                raise LockBusyError(
+                    f"gave up after {timeout:.0f} s waiting for {path}, held by {_describe_holder(holder)}; "
+                    "wait for it to finish and try again, or set BERG_LOCK_TIMEOUT (seconds) to wait longer",
+                    holder,
+                )
+            time.sleep(poll)
+        record = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "what": what[:300]}
+        ).encode()
+        with contextlib.suppress(OSError):  # the record only helps waiters' messages
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

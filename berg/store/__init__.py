@@ -407,7 +407,7 @@ class Store:
         try:
             if lock is None:
                 return work()
-            with file_lock(lock):
+            with file_lock(lock, what=what):
                 return work()
         except BERGError:
             raise

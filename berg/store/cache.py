@@ -221,8 +221,7 @@ class CacheIndex:
         Returns False (and writes nothing) when the cache folder is not writable: a read-only cache is
         still usable, its files are just re-verified instead of re-recorded.
         """
-        from filelock import FileLock
-
+        from berg.fsutil import process_lock
         from berg.store.download import drop_planted_link, open_nofollow
 
         st = path.stat()
@@ -237,7 +236,7 @@ class CacheIndex:
             self.root.mkdir(parents=True, exist_ok=True)
             lock = self.path.with_name(INDEX_NAME + ".lock")
             drop_planted_link(lock)
-            with self._mutex, FileLock(str(lock)):
+            with self._mutex, process_lock(lock, what=f"recording {key} in {self.path.name}"):
                 drop_planted_link(self.path)
                 fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 with os.fdopen(fd, "ab") as fh:

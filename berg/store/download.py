@@ -128,19 +128,21 @@ class RemoteObject:
         return tag if len(tag) == 32 and "-" not in tag else None
 
 
-def file_lock(path: Path, timeout: float = -1):
-    """A cross-process lock guarding the download (or derivation) of ``path``.
+def file_lock(path: Path, timeout: float | None = None, *, what: str = ""):
+    """A cross-process lock guarding the download (or derivation) of ``path`` (a context manager).
 
     The lock file is ``<path>.lock``. A symbolic link planted under that name is removed first (the
-    lock library opens it with ``O_NOFOLLOW`` and would fail on it), so a shared cache cannot be made
-    to deadlock or to touch a file outside it.
+    lock is opened with ``O_NOFOLLOW``), so a shared cache cannot be made to deadlock or to touch a
+    file outside it. Waiting is bounded (:func:`berg.fsutil.process_lock`): a holder that is stopped or
+    gone ends the wait at once, naming its pid; any wait ends after ``timeout`` seconds (default
+    ``BERG_LOCK_TIMEOUT``, 900).
     """
-    from filelock import FileLock
+    from berg.fsutil import process_lock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".lock")
     drop_planted_link(lock)
-    return FileLock(str(lock), timeout=timeout)
+    return process_lock(lock, timeout=timeout, what=what or f"writing {path.name}")
 
 
 def _fsync(path: Path) -> None:
