@@ -47,6 +47,9 @@ __all__ = [
     "read_dataset",
     "trials_to_repeats",
     "nsd_dataset",
+    "NSDStimInfo",
+    "read_nsd_stim_info",
+    "NSD_STIM_INFO_COLUMNS",
 ]
 
 log = logging.getLogger(__name__)
@@ -347,6 +350,137 @@ def _zscore_per_session(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean(axis=0)) / np.where(sd == 0, 1.0, sd)).astype(np.float32)
 
 
+#: Columns of NSD's ``nsd_stim_info_merged.csv`` (nsddata/experiments/nsd/), after its unnamed first column
+#: (the pandas index, equal to ``nsdId``): checked against the real header (41 columns, see the NSD data
+#: manual and tarrlab/BOLD5000-GLMs ``notebooks/between_dataset_analysis_v1.ipynb``).
+NSD_STIM_INFO_COLUMNS = (
+    "cocoId",
+    "cocoSplit",
+    "cropBox",
+    "loss",
+    "nsdId",
+    "flagged",
+    "BOLD5000",
+    "shared1000",
+    *(f"subject{s}" for s in range(1, 9)),
+    *(f"subject{s}_rep{r}" for s in range(1, 9) for r in range(3)),
+)
+_NSD_STIM_INFO_NEEDED = ("cocoId", "cocoSplit", "nsdId", "BOLD5000", "shared1000")
+
+
+@dataclass
+class NSDStimInfo:
+    """NSD's stimulus table (``nsd_stim_info_merged.csv``), the columns berg uses.
+
+    Attributes
+    ----------
+    nsd_id : (n,) int64
+        0-based NSD image id (``nsdId``; the 73k ids of ``nsd_stimuli.hdf5``'s ``imgBrick`` rows).
+    coco_id : (n,) int64
+    coco_split : list of str
+        ``train2017`` / ``val2017``.
+    shared1000, bold5000 : (n,) bool
+        The 1,000 images every subject saw; images also in BOLD5000.
+    """
+
+    path: Path
+    nsd_id: np.ndarray
+    coco_id: np.ndarray
+    coco_split: list[str]
+    shared1000: np.ndarray
+    bold5000: np.ndarray
+    columns: dict[str, list[str]]
+
+    def subject_trials(self, subject: int) -> np.ndarray:
+        """``(n, 3)`` 1-based trial numbers of the 3 showings of each image to ``subject`` (0: not shown).
+
+        From ``subject<S>_rep0..2``; raises when a column is absent or has empty cells.
+        """
+        cols = [f"subject{int(subject)}_rep{r}" for r in range(3)]
+        out = np.zeros((len(self.nsd_id), 3), np.int64)
+        for k, c in enumerate(cols):
+            vals = self.columns.get(c)
+            if vals is None:
+                raise InvalidParameterError(f"{self.path} lacks column {c!r}; subjects are 1-8")
+            empty = [i for i, v in enumerate(vals) if not v.strip()]
+            if empty:
+                raise InvalidParameterError(
+                    f"{self.path}: column {c!r} is empty in {len(empty)} rows (first: {empty[0] + 2})"
+                )
+            out[:, k] = [int(float(v)) for v in vals]
+        return out
+
+
+def _bool_cell(v: str) -> bool:
+    v = v.strip().lower()
+    if v in ("true", "1", "1.0"):
+        return True
+    if v in ("false", "0", "0.0", ""):
+        return False
+    raise ValueError(v)
+
+
+def read_nsd_stim_info(path: str | os.PathLike[str]) -> NSDStimInfo:
+    """Read NSD's ``nsd_stim_info_merged.csv`` (the real 41-column header: an unnamed index column, then
+    :data:`NSD_STIM_INFO_COLUMNS`).
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the file and the columns it lacks.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidParameterError(
+            f"NSD stimulus table not found: {path} (nsddata/experiments/nsd/nsd_stim_info_merged.csv in the NSD bucket)"
+        )
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        rows = list(reader)
+    missing = [c for c in _NSD_STIM_INFO_NEEDED if c not in header]
+    if missing:
+        raise InvalidParameterError(
+            f"{path} lacks column(s) {missing}; NSD's nsd_stim_info_merged.csv has {list(NSD_STIM_INFO_COLUMNS)}"
+        )
+    columns = {h: [r[i] if i < len(r) else "" for r in rows] for i, h in enumerate(header) if h}
+    try:
+        return NSDStimInfo(
+            path=path,
+            nsd_id=np.asarray([int(float(v)) for v in columns["nsdId"]], np.int64),
+            coco_id=np.asarray([int(float(v)) for v in columns["cocoId"]], np.int64),
+            coco_split=[v.strip() for v in columns["cocoSplit"]],
+            shared1000=np.asarray([_bool_cell(v) for v in columns["shared1000"]], bool),
+            bold5000=np.asarray([_bool_cell(v) for v in columns["BOLD5000"]], bool),
+            columns=columns,
+        )
+    except ValueError as exc:
+        raise InvalidParameterError(
+            f"{path}: a value of nsdId/cocoId/shared1000/BOLD5000 is not valid ({exc})"
+        ) from exc
+
+
+def _check_design_against_stim_info(info: NSDStimInfo, subject: int, trial_image: np.ndarray, shared: set) -> None:
+    """Raise when ``nsd_expdesign.mat`` and ``nsd_stim_info_merged.csv`` disagree (they must be one release)."""
+    table_shared = set(info.nsd_id[info.shared1000].tolist())
+    if table_shared != shared:
+        raise InvalidParameterError(
+            f"{info.path}: shared1000 marks {len(table_shared)} images, nsd_expdesign.mat's sharedix {len(shared)} "
+            f"({len(table_shared ^ shared)} differ); use both files from the same NSD release"
+        )
+    trials = info.subject_trials(subject)
+    for nsd, reps in zip(info.nsd_id.tolist(), trials):
+        for t in reps[reps > 0]:
+            if t > len(trial_image) or trial_image[t - 1] != nsd:
+                raise InvalidParameterError(
+                    f"{info.path}: subject{subject} shows nsdId {nsd} on trial {t}, nsd_expdesign.mat shows "
+                    f"{trial_image[t - 1] if t <= len(trial_image) else 'no trial'} there; use both files from the same "
+                    "NSD release"
+                )
+
+
 def nsd_dataset(
     nsd_root: str | os.PathLike[str],
     subject: int,
@@ -354,6 +488,7 @@ def nsd_dataset(
     mask: str = "nsdgeneral",
     sessions: Sequence[int] | None = None,
     zscore: bool = True,
+    stim_info: str | os.PathLike[str] | None = None,
 ) -> EncodingDataset:
     """Natural Scenes Dataset (Allen et al. 2022) betas of one subject in berg's format.
 
@@ -370,6 +505,11 @@ def nsd_dataset(
     The shared 1,000 images form the test split (as in Algonauts 2023), the rest train. Betas are
     z-scored per voxel within each session (``zscore``), as NSD's authors recommend.
 
+    ``stim_info`` (optional, ``nsddata/experiments/nsd/nsd_stim_info_merged.csv``, read with
+    :func:`read_nsd_stim_info`): the design is checked against it: its ``shared1000`` images must be
+    ``sharedix``, and the 1-based trial numbers in ``subject<S>_rep0..2`` must show each image on the
+    trials ``masterordering`` gives it.
+
     Unverified (written from the NSD data manual, not run on the real files): that scipy can read
     ``nsd_expdesign.mat`` (MATLAB v5, not v7.3); that trial ``t`` (0-based) of ``masterordering``
     is trial ``t % 750`` of session ``t // 750 + 1``; the dtype/scaling of the betas files.
@@ -383,6 +523,8 @@ def nsd_dataset(
     order = np.asarray(design["masterordering"]).ravel().astype(np.int64) - 1
     subjectim = np.asarray(design["subjectim"])[subject - 1].astype(np.int64) - 1
     shared = set((np.asarray(design["sharedix"]).ravel().astype(np.int64) - 1).tolist())
+    if stim_info is not None:
+        _check_design_against_stim_info(read_nsd_stim_info(stim_info), subject, subjectim[order], shared)
     func = f"subj{subject:02d}/func1pt8mm"
     mask_img = nib.load(root / f"nsddata/ppdata/{func}/roi/{mask}.nii.gz")
     inside = np.asarray(mask_img.dataobj) > 0
