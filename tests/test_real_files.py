@@ -287,3 +287,22 @@ def test_bucket_key_builders_on_the_real_paths(bucket):
         if m:
             s = int(m.group(2))
             assert m.group(1) in (weights_key(s), metadata_key(s)), p
+
+
+def test_nsd_design_cross_check_uses_the_real_trial_columns(stim_info_csv):
+    """nsd_dataset(stim_info=...) refuses a design whose trials or shared images differ from the table."""
+    from berg.training.datasets import _check_design_against_stim_info, read_nsd_stim_info
+
+    path, _, _ = stim_info_csv
+    info = read_nsd_stim_info(path)
+    trial_image = np.full(30000, -1, np.int64)  # NSD: 40 sessions x 750 trials
+    for nsd, reps in zip(info.nsd_id.tolist(), info.subject_trials(6)):
+        trial_image[reps - 1] = nsd
+    shared = set(info.nsd_id[info.shared1000].tolist())
+    _check_design_against_stim_info(info, 6, trial_image, shared)  # consistent: no error
+    t = int(info.subject_trials(6)[0, 1])
+    trial_image[t - 1] += 1
+    with pytest.raises(InvalidParameterError, match=rf"subject6 shows nsdId {info.nsd_id[0]} on trial {t}"):
+        _check_design_against_stim_info(info, 6, trial_image, shared)
+    with pytest.raises(InvalidParameterError, match=r"shared1000 marks \d+ images, nsd_expdesign.mat's sharedix"):
+        _check_design_against_stim_info(info, 6, trial_image, shared - {int(info.nsd_id[0])})
