@@ -81,7 +81,6 @@ _STRUCTURE = ("extends", "versions", "card_sha256")
 MAX_OUTSIDE_BYTES = 1 << 20
 
 
-
 def _space_keys(attribute: str) -> tuple[str, ...]:
     """Union over the registered output-space kinds of one selection-key attribute (see berg.core.spaces)."""
     from berg.core.spaces import SPACE_KINDS
@@ -499,3 +498,637 @@ def validate_load_params(
     return subjects, selections, validate_device(device), _check_batch_size(batch_size)
 
 
+# --------------------------------------------------------------------------------------- transforms
+
+
+def weights_transform(weights: str, kind: str = "image") -> dict[str, Any]:
+    """The preprocessing a torchvision weights name declares (its ``transforms()``), as transform fields.
+
+    Image weights (``ImageClassification``) resize the shorter side to ``resize_size`` and centre-crop
+    ``crop_size``; video weights (``VideoClassification``) resize frames to ``resize_size``. Both bring
+    their mean and std.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``weights`` is not a torchvision weights name.
+    """
+    try:
+        from torchvision.models import get_weight
+
+        preset = get_weight(weights).transforms()
+    except (ImportError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidParameterError(
+            f"cannot read the preprocessing of weights {weights!r} ({exc}); name torchvision weights such as "
+            "'ResNet18_Weights.IMAGENET1K_V1', or state every transform field in the entry"
+        ) from None
+    resize = [int(v) for v in preset.resize_size]
+    crop = [int(v) for v in preset.crop_size]
+    out: dict[str, Any] = {"mean": [float(v) for v in preset.mean], "std": [float(v) for v in preset.std]}
+    if kind == "video":
+        out["size"] = resize if len(resize) == 2 else resize * 2
+    else:
+        out.update(
+            size=resize if len(resize) == 2 else resize * 2,
+            resize="shorter",
+            crop=crop if len(crop) == 2 else crop * 2,
+        )
+    return out
+
+
+_TRANSFORM_FIELDS = {"image": ("size", "mean", "std", "resize", "crop"), "video": ("size", "mean", "std")}
+
+
+def complete_recipe(recipe: Mapping[str, Any], model_id: str = "") -> dict[str, Any]:
+    """``recipe`` with its transform's missing fields taken from the weights' preprocessing.
+
+    A field the entry states (even ``null``, e.g. ``crop: null``) wins over the weights'.
+    """
+    out = copy.deepcopy(dict(recipe or {}))
+    transform = out.get("transform")
+    if not isinstance(transform, Mapping):
+        return out
+    transform = dict(transform)
+    weights = transform.pop("from_weights", None) or ((out.get("backbone") or {}).get("weights"))
+    kind = transform.get("kind", "image")
+    missing = [f for f in _TRANSFORM_FIELDS.get(kind, ()) if f not in transform]
+    if missing and weights:
+        filled = weights_transform(str(weights), kind)
+        transform = {**{k: filled[k] for k in missing if k in filled}, **transform}
+        transform = {"kind": kind, **{k: v for k, v in transform.items() if k != "kind"}}
+    out["transform"] = transform
+    return out
+
+
+# --------------------------------------------------------------------------------------- sources
+
+
+class RegistryError(InvalidParameterError):
+    """A registry file or entry berg cannot use (the message names the registry and what to do)."""
+
+
+class UntrustedEntryError(RegistryError):
+    """An entry from outside (a URL or a package) uses a part of the schema that could run code or escape."""
+
+
+@dataclass(frozen=True)
+class RegistrySource:
+    """One registry file and what it may do.
+
+    Attributes
+    ----------
+    name : str
+        ``"berg"`` (shipped), the file's path (``--registry``), the name given to ``berg registry add``,
+        or ``"package:<distribution>"``.
+    path : Path
+        The local YAML file (for a URL registry: its pinned copy in the user's config).
+    card_root : Path
+        Folder its ``card:`` paths are relative to.
+    trusted : bool
+        Shipped and your own local files may name any code; registries from outside may not.
+    origin : str
+        Where it came from, for messages and provenance (the URL, file or entry point).
+    base : dict or None
+        Where the fragment lives (``{"kind": "s3", "bucket", "prefix", "endpoint"}``, ``{"kind": "https",
+        "url"}`` or ``{"kind": "folder", "path"}``): relative sources resolve against it and absolute
+        ones must stay inside it. ``None`` for packages.
+    modules : tuple of str
+        Top-level modules whose classes its entries may name (berg's and installed plug-in packages').
+    sha256 : str or None
+        Pinned sha256 of ``path`` (checked on every load).
+    namespace : str or None
+        The namespace it was added under (its file must declare the same).
+    """
+
+    name: str
+    path: Path
+    card_root: Path
+    trusted: bool = True
+    origin: str = ""
+    base: Mapping[str, Any] | None = None
+    modules: tuple[str, ...] = ("berg",)
+    sha256: str | None = None
+    namespace: str | None = None
+
+
+def parse_model_name(name: Any) -> tuple[str, str, int | None]:
+    """``"lab/model-id@2"`` -> ``("lab", "model-id", 2)``; ``"fmri-bmd-s3d"`` -> ``("", "fmri-bmd-s3d", None)``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Not a string of that form (the message shows the form).
+    """
+    form = "a model name is 'model-id', 'namespace/model-id' or 'namespace/model-id@VERSION' (e.g. 'lab/v1-model@2')"
+    if not isinstance(name, str):
+        raise InvalidParameterError(f"a model id is a string such as 'fmri-bold5000-resnet18', got {name!r}; {form}")
+    match = _NAME_RE.match(name)
+    if not match:
+        raise InvalidParameterError(f"{name!r} is not a valid model name; {form}")
+    ns, model_id, version = match.group("ns") or "", match.group("id"), match.group("version")
+    if ns and not _NAMESPACE_RE.match(ns):
+        raise InvalidParameterError(f"{name!r}: namespace {ns!r} is not valid (lowercase letters, digits, '_', '-')")
+    if version is not None and not version.isdigit():
+        raise InvalidParameterError(f"{name!r}: the version after '@' must be a whole number, got {version!r}")
+    return ns, model_id, (int(version) if version is not None else None)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Deep merge of plain YAML data: mappings merge key by key, anything else replaces."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        out = {k: copy.deepcopy(v) for k, v in base.items()}
+        for k, v in over.items():
+            out[k] = _merge(out[k], v) if k in out else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def _family(name: Any, defaults: Mapping[str, Any], where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keys of family ``name`` (a family may itself extend another)."""
+    if not isinstance(name, str) or name not in defaults:
+        raise RegistryError(
+            f"{where}: extends {name!r}, which 'defaults' does not define; defined: "
+            f"{', '.join(map(str, defaults)) or 'none'}"
+        )
+    if name in seen:
+        raise RegistryError(f"{where}: families extend each other in a circle: {' -> '.join([*seen, name])}")
+    keys = dict(defaults[name])
+    parent = keys.pop("extends", None)
+    return _merge(_family(parent, defaults, where, (*seen, name)), keys) if parent is not None else keys
+
+
+def _safe_relative(value: Any, what: str, where: str) -> str:
+    """A relative POSIX path inside its root (no absolute path, ``..``, backslash or NUL)."""
+    if not isinstance(value, str) or not value:
+        raise UntrustedEntryError(f"{where}: {what} must be a relative path, got {value!r}")
+    parts = value.split("/")
+    if value.startswith("/") or "\\" in value or "\x00" in value or ":" in parts[0] or ".." in parts:
+        raise UntrustedEntryError(
+            f"{where}: {what} {value!r} leaves its registry's folder (absolute path, '..', drive or NUL); "
+            "paths in a registry from outside are relative to its registry.yaml and stay below it"
+        )
+    return value
+
+
+_OUTSIDE_ENTRY_KEYS = {
+    "card",
+    "modality",
+    "dataset",
+    "subjects",
+    "source",
+    "layout",
+    "recipe",
+    "model_class",
+    "ensemble",
+}
+_OUTSIDE_SOURCE_KEYS = {"kind", "path", "bucket", "prefix", "region", "url", "manifest_sha256"}
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# modules a backbone builder from outside may name besides berg's and plug-ins' (code-free: a constructor)
+_BUILDER_MODULES = ("torchvision.models",)
+_IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _check_code(value: Any, what: str, where: str, modules: Sequence[str], *, builder: bool = False) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise UntrustedEntryError(f"{where}: {what} must be a string, got {type(value).__name__}")
+    module = value.partition(":")[0] if ":" in value else value.rpartition(".")[0]
+    top = module.split(".")[0]
+    allowed = top in modules or (builder and any(module == m or module.startswith(m + ".") for m in _BUILDER_MODULES))
+    if not allowed:
+        extra = ", torchvision.models.*" if builder else ""
+        raise UntrustedEntryError(
+            f"{where}: unknown {what} {value!r}: a registry from outside may name only what berg or an installed "
+            f"berg plug-in provides (modules {', '.join(m + '.*' for m in modules)}{extra}); install the package "
+            "that provides it (its 'berg.registries' entry point makes it a plug-in) or use berg's own classes"
+        )
+
+
+def _check_recipe(recipe: Any, where: str, modules: Sequence[str]) -> None:
+    """Every import path inside a recipe (backbone builders, anything 'pkg.mod:obj') must be allowed."""
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str) and (key == "builder" or _IMPORT_PATH_RE.match(node)):
+            _check_code(node, f"recipe {key or 'value'}", where, modules, builder=key == "builder")
+
+    if recipe is not None and not isinstance(recipe, Mapping):
+        raise UntrustedEntryError(f"{where}: recipe must be a mapping")
+    walk(recipe)
+
+
+def _resolve_outside_source(source: Any, src: RegistrySource, where: str, cache: str) -> dict[str, Any]:
+    """A fragment's ``source:`` turned into the pinned source berg reads (refusing any way out of its base)."""
+    if not isinstance(source, Mapping):
+        raise UntrustedEntryError(f"{where}: source must be a mapping")
+    unknown = sorted(set(source) - _OUTSIDE_SOURCE_KEYS)
+    if unknown:
+        raise UntrustedEntryError(
+            f"{where}: source key(s) {unknown} are not allowed from outside; valid: {sorted(_OUTSIDE_SOURCE_KEYS)}"
+        )
+    pin = source.get("manifest_sha256")
+    if not isinstance(pin, str) or not _SHA256_RE.match(pin):
+        raise UntrustedEntryError(
+            f"{where}: source needs manifest_sha256 (the sha256 of the artifact's manifest.json, 64 hex digits) "
+            "so that what is loaded is exactly what was published (`berg publish` writes it)"
+        )
+    kind = source.get("kind") or ("relative" if "path" in source else None)
+    base = dict(src.base or {})
+    out: dict[str, Any] = {"manifest_sha256": pin, "cache": cache, "registry": {"name": src.name, "url": src.origin}}
+    if kind == "relative":
+        rel = _safe_relative(source.get("path"), "source path", where).rstrip("/") + "/"
+        if not base:
+            if src.trusted or not src.path:
+                raise UntrustedEntryError(f"{where}: a relative source needs a registry with a location")
+            base = {"kind": "folder", "path": str(src.path.parent)}
+        if base["kind"] == "s3":
+            return {
+                **out,
+                "kind": "berg.hub.sources:PinnedS3Source",
+                "bucket": base["bucket"],
+                "prefix": base.get("prefix", "") + rel,
+                "region": base.get("region"),
+                "endpoint": base.get("endpoint"),
+            }
+        if base["kind"] == "https":
+            return {**out, "kind": "berg.hub.sources:PinnedHTTPSource", "url": base["url"] + rel}
+        return {**out, "kind": "berg.hub.sources:PinnedFolderSource", "path": str(Path(base["path"]) / rel)}
+    if kind == "s3":
+        bucket, prefix = source.get("bucket"), source.get("prefix", "")
+        if not isinstance(bucket, str) or not isinstance(prefix, str):
+            raise UntrustedEntryError(f"{where}: an s3 source needs string 'bucket' and 'prefix'")
+        _safe_relative(prefix or "x", "source prefix", where)
+        if base and (
+            base.get("kind") != "s3" or bucket != base["bucket"] or not prefix.startswith(base.get("prefix", ""))
+        ):
+            inside = f"s3://{base['bucket']}/{base.get('prefix', '')}" if base.get("kind") == "s3" else src.origin
+            raise UntrustedEntryError(
+                f"{where}: source s3://{bucket}/{prefix} points outside its registry's bucket and prefix ({inside}); "
+                "a registry fragment may only name artifacts stored beside it"
+            )
+        return {
+            **out,
+            "kind": "berg.hub.sources:PinnedS3Source",
+            "bucket": bucket,
+            "prefix": prefix,
+            "region": source.get("region") or base.get("region"),
+            "endpoint": base.get("endpoint"),
+        }
+    if kind == "https":
+        url = source.get("url")
+        if not isinstance(url, str) or not url.startswith("https://"):
+            raise UntrustedEntryError(f"{where}: an https source needs 'url' starting with https://")
+        if base and (base.get("kind") != "https" or not url.startswith(base["url"]) or ".." in url.split("/")):
+            raise UntrustedEntryError(
+                f"{where}: source {url} points outside its registry's location ({src.origin}); a registry fragment "
+                "may only name artifacts stored beside it"
+            )
+        return {**out, "kind": "berg.hub.sources:PinnedHTTPSource", "url": url.rstrip("/") + "/"}
+    raise UntrustedEntryError(
+        f"{where}: source kind {kind!r} is not allowed from outside; valid: a relative 'path' (beside the "
+        "registry.yaml), 's3' (in the registry's bucket) or 'https' (below the registry's URL)"
+    )
+
+
+def check_outside_entry(entry: Mapping[str, Any], src: RegistrySource, where: str, cache: str) -> dict[str, Any]:
+    """Check an entry from outside against the code-free schema; returns it with its source resolved.
+
+    Allowed: ``card`` (+ ``card_sha256``), ``modality``, ``dataset``, ``subjects``, ``source`` (relative,
+    or inside the registry's own bucket/URL, always with ``manifest_sha256``), ``layout`` and
+    ``model_class`` naming berg's or an installed plug-in's classes, a ``recipe`` whose builders are
+    torchvision's, berg's or a plug-in's, and ``ensemble``. No ``build`` (it runs a creator), no
+    import path into anything downloaded.
+
+    Raises
+    ------
+    UntrustedEntryError
+        Naming the entry, the key and what is allowed.
+    """
+    unknown = sorted(set(entry) - _OUTSIDE_ENTRY_KEYS)
+    if unknown:
+        raise UntrustedEntryError(
+            f"{where}: key(s) {unknown} are not allowed in a registry from outside; valid: "
+            f"{sorted(_OUTSIDE_ENTRY_KEYS | {'card_sha256', 'extends', 'versions'})}"
+        )
+    out = dict(entry)
+    _safe_relative(entry.get("card"), "card", where)
+    layout = entry.get("layout") or "native"
+    if layout not in ("native", "none"):
+        _check_code(layout, "layout", where, src.modules)
+    _check_code(entry.get("model_class"), "model class", where, src.modules)
+    _check_recipe(entry.get("recipe"), where, src.modules)
+    if entry.get("ensemble") is None:
+        out["source"] = _resolve_outside_source(entry.get("source"), src, where, cache)
+    elif entry.get("source"):
+        raise UntrustedEntryError(f"{where}: an ensemble has no source of its own")
+    return out
+
+
+# --------------------------------------------------------------------------------------- the registry
+
+
+def builtin_source() -> RegistrySource:
+    """berg's shipped registry (the default namespace)."""
+    return RegistrySource(name="berg", path=registry_path(), card_root=cards_dir(), origin=str(registry_path()))
+
+
+def local_source(path: str | os.PathLike[str]) -> RegistrySource:
+    """A registry file of your own (``--registry``, ``BERG_REGISTRY``): trusted, default namespace."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)) or "\x00" in os.fspath(path):
+        raise InvalidParameterError(f"a registry file is a path to a registry.yaml, got {path!r}")
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise InvalidParameterError(f"registry file not found: {resolved}")
+    cards = resolved.parent / "model_cards"
+    return RegistrySource(
+        name=str(resolved), path=resolved, card_root=cards if cards.is_dir() else resolved.parent, origin=str(resolved)
+    )
+
+
+class Registry:
+    """The set of known models: berg's registry, your registry files and the registries you added.
+
+    Parameters
+    ----------
+    extra : path or list of paths, optional
+        Additional registry YAML files of your own (e.g. one written by ``berg train``); their ``card:``
+        paths are relative to the file's directory (or its ``model_cards/`` subdirectory). Also read from
+        the ``BERG_REGISTRY`` environment variable (``os.pathsep``-separated).
+    outside : list of RegistrySource, optional
+        Registries from outside. Default: those added with ``berg registry add`` (the user's config) and
+        those installed packages ship through the ``berg.registries`` entry-point group.
+    prefer : dict, optional
+        ``{"lab": "registry-name"}`` or ``{"lab/model-id": "registry-name"}``: which registry wins where
+        two define the same id (default: the pins set with ``berg registry prefer``). Without a pin such
+        a definition is an error naming both registries.
+    config_dir : path, optional
+        The folder of berg's user config (default: the platform's, see :mod:`berg.hub.config`).
+
+    Raises
+    ------
+    RegistryError
+        A file cannot be read, an id is defined twice in one namespace, an added registry's copy does not
+        match its pinned sha256, or an entry from outside is refused (:class:`UntrustedEntryError`).
+    """
+
+    def __init__(
+        self,
+        extra: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+        *,
+        outside: Iterable[RegistrySource] | None = None,
+        prefer: Mapping[str, str] | None = None,
+        config_dir: str | os.PathLike[str] | None = None,
+    ):
+        extras: list[Any] = []
+        if extra is not None:
+            extras = [extra] if isinstance(extra, (str, os.PathLike)) else list(extra)
+        env = env_str("BERG_REGISTRY")
+        if env:
+            extras += [p for p in env.split(os.pathsep) if p]
+        sources = [builtin_source(), *(local_source(p) for p in extras)]
+        pins: dict[str, str] = {}
+        if outside is None:
+            from berg.hub.config import outside_sources, preferences
+
+            outside = outside_sources(config_dir)
+            pins.update(preferences(config_dir))
+        sources += list(outside)
+        pins.update(prefer or {})
+        self.sources: list[RegistrySource] = sources
+        self.prefer = pins
+        # (namespace, id) -> registry name -> {version: spec}
+        found: dict[tuple[str, str], dict[str, dict[int | None, ModelSpec]]] = {}
+        for src in sources:
+            for spec in self._load(src):
+                found.setdefault((spec.namespace, spec.short_id), {}).setdefault(src.name, {})[spec.version] = spec
+        self._models: dict[tuple[str, str], dict[int | None, ModelSpec]] = {}
+        for (ns, model_id), by_source in found.items():
+            self._models[(ns, model_id)] = self._choose(ns, model_id, by_source)
+
+    # ------------------------------------------------------------------ loading
+    def _choose(
+        self, ns: str, model_id: str, by_source: dict[str, dict[int | None, ModelSpec]]
+    ) -> dict[int | None, ModelSpec]:
+        if len(by_source) == 1:
+            return next(iter(by_source.values()))
+        name = f"{ns}/{model_id}" if ns else model_id
+        pinned = self.prefer.get(name) or (self.prefer.get(ns) if ns else None)
+        if pinned in by_source:
+            log.info("%s is defined by registries %s; using %r (pinned)", name, sorted(by_source), pinned)
+            return by_source[pinned]
+
+        def label(reg: str, specs: dict[int | None, ModelSpec]) -> str:
+            origin = next(iter(specs.values())).origin
+            return repr(reg) if origin in ("", reg) else f"{reg!r} ({origin})"
+
+        where = " and ".join(label(n, v) for n, v in by_source.items())
+        scope = f" (or {ns!r} for the whole namespace)" if ns else ""
+        raise RegistryError(
+            f"model {name!r} is defined by more than one registry: {where}. Remove one of them, or pin the one "
+            f"that wins: berg registry prefer {name} NAME{scope}; in Python Registry(prefer={{{name!r}: NAME}})"
+        )
+
+    @staticmethod
+    def _load(src: RegistrySource) -> list[ModelSpec]:
+        path = src.path
+        label = f"registry {src.name!r}" if src.name != str(path) else f"registry file {path}"
+        try:
+            if src.sha256 is not None and sha256_file(path) != src.sha256:
+                raise IntegrityError(
+                    f"{label}: {path} does not match its pinned sha256 {src.sha256} (changed since it was added); "
+                    f"run `berg registry update {src.name}` to review and pin the new version, or remove it"
+                )
+            doc = read_yaml(path, max_bytes=None if src.trusted else MAX_OUTSIDE_BYTES, aliases=src.trusted)
+        except OSError as exc:
+            raise RegistryError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, Mapping):
+            raise RegistryError(f"{label}: {path} must be a mapping with 'models:', got {type(doc).__name__}")
+        if not src.trusted:
+            unknown = sorted(set(doc) - {"format_version", "namespace", "defaults", "models"})
+            if unknown:
+                raise UntrustedEntryError(
+                    f"{label}: top-level key(s) {unknown} are not allowed; valid: format_version, namespace, "
+                    "defaults, models"
+                )
+        ns = doc.get("namespace")
+        if ns is None:
+            if not src.trusted:
+                raise RegistryError(f"{label}: a registry from outside must declare its namespace (namespace: lab)")
+            ns = ""
+        elif not isinstance(ns, str) or not _NAMESPACE_RE.match(ns):
+            raise RegistryError(
+                f"{label}: namespace {ns!r} is not valid: lowercase letters, digits, '_' and '-' (e.g. 'lab')"
+            )
+        if src.namespace is not None and ns != src.namespace:
+            raise RegistryError(
+                f"{label}: declares namespace {ns!r} but was added as {src.namespace!r}; re-add it to review the change"
+            )
+        if src.name != "berg" and ns == "berg":
+            raise RegistryError(f"{label}: the namespace 'berg' is berg's own")
+        defaults = doc.get("defaults") or {}
+        models = doc.get("models") or {}
+        if not isinstance(defaults, Mapping) or not all(isinstance(v, Mapping) for v in defaults.values()):
+            raise RegistryError(f"{label}: 'defaults' must map family names to mappings of entry keys")
+        if not isinstance(models, Mapping):
+            raise RegistryError(f"{label}: 'models' must be a mapping of model ids to entries")
+        specs: list[ModelSpec] = []
+        for model_id, raw in models.items():
+            where = f"{label}: model {model_id!r}"
+            if not isinstance(model_id, str) or not _MODEL_ID_RE.match(model_id):
+                raise RegistryError(
+                    f"{label}: model id {model_id!r} is not valid: ids are letters, digits, '_' and '-' "
+                    "(e.g. fmri-nsd_fsaverage-vit_b_32), starting with a letter or digit"
+                )
+            if not isinstance(raw, Mapping):
+                raise RegistryError(f"{where}: the entry must be a mapping")
+            entry = dict(raw)
+            family = entry.pop("extends", None)
+            if family is not None:
+                entry = _merge(_family(family, defaults, where), entry)
+            if "card" not in entry and src.trusted:
+                entry["card"] = f"{model_id}.yaml"  # berg's card loader wants <id>.yaml anyway
+            versions = entry.pop("versions", None)
+            if versions is None:
+                specs.append(Registry._spec(src, ns, model_id, None, entry, where))
+                continue
+            if not isinstance(versions, Mapping) or not versions:
+                raise RegistryError(f"{where}: 'versions' must map version numbers (1, 2, ...) to entry keys")
+            for version, over in versions.items():
+                if (
+                    isinstance(version, bool)
+                    or not (isinstance(version, int) or (isinstance(version, str) and version.isdigit()))
+                    or int(version) < 1
+                ):
+                    raise RegistryError(f"{where}: version {version!r} must be a whole number >= 1")
+                if not isinstance(over, Mapping):
+                    raise RegistryError(f"{where}@{version}: a version must be a mapping of entry keys")
+                specs.append(Registry._spec(src, ns, model_id, int(version), _merge(entry, over), f"{where}@{version}"))
+        return specs
+
+    @staticmethod
+    def _spec(
+        src: RegistrySource, ns: str, model_id: str, version: int | None, entry: dict[str, Any], where: str
+    ) -> ModelSpec:
+        name = f"{ns}/{model_id}" if ns else model_id
+        full = f"{name}@{version}" if version is not None else name
+        card_sha = entry.pop("card_sha256", None)
+        if not src.trusted:
+            cache = f"{ns}/{model_id}/{version if version is not None else 0}"
+            entry = check_outside_entry(entry, src, where, cache)
+            if src.base is not None and src.base.get("kind") != "folder" and card_sha is None:
+                raise UntrustedEntryError(f"{where}: needs card_sha256 (the pinned sha256 of its card)")
+            entry["source"] = {**entry.get("source", {}), "model": full} if entry.get("source") else {}
+        if card_sha is not None and (not isinstance(card_sha, str) or not _SHA256_RE.match(card_sha)):
+            raise RegistryError(f"{where}: card_sha256 must be 64 lowercase hex digits")
+        required = _REQUIRED + (() if entry.get("ensemble") else _PIPELINE)
+        missing = [k for k in required if k not in entry]
+        if missing:
+            raise RegistryError(f"{where}: lacks {missing}")
+        card_rel = entry["card"]
+        if not isinstance(card_rel, str):
+            raise RegistryError(f"{where}: card must be a file name")
+        ensemble = entry.get("ensemble")
+        return ModelSpec(
+            model_id=full,
+            short_id=model_id,
+            namespace=ns,
+            version=version,
+            registry=src.name,
+            origin=src.origin,
+            trusted=src.trusted,
+            card_sha256=card_sha,
+            modality=entry["modality"],
+            dataset=entry["dataset"],
+            source=dict(entry.get("source") or {}),
+            layout=entry.get("layout") or "none",
+            declared_recipe=dict(entry.get("recipe") or {}),
+            card_path=src.card_root / card_rel,
+            model_class=entry.get("model_class") or ("berg.core.ensemble:EnsembleModel" if ensemble else None),
+            ensemble=dict(ensemble) if ensemble else None,
+            build=dict(entry["build"]) if entry.get("build") else None,
+            declared_subjects=list(entry["subjects"]) if entry.get("subjects") is not None else None,
+            extra={k: v for k, v in entry.items() if k not in _KNOWN},
+        )
+
+    @staticmethod
+    def load_source(src: RegistrySource) -> list[ModelSpec]:
+        """The entries of one registry file (checked as its trust level requires), every version separately."""
+        return Registry._load(src)
+
+    # ------------------------------------------------------------------ lookup
+    def ids(self, pattern: str | None = None) -> list[str]:
+        """Model names, sorted (``lab/model-id`` outside the default namespace); optionally a glob (``"fmri-*"``).
+
+        Raises
+        ------
+        InvalidParameterError
+            ``pattern`` is not a string or not a valid glob.
+        """
+        names = sorted(f"{ns}/{m}" if ns else m for ns, m in self._models)
+        if pattern is None:
+            return names
+        if not isinstance(pattern, str):
+            raise InvalidParameterError(
+                f"pattern must be a glob string such as 'fmri-*' (or None for every model), got {pattern!r}"
+            )
+        try:
+            return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        except re.error as exc:
+            raise InvalidParameterError(
+                f"pattern {pattern!r} is not a valid glob ({exc}); use * ? and [abc], e.g. 'fmri-*'"
+            ) from None
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions of ``name`` (``[]`` for an unversioned entry)."""
+        ns, model_id, _ = parse_model_name(name)
+        return sorted(v for v in self._lookup(ns, model_id, name) if v is not None)
+
+    def __contains__(self, model_id: object) -> bool:
+        try:
+            self.get(model_id)  # type: ignore[arg-type]
+        except (ModelNotFoundError, InvalidParameterError):
+            return False
+        return True
+
+    def __iter__(self):
+        return iter(self.ids())
+
+    def _lookup(self, ns: str, model_id: str, name: str) -> dict[int | None, ModelSpec]:
+        found = self._models.get((ns, model_id))
+        if found is not None:
+            return found
+        names = self.ids()
+        hint = close_matches(name, names)
+        if not hint and not ns:  # 'model-id' of a namespaced model: say which namespaces have it
+            hint = [f"{n}/{m}" for n, m in self._models if m == model_id and n]
+        extra = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+        raise ModelNotFoundError(f"unknown model {name!r}.{extra} Available models: {', '.join(names)}")
+
+    def get(self, model_id: str) -> ModelSpec:
+        """The spec of ``model_id`` (``id``, ``lab/id`` or ``lab/id@VERSION``; the newest version by default).
+
+        Raises
+        ------
+        ModelNotFoundError
+            Unknown id or version (with close matches and the valid ids or versions).
+        """
+        ns, short, version = parse_model_name(model_id)
+        found = self._lookup(ns, short, model_id)
+        if version is None:
+            numbered = [v for v in found if v is not None]
+            return found[max(numbered)] if numbered else found[None]
+        if version not in found:
+            have = sorted(v for v in found if v is not None)
+            raise ModelNotFoundError(
+                f"{model_id!r}: version {version} is not published; versions: {', '.join(map(str, have)) or 'none'} "
+                f"(without @VERSION the newest is used)"
+            )
+        return found[version]

@@ -48,20 +48,23 @@ LAYERS = {
     "fc6": "classifier.2",  # fc6 -> ReLU
     "fc7": "classifier.5",  # fc7 -> ReLU
 }
+
+
+def _registry_options() -> dict[str, Any]:
+    """The creator options and their defaults, as berg's registry declares them (their one place)."""
+    from berg.registry import Registry, builtin_source
+
+    for spec in Registry.load_source(builtin_source()):
+        if spec.model_id == MODEL_ID and spec.build:
+            return dict(spec.build.get("options") or {})
+    raise InvalidParameterError(f"berg's registry.yaml has no build options for {MODEL_ID}; reinstall berg")
+
+
+#: Creator options: the registry's (``build.options`` of the entry, what ``berg build --option`` takes)
+#: plus two internal ones for callers of :func:`build_from_dataset` (tests, synthetic releases).
 DEFAULTS: dict[str, Any] = {
-    "subjects": [1, 2, 3],
-    "tr": "TR34",
-    "layers": list(LAYERS),
-    "n_components": 256,
-    "alphas": [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6],
-    "folds": 5,
-    "seed": 0,
-    "batch_size": 64,
-    "device": "cpu",
-    "backbone_weights": None,  # torchvision's ImageNet weights; "untrained" for the random-weights control
-    "image_size": 224,
+    **_registry_options(),
     "work_dir": None,  # feature cache and dataset file (default: beside out_dir)
-    "show_progress": False,
     "model_id": MODEL_ID,  # recorded in the manifest (tests build copies under other ids)
 }
 
