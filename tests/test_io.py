@@ -1,14 +1,15 @@
 """berg.save (HDF5 with provenance) and save_nifti, on a small stand-in model with real output spaces.
 
 The engine itself is exercised end to end through ``berg encode`` in test_cli.py; here the model is a
-minimal object with the interface io.py relies on (model_id, subjects, output_ids, provenance,
-to_nifti), so every branch of the writer can be checked quickly and without torch.
+minimal implementation of the model contract (``BaseModelInterface``: spaces, provenance, the card's
+units) that never encodes, so every branch of the writer can be checked quickly and without torch.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import nibabel as nib
@@ -17,19 +18,31 @@ import pytest
 
 import berg
 from berg import io as bio
-from berg.errors import InvalidParameterError
+from berg.core.contract import BaseModelInterface
 from berg.core.spaces import FlatSpace, VolumeSpace
+from berg.errors import InvalidParameterError
 
 GRID = (5, 6, 4)
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
 
 
-class StandIn:
-    """What io.py needs from a loaded model (the subset of BaseModelInterface it uses)."""
+class StandIn(BaseModelInterface):
+    """A loaded model as io.py sees it: the contract's spaces and provenance; it never encodes."""
+
+    @classmethod
+    def load(cls, request):  # pragma: no cover - built directly, never through the registry
+        raise NotImplementedError
+
+    def encode(self, stimulus, *, show_progress=True):  # pragma: no cover - io never encodes
+        raise NotImplementedError
+
+    def get_metadata(self):  # pragma: no cover
+        return {}
 
     def __init__(self, n_outputs: dict, *, volume: bool = True, seed: int = 0):
         rng = np.random.default_rng(seed)
         self.model_id = "test-io-model"
+        self.spec = SimpleNamespace(card={"output": {"units": "a.u."}})
         self.subjects = list(n_outputs)
         self.spaces = {}
         for s, n in n_outputs.items():
@@ -44,13 +57,6 @@ class StandIn:
         if subject is None:
             return self.spaces[self.subjects[0]] if len(self.subjects) == 1 else self.group_space
         return self.spaces[subject]
-
-    def output_ids(self, subject=None):
-        space = self.space(subject)
-        return space.voxel_ijk if space.kind == "volume" else np.arange(space.n_outputs)
-
-    def to_nifti(self, responses, subject=None):
-        return self.space(subject).to_nifti(responses)
 
     def provenance(self):
         return {
@@ -193,11 +199,14 @@ def test_save_nifti_places_values_on_the_grid(tmp_path):
     assert np.isnan(data[~mask]).all()  # not predicted: NaN, not 0
     one = nib.load(bio.save_nifti(tmp_path / "s2.nii", r[2], StandIn({2: 9}), subject=2))
     assert one.shape == GRID  # one stimulus -> 3-D
-    # A 4-D image gets a sidecar saying which stimulus each volume is; a 3-D one needs none.
-    assert [p.name for p in sorted(tmp_path.iterdir())] == ["s1.json", "s1.nii.gz", "s2.nii"]
+    # Every image gets a sidecar saying which stimulus each volume is, with the model's provenance.
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["s1.json", "s1.nii.gz", "s2.json", "s2.nii"]
     side = json.loads((tmp_path / "s1.json").read_text())
     assert side["volumes"] == ["stimulus-0000", "stimulus-0001", "stimulus-0002"] and side["subject"] == "1"
-    assert side["outside_outputs"].startswith("NaN")
+    assert side["outside_outputs"].startswith("NaN") and side["units"] == "a.u."
+    assert side["berg_sidecar"] == {"image": "s1.nii.gz", "berg_version": berg.__version__}
+    assert side["provenance"] == json.loads(json.dumps(model.provenance()))
+    assert json.loads((tmp_path / "s2.json").read_text())["volumes"] == ["stimulus-0000"]
 
 
 def test_save_nifti_errors(tmp_path):
