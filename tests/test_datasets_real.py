@@ -366,6 +366,7 @@ def test_glmsingle_betas_land_on_their_images(trials, image_dir, tmp_path):
         rois={"one": mask & (np.arange(12) < 6).reshape(3, 2, 2)},
     )
     assert m.subjects[1].voxel_ijk.tolist() == [[0, 1, 1], [2, 0, 0]] and m.subjects[1].rois["one"].tolist() == [0]
+    assert m.subjects[1].rois["mask"].tolist() == [0, 1]
 
 
 def test_glmsingle_errors_name_the_file(trials, image_dir, tmp_path):

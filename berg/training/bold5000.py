@@ -865,7 +865,8 @@ def bold5000_glmsingle_dataset(
         Voxels to keep (a NIfTI on the betas' grid, values > 0, or an array). Default: voxels whose betas
         are finite and not constant in the first session read.
     rois : mapping, optional
-        ROI name -> NIfTI path or array on the same grid; stored as indices into the kept voxels.
+        ROI name -> NIfTI path or array on the same grid; stored as indices into the kept voxels (ROI
+        ``"mask"``: every kept voxel).
     sessions : sequence of int, optional
         Sessions to read (default: all files found). Trials of the other sessions are left out.
     zscore : bool
@@ -940,7 +941,7 @@ def bold5000_glmsingle_dataset(
     ids, responses = trials_to_repeats(kept_images, np.concatenate(parts))
     paths = resolve_images(ids, image_dir, list_file=trials.source)
     test = _test_set(trials, test_ids, min_test_repeats)
-    roi_idx: dict[str, np.ndarray] = {version: np.arange(int(inside.sum()))}
+    roi_idx: dict[str, np.ndarray] = {"mask": np.arange(int(inside.sum()))}
     if rois:
         pos = np.full(grid, -1, np.int64)
         pos[inside] = np.arange(int(inside.sum()))
