@@ -163,9 +163,10 @@ def _sweep(folder: Path) -> None:
 def _write_unit(parts: Sequence[tuple[Path, str, Callable[[Path], None]]]) -> None:
     """Write files that belong together: every temporary first, then every rename.
 
-    ``parts`` are ``(final path, temporary suffix, writer(temporary path))``. On any failure (or
-    interruption) nothing of the unit is left: the temporaries are removed, and so is any file
-    already renamed, so a reader never finds one member without the other.
+    ``parts`` are ``(final path, temporary suffix, writer(temporary path))``. A failure (or an
+    interruption) while writing removes the temporaries and leaves any earlier files as they were; a
+    failure between the renames removes every member (new or earlier), so a reader never finds one
+    member without the other, nor a new one beside an old one.
     """
     tmps: list[Path] = []
     renamed: list[Path] = []
@@ -183,7 +184,8 @@ def _write_unit(parts: Sequence[tuple[Path, str, Callable[[Path], None]]]) -> No
         for folder in {final.parent for final, _, _ in parts}:
             fsync_dir(folder)
     except BaseException:
-        for leftover in (*tmps, *renamed):
+        finals = [final for final, _, _ in parts] if renamed else []
+        for leftover in (*tmps, *finals):
             with contextlib.suppress(OSError):
                 leftover.unlink()
         raise

@@ -71,6 +71,7 @@ __all__ = [
     "load_image",
     "max_pixels_limit",
     "max_video_bytes",
+    "movie_provenance",
     "MAX_FPS",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
@@ -686,6 +687,45 @@ def decode_video(
     if return_info:
         return video, rate_out, {"indices": idx, "times": t_idx, "rule": rule, "stream_fps": rate}
     return video, rate_out
+
+
+def movie_provenance(path: str | os.PathLike[str], fps: float | None, info: dict[str, Any]) -> dict[str, Any]:
+    """The record of how a movie's frames were sampled, as plain JSON data.
+
+    What ``encode_movie`` attaches to its image (``img.extra["movie"]``) and :func:`berg.save` /
+    :func:`berg.save_nifti` store (provenance and NIfTI sidecar), so a response can be traced to its
+    frame.
+
+    Parameters
+    ----------
+    path : path
+        The movie file.
+    fps : float or None
+        The sampling rate given to :func:`decode_video` (``None``: every frame).
+    info : dict
+        :func:`decode_video`'s ``info`` (``return_info=True``).
+
+    Returns
+    -------
+    dict
+        ``{"source", "fps", "frame_rule", "stream_fps", "sample_times", "frame_indices", "frame_times"}``:
+        sample ``j`` is at ``sample_times[j] = j / fps`` s and shows decoded frame
+        ``frame_indices[j]``, presented at ``frame_times[j]`` s (from the first frame), chosen by
+        ``frame_rule`` (``"last"``, ``"nearest"``; ``"all"`` without ``fps``).
+    """
+    indices = np.asarray(info["indices"], dtype=np.int64)
+    times = np.asarray(info["times"], dtype=np.float64)
+    rate = float(info["stream_fps"]) if fps is None else float(fps)
+    samples = times if fps is None else np.arange(len(indices)) * (1.0 / rate)
+    return {
+        "source": os.fspath(path),
+        "fps": rate,
+        "frame_rule": str(info["rule"]),
+        "stream_fps": float(info["stream_fps"]),
+        "sample_times": samples.tolist(),
+        "frame_indices": indices.tolist(),
+        "frame_times": times.tolist(),
+    }
 
 
 def _decode_for_model(path: Any, n_frames: int, limit: int, budget: int) -> tuple[np.ndarray, int]:
