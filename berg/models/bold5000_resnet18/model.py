@@ -187,13 +187,15 @@ class Bold5000ResNet18(LinearEncodingModel):
         what img2fmri's OpenCV millisecond seek returns, so berg predicts img2fmri's frames; ``"last"``
         takes the frame on screen at ``t`` (on a 23.976 fps clip, one frame earlier for 14 of 15
         samples). The sampled frames are reported in ``img.extra["frame_indices"]`` and
-        ``img.extra["frame_times"]`` (seconds from the first frame).
+        ``img.extra["frame_times"]`` (seconds from the first frame), and the whole record (frame times,
+        indices, rule, fps) in ``img.extra["movie"]``, which ``berg.save(path, img, model)`` and
+        ``berg.save_nifti(path, img, model)`` store (provenance, sidecar) and ``berg.load_responses`` returns.
 
         The 4th dimension is time: pixdim[4] = 1 / fps seconds, time units seconds. Use
         :func:`berg.hrf.convolve_hrf` and :func:`berg.hrf.resample_to_tr` (or
         :func:`berg.experiments.movies.predict_movie`) to model the BOLD response.
         """
-        from berg.stimuli import decode_video
+        from berg.stimuli import decode_video, movie_provenance
 
         frames, rate, info = decode_video(path, fps=fps, rule=rule, return_info=True)
         responses = self.encode(frames, show_progress=show_progress)
@@ -204,4 +206,5 @@ class Bold5000ResNet18(LinearEncodingModel):
         img.header.set_zooms((*zooms, 1.0 / rate))
         img.header.set_xyzt_units("mm", "sec")
         img.extra.update({"frame_indices": info["indices"], "frame_times": info["times"], "frame_rule": rule})
+        img.extra["movie"] = movie_provenance(path, fps, info)  # kept by berg.save / save_nifti
         return img
