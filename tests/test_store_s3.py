@@ -149,7 +149,7 @@ def test_traversal_keys_and_escaping_symlinks_refused(tmp_path, raw_files, endpo
     (tmp_path / "secret").write_text("secret")
     (tmp_path / "bergdir" / "raw").mkdir(parents=True)
     (tmp_path / "bergdir" / "raw" / "link.bin").symlink_to(tmp_path / "secret")
-    with pytest.raises(ArtifactError, match="outside berg_dir"):
+    with pytest.raises(ArtifactError, match="outside its model folder"):
         store.fetch("raw", RAW_SOURCE, "link.bin")
 
 

@@ -36,6 +36,7 @@ from berg.errors import ArtifactError, BERGError, IntegrityError, InvalidParamet
 from berg.fsutil import atomic_path, sha256_bytes, sha256_file
 from berg.store.artifacts import DERIVED_DIR, check_key
 from berg.store.cache import (
+    INDEX_NAME,
     WRITE_ERRNOS,
     CacheWriteError,
     cache_write_error,
@@ -107,6 +108,15 @@ def _inside(root: Path, path: Path) -> bool:
     return True
 
 
+def _annexed(berg_dir: Path, real: Path) -> bool:
+    """A file of berg_dir's git-annex object store (``.git/annex/objects/``): a content-addressed copy."""
+    try:
+        parts = real.relative_to(berg_dir.resolve()).parts
+    except ValueError:
+        return False
+    return any(parts[i : i + 3] == (".git", "annex", "objects") for i in range(len(parts)))
+
+
 def _derived_key(name: str, digest: str) -> str:
     pure = PurePosixPath(name)
     suffix = "".join(pure.suffixes)
@@ -173,15 +183,38 @@ class Store:
         return Path(root) if root is not None else self.model_cache(model_id)
 
     def _local_berg_dir(self, source: Mapping[str, Any], key: str) -> Path | None:
+        """``berg_dir/<prefix>/<key>`` when it is there, and is that model's own file under that name.
+
+        BERG's bucket (and so a copy of it) holds every file of a model under its own name inside the
+        model's folder, with no links. A file that resolves (through symbolic links) outside its model
+        folder, or to another file of it (another subject's weights), would be used silently in its
+        place, so it is refused. Links into a git-annex/DataLad object store of ``berg_dir`` are
+        content-addressed copies and are admitted.
+        """
         if self.berg_dir is None:
             return None
         root = self.berg_dir / source.get("prefix", "")
         path = root / key
-        if path.is_file():
-            if not _inside(self.berg_dir, path):
-                raise ArtifactError(f"{path} points outside berg_dir {self.berg_dir} (symlink?); refused")
+        if not path.is_file():
+            return None
+        real, real_root = path.resolve(), root.resolve()
+        if real == real_root / key or _annexed(self.berg_dir, real):
             return path
-        return None
+        try:
+            other = real.relative_to(real_root).as_posix()
+        except ValueError:
+            other = None
+        where = (
+            f"another file of the same model folder ({other})"
+            if other is not None
+            else f"{real}, outside its model folder {real_root}"
+        )
+        raise ArtifactError(
+            f"berg_dir file {path} resolves to {where}; refused: BERG's layout holds each file of a model "
+            "under its own name in the model's folder (no links), and a link to another file would be used "
+            f"silently in its place. Replace the link with a copy of the right file ({key}), or remove it and "
+            "let berg fetch the file"
+        )
 
     @staticmethod
     def _entry(root: Path, key: str) -> Path:
@@ -368,6 +401,8 @@ class Store:
                     if expected is not None and expected.sha256 is not None:
                         index.verify_known(key, path, expected.sha256)
                     else:
+                        if index.get(key) is None:
+                            self._check_unrecorded(model_id, key, path, expected, src)
                         index.verify_recorded(key, path)
                 return path
             except IntegrityError as exc:
@@ -397,6 +432,44 @@ class Store:
         # a source that is not remote (a model built on this machine) is asked without taking a lock:
         # it writes nothing here, it says how to make the file
         return self._write(root, f"fetching {key} of {model_id}", download, lock=path if src.remote else None)
+
+    def _check_unrecorded(self, model_id: str, key: str, path: Path, expected: FileInfo | None, src: Source) -> None:
+        """A cached file berg has no record of (copied in by hand): check it before trusting it.
+
+        Its size against what is expected, then, for remote sources, its size and (single-part) ETag
+        against the source. Raises :class:`~berg.errors.IntegrityError` (the file is then fetched again)
+        on a mismatch; offline, where nothing can be compared, an :class:`~berg.errors.ArtifactError`
+        that says how to use a hand-made copy (``berg_dir``) instead.
+        """
+        size = path.stat().st_size
+        if expected is not None and expected.size is not None and size != expected.size:
+            raise IntegrityError(f"cached {path} (not recorded by berg): size {size} bytes, expected {expected.size}")
+        if not src.remote:
+            return
+        if self.offline:
+            raise ArtifactError(
+                f"cached {path} was not fetched by berg (no record of it in {INDEX_NAME}) and cannot be checked "
+                f"offline, so it is not used. To use a copy you made yourself, give its folder as berg_dir= "
+                f"(--berg-dir; a copy of the bucket tree, used in place and verified), or run berg fetch {model_id} "
+                "once where there is network"
+            )
+        from berg.store.download import RemoteObject
+
+        info = src.head(key)
+        if info.size is not None and info.size != size:
+            raise IntegrityError(f"cached {path} (not recorded by berg): size {size} bytes, the source has {info.size}")
+        md5 = RemoteObject(size=size, etag=info.etag).md5
+        if md5 is not None:
+            import hashlib
+
+            h = hashlib.md5()  # noqa: S324 - only to compare with the S3 ETag
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(8 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != md5:
+                raise IntegrityError(
+                    f"cached {path} (not recorded by berg): MD5 {h.hexdigest()} differs from the source's ETag {md5}"
+                )
 
     def _write(self, root: Path, what: str, work: Callable[[], Any], *, lock: Path | None) -> Any:
         """Run ``work`` (which writes below ``root``) under ``lock``'s file lock; write errors say so clearly."""
