@@ -282,6 +282,22 @@ def build_backbone(
     return model.eval()
 
 
+_UNTRAINED_SHOWN: set[str] = set()  # untrained-backbone messages already shown in this process
+
+
+def _warning_action(message: str, category: type[Warning]) -> str:
+    """The action the current warning filters give a berg warning (the first filter that matches)."""
+    for action, msg, cat, module, lineno in warnings.filters:
+        if (
+            (msg is None or msg.match(message))
+            and issubclass(category, cat)
+            and (module is None or module.match(__name__))
+            and not lineno
+        ):
+            return action
+    return warnings.defaultaction
+
+
 class FeatureExtractor:
     """A backbone plus its declared preprocessing, returning flattened node features.
 
@@ -365,10 +381,17 @@ class FeatureExtractor:
         return out
 
     def warn_if_untrained(self) -> None:
-        """Emit the :class:`~berg.errors.UntrainedBackboneWarning` (once per extractor)."""
+        """Emit the :class:`~berg.errors.UntrainedBackboneWarning` (once per extractor; shown once per process)."""
         if self.untrained and not self._warned:
             self._warned = True  # once per extractor: at the first encode, not at every batch
-            warnings.warn(self.untrained_warning, UntrainedBackboneWarning, stacklevel=3)
+            message = self.untrained_warning
+            # Once per model per process (not once per extractor, engine line or notebook cell), unless
+            # the warning filters say "always" (pytest.warns, catch_warnings(record=True), berg's CLI).
+            # Python's own once-per-location registry is reset whenever any library adds a filter.
+            if message in _UNTRAINED_SHOWN and _warning_action(message, UntrainedBackboneWarning) != "always":
+                return
+            _UNTRAINED_SHOWN.add(message)
+            warnings.warn(message, UntrainedBackboneWarning, stacklevel=3)
 
     def __call__(self, x):
         """Run the network on a preprocessed batch; returns ``(B, n_features)`` float32 on the device."""
