@@ -6,6 +6,12 @@ this function, so a model is always run with exactly the preprocessing it was fi
 
 Transforms take a list of ``uint8`` items from :mod:`berg.stimuli` (images ``(H, W, 3)``, videos
 ``(T, H, W, 3)``) and return one float32 torch tensor: ``(B, 3, H, W)`` or ``(B, 3, T, H, W)``.
+
+Every transform also has :meth:`~ImageTransform.pixels_to_input`, the same preprocessing as torch ops on
+``[0, 1]`` float pixels, differentiable: ``encode`` and the gradient path (``model.forward_pixels``,
+:mod:`berg.experiments.synthesis`) run the *same* function, so an image optimised for a model is scored
+with exactly the preprocessing users encode with. Resizing is bilinear with antialiasing on float pixels
+(PyTorch's antialiased kernel is Pillow's bilinear filter, computed without rounding to 8 bits).
 """
 
 from __future__ import annotations
@@ -63,35 +69,30 @@ class ImageTransform:
         if self.resize not in _RESIZE_MODES:
             raise InvalidParameterError(f"resize={self.resize!r}; valid: {', '.join(_RESIZE_MODES)}")
 
-    def _resize_one(self, img: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        pil = Image.fromarray(img)
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` an image of this size is resized to (before the crop)."""
         h, w = self.size
         if self.resize == "shorter":
             short = h
-            iw, ih = pil.size
-            if iw <= ih:
-                w, h = short, int(short * ih / iw)
+            if width <= height:
+                w, h = short, int(short * height / width)
             else:
-                h, w = short, int(short * iw / ih)
-        pil = pil.resize((w, h), Image.BILINEAR)
-        if self.crop is not None:
-            ch, cw = self.crop
-            left = int(round((w - cw) / 2.0))
-            top = int(round((h - ch) / 2.0))
-            pil = pil.crop((left, top, left + cw, top + ch))
-        return np.asarray(pil, dtype=np.uint8)
+                h, w = short, int(short * width / height)
+        return h, w
+
+    def pixels_to_input(self, pixels):
+        """The preprocessing as differentiable torch ops: ``(B, 3, H, W)`` pixels in [0, 1] -> model input.
+
+        ``encode`` runs this same function on each decoded image (see the module docstring).
+        """
+        h, w = self.resized_size(int(pixels.shape[-2]), int(pixels.shape[-1]))
+        return _normalise(_crop(_resize(pixels, (h, w)), self.crop), self.mean, self.std)
 
     def __call__(self, items: Sequence[np.ndarray]):
         """Preprocess a list of ``(H, W, 3)`` uint8 images into a ``(B, 3, H', W')`` float32 tensor."""
         import torch
 
-        batch = np.stack([self._resize_one(img) for img in items])
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return torch.cat([self.pixels_to_input(_image_pixels(img, self.resized_size)) for img in items])
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -141,13 +142,24 @@ class VideoTransform:
     std: tuple[float, float, float]
     kind: str = field(default="video", init=False)
 
+    def pixels_to_input(self, pixels):
+        """The preprocessing as differentiable torch ops: ``(B, 3, T, H, W)`` pixels in [0, 1] -> model input.
+
+        Samples ``n_frames`` of the ``T`` frames with :func:`select_frames`, normalises, then resizes
+        every frame; ``encode`` runs this same function on each decoded clip.
+        """
+        import torch
+
+        b, c, t, h, w = pixels.shape
+        index = torch.as_tensor(select_frames(int(t), self.n_frames), device=pixels.device)
+        x = pixels.index_select(2, index).permute(0, 2, 1, 3, 4).reshape(b * self.n_frames, c, h, w)
+        x = _resize(_normalise(x, self.mean, self.std), tuple(self.size))
+        return x.reshape(b, self.n_frames, c, *x.shape[-2:]).permute(0, 2, 1, 3, 4)
+
     def __call__(self, items: Sequence[np.ndarray]):
         """Preprocess a list of ``(T, H, W, 3)`` uint8 videos into ``(B, 3, n_frames, H', W')``."""
         import torch
-        from torchvision.transforms.v2 import functional as F
 
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         out = []
         for video in items:
             if video.shape[0] < self.n_frames:
@@ -156,13 +168,10 @@ class VideoTransform:
                     video.shape[0],
                     self.n_frames,
                 )
-            frames = video[select_frames(video.shape[0], self.n_frames)]
-            x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
-            x = (x - mean) / std
-            if tuple(x.shape[-2:]) != tuple(self.size):
-                x = F.resize(x, list(self.size), antialias=True)
-            out.append(x.permute(1, 0, 2, 3))
-        return torch.stack(out)
+            frames = video[select_frames(video.shape[0], self.n_frames)]  # decode only what is used
+            x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0)
+            out.append(self.pixels_to_input(x[None]))
+        return torch.cat(out)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -175,6 +184,58 @@ class VideoTransform:
 
 
 _KINDS = {"image": ImageTransform, "video": VideoTransform}
+
+#: Images larger than this many times the size they are resized to are first reduced in 8 bits by an
+#: integer box factor (Pillow's ``reduce``), so a large photo never becomes a huge float tensor.
+_PRE_REDUCE_RATIO = 4
+
+
+def _image_pixels(img: np.ndarray, resized_size: Any):
+    """A decoded ``(H, W, 3)`` uint8 image as ``(1, 3, H, W)`` float pixels in [0, 1].
+
+    An image more than ``_PRE_REDUCE_RATIO`` times larger than its resized size (each side) is first
+    box-reduced by an integer factor that keeps it at least twice that size, as Pillow's draft mode
+    does for JPEGs; the antialiased resize then works on at most ~4x the target's pixels.
+    """
+    import torch
+
+    h, w = img.shape[:2]
+    rh, rw = resized_size(h, w)
+    ratio = min(h / max(rh, 1), w / max(rw, 1))
+    if ratio > _PRE_REDUCE_RATIO:
+        from PIL import Image
+
+        factor = int(ratio // 2)
+        img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).reduce(factor))
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+    return x.float().div_(255.0)
+
+
+def _resize(x, size: tuple[int, int]):
+    """Bilinear, antialiased resize of ``(N, C, H, W)`` float tensors (identity when already that size)."""
+    import torch.nn.functional as F
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _crop(x, crop: tuple[int, int] | None):
+    """Centre crop ``(height, width)`` (offsets rounded half to even, as Pillow's crop box was)."""
+    if crop is None:
+        return x
+    h, w = x.shape[-2:]
+    ch, cw = crop
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return x[..., top : top + ch, left : left + cw]
+
+
+def _normalise(x, mean: Sequence[float], std: Sequence[float]):
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 def from_recipe(cfg: Mapping[str, Any], **overrides: Any) -> ImageTransform | VideoTransform:

@@ -7,7 +7,6 @@ from the test S3 server (or a local berg_dir). Expectations come from BERG's own
 
 from __future__ import annotations
 
-import copy
 import logging
 import subprocess
 import sys
@@ -16,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import berg
 from berg.errors import InvalidParameterError, UnsafeArtifactError
 from berg.registry import Registry
+from berg.testing import replica_entry
+from berg.testing import write_catalogue_replica as write_replica
+from creation_code.berg_catalogue.replica import CHANNELS, NSD_ROIS, berg_reference
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from creation_code.berg_catalogue.replica import CHANNELS, NSD_ROIS, berg_reference, write_replica  # noqa: E402
 
 BUCKET = "berg-test-catalogue"
 # The served test models swap BERG's backbone for a small one (the readout path is what is tested;
@@ -39,45 +38,22 @@ EEG_T = 7
 NSD_ID, EEG_ID = "test-nsd-alexnet", "test-eeg-alexnet"
 
 
-def _test_card(real_id: str, test_id: str) -> dict:
-    card = copy.deepcopy(Registry().get(real_id).card)
-    card["id"] = test_id
-    card["parameters"]["subjects"] = [1, 2]
-    sel = card["parameters"]["selection"]
-    if "lengths" in sel and "lh_vertices" in sel["lengths"]:
-        sel["lengths"] = {"lh_vertices": N_VERT, "rh_vertices": N_VERT}
-        sel["n_outputs"] = {1: 2 * N_VERT, 2: 2 * N_VERT}
-    if "channels" in sel:
-        sel["channels"], sel["lengths"] = list(EEG_CH), {"timepoints": EEG_T}
-        sel["n_outputs"] = {1: 4 * len(EEG_CH) * EEG_T, 2: 4 * len(EEG_CH) * EEG_T}
-    return card
-
-
 def _write_registry(tmp: Path, entries: dict[str, tuple[str, dict]]) -> Path:
-    models = {}
-    (tmp / "model_cards").mkdir(exist_ok=True)
     for test_id, (real_id, source) in entries.items():
-        spec = Registry().get(real_id)
-        (tmp / "model_cards" / f"{test_id}.yaml").write_text(
-            yaml.safe_dump(_test_card(real_id, test_id), sort_keys=False)
-        )
-        recipe = copy.deepcopy(spec.recipe)
-        recipe["nodes"] = NODES
+        if real_id.startswith("eeg-"):
+            n = 4 * len(EEG_CH) * EEG_T
+            selection = {"channels": list(EEG_CH), "lengths": {"timepoints": EEG_T}, "n_outputs": {1: n, 2: n}}
+        else:
+            lengths = {"lh_vertices": N_VERT, "rh_vertices": N_VERT}
+            selection = {"lengths": lengths, "n_outputs": {1: 2 * N_VERT, 2: 2 * N_VERT}}
+        recipe = {
+            "nodes": NODES,
+            "transform": SIZE,
+            "berg_catalogue": {"inference": {"resize_size": 72, "crop_size": 64}},
+        }
         if real_id.endswith("-alexnet"):
             recipe["backbone"] = dict(SMALL_BACKBONE)
-        recipe["transform"].update(SIZE)
-        recipe["berg_catalogue"]["inference"] = {"resize_size": 72, "crop_size": 64}
-        models[test_id] = {
-            "card": f"{test_id}.yaml",
-            "modality": spec.modality,
-            "dataset": spec.dataset,
-            "source": source,
-            "layout": spec.layout,
-            "recipe": recipe,
-            "model_class": spec.model_class,
-        }
-    path = tmp / "registry.yaml"
-    path.write_text(yaml.safe_dump({"format_version": 1, "models": models}))
+        path = replica_entry(tmp, test_id, real_id, source=source, subjects=[1, 2], selection=selection, recipe=recipe)
     return path
 
 
@@ -409,12 +385,12 @@ def test_preprocessing_training_default_differs_from_bergs_inference():
     assert spec.options["preprocessing"]["default"] == "training"
     img = np.random.default_rng(0).integers(0, 256, (300, 420, 3), dtype=np.uint8)
     train = _SquareCropTransform(from_recipe(spec.recipe["transform"]))([img])
-    # BERG's training transform, written with torchvision on PIL images
+    # BERG's training transform, written with torchvision's tensor pipeline (float pixels, antialiased resize)
     ref = T.Compose(
         [
-            T.CenterCrop(300),
-            T.Resize((224, 224)),
             T.ToTensor(),
+            T.CenterCrop(300),
+            T.Resize((224, 224), antialias=True),
             T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
         ]
     )(Image.fromarray(img))

@@ -84,7 +84,11 @@ def _reference_features(paths) -> np.ndarray:
         net = torchvision.models.resnet18(weights=None)
     net.fc = torch.nn.Identity()
     net.eval()
-    prep = T.Compose([T.Resize((224, 224)), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    # torchvision's tensor pipeline: float pixels, antialiased bilinear resize (berg resizes before any
+    # 8-bit rounding; Pillow's 8-bit pipeline is within one level, tests/test_transforms.py)
+    prep = T.Compose(
+        [T.ToTensor(), T.Resize((224, 224), antialias=True), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    )
     with torch.no_grad():
         return net(torch.stack([prep(Image.open(p).convert("RGB")) for p in paths])).numpy()
 

@@ -511,20 +511,14 @@ class LinearEncodingModel(BaseModelInterface):
         return shaped if self.multi_subject else shaped[self.subjects[0]]
 
     def forward_pixels(self, pixels):
-        """:meth:`forward` on ``[0, 1]`` RGB images ``(B, 3, H, W)``: resized and normalised with torch ops."""
-        import torch.nn.functional as F
+        """:meth:`forward` on ``[0, 1]`` RGB pixels: ``(B, 3, H, W)`` images (``(B, 3, T, H, W)`` videos).
 
-        t = self.extractor.transform
-        size = tuple(t.input_size)
-        x = (
-            pixels
-            if tuple(pixels.shape[-2:]) == size
-            else F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
-        )
-        cfg = t.describe()
-        mean = self._torch.tensor(cfg["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = self._torch.tensor(cfg["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return self.forward((x - mean) / std)
+        The preprocessing is the model's own transform as torch ops
+        (``extractor.transform.pixels_to_input``: the same resize, crop, interpolation, antialiasing and
+        normalisation ``encode`` applies), so ``forward_pixels(x)`` equals ``encode`` of the same images and
+        gradients reach the pixels.
+        """
+        return self.forward(self.extractor.transform.pixels_to_input(pixels))
 
     def prepare_stimuli(self, stimulus: Any, *, allow_still_images: bool = False) -> Stimuli:
         """Validate a stimulus for this model (kind and minimum frames from the registry/card)."""

@@ -614,6 +614,13 @@ class _SquareCropTransform:
     def __call__(self, items):
         return self.base([self._crop(np.asarray(i)) for i in items])
 
+    def pixels_to_input(self, pixels):
+        """The same preprocessing as differentiable torch ops on ``(B, 3, H, W)`` pixels in [0, 1]."""
+        h, w = pixels.shape[-2:]
+        side = min(h, w)
+        top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+        return self.base.pixels_to_input(pixels[..., top : top + side, left : left + side])
+
     @property
     def input_size(self) -> tuple[int, int]:
         return self.base.input_size
@@ -648,6 +655,19 @@ class _TorchvisionPresetTransform:
         return torch.stack(
             [self.preset(torch.from_numpy(np.ascontiguousarray(np.asarray(i))).permute(2, 0, 1)) for i in items]
         )
+
+    def pixels_to_input(self, pixels):
+        """The preset's steps as differentiable torch ops on ``(B, 3, H, W)`` pixels in [0, 1].
+
+        Same resize (shorter side, bilinear, antialiased), centre crop and normalisation; the preset itself
+        resizes 8-bit tensors (to reproduce BERG's numbers), so ``encode`` and this path differ by that
+        rounding only (<= 1/255 per pixel before normalisation).
+        """
+        from torchvision.transforms.v2 import functional as F
+
+        x = F.resize(pixels, [self.preset.resize_size[0]], antialias=True)
+        x = F.center_crop(x, [self.crop_size, self.crop_size])
+        return F.normalize(x, list(self.preset.mean), list(self.preset.std))
 
     @property
     def input_size(self) -> tuple[int, int]:
