@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import berg
 from berg.errors import ModelLoadError, StimulusError
 from berg.registry import Registry
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from creation_code.bmd_s3d.replica import AFFINE, PREFIX, write_replica  # noqa: E402
+from berg.testing import replica_entry
+from berg.testing import write_bmd_replica as write_replica
+from creation_code.bmd_s3d.replica import AFFINE, PREFIX
 
 BUCKET = "berg-test-bmd"
 SMALL_ID = "test-bmd-s3d-small"
@@ -28,28 +24,16 @@ SMALL_WIDTH = 57344  # S3D features.2 + features.5.cat for 14 frames of 32x32 (c
 
 
 def _registry(tmp: Path, model_id: str, replica, *, nodes, size, source) -> Path:
-    spec = Registry().get("fmri-bmd-s3d")
-    card = copy.deepcopy(spec.card)
-    card["id"] = model_id
-    card["parameters"]["subjects"] = sorted(replica.masks)
-    card["parameters"]["selection"]["n_outputs"] = {s: int(replica.masks[s].sum()) for s in replica.masks}
-    (tmp / "model_cards").mkdir(exist_ok=True)
-    (tmp / "model_cards" / f"{model_id}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
-    recipe = copy.deepcopy(spec.recipe)
-    recipe["nodes"] = nodes
-    recipe["transform"]["size"] = size
-    entry = {
-        "card": f"{model_id}.yaml",
-        "modality": "fmri",
-        "dataset": "bmd",
-        "subjects": sorted(replica.masks),
-        "source": source,
-        "layout": spec.layout,
-        "recipe": recipe,
-    }
-    path = tmp / "registry.yaml"
-    path.write_text(yaml.safe_dump({"format_version": 1, "models": {model_id: entry}}))
-    return path
+    subjects = sorted(replica.masks)
+    return replica_entry(
+        tmp,
+        model_id,
+        "fmri-bmd-s3d",
+        source=source,
+        subjects=subjects,
+        selection={"n_outputs": {s: int(replica.masks[s].sum()) for s in subjects}},
+        recipe={"nodes": nodes, "transform": {"size": size}},
+    )
 
 
 @pytest.fixture(scope="module")

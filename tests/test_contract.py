@@ -289,34 +289,12 @@ def test_readout_kernels_agree_and_can_be_forced(client, images, monkeypatch):
     assert engine.readout_kernel("cuda:0", 10**6) == "torch"
 
 
-def test_an_empty_roi_gives_zero_outputs_as_berg(toy, tmp_path, images):
-    import yaml
+def test_an_empty_roi_gives_zero_outputs_as_berg(tmp_path, images):
+    from berg.testing import toy_model
 
-    from berg.store.artifacts import ArtifactWriter
-
-    # the toy surface artifact with an extra ROI of no vertices
-    reg = yaml.safe_load(toy.registry.read_text())
-    card_path = toy.root / "model_cards" / "test-toy-surface-a.yaml"
-    card = yaml.safe_load(card_path.read_text())
-    card["id"] = "test-toy-empty"
-    card["parameters"]["selection"]["rois"].append("EMPTY")
-    (toy.root / "model_cards" / "test-toy-empty.yaml").write_text(yaml.safe_dump(card))
-    out = toy.berg_dir / "toys/empty"
-    rs = toy.surface_a
-    w = ArtifactWriter(out, "test-toy-empty")
-    for s in (1, 2):
-        w.add_tensors(f"readout/sub-{s:02d}.safetensors", {"weight": rs[s][0], "bias": rs[s][1]})
-        w.add_json(f"metadata/sub-{s:02d}.json", {"n_outputs": 20, "output_space": toys._surface_space()})
-        w.add_tensors(
-            f"metadata/sub-{s:02d}.safetensors",
-            {**{f"roi/{k}": v for k, v in toys.SURFACE_ROIS.items()}, "roi/EMPTY": np.zeros(0, np.int64)},
-        )
-    w.finalize({"creator": "test"})
-    entry = dict(reg["models"]["test-toy-surface-a"], card="test-toy-empty.yaml")
-    entry["source"] = dict(entry["source"], prefix="toys/empty/")
-    path = toy.root / "registry-empty.yaml"
-    path.write_text(yaml.safe_dump({"format_version": 1, "models": {"test-toy-empty": entry}}))
-    c = berg.BERG(berg_dir=toy.berg_dir, cache_dir=tmp_path / "c", registry=path, offline=True)
+    # a toy surface model with an extra ROI of no vertices
+    rois = {**toys.SURFACE_ROIS, "EMPTY": np.zeros(0, np.int64)}
+    c = toy_model(tmp_path / "empty", "surface", model_id="test-toy-empty", rois=rois).client(tmp_path / "c")
     m = c.get_encoding_model(
         "test-toy-empty", subject=1, selection={"roi": "EMPTY"}, device="cpu", backbone_weights="untrained"
     )

@@ -1,4 +1,4 @@
-"""Synthetic datasets with known ground truth, for tests, benchmarks and the demo.
+"""Synthetic training datasets with known ground truth (``berg.testing``), for tests, benchmarks and the demo.
 
 Nothing here is brain data: stimuli are random images; features come from a seeded untrained backbone through berg's own
 extractor; true responses are linear in the standardised-PCA features (fitted with scikit-learn,
@@ -98,7 +98,7 @@ def make_synthetic_dataset(
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    from berg.engine import iter_features
+    from berg.core.engine import iter_features
     from berg.features import FeatureExtractor
     from berg.stimuli import load_stimuli
 
