@@ -138,9 +138,14 @@ def package_sources() -> list[RegistrySource]:
         lab = "lab_models:registry_path"
     """
     out = []
-    for ep in _entry_points():
+    points = _entry_points()
+    per_dist: dict[str, int] = {}
+    for ep in points:
         dist = ep.dist.name if ep.dist else ep.value
-        label = f"package:{dist}" + (f":{ep.name}" if ep.name != dist else "")
+        per_dist[dist] = per_dist.get(dist, 0) + 1
+    for ep in points:
+        dist = ep.dist.name if ep.dist else ep.value
+        label = f"package:{dist}" + (f":{ep.name}" if per_dist[dist] > 1 else "")
         try:
             obj = ep.load()
             path = Path(obj() if callable(obj) else obj)
