@@ -165,8 +165,53 @@ def _quiet(args: argparse.Namespace) -> bool:
 # ---------------------------------------------------------------------------------------- commands
 
 
+def _megabytes(mb: float) -> str:
+    return f"{mb / 1000:.1f} GB" if mb >= 1000 else f"{mb:.0f} MB" if mb >= 10 else f"{mb:.1f} MB"
+
+
+def _download_size(card: Mapping[str, Any]) -> tuple[str, float | None]:
+    """``(text, backbone MB)`` of a card's download section: shared + per subject (``~``: the card's estimate)."""
+    download = card.get("download") or {}
+    per = download.get("per_subject_mb")
+    shared = float(download.get("shared_mb") or 0)
+    if isinstance(per, Mapping) and per:
+        lo, hi = min(per.values()), max(per.values())
+        each = _megabytes(lo) if lo == hi else f"{_megabytes(lo)[:-3]}-{_megabytes(hi)}"
+        text = (f"{_megabytes(shared)} + " if shared else "") + f"{each}/subj"
+    else:
+        # cards that only estimate the per-subject file give it in their notes: "per subject: ... ~540 MB"
+        found = re.search(r"per subject[^~]{0,60}~\s*([\d,.]+)\s*(MB|GB)", str(download.get("notes", "")), re.I)
+        if found:
+            mb = float(found.group(1).replace(",", "")) * (1000 if found.group(2).upper() == "GB" else 1)
+            text = (f"{_megabytes(shared)} + " if shared else "") + f"~{_megabytes(mb)}/subj"
+        elif shared:
+            text = _megabytes(shared)
+        else:  # a card without numbers: "nothing is downloaded" (built locally) or only prose
+            text = "none" if "nothing is downloaded" in str(download.get("notes", "")).lower() else "see card"
+    backbone = download.get("backbone_mb")
+    return text, (float(backbone) if backbone is not None else None)
+
+
+def _availability(client: Any, spec: Any, cached: Mapping[str, int]) -> str:
+    """Whether a model's files are here (cached/built), can be fetched, or must be built first."""
+    kind = (spec.source or {}).get("kind") if isinstance(spec.source, Mapping) else None
+    if getattr(spec, "build", None):  # no published weights: `berg build ID --data DIR` first
+        from berg.buildable import is_built
+
+        return "built" if is_built(spec, client.store) else "build first"
+    if cached.get(spec.model_id, 0) > 0:
+        return "cached"
+    if kind == "build":
+        return "made on load"  # fixed models berg writes itself on first load (no download)
+    if client.berg_dir is not None and kind == "s3":
+        return "berg_dir"
+    return "not cached" if client.offline else "downloadable"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    """``berg list [PATTERN]``."""
+    """``berg list [PATTERN]``: id, modality, dataset, subjects, input, availability, sizes, name."""
+    from berg.store.cache import cache_size
+
     client = _client(args)
     pattern = args.pattern
     if pattern and not any(c in pattern for c in "*?["):
@@ -175,10 +220,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not ids:
         sys.stderr.write(f"berg: no model matches {args.pattern!r}; available: {', '.join(client.list_models())}\n")
         return 1
+    cached = cache_size(client.store.cache_dir)
     rows = []
     for model_id in ids:
         spec = client.registry.get(model_id)
         card = spec.card
+        download, backbone = _download_size(card)
         rows.append(
             {
                 "id": model_id,
@@ -186,19 +233,37 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "dataset": spec.dataset,
                 "subjects": list(spec.subjects),
                 "input": spec.input_kind,
+                "status": _availability(client, spec, cached),
+                "cached_bytes": int(cached.get(model_id, 0)),
+                "download": download,
+                "backbone_mb": backbone,
                 "name": card.get("name", ""),
             }
         )
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
-    width = max(len(r["id"]) for r in rows)
-    print(f"{'ID':{width}s}  {'MODALITY':8s}  {'DATASET':10s}  {'SUBJ':>4s}  {'INPUT':5s}  NAME")
-    for r in rows:
-        print(
-            f"{r['id']:{width}s}  {r['modality']:8s}  {r['dataset']:10s}  {len(r['subjects']):4d}  "
-            f"{r['input']:5s}  {r['name']}"
-        )
+    table = [
+        [
+            r["id"],
+            r["modality"],
+            r["dataset"],
+            str(len(r["subjects"])),
+            r["input"],
+            r["status"],
+            _megabytes(r["cached_bytes"] / 1e6) if r["cached_bytes"] else "-",
+            r["download"],
+            "-" if not r["backbone_mb"] else _megabytes(r["backbone_mb"]),
+            r["name"],
+        ]
+        for r in rows
+    ]
+    header = ["ID", "MODALITY", "DATASET", "SUBJ", "INPUT", "STATUS", "CACHED", "DOWNLOAD", "BACKBONE", "NAME"]
+    right = {3, 6, 8}  # numbers line up on their right edge
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header) - 1)]
+    for row in [header, *table]:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join([*cells, row[-1]]))
     return 0
 
 

@@ -68,7 +68,11 @@ class Bold5000ResNet18(LinearEncodingModel):
                     "space='mni' is img2fmri's group map of all three subjects: pass subject='all'"
                 )
             if any(not sel.is_all for sel in selections.values()):
-                raise InvalidParameterError("space='mni' takes no selection (use roi_list to choose ROIs)")
+                exc = InvalidParameterError(
+                    "space='mni' takes no selection; choose the group map's ROIs with roi_list=['PPA', 'OPA', ...]"
+                )
+                exc.cli_words = {"roi_list=['PPA', 'OPA', ...]": "--roi-list PPA,OPA,..."}  # type: ignore[attr-defined]
+                raise exc
             keys = ["mni/overlap.safetensors"] + [f"mni/sub-{s:02d}.safetensors" for s in subjects]
             request.layout().fetch_keys(keys)
         return super().load(request)
