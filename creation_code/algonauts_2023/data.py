@@ -8,7 +8,7 @@ Layout (confirmed from the challenge's own preparation script, gifale95/algonaut
     DIR/subjNN/test_split/test_images/test-IIII_nsd-NNNNN.png
     DIR/subjNN/test_split/test_fmri/{lh,rh}_test_fmri.npy               (released after the challenge; optional)
     DIR/subjNN/test_split/noise_ceiling/{lh,rh}_noise_ceiling.npy      noise ceiling per vertex, fraction (optional)
-    DIR/subjNN/roi_masks/{lh,rh}.all-vertices_fsaverage_space.npy     (163842,) int, 1 at the challenge vertices
+    DIR/subjNN/roi_masks/{lh,rh}.all-vertices_fsaverage_space.npy     (163842,) int, non-zero at the challenge vertices (1; 2 where nsdgeneral and nsdgeneralRSC overlap)
     DIR/subjNN/roi_masks/{lh,rh}.<class>_challenge_space.npy          (n_vertices[hemi],) int ROI label per vertex
     DIR/subjNN/roi_masks/{lh,rh}.<class>_fsaverage_space.npy          (163842,) int ROI label per fsaverage vertex
     DIR/subjNN/roi_masks/mapping_<class>.npy                          {label: ROI name} (np.save of a dict)

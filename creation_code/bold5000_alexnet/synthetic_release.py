@@ -178,7 +178,17 @@ def write_synthetic_release(
             start += n_vox
         (roi_dir / f"CSI{s}/mat").mkdir(parents=True, exist_ok=True)
         scipy.io.savemat(roi_dir / f"CSI{s}/mat/CSI{s}_ROIs_TR34.mat", mat)
-        (roi_dir / f"stim_lists/CSI{s:02d}_stim_lists.txt").write_text("\n".join(trials) + "\n")
+        # As in the real lists (../shared/data/real/bold5000): images of the repeated set carry a `rep_`
+        # prefix on every showing but one, and the unprefixed showing is not always the first.
+        lines, plain = [], {n: int(rng.integers(counts[n])) for n in test_ids}
+        seen = dict.fromkeys(test_ids, 0)
+        for n in trials:
+            if n in seen:
+                lines.append(n if seen[n] == plain[n] else f"rep_{n}")
+                seen[n] += 1
+            else:
+                lines.append(str(n))
+        (roi_dir / f"stim_lists/CSI{s:02d}_stim_lists.txt").write_text("\n".join(lines) + "\n")
         signal[s], rois[s] = np.concatenate(sig_parts, axis=1), roi_cols
     return SyntheticRelease(root, ids, cats, test_ids, signal, rois, planted, ncsnr, by_layer)
 
