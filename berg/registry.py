@@ -1023,7 +1023,7 @@ class Registry:
         if not src.trusted:
             cache = f"{ns}/{model_id}/{version if version is not None else 0}"
             entry = check_outside_entry(entry, src, where, cache)
-            if src.base is not None and src.base.get("kind") != "folder" and card_sha is None:
+            if src.base is not None and card_sha is None:  # packages' cards are installed files
                 raise UntrustedEntryError(f"{where}: needs card_sha256 (the pinned sha256 of its card)")
             entry["source"] = {**entry.get("source", {}), "model": full} if entry.get("source") else {}
         if card_sha is not None and (not isinstance(card_sha, str) or not _SHA256_RE.match(card_sha)):
