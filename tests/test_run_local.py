@@ -252,6 +252,7 @@ def test_reducers_dtype_and_selection(tmp_path, images, berg_opts, synth):
     stim = [str(p) for p in sorted(images.glob("*.png"))[:10]]
     client = berg.BERG(**berg_opts)
     meta = client.get_model_metadata(MODEL_ID, subject=1)
+    keep = np.flatnonzero(meta["accuracy"]["correlation"] > 0.5)
     models = [
         {
             "id": MODEL_ID,
@@ -264,11 +265,11 @@ def test_reducers_dtype_and_selection(tmp_path, images, berg_opts, synth):
         },
         {
             "id": MODEL_ID,
-            "name": "reliable",
+            "name": "picked",
             "subjects": [1],
             "backbone_weights": "untrained",
             "batch_size": 4,
-            "reducers": [{"nc_threshold": {"threshold": 0.5, "metric": "correlation"}}],
+            "reducers": [{"select": {"outputs": keep.tolist()}}],
         },
     ]
     store = tmp_path / "run"
@@ -288,9 +289,8 @@ def test_reducers_dtype_and_selection(tmp_path, images, berg_opts, synth):
     expect = np.stack([full[:, synth.roi_rows[r]].mean(1) for r in ("A", "B")], 1)
     np.testing.assert_allclose(means, expect, rtol=2e-3, atol=2e-3)
     assert list(g["roi-means/sub-01/coords/roi"][:]) == ["A", "B"]
-    keep = np.flatnonzero(meta["accuracy"]["correlation"] > 0.5)
-    np.testing.assert_array_equal(g["reliable/sub-01/responses"][:], full[:, keep].astype(np.float16))
-    np.testing.assert_array_equal(g["reliable/sub-01/coords/full_output_index"][:], keep)
+    np.testing.assert_array_equal(g["picked/sub-01/responses"][:], full[:, keep].astype(np.float16))
+    np.testing.assert_array_equal(g["picked/sub-01/coords/full_output_index"][:], keep)
 
 
 def test_hdf5_brick(tmp_path, berg_opts, synth):
@@ -320,7 +320,7 @@ def test_slurm_array_slices_cli_status_export(tmp_path, images, berg_opts, one_p
     assert "computed 4 shard(s)" in capsys.readouterr().out
     assert main(["status", str(store)]) == 3  # shards remain
     text = capsys.readouterr().out
-    assert f"{MODEL_ID}/sub-01       4      0       4" in text and "4 shard(s) to compute" in text
+    assert f"{MODEL_ID}/sub-01       4      0       0       4" in text and "4 shard(s) to compute" in text
     assert main(["export", str(store), "--to", str(tmp_path / "x.h5")]) == 2
     assert "not complete" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "plan.yaml"), "--shard", "0", "--of", "2", "-q"]) == 0

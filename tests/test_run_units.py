@@ -77,12 +77,49 @@ def test_plan_hash_covers_content_not_execution(tmp_path):
         ({"stimuli": {"hdf5": "x.h5"}}, "needs 'dataset'"),
         ({"stimuli": "x.hdf5"}, "say which array"),
         ({"stimuli": {"folder": "a", "glob": "*.png"}}, "exactly one of"),
+        # plan booleans are booleans: a quoted 'false' is not silently true
+        ({"fsync": "false"}, "fsync must be a boolean, true or false; got 'false' (write fsync: false, without"),
+        ({"fsync": "no"}, "(write fsync: false, without quotes)"),
+        ({"fsync": 1}, "fsync must be a boolean"),
+        ({"berg": {"offline": "false"}}, "berg.offline must be a boolean"),
+        ({"berg": "offline"}, "'berg' options must be a mapping"),
+        ({"stimuli": {"folder": "imgs", "recursive": "yes"}}, "stimuli.recursive must be a boolean"),
+        ({"executor": {"kind": "dask", "dashboard": "off"}}, "executor.dashboard must be a boolean"),
+        ({"executor": ["dask"]}, "executor must be 'local', 'dask' or a mapping"),
+        (
+            {
+                "models": [
+                    {"id": "m", "subjects": 1, "reducers": [{"nc_threshold": {"threshold": 0.1, "metric": "r2"}}]}
+                ]
+            },
+            "metric is 'r2'; valid: 'noise_ceiling', 'ncsnr'",
+        ),
+        ({"store": "bad\0name"}, "holds a NUL byte"),
+        ({"store": 5}, "a run store is a folder path, got int"),
     ],
 )
 def test_plan_errors_name_the_valid_values(tmp_path, change, fragment):
     with pytest.raises(InvalidParameterError) as info:
         _plan(tmp_path, **change)
     assert fragment in str(info.value)
+
+
+def test_plan_booleans_accept_real_booleans(tmp_path):
+    plan = _plan(tmp_path, fsync=False, berg={"offline": True}, stimuli={"folder": "imgs", "recursive": False})
+    assert plan.fsync is False and plan.berg["offline"] is True and plan.stimuli["recursive"] is False
+
+
+def test_store_path_that_is_a_file_or_bad_run_argument_is_refused(tmp_path):
+    import berg
+
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(StoreFormatError, match="is a file; give a folder"):
+        _plan(tmp_path)
+    with pytest.raises(StoreFormatError, match="is a file"):
+        RunStore.open(tmp_path / "run")
+    for bad in (None, 3, b"plan.yaml"):
+        with pytest.raises(InvalidParameterError, match="berg.run takes an EncodePlan, a plan dict or the path"):
+            berg.run(bad)
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -183,6 +220,11 @@ def _meta():
     }
 
 
+def _from_meta(metric):
+    """A model's reliability accessor for a model without a selection (output order = full order)."""
+    return _meta()["accuracy"][metric]
+
+
 def test_reducers_against_plain_numpy():
     y = np.arange(24, dtype=np.float32).reshape(4, 6)
     coords = {"output_ids": np.arange(6) * 10}
@@ -200,6 +242,7 @@ def test_reducers_against_plain_numpy():
     nc = build_reducer(
         [{"nc_threshold": {"threshold": 0.4, "metric": "noise_ceiling"}}],
         meta=_meta(),
+        reliability=_from_meta,
         full_rows=None,
         n_full=6,
         coords=coords,
@@ -228,7 +271,6 @@ def test_reducers_against_plain_numpy():
     ("specs", "fragment"),
     [
         ([{"roi_mean": ["C"]}], "ROIs: A, B"),
-        ([{"nc_threshold": {"threshold": 0.1, "metric": "r2"}}], "metrics: noise_ceiling"),
         ([{"nc_threshold": {"threshold": 5.0, "metric": "noise_ceiling"}}], "keeps no output"),
         ([{"roi_mean": ["A"]}, {"select": {"outputs": [0]}}], "must be the last"),
         ([{"select": {"outputs": [7]}}], "not among the 6 outputs"),
@@ -236,8 +278,52 @@ def test_reducers_against_plain_numpy():
 )
 def test_reducer_errors(specs, fragment):
     with pytest.raises(InvalidParameterError) as info:
-        build_reducer(specs, meta=_meta(), full_rows=None, n_full=6, coords={}, response_shape=(6,), where="t")
+        build_reducer(
+            specs,
+            meta=_meta(),
+            reliability=_from_meta,
+            full_rows=None,
+            n_full=6,
+            coords={},
+            response_shape=(6,),
+            where="t",
+        )
     assert fragment in str(info.value)
+
+
+def test_nc_threshold_takes_model_order_reliability_without_reading_metadata():
+    """The model's accessor gives values for the outputs it returns (its selection); no metadata is read."""
+    y = np.arange(16, dtype=np.float32).reshape(4, 4)  # the model kept full rows [1, 2, 4, 5]
+    asked = []
+
+    def accessor(metric):
+        asked.append(metric)
+        return np.array([0.5, 0.9, 0.2, 0.8])  # in the model's output order
+
+    red = build_reducer(
+        [{"select": {"outputs": [5, 2, 4]}}, {"nc_threshold": {"threshold": 0.45, "metric": "ncsnr"}}],
+        meta=None,
+        reliability=accessor,
+        full_rows=np.array([1, 2, 4, 5]),
+        n_full=6,
+        coords={},
+        response_shape=(4,),
+        where="t",
+    )
+    assert asked == ["ncsnr"]
+    np.testing.assert_array_equal(red.apply(y), y[:, [1, 3]])  # full rows 2 (0.9) and 5 (0.8); 4 (0.2) dropped
+    assert list(red.coords["full_output_index"]) == [2, 5]
+    with pytest.raises(InvalidParameterError, match="has 3 noise_ceiling values; the model returns 4"):
+        build_reducer(
+            [{"nc_threshold": {"threshold": 0.1, "metric": "noise_ceiling"}}],
+            meta=None,
+            reliability=lambda m: np.ones(3),
+            full_rows=None,
+            n_full=4,
+            coords={},
+            response_shape=(4,),
+            where="t",
+        )
 
 
 def test_reducers_refuse_multi_axis_outputs():
@@ -285,8 +371,8 @@ def test_store_any_trailing_shape_whole_chunks(tmp_path):
     assert np.isnan(arr[:]).all()  # nothing written yet reads as NaN, never as zeros
     data = np.random.default_rng(0).standard_normal((10, 2, 5, 7)).astype(np.float32)
     for shard, (a, b) in enumerate([(0, 4), (4, 8), (8, 10)]):
-        store.write_shard(t.key, shard, a, data[a:b])
-        store.mark_done(t.key, shard, {"target_hash": t.hash})
+        chunks = store.write_shard(t.key, shard, a, data[a:b])
+        store.mark_done(t.key, shard, {"target_hash": t.hash, "chunks": chunks})
     chunk_files = sorted(
         p.relative_to(store.zarr_path / "toy/sub-01/responses/c").as_posix()
         for p in (store.zarr_path / "toy/sub-01/responses/c").rglob("*")
@@ -307,8 +393,8 @@ def test_store_stale_and_recreated(tmp_path):
     t = _target(shape=(3,))
     _init(store, [t])
     for s in range(3):
-        store.write_shard(t.key, s, 4 * s, np.ones((min(4, 10 - 4 * s), 3)))
-        store.mark_done(t.key, s, {"target_hash": t.hash})
+        chunks = store.write_shard(t.key, s, 4 * s, np.ones((min(4, 10 - 4 * s), 3)))
+        store.mark_done(t.key, s, {"target_hash": t.hash, "chunks": chunks})
     _init(store, [_target(shape=(3,), h="h2")])  # same layout, new hash: shards are stale, data kept
     st = store.status()["targets"]["toy/sub-01"]
     assert (st["done"], st["stale"], st["pending"]) == (0, 3, 0)
@@ -371,12 +457,14 @@ def test_export_refuses_incomplete_and_copies(tmp_path):
     t = _target()
     _init(store, [t], n=6, shard=4)
     data = np.arange(6 * 70, dtype=np.float32).reshape(6, 2, 5, 7)
-    store.write_shard(t.key, 0, 0, data[:4])
-    store.mark_done(t.key, 0, {"target_hash": t.hash})
-    with pytest.raises(IncompleteRunError, match="1 shards left"):
+    chunks = store.write_shard(t.key, 0, 0, data[:4])
+    store.mark_done(t.key, 0, {"target_hash": t.hash, "chunks": chunks})
+    with pytest.raises(IncompleteRunError, match=r"not complete \(1 pending target shard\(s\)\)"):
         export_hdf5(store.root, tmp_path / "out.h5")
-    store.write_shard(t.key, 1, 4, data[4:])
-    store.mark_done(t.key, 1, {"target_hash": t.hash, "failed": [{"index": 5, "id": "s5", "error": "x"}]})
+    chunks = store.write_shard(t.key, 1, 4, data[4:])
+    store.mark_done(
+        t.key, 1, {"target_hash": t.hash, "chunks": chunks, "failed": [{"index": 5, "id": "s5", "error": "x"}]}
+    )
     export_hdf5(store.root, tmp_path / "out.h5")
     with h5py.File(tmp_path / "out.h5") as f:
         np.testing.assert_array_equal(f["toy/sub-01/responses"][:], data)
@@ -391,8 +479,8 @@ def test_status_eta_from_the_latest_run(tmp_path):
     t = _target(shape=(3,))
     _init(store, [t], n=40, shard=4)  # 10 shards
     for s in range(4):
-        store.write_shard(t.key, s, 4 * s, np.zeros((4, 3)))
-        store.mark_done(t.key, s, {"target_hash": t.hash})
+        chunks = store.write_shard(t.key, s, 4 * s, np.zeros((4, 3)))
+        store.mark_done(t.key, s, {"target_hash": t.hash, "chunks": chunks})
     lines = [
         {"event": "run_start", "t": 1000.0},
         {"event": "unit_done", "t": 1000.0 + 10, "shard": 0},

@@ -40,9 +40,16 @@ def format_status(status: dict[str, Any]) -> str:
         )
     ]
     width = max([len(k) for k in status["targets"]] + [6])
-    lines.append(f"  {'target':{width}s}  {'done':>6s} {'stale':>6s} {'pending':>7s}")
+    lines.append(f"  {'target':{width}s}  {'done':>6s} {'stale':>6s} {'damaged':>7s} {'pending':>7s}")
     for key, t in status["targets"].items():
-        lines.append(f"  {key:{width}s}  {t['done']:6d} {t['stale']:6d} {t['pending']:7d}")
+        lines.append(f"  {key:{width}s}  {t['done']:6d} {t['stale']:6d} {t['damaged']:7d} {t['pending']:7d}")
+    damaged = [(k, d) for k, t in status["targets"].items() for d in t["damaged_shards"]]
+    if damaged:
+        lines.append(f"{len(damaged)} damaged shard(s) (recomputed by the next 'berg run'):")
+        lines += [f"  {k} shard {d['shard']}: {d['reason']}" for k, d in damaged[:20]]
+        if len(damaged) > 20:
+            lines.append(f"  ... and {len(damaged) - 20} more (berg status --json)")
+    lines.append(f"checked: {status.get('verified', 'sizes and modification times')}")
     if status["complete"]:
         lines.append("complete")
     else:
@@ -122,18 +129,37 @@ def cmd_status(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from berg.runner.zarr_store import RunStore
 
     out = out or sys.stdout
-    status = RunStore.open(args.run).status()
+    status = RunStore.open(args.run).status(verify=args.verify)
     out.write((json.dumps(status, indent=1, default=str) if args.json else format_status(status)) + "\n")
     return 0 if status["complete"] else 3
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Export a run to one HDF5 file."""
+    import h5py
+
     from berg.runner.export import export_hdf5
 
     out = out or sys.stdout
-    path = export_hdf5(args.run, args.to, allow_incomplete=args.allow_incomplete)
+    path = export_hdf5(
+        args.run, args.to, allow_incomplete=args.allow_incomplete, verify=args.verify, overwrite=args.force
+    )
+    nan: dict[str, int] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                nan.__setitem__(name.rsplit("/", 1)[0], int(obj.attrs["n_nan_rows"]))
+                if name.endswith("/responses") and obj.attrs.get("n_nan_rows", 0)
+                else None
+            )
+        )
     out.write(f"wrote {path}\n")
+    if nan:
+        out.write(
+            f"incomplete: {sum(nan.values())} row(s) are NaN (shards pending, stale or damaged): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(nan.items()))
+            + "\n"
+        )
     return 0
 
 
@@ -178,6 +204,9 @@ def add_run_subparser(subparsers: Any) -> argparse.ArgumentParser:
     )
     s.add_argument("run", metavar="RUN")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument(
+        "--verify", action="store_true", help="hash every chunk against its marker (default: sizes and times)"
+    )
     s.set_defaults(func=cmd_status)
 
     e = subparsers.add_parser(
@@ -187,6 +216,14 @@ def add_run_subparser(subparsers: Any) -> argparse.ArgumentParser:
     )
     e.add_argument("run", metavar="RUN")
     e.add_argument("--to", required=True, metavar="OUT.h5")
-    e.add_argument("--allow-incomplete", action="store_true", help="export even if shards remain (NaN rows)")
+    e.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="export even if shards are pending, stale or damaged (their rows are NaN; the count is printed)",
+    )
+    e.add_argument(
+        "--verify", action="store_true", help="hash every chunk against its marker first (default: sizes and times)"
+    )
+    e.add_argument("--force", action="store_true", help="overwrite OUT.h5 if it exists")
     e.set_defaults(func=cmd_export)
     return p

@@ -19,15 +19,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from berg.errors import InvalidParameterError, MissingExtraError
-from berg.runner.inputs import open_source
-from berg.runner.plan import EncodePlan
+from berg.runner.inputs import StimulusSource, open_source
+from berg.runner.plan import EncodePlan, digest
 from berg.runner.worker import (
     compute_unit,
     default_decode_threads,
@@ -64,17 +65,46 @@ class RunReport:
     computed_stimuli: int = 0
 
 
-def pending_units(store: RunStore, loaded: Mapping[str, Any], n_shards: int) -> dict[int, dict[str, str]]:
-    """``{shard: {target key: expected hash}}`` for every shard with a pending or stale target."""
+def pending_units(
+    store: RunStore,
+    loaded: Mapping[str, Any],
+    n_shards: int,
+    source: StimulusSource | None = None,
+    *,
+    only: Callable[[int], bool] | None = None,
+) -> dict[int, dict[str, str]]:
+    """``{shard: {target key: expected hash}}`` for every shard with a target to (re)compute.
+
+    A target's shard is computed again when it is pending, stale (another plan), damaged (its chunks no
+    longer match its marker's record; the marker is removed) or when a stimulus that failed in it has
+    changed since (it came back or was replaced; the marker is removed, so the stimulus is retried).
+    Markers are removed only for shards ``only`` accepts (this process's slice of a Slurm array).
+    """
     targets = [t for le in loaded.values() for t in le.targets.values()]
     markers = {t.key: store.markers_of(t.key) for t in targets}
     units: dict[int, dict[str, str]] = {}
     for shard in range(n_shards):
         for t in targets:
             m = markers[t.key].get(shard)
-            if m is None or m.get("target_hash") != t.hash:
+            state, why = store.marker_state(t.key, shard, m, t.hash)
+            if state == "done" and source is not None and _failed_changed(m, source):
+                state, why = "retry", "a stimulus that failed in it has changed (restored or replaced)"
+            if state in ("damaged", "retry") and (only is None or only(shard)):
+                log.warning("%s shard %d: %s; computing it again", t.key, shard, why)
+                store.log_event("shard_invalidated", target=t.key, shard=shard, reason=why)
+                store.drop_marker(t.key, shard)
+            if state != "done":
                 units.setdefault(shard, {})[t.key] = t.hash
     return units
+
+
+def _failed_changed(marker: Mapping[str, Any], source: StimulusSource) -> bool:
+    """Whether a stimulus recorded as failed in ``marker`` looks different now (its file's stamp changed)."""
+    for f in marker.get("failed") or ():
+        i = f.get("index")
+        if isinstance(i, int) and 0 <= i < len(source) and source.stamp(i) != f.get("stamp"):
+            return True
+    return False
 
 
 def _quiet() -> bool:
@@ -111,20 +141,32 @@ def run(
     StimulusError
         A stimulus cannot be decoded and ``on_error`` is ``"raise"`` (the file is named).
     """
-    if not isinstance(plan, EncodePlan):
-        plan = EncodePlan.from_dict(plan) if isinstance(plan, Mapping) else EncodePlan.from_yaml(plan)
+    if isinstance(plan, Mapping):
+        plan = EncodePlan.from_dict(plan)
+    elif isinstance(plan, (str, os.PathLike)) and not isinstance(plan, bytes):
+        plan = EncodePlan.from_yaml(plan)
+    elif not isinstance(plan, EncodePlan):
+        raise InvalidParameterError(
+            f"berg.run takes an EncodePlan, a plan dict or the path of a YAML plan; got {type(plan).__name__} "
+            f"{plan!r:.80}"
+        )
     if shard is not None:
         i, of = shard
         if not (isinstance(i, int) and isinstance(of, int) and of >= 1 and 0 <= i < of):
             raise InvalidParameterError(f"--shard I --of N needs 0 <= I < N, got I={i}, N={of}")
     t_start = time.perf_counter()
-    source = open_source(plan.stimuli)
+    store = RunStore(plan.store)
+    source = open_source(plan.stimuli, hash_cache=hash_cache_path(plan))
     n = len(source)
     n_shards = -(-n // plan.shard_size)
     use_dask = plan.executor["kind"] == "dask" and shard is None
-    store = RunStore(plan.store)
     show = show_progress and not _quiet()
-    with store.lock(shard):  # first: a second run on the store stops before loading anything
+    with store.lock(shard), contextlib.ExitStack() as stack:  # a second run on the store stops before loading
+        source.fingerprint()  # hashes new or changed files once; workers then find them in the cache
+        cluster = None
+        if use_dask and not prepare_only:
+            # Workers start (and load the models) while this driver loads its own copy: start-up overlaps.
+            cluster = stack.enter_context(_DaskCluster(plan))
         # The driver of a Dask run only needs spaces and provenance: load on CPU (a login node has no GPU).
         loaded = load_entries(plan, source, device="cpu" if use_dask else None)
         targets = [t for le in loaded.values() for t in le.targets.values()]
@@ -138,10 +180,10 @@ def run(
             dtype=plan.dtype,
             compressor=plan.compressor,
         )
-        units = pending_units(store, loaded, n_shards)
-        finished = n_shards - len(units)
-        if shard is not None:
-            units = {u: k for u, k in units.items() if u % shard[1] == shard[0]}
+        mine = None if shard is None else (lambda u: u % shard[1] == shard[0])
+        all_units = pending_units(store, loaded, n_shards, source, only=mine)
+        finished = n_shards - len(all_units)
+        units = all_units if mine is None else {u: k for u, k in all_units.items() if mine(u)}
         if prepare_only:
             return RunReport(
                 store=os.fspath(plan.store),
@@ -162,9 +204,9 @@ def run(
         if not units:
             results = []
         elif use_dask:
-            for le in loaded.values():  # free the driver's copies before the workers load theirs
+            for le in loaded.values():  # free the driver's copies: the workers have theirs
                 le.model = None
-            results, dashboard = _run_dask(plan, units, n, show)
+            results, dashboard = cluster.run(units, n, show)
         else:
             results = _run_local(store, plan, loaded, source, units, show)
         store.log_event("run_end", computed=len(results))
@@ -231,23 +273,56 @@ def _run_local(store, plan, loaded, source, units, show) -> list[dict[str, Any]]
 
 # ---------------------------------------------------------------------------------------------- Dask
 _WORKER_STATE: dict[str, Any] = {}
+_WORKER_LOCK = threading.Lock()  # a warm-up and a shard task of one worker must not both load the models
+#: Worker resource that lets one shard task run at a time on a worker of berg's own LocalCluster, so the
+#: task's torch uses all the worker's threads (``threads_per_worker``) instead of several tasks sharing them.
+_SLOT = "berg-shard-slot"
+
+
+def hash_cache_path(plan: EncodePlan) -> os.PathLike[str]:
+    """Where a run caches the content hashes of its stimulus files (inside the run folder)."""
+    return plan.store / "stimuli-hashes.json"
+
+
+def _worker_threads(plan: EncodePlan) -> int:
+    """Torch threads of a Dask task: ``torch_threads``, else the threads of the worker running it."""
+    if plan.executor.get("torch_threads"):
+        return int(plan.executor["torch_threads"])
+    with contextlib.suppress(Exception):  # outside a worker (tests call the task directly)
+        from dask.distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    return int(plan.executor.get("threads_per_worker", 1))
+
+
+def _worker_state(plan_dict: dict[str, Any]):
+    """The worker's loaded plan (models are loaded once per worker process and kept)."""
+    key = plan_dict["__hash__"]
+    with _WORKER_LOCK:
+        return _WORKER_STATE.get(key) or _load_worker_state(key, plan_dict)
+
+
+def _load_worker_state(key: str, plan_dict: dict[str, Any]):
+    import torch
+
+    plan = EncodePlan.from_dict({k: v for k, v in plan_dict.items() if k != "__hash__"})
+    torch.set_num_threads(_worker_threads(plan))
+    source = open_source(plan.stimuli, hash_cache=hash_cache_path(plan))
+    _WORKER_STATE.clear()  # one plan per worker at a time: free the previous plan's models first
+    loaded = load_entries(plan, source)
+    state = _WORKER_STATE[key] = (plan, source, loaded, RunStore(plan.store))
+    return state
+
+
+def _dask_warm(plan_dict: dict[str, Any]) -> int:
+    """Load the plan's models in a worker ahead of its first shard (run on each worker at start-up)."""
+    _worker_state(plan_dict)
+    return os.getpid()
 
 
 def _dask_unit(plan_dict: dict[str, Any], shard: int, pending: dict[str, str]) -> dict[str, Any]:
-    """One Dask task: compute a shard in a worker (models are loaded once per worker process and kept)."""
-    key = plan_dict["__hash__"]
-    state = _WORKER_STATE.get(key)
-    if state is None:
-        import torch
-
-        plan = EncodePlan.from_dict({k: v for k, v in plan_dict.items() if k != "__hash__"})
-        threads = plan.executor.get("torch_threads") or plan.executor.get("threads_per_worker", 1)
-        torch.set_num_threads(int(threads))
-        source = open_source(plan.stimuli)
-        loaded = load_entries(plan, source)
-        _WORKER_STATE.clear()  # one plan per worker at a time: free the previous plan's models
-        state = _WORKER_STATE[key] = (plan, source, loaded, RunStore(plan.store))
-    plan, source, loaded, store = state
+    """One Dask task: compute a shard in a worker."""
+    plan, source, loaded, store = _worker_state(plan_dict)
     threads = plan.decode_threads or 2
     return compute_unit(store, plan, loaded, source, shard, pending, decode_threads=threads)
 
@@ -261,49 +336,92 @@ def _dask_client(cfg: Mapping[str, Any]):
         ) from exc
     if cfg.get("address"):
         return Client(cfg["address"]), None
+    n_workers = int(cfg.get("n_workers", 2))
+    # A worker alone on a machine uses all its cores unless told otherwise (as LocalCluster's own default).
+    threads = int(cfg.get("threads_per_worker") or max(1, (os.cpu_count() or 1) // n_workers))
     kwargs: dict[str, Any] = {
-        "n_workers": int(cfg.get("n_workers", 2)),
-        "threads_per_worker": int(cfg.get("threads_per_worker", 1)),
+        "n_workers": n_workers,
+        "threads_per_worker": threads,
         "processes": True,
         "dashboard_address": ":0" if cfg.get("dashboard", True) else None,
+        "resources": {**dict(cfg.get("resources") or {}), _SLOT: 1},
     }
-    if cfg.get("resources"):
-        kwargs["resources"] = dict(cfg["resources"])
     if cfg.get("memory_limit") is not None:
         kwargs["memory_limit"] = cfg["memory_limit"]
     cluster = LocalCluster(**kwargs)
     return Client(cluster), cluster
 
 
-def _run_dask(plan: EncodePlan, units: dict[int, dict[str, str]], n: int, show: bool):
-    from dask.distributed import as_completed
+class _DaskCluster:
+    """The Dask client of a run, started in a background thread so workers start (and load the models,
+    :func:`_dask_warm`) while the driver loads its own copy and lays out the store."""
 
-    client, cluster = _dask_client(plan.executor)
-    dashboard = getattr(client, "dashboard_link", None)
-    if dashboard:
-        log.warning("Dask dashboard: %s", dashboard)  # the one link users need while a run is going
-    from berg.runner.plan import digest
+    def __init__(self, plan: EncodePlan):
+        self.plan = plan
+        # Workers keep their models per plan *and* execution settings (a device change reloads them).
+        self.plan_dict = {**plan.to_dict(), "__hash__": digest(plan.to_dict())}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-dask-start")
+        self._started = None
+        self._warm: list[Any] = []  # held: Dask forgets tasks whose futures are dropped
+        self.client = self.cluster = None
 
-    # Workers keep their models per plan *and* execution settings (a device change reloads them).
-    plan_dict = {**plan.to_dict(), "__hash__": digest(plan.to_dict())}
-    resources = plan.executor.get("resources")
-    results = []
-    try:
+    def __enter__(self) -> _DaskCluster:
+        self._started = self._pool.submit(self._start)
+        return self
+
+    def _start(self) -> None:
+        self.client, self.cluster = _dask_client(self.plan.executor)
+        if self.cluster is not None:  # an external cluster's workers load on their first task
+            with contextlib.suppress(Exception):  # a worker that fails here fails its first task, with the error
+                resources = {**dict(self.plan.executor.get("resources") or {}), _SLOT: 1}
+                self._warm = [
+                    self.client.submit(
+                        _dask_warm, self.plan_dict, workers=[w], pure=False, key=f"berg-warm-{i}", resources=resources
+                    )
+                    for i, w in enumerate(self.client.scheduler_info()["workers"])
+                ]
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._started is not None:
+                with contextlib.suppress(Exception):
+                    self._started.result()
+        finally:
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    self.client.close()
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):
+                    self.cluster.close()
+            self._pool.shutdown(wait=True)
+
+    def run(self, units: dict[int, dict[str, str]], n: int, show: bool):
+        """Compute ``units`` on the cluster; returns ``(results, dashboard link)``."""
+        from dask.distributed import as_completed
+
+        self._started.result()  # raises the start-up error (missing extra, unreachable scheduler)
+        client, plan = self.client, self.plan
+        dashboard = getattr(client, "dashboard_link", None)
+        if dashboard:
+            log.warning("Dask dashboard: %s", dashboard)  # the one link users need while a run is going
+        resources = dict(plan.executor.get("resources") or {})
+        if self.cluster is not None:
+            resources[_SLOT] = 1
+        results = []
         futures = [
             client.submit(
                 _dask_unit,
-                plan_dict,
+                self.plan_dict,
                 u,
                 units[u],
                 key=f"berg-shard-{plan.plan_hash()[:10]}-{u}",
                 pure=False,
-                resources=resources,
+                resources=resources or None,
             )
             for u in sorted(units)
         ]
-        with _progress(
-            sum(shard_bounds(u, plan.shard_size, n)[1] - u * plan.shard_size for u in units), show, "berg run (dask)"
-        ) as bar:
+        total = sum(shard_bounds(u, plan.shard_size, n)[1] - u * plan.shard_size for u in units)
+        with _progress(total, show, "berg run (dask)") as bar:
             for fut in as_completed(futures):
                 try:
                     res = fut.result()
@@ -314,9 +432,4 @@ def _run_dask(plan: EncodePlan, units: dict[int, dict[str, str]], n: int, show: 
                 results.append(res)
                 start, stop = shard_bounds(res["shard"], plan.shard_size, n)
                 bar.update(stop - start)
-    finally:
-        client.close()
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close()
-    return results, dashboard
+        return results, dashboard

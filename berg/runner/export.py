@@ -10,7 +10,11 @@ Layout::
     /<model name>/sub-01/output_ids, /<model name>/sub-01/coords/<name>
     /<model name>/sub-01           attrs: model_id, subject, provenance (JSON), space (JSON), reducers (JSON)
 
-Copies run chunk by chunk (constant memory). An incomplete run is refused unless ``allow_incomplete``.
+Copies run chunk by chunk (constant memory). Every shard is checked against its marker first (sizes and
+modification times; every chunk's sha256 with ``verify``). A run with pending, stale (another plan) or
+damaged shards is refused unless ``allow_incomplete``: then exactly the rows of those shards are NaN (never
+the older values a stale shard still holds), the count is logged, and each target's ``nan_shards`` and
+``n_nan_rows`` attributes say which.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from berg.errors import BERGError
+from berg.errors import BERGError, InvalidParameterError
 from berg.fsutil import atomic_path
 from berg.runner.zarr_store import RunStore
 
-__all__ = ["IncompleteRunError", "export_hdf5"]
+__all__ = ["EXPORT_SUFFIXES", "IncompleteRunError", "export_hdf5", "rows_not_done"]
+
+#: File names an export may have (it writes HDF5).
+EXPORT_SUFFIXES = (".h5", ".hdf5")
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +52,88 @@ def _strings(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=object).astype(h5py.string_dtype())
 
 
-def export_hdf5(run: str | os.PathLike[str], to: str | os.PathLike[str], *, allow_incomplete: bool = False) -> Path:
+def rows_not_done(status: dict[str, Any]) -> dict[str, int]:
+    """``{target key: rows that an incomplete export fills with NaN}`` from :meth:`RunStore.status`."""
+    n, size = int(status["n_stimuli"] or 0), int(status["shard_size"] or 1)
+    return {
+        key: sum(min(n, (s + 1) * size) - s * size for s in t["not_done"])
+        for key, t in status["targets"].items()
+        if t["not_done"]
+    }
+
+
+def _describe_incomplete(status: dict[str, Any]) -> str:
+    parts = []
+    for state in ("pending", "stale", "damaged"):
+        count = sum(t[state] for t in status["targets"].values())
+        if count:
+            parts.append(f"{count} {state}")
+    damaged = [(k, d) for k, t in status["targets"].items() for d in t["damaged_shards"]]
+    why = f"; e.g. {damaged[0][0]} shard {damaged[0][1]['shard']}: {damaged[0][1]['reason']}" if damaged else ""
+    return f"{', '.join(parts)} target shard(s){why}"
+
+
+def export_hdf5(
+    run: str | os.PathLike[str],
+    to: str | os.PathLike[str],
+    *,
+    allow_incomplete: bool = False,
+    verify: bool = False,
+    overwrite: bool = True,
+) -> Path:
     """Write run ``run`` as one HDF5 file ``to`` (atomically); returns the path.
+
+    Parameters
+    ----------
+    run : path
+        The run folder.
+    to : path
+        The HDF5 file to write (``.h5`` or ``.hdf5``).
+    allow_incomplete : bool
+        Export a run with pending, stale or damaged shards: their rows are NaN (the count is logged).
+    verify : bool
+        Hash every chunk against its marker before exporting (default: sizes and modification times).
+    overwrite : bool
+        Replace an existing ``to`` (the Python default, as NumPy and h5py do; ``berg export`` refuses
+        without ``--force``).
 
     Raises
     ------
     IncompleteRunError
-        Shards are pending or stale and ``allow_incomplete`` is False (their rows would be NaN).
+        Shards are pending, stale or damaged and ``allow_incomplete`` is False.
+    InvalidParameterError
+        ``to`` has another extension, or exists and ``overwrite`` is False.
     """
     import h5py
 
+    to = Path(os.fspath(to))
+    if to.suffix.lower() not in EXPORT_SUFFIXES:
+        raise InvalidParameterError(
+            f"berg export writes HDF5; name the file {to.stem or 'run'}.h5 (valid extensions: "
+            f"{', '.join(EXPORT_SUFFIXES)}), not {to.name!r}"
+        )
+    if to.is_dir():
+        raise InvalidParameterError(f"{to} is a folder; give the HDF5 file to write")
+    if to.exists() and not overwrite:
+        raise InvalidParameterError(f"{to} exists; pass --force to overwrite it")
     store = RunStore.open(run)
-    status = store.status()
+    status = store.status(verify=verify)
     if not status["complete"] and not allow_incomplete:
-        left = {k: v["pending"] + v["stale"] for k, v in status["targets"].items() if v["pending"] + v["stale"]}
         raise IncompleteRunError(
-            f"{run} is not complete ({status['pending_units']} shards left: {left}); finish it with "
-            "'berg run PLAN.yaml', or export anyway with --allow-incomplete (missing rows are NaN)"
+            f"{run} is not complete ({_describe_incomplete(status)}); finish or repair it with "
+            "'berg run PLAN.yaml' (damaged shards are recomputed), or export anyway with --allow-incomplete "
+            "(their rows are NaN)"
+        )
+    nan_rows = rows_not_done(status)
+    if nan_rows:
+        log.warning(
+            "exporting %s incomplete (%s): %d row(s) are NaN",
+            run,
+            _describe_incomplete(status),
+            sum(nan_rows.values()),
         )
     info = store.info()
     group = store.group("r")
-    to = Path(to)
     with atomic_path(to, suffix=to.suffix) as tmp, h5py.File(tmp, "w") as out:
         from berg._version import __version__
 
@@ -92,9 +160,13 @@ def export_hdf5(run: str | os.PathLike[str], to: str | os.PathLike[str], *, allo
                 dtype=arr.dtype,
                 chunks=tuple(min(c, s) for c, s in zip(arr.chunks, arr.shape)) or None,
             )
-            step = arr.chunks[0]
-            for a in range(0, arr.shape[0], step):
-                resp[a : a + step] = arr[a : a + step]
+            step = int(info["shard_size"])  # == arr.chunks[0]: one shard per block
+            not_done = set(status["targets"][key]["not_done"])
+            for shard, a in enumerate(range(0, arr.shape[0], step)):
+                b = min(a + step, arr.shape[0])
+                resp[a:b] = np.nan if shard in not_done else arr[a:b]
+            resp.attrs["nan_shards"] = json.dumps(sorted(not_done))
+            resp.attrs["n_nan_rows"] = int(nan_rows.get(key, 0))
             attrs: dict[str, Any] = dict(src.attrs)
             resp.attrs["dims"] = json.dumps(attrs.get("dims", []))
             for name, child in src.arrays():

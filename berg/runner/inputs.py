@@ -1,8 +1,10 @@
 """Stimulus collections for runs: a folder, a glob, a list of paths, an HDF5 image brick, a video folder.
 
-Every source is an ordered, indexable collection with stable string ids, a cheap fingerprint (what the
+Every source is an ordered, indexable collection with stable string ids, a fingerprint (what the
 plan hash records: a changed collection makes every shard stale), and a ``read(indices)`` that decodes
-items in parallel threads. Decoding errors are returned per item (never raised from a thread) so the
+items in parallel threads. The fingerprint of files covers their content: each file's sha256, cached by
+size, modification and change time (a file replaced by another of the same name and size is noticed; an
+unchanged collection is not read again). Decoding errors are returned per item (never raised from a thread) so the
 runner can stop with the file named or, with ``on_error="skip"``, record it and write NaN rows.
 
 =====================================  =====================================================
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import glob as _glob
 import hashlib
+import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,10 @@ from typing import Any
 import numpy as np
 
 from berg.errors import InvalidParameterError, StimulusError
+from berg.fsutil import atomic_write_text, sha256_file
+from berg.runner.plan import strict_bool
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -101,7 +109,7 @@ def normalise_stimuli(raw: Any, base_dir: Path) -> dict[str, Any]:
     if "extensions" in out:
         out["extensions"] = sorted({("." + e.lower().lstrip(".")) for e in out["extensions"]})
     if "recursive" in out:
-        out["recursive"] = bool(out["recursive"])
+        out["recursive"] = strict_bool(out["recursive"], "stimuli.recursive")
     return out
 
 
@@ -125,6 +133,14 @@ class StimulusSource:
         """A label for stimulus ``i`` used in error messages (its path, or ``file[dataset][i]``)."""
         raise NotImplementedError
 
+    def stamp(self, i: int) -> Any:
+        """A cheap JSON-able state of stimulus ``i``'s file (``None`` when missing).
+
+        A stimulus that failed is recorded with its stamp; when the stamp changes (the file came back or
+        was replaced) the next run retries its shard.
+        """
+        raise NotImplementedError
+
     def read(self, indices: Sequence[int], threads: int = 1) -> list[np.ndarray | StimulusError]:
         """Decode stimuli ``indices``: uint8 ``(H, W, 3)`` images or ``(T, H, W, 3)`` videos, or the error."""
         raise NotImplementedError
@@ -133,10 +149,19 @@ class StimulusSource:
 class PathSource(StimulusSource):
     """Files on disk (images or videos), decoded lazily and in parallel threads."""
 
-    def __init__(self, paths: Sequence[str], *, kind: str = "image", root: str | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        *,
+        kind: str = "image",
+        root: str | None = None,
+        hash_cache: str | os.PathLike[str] | None = None,
+    ):
         self.paths = [os.fspath(p) for p in paths]
         self.kind = kind
         self.root = root
+        self.hash_cache = None if hash_cache is None else Path(hash_cache)
+        self._fingerprint: dict[str, Any] | None = None
         if not self.paths:
             raise StimulusError(f"no {kind} files found in {root or 'the stimulus list'}")
 
@@ -149,14 +174,64 @@ class PathSource(StimulusSource):
         return [os.path.relpath(p, self.root) for p in self.paths]
 
     def fingerprint(self) -> dict[str, Any]:
+        """Ids and content of every file (sha256 of its bytes, cached by stat in ``hash_cache``)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> dict[str, Any]:
+        cache = self._read_cache()
+        fresh: dict[str, list[Any]] = {}
         h = hashlib.sha256()
         for p, i in zip(self.paths, self.ids()):
-            try:
-                size = os.stat(p).st_size
-            except OSError:
-                size = -1  # a missing file is reported when it is read (named), not here
-            h.update(f"{i}\0{size}\n".encode())
-        return {"kind": self.kind, "n": len(self.paths), "ids_sizes_sha256": h.hexdigest()}
+            stamp = self.stamp_path(p)
+            if stamp is None:
+                content = "missing"  # reported by name when it is read, not here
+            else:
+                hit = cache.get(p)
+                if hit is not None and hit[:-1] == stamp:
+                    content = hit[-1]
+                else:
+                    try:
+                        content = sha256_file(p)
+                    except OSError:
+                        content = "unreadable"
+                    else:
+                        fresh[p] = [*stamp, content]
+            h.update(f"{i}\0{content}\n".encode())
+        if fresh and self.hash_cache is not None:
+            self._write_cache({**cache, **fresh})
+        return {"kind": self.kind, "n": len(self.paths), "ids_content_sha256": h.hexdigest()}
+
+    def _read_cache(self) -> dict[str, list[Any]]:
+        if self.hash_cache is None:
+            return {}
+        try:
+            data = json.loads(self.hash_cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_cache(self, data: dict[str, list[Any]]) -> None:
+        assert self.hash_cache is not None
+        try:
+            self.hash_cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.hash_cache, json.dumps(data), fsync=False)
+        except OSError as exc:  # a cache only: the next run hashes again
+            log.debug("cannot write the stimulus hash cache %s: %s", self.hash_cache, exc)
+
+    @staticmethod
+    def stamp_path(path: str) -> list[int] | None:
+        """``[size, mtime_ns, ctime_ns, inode]`` of a file (the change time catches replaced contents whose
+        modification time was preserved, e.g. ``cp -p``), or ``None`` when it is missing."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def stamp(self, i: int) -> list[int] | None:
+        return self.stamp_path(self.paths[i])
 
     def describe(self, i: int) -> str:
         return self.paths[i]
@@ -228,6 +303,9 @@ class HDF5Source(StimulusSource):
     def describe(self, i: int) -> str:
         return f"{self.path}[{self.dataset}][{i}]"
 
+    def stamp(self, i: int) -> list[int] | None:
+        return PathSource.stamp_path(self.path)
+
     def read(self, indices: Sequence[int], threads: int = 1) -> list[np.ndarray | StimulusError]:
         import h5py
 
@@ -260,8 +338,15 @@ def _listing(folder: str, suffixes: Sequence[str], recursive: bool, what: str) -
     return files
 
 
-def open_source(spec: Mapping[str, Any]) -> StimulusSource:
-    """Open a normalised ``stimuli`` dict (see :func:`normalise_stimuli`)."""
+def open_source(spec: Mapping[str, Any], *, hash_cache: str | os.PathLike[str] | None = None) -> StimulusSource:
+    """Open a normalised ``stimuli`` dict (see :func:`normalise_stimuli`).
+
+    Parameters
+    ----------
+    spec : dict
+    hash_cache : path, optional
+        JSON file caching the content hashes of stimulus files (a run keeps it in its folder).
+    """
     if "hdf5" in spec:
         return HDF5Source(spec["hdf5"], spec["dataset"])
     if "folder" in spec or "videos" in spec:
@@ -269,13 +354,14 @@ def open_source(spec: Mapping[str, Any]) -> StimulusSource:
         folder = spec["videos"] if video else spec["folder"]
         suffixes = tuple(spec.get("extensions") or (VIDEO_SUFFIXES if video else IMAGE_SUFFIXES))
         files = _listing(folder, suffixes, bool(spec.get("recursive", False)), "video" if video else "image")
-        return PathSource(files, kind="video" if video else "image", root=folder)
+        return PathSource(files, kind="video" if video else "image", root=folder, hash_cache=hash_cache)
     if "glob" in spec:
         files = sorted(p for p in _glob.glob(spec["glob"], recursive=True) if os.path.isfile(p))
         if not files:
             raise StimulusError(f"no files match {spec['glob']}")
         kind = "video" if all(p.lower().endswith(VIDEO_SUFFIXES) for p in files) else "image"
-        return PathSource(files, kind=kind, root=os.path.commonpath([os.path.dirname(p) for p in files]))
+        root = os.path.commonpath([os.path.dirname(p) for p in files])
+        return PathSource(files, kind=kind, root=root, hash_cache=hash_cache)
     if "list_file" in spec:
         listing = Path(spec["list_file"])
         if not listing.is_file():
@@ -283,7 +369,7 @@ def open_source(spec: Mapping[str, Any]) -> StimulusSource:
         lines = [ln.strip() for ln in listing.read_text(encoding="utf-8").splitlines()]
         files = [_abs(listing.parent, ln) for ln in lines if ln and not ln.startswith("#")]
         kind = "video" if files and all(p.lower().endswith(VIDEO_SUFFIXES) for p in files) else "image"
-        return PathSource(files, kind=kind)
+        return PathSource(files, kind=kind, hash_cache=hash_cache)
     files = list(spec["list"])
     kind = "video" if all(str(p).lower().endswith(VIDEO_SUFFIXES) for p in files) else "image"
-    return PathSource(files, kind=kind)
+    return PathSource(files, kind=kind, hash_cache=hash_cache)

@@ -38,7 +38,7 @@ from typing import Any
 
 from berg.errors import InvalidParameterError, close_matches
 
-__all__ = ["EncodePlan", "ModelEntry", "canonical_json", "digest"]
+__all__ = ["EncodePlan", "ModelEntry", "canonical_json", "digest", "strict_bool"]
 
 DTYPES = ("float32", "float16")
 ON_ERROR = ("raise", "skip")
@@ -116,6 +116,28 @@ def _unknown(keys: Any, valid: Sequence[str], where: str) -> None:
         raise InvalidParameterError(f"unknown key(s) {extra} in {where}{hints}; valid keys: {', '.join(valid)}")
 
 
+def strict_bool(value: Any, what: str) -> bool:
+    """A plan boolean: YAML ``true``/``false`` (or Python ``True``/``False``); anything else is refused.
+
+    Strings such as ``'false'`` or ``'no'`` are refused rather than read (a non-empty string is truthy,
+    so ``bool('false')`` would silently mean true).
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the accepted values.
+    """
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_" and type(value).__module__ == "numpy":
+        return bool(value)
+    hint = ""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        word = "true" if value.strip().lower() in ("true", "yes", "on", "1") else "false"
+        hint = f" (write {what.rsplit('.', 1)[-1]}: {word}, without quotes)"
+    raise InvalidParameterError(f"{what} must be a boolean, true or false; got {value!r}{hint}")
+
+
 def _choice(value: Any, valid: Sequence[str], what: str) -> str:
     if value not in valid:
         raise InvalidParameterError(f"{what} is {value!r}; valid: {', '.join(map(repr, valid))}")
@@ -158,6 +180,13 @@ def _reducers(raw: Any, where: str) -> list[dict[str, Any]]:
                     f"{where}.reducers[{i}].nc_threshold takes a number or {{threshold: 0.3, metric: noise_ceiling}}"
                 )
             _unknown(cfg, ("threshold", "metric"), f"{where}.reducers[{i}].nc_threshold")
+            _choice(
+                cfg.get("metric", "noise_ceiling"),
+                ("noise_ceiling", "ncsnr"),
+                f"{where}.reducers[{i}].nc_threshold.metric",
+            )
+            if isinstance(cfg["threshold"], bool) or not isinstance(cfg["threshold"], (int, float)):
+                raise InvalidParameterError(f"{where}.reducers[{i}].nc_threshold.threshold must be a number")
             out.append(
                 {
                     "nc_threshold": {
@@ -200,7 +229,8 @@ class ModelEntry:
     reducers : list of dict, optional
         Applied in order to each shard before writing (2-D outputs only): ``{"roi_mean": [names]}``
         (one column per ROI), ``{"nc_threshold": 0.3}`` or ``{"nc_threshold": {"threshold": 0.3,
-        "metric": "noise_ceiling"}}`` (keep outputs whose metadata metric exceeds it),
+        "metric": "noise_ceiling"}}`` (keep outputs whose reliability, ``noise_ceiling`` or ``ncsnr`` from
+        ``model.reliability()``, exceeds it),
         ``{"select": {"roi": [names]}}`` or ``{"select": {"outputs": [indices]}}``.
     backbone_weights, backbone_seed, batch_size, model_kwargs
         As in :meth:`berg.BERG.get_encoding_model`.
@@ -337,9 +367,12 @@ class EncodePlan:
         from berg.runner.inputs import normalise_stimuli
 
         self.stimuli = normalise_stimuli(stimuli, self.base_dir)
-        if store is None or str(store) == "":
+        if store is None or (isinstance(store, str) and store == ""):
             raise InvalidParameterError("a plan needs 'store': the run folder to write")
-        self.store = self._path(store)
+        from berg.runner.zarr_store import check_store_path
+
+        self.store = self._path(check_store_path(store, on_disk=False))
+        check_store_path(self.store)  # relative to base_dir: may name a file there
         self.shard_size = _positive(shard_size, "shard_size")
         self.dtype = _choice(dtype, DTYPES, "dtype")
         self.on_error = _choice(on_error, ON_ERROR, "on_error")
@@ -347,18 +380,28 @@ class EncodePlan:
             executor = {"kind": "local"}
         elif isinstance(executor, str):
             executor = {"kind": executor}
+        if not isinstance(executor, Mapping):
+            raise InvalidParameterError(
+                f"executor must be 'local', 'dask' or a mapping such as {{kind: dask, n_workers: 2}}; got {executor!r}"
+            )
         _unknown(executor, _EXECUTOR_KEYS, "executor")
         self.executor = dict(executor)
         self.executor.setdefault("kind", "local")
         _choice(self.executor["kind"], EXECUTORS, "executor.kind")
+        if "dashboard" in self.executor:
+            self.executor["dashboard"] = strict_bool(self.executor["dashboard"], "executor.dashboard")
         for key in ("n_workers", "threads_per_worker", "torch_threads"):
             if key in self.executor:
                 _positive(self.executor[key], f"executor.{key}")
         self.device = str(device)
         self.batch_size = _positive(batch_size, "batch_size", allow_none=True)
         self.decode_threads = _positive(decode_threads, "decode_threads", allow_none=True)
+        if berg is not None and not isinstance(berg, Mapping):
+            raise InvalidParameterError(f"the plan's 'berg' options must be a mapping of {', '.join(_BERG_KEYS)}")
         berg = dict(berg or {})
         _unknown(berg, _BERG_KEYS, "berg")
+        if "offline" in berg:
+            berg["offline"] = strict_bool(berg["offline"], "berg.offline")
         for key in ("berg_dir", "cache_dir"):
             if berg.get(key) is not None:
                 berg[key] = os.fspath(self._path(berg[key]))
@@ -367,7 +410,7 @@ class EncodePlan:
             reg = [reg] if isinstance(reg, (str, os.PathLike)) else list(reg)
             berg["registry"] = [os.fspath(self._path(r)) for r in reg]
         self.berg = berg
-        self.fsync = bool(fsync)
+        self.fsync = strict_bool(fsync, "fsync")
         self.compressor = _choice(compressor, COMPRESSORS, "compressor")
 
     def _path(self, value: Any) -> Path:

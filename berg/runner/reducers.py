@@ -9,15 +9,15 @@ model's ``selection`` kept.
 ``{roi_mean: [V1, V2]}``
     One column per ROI: the mean over that ROI's (remaining) outputs. Must be the last reducer.
 ``{nc_threshold: {threshold: 0.3, metric: noise_ceiling}}``
-    Keep outputs whose metadata metric (``metadata["accuracy"][metric]`` or ``metadata[metric]``) exceeds
-    the threshold.
+    Keep outputs whose reliability metric exceeds the threshold. The values come from the model (its
+    reliability accessor, in the order of its outputs); the reducer never reads metadata keys itself.
 ``{select: {roi: [names]}}`` / ``{select: {outputs: [indices]}}``
     Keep the outputs of those ROIs / those full-output indices.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,10 @@ import numpy as np
 
 from berg.errors import InvalidParameterError, close_matches
 
-__all__ = ["Reducer", "build_reducer"]
+__all__ = ["RELIABILITY_METRICS", "Reducer", "build_reducer"]
+
+#: Metrics ``nc_threshold`` takes: fields of the model's :class:`~berg.core.reliability.Reliability`.
+RELIABILITY_METRICS = ("noise_ceiling", "ncsnr")
 
 
 @dataclass
@@ -73,22 +76,11 @@ def _roi(meta: Mapping[str, Any], name: str) -> np.ndarray:
     return np.asarray(rois[name], dtype=np.int64).ravel()
 
 
-def _metric(meta: Mapping[str, Any], name: str) -> np.ndarray:
-    acc = meta.get("accuracy") or {}
-    if name in acc:
-        return np.asarray(acc[name], dtype=np.float64).ravel()
-    if name in meta and isinstance(meta[name], np.ndarray):
-        return np.asarray(meta[name], dtype=np.float64).ravel()
-    valid = sorted(list(acc) + [k for k, v in meta.items() if isinstance(v, np.ndarray) and v.ndim == 1])
-    raise InvalidParameterError(
-        f"nc_threshold metric {name!r} is not in this model's metadata; per-output metrics: {', '.join(valid) or 'none'}"
-    )
-
-
 def build_reducer(
     specs: Sequence[Mapping[str, Any]],
     *,
     meta: Mapping[str, Any] | None,
+    reliability: Callable[[str], np.ndarray] | None = None,
     full_rows: np.ndarray | None,
     n_full: int,
     coords: Mapping[str, np.ndarray],
@@ -102,7 +94,11 @@ def build_reducer(
     specs : list of dict
         Normalised reducer specs (see :mod:`berg.runner.plan`).
     meta : dict or None
-        The subject's metadata (needed by ROI and metric reducers).
+        The subject's metadata (needed by ROI reducers).
+    reliability : callable, optional
+        ``metric -> values``: per-output reliability (one of :data:`RELIABILITY_METRICS`) in the order of
+        the outputs the model returns, from the model's ``reliability(subject)`` accessor (needed by
+        ``nc_threshold``).
     full_rows : array or None
         Full-output index of each column the model returns (``None``: all outputs, in order).
     n_full : int
@@ -124,6 +120,7 @@ def build_reducer(
             f"{('n_stimuli', *response_shape)} per batch. Remove the reducers (or use a selection)."
         )
     cols = _columns(full_rows, n_full)  # full-output index of each current column
+    src = np.arange(cols.size, dtype=np.int64)  # model-output index of each current column
     position = {int(r): i for i, r in enumerate(cols)}
     for i, spec in enumerate(specs):
         ((kind, arg),) = spec.items()
@@ -161,19 +158,21 @@ def build_reducer(
                 )
             keep = np.asarray(sorted({position[r] for r in wanted}), dtype=np.int64)
         else:  # nc_threshold
-            if meta is None:
-                raise InvalidParameterError(f"{where}: nc_threshold needs the model's metadata, which is unavailable")
-            values = _metric(meta, arg["metric"])
-            if values.size != n_full:
+            if reliability is None:
+                raise InvalidParameterError(f"{where}: nc_threshold needs the model's reliability values")
+            values = np.asarray(reliability(arg["metric"]), dtype=np.float64).ravel()
+            if values.size != n_in:
                 raise InvalidParameterError(
-                    f"{where}: metric {arg['metric']!r} has {values.size} values; the subject has {n_full} outputs"
+                    f"{where}: the model's reliability has {values.size} {arg['metric']} values; the model "
+                    f"returns {n_in} outputs"
                 )
             with np.errstate(invalid="ignore"):
-                keep = np.flatnonzero(values[cols] > arg["threshold"])
+                keep = np.flatnonzero(values[src] > arg["threshold"])
         if keep.size == 0:
             raise InvalidParameterError(f"{where}: reducers[{i}] {spec} keeps no output")
         red.steps.append(("take", keep))
         cols = cols[keep]
+        src = src[keep]
         position = {int(r): j for j, r in enumerate(cols)}
         red.coords = {k: v[keep] for k, v in red.coords.items()}
     if red.dims == ["output"]:

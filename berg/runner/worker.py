@@ -1,9 +1,20 @@
 """Loading a plan's models and computing one shard: the code every executor runs.
 
 A *unit* of work is one shard index. For that shard the stimuli are decoded once (in parallel threads),
-every model entry with a pending target encodes them (all subjects of an entry share one backbone pass,
-through ``model.iter_encode``), reducers shrink the responses, each target's rows are written as whole
-chunks and made durable, and only then is each target's shard marked done.
+every model entry with a pending target encodes them, reducers shrink the responses, each target's rows are
+written as whole chunks and made durable, and only then is each target's shard marked done (the marker
+records the chunks' sizes, times and sha256, which every later reader checks).
+
+Models are driven through the contract of :mod:`berg.core.contract`, checked with ``isinstance``:
+
+* a :class:`~berg.core.contract.FeatureModel` runs through its own ``iter_encode`` (the engine's one
+  batching loop; all subjects of an entry share one backbone pass), and several entries with the same
+  backbone pass share it: the engine's :func:`~berg.core.engine.batch_loop` runs the backbone once per
+  batch and each model maps the features with ``outputs_from_features``; undecodable or refused stimuli
+  are found item by item with ``prepare_stimuli``;
+* a model that implements only :class:`~berg.core.contract.BaseModelInterface` is encoded shard by shard
+  through ``encode`` (logged once per model class); a shard it refuses is retried item by item so one bad
+  stimulus does not lose the others.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from berg.core.contract import is_feature_model
 from berg.errors import InvalidParameterError, StimulusError
 from berg.runner.inputs import StimulusSource
 from berg.runner.plan import EncodePlan, ModelEntry, digest
@@ -60,41 +72,43 @@ class LoadedEntry:
     #: Entries with the same key share one backbone pass per batch (see :func:`backbone_key`).
     backbone: str | None = None
 
+    @property
+    def feature_model(self) -> bool:
+        """Whether the model implements :class:`~berg.core.contract.FeatureModel`."""
+        return self.backbone is not None
+
 
 def _response_shape(space: Any) -> tuple[int, ...]:
-    """Per-stimulus shape of a space's responses (``space.shape``; ``(n_outputs,)`` for spaces without one)."""
+    """Per-stimulus shape of a space's responses (``space.shape``, which every output space declares)."""
     n = int(space.n_outputs)
-    shape = getattr(space, "shape", None)
-    if shape is not None and int(np.prod(tuple(shape))) == n:
-        return tuple(int(v) for v in shape)
-    return (n,)
+    shape = tuple(int(v) for v in space.shape)
+    if int(np.prod(shape)) != n:
+        raise InvalidParameterError(
+            f"the {space.kind} output space declares shape {shape} for {n} outputs; the space is inconsistent"
+        )
+    return shape
 
 
 def _dims(space: Any, shape: tuple[int, ...]) -> list[str]:
-    dims = [str(d) for d in (getattr(space, "dims", None) or ())]
+    dims = [str(d) for d in space.dims]
     if len(dims) == len(shape):
         return dims
     return ["output"] if len(shape) == 1 else [f"axis{i}" for i in range(1, len(shape) + 1)]
 
 
-def _coords(model: Any, subject: Any, space: Any, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Coordinate arrays: ``output_ids`` (as :func:`berg.save` writes, 2-D outputs) and the space's ``coords()``."""
+def _coords(space: Any, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Coordinate arrays: the space's ``coords()`` and ``output_ids`` (2-D outputs) as :func:`berg.save` writes
+    them (voxel ``(i, j, k)`` for volumes, else the output index: ``BaseModelInterface.output_ids``)."""
     out: dict[str, np.ndarray] = {}
-    declared = getattr(space, "coords", None)
-    declared = declared() if callable(declared) else declared
-    if isinstance(declared, Mapping):
-        for k, v in declared.items():
-            arr = np.asarray(v)
-            if arr.dtype.kind in "iufbUS":
-                out[str(k).replace("/", "_")] = arr
-            elif arr.dtype.kind == "O":
-                out[str(k).replace("/", "_")] = arr.astype(str)
+    declared = space.coords()
+    for k, v in declared.items():
+        arr = np.asarray(v)
+        if arr.dtype.kind in "iufbUS":
+            out[str(k).replace("/", "_")] = arr
+        elif arr.dtype.kind == "O":
+            out[str(k).replace("/", "_")] = arr.astype(str)
     if len(shape) == 1:
-        if hasattr(model, "output_ids"):
-            ids = np.asarray(model.output_ids(subject))
-        else:
-            ijk = getattr(space, "voxel_ijk", None)
-            ids = np.asarray(ijk) if ijk is not None else np.arange(shape[0])
+        ids = np.asarray(declared["voxel_ijk"]) if "voxel_ijk" in declared else np.arange(shape[0])
         if ids.shape[0] == shape[0]:
             out["output_ids"] = ids
     return out
@@ -102,15 +116,9 @@ def _coords(model: Any, subject: Any, space: Any, shape: tuple[int, ...]) -> dic
 
 def backbone_key(model: Any, prov: Mapping[str, Any]) -> str | None:
     """Identity of a model's backbone pass (builder, weights, seed, nodes, preprocessing, device), or ``None``
-    when the model offers no features entry point (then it runs its own ``iter_encode``)."""
-    if not (hasattr(model, "extractor") and hasattr(model, "outputs_from_features")):
+    for a model that implements only the base interface (it is encoded through ``encode``)."""
+    if not is_feature_model(model):
         return None
-    from berg.core.engine import LinearEncodingModel
-
-    if getattr(type(model), "iter_encode", None) is not LinearEncodingModel.iter_encode or not _batching_loop_is_encode(
-        model
-    ):
-        return None  # a model with its own loop or encode (ensembles, group maps...) runs that, unshared
     return digest({k: prov.get(k) for k in ("backbone", "nodes", "transform", "device")})
 
 
@@ -194,20 +202,19 @@ def load_entries(
         prov = model.provenance()
         checksums = prov.get("artifacts") or {}
         bkey = backbone_key(model, prov)
+        if bkey is None:
+            _log_base_only(model)
         if device is not None and device != plan.device:
             # a Dask driver loads on the CPU only to lay out the store; the numbers come from the workers
             prov = {**prov, "device": f"{plan.device} (Dask workers)"}
-        needs_meta = any(
-            ("roi_mean" in r) or ("nc_threshold" in r) or ("select" in r and "roi" in r["select"])
-            for r in entry.reducers
-        )
+        needs_meta = any(("roi_mean" in r) or ("select" in r and "roi" in r["select"]) for r in entry.reducers)
         targets, reducers = {}, {}
         for s in model.subjects:
-            space = model.space(s) if hasattr(model, "space") else model.spaces[s]
+            space = model.space(s)
             shape = _response_shape(space)
-            coords = _coords(model, s, space, shape)
+            coords = _coords(space, shape)
             meta = client.get_model_metadata(entry.id, subject=s) if needs_meta else None
-            rows = (getattr(model, "selected_rows", None) or {}).get(s)
+            rows = _selected_rows(model, s)
             n_full = (
                 int(meta["n_outputs"])
                 if meta is not None and "n_outputs" in meta
@@ -216,6 +223,7 @@ def load_entries(
             red = build_reducer(
                 entry.reducers,
                 meta=meta,
+                reliability=_reliability_source(model, s),
                 full_rows=rows,
                 n_full=n_full,
                 coords=coords,
@@ -225,7 +233,7 @@ def load_entries(
             out_shape = shape if red.is_identity else (red.n_out,)
             dims = _dims(space, shape) if red.is_identity else red.dims
             artifacts = _subject_artifacts(checksums, s, model.subjects)
-            space_dict = space.to_dict() if hasattr(space, "to_dict") else {"kind": getattr(space, "kind", "flat")}
+            space_dict = space.to_dict()
             targets[s] = TargetInfo(
                 name=entry.name,
                 model_id=entry.id,
@@ -254,9 +262,12 @@ def _model_item(item: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _validate(items: list[Any], model: Any, kind: str) -> list[Any]:
-    """Decoded items the model refuses (too few video frames, wrong shape) become per-item errors too."""
+    """Decoded items the model refuses (too few video frames, wrong shape) become per-item errors too.
+
+    Only a :class:`~berg.core.contract.FeatureModel` can check stimuli without encoding them; a model of the
+    base interface finds its culprits while encoding (see :func:`_encode_base`)."""
     arrays = [_model_item(it, kind) for it in items if not isinstance(it, BaseException)]
-    if not arrays or not hasattr(model, "prepare_stimuli"):
+    if not arrays or not is_feature_model(model):
         return items
     try:
         model.prepare_stimuli(arrays)
@@ -272,12 +283,6 @@ def _validate(items: list[Any], model: Any, kind: str) -> list[Any]:
                 it = exc
         out.append(it)
     return out
-
-
-def decode_shard(source: StimulusSource, shard: int, plan: EncodePlan, threads: int) -> list[Any]:
-    """Decode one shard's stimuli (items or per-item :class:`StimulusError`)."""
-    start, stop = shard_bounds(shard, plan.shard_size, len(source))
-    return source.read(range(start, stop), threads=threads)
 
 
 @dataclass
@@ -342,21 +347,15 @@ def encode_unit(
         items = source.read(range(start, stop), threads=decode_threads)
     items = _validate(items, loaded[next(iter(todo))].model, source.kind)
     good = [k for k, it in enumerate(items) if not isinstance(it, BaseException)]
-    failed = [
-        {"index": start + k, "id": source.describe(start + k), "error": str(it)}
-        for k, it in enumerate(items)
-        if isinstance(it, BaseException)
-    ]
-    if failed and plan.on_error == "raise":
-        first = failed[0]
-        raise StimulusError(
-            f"stimulus {first['index']} cannot be decoded: {first['error']}. Fix or remove the file, or set "
-            "on_error: skip in the plan (failed stimuli are then listed and their rows are NaN)"
-        )
+    errors = {k: it for k, it in enumerate(items) if isinstance(it, BaseException)}
+    _check_errors(errors, plan, start)
     outputs: dict[str, tuple[TargetInfo, np.ndarray]] = {}
     model_items = [_model_item(items[k], source.kind) for k in good]
     for group in _backbone_groups([loaded[name] for name in todo]):
-        full = _encode_group(group, model_items, np.asarray(good, dtype=np.int64), stop - start)
+        full, refused = _encode_group(group, model_items, np.asarray(good, dtype=np.int64), stop - start)
+        if refused:
+            errors.update(refused)
+            _check_errors(refused, plan, start)
         for le in group:
             for s in todo[le.entry.name]:
                 t, red = le.targets[s], le.reducers[s]
@@ -367,14 +366,34 @@ def encode_unit(
                         "(from its output space); the model's space declaration is inconsistent"
                     )
                 outputs[t.key] = (t, data)
+    failed = [
+        {
+            "index": start + k,
+            "id": source.describe(start + k),
+            "error": str(errors[k]),
+            "stamp": source.stamp(start + k),
+        }
+        for k in sorted(errors)
+    ]
     return ShardOutputs(shard, start, stop, outputs, failed, t0)
+
+
+def _check_errors(errors: Mapping[int, BaseException], plan: EncodePlan, start: int) -> None:
+    if errors and plan.on_error == "raise":
+        k = min(errors)
+        raise StimulusError(
+            f"stimulus {start + k} cannot be decoded: {errors[k]}. Fix or remove the file, or set "
+            "on_error: skip in the plan (failed stimuli are then listed and their rows are NaN)"
+        )
 
 
 def write_unit(store: RunStore, plan: EncodePlan, done: ShardOutputs) -> dict[str, Any]:
     """Write a computed shard and mark it done; returns ``{"shard", "computed", "failed", "seconds"}``."""
     # Data of every target first, markers last: a marker never exists for data that is not on disk.
-    for key, (_, data) in done.outputs.items():
-        store.write_shard(key, done.shard, done.start, data, fsync=plan.fsync)
+    chunks = {
+        key: store.write_shard(key, done.shard, done.start, data, fsync=plan.fsync)
+        for key, (_, data) in done.outputs.items()
+    }
     seconds = time.perf_counter() - done.t0
     for key, (t, _) in done.outputs.items():
         store.mark_done(
@@ -387,6 +406,7 @@ def write_unit(store: RunStore, plan: EncodePlan, done: ShardOutputs) -> dict[st
                 "stop": done.stop,
                 "failed": done.failed,
                 "seconds": seconds,
+                "chunks": chunks[key],
             },
         )
     computed = list(done.outputs)
@@ -416,64 +436,166 @@ def _model_shape(le: LoadedEntry, subject: Any) -> tuple[int, ...]:
     return tuple(le.targets[subject].attrs["model_response_shape"])
 
 
-def _batching_loop_is_encode(model: Any) -> bool:
-    """True when ``model.encode`` is the engine's, i.e. exactly the concatenation of ``iter_encode``."""
+def _selected_rows(model: Any, subject: Any) -> np.ndarray | None:
+    """Full-output index of each output the model returns (``None``: all, in order).
+
+    Only the engine's models record it (``selected_rows``); other models are taken to return all outputs
+    of the subject, in order, which is what their ROI reducers then assume.
+    """
     from berg.core.engine import LinearEncodingModel
 
-    return hasattr(model, "iter_encode") and getattr(type(model), "encode", None) is LinearEncodingModel.encode
+    if isinstance(model, LinearEncodingModel):
+        return model.selected_rows.get(subject)
+    return None
+
+
+def _reliability_source(model: Any, subject: Any):
+    """``metric -> per-output values`` for the ``nc_threshold`` reducer, from the model's reliability accessor
+    (``model.reliability(subject)``: NCSNR / noise ceiling in output order for the current selection). Each
+    model family knows where its release keeps these numbers; the runner never reads metadata keys for them."""
+
+    def values(metric: str) -> np.ndarray:
+        try:
+            accessor = model.reliability
+        except AttributeError:
+            raise InvalidParameterError(
+                f"{type(model).__name__} has no reliability() accessor (part of BaseModelInterface); "
+                "nc_threshold needs it"
+            ) from None
+        return np.asarray(getattr(accessor(subject), metric), dtype=np.float64)
+
+    return values
+
+
+_BASE_ONLY_LOGGED: set[str] = set()
+
+
+def _log_base_only(model: Any) -> None:
+    """Say once per model class that it is encoded shard by shard (no shared backbone pass, no streaming)."""
+    name = f"{type(model).__module__}.{type(model).__qualname__}"
+    if name not in _BASE_ONLY_LOGGED:
+        _BASE_ONLY_LOGGED.add(name)
+        log.info(
+            "%s implements only BaseModelInterface (not FeatureModel): berg run encodes it shard by shard "
+            "through encode(), without sharing a backbone pass with other models",
+            name,
+        )
 
 
 def _backbone_groups(entries: Sequence[LoadedEntry]) -> list[list[LoadedEntry]]:
-    """Entries grouped by backbone pass (entries without a features entry point stay alone)."""
+    """Entries grouped by backbone pass (models of the base interface stay alone)."""
     groups: dict[Any, list[LoadedEntry]] = {}
     for le in entries:
         groups.setdefault(le.backbone if le.backbone is not None else id(le), []).append(le)
     return list(groups.values())
 
 
+def _group_level_error(model: Any, n: int) -> InvalidParameterError:
+    return InvalidParameterError(
+        f"{model.model_id}: the model returned {n} array(s) per batch for subjects {model.subjects} (a "
+        "group-level output); berg run stores one array per subject. Run one entry per subject instead."
+    )
+
+
+def _encode_base(model: Any, items: list[np.ndarray]) -> tuple[dict[Any, np.ndarray], dict[int, StimulusError]]:
+    """Encode a shard with ``model.encode`` (base interface); a refused shard is retried item by item.
+
+    Returns ``({subject: (n_good, *shape)}, {item position: error})``; rows of refused items are NaN.
+    """
+
+    def call(x: list[np.ndarray]) -> dict[Any, np.ndarray]:
+        out = model.encode(x, show_progress=False)
+        if not isinstance(out, Mapping):
+            raise _group_level_error(model, 1)
+        return out
+
+    try:
+        return call(items), {}
+    except StimulusError:
+        if len(items) == 1:
+            raise
+    results: dict[Any, list[np.ndarray | None]] = {s: [] for s in model.subjects}
+    errors: dict[int, StimulusError] = {}
+    for k, item in enumerate(items):
+        try:
+            one = call([item])
+        except StimulusError as exc:
+            errors[k] = exc
+            for s in model.subjects:
+                results[s].append(None)
+            continue
+        for s in model.subjects:
+            results[s].append(np.asarray(one[s])[0])
+    out = {}
+    for s, rows in results.items():
+        shape = next((r.shape for r in rows if r is not None), None)
+        out[s] = np.stack([np.full(shape, np.nan, np.float32) if r is None else r for r in rows]) if shape else None
+    return out, errors
+
+
 def _encode_group(
     group: Sequence[LoadedEntry], items: list[np.ndarray], rows: np.ndarray, n_rows: int
-) -> dict[str, dict[Any, np.ndarray]]:
-    """Responses ``{name: {subject: (n_rows, *shape)}}`` of a shard; rows not in ``rows`` stay NaN.
+) -> tuple[dict[str, dict[Any, np.ndarray]], dict[int, StimulusError]]:
+    """Responses ``{name: {subject: (n_rows, *shape)}}`` of a shard (rows not in ``rows`` stay NaN), and the
+    stimuli a base-interface model refused (``{shard position: error}``).
 
-    One model: its own batching loop (``iter_encode``). Several models with one backbone: the backbone runs
-    once per batch and each model maps the shared features (``outputs_from_features``).
+    One feature model: its own ``iter_encode``. Several with one backbone: the engine's batch loop runs the
+    backbone once per batch and each model maps the shared features (``outputs_from_features``, which the
+    contract defines as ``iter_encode``'s rows, flat). A base-interface model: ``encode`` on the shard.
     """
     full = {
         le.entry.name: {s: np.full((n_rows, *_model_shape(le, s)), np.nan, dtype=np.float32) for s in le.model.subjects}
         for le in group
     }
+    refused: dict[int, StimulusError] = {}
     if not items:
-        return full
-    first = group[0].model
-    stim = first.prepare_stimuli(items) if hasattr(first, "prepare_stimuli") else items
-    if len(group) == 1 and not _batching_loop_is_encode(first):
-        # encode() is the contract; iter_encode is only used where encode is exactly the engine's loop over
-        # it (a model class may change what encode returns, e.g. group maps). A shard is small: encode it whole.
-        out = first.encode(stim, show_progress=False)
-        if not isinstance(out, Mapping):
-            raise InvalidParameterError(
-                f"{first.model_id}: encode returned one array for subjects {first.subjects} (a group-level "
-                "output); berg run stores one array per subject. Run one entry per subject instead."
-            )
-        for s in first.subjects:
-            full[group[0].entry.name][s][rows] = np.asarray(out[s]).reshape((len(items), *_model_shape(group[0], s)))
-        return full
+        return full, refused
+    first = group[0]
+    model = first.model
+    if not first.feature_model:
+        out, errors = _encode_base(model, items)
+        keep = np.asarray([k for k in range(len(items)) if k not in errors], dtype=np.int64)
+        refused = {int(rows[k]): exc for k, exc in errors.items()}
+        for s in model.subjects:
+            if out[s] is not None and keep.size:
+                y = np.asarray(out[s])[keep] if errors else np.asarray(out[s])
+                full[first.entry.name][s][rows[keep]] = y.reshape((keep.size, *_model_shape(first, s)))
+        return full, refused
+    stim = model.prepare_stimuli(items)
     if len(group) == 1:
-        for a, b, per_subject in first.iter_encode(stim, show_progress=False):
-            for s, y in zip(first.subjects, per_subject):
-                full[group[0].entry.name][s][rows[a:b]] = np.asarray(y).reshape((b - a, *_model_shape(group[0], s)))
-        return full
+        for a, b, per_subject in model.iter_encode(stim, show_progress=False):
+            if len(per_subject) != len(model.subjects):
+                raise _group_level_error(model, len(per_subject))
+            for s, y in zip(model.subjects, per_subject):
+                full[first.entry.name][s][rows[a:b]] = _shaped(model, s, np.asarray(y), _model_shape(first, s))
+        return full, refused
     import torch
 
-    from berg.core.engine import iter_batches
+    from berg.core.engine import batch_loop
+
+    def step(x):
+        features = model.extractor(x)
+        with torch.inference_mode():
+            return [le.model.outputs_from_features(features) for le in group]
 
     batch = min(int(le.model.batch_size) for le in group)
-    for a, b, x in iter_batches(first.extractor.transform, stim, batch):
-        features = first.extractor(x)
-        with torch.inference_mode():
-            for le in group:
-                outs = le.model.outputs_from_features(features)
-                for s, o in zip(le.model.subjects, outs):
-                    full[le.entry.name][s][rows[a:b]] = o.cpu().numpy().reshape((b - a, *_model_shape(le, s)))
-    return full
+    for a, b, per_model in batch_loop(
+        stim, model.extractor.transform, batch, step, desc="berg run", show_progress=False
+    ):
+        for le, outs in zip(group, per_model):
+            if len(outs) != len(le.model.subjects):
+                raise _group_level_error(le.model, len(outs))
+            for s, o in zip(le.model.subjects, outs):
+                full[le.entry.name][s][rows[a:b]] = _shaped(le.model, s, o.cpu().numpy(), _model_shape(le, s))
+    return full, refused
+
+
+def _shaped(model: Any, subject: Any, y: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A batch of responses as ``(b, *shape)``, refused clearly when the model returned another size."""
+    if y.ndim == 0 or y[0].size != int(np.prod(shape)):
+        raise InvalidParameterError(
+            f"{model.model_id}: the model returned {tuple(y.shape[1:])} per stimulus for subject {subject}, "
+            f"the store expects {shape} (from model.space({subject!r})); the model breaks the contract "
+            "(iter_encode/outputs_from_features must give encode's rows)"
+        )
+    return y.reshape((y.shape[0], *shape))

@@ -27,6 +27,12 @@ Rules that make resumption exact:
 * A marker records the target's hash (model id, subject, selection, reducers, artifact sha256, stimuli
   fingerprint, dtype, shard size, berg run format). A marker whose hash differs from the current plan's
   is *stale*: ``berg status`` lists it and the next run recomputes that shard.
+* A marker also records every chunk file of its shard (relative path, size, modification time, sha256).
+  ``berg status``, ``berg export`` and every resume check them: a chunk that is missing, has another size,
+  or whose bytes no longer hash to the record (hashed when its mtime changed, or always with ``verify``)
+  makes the shard *damaged*; so does a marker without that record or one copied from another shard. A
+  damaged shard is never served: export refuses it (or writes NaN rows with ``allow_incomplete``) and the
+  next run recomputes it.
 """
 
 from __future__ import annotations
@@ -47,14 +53,15 @@ from typing import Any
 
 import numpy as np
 
-from berg.errors import BERGError
-from berg.fsutil import atomic_write_text, clean_stale_temporaries, fsync_dir
+from berg.errors import BERGError, InvalidParameterError
+from berg.fsutil import atomic_write_text, clean_stale_temporaries, fsync_dir, sha256_file
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "RunLockedError",
     "RunStore",
+    "SHARD_STATES",
     "StoreFormatError",
     "TargetInfo",
     "open_responses",
@@ -67,6 +74,9 @@ FORMAT_VERSION = 1
 ZARR_NAME = "responses.zarr"
 #: Largest chunk (bytes) before the output axis is split as well (shards still write whole chunks).
 MAX_CHUNK_BYTES = 128 * 1024 * 1024
+#: What a target's shard can be: computed and intact, computed under another plan, computed but its chunks
+#: no longer match the marker's record, or not computed.
+SHARD_STATES = ("done", "stale", "damaged", "pending")
 
 
 class RunLockedError(BERGError):
@@ -158,7 +168,7 @@ class RunStore:
     """
 
     def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root)
+        self.root = Path(check_store_path(root))
         self.zarr_path = self.root / ZARR_NAME
         self.run_json = self.root / "run.json"
         self.markers = self.root / "markers"
@@ -172,6 +182,8 @@ class RunStore:
     def open(cls, root: str | os.PathLike[str]) -> RunStore:
         """An existing run folder (for status and export); refuses folders that are not runs."""
         store = cls(root)
+        if store.root.exists() and not store.root.is_dir():
+            raise StoreFormatError(f"{store.root} is a file, not a run folder")
         if not store.root.is_dir():
             raise StoreFormatError(f"run folder not found: {store.root}")
         if not store.run_json.is_file():
@@ -442,16 +454,90 @@ class RunStore:
             for p in folder.glob("*.json"):
                 p.unlink(missing_ok=True)
 
-    def shard_state(self, key: str, shard: int, expected_hash: str) -> str:
-        """``"done"``, ``"stale"`` (marked with another plan's hash) or ``"pending"``."""
-        marker = self.read_marker(key, shard)
+    def drop_marker(self, key: str, shard: int) -> None:
+        """Forget one finished shard (it is damaged, or a failed stimulus of it came back): it is recomputed."""
+        self.marker_path(key, shard).unlink(missing_ok=True)
+
+    def shard_state(self, key: str, shard: int, expected_hash: str, *, verify: bool = False) -> str:
+        """``"done"``, ``"stale"`` (marked with another plan's hash), ``"damaged"`` (see :meth:`check_shard`)
+        or ``"pending"``."""
+        return self.marker_state(key, shard, self.read_marker(key, shard), expected_hash, verify=verify)[0]
+
+    def marker_state(
+        self, key: str, shard: int, marker: Mapping[str, Any] | None, expected_hash: str, *, verify: bool = False
+    ) -> tuple[str, str | None]:
+        """State of a shard given its marker, and why it is damaged (``None`` otherwise)."""
         if marker is None:
-            return "pending"
-        return "done" if marker.get("target_hash") == expected_hash else "stale"
+            return "pending", None
+        if marker.get("target_hash") != expected_hash:
+            return "stale", None
+        problem = self.check_shard(key, shard, marker, verify=verify)
+        return ("damaged", problem) if problem else ("done", None)
+
+    def _chunk_dir(self, key: str, shard: int) -> Path:
+        return self.zarr_path / key / "responses" / "c" / str(shard)
+
+    def chunk_files(self, key: str, shard: int) -> list[Path]:
+        """The chunk files of shard ``shard`` of a target (zarr's in-flight ``*.partial`` files excluded)."""
+        folder = self._chunk_dir(key, shard)
+        if folder.is_file():
+            return [folder]
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
+
+    def chunk_record(self, key: str, shard: int) -> dict[str, dict[str, Any]]:
+        """``{path relative to the zarr store: {size, mtime_ns, sha256}}`` of a shard's chunk files."""
+        out = {}
+        for p in self.chunk_files(key, shard):
+            st = p.stat()
+            out[p.relative_to(self.zarr_path).as_posix()] = {
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": sha256_file(p),
+            }
+        return out
+
+    def check_shard(self, key: str, shard: int, marker: Mapping[str, Any], *, verify: bool = False) -> str | None:
+        """Why a marked shard's chunks do not match its marker's record, or ``None`` when they do.
+
+        The fast path compares sizes and modification times and hashes only chunks whose mtime changed
+        (a copied store keeps working); ``verify=True`` hashes every chunk.
+        """
+        if marker.get("shard") != shard or marker.get("target") != key:
+            return f"its marker belongs to {marker.get('target')!r} shard {marker.get('shard')!r} (copied or forged)"
+        record = marker.get("chunks")
+        if not isinstance(record, Mapping):
+            return "its marker records no chunk checksums (forged, or written by an older berg)"
+        prefix = f"{key}/responses/c/{shard}"
+        present = {p.relative_to(self.zarr_path).as_posix(): p for p in self.chunk_files(key, shard)}
+        for rel, rec in sorted(record.items()):
+            if not (rel == prefix or rel.startswith(prefix + "/")) or not isinstance(rec, Mapping):
+                return f"its marker records a chunk {rel!r} outside the shard (forged)"
+            path = present.get(rel)
+            if path is None:
+                return f"chunk {rel} is missing"
+            try:
+                st = path.stat()
+            except OSError as exc:
+                return f"chunk {rel} cannot be read ({exc})"
+            if st.st_size != rec.get("size"):
+                return f"chunk {rel} has {st.st_size} bytes, {rec.get('size')} were written"
+            if (verify or st.st_mtime_ns != rec.get("mtime_ns")) and sha256_file(path) != rec.get("sha256"):
+                return f"chunk {rel} does not hash to what was written (its bytes changed)"
+        extra = sorted(set(present) - set(record))
+        if extra:
+            return f"chunk {extra[0]} was not written by this shard's run"
+        return None
 
     # ------------------------------------------------------------------ writing
-    def write_shard(self, key: str, shard: int, start: int, data: np.ndarray, *, fsync: bool = True) -> None:
-        """Write one shard's rows of a target (whole chunks) and make them durable; no marker yet."""
+    def write_shard(
+        self, key: str, shard: int, start: int, data: np.ndarray, *, fsync: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """Write one shard's rows of a target (whole chunks) and make them durable; no marker yet.
+
+        Returns the chunk record (:meth:`chunk_record`) the shard's marker keeps.
+        """
         arr = self._arrays.get(key)
         if arr is None:
             import zarr
@@ -461,13 +547,10 @@ class RunStore:
         arr[start : start + data.shape[0]] = data.astype(arr.dtype, copy=False)
         if fsync:
             self._fsync_chunks(key, shard)
+        return self.chunk_record(key, shard)
 
     def _fsync_chunks(self, key: str, shard: int) -> None:
-        folder = self.zarr_path / key / "responses" / "c" / str(shard)
-        if folder.is_file():
-            paths = [folder]
-        else:
-            paths = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+        paths = self.chunk_files(key, shard)
         for p in paths:
             fd = os.open(p, os.O_RDONLY)
             try:
@@ -531,22 +614,47 @@ class RunStore:
                         seen.setdefault(int(f["index"]), f)
         return [seen[i] for i in sorted(seen)]
 
-    def status(self) -> dict[str, Any]:
-        """Shard counts per target (done / stale / pending), failed stimuli, throughput and ETA."""
+    def shard_states(self, *, verify: bool = False) -> dict[str, dict[int, tuple[str, str | None]]]:
+        """``{target key: {shard: (state, why damaged)}}`` for every target of ``run.json`` (see :data:`SHARD_STATES`)."""
+        info = self.info()
+        n_shards = int(info.get("n_shards", 0))
+        out: dict[str, dict[int, tuple[str, str | None]]] = {}
+        for key, t in info.get("targets", {}).items():
+            markers = self.markers_of(key)
+            out[key] = {s: self.marker_state(key, s, markers.get(s), t["hash"], verify=verify) for s in range(n_shards)}
+        return out
+
+    def status(self, *, verify: bool = False) -> dict[str, Any]:
+        """Shard counts per target (done / stale / damaged / pending), failed stimuli, throughput and ETA.
+
+        Parameters
+        ----------
+        verify : bool
+            Hash every chunk of every done shard (default: sizes and modification times, hashing only the
+            chunks whose modification time changed).
+        """
         info = self.info()
         n_shards = int(info.get("n_shards", 0))
         targets = {}
         pending_units: set[tuple[str, int]] = set()
-        for key, t in info.get("targets", {}).items():
-            markers = self.markers_of(key)
-            states = {"done": 0, "stale": 0, "pending": 0}
-            for s in range(n_shards):
-                m = markers.get(s)
-                state = "pending" if m is None else ("done" if m.get("target_hash") == t["hash"] else "stale")
+        for key, shards in self.shard_states(verify=verify).items():
+            t = info["targets"][key]
+            states = dict.fromkeys(SHARD_STATES, 0)
+            damaged = []
+            for s, (state, why) in shards.items():
                 states[state] += 1
                 if state != "done":
                     pending_units.add((t["name"], s))
-            targets[key] = {**states, "n_shards": n_shards, "model_id": t["model_id"], "subject": t["subject"]}
+                if state == "damaged":
+                    damaged.append({"shard": s, "reason": why})
+            targets[key] = {
+                **states,
+                "n_shards": n_shards,
+                "model_id": t["model_id"],
+                "subject": t["subject"],
+                "damaged_shards": damaged,
+                "not_done": sorted(s for s, (state, _) in shards.items() if state != "done"),
+            }
         events = self.read_events()
         runs = [e for e in events if e.get("event") == "run_start"]
         holders = self._holders()
@@ -565,7 +673,7 @@ class RunStore:
                 rate = len(units) / span if span > 0 else None
             if rate:
                 eta = len(pending_units) / rate
-        done_all = all(v["pending"] == 0 and v["stale"] == 0 for v in targets.values())
+        done_all = all(v["done"] == n_shards for v in targets.values())
         return {
             "root": os.fspath(self.root),
             "n_stimuli": info.get("n_stimuli"),
@@ -579,7 +687,32 @@ class RunStore:
             "units_per_second": rate,
             "eta_seconds": eta,
             "holders": holders,
+            "verified": "sha256 of every chunk" if verify else "sizes and modification times",
         }
+
+
+def check_store_path(root: Any, *, on_disk: bool = True) -> str:
+    """A run folder path as given (str or path-like), refused with a clear error when it cannot be one.
+
+    Raises
+    ------
+    InvalidParameterError
+        Not a path, empty, or holding a NUL byte.
+    StoreFormatError
+        An existing file (not a folder).
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        raise InvalidParameterError(f"a run store is a folder path, got {type(root).__name__} {root!r}")
+    text = os.fspath(root)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text:
+        raise InvalidParameterError("the run store path is empty; give the run folder to write, e.g. runs/my-run")
+    if "\0" in text:
+        raise InvalidParameterError(f"the run store path {text!r} holds a NUL byte; no file system accepts it")
+    if on_disk and os.path.isfile(text):
+        raise StoreFormatError(f"the run store {text} is a file; give a folder (new, or a run folder to resume)")
+    return text
 
 
 def open_responses(root: str | os.PathLike[str]):
