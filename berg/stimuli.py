@@ -517,6 +517,19 @@ class _Frames:
         assert self.buf is not None
         return self.buf[: self.n]
 
+    def check_header(self, stream: Any) -> None:
+        """Refuse before decoding when the header already says the frames pass the budget."""
+        ctx = stream.codec_context
+        frame_bytes = int(ctx.width or 0) * int(ctx.height or 0) * 3
+        # one frame of slack: a header's duration or count can be one frame off what decoding finds
+        if frame_bytes and self.expected > 1 and (self.expected - 1) * frame_bytes > self.budget:
+            raise StimulusError(
+                f"video {self.path}: {self.expected:,} frames of {ctx.width} x {ctx.height} "
+                f"({self.expected * frame_bytes / 2**20:,.0f} MiB decoded) would pass the video budget of "
+                f"{self.budget / 2**20:,.0f} MiB; {self.hint}, or raise the budget with max_bytes=N or "
+                "BERG_MAX_VIDEO_MB"
+            )
+
 
 def _rate(stream: Any, times: list[float]) -> float:
     """The stream's average rate, else the rate its frame times show, else 25."""
@@ -533,12 +546,13 @@ def _expected_frames(stream: Any, fps: float | None) -> int:
     if fps is None:
         return int(stream.frames or 0)
     if stream.duration and stream.time_base:
-        return int(math.ceil(float(stream.duration * stream.time_base) * fps)) + 1
+        return int(math.ceil(float(stream.duration * stream.time_base) * fps))
     return 0
 
 
 def _decode_all(container: Any, stream: Any, limit: int, budget: int, path: Any):
     frames = _Frames(budget, path, "pass fps= to decode_video to sample fewer frames", _expected_frames(stream, None))
+    frames.check_header(stream)
     times: list[float] = []
     for _, t, frame in _decoded_frames(container, stream, limit, path):
         frames.append(frame.to_ndarray(format="rgb24"))
@@ -559,6 +573,7 @@ def _sample(container: Any, stream: Any, limit: int, budget: int, path: Any, fps
     step = 1.0 / fps
     hint = f"lower fps (now {fps:g})"
     frames = _Frames(budget, path, hint, _expected_frames(stream, fps))
+    frames.check_header(stream)
     indices: list[int] = []
     times: list[float] = []
     t0 = None

@@ -346,3 +346,17 @@ def test_video_model_frames_are_sampled_while_decoding(clips, n_frames):
     short = load_stimuli([path], "video", n_frames=4, min_frames=31)
     with pytest.raises(StimulusError, match="has 30 frames; this model needs at least 31"):
         short[0]
+
+
+def test_frames_over_the_budget_are_refused_from_the_header_before_decoding(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "long.mp4", 60, 30, size=(240, 320))  # 60 frames of 230 KB
+    import berg.stimuli as st
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a frame was decoded")
+
+    monkeypatch.setattr(st, "_decoded_frames", no_decoding)
+    with pytest.raises(StimulusError, match=r"60 frames of 320 x 240 \(13 MiB decoded\) would pass the video budget"):
+        decode_video(path, max_bytes=1 << 20)
+    with pytest.raises(StimulusError, match=r"60 frames of 320 x 240.*lower fps \(now 30\)"):
+        decode_video(path, fps=30, max_bytes=1 << 20)
