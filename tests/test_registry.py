@@ -224,7 +224,7 @@ def test_shipped_entries_state_preprocessing_once():
     families = [m for m, e in raw["models"].items() if str(e.get("extends", "")).startswith("berg_catalogue")]
     assert len(families) == 6
     for model_id in families:
-        assert set(raw["models"][model_id]) <= {"extends", "modality", "dataset", "source", "recipe"}, model_id
+        assert set(raw["models"][model_id]) <= {"extends", "card", "modality", "dataset", "source", "recipe"}, model_id
 
 
 def test_build_defaults_live_in_the_registry():
