@@ -14,7 +14,7 @@ Model: ResNet-18 (seeded, untrained: the cost of the pretrained one), 224x224 in
 artifact with a 512 -> 100 projection and three subjects of ``--n-outputs`` outputs. Stimuli: JPEG files
 of 256x256 written once into ``--work``.
 
-Run by hand:  .venv/bin/python benchmarks/run_scale.py overhead rss dask resume [--n-images 2000]
+Run by hand:  .venv/bin/python benchmarks/run_scale.py overhead rss dask resume [--n-images 2000] [--smoke]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -32,119 +31,30 @@ import time
 import warnings
 from pathlib import Path
 
+import _harness as H
 import numpy as np
-import yaml
 
 MODEL_ID = "bench-run-resnet18"
 K = 100
 SUBJECTS = [1, 2, 3]
 
 
-def _card(n_out: int) -> dict:
-    """A valid card for the synthetic benchmark model (its numbers mean nothing)."""
-    transform = {
-        "kind": "image",
-        "size": [224, 224],
-        "resize": "squash",
-        "crop": None,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    }
-    return {
-        "id": MODEL_ID,
-        "name": "Synthetic ResNet-18 benchmark model (not a brain model)",
-        "modality": "fmri",
-        "dataset": {"name": "synthetic", "space": "none", "citation": "none"},
-        "species": "none (synthetic)",
-        "stimuli": {"type": "image", "description": "random images"},
-        "model_type": "ResNet-18 (untrained) + random linear readout",
-        "creator": "benchmarks/run_scale.py",
-        "description": "Benchmark model; its outputs mean nothing.",
-        "input": {
-            "type": "image",
-            "dtype": "uint8",
-            "range": [0, 255],
-            "shape": "[batch, 3, H, W]",
-            "description": "RGB",
-        },
-        "output": {
-            "dtype": "float32",
-            "dims": [{"name": "n_stimuli", "description": "stimuli"}, {"name": "n_outputs", "description": "outputs"}],
-            "units": "arbitrary",
-        },
-        "parameters": {
-            "subjects": SUBJECTS,
-            "selection": {"rois": ["all"], "n_outputs": {s: n_out for s in SUBJECTS}},
-            "model_kwargs": [],
-        },
-        "preprocessing": {"transform": transform},
-        "metadata": {"rois": "ROI indices"},
-        "accuracy": {"split": "none", "summary": {}, "notes": "synthetic"},
-        "references": [{"title": "berg benchmarks", "url": "https://example.invalid"}],
-        "license": {"code": "MIT", "weights": "synthetic"},
-        "provenance": {"weights": "synthetic", "artifact": "benchmarks/run_scale.py"},
-        "caveats": ["synthetic"],
-    }
+def build_artifact(root: Path, n_out: int, size: int = 224) -> dict:
+    """The synthetic model (random folded projection 512 -> 100, three readouts 100 -> n_out); berg options."""
+    from berg.testing import toy_model
 
-
-def build_artifact(root: Path, n_out: int) -> dict:
-    """Native artifact (random folded projection 512 -> 100, three 100 -> n_out readouts); returns berg options."""
-    from berg.store.artifacts import ArtifactWriter
-
-    rng = np.random.default_rng(0)
-    w = ArtifactWriter(root / "berg_dir" / "bench-run/", MODEL_ID)
-    w.add_tensors(
-        "projection.safetensors",
-        {
-            "weight": rng.standard_normal((K, 512), dtype=np.float32) / np.sqrt(512),
-            "bias": rng.standard_normal(K, dtype=np.float32),
-        },
+    toy = toy_model(
+        root,
+        "flat",
+        model_id=MODEL_ID,
+        subjects=SUBJECTS,
+        size=size,
+        n_components=K,
+        n_outputs=n_out,
+        dataset="bench",
+        creator="benchmarks/run_scale.py",
     )
-    for s in SUBJECTS:
-        w.add_tensors(
-            f"readout/sub-{s:02d}.safetensors",
-            {
-                "weight": rng.standard_normal((n_out, K), dtype=np.float32) / 10,
-                "bias": rng.standard_normal(n_out, dtype=np.float32),
-            },
-        )
-        w.add_tensors(f"metadata/sub-{s:02d}.safetensors", {"roi/all": np.arange(n_out, dtype=np.int64)})
-        w.add_json(
-            f"metadata/sub-{s:02d}.json", {"n_outputs": n_out, "output_space": {"kind": "flat"}, "rois": ["all"]}
-        )
-    w.finalize({"creator": "benchmarks/run_scale.py"})
-    (root / f"{MODEL_ID}.yaml").write_text(yaml.safe_dump(_card(n_out), sort_keys=False))
-    recipe = {
-        "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
-        "nodes": ["avgpool"],
-        "transform": {
-            "kind": "image",
-            "size": [224, 224],
-            "resize": "squash",
-            "crop": None,
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-        },
-        "projection": "scaler_pca",
-        "readout": "linear",
-        "output_space": "flat",
-    }
-    entry = {
-        "card": f"{MODEL_ID}.yaml",
-        "modality": "fmri",
-        "dataset": "bench",
-        "subjects": SUBJECTS,
-        "source": {"kind": "s3", "bucket": "none", "prefix": "bench-run/"},
-        "layout": "native",
-        "recipe": recipe,
-    }
-    (root / "registry.yaml").write_text(yaml.safe_dump({"format_version": 1, "models": {MODEL_ID: entry}}))
-    return {
-        "berg_dir": str(root / "berg_dir"),
-        "cache_dir": str(root / "cache"),
-        "offline": True,
-        "registry": str(root / "registry.yaml"),
-    }
+    return toy.options(root / "cache")
 
 
 def write_images(folder: Path, n: int) -> list[Path]:
@@ -357,9 +267,27 @@ def bench_gpu(work: Path, opts: dict, n: int) -> dict:
     }
 
 
+FIGURES = {
+    "overhead": {
+        "ratio_run_over_loop": ("overhead.run_over_loop", "x", ">= 0.95"),
+        "run_img_per_s": ("overhead.run", "img/s"),
+        "loop_img_per_s": ("overhead.loop", "img/s"),
+        "cpu_ratio_loop_over_run": ("overhead.cpu_loop_over_run", "x"),
+    },
+    "dask": {
+        "speedup": ("dask.speedup_2w_over_1w", "x", ">= 1.7"),
+        "steady_speedup": ("dask.steady_speedup", "x"),
+        "img_per_s_1w": ("dask.img_per_s_1w", "img/s"),
+        "img_per_s_2w": ("dask.img_per_s_2w", "img/s"),
+    },
+    "resume": {"resume_over_full": ("resume.resume_over_full", "x", "<= 0.55")},
+    "gpu": {"img_per_s": ("gpu.img_per_s", "img/s"), "gpu_util_mean_pct": ("gpu.util_mean", "%")},
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("benches", nargs="+", choices=["overhead", "rss", "dask", "resume", "gpu"])
+    ap.add_argument("benches", nargs="*", help="overhead, rss, dask, resume, gpu")
     ap.add_argument("--n-images", type=int, default=2000)
     ap.add_argument("--dask-images", type=int, default=1024)
     ap.add_argument("--dask-shard", type=int, default=64)
@@ -368,39 +296,45 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2, help="overhead: interleaved repeats (best of)")
     ap.add_argument("--work", default=None, help="folder for images and runs (default: a temporary folder)")
-    args = ap.parse_args()
+    args = H.add_arguments(ap).parse_args()
+    size = 224
+    if args.smoke:
+        # every part but the Dask ones (a cluster start costs more than a smoke run may take)
+        args.benches = args.benches or ["overhead", "rss"]
+        args.n_images, args.repeats, args.rss_counts, args.n_outputs, size = 8, 1, "4", 50, 32
+    valid = ("overhead", "rss", "dask", "resume", "gpu")
+    if not args.benches or set(args.benches) - set(valid):
+        ap.error(f"name one or more of {', '.join(valid)}")
     warnings.simplefilter("ignore")
-
+    rec = H.start("run_scale", args, n_outputs=args.n_outputs, subjects=len(SUBJECTS), size=size)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="berg-run-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    opts = build_artifact(work / "artifact", args.n_outputs)
-    print(
-        json.dumps(
-            {
-                "machine": platform.processor() or platform.machine(),
-                "cpus": os.cpu_count(),
-                "load_avg": os.getloadavg(),
-                "n_outputs_per_subject": args.n_outputs,
-                "subjects": len(SUBJECTS),
-                "date": time.strftime("%Y-%m-%d %H:%M"),
-            }
-        ),
-        flush=True,
-    )
-    for b in args.benches:
-        load0 = os.getloadavg()[0]
-        if b == "overhead":
-            r = bench_overhead(work, opts, args.n_images, args.device, args.repeats)
-        elif b == "rss":
-            r = bench_rss(work, opts, [int(c) for c in args.rss_counts.split(",")])
-        elif b == "dask":
-            r = bench_dask(work, opts, args.dask_images, args.dask_shard)
-        elif b == "resume":
-            r = bench_resume(work, opts, args.dask_images, args.dask_shard)
-        else:
-            r = bench_gpu(work, opts, args.n_images)
-        r["load_avg_start_end"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
-        print(json.dumps(r), flush=True)
+    opts = build_artifact(work / "artifact", args.n_outputs, size)
+    try:
+        for b in args.benches:
+            if b == "overhead":
+                r = bench_overhead(work, opts, args.n_images, args.device, args.repeats)
+            elif b == "rss":
+                r = bench_rss(work, opts, [int(c) for c in args.rss_counts.split(",")])
+            elif b == "dask":
+                r = bench_dask(work, opts, args.dask_images, args.dask_shard)
+            elif b == "resume":
+                r = bench_resume(work, opts, args.dask_images, args.dask_shard)
+            else:
+                r = bench_gpu(work, opts, args.n_images)
+            params = {k: v for k, v in r.items() if k in ("n_images", "shard_size", "repeats")}
+            rec.figures(r, FIGURES.get(b, {}), **params)
+            if b == "rss":
+                for key, value in r.items():
+                    if key.startswith("peak_rss_mb_"):
+                        rec.figure(f"rss.peak_mb_{key.rsplit('_', 1)[1]}_images", value, "MB")
+                counts = sorted(int(k.rsplit("_", 1)[1]) for k in r if k.startswith("peak_rss_mb_"))
+                if len(counts) > 1:
+                    ratio = r[f"peak_rss_mb_{counts[-1]}"] / r[f"peak_rss_mb_{counts[0]}"]
+                    rec.figure("rss.largest_over_smallest", ratio, "x", target="<= 1.1", counts=counts)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,25 +11,13 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from berg.testing import resnet18_recipe
+
 MODEL_ID = "demo-synthetic-resnet18"
 BUCKET = "berg-demo"
 PREFIX = f"{MODEL_ID}/"
 
-RECIPE = {
-    "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
-    "nodes": ["layer3", "avgpool"],
-    "transform": {
-        "kind": "image",
-        "size": [64, 64],
-        "resize": "squash",
-        "crop": None,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    },
-    "projection": "scaler_pca",
-    "readout": "linear",
-    "output_space": "volume",
-}
+RECIPE = resnet18_recipe(size=64, nodes=["layer3", "avgpool"], projection="scaler_pca", output_space="volume")
 
 
 @dataclass
@@ -44,7 +32,7 @@ class DemoModel:
 
 def build_demo(out_dir: str | Path, *, seed: int = 0) -> DemoModel:
     """Synthetic dataset -> trained, exported demo model under ``out_dir``."""
-    from berg.training.synthetic import make_synthetic_dataset
+    from berg.testing import make_synthetic_dataset
     from berg.training.trainer import TrainConfig, train
 
     out_dir = Path(out_dir)
