@@ -496,3 +496,23 @@ def test_status_eta_from_the_latest_run(tmp_path):
     from berg.runner.cli import format_status
 
     assert "6 shard(s) to compute; rate 6.0 shards/min; ETA 1m00s" in format_status(st)
+
+
+def test_dask_worker_alone_uses_all_cores_one_shard_at_a_time(monkeypatch):
+    from berg.runner import executors
+
+    monkeypatch.setattr(executors.os, "cpu_count", lambda: 16)
+    one = executors.local_cluster_kwargs({"kind": "dask", "n_workers": 1})
+    assert one["n_workers"] == 1 and one["threads_per_worker"] == 16
+    assert one["resources"] == {executors._SLOT: 1}  # one shard per worker: its torch gets the 16 threads
+    two = executors.local_cluster_kwargs({"kind": "dask", "n_workers": 2, "resources": {"GPU": 1}})
+    assert two["threads_per_worker"] == 8 and two["resources"] == {"GPU": 1, executors._SLOT: 1}
+    assert executors.local_cluster_kwargs({"n_workers": 2, "threads_per_worker": 1})["threads_per_worker"] == 1
+    plan_threads = executors._worker_threads  # outside a worker: the plan's setting
+    plan = EncodePlan.from_dict(
+        {"models": [{"id": "m", "subjects": 1}], "stimuli": "x", "store": "r", "executor": {"kind": "dask"}},
+        base_dir="/tmp",
+    )
+    assert plan_threads(plan) == 1
+    plan.executor["torch_threads"] = 3
+    assert plan_threads(plan) == 3

@@ -32,11 +32,20 @@ def run(plan: Any, *, shard: tuple[int, int] | None = None, show_progress: bool 
     return _run(plan, shard=shard, show_progress=show_progress, prepare_only=prepare_only)
 
 
-def status(store: str | os.PathLike[str]) -> dict[str, Any]:
-    """Done / stale / pending shards per target, failed stimuli and ETA of a run folder."""
+def status(store: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
+    """Done / stale / damaged / pending shards per target, failed stimuli and ETA of a run folder.
+
+    Parameters
+    ----------
+    store : path
+        The run folder.
+    verify : bool
+        Hash every chunk of every done shard against its marker (default: sizes and modification times,
+        hashing only chunks whose modification time changed).
+    """
     from berg.runner.zarr_store import RunStore
 
-    return RunStore.open(store).status()
+    return RunStore.open(store).status(verify=verify)
 
 
 def export(
@@ -44,11 +53,13 @@ def export(
     to: str | os.PathLike[str],
     *,
     allow_incomplete: bool = False,
+    verify: bool = False,
+    overwrite: bool = True,
 ):
     """Write a run as one HDF5 file (see :func:`berg.runner.export.export_hdf5`)."""
     from berg.runner.export import export_hdf5
 
-    return export_hdf5(store, to, allow_incomplete=allow_incomplete)
+    return export_hdf5(store, to, allow_incomplete=allow_incomplete, verify=verify, overwrite=overwrite)
 
 
 def open_responses(store: str | os.PathLike[str]):

@@ -336,8 +336,18 @@ def _dask_client(cfg: Mapping[str, Any]):
         ) from exc
     if cfg.get("address"):
         return Client(cfg["address"]), None
+    cluster = LocalCluster(**local_cluster_kwargs(cfg))
+    return Client(cluster), cluster
+
+
+def local_cluster_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``LocalCluster`` arguments of a plan's ``executor``.
+
+    Without ``threads_per_worker`` the machine's cores are split between the workers (LocalCluster's own
+    rule), so one worker alone on a machine uses them all; each worker runs one shard at a time (a
+    worker resource) and that shard's torch uses the worker's threads.
+    """
     n_workers = int(cfg.get("n_workers", 2))
-    # A worker alone on a machine uses all its cores unless told otherwise (as LocalCluster's own default).
     threads = int(cfg.get("threads_per_worker") or max(1, (os.cpu_count() or 1) // n_workers))
     kwargs: dict[str, Any] = {
         "n_workers": n_workers,
@@ -348,8 +358,7 @@ def _dask_client(cfg: Mapping[str, Any]):
     }
     if cfg.get("memory_limit") is not None:
         kwargs["memory_limit"] = cfg["memory_limit"]
-    cluster = LocalCluster(**kwargs)
-    return Client(cluster), cluster
+    return kwargs
 
 
 class _DaskCluster:

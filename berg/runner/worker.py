@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from berg.core.contract import is_feature_model
+from berg.core.contract import BaseModelInterface, is_feature_model
 from berg.errors import InvalidParameterError, StimulusError
 from berg.runner.inputs import StimulusSource
 from berg.runner.plan import EncodePlan, ModelEntry, digest
@@ -455,14 +455,12 @@ def _reliability_source(model: Any, subject: Any):
     model family knows where its release keeps these numbers; the runner never reads metadata keys for them."""
 
     def values(metric: str) -> np.ndarray:
-        try:
-            accessor = model.reliability
-        except AttributeError:
+        if not isinstance(model, BaseModelInterface):
             raise InvalidParameterError(
-                f"{type(model).__name__} has no reliability() accessor (part of BaseModelInterface); "
-                "nc_threshold needs it"
-            ) from None
-        return np.asarray(getattr(accessor(subject), metric), dtype=np.float64)
+                f"nc_threshold needs the model's reliability accessor; {type(model).__qualname__} does not "
+                "subclass berg.core.contract.BaseModelInterface, which defines reliability(subject)"
+            )
+        return np.asarray(getattr(model.reliability(subject), metric), dtype=np.float64)
 
     return values
 
