@@ -8,22 +8,19 @@
    evidence, RNC defaults.
 3. forward + backward images/s of a berg model (``forward_pixels`` + ROI objective + backward) vs the
    bare backbone (forward only, and forward + backward to the input, parameters frozen as in
-   synthesis), the test model of tests/synthetic_native.py (untrained ResNet-18 at 64 x 64).
+   synthesis), a :func:`berg.testing.toy_model` volume model (untrained ResNet-18 at 64 x 64).
 
-Run by hand:  .venv/bin/python benchmarks/experiments.py [--quick] [--only rsm,control,forward]
+Run by hand:  .venv/bin/python benchmarks/experiments.py [--smoke] [--only rsm,control,forward]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _harness as H
 import numpy as np
 
 
@@ -105,24 +102,20 @@ def bench_forward(n_images: int, batch: int) -> dict:
     import torch
 
     warnings.simplefilter("ignore")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from synthetic_native import MODEL_ID, build
-
-    import berg
     from berg.experiments import roi_contrast
+    from berg.testing import IMAGENET_MEAN, IMAGENET_STD, toy_model
 
     root = Path(tempfile.mkdtemp(prefix="berg-bench-"))
-    synth = build(root)
-    client = berg.BERG(berg_dir=synth.berg_dir, cache_dir=root / "cache", offline=True, registry=synth.registry)
-    model = client.get_encoding_model(MODEL_ID, subject=1, device="cpu", backbone_weights="untrained")
+    toy = toy_model(root, "volume", size=64, n_components=8, creator="benchmarks/experiments.py")
+    model = toy.client().get_encoding_model(toy.model_id, subject=1, device="cpu", backbone_weights="untrained")
     rois = model.get_metadata()["rois"]
     objective = roi_contrast(rois["A"], rois["B"])
     torch.manual_seed(0)
     torchvision = __import__("torchvision")
     bare = torchvision.models.resnet18(weights=None).eval().requires_grad_(False)  # input gradients only
     x = torch.rand(batch, 3, 64, 64)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     steps = max(1, n_images // batch)
 
     def bare_forward():
@@ -158,30 +151,31 @@ def bench_forward(n_images: int, batch: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--only", default="rsm,control,forward")
     ap.add_argument("--roi-size", type=int, default=300)
-    args = ap.parse_args()
+    args = H.add_arguments(ap).parse_args()
     parts = set(args.only.split(","))
-    import torch
-
-    out = {
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
-    }
+    rec = H.start("experiments", args)
     if "rsm" in parts:
-        out["rsm"] = bench_rsm(*((2000, 1000, 150) if args.quick else (10_000, 5_000, 300)))
-        print(json.dumps({"rsm": out["rsm"]}), flush=True)
+        r = bench_rsm(*((400, 200, 50) if args.smoke else (10_000, 5_000, 300)))
+        spec = {
+            "corrcoef_over_berg": ("rsm.corrcoef_over_berg", "x"),
+            "loop_over_berg": ("rsm.pearsonr_loop_over_berg", "x"),
+            "berg_s": ("rsm.berg", "s"),
+            "max_abs_error_vs_float64": ("rsm.max_abs_error_vs_float64", "r"),
+        }
+        rec.figures(r, spec, n_stimuli=r["n_stimuli"], n_outputs=r["n_outputs"])
     if "control" in parts:
-        out["control"] = bench_control(*((10_000, 3, 50) if args.quick else (73_000, 8, args.roi_size)))
-        print(json.dumps({"control": out["control"]}), flush=True)
+        r = bench_control(*((2_000, 2, 20) if args.smoke else (73_000, 8, args.roi_size)))
+        rec.figures(r, {"total_s": ("control.total", "s")}, n_stimuli=r["n_stimuli"], n_subjects=r["n_subjects"])
     if "forward" in parts:
-        out["forward"] = bench_forward(*((16, 8) if args.quick else (128, 16)))
-        print(json.dumps({"forward": out["forward"]}), flush=True)
-    out["load_average_end"] = os.getloadavg()
-    print(json.dumps(out, indent=2))
+        r = bench_forward(*((4, 4) if args.smoke else (128, 16)))
+        spec = {
+            "berg_forward_backward_ips": ("forward.berg_forward_backward", "img/s"),
+            "bare_forward_backward_ips": ("forward.bare_forward_backward", "img/s"),
+            "berg_fb_over_bare_fb": ("forward.berg_fb_over_bare_fb", "x"),
+        }
+        rec.figures(r, spec, images=r["images"], size=r["size"])
 
 
 if __name__ == "__main__":

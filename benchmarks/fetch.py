@@ -6,7 +6,7 @@ Cases (each on a fresh cache):
 * ``get_model_metadata`` of a small synthetic native model, cold cache vs warm cache (and offline).
 
 Run: ``.venv/bin/python benchmarks/fetch.py [--big-mb 500] [--n-small 1000] [--small-kb 16]``.
-It starts its own SeaweedFS on 127.0.0.1 (tests/s3server.py) and removes all its data at the end.
+It starts its own SeaweedFS on 127.0.0.1 (:mod:`berg.testing.s3server`) and removes all its data at the end.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ import hashlib
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+import _harness as H
 
 BUCKET = "berg-bench"
 
@@ -126,11 +124,11 @@ def bench_small(server, work: Path, n: int, kb: int) -> dict:
 
 
 def bench_metadata(server, work: Path) -> dict:
-    from synthetic_native import MODEL_ID, PREFIX, build
-
     import berg
+    from berg.testing import toy_model
 
-    model = build(work / "synthetic")
+    model = toy_model(work / "synthetic", "volume", bucket="berg-test-synthetic", creator="benchmarks/fetch.py")
+    MODEL_ID, PREFIX = model.model_id, model.prefix  # noqa: N806
     server.upload_tree(model.berg_dir / PREFIX, "berg-test-synthetic", PREFIX)
     cache = work / "cache-meta"
     cold, meta = _timed(
@@ -158,12 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-small", type=int, default=1000)
     ap.add_argument("--small-kb", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
-    args = ap.parse_args(argv)
+    args = H.add_arguments(ap).parse_args(argv)
+    if args.smoke:
+        args.big_mb, args.n_small, args.small_kb, args.repeats = 2, 5, 4, 1
+    from berg.testing.s3server import SeaweedServer
 
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from s3server import SeaweedServer
+    rec = H.start("fetch", args)
 
     work = Path(tempfile.mkdtemp(prefix="berg-bench-"))
     server = SeaweedServer(work / "seaweedfs")
@@ -177,21 +175,16 @@ def main(argv: list[str] | None = None) -> None:
             bench_big(server, work, args.big_mb, args.repeats),
             bench_small(server, work, args.n_small, args.small_kb),
         ]
-        print(
-            "| case | berg fetch (s) | boto3 download_file (s) | berg MB/s | boto3 MB/s | boto3 time / berg time | warm-cache berg (s) |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(
-                f"| {r['case']} | {r['berg_s']:.2f} | {r['boto3_s']:.2f} | {r['berg_MBps']:.0f} | "
-                f"{r['boto3_MBps']:.0f} | {r['ratio']:.2f} | {r['warm_s']:.3f} |"
-            )
+        for name, r in zip(("big", "small"), rows):
+            case = r["case"]
+            rec.figure(f"{name}.berg", r["berg_MBps"], "MB/s", case=case)
+            rec.figure(f"{name}.boto3", r["boto3_MBps"], "MB/s", case=case)
+            rec.figure(f"{name}.boto3_time_over_berg", r["ratio"], "x", case=case)
+            rec.figure(f"{name}.warm_cache", r["warm_s"], "s", case=case)
         m = bench_metadata(server, work)
-        print(
-            f"\nget_model_metadata (synthetic native model, subject 1; {m['files']} files fetched, "
-            f"n_outputs={m['n_outputs']}): cold {m['cold_s'] * 1000:.0f} ms, warm {m['warm_s'] * 1000:.0f} ms, "
-            f"offline {m['offline_s'] * 1000:.0f} ms"
-        )
+        for key in ("cold_s", "warm_s", "offline_s"):
+            rec.figure(f"metadata.{key[:-2]}", m[key], "s", files=m["files"])
+        rec.figure("metadata.files_fetched", m["files"], "files")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
