@@ -2,11 +2,14 @@
 
 * Every ```` ```python ```` block of README.md runs, in order, in one namespace, from a folder holding
   only the shipped ``examples/``; the shapes the README states are the shapes that come out.
-* Every line of every ```` ```bash ```` block runs (the ``berg`` command line) in the same folder.
+* Every ```` ```bash ```` block runs as one script (``set -e``; the ``berg`` command line, found only
+  through the ``source .venv/bin/activate`` the README asks for) in the same folder.
+* Without the backbone weights and without network (a proxy on a closed port), the README's code stops
+  at its first model load with exactly the one-line error the README documents, and ``berg encode``
+  with the same one line on stderr.
 * ```` ```shell ```` blocks are install/``make`` commands only (they are what CI itself runs).
 * Every file or folder the README names exists (in the repository, or written by its snippets).
-* ``scripts/demo.py`` runs from a copy of the checkout with empty ``HOME``/``TORCH_HOME`` and nothing
-  beside it (the synthetic model), and with the pretrained weights in the torch cache (the real model).
+* ``make demo`` (``scripts/demo.py``) on a bare clone: ``tests/test_demo.py``.
 
 No network is used for backbone weights: where a snippet needs the pretrained ResNet-18, the test puts a
 seeded random ResNet-18 state dict under torchvision's cache file name (``resnet18-f37072fd.pth``), so
@@ -20,12 +23,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,22 +103,36 @@ def berg_cache() -> Path:
     return cache
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, fake_torch_home, berg_cache):
-    """(folder with only examples/, environment) in which a new user runs the README."""
-    work = tmp_path_factory.mktemp("readme-user")
+def _user_folder(work: Path) -> Path:
+    """A folder with the shipped examples/ and the .venv the README's commands name (the test's own)."""
     shutil.copytree(REPO / "examples", work / "examples")
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERG_")}
+    (work / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    return work
+
+
+def _user_env(home: Path, torch_home: Path, cache: Path, **extra: str) -> dict:
+    """A new user's environment: no BERG_ variables, no proxy, berg NOT on PATH (the README activates)."""
+    venv_bin = str(Path(sys.prefix) / "bin")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERG_") and "proxy" not in k.lower()}
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
     env.update(
         HOME=str(home),
-        TORCH_HOME=str(fake_torch_home),
-        BERG_CACHE=str(berg_cache),
+        TORCH_HOME=str(torch_home),
+        BERG_CACHE=str(cache),
         MPLBACKEND="Agg",
         PYTHONUNBUFFERED="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PATH=os.pathsep.join(path),
+        **extra,
     )
-    return work, env
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, fake_torch_home, berg_cache):
+    """(folder with only examples/ and .venv, environment) in which a new user runs the README."""
+    work = _user_folder(tmp_path_factory.mktemp("readme-user"))
+    return work, _user_env(tmp_path_factory.mktemp("home"), fake_torch_home, berg_cache)
 
 
 RUNNER = textwrap.dedent("""
@@ -183,14 +200,15 @@ def test_python_snippets_run_and_give_the_shapes_the_readme_states(python_run, w
 
 @pytest.fixture(scope="module")
 def bash_run(workdir, python_run):
-    """Every line of the README's bash blocks, run in order (after the Python snippets)."""
+    """Every bash block of the README, each run as one script (after the Python snippets)."""
     work, env = workdir
     failures = []
     for lineno, code in blocks("bash"):
-        for line in filter(None, (line.strip() for line in code.splitlines())):
-            res = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=600)
-            if res.returncode != 0:
-                failures.append(f"README line {lineno}: {line}\n{res.stdout[-1500:]}{res.stderr[-2500:]}")
+        res = subprocess.run(
+            ["bash", "-e", "-x", "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=900
+        )
+        if res.returncode != 0:
+            failures.append(f"README bash block at line {lineno}:\n{res.stdout[-1500:]}{res.stderr[-3000:]}")
     return failures
 
 
@@ -199,6 +217,69 @@ def test_bash_snippets_run_as_written(workdir, bash_run):
     assert not bash_run, "\n\n".join(bash_run)
     for name in ("responses.h5", "group.nii.gz", "group.json", "group.png"):
         assert (work / name).is_file(), name
+
+
+def _documented_error() -> re.Pattern:
+    """The one-line error the README quotes for missing weights ("> BackboneWeightsError: ..."), as a
+    pattern: each "…" in the quote stands for a part that depends on the machine."""
+    quoted = [line[2:] for line in README.read_text(encoding="utf-8").splitlines() if line.startswith("> ")]
+    (line,) = [q for q in quoted if q.startswith("BackboneWeightsError: ")]
+    return re.compile(".+?".join(re.escape(part) for part in line.split("…")))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_without_weights_or_network_the_readme_ends_in_its_documented_one_line_error(tmp_path, berg_cache):
+    """A user without network: the first model load stops with the README's one line (Python and CLI)."""
+    work = _user_folder(tmp_path / "user")
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    env = _user_env(
+        tmp_path / "home",
+        tmp_path / "empty-torch-home",
+        berg_cache,
+        https_proxy=proxy,
+        http_proxy=proxy,
+        HTTPS_PROXY=proxy,
+        HTTP_PROXY=proxy,
+    )
+    (tmp_path / "home").mkdir()
+    (tmp_path / "blocks.json").write_text(json.dumps(blocks("python")))
+    (tmp_path / "run.py").write_text(RUNNER)
+    res = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "blocks.json"), str(tmp_path / "facts.json")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-3000:]
+    first_load = next(n for n, code in blocks("python") if "get_encoding_model" in code)
+    assert f"README python block at line {first_load} failed" in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("berg.errors.BackboneWeightsError: "), last
+    pattern = _documented_error()
+    assert pattern.fullmatch(last.removeprefix("berg.errors.")), f"not the README's documented line:\n{last}"
+
+    bash = blocks("bash")[0][1]
+    encode = next(line for line in bash.splitlines() if line.startswith("berg encode"))
+    res = subprocess.run(
+        ["bash", "-c", f"source .venv/bin/activate && {encode}"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 2, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("berg: error: ")]
+    assert len(errors) == 1 and "pretrained backbone weights ResNet18_Weights.IMAGENET1K_V1 missing" in errors[0]
+    assert "--backbone-weights untrained" in errors[0], errors[0]
+    assert not (work / "responses.h5").exists()
 
 
 PATH_RE = re.compile(
@@ -217,7 +298,11 @@ def test_readme_names_only_files_that_exist(workdir, python_run, bash_run):
         "path.safetensors",
         "demo_output/responses.h5",
         "demo_output/responses.nii.gz",
-        "demo_output/responses_map.png",
+        "demo_output/maps/",
+        ".venv/bin/berg",
+        ".venv/bin/activate",
+        "hub/checkpoints",  # "…/hub/checkpoints": torchvision's cache folder, in the documented error
+        "build/site/",  # the CI artifact of the docs site
         "site/",
         "site/index.html",
         ".venv/bin/python",
@@ -257,78 +342,6 @@ def test_documentation_page_snippets_run_as_written(page, workdir, tmp_path):
         timeout=600,
     )
     assert res.returncode == 0, f"docs/{page}:\n{res.stderr[-4000:]}"
-
-
-# --------------------------------------------------------------------------- make demo
-
-
-def _bare_clone(dest: Path) -> Path:
-    """The checkout's files (tracked and new, not ignored), without .venv or anything beside it."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    return dest
-
-
-def _demo(clone: Path, out: Path, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERG_")}
-    env.update(MPLBACKEND="Agg", PYTHONUNBUFFERED="1", **env_extra)
-    return subprocess.run(
-        [sys.executable, str(clone / "scripts" / "demo.py"), "--out", str(out), *args],
-        cwd=clone,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
-def test_demo_on_a_bare_clone_runs_the_synthetic_model_and_says_so(tmp_path):
-    import nibabel as nib
-
-    clone = _bare_clone(tmp_path / "clone" / "berg")  # its parent holds no shared/ folder
-    home = tmp_path / "home"
-    home.mkdir()
-    res = _demo(clone, tmp_path / "out", {"HOME": str(home), "TORCH_HOME": str(home / "torch")})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "SYNTHETIC" in res.stdout and "not in torchvision's cache" in res.stdout
-    assert "resnet18(weights='DEFAULT')" in res.stdout  # how to get the real model
-    out = tmp_path / "out"
-    img = nib.load(out / "responses.nii.gz")
-    examples = sorted(p.name for p in (REPO / "examples" / "images").glob("*.jpg"))
-    assert img.shape[3] == len(examples) == 4
-    assert json.loads((out / "responses.json").read_text())["volumes"] == examples
-    assert (out / "responses.h5").stat().st_size > 0 and (out / "responses_map.png").stat().st_size > 10_000
-    data = np.asarray(img.dataobj)
-    assert np.isnan(data).any() and np.isfinite(data).sum() > 1000  # NaN outside the outputs
-    assert not any(p.name.startswith("shared") for p in (tmp_path / "clone").iterdir())
-
-
-def test_demo_runs_the_real_model_when_the_weights_are_cached(tmp_path, fake_torch_home, berg_cache):
-    import nibabel as nib
-
-    mine = tmp_path / "my_images"
-    mine.mkdir()
-    for name in ("horse1.jpg", "amusement2.jpg"):
-        shutil.copy(REPO / "examples" / "images" / name, mine / name)
-    res = _demo(
-        REPO,
-        tmp_path / "out",
-        {"HOME": str(tmp_path), "TORCH_HOME": str(fake_torch_home), "BERG_CACHE": str(berg_cache)},
-        "--images",
-        str(mine),
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "SYNTHETIC" not in res.stdout and "fmri-bold5000-resnet18" in res.stdout
-    img = nib.load(tmp_path / "out" / "responses.nii.gz")
-    assert img.shape == (91, 109, 91, 2)
-    assert json.loads((tmp_path / "out" / "responses.json").read_text())["volumes"] == ["amusement2.jpg", "horse1.jpg"]
-    assert (tmp_path / "out" / "responses_glass.png").is_file()
 
 
 # --------------------------------------------------------------------------- citations
