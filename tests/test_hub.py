@@ -24,7 +24,7 @@ import yaml
 
 import berg
 from berg.errors import ArtifactNotFoundError, IntegrityError, InvalidParameterError, ModelNotFoundError
-from berg.hub.publish import publish
+from berg.hub.publishing import publish
 from berg.hub.registries import add_registry, list_registries, prefer_registry, remove_registry, update_registry
 from berg.registry import Registry, RegistryError
 from berg.testing import toy_model
@@ -165,7 +165,7 @@ def test_publish_killed_midway_shows_nothing_and_resumes(toy, reference, home):
                 os.kill(os.getpid(), signal.SIGKILL)  # as a crash or a kill -9 would
         locations.FolderLocation.put_file = dying_put
         import berg
-        from berg.hub.publish import publish
+        from berg.hub.publishing import publish
         publish("toy-hub", sys.argv[2], client=berg.BERG(**json.loads(sys.argv[1])), namespace="lab",
                 show_progress=False)
         """
@@ -397,3 +397,19 @@ def test_an_installed_package_adds_its_registry(toy, reference, home, tmp_path):
     assert (registry, model_id) == ("package:toylab-models", f"toylab/{MODEL}@1")
     assert names == ["berg", "package:toylab-models"]
     np.testing.assert_array_equal(np.load(out), reference)
+
+
+# --------------------------------------------------------------------------- the guide runs
+
+
+def test_publish_guide_example_runs(home, capsys):
+    """docs/guide/publish.md's runnable example, executed as written (two-line loading included)."""
+    import re
+
+    text = (REPO / "docs" / "guide" / "publish.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "toy_model" in b]
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/guide/publish.md", "exec"), {"__name__": "guide"})  # noqa: S102 - our own docs
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("lab/toy-published@1 ") and len(out[0].split()[1]) == 64
+    assert out[1] == "(2, 20) lab/toy-published@1"

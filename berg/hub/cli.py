@@ -1,7 +1,7 @@
 """``berg publish`` and ``berg registry add|list|remove|update|prefer``: the sub-commands, for ``berg.cli``.
 
 Handlers write their report to the stream they are given (stdout by default); the functions they call
-(:mod:`berg.hub.publish`, :mod:`berg.hub.registries`) only return data.
+(:mod:`berg.hub.publishing`, :mod:`berg.hub.registries`) only return data.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["add_publish_subparser", "add_registry_subparser", "cmd_publish", "cm
 def cmd_publish(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``berg publish ID --to URL``."""
     from berg.api import BERG
-    from berg.hub.publish import publish
+    from berg.hub.publishing import publish
 
     out = out or sys.stdout
     client = BERG(
