@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import nibabel as nib
@@ -17,6 +18,7 @@ from synthetic_native import GRID, MODEL_ID, N_OUT, ROIS, build
 
 from berg import cli
 from berg.cli import main
+from berg.core.contract import BaseModelInterface
 
 REAL = "fmri-bold5000-resnet18"
 
@@ -385,11 +387,23 @@ def test_plot_nifti_and_h5_with_nilearn(synth, stimuli, common, tmp_path, capsys
     assert not (tmp_path / "x.png").exists()
 
 
-class _ToySurfaceModel:
+class _ToySurfaceModel(BaseModelInterface):
     """Just what berg.save needs from a model whose outputs are surface vertices."""
 
     def __init__(self, space):
-        self.model_id, self.subjects, self.spec, self._space = "toy-surface", [1], None, space
+        self.model_id, self.subjects, self._space = "toy-surface", [1], space
+        self.spec = SimpleNamespace(card={}, model_id=self.model_id)
+        self.spaces = {1: space}
+
+    @classmethod
+    def load(cls, request):
+        raise NotImplementedError("built directly by the test")
+
+    def encode(self, stimulus, *, show_progress=True):
+        raise NotImplementedError("the test saves given responses")
+
+    def get_metadata(self):
+        return {}
 
     def space(self, subject=None):
         return self._space

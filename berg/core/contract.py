@@ -100,6 +100,8 @@ class BaseModelInterface(ABC):
 
     Attributes
     ----------
+    spec : ModelSpec
+        The registry entry the model was loaded from (its card: units, ROIs, citation).
     model_id : str
     subjects : list
         The subjects this model object serves.
@@ -114,6 +116,7 @@ class BaseModelInterface(ABC):
         ``iter_encode`` then yields a one-element list per batch.
     """
 
+    spec: ModelSpec
     model_id: str
     subjects: list[Any]
     device: str

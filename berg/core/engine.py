@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from berg._version import __version__
+from berg.core import kernels
 from berg.core.contract import BaseModelInterface, LoadRequest
 from berg.core.readouts import Projection, ReadoutHead
 from berg.core.reliability import Reliability
@@ -128,55 +129,98 @@ def iter_features(
             bar.update(stop - start)
 
 
-#: Readouts at least this wide use numpy's matmul on CPU (measured faster there: benchmarks/RESULTS.md).
+#: The fixed rule for shapes the kernel table does not cover: readouts at least this wide use numpy's
+#: matmul on CPU (measured faster there: benchmarks/RESULTS.md), narrower maps torch's addmm.
 NUMPY_READOUT_MIN_OUTPUTS = 16384
 
 
-def readout_kernel(device: str, n_outputs: int) -> str:
-    """Which GEMM computes a readout: ``"torch"`` (addmm) or ``"numpy"`` (matmul), for this device and width.
+def kernel_choice(n_inputs: int, n_outputs: int, batch: int, device: str) -> kernels.Choice:
+    """Kernel and operand layout of one affine map (``n_inputs -> n_outputs``, batches of ``batch``) on ``device``.
 
-    On CPU, numpy's BLAS ran wide skinny readouts ((64 x 100) @ (100 x 108,219)) about 1.8x faster than
-    torch's addmm on our 2-core machines, and torch was faster for narrow ones; the choice is a fixed
-    rule of the shape (never a timing), so repeated runs compute bit-identical outputs.
-    ``BERG_READOUT_KERNEL=torch|numpy`` overrides it on CPU. GPUs always use torch.
+    A pure function of the shape, float32, the device and the kernel table in effect
+    (:mod:`berg.core.kernels`: the user's ``berg tune`` table, else the one shipped with berg), so repeated
+    runs compute bit-identical outputs; nothing is timed here. In order:
+
+    1. ``BERG_READOUT_KERNEL`` (``torch``, ``numpy``, or ``torch_kn``, ``numpy_nk``...) forces it on CPU;
+    2. the table's nearest measured shape, when one covers this shape;
+    3. the fixed rule: numpy for maps at least :data:`NUMPY_READOUT_MIN_OUTPUTS` wide, torch otherwise,
+       with ``W.T`` held contiguous (``kn``) for readouts (``n_outputs >= n_inputs``) and ``W`` as stored
+       (``nk``) for projections.
+
+    Non-CPU devices always use torch (the layout from the rule).
     """
     from berg.env import env_str
 
-    choice = env_str("BERG_READOUT_KERNEL", "auto")
-    if choice not in ("auto", "torch", "numpy"):
-        raise InvalidParameterError(f"BERG_READOUT_KERNEL={choice!r}; valid: auto, torch, numpy")
-    if not str(device).startswith("cpu"):
-        return "torch"
-    if choice != "auto":
-        return choice
-    return "numpy" if n_outputs >= NUMPY_READOUT_MIN_OUTPUTS else "torch"
+    layout = "kn" if n_outputs >= n_inputs else "nk"
+    forced = kernels.forced_choice(env_str("BERG_READOUT_KERNEL", "auto"), layout)  # validated on every device
+    if kernels.device_kind(device) != "cpu":
+        return kernels.Choice("torch", layout, "device")
+    if forced is not None:
+        return forced
+    table = kernels.lookup(kernels.active_table(), n_inputs, n_outputs, batch, device="cpu")
+    if table is not None:
+        return table
+    return kernels.Choice("numpy" if n_outputs >= NUMPY_READOUT_MIN_OUTPUTS else "torch", layout, "rule")
 
 
-def _as_tensor(array: np.ndarray, device: str):
-    import torch
+def readout_kernel(device: str, n_outputs: int, n_inputs: int | None = None, batch: int | None = None) -> str:
+    """Which GEMM library computes a readout: ``"torch"`` or ``"numpy"`` (see :func:`kernel_choice`).
 
-    with warnings.catch_warnings():
-        # memory-mapped safetensors arrays are read-only; torch only warns, we never write to them
-        warnings.simplefilter("ignore", UserWarning)
-        t = torch.from_numpy(np.asarray(array))
-    return t.to(device) if device != "cpu" else t
+    Without ``n_inputs``/``batch`` the kernel table is not consulted (only ``BERG_READOUT_KERNEL`` and
+    the fixed rule). GPUs always use torch.
+    """
+    if n_inputs is None or batch is None:
+        from berg.env import env_str
+
+        forced = kernels.forced_choice(env_str("BERG_READOUT_KERNEL", "auto"), "kn")
+        if kernels.device_kind(device) != "cpu":
+            return "torch"
+        if forced is not None:
+            return forced.kernel
+        return "numpy" if n_outputs >= NUMPY_READOUT_MIN_OUTPUTS else "torch"
+    return kernel_choice(n_inputs, n_outputs, batch, device).kernel
+
+
+def stream_store(weight: Any, bias: Any, readout: Any, *, device: str, batch: int, folder: Any) -> Any:
+    """Where a large map's weights stream from on CPU (a :class:`~berg.core.kernels.FileMatrix`), else ``None``.
+
+    Maps smaller than ``BERG_STREAM_MB`` (or any map off CPU) stay in memory. A memory-mapped weight is
+    streamed from its own file; an in-memory one is written once to an unnamed temporary file in
+    ``folder`` (:func:`berg.core.kernels.spill`) and ``readout.weight`` becomes a map of it, so the
+    in-memory copy can be freed.
+    """
+    threshold = kernels.stream_threshold_bytes()
+    if threshold is None or kernels.device_kind(device) != "cpu" or weight.size * 4 < threshold:
+        return None
+    stored = getattr(readout, "stored", None) or kernels.file_matrix(weight)
+    if stored is not None:
+        return stored
+    n_out, n_in = weight.shape
+    layout = kernel_choice(n_in, n_out, batch, device).layout
+    readout.weight, readout.stored = kernels.spill(weight, layout, folder)
+    return readout.stored
+
+
+def _spill_folder(layout: Any) -> Any:
+    store = getattr(layout, "store", None)
+    return getattr(store, "cache_dir", None)
 
 
 class _Group:
-    """Readout rows that share one projection, stacked: one matmul per batch for all of them."""
+    """Readout rows that share one projection: one stacked matmul per batch for all of them (in memory),
+    or one streamed matmul per part when the parts are large."""
 
     def __init__(self, projection: str | None):
         self.projection = projection
-        self.weights: list[np.ndarray] = []
-        self.biases: list[np.ndarray] = []
+        self.parts: list[Any] = []  # the heads' readouts, in target order
         self.targets: list[tuple[int, int, int, int]] = []  # (subject index, dst start, src start, n)
         self.width = 0
+        self.ops: list[Any] = []  # one stacked op, or one op per part
 
-    def add(self, subject_index: int, dst: int, weight: np.ndarray, bias: np.ndarray) -> None:
-        n = weight.shape[0]
+    def add(self, subject_index: int, dst: int, readout: Any) -> None:
+        n = readout.n_outputs
         self.targets.append((subject_index, dst, self.width, n))
-        self.weights.append(weight)
-        self.biases.append(bias)
+        self.parts.append(readout)
         self.width += n
 
 
@@ -521,9 +565,22 @@ class LinearEncodingModel(BaseModelInterface):
         return self.forward(self.extractor.transform.pixels_to_input(pixels))
 
     def prepare_stimuli(self, stimulus: Any, *, allow_still_images: bool = False) -> Stimuli:
-        """Validate a stimulus for this model (kind and minimum frames from the registry/card)."""
+        """Validate a stimulus for this model (kind and minimum frames from the registry/card).
+
+        Decoding is told what the preprocessing keeps (the size images are resized to, the frames a video
+        model samples), so large JPEGs decode at reduced scale and videos keep only the sampled frames.
+        """
+        t = self.extractor.transform
+        if t.kind == "video":
+            hints = {"n_frames": int(t.n_frames)}
+        else:
+            hints = {"target_size": tuple(getattr(t, "size", None) or t.input_size)}
         return load_stimuli(
-            stimulus, self.spec.input_kind, min_frames=self.spec.min_frames, allow_still_images=allow_still_images
+            stimulus,
+            self.spec.input_kind,
+            min_frames=self.spec.min_frames,
+            allow_still_images=allow_still_images,
+            **hints,
         )
 
     def encode(
