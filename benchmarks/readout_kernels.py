@@ -3,15 +3,14 @@
 The engine picks numpy for readouts of at least ``berg.core.engine.NUMPY_READOUT_MIN_OUTPUTS`` outputs on CPU
 (a fixed rule of the shape, so runs are bit-reproducible); this script is the evidence for that rule.
 
-    python benchmarks/readout_kernels.py [--repeats 5]
+    python benchmarks/readout_kernels.py [--repeats 5] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
+import _harness as H
 import numpy as np
 
 SHAPES = [  # (batch, k, n_outputs): where they come from
@@ -22,30 +21,19 @@ SHAPES = [  # (batch, k, n_outputs): where they come from
 ]
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def main() -> None:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    args = H.add_arguments(p).parse_args()
+    shapes = [(b, k, max(64, n // 100)) for b, k, n in SHAPES] if args.smoke else SHAPES
+    if args.smoke:
+        args.repeats = 1
+    rec = H.start("readout_kernels", args)
+    peak = H.peak_gflops()  # the run's peak (best of numpy and torch, 2048² float32)
     rng = np.random.default_rng(0)
-    a = rng.random((2048, 2048), dtype=np.float32)
-    peak = 2 * 2048**3 / _time(lambda: a @ a, args.repeats) / 1e9
-    print(
-        f"threads: torch {torch.get_num_threads()}, cpus {os.cpu_count()}; float32 GEMM peak (2048^2): {peak:.1f} GFLOP/s"
-    )
-    print(f"{'shape (b, k, n)':>24} {'torch GFLOP/s':>14} {'numpy GFLOP/s':>14} {'best/peak':>10}")
-    for b, k, n in SHAPES:
+    for b, k, n in shapes:
         x = rng.standard_normal((b, k), dtype=np.float32)
         w = rng.standard_normal((k, n), dtype=np.float32)
         bias = rng.standard_normal(n, dtype=np.float32)
@@ -56,10 +44,13 @@ def main() -> None:
             y = np.matmul(x, w)
             y += bias
 
-        t_torch = _time(lambda: torch.addmm(bt, xt, wt), args.repeats)
-        t_numpy = _time(with_numpy, args.repeats)
+        t_torch = H.best_time(lambda: torch.addmm(bt, xt, wt), args.repeats)
+        t_numpy = H.best_time(with_numpy, args.repeats)
         g_t, g_n = flop / t_torch / 1e9, flop / t_numpy / 1e9
-        print(f"{str((b, k, n)):>24} {g_t:14.1f} {g_n:14.1f} {max(g_t, g_n) / peak:10.2f}")
+        shape = f"{b}x{k}x{n}"
+        rec.figure(f"{shape}.torch", g_t, "GFLOP/s", shape=[b, k, n])
+        rec.figure(f"{shape}.numpy", g_n, "GFLOP/s", shape=[b, k, n])
+        rec.figure(f"{shape}.best_of_peak", max(g_t, g_n) / peak, "x", target=">= 0.75", shape=[b, k, n])
 
 
 if __name__ == "__main__":

@@ -11,31 +11,24 @@ with berg.training.solvers, scikit-learn (LinearRegression; RidgeCV with alpha_p
 efficient leave-one-out instead of 5 folds) and himalaya (RidgeCV, cv=5, numpy and torch backends, if
 installed: ``pip install himalaya``). The PCA part streams a (n x F) float32 matrix generated block by
 block (low rank + noise; no 21 GB file needed) through berg's two-pass Gram PCA, as the trainer streams
-its HDF5 feature cache. Results are printed as a markdown table.
+its HDF5 feature cache. Figures go through benchmarks/_harness.py (``--smoke``: tiny sizes).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
+import logging
 import time
 
+import _harness as H
 import numpy as np
 
 from berg.metrics import pearson_r
+from berg.testing import linear_problem
 from berg.training.solvers import fit_ols, fit_projection, fit_ridge_cv
-from berg.training.synthetic import linear_problem
 
 ALPHAS = np.logspace(-2, 7, 10)
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # pragma: no cover - lscpu missing
-        return platform.processor()
+log = logging.getLogger("berg.benchmarks")
 
 
 def _time(fn, *args, **kwargs):
@@ -51,11 +44,10 @@ def bench_readout(n: int, k: int, m: int, snr: float) -> list[tuple[str, float, 
 
     def add(name, seconds, weight):
         corr = float(np.median(pearson_r(weight.T.astype(np.float64), w.T.astype(np.float64))))
-        rows.append((name, seconds, f"{corr:.4f}"))
-        print(f"  {name:52s} {seconds:8.1f} s   median weight r {corr:.4f}", flush=True)
+        rows.append((name, seconds, corr))
 
-    t, (wo, _) = _time(fit_ols, x, y)
-    add("berg OLS (numpy float32, SVD once)", t, wo)
+    t, ols = _time(fit_ols, x, y)
+    add("berg OLS (numpy float32, SVD once)", t, ols.weight)
     t, fit = _time(fit_ridge_cv, x, y, ALPHAS, folds=5)
     add("berg ridge, 10 alphas x 5 folds, alpha per output", t, fit.weight)
 
@@ -70,7 +62,7 @@ def bench_readout(n: int, k: int, m: int, snr: float) -> list[tuple[str, float, 
         from himalaya.backend import set_backend
         from himalaya.ridge import RidgeCV as HRidgeCV
     except ImportError:
-        print("  himalaya not installed: skipped")
+        log.info("himalaya not installed: skipped")
         return rows
     for backend in ("numpy", "torch"):
         set_backend(backend, on_error="warn")
@@ -110,28 +102,38 @@ def bench_pca(n: int, width: int, k: int, col_block: int) -> float:
     t, fit = _time(fit_projection, feats, rows, k, kind="scaler_pca", col_block=col_block, show_progress=True)
     # the planted rank-20 structure must be found: top 20 components carry far more variance
     ev = fit.explained_variance
-    print(
-        f"  streamed scaler+PCA {n} x {width:,} -> {k}: {t:.1f} s; var(top 20)/var(21st) = {ev[:20].min() / ev[20]:.1f}"
+    log.info(
+        "streamed scaler+PCA %d x %d -> %d: %.1f s; var(top 20)/var(21st) = %.1f",
+        n,
+        width,
+        k,
+        t,
+        ev[:20].min() / ev[20],
     )
     return t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["readout", "pca", "all"])
+    ap.add_argument("part", nargs="?", default="all", help="readout, pca or all (default)")
     ap.add_argument("--stimuli", type=int, default=1000)
     ap.add_argument("--components", type=int, default=100)
     ap.add_argument("--outputs", type=int, default=108_219)
     ap.add_argument("--features", type=int, default=5_337_088)
     ap.add_argument("--col-block", type=int, default=1 << 15)
     ap.add_argument("--snr", type=float, default=0.5)
-    args = ap.parse_args()
-    print(f"machine: {_cpu()}, {__import__('os').cpu_count()} cores; numpy {np.__version__}")
+    args = H.add_arguments(ap).parse_args()
+    if args.part not in ("readout", "pca", "all"):
+        ap.error("part is readout, pca or all")
+    if args.smoke:
+        args.stimuli, args.components, args.outputs, args.features, args.col_block = 60, 25, 200, 3000, 1024
+    rec = H.start("train", args, stimuli=args.stimuli, components=args.components)
     if args.part in ("readout", "all"):
-        print(f"readout: {args.stimuli} x {args.components} -> {args.outputs:,} outputs, float32")
-        bench_readout(args.stimuli, args.components, args.outputs, args.snr)
+        for name, seconds, corr in bench_readout(args.stimuli, args.components, args.outputs, args.snr):
+            rec.figure(f"readout.{name}", seconds, "s", note=f"median weight r {corr:.4f}", outputs=args.outputs)
     if args.part in ("pca", "all"):
-        bench_pca(args.stimuli, args.features, args.components, args.col_block)
+        t = bench_pca(args.stimuli, args.features, args.components, args.col_block)
+        rec.figure("pca.streamed_scaler_pca", t, "s", features=args.features)
 
 
 if __name__ == "__main__":
