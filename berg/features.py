@@ -259,16 +259,30 @@ def build_backbone(
                 raise _missing_weights(
                     backbone["weights"], weights.url, target, "berg is offline (offline=True / BERG_OFFLINE)"
                 )
-            if not target.is_file():
+            if target.is_file():  # torch.hub checks the hash only when it downloads: check the cached copy now
+                from berg.store.checkpoints import hub_hash_prefix, verify_checkpoint
+
+                if hub_hash_prefix(target.name):
+                    verify_checkpoint(
+                        target,
+                        sha256_prefix=hub_hash_prefix(target.name),
+                        what=f"backbone weights {backbone['weights']}",
+                        remedy='or pass backbone_weights=PATH (a good local copy) or backbone_weights="untrained"',
+                    )
+            else:
                 log.info("downloading %s from %s into %s", backbone["weights"], weights.url, target.parent)
             try:
                 model = builder(weights=weights, progress=progress_enabled(show_progress))
             except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
-                reason = " ".join(str(getattr(exc, "reason", None) or exc).split())
+                from berg.store.network import classify, human_size
+
+                # berg's one network-error policy: the cause in words (no network, 403, timeout) and the size
+                size_mb = weights.meta.get("_file_size")  # torchvision records the file size in MB
+                sized = f" ({human_size(int(size_mb * 1e6))})" if isinstance(size_mb, (int, float)) else ""
                 # An expected failure: the message has everything; the chained download traceback
                 # (~90 lines of urllib) would only bury it.
                 raise _missing_weights(
-                    backbone["weights"], weights.url, target, f"could not be downloaded ({reason})"
+                    backbone["weights"], weights.url, target, f"could not be downloaded{sized}: {classify(exc).text}"
                 ) from None
         elif isinstance(backbone_weights, str) and backbone_weights == UNTRAINED:
             model = builder(weights=None)

@@ -16,6 +16,7 @@ route (Hugging Face hub, cached; ``HF_HUB_OFFLINE=1`` or ``BERG_OFFLINE`` forbid
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,15 +169,46 @@ def _missing(reason: str) -> BackboneWeightsError:
     )
 
 
-def _cached_openai_weights() -> bool:
-    """Whether open_clip's ``openai`` checkpoint of ViT-B/32 is in the Hugging Face cache (no network)."""
+HF_REPO = "timm/vit_base_patch32_clip_224.openai"
+_HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _cached_openai_files() -> list[Path]:
+    """open_clip's ``openai`` checkpoint files of ViT-B/32 found in the Hugging Face cache (no network)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
-        return False
-    repo = "timm/vit_base_patch32_clip_224.openai"
-    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-    return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+        return []
+    found = (try_to_load_from_cache(HF_REPO, n) for n in _HF_FILES)
+    return [Path(p) for p in found if isinstance(p, str)]
+
+
+def _cached_openai_weights() -> bool:
+    """Whether open_clip's ``openai`` checkpoint of ViT-B/32 is in the Hugging Face cache (no network)."""
+    return bool(_cached_openai_files())
+
+
+def verify_cached_weights() -> list[Path]:
+    """Check the cached CLIP checkpoint before it is loaded (every load; cheap for unchanged big files).
+
+    The Hugging Face cache stores a large file as ``blobs/<sha256 of its bytes>``, so the blob's name is
+    the pinned digest; :func:`berg.store.checkpoints.verify_checkpoint` checks the bytes against it.
+    """
+    from berg.store.checkpoints import verify_checkpoint
+
+    checked = []
+    for path in _cached_openai_files():
+        blob = path.resolve().name
+        if _SHA256_HEX.fullmatch(blob):
+            verify_checkpoint(
+                path,
+                sha256=blob,
+                what=f"CLIP weights {MODEL_NAME}/{PRETRAINED_TAG}",
+                remedy="or pass clip_weights=PATH (a good local copy)",
+            )
+            checked.append(path)
+    return checked
 
 
 def build_clip(backbone_weights: Any = None, *, seed: int = 0, offline: bool | None = None):
@@ -194,11 +226,21 @@ def build_clip(backbone_weights: Any = None, *, seed: int = 0, offline: bool | N
         if weights is None:
             if offline and not _cached_openai_weights():
                 raise _missing("berg is offline (BERG_OFFLINE) and they are not in the Hugging Face cache")
+            verify_cached_weights()
             try:
                 model = open_clip.create_model(MODEL_NAME, pretrained=PRETRAINED_TAG)
             except (OSError, RuntimeError, ValueError) as exc:
-                reason = " ".join(str(exc).split())[:300]
-                raise _missing(("berg is offline and they are not cached: " if offline else "") + reason) from None
+                from berg.store.network import classify
+
+                reason = classify(exc).text  # berg's one network-error policy: the cause in words
+                raise _missing(
+                    (
+                        "berg is offline and they are not cached: "
+                        if offline
+                        else "could not be downloaded (about 605 MB): "
+                    )
+                    + reason
+                ) from None
         else:
             model = open_clip.create_model(MODEL_NAME, pretrained=None)
             if weights != UNTRAINED:

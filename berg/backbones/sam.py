@@ -8,7 +8,7 @@ never needed).
 
 ``backbone_weights``: ``None``/``"pretrained"``: Meta's checkpoint (``sam_vit_l_0b3195.pth`` for ViT-L),
 downloaded once into ``$TORCH_HOME/hub/checkpoints`` and checked against the sha256 prefix pinned in
-its file name; ``"untrained"``: seeded random initialisation; a path: a local copy of the checkpoint (or
+its file name, on download and again on every load (:mod:`berg.store.checkpoints`); ``"untrained"``: seeded random initialisation; a path: a local copy of the checkpoint (or
 of the encoder's state dict), read with ``weights_only=True``.
 """
 
@@ -46,10 +46,11 @@ ENCODERS: dict[str, dict[str, Any]] = {
 }
 #: Meta's checkpoints (README of facebookresearch/segment-anything). The 6 hex digits in each file name
 #: are the start of the file's sha256 (torch.hub's convention), checked on download.
+#: Each cached copy is checked again on every load (berg.store.checkpoints). Sizes are approximate (for messages).
 CHECKPOINTS: dict[str, dict[str, str]] = {
-    "vit_b": {"file": "sam_vit_b_01ec64.pth", "sha256_prefix": "01ec64"},
-    "vit_l": {"file": "sam_vit_l_0b3195.pth", "sha256_prefix": "0b3195"},
-    "vit_h": {"file": "sam_vit_h_4b8939.pth", "sha256_prefix": "4b8939"},
+    "vit_b": {"file": "sam_vit_b_01ec64.pth", "sha256_prefix": "01ec64", "size": "about 375 MB"},
+    "vit_l": {"file": "sam_vit_l_0b3195.pth", "sha256_prefix": "0b3195", "size": "about 1.25 GB"},
+    "vit_h": {"file": "sam_vit_h_4b8939.pth", "sha256_prefix": "4b8939", "size": "about 2.56 GB"},
 }
 URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
 PATCH = 16
@@ -79,12 +80,21 @@ def _fetch_checkpoint(model: str, offline: bool) -> Path:
     info = CHECKPOINTS[model]
     target = checkpoint_path(model)
     url = URL_ROOT + info["file"]
-    if target.is_file():
-        return target
     how = (
         f"download {url} where there is internet and copy it to {target.parent} (TORCH_HOME sets the folder), "
         "or pass sam_weights=PATH (a model option of get_encoding_model); backbone_weights='untrained' gives a seeded random control"
     )
+    if target.is_file():
+        from berg.store.checkpoints import verify_checkpoint
+
+        # torch.hub checked the prefix when it downloaded the file; a cached copy is checked on every load
+        verify_checkpoint(
+            target,
+            sha256_prefix=info["sha256_prefix"],
+            what=f"SAM checkpoint {info['file']}",
+            remedy="or pass sam_weights=PATH (a good local copy)",
+        )
+        return target
     if offline:
         raise BackboneWeightsError(
             f"SAM checkpoint {info['file']} is not in {target.parent} and berg is offline (BERG_OFFLINE): {how}"
@@ -95,9 +105,16 @@ def _fetch_checkpoint(model: str, offline: bool) -> Path:
         # torch.hub writes a temporary file, checks the sha256 prefix, then renames: never a partial file
         torch.hub.download_url_to_file(url, str(target), hash_prefix=info["sha256_prefix"], progress=True)
     except (OSError, RuntimeError) as exc:
+        from berg.store.network import classify
+
+        # berg's one network-error policy: file, size, the cause in words, the ways out; one line
         raise BackboneWeightsError(
-            f"SAM checkpoint {info['file']} could not be downloaded ({' '.join(str(exc).split())[:200]}): {how}"
+            f"SAM checkpoint {info['file']} ({info['size']}) could not be downloaded from {url}: "
+            f"{classify(exc).text}. Ways out: {how}"
         ) from None
+    from berg.store.checkpoints import verify_checkpoint
+
+    verify_checkpoint(target, sha256_prefix=info["sha256_prefix"], what=f"SAM checkpoint {info['file']}")  # record it
     return target
 
 

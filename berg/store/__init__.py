@@ -384,6 +384,17 @@ class Store:
     def _resolve(
         self, model_id: str, source: Mapping[str, Any], key: str, expected: FileInfo | None, src: Source
     ) -> Path:
+        from berg.store.network import FetchError
+
+        try:
+            return self._resolve_here(model_id, source, key, expected, src)
+        except FetchError as exc:
+            # one line naming this model's file, its size, the cause and this model's `berg fetch` command
+            raise exc.for_model(model_id, key, expected.size if expected is not None else None) from None
+
+    def _resolve_here(
+        self, model_id: str, source: Mapping[str, Any], key: str, expected: FileInfo | None, src: Source
+    ) -> Path:
         local = self._local_berg_dir(source, key)
         if local is not None:
             if expected is not None:

@@ -270,18 +270,25 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj), fsync=False)
 
 
-def _give_up(label: str, attempt: int, exc: Exception, part: Path) -> ArtifactError:
-    return ArtifactError(
-        f"{label}: download failed after {attempt} attempts ({exc}); the partial file {part} is kept "
-        "and the next attempt resumes it"
+def _give_up(label: str, attempt: int, exc: Exception, part: Path, size: int | None = None) -> ArtifactError:
+    from berg.store.network import classify, fetch_error, ways_out
+
+    return fetch_error(
+        label,
+        classify(exc),
+        size=size,
+        attempts=attempt,
+        ways=f"{ways_out()} (the partial file {part.name} is kept, and the next attempt resumes it)",
     )
 
 
-def _after_failure(attempt: int, exc: Exception, policy: RetryPolicy, label: str, part: Path) -> int:
+def _after_failure(
+    attempt: int, exc: Exception, policy: RetryPolicy, label: str, part: Path, size: int | None = None
+) -> int:
     """Count a transient failure: give up with a clear error, or log, back off and return the new count."""
     attempt += 1
     if attempt >= policy.attempts:
-        raise _give_up(label, attempt, exc, part) from exc
+        raise _give_up(label, attempt, exc, part, size) from exc
     log.info("%s: %s; retry %d/%d", label, exc, attempt, policy.attempts - 1)
     policy.sleep(attempt)
     return attempt
@@ -309,7 +316,7 @@ def _fill_stream(part, size, open_stream, hasher, bar, policy, label) -> None:
                 raise TransientError(f"body ended at {got} of {size} bytes")
             return
         except TransientError as exc:
-            attempt = _after_failure(attempt, exc, policy, label, part)
+            attempt = _after_failure(attempt, exc, policy, label, part, size)
 
 
 def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy, label) -> None:
@@ -336,7 +343,7 @@ def _fill_ranges(part, meta, ident, done, size, open_range, hasher, bar, policy,
                     raise TransientError(f"range {start}-{stop - 1}: got {len(data)} of {stop - start} bytes")
                 break
             except TransientError as exc:
-                attempt = _after_failure(attempt, exc, policy, label, part)
+                attempt = _after_failure(attempt, exc, policy, label, part, size)
         fd = open_nofollow(part, os.O_WRONLY)
         try:
             os.pwrite(fd, data, start)

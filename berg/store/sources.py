@@ -45,6 +45,7 @@ from berg.errors import (
 from berg.fsutil import atomic_path, sha256_bytes, sha256_file, temporary_name
 from berg.store.download import RemoteObject, RetryPolicy, TransientError, download_atomic, file_lock
 from berg.store.manifest import MANIFEST_NAME, FileInfo, read_manifest, verify_file
+from berg.store.network import Cause, classify, fetch_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from berg.store import Store
@@ -251,14 +252,18 @@ class S3Source(Source):
                     if self.anonymous
                     else "check your AWS credentials/profile"
                 )
-                return ArtifactError(f"access denied (403) to {self._where(key)}: {how}.")
+                cause = Cause("forbidden", f"access denied (HTTP 403; {how})", False)
+                return fetch_error(key, cause, where=self._where(key))
             if status in _TRANSIENT_HTTP or status >= 500:
                 return TransientError(f"HTTP {status} {code}")
             return ArtifactError(f"{self._where(key)}: {code or status}: {exc}")
-        if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ResponseStreamingError)):
-            return TransientError(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, (BotoCoreError, OSError)):
-            return TransientError(f"{type(exc).__name__}: {exc}")
+        if isinstance(
+            exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ResponseStreamingError)
+        ) or isinstance(exc, (BotoCoreError, OSError)):
+            cause = classify(exc)
+            if not cause.transient:  # a refused connection or no route: retrying only delays the answer
+                return fetch_error(key, cause, where=self._where(key))
+            return TransientError(f"{cause.text}: {type(exc).__name__}: {exc}")
         return exc
 
     def _with_retries(self, fn, key: str):
@@ -272,7 +277,7 @@ class S3Source(Source):
                     raise err from exc
                 attempt += 1
                 if attempt >= self.policy.attempts:
-                    raise ArtifactError(f"{self._where(key)}: giving up after {attempt} attempts ({err})") from exc
+                    raise fetch_error(key, classify(exc), where=self._where(key), attempts=attempt) from exc
                 self.policy.sleep(attempt)
 
     def head(self, key: str) -> FileInfo:
@@ -359,7 +364,9 @@ class PyPIWheelSource(Source):
     def describe(self) -> str:
         return f"converted from {self.filename} ({self.cfg['converter']})"
 
-    def _http(self, url: str) -> bytes:
+    def _http(self, url: str, what: str | None = None) -> bytes:
+        """GET ``url``; a refused connection or 403 fails at once, transient faults are retried."""
+        what = what or url
         attempt = 0
         while True:
             try:
@@ -368,15 +375,22 @@ class PyPIWheelSource(Source):
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     raise ArtifactNotFoundError(f"{url}: not found (404)") from exc
-                if exc.code not in _TRANSIENT_HTTP:
-                    raise ArtifactError(f"{url}: HTTP {exc.code}") from exc
+                cause = classify(exc, status=exc.code)
                 err: Exception = exc
             except (urllib.error.URLError, OSError) as exc:
+                cause = classify(exc)
                 err = exc
             attempt += 1
-            if attempt >= self.policy.attempts:
-                raise ArtifactError(f"{url}: giving up after {attempt} attempts ({err})")
+            if not cause.transient or attempt >= self.policy.attempts:
+                raise fetch_error(what, cause, where=url, attempts=attempt, ways=self._ways()) from err
             self.policy.sleep(attempt)
+
+    def _ways(self) -> str:
+        return (
+            f"where there is network run `berg fetch ID --subject N` (it downloads {self.filename} into the cache), "
+            f"or download {self.filename} from {self.index_url}/{self.cfg['package']}/ and put it in the cache's "
+            "_wheels folder; or, with the converted files at hand, pass berg_dir=DIR (--berg-dir) or set BERG_OFFLINE=1"
+        )
 
     def _context(self, store: Store | None) -> SourceContext:
         if store is not None:
@@ -399,7 +413,7 @@ class PyPIWheelSource(Source):
                 if sha256_file(dest) == pinned:
                     return dest
                 log.warning("cached wheel %s does not match the pinned sha256; fetching it again", dest)
-            page = self._http(f"{self.index_url}/{pkg}/").decode("utf-8", "replace")
+            page = self._http(f"{self.index_url}/{pkg}/", f"the index page of {pkg}").decode("utf-8", "replace")
             links = re.findall(r'href="([^"]+)"', page)
             chosen = next(
                 (
@@ -411,7 +425,7 @@ class PyPIWheelSource(Source):
             )
             if chosen is None:
                 raise IntegrityError(f"no {name} with the pinned sha256 {pinned} on {self.index_url}/{pkg}/")
-            data = self._http(chosen.split("#")[0])
+            data = self._http(chosen.split("#")[0], name)
             if sha256_bytes(data) != pinned:
                 raise IntegrityError(f"downloaded {chosen} does not match the pinned sha256 {pinned}")
             with atomic_path(dest) as tmp:
