@@ -249,10 +249,16 @@ def test_composed_group_map_equals_step_by_step():
 
 
 def test_movie_analysis_from_a_movie_file_and_nifti_runs(luminance, tmp_path):
-    """The issue's inputs end to end: movie, TR, boundaries (s), 4-D NIfTIs + mask, dropped volumes."""
+    """The issue's inputs end to end: movie, TR, boundaries (s), 4-D NIfTIs + mask, dropped volumes.
+
+    The measured data follow the luminance model (plus noise); the baseline is a different model (a
+    seeded random ResNet-18 toy), so the analysis must find the planted difference, and swapping the
+    two models must flip its sign.
+    """
     import nibabel as nib
 
     from berg.experiments.movies import movie_analysis
+    from berg.testing import toy_model
 
     bounds = [10.0, 22.0, 31.0]
     movie = make_synthetic_movie(tmp_path / "m.mp4", boundaries=bounds, duration=40.0, fps=24, size=(48, 64))
@@ -264,12 +270,17 @@ def test_movie_analysis_from_a_movie_file_and_nifti_runs(luminance, tmp_path):
     for _ in range(3):
         y = full[2:] + 0.05 * rng.normal(size=full[2:].shape)  # two volumes dropped by the "study"
         runs.append(nib.Nifti1Image(y.T.reshape(shape + (y.shape[0],)).astype(np.float32), np.eye(4)))
-    res = movie_analysis(
-        luminance, luminance, movie, 2.0, bounds, runs, mask=mask, n_drop=2, window=2, n_permutations=50
-    )
+    toy = toy_model(tmp_path / "toy", "flat", subjects=[1], n_outputs=40)
+    other = toy.client().get_encoding_model(toy.model_id, subject=1, backbone_weights="untrained")
+    kwargs = dict(mask=mask, n_drop=2, window=2, n_permutations=50)
+    res = movie_analysis(luminance, other, movie, 2.0, bounds, runs, **kwargs)
     assert res.real.shape == (18, 256) and res.model.data.shape == (18, 256)
-    # The measured data are the prediction plus noise (z-scored per voxel by group_average).
-    assert res.boundaries.model_match.mean() > 0.8
-    np.testing.assert_allclose(res.boundaries.difference, 0, atol=1e-12)  # same model twice
-    assert res.boundaries.boundaries_tr.tolist() == [3, 9, 14]  # 10, 22, 31 s minus the 4 s dropped, / 2 s
+    b = res.boundaries
+    # The measured data are the luminance prediction plus noise: that model matches, the other one less.
+    assert b.model_match.mean() > 0.8
+    assert b.model_match.mean() - b.baseline_match.mean() > 0.1
+    assert b.difference.mean() > 0.05
+    assert b.boundaries_tr.tolist() == [3, 9, 14]  # 10, 22, 31 s minus the 4 s dropped, / 2 s
+    swapped = movie_analysis(other, luminance, movie, 2.0, bounds, runs, **kwargs).boundaries
+    np.testing.assert_allclose(swapped.difference, -b.difference, atol=1e-9)
     assert res.plot() is not None

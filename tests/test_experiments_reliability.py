@@ -58,7 +58,9 @@ def test_bootstrap_interval_covers_truth_at_nominal_rate():
         pred, real = _world(0.8, 0.9, n=80, m=4, reps=2, seed=100 + seed)
         lo, hi = reliability(pred, real, n_boot=200, ci=0.9, seed=seed).ci_real["all"]
         covered += lo <= truth <= hi
-    assert 21 <= covered <= 30
+    # Binomial(30, 0.9): P(covered <= 21) ~ 0.026, P(covered == 30) ~ 0.042. A 100% rate would mean
+    # intervals too wide, below 22 too narrow: both ends can fail.
+    assert 22 <= covered <= 29
 
 
 def test_missing_repeats_and_validation(tmp_path):
