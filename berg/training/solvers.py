@@ -30,7 +30,6 @@ from berg.errors import InvalidParameterError
 __all__ = [
     "ProjectionFit",
     "fit_projection",
-    "fit_scaler_pca",
     "fit_ols",
     "fit_ridge_cv",
     "RidgeFit",
@@ -194,14 +193,6 @@ def _standardise(block, mean, scale, a, b, dtype, *, fit: bool) -> np.ndarray:
     if scale is not None:
         z /= scale[a:b].astype(dtype)
     return z
-
-
-def fit_scaler_pca(features: Any, rows: np.ndarray, n_components: int, **kwargs: Any) -> ProjectionFit:
-    """StandardScaler + PCA (see :func:`fit_projection`, ``kind="scaler_pca"``)."""
-    return fit_projection(features, rows, n_components, kind="scaler_pca", **kwargs)
-
-
-# ----------------------------------------------------------------------------------- readouts
 
 
 def _svd64(x: np.ndarray, rcond: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
