@@ -18,6 +18,7 @@ Then, each measurement in a fresh process (peak RSS = VmHWM of that process):
 Usage::
 
     .venv/bin/python benchmarks/berg_catalogue.py --root /tmp/berg-bench-catalogue [--only readout] [--batches 3]
+    .venv/bin/python benchmarks/berg_catalogue.py --smoke    # tiny replicas in a temporary folder
 """
 
 from __future__ import annotations
@@ -26,15 +27,25 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import _harness as H
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 F, K, NV, BATCH = 460_800, 250, 163_842, 100
+N_TIMES = 140
+
+
+def _smoke() -> None:
+    """Small replicas (the same files and code path): 2,048 features -> 10 components -> the real outputs."""
+    global F, K, BATCH
+    F, K, BATCH = 2_048, 10, 8
+
+
 IDS = {"nsd": "fmri-nsd_fsaverage-vit_b_32", "eeg": "eeg-things_eeg_2-vit_b_32"}
 
 
@@ -46,14 +57,14 @@ def _peak_rss_mb() -> float:
 
 
 def prepare(root: Path) -> None:
-    from creation_code.berg_catalogue.replica import write_replica
+    from berg.testing import write_catalogue_replica as write_replica
 
     for fam, family in (("nsd", "nsd_fsaverage"), ("eeg", "things_eeg_2")):
         marker = root / f".{fam}-done"
         if marker.exists():
             continue
         t0 = time.perf_counter()
-        extra = {"channels": _channels(), "n_times": 140} if fam == "eeg" else {"n_vertices": NV}
+        extra = {"channels": _channels(), "n_times": N_TIMES} if fam == "eeg" else {"n_vertices": NV}
         write_replica(
             root / "bucket",
             family,
@@ -221,14 +232,11 @@ def kernels() -> dict:
             fn()
         return flops * reps / (time.perf_counter() - t0) / 1e9
 
-    a = rng.standard_normal((2048, 2048), dtype=np.float32)
-    out["peak_square_2048"] = max(
-        gflops(lambda: a @ a, 2 * 2048**3), gflops(lambda: torch.from_numpy(a) @ torch.from_numpy(a), 2 * 2048**3)
-    )
+    out["peak_square_2048"] = H.peak_gflops()
     shapes = {
-        "readout_100x250x327684": (BATCH, K, 2 * NV),
-        "readout_eeg_100x250x8820": (BATCH, K, 8820),
-        "projection_100x460800x250": (BATCH, F, K),
+        f"readout_{BATCH}x{K}x{2 * NV}": (BATCH, K, 2 * NV),
+        f"readout_eeg_{BATCH}x{K}x{63 * N_TIMES}": (BATCH, K, 63 * N_TIMES),
+        f"projection_{BATCH}x{F}x{K}": (BATCH, F, K),
     }
     for name, (m, k, n) in shapes.items():
         x = rng.standard_normal((m, k), dtype=np.float32)
@@ -254,10 +262,17 @@ def main() -> None:
     ap.add_argument("--only", choices=["readout", "e2e", "kernel"], action="append")
     ap.add_argument("--families", nargs="+", choices=list(IDS), default=list(IDS))
     ap.add_argument("--measure", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = H.add_arguments(ap).parse_args()
+    if args.smoke:
+        _smoke()
+        if args.root == ap.get_default("root"):
+            args.root = Path(tempfile.mkdtemp(prefix="berg-bench-catalogue-smoke-"))
+        # readouts of the NSD model only: a ViT-B/32 pass and the EEG replica would take minutes here
+        args.batches, args.only, args.families = 1, args.only or ["readout"], ["nsd"]
     if args.measure:
         print(json.dumps(kernels() if args.measure == "kernel" else measure(args.root, args.measure, args.batches)))
         return
+    rec = H.start("berg_catalogue", args, features=F, components=K, batch=BATCH)
     args.root.mkdir(parents=True, exist_ok=True)
     prepare(args.root)
     results = {}
@@ -268,33 +283,38 @@ def main() -> None:
         if kind in kinds
         for fam in args.families
         for side in ("berg", "bergsk")
-        if not (kind == "e2e" and fam == "eeg" and "eeg" not in args.families)
     ]
     if "kernel" in kinds:
         names.append("kernel")
+    failed = []
     for name in names:
-        res = subprocess.run(
-            [sys.executable, __file__, "--root", str(args.root), "--batches", str(args.batches), "--measure", name],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
+        argv = [sys.executable, __file__, "--root", str(args.root), "--batches", str(args.batches), "--measure", name]
+        res = subprocess.run(argv + (["--smoke"] if args.smoke else []), capture_output=True, text=True, cwd=REPO)
         if res.returncode:
-            print(f"{name} failed:\n{res.stderr[-3000:]}", file=sys.stderr)
+            H.log.error("%s failed:\n%s", name, res.stderr[-3000:])
+            failed.append(name)
             continue
         results[name] = json.loads(res.stdout.strip().splitlines()[-1])
-        print(json.dumps(results[name]), file=sys.stderr)
     for kind in ("readout", "e2e"):
         for fam in args.families:
             a, b = results.get(f"berg-{kind}-{fam}"), results.get(f"bergsk-{kind}-{fam}")
             if a and b:
-                print(
-                    f"{kind:7s} {fam}: berg {a['stimuli_per_s']:8.1f} stim/s, peak RSS {a['peak_rss_mb']:7.0f} MB | "
-                    f"BERG {b['stimuli_per_s']:8.1f} stim/s, peak RSS {b['peak_rss_mb']:7.0f} MB | "
-                    f"speed x{a['stimuli_per_s'] / b['stimuli_per_s']:.2f}, memory x{a['peak_rss_mb'] / b['peak_rss_mb']:.2f}"
+                rec.figure(f"{kind}.{fam}.berg", a["stimuli_per_s"], "stim/s", peak_rss_mb=round(a["peak_rss_mb"]))
+                rec.figure(f"{kind}.{fam}.berg_sklearn_float32", b["stimuli_per_s"], "stim/s")
+                target = {"nsd": ">= 1.35", "eeg": ">= 1.5"}[fam] if kind == "readout" else None
+                rec.figure(f"{kind}.{fam}.speed_over_berg", a["stimuli_per_s"] / b["stimuli_per_s"], "x", target=target)
+                mem_target = "<= 0.75" if (kind, fam) == ("readout", "nsd") else None
+                rec.figure(
+                    f"{kind}.{fam}.memory_over_berg", a["peak_rss_mb"] / b["peak_rss_mb"], "x", target=mem_target
                 )
     if "kernel" in results:
-        print("kernels (GFLOP/s):", json.dumps(results["kernel"]))
+        peak = results["kernel"].pop("peak_square_2048")
+        for shape, by_kernel in results["kernel"].items():
+            for kernel, g in by_kernel.items():
+                rec.figure(f"kernel.{shape}.{kernel}", g, "GFLOP/s", peak_used=peak)
+            rec.figure(f"kernel.{shape}.best_of_peak", max(by_kernel.values()) / peak, "x", target=">= 0.75")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
