@@ -896,7 +896,7 @@ class Registry:
         if outside is None:
             from berg.hub.config import outside_sources, preferences
 
-            outside = outside_sources(config_dir)
+            outside = [RegistrySource(**fields) for fields in outside_sources(config_dir)]
             pins.update(preferences(config_dir))
         sources += list(outside)
         pins.update(prefer or {})

@@ -15,7 +15,9 @@
 The pinned copy of each fragment and its cards lives in ``<config_dir>/registries/<name>/``; every load
 checks it against the pinned sha256. ``config_dir`` is the platform's user config folder for berg
 (``~/.config/berg`` on Linux, following ``XDG_CONFIG_HOME``). This module reads and writes data only;
-fetching lives in :mod:`berg.hub.registries`.
+fetching lives in :mod:`berg.hub.registries`. It sits below :mod:`berg.registry` (which asks it for the
+registries to read, as plain dicts of :class:`~berg.registry.RegistrySource` fields), so it imports nothing
+of the registry.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import yaml
 
 from berg.errors import InvalidParameterError
 from berg.fsutil import atomic_write_text
-from berg.registry import RegistryError, RegistrySource
 from berg.yamlio import read_yaml
 
 __all__ = [
@@ -87,7 +88,7 @@ def read_config(folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         return {"format_version": 1, "registries": {}, "prefer": {}}
     data = read_yaml(path) or {}
     if not isinstance(data, Mapping) or not isinstance(data.get("registries", {}), Mapping):
-        raise RegistryError(f"{path} is not a berg registry configuration; remove it or fix it by hand")
+        raise InvalidParameterError(f"{path} is not a berg registry configuration; remove it or fix it by hand")
     return {
         "format_version": 1,
         "registries": dict(data.get("registries") or {}),
@@ -128,7 +129,7 @@ def plugin_modules() -> tuple[str, ...]:
     return tuple(sorted(mods))
 
 
-def package_sources() -> list[RegistrySource]:
+def package_sources() -> list[dict[str, Any]]:
     """Registries of installed packages: each ``berg.registries`` entry point names a registry.yaml.
 
     The entry point's object is a path (``str``/``PathLike``) or a function returning one, e.g. in
@@ -156,40 +157,48 @@ def package_sources() -> list[RegistrySource]:
             log.warning("registry entry point %s of %s names %s, which is not a file", ep.name, dist, path)
             continue
         out.append(
-            RegistrySource(
-                name=label,
-                path=path,
-                card_root=path.parent,
-                trusted=False,
-                origin=f"entry point {ep.name} = {ep.value} ({dist})",
-                base=None,
-                modules=tuple(sorted({"berg", *_top_modules(ep.dist, ep.value)})),
-            )
+            {
+                "name": label,
+                "path": path,
+                "card_root": path.parent,
+                "trusted": False,
+                "origin": f"entry point {ep.name} = {ep.value} ({dist})",
+                "base": None,
+                "modules": tuple(sorted({"berg", *_top_modules(ep.dist, ep.value)})),
+            }
         )
     return out
 
 
-def outside_sources(folder: str | os.PathLike[str] | None = None) -> list[RegistrySource]:
-    """Registries from outside: those added by URL (pinned copies) and those of installed packages."""
+def outside_sources(folder: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Registries from outside: those added by URL (pinned copies) and those of installed packages.
+
+    Each is a dict of :class:`~berg.registry.RegistrySource` fields.
+    """
     from berg.hub.locations import location_for
 
     config = read_config(folder)
     modules = plugin_modules()
     sources = []
     for name, item in sorted(config["registries"].items()):
+        if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):
+            raise InvalidParameterError(
+                f"registry {name!r} in {config_dir(folder) / CONFIG_NAME} has no url; `berg registry remove {name}` "
+                "and add it again"
+            )
         local = registry_folder(name, folder)
         loc = location_for(item["url"], endpoint=item.get("endpoint"))
         sources.append(
-            RegistrySource(
-                name=name,
-                path=local / "registry.yaml",
-                card_root=local,
-                trusted=False,
-                origin=item["url"],
-                base=loc.base(),
-                modules=modules,
-                sha256=item.get("sha256"),
-                namespace=item.get("namespace"),
-            )
+            {
+                "name": name,
+                "path": local / "registry.yaml",
+                "card_root": local,
+                "trusted": False,
+                "origin": item["url"],
+                "base": loc.base(),
+                "modules": modules,
+                "sha256": item.get("sha256"),
+                "namespace": item.get("namespace"),
+            }
         )
     return sources + package_sources()

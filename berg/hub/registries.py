@@ -87,7 +87,7 @@ def _check_with_others(new: RegistrySource, name: str, folder: Any) -> Registry:
     """The registry as it would be with ``new`` (collisions raise here, before anything is kept)."""
     from berg.hub.config import outside_sources, preferences
 
-    others = [s for s in outside_sources(folder) if s.name != name]
+    others = [RegistrySource(**s) for s in outside_sources(folder) if s["name"] != name]
     return Registry(outside=[*others, new], prefer=preferences(folder))
 
 
@@ -242,7 +242,7 @@ def list_registries(*, config_folder: str | os.PathLike[str] | None = None) -> l
     for name, item in sorted(config["registries"].items()):
         rows.append({"name": name, **item})
     for src in package_sources():
-        rows.append({"name": src.name, "namespace": None, "url": src.origin, "sha256": None})
+        rows.append({"name": src["name"], "namespace": None, "url": src["origin"], "sha256": None})
     for row in rows:
         row["preferred_for"] = sorted(k for k, v in config["prefer"].items() if v == row["name"])
     return rows
