@@ -207,7 +207,7 @@ def _is_image(obj: Any) -> bool:
 
 def _image_responses(img: Any, space: Any) -> np.ndarray:
     """A NIfTI image on the model's grid (e.g. from ``encode_movie``) -> responses ``(n, n_outputs)``."""
-    if space.kind != "volume":
+    if "nifti" not in space.FILE_FORMATS:
         raise InvalidParameterError(f"got a NIfTI image, but this model's outputs are a {space.kind} space")
     grid = tuple(space.grid)
     if tuple(img.shape[:3]) != grid or img.ndim not in (3, 4):
@@ -591,10 +591,10 @@ def save_nifti(
     _check_model(model)
     responses, subject = _one_subject(responses, subject)
     space = model.space(subject)
-    if space.kind != "volume":
+    if "nifti" not in space.FILE_FORMATS:
         raise InvalidParameterError(
             f"this model's outputs are a {space.kind} space (no volumetric space); NIfTI needs a volume space"
-            + ("; use berg.save_gifti" if space.kind == "surface" else "; use berg.save (HDF5)")
+            + ("; use berg.save_gifti" if "gifti" in space.FILE_FORMATS else "; use berg.save (HDF5)")
         )
     image = responses if _is_image(responses) else None
     if image is not None:

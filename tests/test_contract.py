@@ -299,3 +299,118 @@ def test_an_empty_roi_gives_zero_outputs_as_berg(tmp_path, images):
         "test-toy-empty", subject=1, selection={"roi": "EMPTY"}, device="cpu", backbone_weights="untrained"
     )
     assert m.encode(images, show_progress=False).shape == (5, 0)
+
+
+# ---------------------------------------------------------------------------------- a newcomer's model
+# docs/architecture.md "How to add a model of a new output kind": one space class (registered), one model
+# class implementing only BaseModelInterface, one registry entry + card. Nothing else in berg changes.
+N_SECTORS = 8
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory):
+    import newcomer_ring  # registers the "ring" space kind on import, as a plug-in package would
+
+    from berg.testing import add_registry_entry, synthetic_card
+    from berg.testing.toys import write_card
+
+    root = tmp_path_factory.mktemp("ring")
+    card = synthetic_card(
+        "test-ring", space={"kind": "flat"}, selection={"lengths": {"sectors": N_SECTORS}}, subjects=[1]
+    )
+    card["output"]["space"] = {"kind": "ring", "n_sectors": N_SECTORS}
+    write_card(root, card)
+    reg = add_registry_entry(
+        root / "registry.yaml",
+        "test-ring",
+        {
+            "card": "test-ring.yaml",
+            "modality": "fmri",
+            "dataset": "toy",
+            "source": {"kind": "s3", "bucket": "unused", "prefix": "test-ring/", "manifest": False},
+            "layout": "none",
+            "recipe": {"output_space": "ring"},
+            "model_class": "newcomer_ring:RingModel",
+        },
+    )
+    return newcomer_ring, reg, root
+
+
+def test_newcomer_space_kind_and_base_only_model_end_to_end(ring, images, tmp_path):
+    from berg.core.contract import FeatureModel
+    from berg.core.spaces import SPACE_KINDS
+    from berg.registry import Registry
+
+    module, reg, _ = ring
+    assert SPACE_KINDS["ring"] is module.RingSpace
+    assert Registry(extra=[reg]).get("test-ring").selection_keys == ("sectors",)  # from the space registry
+    client = berg.BERG(cache_dir=tmp_path / "cache", registry=reg, offline=True)
+    model = client.get_encoding_model("test-ring", subject=1)
+    assert not isinstance(model, FeatureModel)
+    truth = module.sector_means(images, N_SECTORS)
+    out = client.encode(model, images, show_progress=False)
+    np.testing.assert_allclose(out, truth, rtol=1e-6)
+    # selections go through the registry's validation (keys and lengths from the space and card)
+    keep = np.zeros(N_SECTORS, int)
+    keep[[1, 6]] = 1
+    sel = client.get_encoding_model("test-ring", subject=1, selection={"sectors": keep})
+    np.testing.assert_allclose(sel.encode(images, show_progress=False), truth[:, [1, 6]], rtol=1e-6)
+    with pytest.raises(InvalidParameterError, match="exactly 8"):
+        client.get_encoding_model("test-ring", subject=1, selection={"sectors": np.ones(5)})
+    with pytest.raises(InvalidParameterError, match=r"valid keys: \['sectors'\]"):
+        client.get_encoding_model("test-ring", subject=1, selection={"roi": "V1"})
+    # save / load: the space comes back through the space registry
+    path = berg.save(tmp_path / "ring.h5", out, model, stimulus_ids=[f"img{i}" for i in range(len(images))])
+    back = berg.load_responses(path)
+    np.testing.assert_array_equal(back["responses"]["1"], out)
+    assert isinstance(back["spaces"]["1"], module.RingSpace) and back["spaces"]["1"].n_sectors == N_SECTORS
+    np.testing.assert_allclose(back["coords"]["1"]["angle_deg"], np.arange(N_SECTORS) * 45.0)
+    with pytest.raises(InvalidParameterError, match="NIfTI needs a volume space"):
+        berg.save_nifti(tmp_path / "ring.nii.gz", out, model)
+
+
+def test_newcomer_model_through_cli_and_run(ring, images, tmp_path):
+    from PIL import Image
+
+    from berg.cli import main
+
+    module, reg, _ = ring
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    out = tmp_path / "cli.h5"
+    assert (
+        main(
+            [
+                "--registry",
+                str(reg),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "encode",
+                "test-ring",
+                str(folder),
+                "--subject",
+                "1",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    truth = module.sector_means(images, N_SECTORS)
+    np.testing.assert_allclose(berg.load_responses(out)["responses"]["1"], truth, rtol=1e-6)
+    # berg run: a model without a shared backbone pass runs shard by shard through encode
+    store = tmp_path / "run"
+    plan = berg.EncodePlan(
+        models=[{"id": "test-ring", "subjects": [1]}],
+        stimuli={"folder": str(folder)},
+        store=store,
+        shard_size=2,
+        berg={"cache_dir": str(tmp_path / "c2"), "offline": True, "registry": str(reg)},
+        device="cpu",
+    )
+    report = berg.run(plan, show_progress=False)
+    assert report.computed_units == 3
+    got = berg.runner.open_responses(store)["test-ring/sub-01/responses"][:]
+    np.testing.assert_allclose(got, truth, rtol=1e-6)
