@@ -18,12 +18,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from berg.devices import validate_device
 from berg.errors import (
     BackboneWeightsError,
     InvalidParameterError,
@@ -45,7 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 UNTRAINED = "untrained"
 PRETRAINED = "pretrained"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -118,15 +117,6 @@ def validate_backbone_weights(value: Any) -> str | os.PathLike[str] | None:
             )
         )
     raise _with_cli_words(InvalidParameterError(f"backbone_weights file not found: {path}; {_WEIGHTS_FORM}"))
-
-
-def validate_device(device: str) -> str:
-    """Check a device string's form (no torch import). Valid: auto, cpu, cuda, cuda:N, mps."""
-    if not isinstance(device, str) or not _DEVICE_RE.match(device):
-        raise InvalidParameterError(
-            f"device={device!r} is not valid; valid values: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"
-        )
-    return device
 
 
 def resolve_device(device: str) -> str:
