@@ -21,7 +21,7 @@ malicious payload tries to create: "code executed" counts the cases after which 
 
 Adding cases (other parts of berg: store, stimuli, outputs)::
 
-    # in this file, or in a module benchmarks/hostile_cases_<topic>.py that this script imports
+    # in this file, or in a module benchmarks/_hostile_cases_<topic>.py that this script imports
     import hostile_inputs as H
 
     @H.case("store", "symlinked-part-file")          # expect="error" (default): must raise a BERGError
@@ -1006,8 +1006,8 @@ def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
 
 
 def load_plugins() -> None:
-    """Import benchmarks/hostile_cases_*.py (they register cases through this module)."""
-    for path in sorted(HERE.glob("hostile_cases_*.py")):
+    """Import benchmarks/_hostile_cases_*.py (they register cases through this module)."""
+    for path in sorted(HERE.glob("_hostile_cases_*.py")):
         name = path.stem
         if name in sys.modules:
             continue
@@ -1123,11 +1123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case (default 60)")
     parser.add_argument("--json", type=Path, help="also write every record to this JSON file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    import _harness as H
+
+    args = H.add_arguments(parser).parse_args(argv)
     if args.worker:
         _worker([line for line in sys.stdin.read().splitlines() if line], args.timeout)
         return 0
     cases = _selected(args.only)
+    if args.smoke:  # one case of each group: the worker, sandbox and judging code paths, in seconds
+        cases = list({c.group: c for c in reversed(cases)}.values())
+    rec = H.start("hostile_inputs", args)
     t0 = time.perf_counter()
     records = run_all(cases, args.timeout, args.verbose)
     worst = sorted(records, key=lambda r: -r["peak"])[:3]
@@ -1142,7 +1147,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
     line, ok = summarise(records)
-    print(line)
+    print(line, file=sys.stderr)
+    count = lambda outcome: sum(r["outcome"] == outcome for r in records)  # noqa: E731
+    rec.figure("bad_inputs_tried", len(records), "cases")
+    rec.figure("other_exceptions", count("other"), "cases", target="<= 0", note=line)
+    rec.figure("code_executed", sum(r["code_executed"] for r in records), "cases", target="<= 0")
+    rec.figure("outside_files_touched", sum(r["outside_touched"] for r in records), "cases", target="<= 0")
+    peak = max((r["peak"] for r in records), default=0) / MB
+    rec.figure("peak_memory_single_input", peak, "MB", target=f"<= {PEAK_LIMIT // MB}")
     return 0 if ok else 1
 
 
