@@ -33,9 +33,14 @@ test: venv lint
 	$(BIN)/python -m pytest -q
 
 docs: venv
-	$(BIN)/python -m pip install -q -e ".[docs]"
 	$(BIN)/python scripts/gen_docs.py
 	BERG_QUIET=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+	@echo "built site/: open site/index.html (published by CI: scripts/publish_docs.py)"
+
+# every benchmark at full size, each in a fresh process, refused on a busy machine (load > 0.5 per core);
+# figures -> benchmarks/results/*.jsonl, tables of benchmarks/RESULTS.md regenerated from them
+bench: venv
+	$(BIN)/python benchmarks/_harness.py run $(if $(ONLY),--only $(ONLY)) $(if $(ON_LOAD),--on-load $(ON_LOAD))
 
 clean:
 	rm -rf demo_output .pytest_cache
