@@ -31,6 +31,9 @@ __all__ = [
     "validate_card",
     "card_to_text",
     "card_to_markdown",
+    "accuracy_line",
+    "published_lines",
+    "published_headline",
     "schema",
 ]
 
@@ -217,9 +220,14 @@ def _scalar(value: Any) -> str:
 
 def _wrap(text: str, indent: int, first: str = "") -> list[str]:
     pad = " " * indent
+    words = " ".join(str(text).split())
+    if len(pad) + len(first) > _WIDTH // 2 and words:
+        # a very long key: its value goes below it (aligned after the key it would be one letter a line)
+        return [pad + first.rstrip()] + _wrap(words, indent + 4)
     return textwrap.wrap(
-        " ".join(str(text).split()),
+        words,
         width=_WIDTH,
+        break_on_hyphens=False,  # model ids and commands stay whole ("fmri-nsd_fsaverage-alexnet")
         initial_indent=pad + first,
         subsequent_indent=pad + " " * len(first),
     ) or [pad + first.rstrip()]
@@ -274,13 +282,117 @@ def _summary_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]
     return (cols or ["value"]), rows
 
 
-def card_to_text(card: Mapping[str, Any]) -> str:
+def _published(card: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """The card's ``published`` entries split into (figures, statements that the source states none)."""
+    entries = [e for e in (card.get("published") or []) if isinstance(e, Mapping)]
+    return [e for e in entries if "figure" in e], [e for e in entries if "none" in e]
+
+
+def _where(entry: Mapping[str, Any]) -> str:
+    link = entry.get("url") or (f"doi:{entry['doi']}" if entry.get("doi") else "")
+    return f"{entry['source']}" + (f" ({link})" if link else "")
+
+
+def _figure(entry: Mapping[str, Any]) -> str:
+    extra = [f"{k} {entry[k]}" for k in ("variant", "roi") if entry.get(k)]
+    # str(), not _scalar(): a published figure is shown with every digit its source prints
+    return f"{entry['figure']}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _affine_note(card: Mapping[str, Any]) -> str | None:
+    """How to write NIfTI when a volume model declares no affine (its files may still carry one)."""
+    space = (card.get("output") or {}).get("space") or {}
+    if not isinstance(space, Mapping) or space.get("kind") != "volume" or space.get("affine") is not None:
+        return None
+    return (
+        "none declared on this card; when the model's files carry none either, NIfTI output needs yours: "
+        "model.to_nifti(responses, affine=A) or berg.save_nifti(path, responses, model, affine=A), with A the "
+        "4 x 4 voxel-to-mm affine of the training data's grid (e.g. nibabel.load(mask).affine)"
+    )
+
+
+def _short_source(source: Any) -> str:
+    """``"Author & Author (2023)"`` from a source text, else its first clause."""
+    import re
+
+    text = str(source)
+    match = re.match(r"^(.*?\(\d{4}\))", text)
+    return match.group(1) if match else text.split(",")[0]
+
+
+def published_headline(card: Mapping[str, Any]) -> str:
+    """The card's first published figure and its source, short (the README table's accuracy cell)."""
+    figures, none = _published(card)
+    if figures:
+        first = figures[0]
+        more = f", +{len(figures) - 1} more" if len(figures) > 1 else ""
+        return f"{_figure(first)}; {_short_source(first['source'])}{more}"
+    if none:
+        return f"none stated by {_short_source(none[0]['source'])}"
+    return "not stated"
+
+
+def accuracy_line(card: Mapping[str, Any], *, computed: str | None = None, command: str | None = None) -> str:
+    """The one accuracy line ``berg describe`` shows for every model.
+
+    Parameters
+    ----------
+    card : mapping
+        The model card (its ``published`` entries).
+    computed : str, optional
+        A summary computed from the model's files and cached (:func:`berg.accuracy.headline`).
+    command : str, optional
+        The command that computes the summary (:func:`berg.accuracy.compute_command`).
+
+    Returns
+    -------
+    str
+        The published figure and its source, or that the source states none; then the computed
+        summary, or the exact command that computes it.
+    """
+    figures, none = _published(card)
+    parts = []
+    if figures:
+        first = figures[0]
+        more = f" (+{len(figures) - 1} more under PUBLISHED ACCURACY)" if len(figures) > 1 else ""
+        parts.append(f"published {_figure(first)}: {first['metric']}; source: {_where(first)}{more}")
+    elif none:
+        parts.append(f"none published (source: {_where(none[0])})")
+    else:
+        parts.append("no published figure on this card")
+    if computed:
+        parts.append(f"computed from the model's files (cached): {computed}")
+    elif command:
+        parts.append(f"compute a per-ROI summary from the model's metadata files with: {command}")
+    return "; ".join(parts)
+
+
+def published_lines(card: Mapping[str, Any]) -> list[str]:
+    """The ``PUBLISHED ACCURACY`` section: every figure (or statement of none) with its location."""
+    figures, none = _published(card)
+    lines: list[str] = []
+    for e in figures:
+        lines += _wrap(f"{_figure(e)} — {e['metric']}", 2, "- ")
+        details = [("split", e.get("split")), ("n", e.get("n")), ("quote", e.get("quote") and f'"{e["quote"]}"')]
+        details += [("source", _where(e)), ("notes", e.get("notes"))]
+        for k, v in details:
+            if v not in (None, ""):
+                lines += _wrap(str(v), 4, f"{k}: ")
+    for e in none:
+        lines += _wrap(str(e["none"]), 2, "- none stated: ")
+        lines += _wrap(_where(e), 4, "source: ")
+    return lines
+
+
+def card_to_text(card: Mapping[str, Any], *, computed: str | None = None, command: str | None = None) -> str:
     """A readable plain-text rendering (what ``berg describe`` prints).
 
     Parameters
     ----------
     card : mapping
         A card (validated or not; missing sections are skipped).
+    computed, command : str, optional
+        A cached computed accuracy summary, or the command that computes one (see :func:`accuracy_line`).
 
     Returns
     -------
@@ -298,11 +410,15 @@ def card_to_text(card: Mapping[str, Any]) -> str:
         ("creator", card.get("creator")),
         ("subjects (outputs)", _subjects_text(card)),
         ("ROIs", _scalar(card.get("parameters", {}).get("selection", {}).get("rois", []))),
+        ("accuracy", accuracy_line(card, computed=computed, command=command)),
+        ("NIfTI affine", _affine_note(card)),
     ]
     for key, value in facts:
         if value:
             lines += _wrap(str(value), 2, f"{key + ':':20s}")
     lines.append("")
+    if card.get("published"):
+        lines += ["PUBLISHED ACCURACY (as the source states it)", *published_lines(card), ""]
     if card.get("description"):
         lines += ["DESCRIPTION", *_wrap(card["description"], 2), ""]
     for section in ("input", "output", "preprocessing", "metadata", "accuracy", "license", "provenance"):
@@ -449,13 +565,27 @@ def card_to_markdown(card: Mapping[str, Any]) -> str:
     out += _md_table(["key", "description"], card["metadata"].items()) + [""]
 
     acc = card["accuracy"]
-    out += ["## Accuracy", "", f"Split: {' '.join(str(acc['split']).split())}", ""]
+    out += ["## Accuracy", ""]
+    figures, none = _published(card)
+    if figures:
+        out += ["Published (as the source states it):", ""]
+        out += _md_table(
+            ["figure", "metric", "split", "source", "quote"],
+            [
+                # a quote's "* p < 0.05" markers are text, not Markdown emphasis
+                (_figure(e), e["metric"], e["split"], _where(e), str(e.get("quote", "")).replace("*", "\\*"))
+                for e in figures
+            ],
+        ) + [""]
+    for e in none:
+        out += [f"Published: none. {' '.join(str(e['none']).split())} (source: {_where(e)})", ""]
+    out += [f"Split: {' '.join(str(acc['split']).split())}", ""]
     if acc.get("metric_definitions"):
         out += ["Metrics: " + " ".join(_fmt(acc["metric_definitions"], 0)), ""]
     if acc.get("summary"):
         cols, rows = _summary_rows(acc["summary"])
         out += _md_table(["", *cols], rows) + [""]
-    else:
+    elif not figures:
         out += ["No accuracy numbers are published for this model.", ""]
     if acc.get("per_roi"):
         out += ["Per ROI:", "", "```", *_fmt(acc["per_roi"], 0), "```", ""]

@@ -268,16 +268,42 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    """``berg describe ID``."""
+    """``berg describe ID [--accuracy [--subject S]]``."""
+    from berg import accuracy
     from berg.cards import card_to_markdown, card_to_text
 
-    card = _client(args).describe(args.model_id)
+    client = _client(args)
+    card = client.describe(args.model_id)
+    if args.subject is not None and not args.accuracy:
+        raise InvalidParameterError("--subject goes with --accuracy (berg describe ID --accuracy --subject S)")
+    spec = client.registry.get(args.model_id)
+    block = None
+    if args.accuracy:  # the metadata files only, never the weights
+        block = accuracy.compute_accuracy(client, args.model_id, _one_subject(args.subject) if args.subject else None)
+        try:
+            where = accuracy.write_cached(client, args.model_id, block)
+            block_note = f"cached in {where}"
+        except OSError as exc:  # a read-only cache must not hide the numbers just computed
+            block_note = f"not cached ({exc})"
     if args.json:
-        print(json.dumps(card, indent=1, default=str))
-    elif args.markdown:
+        print(json.dumps({"card": card, "computed": block} if block else card, indent=1, default=str))
+        return 0
+    if args.markdown:
         print(card_to_markdown(card), end="")
-    else:
-        print(card_to_text(card), end="")
+        return 0
+    by_subject = (accuracy.read_cached(client, args.model_id) or {}).get("subjects") or {}
+    cached = block or next(iter(by_subject.values()), None)
+    print(
+        card_to_text(
+            card,
+            computed=accuracy.headline(cached) if cached else None,
+            command=accuracy.compute_command(spec),
+        ),
+        end="",
+    )
+    if block:
+        print(f"\nCOMPUTED ACCURACY ({block_note})")
+        print("\n".join(accuracy.computed_lines(block)))
     return 0
 
 
@@ -697,6 +723,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="the card as JSON")
     g.add_argument("--markdown", action="store_true", help="the card as Markdown")
+    s.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="summarise the model's accuracy per ROI from its metadata files only (no weights are "
+        "downloaded) and cache it in <cache>/ID/accuracy.json",
+    )
+    s.add_argument("--subject", metavar="S", help="the subject --accuracy summarises (default: the first)")
     s.set_defaults(func=cmd_describe)
 
     s = sub.add_parser(
