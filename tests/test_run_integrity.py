@@ -125,6 +125,16 @@ def test_deleted_chunk_forged_and_unrecorded_markers_are_damaged(tmp_path):
         "shard": 2,
         "reason": "its marker records no chunk checksums (forged, or written by an older berg)",
     }
+    store.marker_path(t.key, 2).write_text(json.dumps({**bare, "chunks": {}}))  # "nothing was written"
+    assert _states(store)[1]["damaged_shards"][-1]["shard"] == 2
+
+
+def test_an_all_nan_shard_writes_and_records_its_chunk(tmp_path):
+    """zarr skips chunks equal to the fill value by default; a run writes them, so the record is never empty."""
+    data = np.full((N, 3), np.nan, dtype=np.float32)  # e.g. every stimulus of the run failed
+    store, t, _ = _store(tmp_path, data=data)
+    assert all(len(store.read_marker(t.key, s)["chunks"]) == 1 for s in range(3))
+    assert store.status(verify=True)["complete"]
 
 
 def test_a_copied_store_with_new_mtimes_stays_complete(tmp_path):

@@ -135,6 +135,10 @@ def test_kill_whole_run_resume_bit_for_bit_and_lock(tmp_path, images, berg_opts,
                 if started - {int(p.stem) for p in markers.glob("*.json")}:
                     break  # a shard is being computed right now: kill mid-shard
             time.sleep(0.005)
+        if proc.poll() is not None:
+            pytest.fail(
+                f"the run ended (rc {proc.returncode}) before it could be killed mid-shard: {proc.stderr.read()}"
+            )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

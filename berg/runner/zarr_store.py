@@ -507,7 +507,7 @@ class RunStore:
         if marker.get("shard") != shard or marker.get("target") != key:
             return f"its marker belongs to {marker.get('target')!r} shard {marker.get('shard')!r} (copied or forged)"
         record = marker.get("chunks")
-        if not isinstance(record, Mapping):
+        if not isinstance(record, Mapping) or not record:
             return "its marker records no chunk checksums (forged, or written by an older berg)"
         prefix = f"{key}/responses/c/{shard}"
         present = {p.relative_to(self.zarr_path).as_posix(): p for p in self.chunk_files(key, shard)}
@@ -538,13 +538,16 @@ class RunStore:
 
         Returns the chunk record (:meth:`chunk_record`) the shard's marker keeps.
         """
-        arr = self._arrays.get(key)
-        if arr is None:
-            import zarr
+        import zarr
 
-            arr = zarr.open_array(store=os.fspath(self.zarr_path), path=f"{key}/responses", mode="r+")
-            self._arrays[key] = arr
-        arr[start : start + data.shape[0]] = data.astype(arr.dtype, copy=False)
+        # Every shard writes its chunk files, even all-NaN ones (zarr skips "empty" chunks by default), so a
+        # marker always names files: a marker recording none is forged.
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            arr = self._arrays.get(key)
+            if arr is None:
+                arr = zarr.open_array(store=os.fspath(self.zarr_path), path=f"{key}/responses", mode="r+")
+                self._arrays[key] = arr
+            arr[start : start + data.shape[0]] = data.astype(arr.dtype, copy=False)
         if fsync:
             self._fsync_chunks(key, shard)
         return self.chunk_record(key, shard)
