@@ -9,189 +9,28 @@ is measured (``wait4``), so a decompression bomb that allocated its claimed size
 
 from __future__ import annotations
 
-import io
 import os
-import struct
 import tracemalloc
-import zlib
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from berg.errors import BERGError, FileAccessError, InvalidParameterError, StimulusError, check_output_path, os_error
+from berg.errors import BERGError, FileAccessError, InvalidParameterError, StimulusError, os_error
 from berg.stimuli import load_stimuli
+from berg.testing.hostile import (
+    MB,
+    gif_claiming,
+    image_bytes,
+    output_path_cases,
+    png_claiming,
+    stimulus_cases,
+    write_video,
+)
+from berg.testing.hostile import decoded as _decoded
+from berg.testing.hostile import write_bytes as write
 
-MB = 1 << 20
-
-
-# ------------------------------------------------------------------------------------------ crafted files
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A ~60-byte PNG whose header claims ``width x height`` RGB pixels (the data is 10 zero bytes)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(b"\0" * 10))
-        + _chunk(b"IEND", b"")
-    )
-
-
-def gif_claiming(width: int, height: int) -> bytes:
-    """A GIF header + one image descriptor claiming ``width x height``."""
-    screen = b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0)
-    image = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00;"
-    return screen + image
-
-
-def bmp_claiming(width: int, height: int) -> bytes:
-    """A 24-bit BMP header claiming ``width x height`` with no pixel data."""
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
-    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
-
-
-def image_bytes(fmt: str, size=(64, 64), seed: int = 0) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buf, fmt)
-    return buf.getvalue()
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def write_video(path: Path, n_frames: int = 6, size=(48, 64)) -> Path:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((*size, 3), 20 * i, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-# ------------------------------------------------------------------------------------------ the cases
-
-
-def _decoded(stimulus, kind="image", **kw):
-    """Validate and decode every item (what encode does batch by batch)."""
-    stimuli = load_stimuli(stimulus, kind, **kw)
-    return [stimuli[i] for i in range(len(stimuli))]
-
-
-def stimulus_cases(root: Path) -> list[tuple[str, Callable[[], object]]]:
-    """``(name, call)`` pairs; each call must raise a :class:`~berg.errors.BERGError`."""
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    f = lambda name, data: write(root / name, data)  # noqa: E731
-    png = image_bytes("PNG")
-    jpg = image_bytes("JPEG")
-    gif = image_bytes("GIF")
-    tif = image_bytes("TIFF")
-    ok = f("ok.png", png)
-    trunc_pil = Image.open(f("trunc_lazy.jpg", jpg[: len(jpg) // 2]))
-    closed = Image.new("RGB", (4, 4))
-    closed.close()
-    loop = root / "loop.png"
-    if not loop.is_symlink():
-        os.symlink(loop, loop)
-    (root / "folder.png").mkdir(exist_ok=True)
-    video = write_video(root / "clip.mp4")
-    cases: list[tuple[str, Callable[[], object]]] = [
-        ("png claiming 20000 x 20000", lambda: _decoded(f("bomb.png", png_claiming(20000, 20000)))),
-        ("png claiming 65535 x 65535", lambda: _decoded(f("bomb2.png", png_claiming(65535, 65535)))),
-        ("png claiming 0 x 0", lambda: _decoded(f("zero.png", png_claiming(0, 0)))),
-        ("gif claiming 65535 x 65535", lambda: _decoded(f("bomb.gif", gif_claiming(65535, 65535)))),
-        ("bmp claiming 30000 x 30000", lambda: _decoded(f("bomb.bmp", bmp_claiming(30000, 30000)))),
-        ("png above max_pixels=1000", lambda: _decoded(ok, max_pixels=1000)),
-        ("png above BERG_MAX_PIXELS", lambda: _with_env("BERG_MAX_PIXELS", "4000", lambda: _decoded(ok))),
-        ("max_pixels=0", lambda: _decoded(ok, max_pixels=0)),
-        ("truncated png", lambda: _decoded(f("trunc.png", png[: len(png) // 2]))),
-        ("truncated jpeg", lambda: _decoded(f("trunc.jpg", jpg[: len(jpg) // 2]))),
-        ("truncated gif", lambda: _decoded(f("trunc.gif", gif[: len(gif) // 2]))),
-        ("truncated tiff", lambda: _decoded(f("trunc.tif", tif[: len(tif) // 2]))),
-        ("jpeg header only", lambda: _decoded(f("hdr.jpg", jpg[:20]))),
-        ("corrupt png data", lambda: _decoded(f("corrupt.png", png[:60] + b"\xff" * 40 + png[100:]))),
-        ("empty file .png", lambda: _decoded(f("empty.png", b""))),
-        ("text file .jpg", lambda: _decoded(f("text.jpg", b"hello, not an image\n" * 10))),
-        (
-            "EPS (would run Ghostscript)",
-            lambda: _decoded(f("doc.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")),
-        ),
-        ("lazily opened truncated PIL image", lambda: _decoded([trunc_pil])),
-        ("closed PIL image", lambda: _decoded([closed])),
-        ("0 x 0 PIL image", lambda: _decoded(Image.new("RGB", (0, 0)))),
-        ("folder named .png", lambda: _decoded(root / "folder.png")),
-        ("symlink loop", lambda: _decoded(loop)),
-        ("NUL byte in path", lambda: _decoded("bad\x00name.png")),
-        ("path of 5000 characters", lambda: _decoded("x" * 5000 + ".png")),
-        ("missing file", lambda: _decoded(root / "nope.png")),
-        ("glob matching nothing", lambda: _decoded(str(root / "*.webp"))),
-        ("video file to an image model", lambda: _decoded(video)),
-        ("empty file .mp4", lambda: _decoded(f("empty.mp4", b""), "video")),
-        ("random bytes .mp4", lambda: _decoded(f("random.mp4", np.random.default_rng(0).bytes(4096)), "video")),
-        ("truncated mp4", lambda: _decoded(f("trunc.mp4", video.read_bytes()[:300]), "video")),
-        ("video frames above max_pixels", lambda: _decoded(video, "video", max_pixels=1000)),
-        ("still image to a video model", lambda: _decoded(ok, "video")),
-        ("0 x 0 image array", lambda: _decoded(np.zeros((1, 3, 0, 0), np.uint8))),
-        ("0-frame video array", lambda: _decoded(np.zeros((1, 0, 3, 8, 8), np.uint8), "video")),
-        ("object-dtype array", lambda: _decoded(np.empty((1, 4, 4, 3), dtype=object))),
-        ("negative int array", lambda: _decoded(np.full((1, 4, 4, 3), -1, np.int16))),
-        ("NaN float array", lambda: _decoded(np.full((1, 4, 4, 3), np.nan, np.float32))),
-        ("6-D array", lambda: _decoded(np.zeros((1, 1, 1, 3, 4, 4), np.uint8))),
-        ("5 channels", lambda: _decoded(np.zeros((1, 8, 8, 5), np.uint8))),
-        ("dict", lambda: _decoded({"a": 1})),
-        ("bytes", lambda: _decoded(b"\x89PNG")),
-        ("nested list", lambda: _decoded([[str(ok)]])),
-        ("generator", lambda: _decoded(p for p in [ok])),
-        ("empty list", lambda: _decoded([])),
-    ]
-    return cases
-
-
-def output_path_cases(root: Path) -> list[tuple[str, Callable[[], object]]]:
-    """Output paths berg must refuse with InvalidParameterError before writing anything."""
-    suffixes = (".h5", ".nii.gz")
-    (root / "out_dir").mkdir(parents=True, exist_ok=True)
-    return [
-        ("NUL byte in output path", lambda: check_output_path(str(root / "a\x00b.h5"), suffixes)),
-        ("existing folder as output", lambda: check_output_path(root / "out_dir", suffixes)),
-        ("trailing separator", lambda: check_output_path(str(root / "new") + "/", suffixes)),
-        ("wrong suffix", lambda: check_output_path(root / "out.txt", suffixes)),
-        ("bytes path", lambda: check_output_path(b"/tmp/x.h5", suffixes)),
-        ("int path", lambda: check_output_path(3, suffixes)),
-        ("empty path", lambda: check_output_path("", suffixes)),
-    ]
-
-
-def _with_env(name: str, value: str, call: Callable[[], object]) -> object:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        return call()
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+# ------------------------------------------------------------------------------------------ running the cases
 
 
 def _outcome(call: Callable[[], object]) -> str:

@@ -14,6 +14,9 @@ Everything a test of code that calls berg needs, without downloading a published
 * :func:`resnet18_recipe` is the ResNet-18 / ImageNet feature recipe these models share, and
   :func:`reference_features` computes its features with torchvision alone (the independent side of a
   parity test).
+* :mod:`berg.testing.hostile` builds hostile inputs (decompression bombs, truncated files, odd arrays,
+  output paths) that berg must refuse with a ``BERGError``; :mod:`berg.testing.s3server` runs a real
+  S3 server (SeaweedFS) for tests of remote stores.
 
 >>> from berg.testing import toy_model
 >>> toy = toy_model(tmp_path, "volume", subjects=[1, 2])                   # doctest: +SKIP
