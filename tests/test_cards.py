@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,17 @@ BROKEN = {
     "no references": (_set("references", []), "references"),
     "caveat not text": (_set("caveats", [{"a": 1}]), "caveats/0"),
     "yaml date value": (_set("dataset.citation", datetime.date(2020, 1, 1)), "not plain data"),
+    "published figure without source": (
+        _set("published", [{"figure": 0.5, "metric": "r", "split": "test"}]),
+        "published/0",
+    ),
+    "published figure without split": (
+        _set("published", [{"figure": 0.5, "metric": "r", "source": "x"}]),
+        "published/0",
+    ),
+    "published figure and none at once": (_set("published.0.none", "nothing stated"), "published/0"),
+    "published empty": (_set("published", []), "published"),
+    "published unknown key": (_set("published.0.page_guess", 3), "published/0"),
 }
 
 
@@ -315,3 +327,173 @@ def test_gen_docs_refuses_invalid_cards(gen_docs):
     card_path.write_text(card_path.read_text() + "surprise: 1\n")
     with pytest.raises(SystemExit, match="surprise"):
         gen_docs.render()
+
+
+# --------------------------------------------------------------------------- published accuracy (#21)
+
+SEEDS = REPO.parent / "shared" / "seeds"
+#: the source text each card's published figures are quoted from
+SEED_OF = {
+    "fmri-algonauts_2023-clip_sam": "algonauts2023-clip-sam-report.txt",
+    "fmri-bold5000-resnet18": "img2fmri-paper.txt",
+    "fmri-luminance-baseline": "img2fmri-paper.txt",
+}
+
+
+def _plain(text: str) -> str:
+    """Seed text as read: markdown escapes and math markers dropped, whitespace collapsed."""
+    # the seed's inline math ("$p < 0.05$ )", "$p < 0.01$ ,") leaves a space before ")" and ","
+    return re.sub(r"\s+([),])", r"\1", " ".join(text.replace("\\", "").replace("$", "").split()))
+
+
+@pytest.mark.parametrize("model_id", REGISTRY_IDS)
+def test_every_registered_card_says_what_is_published(model_id):
+    card = load_card(model_id)
+    entries = card.get("published")
+    assert entries, f"{model_id}: no published block (list the figures, or one entry saying the source states none)"
+    assert all(e["source"] for e in entries)
+    assert all(("figure" in e) != ("none" in e) for e in entries)
+
+
+@pytest.mark.parametrize("model_id", sorted(SEED_OF))
+def test_published_figures_are_quoted_from_their_source(model_id):
+    if not SEEDS.is_dir():
+        pytest.skip(f"{SEEDS} is absent (the sources live beside the checkout, not in CI)")
+    seed = _plain((SEEDS / SEED_OF[model_id]).read_text(encoding="utf-8"))
+    figures = [e for e in load_card(model_id)["published"] if "figure" in e]
+    assert figures
+    for e in figures:
+        assert e.get("quote"), f"{model_id}: figure {e['figure']} carries no quote of its source"
+        assert _plain(e["quote"]) in seed, e["quote"]
+        if isinstance(e["figure"], (int, float)):  # the number is the source's, digit for digit
+            assert re.search(rf"(?<![\d.]){re.escape(str(e['figure']))}0*(?!\d)", e["quote"]), e
+
+
+def test_breil_table_1_every_variant_has_its_row():
+    card = load_card("fmri-algonauts_2023-clip_sam")
+    by_variant = {e.get("variant"): e["figure"] for e in card["published"] if "Table 1" in e["source"]}
+    variants = next(k for k in card["parameters"]["model_kwargs"] if k["name"] == "variant")["choices"]
+    assert set(variants) <= set(by_variant)
+    assert by_variant == {
+        "clip_sam": 50.632,
+        "per_roi_class": 48.006,
+        "image_only": 42.006,
+        "image_text": 41.93,
+        "sam": 39.814,
+        "text_only": 36.591,
+        None: 48.053,  # the neural-network row berg does not serve
+    }
+
+
+def _accuracy_line(text: str) -> str:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  accuracy:"))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith(" " * 22):
+            break
+        block.append(line)
+    return " ".join(" ".join(block).split())
+
+
+@pytest.mark.parametrize("model_id", REGISTRY_IDS)
+def test_describe_shows_an_accuracy_line_with_its_source_or_command(model_id, tmp_path, capsys, monkeypatch):
+    from berg.accuracy import compute_command
+    from berg.cli import main
+
+    monkeypatch.delenv("BERG_REGISTRY", raising=False)
+    assert main(["--cache-dir", str(tmp_path / "cache"), "--offline", "describe", model_id]) == 0
+    line = _accuracy_line(capsys.readouterr().out)
+    card = load_card(model_id)
+    figures = [e for e in card["published"] if "figure" in e]
+    src = " ".join(str((figures or card["published"])[0]["source"]).split())
+    if figures:
+        assert line.startswith(f"accuracy: published {figures[0]['figure']}") and f"source: {src}" in line
+    else:
+        assert line.startswith(f"accuracy: none published (source: {src}")
+    command = compute_command(Registry().get(model_id))
+    if command:
+        assert f"with: {command}" in line
+    assert figures or command, f"{model_id}: neither a published figure nor a command that computes one"
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))  # nothing fetched
+
+
+# --------------------------------------------------------------------------- BMD's grid affine (#21)
+
+
+def test_bmd_card_says_how_to_pass_an_affine():
+    text = " ".join(load_card("fmri-bmd-s3d").to_text().split())
+    assert load_card("fmri-bmd-s3d")["output"]["space"]["affine"] is None  # no citable source found for it
+    assert "NIfTI affine: none declared on this card" in text
+    assert "model.to_nifti(responses, affine=A)" in text and "berg.save_nifti(path, responses, model, affine=A)" in text
+    assert "NIfTI affine" not in load_card("fmri-nsd_fsaverage-alexnet").to_text()  # surfaces need none
+
+
+@pytest.fixture
+def bmd_local(tmp_path):
+    """A BMD replica in a local berg_dir (files without affines), registered as ``test-bmd-grid``."""
+    from berg.testing import replica_entry, write_bmd_replica
+    from creation_code.bmd_s3d.replica import PREFIX
+
+    rep = write_bmd_replica(tmp_path / "bucket", subjects=(1,), n_features=32, k=4, grid=(8, 9, 7))
+    reg = replica_entry(
+        tmp_path,
+        "test-bmd-grid",
+        "fmri-bmd-s3d",
+        source={"kind": "s3", "bucket": "absent", "prefix": PREFIX, "manifest": False},
+        subjects=[1],
+        selection={"n_outputs": {1: int(rep.masks[1].sum())}},
+    )
+    return tmp_path, rep, reg, tmp_path / "bucket" / PREFIX / "metadata" / "metadata_sub-01.npy"
+
+
+def _bmd_client(root, reg):
+    import berg
+
+    return berg.BERG(berg_dir=root / "bucket", cache_dir=root / "cache", registry=reg, offline=True)
+
+
+def test_bmd_affine_from_the_card_when_the_files_have_none(bmd_local):
+    import numpy as np
+
+    from berg.errors import InvalidParameterError
+    from berg.models.bmd_s3d import BMDLegacyLayout
+
+    root, rep, reg, _ = bmd_local
+    meta = _bmd_client(root, reg).get_model_metadata("test-bmd-grid", subject=1)
+    assert "affine" not in meta["fmri"]
+    client = _bmd_client(root, reg)
+    space = BMDLegacyLayout(client.registry.get("test-bmd-grid"), client.store).output_space(1)
+    with pytest.raises(InvalidParameterError, match=r"record no affine.*pass one: to_nifti\(responses, affine=A\)"):
+        space.to_nifti(np.zeros((1, space.n_outputs), np.float32))
+
+    declared = [[-2.5, 0, 0, 76.0], [0, 2.5, 0, -112.0], [0, 0, 2.5, -70.0], [0, 0, 0, 1]]
+    card_path = root / "model_cards" / "test-bmd-grid.yaml"
+    card = yaml.safe_load(card_path.read_text())
+    card["output"]["space"]["affine"] = declared
+    card_path.write_text(yaml.safe_dump(card, sort_keys=False))
+    assert validate_card(card) == []
+    client = _bmd_client(root, reg)
+    assert "NIfTI affine" not in card_to_text(client.describe("test-bmd-grid"))
+    meta = client.get_model_metadata("test-bmd-grid", subject=1)
+    np.testing.assert_array_equal(meta["fmri"]["affine"], np.asarray(declared))
+    space = BMDLegacyLayout(client.registry.get("test-bmd-grid"), client.store).output_space(1)
+    img = space.to_nifti(np.zeros((1, space.n_outputs), np.float32))
+    np.testing.assert_array_equal(img.affine, np.asarray(declared))
+
+
+def test_bmd_affine_from_a_pickled_mask_image_wins_over_the_card(bmd_local):
+    import nibabel as nib
+    import numpy as np
+
+    root, rep, reg, meta_path = bmd_local
+    file_affine = np.array([[2.5, 0, 0, -76.0], [0, 2.5, 0, -112.0], [0, 0, 2.75, -78.0], [0, 0, 0, 1]])
+    meta = np.load(meta_path, allow_pickle=True).item()  # the test's own replica file
+    meta["fmri"]["sub_mask_header"] = nib.Nifti1Image(rep.masks[1].astype(np.uint8), file_affine)
+    np.save(meta_path, meta, allow_pickle=True)
+    card_path = root / "model_cards" / "test-bmd-grid.yaml"
+    card = yaml.safe_load(card_path.read_text())
+    card["output"]["space"]["affine"] = np.eye(4).tolist()
+    card_path.write_text(yaml.safe_dump(card, sort_keys=False))
+    got = _bmd_client(root, reg).get_model_metadata("test-bmd-grid", subject=1)["fmri"]["affine"]
+    np.testing.assert_array_equal(got, file_affine)  # read as inert state: nibabel code never runs
