@@ -77,7 +77,9 @@ def _outputs(card: dict) -> str:
 
 
 def _accuracy(card: dict) -> str:
-    return "summary on page" if card["accuracy"].get("summary") else "no summary numbers"
+    from berg.cards import published_headline  # the card's first published figure and its source
+
+    return published_headline(card)
 
 
 def _table(cards: dict[str, dict], link: str) -> list[str]:
