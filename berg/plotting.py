@@ -555,14 +555,23 @@ def _template_mesh(template: str, mesh: Any) -> tuple[Any, Any, str | None]:
         if have is None and env_flag("BERG_OFFLINE"):
             reason = "berg is offline (BERG_OFFLINE) and nilearn's data folder does not hold it"
         else:
+            import contextlib
+            import io
+
+            chatter = io.StringIO()  # nilearn prints its fetching steps on stdout: berg's log gets them
             try:  # nilearn downloads it once (from OSF) into its data folder where there is network
-                return (
-                    datasets.load_fsaverage(name).inflated,
-                    datasets.load_fsaverage_data(mesh=name, mesh_type="inflated", data_type="sulcal"),
-                    None,
-                )
+                with contextlib.redirect_stdout(chatter):
+                    mesh_found = (
+                        datasets.load_fsaverage(name).inflated,
+                        datasets.load_fsaverage_data(mesh=name, mesh_type="inflated", data_type="sulcal"),
+                        None,
+                    )
+                return mesh_found
             except Exception as exc:  # requests/urllib/OS errors: nilearn does not narrow them
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            finally:
+                if chatter.getvalue().strip():
+                    log.info("nilearn: %s", " | ".join(chatter.getvalue().strip().splitlines()))
         from nilearn.datasets.utils import get_data_dirs
 
         missing = (
