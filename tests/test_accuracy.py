@@ -306,3 +306,33 @@ def test_broken_cache_is_ignored_and_rewritten(client, caplog):
 def test_compute_command(model_id, expected, monkeypatch):
     monkeypatch.delenv("BERG_REGISTRY", raising=False)
     assert compute_command(Registry().get(model_id)) == expected
+
+
+def test_built_artifact_summary_per_roi():
+    # what `berg build` writes (accuracy/<name> per output, roi/<name> rows), summarised per ROI
+    from berg.accuracy import _native
+    from berg.core.reliability import Reliability
+
+    rng = np.random.default_rng(0)
+    r, cv = rng.uniform(-0.2, 0.8, 12), rng.uniform(0, 0.5, 12)
+    snr = rng.uniform(0, 2, 12)
+
+    class Layout:
+        def reliability(self, subject):
+            return Reliability.from_ncsnr(snr, 3.5, "metadata/sub-01.safetensors: accuracy/ncsnr")
+
+    meta = {
+        "accuracy": {"correlation": r, "conv1/cv_r": cv, "ncsnr": snr},
+        "rois": {"LOC": np.array([0, 3, 5]), "PPA": np.array([7, 8])},
+    }
+    body = _native(meta, Layout(), 1, "metadata/sub-01.safetensors")
+    assert list(body["per_roi"]) == ["all", "LOC", "PPA"]
+    assert "median_ncsnr" not in body["per_roi"]["all"]  # reliability is the nc column, not a metric
+    loc = body["per_roi"]["LOC"]
+    assert loc["n"] == 3
+    assert loc["median_correlation"] == pytest.approx(float(np.median(r[[0, 3, 5]])), rel=1e-12)
+    assert loc["median_conv1/cv_r"] == pytest.approx(float(np.median(cv[[0, 3, 5]])), rel=1e-12)
+    nc = snr**2 / (snr**2 + 1 / 3.5)
+    assert body["per_roi"]["PPA"]["median_nc"] == pytest.approx(float(np.median(nc[[7, 8]])), rel=1e-12)
+    with pytest.raises(InvalidParameterError, match="no per-output accuracy"):
+        _native({"accuracy": {"ncsnr": snr}}, Layout(), 1, "metadata/sub-01.safetensors")
