@@ -72,6 +72,7 @@ _RESERVED = {
     "model_kwarg",
     "quiet",
     "allow_still_images",
+    "force",
     "help",
 }
 
@@ -394,6 +395,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from berg.stimuli import expand_paths, load_stimuli
 
     out = check_output_path(args.output, _OUTPUT_SUFFIXES, what="-o")
+    if not args.force and (out.exists() or out.is_symlink()):  # Python's berg.save overwrites; a shell user
+        raise InvalidParameterError(  # re-running a command should not lose earlier results silently
+            f"-o {out} exists; pass --force to overwrite it, or choose another output name"
+        )
     nifti = out.name.lower().endswith((".nii", ".nii.gz"))
     subject = _subjects(args.subject)
     rois = [r for value in args.roi or [] for r in value.split(",") if r]
@@ -600,6 +605,7 @@ def _add_plugin(sub: argparse._SubParsersAction, name: str) -> None:
 def _add_encode(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s = sub.add_parser(
         "encode",
+        allow_abbrev=False,  # `--out` is not -o/--output, `--spa` not a model's --space: refused, not guessed
         help="encode image/video files into responses (.h5 or .nii.gz)",
         description="Encode stimuli and write the responses: HDF5 with output ids and provenance, or a "
         "NIfTI image (3-D for one stimulus, 4-D for several) for one subject or a group map. "
@@ -642,6 +648,7 @@ def _add_encode(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="model option from the card's parameters.model_kwargs (repeatable; flags are easier)",
     )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--force", action="store_true", help="overwrite OUT if it exists (else refused)")
     s.set_defaults(func=cmd_encode)
     return s
 
@@ -684,6 +691,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="In silico brain responses from published encoding models.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--of` or `--cache` must not silently mean --offline / --cache-dir
     )
     from berg._version import __version__
 
@@ -830,10 +838,51 @@ def _error_line(exc: BaseException) -> str:
     return f"berg: error: {' '.join(_flag_spelling(in_cli_words(exc)).split())}\n"
 
 
+def _check_global_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> None:
+    """Refuse an unknown option before the command (``berg --cache DIR list``) by its own name.
+
+    argparse would take ``DIR`` for the command and report an "invalid choice", or accept an option of a
+    sub-command in the wrong place; this names the option and the nearest global one instead.
+    """
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    shorts = {s[1] for s, a in actions.items() if len(s) == 2 and a.nargs == 0}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        token = argv[i]
+        if token == "--":
+            return
+        flag, inline = token.split("=", 1)[0], "=" in token
+        if flag in actions:
+            i += 1 if inline or actions[flag].nargs == 0 else 2
+            continue
+        if re.fullmatch(r"-[A-Za-z]+", token) and set(token[1:]) <= shorts:  # -vq
+            i += 1
+            continue
+        globals_ = sorted(f for f in actions if f.startswith("--"))
+        near = close_matches(flag, globals_, n=1)
+        where = [f for f in _Parser.known_flags if f == flag]
+        hint = (
+            f" (did you mean {near[0]!r}?)"
+            if near
+            else " (an option of a command: put it after the command)"
+            if where
+            else ""
+        )
+        parser.error(f"unknown global option {flag!r}{hint}; global options: {', '.join(globals_)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``berg``); returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C at any moment (building the parser, encoding, writing) is one line;
+        sys.stderr.write("berg: interrupted\n")  # outputs are written atomically, so none is left half-made
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(argv)
+    _check_global_flags(argv, parser)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -854,9 +903,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:
         return fail(exc, 1)
-    except KeyboardInterrupt:
-        sys.stderr.write("berg: interrupted\n")
-        return 130
 
 
 # ---------------------------------------------------------------------------------------- reference

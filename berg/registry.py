@@ -310,10 +310,19 @@ class ModelSpec:
         chosen = list(subject) if many else [subject]
         if not chosen:
             raise InvalidParameterError(f"empty subject list; valid subjects: {valid}")
+        chosen = [int(s) if isinstance(s, np.integer) else s for s in chosen]
+        # A subject id is an int or a str; a float (1.0) or a list mixing both ([1, "2"]) is a slip
+        # that str() matching would otherwise accept silently.
+        kinds = {type(s) for s in chosen if isinstance(s, (int, str)) and not isinstance(s, bool)}
+        odd = [s for s in chosen if isinstance(s, bool) or not isinstance(s, (int, str))]
+        if odd or len(kinds) > 1:
+            what = f"subject {odd[0]!r} ({type(odd[0]).__name__})" if odd else f"subject list {list(chosen)!r}"
+            raise InvalidParameterError(
+                f"{what} is not valid for {self.model_id}: subject ids are integers (or strings), one kind per "
+                f"list; valid subjects: {valid} (or 'all')"
+            )
         out = []
         for s in chosen:
-            if isinstance(s, np.integer):
-                s = int(s)
             match = [v for v in self.subjects if not isinstance(s, bool) and (v == s or str(v) == str(s))]
             if isinstance(s, bool) or not match:
                 raise InvalidParameterError(
@@ -375,7 +384,13 @@ class ModelSpec:
                 + (f" (did you mean {', '.join(map(repr, hints))}?)" if hints else "")
                 + f"; valid keys: {list(valid_keys)}"
             )
-        given = {k: v for k, v in selection.items() if v is not None}
+        empty = [k for k, v in selection.items() if v is None]
+        if empty:  # {"roi": None} would silently select every output
+            raise InvalidParameterError(
+                f"selection[{empty[0]!r}] is None; leave the key out (or pass selection=None) for every output"
+                + (f", or name ROIs: {', '.join(self.roi_names)}" if empty[0] == "roi" and self.roi_names else "")
+            )
+        given = dict(selection)
         if given.get("roi") is not None:
             overrides = _space_keys("ROI_OVERRIDES")
             ignored = [k for k in given if k in overrides]

@@ -1204,6 +1204,31 @@ def _check_kind_arg(kind: Any) -> None:
         raise StimulusError(f"unknown stimulus kind {kind!r}; valid: 'image', 'video'")
 
 
+def _check_count_arg(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> int | None:
+    """A frame count given as ``'16'`` or ``16.0`` is refused here, not as a TypeError deep in decoding."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise StimulusError(
+            f"{name} must be an integer >= {minimum}{' or None' if allow_none else ''}, got "
+            f"{type(value).__name__} {value!r}"
+            + (
+                f"; pass {name}={int(float(value))}"
+                if not isinstance(value, (int, np.integer)) and _integral_text(value)
+                else ""
+            )
+        )
+    return int(value)
+
+
+def _integral_text(value: Any) -> bool:
+    """``'16'`` or ``16.0``: what the caller most likely meant is an integer (named in the message)."""
+    try:
+        return not isinstance(value, bool) and float(value) == int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def check_kind(stimulus: Any, kind: Kind, *, allow_still_images: bool = False) -> None:
     """Refuse a stimulus of the wrong kind or form, cheaply: no file is opened, no array converted.
 
@@ -1288,6 +1313,8 @@ def load_stimuli(
         With the expected form in the message, naming the stimulus (index or file) at fault.
     """
     _check_kind_arg(kind)
+    min_frames = _check_count_arg("min_frames", min_frames, 0)
+    n_frames = _check_count_arg("n_frames", n_frames, 1, allow_none=True)
     limit = max_pixels_limit(max_pixels)
     if isinstance(stimulus, Stimuli):
         check_kind(stimulus, kind)
