@@ -47,6 +47,7 @@ _PLUGINS = {
     "train": ("berg.training.cli", "add_train_subparser", "train and export a model from a CONFIG.yaml"),
     "build": ("berg.buildable_cli", "add_build_subparser", "build a model without published weights from its dataset"),
     "run": ("berg.runner.cli", "add_run_subparser", "run a sharded, resumable encoding PLAN.yaml (+ status, export)"),
+    "tune": ("berg.tune_cli", "add_tune_subparser", "measure the GEMM kernels on this machine (kernel table)"),
 }
 
 _EPILOG = """examples:

@@ -19,7 +19,8 @@ variable                  meaning
 ``BERG_MAX_PIXELS``       pixel budget of one image or video frame berg decodes (default 40,000,000)
 ``BERG_MAX_VIDEO_MB``     MiB of decoded frames berg keeps for one video (default 200)
 ``BERG_QUIET``            ``1``: no progress bars
-``BERG_READOUT_KERNEL``   ``torch`` or ``numpy``: force the CPU readout GEMM (default: by width)
+``BERG_READOUT_KERNEL``   ``torch``/``numpy`` (or ``numpy_kn``...): force the CPU GEMM (default: kernel table)
+``BERG_STREAM_MB``        weights at least this big (MiB, default 256) stream from disk per batch; 0: never
 ``BERG_PARALLEL_MIN_MB``  files at least this big (MiB, default 32) are fetched as ranged parts
 ``BERG_LOCK_TIMEOUT``     seconds to wait for another process's lock on a file (default 900)
 ========================  ======================================================================================
@@ -59,6 +60,7 @@ KNOWN = (
     "BERG_MAX_VIDEO_MB",
     "BERG_QUIET",
     "BERG_READOUT_KERNEL",
+    "BERG_STREAM_MB",
     "BERG_LOCK_TIMEOUT",
 )
 

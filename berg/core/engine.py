@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,7 @@ from berg.core import kernels
 from berg.core.contract import BaseModelInterface, LoadRequest
 from berg.core.readouts import Projection, ReadoutHead
 from berg.core.reliability import Reliability
-from berg.errors import InvalidParameterError, ModelLoadError, StimulusError
+from berg.errors import ModelLoadError, StimulusError
 from berg.stimuli import Stimuli, load_stimuli
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,24 +180,26 @@ def readout_kernel(device: str, n_outputs: int, n_inputs: int | None = None, bat
     return kernel_choice(n_inputs, n_outputs, batch, device).kernel
 
 
-def stream_store(weight: Any, bias: Any, readout: Any, *, device: str, batch: int, folder: Any) -> Any:
+def stream_store(affine_map: Any, *, device: str, batch: int, folder: Any) -> Any:
     """Where a large map's weights stream from on CPU (a :class:`~berg.core.kernels.FileMatrix`), else ``None``.
 
     Maps smaller than ``BERG_STREAM_MB`` (or any map off CPU) stay in memory. A memory-mapped weight is
     streamed from its own file; an in-memory one is written once to an unnamed temporary file in
-    ``folder`` (:func:`berg.core.kernels.spill`) and ``readout.weight`` becomes a map of it, so the
-    in-memory copy can be freed.
+    ``folder`` (:func:`berg.core.kernels.spill`) and ``affine_map.weight`` becomes a map of it, so the
+    in-memory copy can be freed (``affine_map.stored`` records the file).
     """
+    weight = affine_map.weight
     threshold = kernels.stream_threshold_bytes()
     if threshold is None or kernels.device_kind(device) != "cpu" or weight.size * 4 < threshold:
         return None
-    stored = getattr(readout, "stored", None) or kernels.file_matrix(weight)
+    stored = getattr(affine_map, "stored", None) or kernels.file_matrix(weight)
     if stored is not None:
         return stored
     n_out, n_in = weight.shape
     layout = kernel_choice(n_in, n_out, batch, device).layout
-    readout.weight, readout.stored = kernels.spill(weight, layout, folder)
-    return readout.stored
+    affine_map.weight, affine_map.stored = kernels.spill(weight, layout, folder)
+    log.debug("%s (%d x %d) written to a temporary file, streamed from there", type(affine_map).__name__, n_out, n_in)
+    return affine_map.stored
 
 
 def _spill_folder(layout: Any) -> Any:
@@ -312,7 +313,7 @@ class LinearEncodingModel(BaseModelInterface):
         for si, s in enumerate(self.subjects):
             dst = 0
             for h in self.heads[s]:
-                groups.setdefault(h.projection, _Group(h.projection)).add(si, dst, h.readout.weight, h.readout.bias)
+                groups.setdefault(h.projection, _Group(h.projection)).add(si, dst, h.readout)
                 dst += h.readout.n_outputs
             self._n_out.append(dst)
             if dst != self.spaces[s].n_outputs:
@@ -321,22 +322,57 @@ class LinearEncodingModel(BaseModelInterface):
                     f"{self.spaces[s].n_outputs} outputs"
                 )
         self._groups = list(groups.values())
-        self._proj_t: dict[Any, tuple[Any, Any]] = {}
+        self._buffer: np.ndarray | None = None
+        self._proj_ops: dict[Any, kernels.AffineOp] = {}
         self._proj_columns: dict[Any, tuple[int, int] | None] = {}
+        folder = _spill_folder(self.layout)
         for g in self._groups:
             proj = self.projections.get(g.projection)
-            if proj is not None and g.projection not in self._proj_t:
-                self._proj_t[g.projection] = (_as_tensor(proj.weight, self.device), _as_tensor(proj.bias, self.device))
+            if proj is not None and g.projection not in self._proj_ops:
+                self._proj_ops[g.projection] = self._op(proj, folder)
                 self._proj_columns[g.projection] = proj.columns
-            weight = np.concatenate(g.weights) if len(g.weights) > 1 else g.weights[0]
-            bias = np.concatenate(g.biases) if len(g.biases) > 1 else g.biases[0]
-            g.w_t = _as_tensor(np.ascontiguousarray(weight.T), self.device)  # (k, n_group)
-            g.b_t = _as_tensor(np.ascontiguousarray(bias), self.device)
-            g.kernel = readout_kernel(self.device, g.width)
-            g.weights, g.biases = [], []  # the stacked copy is what is kept
+            stored = [stream_store(r, device=self.device, batch=self.batch_size, folder=folder) for r in g.parts]
+            if any(st is not None for st in stored) or len(g.parts) == 1:
+                g.ops = [self._op(r, folder) for r in g.parts]
+            else:  # small readouts sharing a projection: one stacked matmul
+                weight = np.concatenate([r.weight for r in g.parts])
+                bias = np.concatenate([r.bias for r in g.parts])
+                choice = kernel_choice(weight.shape[1], weight.shape[0], self.batch_size, self.device)
+                g.ops = [kernels.AffineOp(weight, bias, choice, device=self.device)]
+                del weight
+                for r, (_, _, src, n) in zip(g.parts, g.targets):
+                    r.weight = g.ops[0].weight[src : src + n]  # views of the one copy kept
+            g.kernel, g.layout = g.ops[0].choice.kernel, g.ops[0].choice.layout
+            g.streamed = any(op.streamed for op in g.ops)
+            g.parts = []
         # The common case (every subject's outputs are one contiguous block of one group) is served
         # with views, no copy.
         self._direct = all(len(self.heads[s]) == 1 for s in self.subjects) and len(self._groups) == 1
+
+    def _op(self, affine_map: Any, folder: Any) -> kernels.AffineOp:
+        """The ready-to-run op of a projection or readout (streamed when large); the map keeps a view of its weights."""
+        stored = stream_store(affine_map, device=self.device, batch=self.batch_size, folder=folder)
+        n_out, n_in = affine_map.weight.shape
+        choice = kernel_choice(n_in, n_out, self.batch_size, self.device)
+        if stored is not None and stored.layout != choice.layout:
+            # a streamed file is read as it lies; the kernel stays the table's
+            choice = kernels.Choice(choice.kernel, stored.layout, choice.source)
+        op = kernels.AffineOp(affine_map.weight, affine_map.bias, choice, device=self.device, stored=stored)
+        if not op.streamed and op.weight is not affine_map.weight:
+            affine_map.weight = op.weight  # one copy of the weights, in the operand's layout
+        return op
+
+    def _block_buffer(self) -> np.ndarray:
+        """The one reused buffer streamed blocks are read into (:data:`berg.core.kernels.BLOCK_BYTES`)."""
+        n = kernels.BLOCK_BYTES // 4
+        if self._buffer is None or self._buffer.size != n:
+            self._buffer = np.empty(n, dtype=np.float32)
+        return self._buffer
+
+    @property
+    def streamed(self) -> bool:
+        """Whether any projection or readout of this model is streamed from disk per batch."""
+        return any(op.streamed for op in self._proj_ops.values()) or any(g.streamed for g in self._groups)
 
     @classmethod
     def validate_options(cls, spec: ModelSpec, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -404,10 +440,16 @@ class LinearEncodingModel(BaseModelInterface):
     def selected_heads(request: LoadRequest, layout: ArtifactLayout) -> tuple[dict, dict, dict]:
         """Each subject's readout heads with the selection pushed down, its selected space and kept rows."""
         heads, spaces, selected_rows = {}, {}, {}
+        folder = _spill_folder(layout)
         for s in request.subjects:
             full_heads = layout.load_heads(s)
             rows, spaces[s] = layout.output_space(s).narrow(request.selections[s], _LazyRois(layout, s))
             heads[s] = _select_heads(full_heads, rows)
+            del full_heads
+            for h in heads[s]:
+                # a large readout goes to disk now, subject by subject, so loading many subjects never
+                # holds all their readouts in memory at once
+                stream_store(h.readout, device=request.device, batch=request.batch_size, folder=folder)
             selected_rows[s] = rows
         return heads, spaces, selected_rows
 
@@ -480,31 +522,27 @@ class LinearEncodingModel(BaseModelInterface):
         Differentiable when called outside ``inference_mode`` (see :meth:`forward`); ensembles call it
         with features they share between members.
         """
-        torch = self._torch
         self._check_width(features.shape[1])
         projected: dict[Any, Any] = {}
-        group_out = []
+        pieces: list[list[Any]] = []  # per group: the output block of each target
         for g in self._groups:
             if g.projection not in projected:
-                pt = self._proj_t.get(g.projection)
+                op = self._proj_ops.get(g.projection)
                 cols = self._proj_columns.get(g.projection)
                 x = features if cols is None else features[:, cols[0] : cols[1]]
-                projected[g.projection] = x if pt is None else torch.addmm(pt[1], x, pt[0].T)
+                projected[g.projection] = x if op is None else op(x, self._block_buffer)
             z = projected[g.projection]
-            if g.kernel == "numpy" and not z.requires_grad:
-                # numpy's BLAS on the same memory (torch.from_numpy shares it): faster for wide readouts on CPU
-                y = np.matmul(z.numpy(), g.w_t.numpy())
-                y += g.b_t.numpy()
-                group_out.append(torch.from_numpy(y))
+            if len(g.ops) == 1 and len(g.targets) > 1:
+                y = g.ops[0](z, self._block_buffer)
+                pieces.append([y[:, src : src + n] for _, _, src, n in g.targets])
             else:
-                group_out.append(torch.addmm(g.b_t, z, g.w_t))
+                pieces.append([op(z, self._block_buffer) for op in g.ops])
         if self._direct:
-            (y,), (g,) = group_out, self._groups
-            return [y[:, src : src + n] for _, _, src, n in g.targets]
+            return pieces[0]
         outs = [features.new_empty((features.shape[0], n)) for n in self._n_out]
-        for g, y in zip(self._groups, group_out):
-            for si, dst, src, n in g.targets:
-                outs[si][:, dst : dst + n] = y[:, src : src + n]
+        for g, ys in zip(self._groups, pieces):
+            for (si, dst, _, n), y in zip(g.targets, ys):
+                outs[si][:, dst : dst + n] = y
         return outs
 
     def shape_outputs(self, subject: Any, flat: Any) -> Any:

@@ -142,6 +142,10 @@ class Affine:
     weight: np.ndarray
     bias: np.ndarray
 
+    #: Not a field: the file the engine streams ``weight`` from (a :class:`berg.core.kernels.FileMatrix`
+    #: set when a large in-memory weight is written to disk), ``None`` for weights held in memory.
+    stored = None
+
     def __post_init__(self) -> None:
         if not isinstance(self.weight, np.ndarray):
             self.weight = np.asarray(self.weight)

@@ -1,0 +1,739 @@
+"""GEMM kernels of the linear maps: which one runs per shape, and weights streamed from the page cache.
+
+Every projection and readout of the engine is an affine map ``y = x @ W.T + b`` with ``W`` of shape
+``(n_out, n_in)``. Two things decide how fast it runs on a CPU, and neither is the same for every shape:
+
+* the **kernel**: ``torch`` (``torch.addmm``/``mm``) or ``numpy`` (``np.matmul``, OpenBLAS);
+* the **operand layout**: ``nk`` keeps ``W`` as stored, ``(n_out, n_in)`` C-contiguous, and passes its
+  transpose; ``kn`` holds ``W.T`` C-contiguous, ``(n_in, n_out)``. On a quiet 2-core box numpy ran the
+  NSD readout (100 x 250 @ 250 x 327,684) at 79.6 GFLOP/s with ``nk`` and 115.6 with ``kn`` (issue #22).
+
+The choice is read from a small **kernel table** measured per shape, dtype and device
+(:func:`measure_table`; ``make bench`` writes the shipped ``berg/core/kernel_table.json`` and
+``berg tune`` a user table in berg's config folder, which wins). :func:`lookup` is a pure function of
+``(n_in, n_out, batch, dtype, device)`` and the table: the nearest measured shape (in log space, ties
+to the first entry) within a factor of :data:`COVER_FACTOR` in every dimension decides, and shapes no
+entry covers get ``None`` (the engine's fixed rule then applies). Nothing is timed while encoding, so
+reruns compute bit-identical outputs. ``BERG_READOUT_KERNEL`` forces a kernel (and optionally a layout).
+
+**Streaming** (:class:`FileMatrix`, :func:`streamed_affine`): a matrix of at least ``BERG_STREAM_MB``
+MiB (default :data:`DEFAULT_STREAM_MB`) is not held in memory. Each batch reads it block by block
+(:data:`BLOCK_BYTES` per block) with ``os.pread`` into one reused buffer, so the resident set holds one
+block, not the matrix; the file stays hot in the page cache, which the kernel can drop under memory
+pressure (memory-mapped pages would count as the process's own). Memory-mapped safetensors
+projections are read from their file where they are; in-memory readouts are first written once to an
+unnamed temporary file (:func:`spill`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from berg.errors import InvalidParameterError, ModelLoadError
+
+__all__ = [
+    "KERNELS",
+    "LAYOUTS",
+    "CANDIDATES",
+    "Choice",
+    "KernelTable",
+    "FileMatrix",
+    "DEFAULT_SHAPES",
+    "QUICK_SHAPES",
+    "SCHEMA_VERSION",
+    "shipped_table_path",
+    "user_table_path",
+    "read_table",
+    "validate_table",
+    "active_table",
+    "lookup",
+    "forced_choice",
+    "measure_table",
+    "write_table",
+    "file_matrix",
+    "spill",
+    "stream_threshold_bytes",
+    "affine",
+    "streamed_affine",
+]
+
+log = logging.getLogger(__name__)
+
+#: GEMM libraries the engine can use.
+KERNELS = ("torch", "numpy")
+#: Operand layouts: ``nk`` = ``W`` (n_out, n_in) C-contiguous, ``kn`` = ``W.T`` (n_in, n_out) C-contiguous.
+LAYOUTS = ("nk", "kn")
+#: Every (kernel, layout) candidate, named ``kernel_layout``.
+CANDIDATES = tuple(f"{k}_{lay}" for k in KERNELS for lay in LAYOUTS)
+SCHEMA_VERSION = 1
+#: A table entry decides for shapes within this factor of it in every dimension (batch, n_in, n_out).
+COVER_FACTOR = 4.0
+#: Matrices at least this big (MiB) are streamed from disk on CPU (``BERG_STREAM_MB`` overrides; 0: never).
+DEFAULT_STREAM_MB = 256
+#: Bytes of one streamed block (the resident cost of a streamed matrix).
+BLOCK_BYTES = 16 << 20
+_DTYPES = ("float32",)
+_TABLE_NAME = "kernel_table.json"
+
+#: ``(batch, n_in, n_out)`` shapes ``make bench`` / ``berg tune`` measure: the catalogue's readouts and projections.
+DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (100, 250, 2 * 163_842),  # NSD fsaverage readout, both hemispheres
+    (100, 250, 63 * 140),  # THINGS EEG2 readout, one repetition
+    (64, 100, 108_219),  # fmri-bmd-s3d readout
+    (32, 512, 1_685),  # img2fmri ROI readout
+    (32, 100, 16_384),  # a mid-width readout
+    (100, 460_800, 250),  # NSD / THINGS EEG2 ViT-B/32 projection
+    (64, 1_048_576, 100),  # BMD-like projection (its 5,337,088 columns, a fifth of them)
+    (32, 100_352, 512),  # a ResNet-like projection
+)
+#: Tiny shapes for ``berg tune --quick`` (seconds; a smoke test of the measurement, not a useful table).
+QUICK_SHAPES: tuple[tuple[int, int, int], ...] = ((8, 32, 2048), (8, 4096, 16))
+
+
+# ------------------------------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class Choice:
+    """How one affine map is computed: ``kernel`` (``torch``/``numpy``), ``layout`` (``nk``/``kn``), and why."""
+
+    kernel: str
+    layout: str
+    source: str = "rule"
+
+    @property
+    def name(self) -> str:
+        """``kernel_layout`` (``numpy_kn``)."""
+        return f"{self.kernel}_{self.layout}"
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """A validated kernel table: where it came from, the machine it was measured on, and its entries.
+
+    ``entries`` are ``(batch, n_in, n_out, dtype, device, best)`` tuples in file order.
+    """
+
+    path: str
+    machine: dict[str, Any]
+    entries: tuple[tuple[int, int, int, str, str, str], ...]
+
+
+def shipped_table_path() -> Path:
+    """The table shipped with berg (measured by ``make bench`` on the machine named inside it)."""
+    return Path(__file__).resolve().parent / _TABLE_NAME
+
+
+def user_table_path() -> Path:
+    """The table ``berg tune`` writes (in berg's user config folder); it wins over the shipped one."""
+    # berg's user config folder, as berg.hub.config.config_dir names it (core may not import berg.hub)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("berg", appauthor=False)) / "kernels.json"
+
+
+def _bad(where: str, what: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"kernel table {where}: {what}. Re-measure it with `berg tune` (or delete the file to use the "
+        "table shipped with berg)"
+    )
+
+
+def _positive_int(value: Any, where: str, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(where, f"{field} must be a positive integer, got {value!r}")
+    return value
+
+
+def validate_table(data: Any, where: str = "<table>") -> KernelTable:
+    """Check a table's schema and return it as a :class:`KernelTable`.
+
+    Schema (``schema`` 1)::
+
+        {"schema": 1,
+         "machine": {"cpu_model": str, "cores": int, ...},     # where it was measured (free-form extras)
+         "entries": [{"batch": int, "n_in": int, "n_out": int, "dtype": "float32", "device": "cpu",
+                      "best": "numpy_kn", "gflops": {"torch_nk": float, ...}}, ...]}
+
+    Raises
+    ------
+    ModelLoadError
+        The field at fault, the valid values, and what to do.
+    """
+    if not isinstance(data, dict):
+        raise _bad(where, f"must be a JSON object, got {type(data).__name__}")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise _bad(where, f"schema must be {SCHEMA_VERSION}, got {data.get('schema')!r}")
+    machine = data.get("machine")
+    if not isinstance(machine, dict) or not isinstance(machine.get("cpu_model"), str):
+        raise _bad(where, "'machine' must be an object with a 'cpu_model' string (the machine it was measured on)")
+    entries = data.get("entries")
+    if not isinstance(entries, list) or not entries:
+        raise _bad(where, "'entries' must be a non-empty list of measured shapes")
+    out = []
+    for i, e in enumerate(entries):
+        at = f"entries[{i}]"
+        if not isinstance(e, dict):
+            raise _bad(where, f"{at} must be an object")
+        b, n_in, n_out = (_positive_int(e.get(f), where, f"{at}.{f}") for f in ("batch", "n_in", "n_out"))
+        dtype, device, best = e.get("dtype"), e.get("device"), e.get("best")
+        if dtype not in _DTYPES:
+            raise _bad(where, f"{at}.dtype is {dtype!r}; valid: {', '.join(_DTYPES)}")
+        if not isinstance(device, str) or not device:
+            raise _bad(where, f"{at}.device must be a device kind such as 'cpu' or 'cuda', got {device!r}")
+        if best not in CANDIDATES:
+            raise _bad(where, f"{at}.best is {best!r}; valid: {', '.join(CANDIDATES)}")
+        gflops = e.get("gflops", {})
+        if not isinstance(gflops, dict) or any(
+            k not in CANDIDATES or not isinstance(v, (int, float)) for k, v in gflops.items()
+        ):
+            raise _bad(where, f"{at}.gflops must map candidates ({', '.join(CANDIDATES)}) to numbers")
+        out.append((b, n_in, n_out, dtype, device, best))
+    return KernelTable(where, dict(machine), tuple(out))
+
+
+def read_table(path: str | os.PathLike[str]) -> KernelTable:
+    """Read and validate a table file (see :func:`validate_table`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _bad(str(path), f"cannot be read ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise _bad(str(path), f"is not valid JSON ({exc})") from exc
+    return validate_table(data, str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, mtime_ns: int, size: int) -> KernelTable:
+    return read_table(path)
+
+
+def active_table() -> KernelTable | None:
+    """The table in effect: the user's (``berg tune``) if there is one, else the shipped one, else ``None``."""
+    for path in (user_table_path(), shipped_table_path()):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        return _read_cached(str(path), st.st_mtime_ns, st.st_size)
+    return None
+
+
+def device_kind(device: Any) -> str:
+    """``"cpu"``, ``"cuda"``, ``"mps"``... (``"cuda:1"`` -> ``"cuda"``)."""
+    return str(device).split(":", 1)[0]
+
+
+def lookup(
+    table: KernelTable | None, n_in: int, n_out: int, batch: int, *, dtype: str = "float32", device: str = "cpu"
+) -> Choice | None:
+    """The table's choice for one shape, or ``None`` when no entry of this dtype and device covers it.
+
+    Pure: the nearest entry by summed squared log2 ratios of ``(batch, n_in, n_out)`` (ties: the first in
+    the file) decides if it lies within :data:`COVER_FACTOR` in every dimension.
+    """
+    if table is None:
+        return None
+    kind = device_kind(device)
+    q = (math.log2(max(1, batch)), math.log2(max(1, n_in)), math.log2(max(1, n_out)))
+    limit = math.log2(COVER_FACTOR)
+    best, best_d = None, math.inf
+    for b, i, o, dt, dev, choice in table.entries:
+        if dt != dtype or dev != kind:
+            continue
+        diffs = [abs(a - c) for a, c in zip(q, (math.log2(b), math.log2(i), math.log2(o)))]
+        if max(diffs) > limit:
+            continue
+        d = sum(x * x for x in diffs)
+        if d < best_d:
+            best, best_d = choice, d
+    if best is None:
+        return None
+    kernel, layout = best.split("_")
+    return Choice(kernel, layout, f"table {table.path}")
+
+
+def forced_choice(value: str | None, fallback_layout: str) -> Choice | None:
+    """``BERG_READOUT_KERNEL``'s choice: ``None`` for ``auto``; a kernel alone keeps ``fallback_layout``."""
+    if value in (None, "auto"):
+        return None
+    if value in KERNELS:
+        return Choice(value, fallback_layout, "BERG_READOUT_KERNEL")
+    if value in CANDIDATES:
+        kernel, layout = value.split("_")
+        return Choice(kernel, layout, "BERG_READOUT_KERNEL")
+    raise InvalidParameterError(
+        f"BERG_READOUT_KERNEL={value!r}; valid: auto, {', '.join(KERNELS)}, {', '.join(CANDIDATES)}"
+    )
+
+
+# ------------------------------------------------------------------------------------------ kernels
+def _as_tensor(array: np.ndarray):
+    import torch
+
+    with warnings.catch_warnings():
+        # memory-mapped arrays are read-only; torch only warns, berg never writes through them
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(array))
+
+
+def operand(weight: np.ndarray, layout: str) -> np.ndarray:
+    """The GEMM operand of ``weight`` (n_out, n_in) in ``layout``: ``(n_in, n_out)`` to multiply ``x`` by.
+
+    ``nk``: a transposed view of a C-contiguous ``W``; ``kn``: a C-contiguous ``W.T``. A copy is made only
+    when ``weight`` is not already held that way.
+    """
+    if layout == "kn":
+        return np.ascontiguousarray(weight.T)
+    return np.ascontiguousarray(weight).T
+
+
+def affine(x: Any, op: np.ndarray, bias: np.ndarray, kernel: str, op_t: Any = None, bias_t: Any = None):
+    """``x @ op + bias`` on CPU with ``kernel``; ``x`` a torch tensor (no grad), the result a torch tensor.
+
+    ``op`` is an :func:`operand`; ``op_t``/``bias_t`` are its torch views when the caller keeps them.
+    """
+    import torch
+
+    if kernel == "numpy":
+        y = np.matmul(x.numpy(), op)
+        y += bias
+        return torch.from_numpy(y)
+    return torch.addmm(_as_tensor(bias) if bias_t is None else bias_t, x, _as_tensor(op) if op_t is None else op_t)
+
+
+# ------------------------------------------------------------------------------------------ streaming
+def stream_threshold_bytes() -> int | None:
+    """Matrices at least this many bytes are streamed (``BERG_STREAM_MB``; ``None``: never)."""
+    from berg.env import env_int
+
+    mb = env_int("BERG_STREAM_MB", DEFAULT_STREAM_MB)
+    return None if mb <= 0 else mb << 20
+
+
+class FileMatrix:
+    """A float32 little-endian matrix stored row-major in a file, read in blocks with ``os.pread``.
+
+    Parameters
+    ----------
+    source : path or open binary file
+        The file (a file object is kept open: an unnamed temporary file lives as long as it).
+    offset : int
+        Byte offset of element ``[0, 0]``.
+    shape : (rows, cols)
+        The stored matrix.
+    transposed : bool
+        ``False``: the stored matrix is the map's ``W`` (n_out, n_in) (layout ``nk``); ``True``: it is
+        ``W.T`` (layout ``kn``).
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | IO[bytes], offset: int, shape: tuple[int, int], *, transposed):
+        self.offset, self.shape, self.transposed = int(offset), (int(shape[0]), int(shape[1])), bool(transposed)
+        if isinstance(source, (str, os.PathLike)):
+            self.path, self._file = str(source), None
+        else:
+            self.path, self._file = getattr(source, "name", None), source
+        self._fd: int | None = None
+
+    @property
+    def layout(self) -> str:
+        """``kn`` when the file holds ``W.T``, else ``nk``."""
+        return "kn" if self.transposed else "nk"
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * 4
+
+    @property
+    def n_out(self) -> int:
+        return self.shape[1] if self.transposed else self.shape[0]
+
+    @property
+    def n_in(self) -> int:
+        return self.shape[0] if self.transposed else self.shape[1]
+
+    def fileno(self) -> int:
+        if self._file is not None:
+            return self._file.fileno()
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return self._fd
+
+    def close(self) -> None:
+        """Close the file (a later read opens a path again; an unnamed file is gone)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._file is not None:
+            self._file.close()
+
+    def __del__(self) -> None:  # the fd of a path is ours; a file object closes itself
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+    def read(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> np.ndarray:
+        """Stored rows ``r0:r1``, columns ``c0:c1`` into ``out`` (a C-contiguous float32 buffer view).
+
+        Whole rows are one read; a column band is one read per row.
+        """
+        fd, rows, cols = self.fileno(), self.shape[0], self.shape[1]
+        if not (0 <= r0 <= r1 <= rows and 0 <= c0 <= c1 <= cols) or out.shape != (r1 - r0, c1 - c0):
+            raise ValueError(f"block [{r0}:{r1}, {c0}:{c1}] of {self.shape} does not fit a buffer {out.shape}")
+        if c0 == 0 and c1 == cols:
+            self._pread_exact(fd, memoryview(out).cast("B"), self.offset + r0 * cols * 4)
+            return out
+        for i in range(r1 - r0):
+            self._pread_exact(fd, memoryview(out[i]).cast("B"), self.offset + ((r0 + i) * cols + c0) * 4)
+        return out
+
+    def _pread_exact(self, fd: int, buf: memoryview, pos: int) -> None:
+        done = 0
+        while done < len(buf):
+            n = os.preadv(fd, [buf[done:]], pos + done)
+            if n <= 0:
+                raise ModelLoadError(
+                    f"weights file {self.path or '<temporary>'} ended at byte {pos + done:,}; "
+                    f"expected a {self.shape} float32 matrix at offset {self.offset:,} (truncated file?)"
+                )
+            done += n
+
+    def __repr__(self) -> str:
+        return f"FileMatrix({self.path!r}, offset={self.offset}, shape={self.shape}, layout={self.layout!r})"
+
+
+def file_matrix(weight: np.ndarray) -> FileMatrix | None:
+    """Where a memory-mapped ``weight`` (n_out, n_in) lives in its file, or ``None`` (in memory, not contiguous).
+
+    Works for views of :class:`numpy.memmap` (berg's safetensors reader maps files that way): the byte
+    offset is the view's address within the mapping plus the mapping's start in the file.
+    """
+    import mmap
+
+    if not isinstance(weight, np.memmap) or weight.dtype != np.dtype("<f4"):
+        return None
+    mm, path = getattr(weight, "_mmap", None), getattr(weight, "filename", None)
+    if mm is None or not path:  # a copy out of a map (fancy indexing) has no mapping left
+        return None
+    if weight.flags.c_contiguous:
+        transposed, view = False, weight
+    elif weight.T.flags.c_contiguous:
+        transposed, view = True, weight.T
+    else:
+        return None
+    start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    file_start = int(weight.offset) - int(weight.offset) % mmap.ALLOCATIONGRANULARITY
+    offset = view.ctypes.data - start + file_start
+    return FileMatrix(path, offset, view.shape, transposed=transposed)
+
+
+def spill(
+    weight: np.ndarray, layout: str, folder: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, FileMatrix]:
+    """Write ``weight`` (n_out, n_in) to an unnamed temporary file in ``layout``; return a map of it and its reader.
+
+    The returned array is ``weight`` as a read-only memory map of that file (no resident pages until
+    touched), so the caller can drop the in-memory copy. The file has no name (it disappears with the
+    process) and is written in row chunks (no second full copy in memory). ``folder`` should be on a
+    disk (berg's cache); the system temporary folder is used when it is not writable.
+    """
+    stored = weight.T if layout == "kn" else weight
+    rows, cols = stored.shape
+    fh = None
+    for d in ([folder] if folder is not None else []) + [None]:
+        try:
+            if d is not None:
+                Path(d).mkdir(parents=True, exist_ok=True)
+            fh = tempfile.TemporaryFile(dir=d, prefix=".berg-weights-")
+            break
+        except OSError as exc:
+            log.debug("cannot spill weights to %s (%s); trying the system temporary folder", d, exc)
+    assert fh is not None
+    chunk = max(1, (BLOCK_BYTES // 4) // max(1, cols))
+    for a in range(0, rows, chunk):
+        np.ascontiguousarray(stored[a : a + chunk], dtype="<f4").tofile(fh)
+    fh.flush()
+    mm = np.memmap(fh, dtype="<f4", mode="r", shape=(rows, cols))
+    return (mm.T if layout == "kn" else mm), FileMatrix(fh, 0, (rows, cols), transposed=layout == "kn")
+
+
+def _block_plan(fm: FileMatrix, block_bytes: int) -> tuple[str, int]:
+    """Split along outputs (no accumulation) when ``n_out >= n_in``, else along inputs; block width."""
+    if fm.n_out >= fm.n_in:
+        return "out", max(1, (block_bytes // 4) // fm.n_in)
+    return "in", max(1, (block_bytes // 4) // fm.n_out)
+
+
+def streamed_affine(
+    x: np.ndarray,
+    fm: FileMatrix,
+    bias: np.ndarray,
+    kernel: str,
+    buffer: np.ndarray,
+    *,
+    block_bytes: int | None = None,
+) -> np.ndarray:
+    """``x @ W.T + bias`` with ``W`` read from ``fm`` one block at a time into ``buffer`` (float32, reused).
+
+    Parameters
+    ----------
+    x : (b, n_in) float32 array
+    fm : FileMatrix
+    bias : (n_out,) float32 array
+    kernel : "numpy" or "torch"
+    buffer : float32 array of at least ``block_bytes / 4`` elements
+    block_bytes : int, optional
+        Default :data:`BLOCK_BYTES`; never more than the buffer holds.
+
+    Returns
+    -------
+    (b, n_out) float32 array. Blocks are visited in a fixed order, so results are reproducible.
+    """
+    import torch
+
+    block_bytes = min(block_bytes or BLOCK_BYTES, buffer.size * 4)
+    b = x.shape[0]
+    rows, cols = fm.shape
+    if x.shape[1] != fm.n_in:
+        raise ValueError(f"inputs have {x.shape[1]} columns, the streamed weights {fm.n_in}")
+    mm = (
+        (lambda a, w: np.matmul(a, w))
+        if kernel == "numpy"
+        else (lambda a, w: torch.from_numpy(a) @ torch.from_numpy(w))
+    )
+    along, width = _block_plan(fm, block_bytes)
+    if along == "out":
+        y = np.empty((b, fm.n_out), dtype=np.float32)
+        for a in range(0, fm.n_out, width):
+            e = min(fm.n_out, a + width)
+            if fm.transposed:  # file holds W.T (n_in, n_out): a column band -> (n_in, e - a), multiply as is
+                tile = fm.read(0, rows, a, e, buffer[: rows * (e - a)].reshape(rows, e - a))
+                part = mm(x, tile)
+            else:  # file holds W: whole rows -> (e - a, n_in), multiply by its transpose
+                tile = fm.read(a, e, 0, cols, buffer[: (e - a) * cols].reshape(e - a, cols))
+                part = mm(x, tile.T)
+            y[:, a:e] = np.asarray(part)
+        y += bias
+        return y
+    acc = np.zeros((b, fm.n_out), dtype=np.float32)
+    for a in range(0, fm.n_in, width):
+        e = min(fm.n_in, a + width)
+        xa = x[:, a:e]
+        if fm.transposed:  # W.T rows a:e are contiguous -> (e - a, n_out)
+            tile = fm.read(a, e, 0, cols, buffer[: (e - a) * cols].reshape(e - a, cols))
+            acc += np.asarray(mm(xa, tile))
+        else:  # W columns a:e: one read per output row -> (n_out, e - a)
+            tile = fm.read(0, rows, a, e, buffer[: rows * (e - a)].reshape(rows, e - a))
+            acc += np.asarray(mm(xa, tile.T))
+    acc += bias
+    return acc
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def _best_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    best = math.inf
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """The facts a table's numbers depend on: CPU model, cores, threads, library versions, load average."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "node": platform.node(),
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "measured": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    try:
+        info["blas"] = str(np.show_config(mode="dicts")["Build Dependencies"]["blas"].get("name"))
+    except Exception:  # noqa: BLE001 - older numpy has no dict mode; the version is enough
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load_before"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def measure_shape(batch: int, n_in: int, n_out: int, repeats: int = 3, seed: int = 0) -> dict[str, float]:
+    """GFLOP/s of every candidate on one float32 shape (CPU, random data, best of ``repeats``)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, n_in), dtype=np.float32)
+    w = rng.standard_normal((n_out, n_in), dtype=np.float32)
+    bias = rng.standard_normal(n_out, dtype=np.float32)
+    xt, bt = torch.from_numpy(x), torch.from_numpy(bias)
+    flops = 2.0 * batch * n_in * n_out
+    out = {}
+    for layout in LAYOUTS:
+        op = operand(w, layout)
+        op_t = _as_tensor(op)
+        for kernel in KERNELS:
+            t = _best_time(functools.partial(affine, xt, op, bias, kernel, op_t, bt), repeats)
+            out[f"{kernel}_{layout}"] = flops / t / 1e9
+        del op, op_t  # one operand copy at a time
+    return {k: round(out[k], 2) for k in CANDIDATES}
+
+
+def measure_table(
+    shapes: Iterable[tuple[int, int, int]] = DEFAULT_SHAPES,
+    *,
+    repeats: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every candidate on each ``(batch, n_in, n_out)`` and return a table (see :func:`validate_table`).
+
+    The machine, library versions and the load average before measuring are recorded in it: a table
+    measured on a busy machine says so.
+    """
+    machine = machine_info()
+    entries = []
+    for batch, n_in, n_out in shapes:
+        g = measure_shape(batch, n_in, n_out, repeats)
+        best = max(CANDIDATES, key=lambda c: (g[c], -CANDIDATES.index(c)))
+        entries.append(
+            {
+                "batch": batch,
+                "n_in": n_in,
+                "n_out": n_out,
+                "dtype": "float32",
+                "device": "cpu",
+                "best": best,
+                "gflops": g,
+            }
+        )
+        if progress is not None:
+            progress(
+                f"{(batch, n_in, n_out)}: {best} ({g[best]:.1f} GFLOP/s; "
+                + ", ".join(f"{k} {v:.1f}" for k, v in g.items())
+                + ")"
+            )
+    if hasattr(os, "getloadavg"):
+        machine["load_after"] = round(os.getloadavg()[0], 2)
+    table = {"schema": SCHEMA_VERSION, "machine": machine, "entries": entries}
+    validate_table(table, "<measured>")
+    return table
+
+
+def write_table(table: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Validate ``table`` and write it to ``path`` atomically (a reader never sees half a table)."""
+    from berg.fsutil import atomic_write_text
+
+    validate_table(table, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(table, indent=1) + "\n")
+    _read_cached.cache_clear()
+    return path
+
+
+def shapes_arg(values: Sequence[str]) -> list[tuple[int, int, int]]:
+    """``["100x250x8820", ...]`` (batch x n_in x n_out) -> shape tuples; a clear error for anything else."""
+    out = []
+    for v in values:
+        parts = str(v).lower().split("x")
+        if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise InvalidParameterError(
+                f"shape {v!r} is not BATCHxN_INxN_OUT with positive integers (e.g. 100x250x8820)"
+            )
+        out.append(tuple(int(p) for p in parts))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ one map, ready to run
+class AffineOp:
+    """One affine map ``y = x @ W.T + b`` ready to run: kernel and operand layout chosen, weights held or streamed.
+
+    Parameters
+    ----------
+    weight : (n_out, n_in) float32 array
+        Held as the chosen layout's operand (copied only if not already laid out that way), or, when
+        ``stored`` is given, left where it is (a memory map nobody touches) and streamed from ``stored``.
+    bias : (n_out,) array
+    choice : Choice
+    device : str
+        Non-CPU devices always run ``torch.addmm`` on device-resident weights (never streamed).
+    stored : FileMatrix, optional
+        Stream the weights from this file on CPU (see :func:`streamed_affine`).
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, choice: Choice, *, device: str = "cpu", stored=None):
+        self.choice = choice
+        self.n_out, self.n_in = (int(s) for s in weight.shape)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.device = str(device)
+        self.stored = stored if device_kind(device) == "cpu" else None
+        self._weight = weight
+        self._op_t = self._bias_t = None
+        if self.stored is None:
+            self.op = operand(weight, choice.layout)
+            self._weight = None  # the operand is the one copy kept
+            self._op_t, self._bias_t = self._tensors(self.op)
+        else:
+            self.op = None
+
+    def _tensors(self, op: np.ndarray):
+        t, b = _as_tensor(op), _as_tensor(self.bias)
+        if device_kind(self.device) != "cpu":
+            t, b = t.to(self.device), b.to(self.device)
+        return t, b
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the weights are read from a file per batch."""
+        return self.stored is not None
+
+    @property
+    def weight(self) -> np.ndarray:
+        """``W`` (n_out, n_in): a view of the held operand, or the (untouched) memory map when streamed."""
+        return self.op.T if self.op is not None else self._weight
+
+    def __call__(self, x, buffer: Callable[[], np.ndarray] | None = None):
+        """Apply to a ``(b, n_in)`` torch tensor; differentiable (``torch.addmm``) when ``x`` requires grad."""
+        import torch
+
+        if self.op is None and (x.requires_grad or buffer is None):
+            # gradients need the whole matrix: map it (pages it in; the inference path never does)
+            if self._op_t is None:
+                self._op_t, self._bias_t = self._tensors(operand(self._weight, self.stored.layout))
+            return torch.addmm(self._bias_t, x, self._op_t)
+        if x.requires_grad or device_kind(self.device) != "cpu":
+            return torch.addmm(self._bias_t, x, self._op_t)
+        if self.op is None:
+            xs = x.numpy()
+            return torch.from_numpy(streamed_affine(xs, self.stored, self.bias, self.choice.kernel, buffer()))
+        return affine(x, self.op, self.bias, self.choice.kernel, self._op_t, self._bias_t)
