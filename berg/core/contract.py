@@ -209,7 +209,9 @@ class FeatureModel(Protocol):
     ``encode`` on whole shards and log that once).
 
     Contract: ``iter_encode(prepare_stimuli(x))`` yields, batch by batch, exactly the rows that
-    ``encode(x)`` returns, and ``outputs_from_features(extractor(batch))`` gives them flat per subject.
+    ``encode(x)`` returns, and ``shape_outputs(subject, outputs_from_features(extractor(batch))[i])``
+    gives the same rows from shared features. A group-level model (``group_level``) yields one output
+    for all subjects and is never split per subject.
 
     Attributes
     ----------
@@ -219,9 +221,13 @@ class FeatureModel(Protocol):
     """
 
     extractor: Any
+    batch_size: int
 
     def outputs_from_features(self, features: Any) -> list[Any]:
         """Flat outputs per subject (``(batch, n_outputs)`` tensors) from backbone features."""
+
+    def shape_outputs(self, subject: Any, flat: Any) -> Any:
+        """Flat outputs of ``subject`` (numpy or torch) -> the rows ``encode`` returns (reshaped, reduced)."""
 
     def iter_encode(self, stimuli: Any, *, show_progress: bool = True) -> Iterator[tuple[int, int, list[Any]]]:
         """Yield ``(start, stop, [responses per subject])`` for prepared stimuli."""

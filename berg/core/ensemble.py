@@ -189,6 +189,10 @@ class FeatureEnsembleModel(EnsembleModel):
             acc = [float(w) * o for o in outs] if acc is None else [a + float(w) * o for a, o in zip(acc, outs)]
         return acc
 
+    def shape_outputs(self, subject: Any, flat: Any) -> Any:
+        """Flat outputs -> ``(b, *space.shape)`` (members share the space; they reduce nothing)."""
+        return flat.reshape((flat.shape[0], *self.spaces[subject].shape))
+
     def encode(self, stimulus: Any, *, show_progress: bool = True) -> np.ndarray | dict[Any, np.ndarray]:
         """Weighted mean of the members' responses, float32 ``(n_stimuli, *space.shape)`` (one pass per backbone)."""
         stimuli = self.prepare_stimuli(stimulus)
@@ -215,7 +219,7 @@ class FeatureEnsembleModel(EnsembleModel):
                     f = next(fv for e, fv in zip(extractors, feats) if e is m.extractor)
                     outs = m.outputs_from_features(f)
                     acc = [float(w) * o for o in outs] if acc is None else [a + float(w) * o for a, o in zip(acc, outs)]
-            return [self.spaces[s].reshape(a.cpu().numpy()) for s, a in zip(self.subjects, acc)]
+            return [self.shape_outputs(s, a.cpu().numpy()) for s, a in zip(self.subjects, acc)]
 
         yield from batch_loop(
             stimuli, transform, self.batch_size, step, desc=self.model_id, show_progress=show_progress

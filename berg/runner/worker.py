@@ -117,8 +117,8 @@ def _coords(space: Any, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
 def backbone_key(model: Any, prov: Mapping[str, Any]) -> str | None:
     """Identity of a model's backbone pass (builder, weights, seed, nodes, preprocessing, device), or ``None``
     for a model that implements only the base interface (it is encoded through ``encode``)."""
-    if not is_feature_model(model):
-        return None
+    if not is_feature_model(model) or model.group_level:
+        return None  # group-level outputs are not per-subject rows of a shared pass: encode() refuses them clearly
     return digest({k: prov.get(k) for k in ("backbone", "nodes", "transform", "device")})
 
 
@@ -584,7 +584,8 @@ def _encode_group(
             if len(outs) != len(le.model.subjects):
                 raise _group_level_error(le.model, len(outs))
             for s, o in zip(le.model.subjects, outs):
-                full[le.entry.name][s][rows[a:b]] = _shaped(le.model, s, o.cpu().numpy(), _model_shape(le, s))
+                y = np.asarray(le.model.shape_outputs(s, o.cpu().numpy()))
+                full[le.entry.name][s][rows[a:b]] = _shaped(le.model, s, y, _model_shape(le, s))
     return full, refused
 
 
