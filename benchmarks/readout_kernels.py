@@ -1,56 +1,80 @@
-"""Readout GEMM kernels side by side: torch addmm vs numpy matmul per readout shape, vs the GEMM peak.
+"""GEMM kernels per shape: every candidate (torch / numpy x operand layout nk / kn) on the catalogue's
+readout and projection shapes, against the run's GEMM peak; writes the kernel table the engine chooses from.
 
-The engine picks numpy for readouts of at least ``berg.core.engine.NUMPY_READOUT_MIN_OUTPUTS`` outputs on CPU
-(a fixed rule of the shape, so runs are bit-reproducible); this script is the evidence for that rule.
+The engine chooses a kernel and operand layout per shape from ``berg/core/kernel_table.json``
+(:mod:`berg.core.kernels`; a pure function of shape, dtype and device, so runs are bit-reproducible).
+This script measures that table: at full size on a quiet machine (``make bench``) it rewrites the shipped
+table (``--write-table``; a run on a loaded machine never does), and records per shape each candidate's
+GFLOP/s, the best one's fraction of the peak (target >= 0.75) and the engine's choice from the table in
+effect before the run (``chosen_of_best``: its GFLOP/s over the best's).
 
-    python benchmarks/readout_kernels.py [--repeats 5] [--smoke]
+    python benchmarks/readout_kernels.py [--repeats 3] [--smoke] [--write-table PATH|none]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
 import _harness as H
-import numpy as np
 
-SHAPES = [  # (batch, k, n_outputs): where they come from
-    (64, 100, 108_219),  # fmri-bmd-s3d readout, one subject
-    (100, 250, 2 * 163_842),  # NSD fsaverage, both hemispheres
-    (100, 250, 63 * 140),  # THINGS EEG2, one repetition
-    (32, 512, 1_685),  # img2fmri ROI readout
-]
+from berg.core import kernels
+
+log = logging.getLogger("berg.benchmarks")
 
 
 def main() -> None:
-    import torch
-
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--repeats", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--write-table",
+        default=str(kernels.shipped_table_path()),
+        help="where the measured kernel table goes (default: the one shipped in berg); 'none': nowhere. "
+        "Never written by --smoke or on a loaded machine.",
+    )
     args = H.add_arguments(p).parse_args()
-    shapes = [(b, k, max(64, n // 100)) for b, k, n in SHAPES] if args.smoke else SHAPES
-    if args.smoke:
-        args.repeats = 1
+    shapes = list(kernels.QUICK_SHAPES) if args.smoke else list(kernels.DEFAULT_SHAPES)
+    repeats = 1 if args.smoke else args.repeats
     rec = H.start("readout_kernels", args)
     peak = H.peak_gflops()  # the run's peak (best of numpy and torch, 2048² float32)
-    rng = np.random.default_rng(0)
-    for b, k, n in shapes:
-        x = rng.standard_normal((b, k), dtype=np.float32)
-        w = rng.standard_normal((k, n), dtype=np.float32)
-        bias = rng.standard_normal(n, dtype=np.float32)
-        xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias)
-        flop = 2 * b * k * n
-
-        def with_numpy():
-            y = np.matmul(x, w)
-            y += bias
-
-        t_torch = H.best_time(lambda: torch.addmm(bt, xt, wt), args.repeats)
-        t_numpy = H.best_time(with_numpy, args.repeats)
-        g_t, g_n = flop / t_torch / 1e9, flop / t_numpy / 1e9
-        shape = f"{b}x{k}x{n}"
-        rec.figure(f"{shape}.torch", g_t, "GFLOP/s", shape=[b, k, n])
-        rec.figure(f"{shape}.numpy", g_n, "GFLOP/s", shape=[b, k, n])
-        rec.figure(f"{shape}.best_of_peak", max(g_t, g_n) / peak, "x", target=">= 0.75", shape=[b, k, n])
+    before = kernels.active_table()  # the table the engine used until now
+    table = kernels.measure_table(shapes, repeats=repeats, progress=log.info)
+    for entry in table["entries"]:
+        b, n_in, n_out = entry["batch"], entry["n_in"], entry["n_out"]
+        g, best = entry["gflops"], entry["best"]
+        name = f"{b}x{n_in}x{n_out}"
+        kind = "readout" if n_out >= n_in else "projection"
+        for cand in kernels.CANDIDATES:
+            rec.figure(f"{name}.{cand}", g[cand], "GFLOP/s", shape=[b, n_in, n_out], kind=kind)
+        rec.figure(
+            f"{name}.best_of_peak",
+            g[best] / peak,
+            "x",
+            target=">= 0.75",
+            note=f"best: {best}",
+            shape=[b, n_in, n_out],
+            kind=kind,
+        )
+        chosen = kernels.lookup(before, n_in, n_out, b)
+        if chosen is not None:
+            rec.figure(
+                f"{name}.chosen_of_best",
+                g[chosen.name] / g[best],
+                "x",
+                target=">= 0.9",
+                note=f"engine chose {chosen.name} ({chosen.source}), best measured {best}",
+                shape=[b, n_in, n_out],
+                kind=kind,
+            )
+    target = None if args.write_table.lower() == "none" else Path(args.write_table)
+    if target is not None and not args.smoke and not rec.loaded:
+        table["machine"]["peak_gflops"] = peak
+        table["machine"]["run_id"] = rec.run_id
+        kernels.write_table(table, target)
+        log.info("kernel table written to %s", target)
+    elif target is not None:
+        log.info("kernel table not written (%s)", "smoke sizes" if args.smoke else "machine loaded")
 
 
 if __name__ == "__main__":
