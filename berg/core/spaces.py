@@ -357,7 +357,8 @@ class VolumeSpace(OutputSpace):
         if affine is None:
             raise InvalidParameterError(
                 "this model's files record no affine for its voxel grid, and its card declares none; "
-                "pass one: to_nifti(responses, affine=A) (berg.save_nifti(..., affine=A); CLI --affine FILE.nii)"
+                "pass one: to_nifti(responses, affine=A) or berg.save_nifti(..., affine=A), e.g. A = nibabel.load(<a NIfTI "
+                "of the model's grid, such as its release's group mask>).affine; `berg encode` writes HDF5 for such a model"
             )
         img = nib.Nifti1Image(self.to_volume(responses, fill=fill), affine)
         img.header.set_xyzt_units("mm")

@@ -69,7 +69,6 @@ __all__ = [
     "read_metadata",
     "fold_projection",
     "roi_rows",
-    "accuracy_summary",
     "weights_key",
     "metadata_key",
     "N_VERTICES",
@@ -407,36 +406,6 @@ def _card_times(desc: Any) -> np.ndarray:
     if isinstance(desc, dict):
         return float(desc["start"]) + float(desc["step"]) * np.arange(int(desc["n"]))
     return np.asarray(desc if desc is not None else [], dtype=np.float64)
-
-
-def accuracy_summary(meta: Mapping[str, Any]) -> dict[str, float]:
-    """Summary accuracy from a subject's metadata (what the cards' ``accuracy.summary`` holds).
-
-    NSD: median over vertices of ``{lh,rh}_correlation_*`` and ``{lh,rh}_explained_variance_*`` per
-    test set (``nsdcore``, ``nsdsynthetic``; older files without the suffix). EEG: the mean of
-    ``correlation_averaged_repetitions`` over channels and time, and the peak of its channel average
-    with the time of the peak (ms). Only keys present in the file are summarised.
-    """
-    enc = meta.get("encoding_models") or {}
-    out: dict[str, float] = {}
-    if "eeg" in meta:
-        r = enc.get("correlation_averaged_repetitions")
-        if r is not None:
-            r = np.asarray(r, dtype=np.float64)
-            out["mean_r"] = float(np.nanmean(r))
-            curve = np.nanmean(r, axis=0)
-            peak = int(np.nanargmax(curve))
-            out["peak_channel_mean_r"] = float(curve[peak])
-            times = (meta.get("eeg") or {}).get("times")
-            if times is not None and len(times) == curve.size:
-                out["peak_time_ms"] = float(np.round(np.asarray(times)[peak] * 1000.0, 3))
-        return out
-    for key, value in enc.items():
-        if key.startswith(("lh_", "rh_")) and ("correlation" in key or "explained_variance" in key):
-            arr = np.asarray(value, dtype=np.float64)
-            if arr.ndim == 1 and arr.size:
-                out[f"median_{key}"] = float(np.nanmedian(arr))
-    return out
 
 
 # --------------------------------------------------------------------------- the layout
