@@ -103,6 +103,40 @@ def test_univariate_responses_mean_over_roi_and_ncsnr():
         univariate_responses(responses, ROIS, ["V1"])
 
 
+def test_univariate_voxel_selection_from_the_models_reliability():
+    """ncsnr=model: each subject's NCSNR comes from model.reliability(subject), never from metadata keys."""
+    from berg.core.contract import BaseModelInterface
+    from berg.core.reliability import Reliability
+
+    responses, _, _ = planted_univariate(n=50, n_sub=2)
+    per_subject = {1: np.linspace(0, 1, 45), 2: np.linspace(1, 0, 45)}
+
+    class Reliable(BaseModelInterface):
+        model_id, subjects = "reliable", [1, 2]
+
+        @classmethod
+        def load(cls, request):
+            raise NotImplementedError
+
+        def encode(self, stimulus, *, show_progress=True):
+            raise NotImplementedError
+
+        def get_metadata(self):
+            return {}
+
+        def provenance(self):
+            return {}
+
+        def reliability(self, subject=None):
+            return Reliability.from_ncsnr(per_subject[subject], 3, "test")
+
+    uni = univariate_responses(responses, ROIS, ncsnr=Reliable(), ncsnr_threshold=0.3)
+    for s in (1, 2):
+        keep = ROIS["A"][per_subject[s][ROIS["A"]] > 0.3]
+        assert np.allclose(uni[s]["A"], responses[s][:, keep].astype(np.float64).mean(1))
+    assert not np.allclose(uni[1]["A"], univariate_responses(responses, ROIS)[1]["A"])  # the selection bites
+
+
 def test_univariate_control_recovers_planted_attribute():
     responses, a, b = planted_univariate()
     res = univariate_control(

@@ -204,6 +204,15 @@ def null_baseline(
 
 
 # ----------------------------------------------------------------------------- univariate RNC
+def _subject_ncsnr(ncsnr: Any, subject: Any) -> np.ndarray | None:
+    """One subject's NCSNR from an array, a ``{subject: array}`` mapping, or the model's reliability accessor."""
+    from berg.core.contract import BaseModelInterface
+
+    if isinstance(ncsnr, BaseModelInterface):
+        return ncsnr.reliability(subject).ncsnr
+    return ncsnr[subject] if isinstance(ncsnr, Mapping) else ncsnr
+
+
 def univariate_responses(
     responses: Any,
     rois: Mapping[Any, Any],
@@ -223,8 +232,9 @@ def univariate_responses(
         Output indices per ROI, as ``model.get_metadata()["rois"]`` gives them.
     roi_names : list of str, optional
         ROIs to score (default: all in ``rois``).
-    ncsnr : (n_outputs,) array or {subject: array}, optional
-        Noise-ceiling SNR of every output, e.g. from the model's metadata.
+    ncsnr : (n_outputs,) array, {subject: array}, or a loaded berg model, optional
+        Noise-ceiling SNR of every output. Pass the model that produced ``responses`` to use its own
+        reliability (``model.reliability(subject).ncsnr``: each release's NCSNR, for the model's selection).
     ncsnr_threshold : float, optional
         Keep only outputs with ``ncsnr > ncsnr_threshold`` (RNC: 0.5).
     block_rows : int, optional
@@ -240,7 +250,7 @@ def univariate_responses(
     for subject, array in table.items():
         sub_rois = rois[subject] if subject in rois and isinstance(rois[subject], Mapping) else rois
         names = list(roi_names) if roi_names is not None else list(sub_rois)
-        sub_ncsnr = ncsnr[subject] if isinstance(ncsnr, Mapping) else ncsnr
+        sub_ncsnr = _subject_ncsnr(ncsnr, subject)
         cols = {
             r: select_outputs(roi_indices_for(rois, subject, r), sub_ncsnr, ncsnr_threshold, roi=str(r)) for r in names
         }
