@@ -516,3 +516,12 @@ def test_dask_worker_alone_uses_all_cores_one_shard_at_a_time(monkeypatch):
     assert plan_threads(plan) == 1
     plan.executor["torch_threads"] = 3
     assert plan_threads(plan) == 3
+
+
+def test_namespaced_versioned_ids_name_a_store_group():
+    from berg.runner.plan import ModelEntry
+
+    entry = ModelEntry.from_dict({"id": "lab/model-id@2", "subjects": [1]}, "models[0]")
+    assert entry.id == "lab/model-id@2" and entry.name == "lab--model-id-v2"
+    with pytest.raises(InvalidParameterError, match="names a store group"):
+        ModelEntry.from_dict({"id": "x", "name": "a/b", "subjects": [1]}, "models[0]")

@@ -266,7 +266,8 @@ class ModelEntry:
             batch_size=_positive(raw.get("batch_size"), f"{where}.batch_size", allow_none=True),
             model_kwargs=dict(raw.get("model_kwargs") or {}),
         )
-        entry.name = entry.name or entry.id
+        # a namespaced, versioned id (lab/model-id@2) names a store group without '/' or '@'
+        entry.name = entry.name or entry.id.replace("/", "--").replace("@", "-v")
         if not _NAME_RE.match(entry.name):
             raise InvalidParameterError(
                 f"{where}.name {entry.name!r} must be letters, digits, '.', '_' or '-' (it names a store group)"
