@@ -8,6 +8,8 @@ and `make docs` was not run; running it twice changes nothing):
 * the model table of ``README.md`` (between ``<!-- models:start -->`` and ``<!-- models:end -->``) and
   ``docs/catalogue.md`` (the same table for the site);
 * ``docs/citing.md`` — how to cite berg (from ``CITATION.cff``) and every model (from the cards);
+* ``docs/errors/<Class>.md`` — one page per error class of ``berg.errors``: when berg raises it, what to
+  do (:data:`ERROR_ADVICE`, checked to cover every class), how to catch it;
 * the ``nav:`` block of ``mkdocs.yml`` (between its ``# nav:start`` and ``# nav:end`` lines): the fixed
   pages plus whatever tutorials (``docs/tutorials/*.ipynb``), guides (``docs/guide/*.md``) and CLI page
   exist, so a page that is not written yet is never a broken link.
@@ -59,9 +61,135 @@ NAV: list = [
             ("Errors", "reference/errors.md"),
         ],
     ),
+    ("Errors and what to do", "@errors"),
     ("Citing berg", "citing.md"),
-    ("For developers", [("Architecture", "architecture.md")]),
+    ("For developers", [("Architecture", "architecture.md"), ("Building and publishing this site", "docs-site.md")]),
 ]
+
+# What to do about each error class of berg.errors: (when berg raises it, [what to do, ...]). A class
+# without an entry stops `make docs`, so a new error cannot ship without its page.
+ERROR_ADVICE: dict[str, tuple[str, list[str]]] = {
+    "BERGError": (
+        "Never raised itself: the base class of every error berg raises on purpose.",
+        [
+            "Catch it to handle any berg error in one place: `except berg.BERGError as exc: print(exc)`; the "
+            "message already says what was wrong and what to do.",
+            "An exception that is *not* a `BERGError` is a bug in berg: please report it with the traceback "
+            "(`berg -v ...` prints it on the command line).",
+        ],
+    ),
+    "ModelNotFoundError": (
+        "The model id is not in the registry (a typo, or a model from a registry file that was not loaded).",
+        [
+            "Read the suggestions in the message (`did you mean ...`), or list the models: `berg list` / "
+            "`BERG().list_models()`.",
+            "A model you trained or built yourself lives in its own registry file: pass it with "
+            "`BERG(registry=...)` or `berg --registry FILE ...`.",
+        ],
+    ),
+    "InvalidParameterError": (
+        "A parameter is not valid for this model: subject, selection (ROI names, one-hot lengths), device, "
+        "batch size, a model option, an output path.",
+        [
+            "The message lists the valid values; `berg describe ID` shows the model's subjects, ROIs and options.",
+            "On the command line, `berg encode ID --help` lists every option of model ID as a flag.",
+        ],
+    ),
+    "StimulusError": (
+        "A stimulus does not have the form the model expects: wrong shape or dtype, an unreadable or too large "
+        "image, a still image given to a video model.",
+        [
+            "Give `uint8` arrays `(n, H, W, 3)` / `(n, 3, H, W)` (videos `(n, T, 3, H, W)`), PIL images, file "
+            "paths, folders or globs; the message names the stimulus and what was wrong with it.",
+            "Very large images are refused before decoding (`BERG_MAX_PIXELS` raises the limit).",
+        ],
+    ),
+    "ModelLoadError": (
+        "A model's files or backbone could not be loaded, or do not fit together (its subclasses say which).",
+        [
+            "Follow the message; `berg cache verify ID` re-checks the cached files and deletes damaged ones so "
+            "they are fetched again.",
+        ],
+    ),
+    "ArtifactError": (
+        "A model file could not be fetched, verified or safely read (its subclasses say which).",
+        [
+            "Where there is network, `berg fetch ID --subject N` downloads what a model needs; with a local copy "
+            "of BERG's bucket pass `berg_dir=` / `--berg-dir`.",
+        ],
+    ),
+    "ArtifactNotFoundError": (
+        "A file the model needs does not exist at its source (HTTP 404) or in `berg_dir`.",
+        [
+            "Check `berg_dir` points at the bucket's root (the folder holding `encoding_models/`).",
+            "If the source changed its layout, update berg (`pip install -U berg`).",
+        ],
+    ),
+    "IntegrityError": (
+        "A downloaded or cached file's size or sha256 differs from the one recorded for it (a damaged "
+        "download or an edited file).",
+        [
+            "Run `berg cache verify ID`: damaged files are deleted and fetched again on next use.",
+            "In a read-only shared cache, ask its owner to run the same command.",
+        ],
+    ),
+    "OfflineError": (
+        "berg is offline (`BERG_OFFLINE=1`, `BERG(offline=True)`, `--offline`) and a file a call needs is not "
+        "in `berg_dir` or the cache.",
+        [
+            "On a connected machine run the `berg fetch ...` command the message gives, then copy the cache "
+            "(`BERG_CACHE`) here.",
+            "Or point `berg_dir=` / `--berg-dir` at a local copy of BERG's bucket.",
+        ],
+    ),
+    "UnsafeArtifactError": (
+        "A legacy pickle asked for a Python object that is not on berg's allow-list: berg never runs code "
+        "from downloaded files.",
+        [
+            "Do not loosen the check. Report the file and model: berg's converter for that release needs the "
+            "new class, or the file is not what it claims to be.",
+        ],
+    ),
+    "ModelNotBuiltError": (
+        "The model has no published weights and has not been built on this machine yet.",
+        [
+            "Build it once with the command the message gives: `berg build ID --data DIR` (Python: "
+            "`berg.build(ID, data_dir=DIR)`), where DIR holds the dataset named in the model's card.",
+        ],
+    ),
+    "MissingExtraError": (
+        "An optional dependency is not installed (nilearn for plots, zarr/dask for `berg run`, open_clip for "
+        "CLIP, ...).",
+        ['Run the `pip install ...` the message names, e.g. `pip install -e ".[scale]"`.'],
+    ),
+    "FileAccessError": (
+        "The operating system refused to read or write a file: permission denied, disk full, read-only file "
+        "system. It is also an `OSError` (with `errno` and `filename`).",
+        [
+            "The message names the file and the reason: choose a writable path (`-o`, `cache_dir=`, "
+            "`BERG_CACHE`) or free space.",
+        ],
+    ),
+    "BackboneWeightsError": (
+        "The pretrained backbone weights are not in torch's cache and could not be downloaded (no network, "
+        "offline), or the cached file is damaged.",
+        [
+            "Where there is internet, run the download command the message gives (or let berg download them "
+            "once), then copy the file into `$TORCH_HOME/hub/checkpoints/` on the offline machine.",
+            "Or pass `backbone_weights=PATH` (a local copy of the state dict, `.safetensors` or `torch.save` "
+            'file), or `backbone_weights="untrained"` for a seeded random-weights control.',
+        ],
+    ),
+    "UntrainedBackboneWarning": (
+        "A warning, not an error: responses come from a randomly initialised backbone "
+        '(`backbone_weights="untrained"`), a control that is not the published model. Shown once per model '
+        "per process; results' provenance and figures (a red stamp) record it.",
+        [
+            'Nothing, if you asked for the control. Otherwise drop `backbone_weights="untrained"`.',
+            'To silence it: `warnings.simplefilter("ignore", berg.errors.UntrainedBackboneWarning)`.',
+        ],
+    ),
+}
 
 
 def _cell(text: object) -> str:
@@ -134,6 +262,8 @@ def _nav_entries(value, model_ids: list[str]) -> list:
         return [(m, f"models/{m}.md") for m in model_ids]
     if value == "@cli":
         return [("Command line", "cli.md")] if (docs / "cli.md").is_file() else []
+    if value == "@errors":
+        return [("Overview", "errors/index.md")] + [(n, f"errors/{n}.md") for n in _error_classes()]
     return [value]
 
 
@@ -148,7 +278,7 @@ def _nav_yaml(model_ids: list[str]) -> str:
             entries += _nav_entries(item, model_ids) if isinstance(item, str) else [item]
         if not entries:
             continue  # a section none of whose pages exist yet
-        if target == "@cli":
+        if target in ("@cli",):
             lines.append(f"  - {json.dumps(title)}: {entries[0][1]}")
             continue
         lines.append(f"  - {json.dumps(title)}:")
@@ -210,6 +340,87 @@ def _citing(cards: dict[str, dict]) -> str | None:
     return "\n".join(out) + "\n"
 
 
+def _error_classes() -> list[str]:
+    """The exception and warning classes berg.errors exports, in its order."""
+    import inspect
+
+    import berg.errors
+
+    return [n for n in berg.errors.__all__ if inspect.isclass(getattr(berg.errors, n))]
+
+
+def _error_pages() -> dict[Path, str]:
+    """docs/errors/: an overview and one page per class of berg.errors (what it means, what to do)."""
+    import inspect
+
+    import berg.errors
+
+    names = _error_classes()
+    missing = [n for n in names if n not in ERROR_ADVICE]
+    if missing:
+        raise SystemExit(f"scripts/gen_docs.py: ERROR_ADVICE has no entry for {', '.join(missing)}")
+    footer = "_Generated from `berg/errors.py` and `scripts/gen_docs.py` by `make docs`; do not edit._"
+    pages, rows = {}, []
+    for name in names:
+        cls = getattr(berg.errors, name)
+        when, todo = ERROR_ADVICE[name]
+        parents = [b.__name__ for b in cls.__mro__[1:] if b not in (object, BaseException)]
+        doc = inspect.getdoc(cls) or ""
+        kind = "warning" if issubclass(cls, Warning) else "error"
+        lines = [
+            f"# {name}",
+            "",
+            f"`berg.errors.{name}` is {'a warning' if kind == 'warning' else 'an error'}; `except` any of "
+            f"{', '.join(f'`{p}`' for p in parents)} catches it too.",
+            "",
+            "## When berg raises it" if kind == "error" else "## When berg emits it",
+            "",
+            when,
+            "",
+            "## What to do",
+            "",
+            *[f"- {t}" for t in todo],
+            "",
+        ]
+        if doc and doc.split("\n")[0] not in when:
+            lines += ["## Reference", "", doc, ""]
+        if kind == "error":
+            lines += [
+                "## Catching it",
+                "",
+                "```python",
+                "import berg",
+                "",
+                "try:",
+                '    model = berg.BERG().get_encoding_model("fmri-bold5000-resnet18", subject=1)',
+                f"except berg.errors.{name} as exc:",
+                "    print(exc)  # one line: what was wrong and what to do",
+                "```",
+                "",
+                "On the command line the same message is one line on stderr: `berg: error: ...` (exit status 2; "
+                "1 for errors of the operating system).",
+                "",
+            ]
+        pages[REPO / "docs" / "errors" / f"{name}.md"] = "\n".join([*lines, footer, ""])
+        rows.append(f"| [{name}]({name}.md) | {_cell(when.split('. ')[0].rstrip('.'))} |")
+    pages[REPO / "docs" / "errors" / "index.md"] = "\n".join(
+        [
+            "# Errors and what to do",
+            "",
+            "Every error berg raises on purpose is a `berg.BERGError`; its message says what was wrong, the valid "
+            "values, and what to do, in one line. Each class has a page:",
+            "",
+            "| class | when |",
+            "|---|---|",
+            *rows,
+            "",
+            footer,
+            "",
+        ]
+    )
+    return pages
+
+
 def render() -> dict[Path, str]:
     """Every generated file and its content, from the repository's registry.yaml, model_cards/ and docs/.
 
@@ -266,6 +477,7 @@ def render() -> dict[Path, str]:
         citing = _citing(cards)
         if citing is not None:
             pages[docs / "citing.md"] = citing
+        pages.update(_error_pages())
         mk = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
         if mk.count(NAV_START) != 1 or mk.count(NAV_END) != 1:
             raise SystemExit(f"mkdocs.yml must contain {NAV_START!r} and {NAV_END!r} lines exactly once")
@@ -276,10 +488,9 @@ def render() -> dict[Path, str]:
 
 
 def orphans(pages: dict[Path, str]) -> list[Path]:
-    """Generated pages whose model is gone."""
-    if not DOCS.is_dir():
-        return []
-    return sorted(p for p in DOCS.glob("*.md") if p not in pages and GENERATED in p.read_text(encoding="utf-8"))
+    """Generated pages whose model (or error class) is gone."""
+    found = [p for folder in (DOCS, REPO / "docs" / "errors") if folder.is_dir() for p in folder.glob("*.md")]
+    return sorted(p for p in found if p not in pages and GENERATED in p.read_text(encoding="utf-8"))
 
 
 def _write(path: Path, text: str) -> None:

@@ -142,6 +142,74 @@ def test_model_pages_carry_citations_and_downloads(site):
     assert "@software{berg," in citing and (site / "citing" / "index.html").is_file()
 
 
+def test_no_page_shows_unrendered_markdown_or_build_paths(site):
+    """Admonitions render everywhere (nbconvert knows no `!!!`), and no page names the machine that built it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from publish_docs import site_problems
+
+    problems = site_problems(
+        site, [str(REPO), str(site), str(Path.home()), str(TEST_CACHE), tempfile.gettempdir() + "/"]
+    )
+    assert not problems, "\n".join(problems[:40])
+    # the checker itself can fail: a page with each problem is caught
+    bad = site.parent / "bad-site"
+    (bad / "x").mkdir(parents=True, exist_ok=True)
+    (bad / "x" / "index.html").write_text(f"<p>!!! note</p><pre>{REPO}/berg/api.py</pre>")
+    assert len(site_problems(bad, [str(REPO)])) == 2
+
+
+def test_executed_tutorials_render_admonitions_and_no_stderr(site):
+    for nb in sorted((REPO / "docs" / "tutorials").glob("*.ipynb")):
+        html = (site / "tutorials" / nb.stem / "index.html").read_text(encoding="utf-8")
+        if "admonition" in nb.read_text(encoding="utf-8"):
+            assert 'class="admonition note"' in html and "admonition-title" in html, nb.name
+        # stderr output cells (warnings, logs) are drawn in red by mkdocs-jupyter: there must be none (the
+        # stylesheet names the same mime type, without the output's tabindex)
+        assert 'vnd.jupyter.stderr" tabindex' not in html, f"{nb.name}: stderr output in the rendered page"
+
+
+def test_guides_marked_execute_were_run_with_their_output_shown(site):
+    printed = {  # a line each guide's executed blocks print, shown below the block
+        "movies": "(120, 64, 64, 3) 2.0",
+        "synthetic-data": "synthetic -&gt; real: ",
+        "scale-out": "computed 2 skipped 0",  # the LocalCluster run: two shards of the four example images
+    }
+    for guide, line in printed.items():
+        text = (REPO / "docs" / "guide" / f"{guide}.md").read_text(encoding="utf-8")
+        assert text.startswith("---\nexecute: true"), f"{guide}.md is not executed when the site is built"
+        html = (site / "guide" / guide / "index.html").read_text(encoding="utf-8")
+        assert line in html, f"{guide}: the executed output is not on the page"
+
+
+def test_every_error_class_has_a_page_with_what_to_do(site):
+    import inspect
+
+    import berg.errors
+
+    classes = [n for n in berg.errors.__all__ if inspect.isclass(getattr(berg.errors, n))]
+    assert len(classes) >= 14
+    for name in classes:
+        html = (site / "errors" / name / "index.html").read_text(encoding="utf-8")
+        assert "What to do" in html and f"berg.errors.{name}" in html, name
+    overview = (site / "errors" / "index.html").read_text(encoding="utf-8")
+    assert all(f'href="{n}/"' in overview or f'href="../{n}/"' in overview for n in classes), overview[:2000]
+
+
+def test_site_url_is_set_and_the_site_can_be_published():
+    from berg.yamlio import read_yaml
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from publish_docs import pages_url
+
+    url = str(read_yaml(REPO / "mkdocs.yml").get("site_url") or "")
+    assert url.startswith("https://") and url.endswith("/"), url
+    assert pages_url("git@github.com:Org/berg.git") == "https://org.github.io/berg/"
+    assert pages_url("https://github.com/org/org.github.io") == "https://org.github.io/"
+    assert pages_url("/srv/git/berg.git") is None
+    workflow = (REPO / ".github" / "workflows" / "docs.yml").read_text(encoding="utf-8")
+    assert "scripts/publish_docs.py build" in workflow and "path: build/site" in workflow
+
+
 # --------------------------------------------------------------------------- links
 
 
