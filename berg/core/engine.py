@@ -17,6 +17,10 @@ Design points (the reasons behind the code):
 * Preprocessing of batch ``i + 1`` (decoding, resizing) runs in a worker thread while the network
   computes batch ``i``.
 * float32 throughout, ``torch.inference_mode``, on the chosen device.
+* Each projection and readout GEMM runs with the kernel and operand layout the kernel table chooses for
+  its shape (:func:`kernel_choice`, :mod:`berg.core.kernels`), fixed at load, so reruns are bit-identical.
+* On CPU, weights of at least ``BERG_STREAM_MB`` MiB are streamed from the page cache per batch in blocks
+  (one reused buffer per thread), so many subjects' projections and readouts never sit in memory at once.
 """
 
 from __future__ import annotations
@@ -322,7 +326,7 @@ class LinearEncodingModel(BaseModelInterface):
                     f"{self.spaces[s].n_outputs} outputs"
                 )
         self._groups = list(groups.values())
-        self._buffer: np.ndarray | None = None
+        self._buffers: dict[int, np.ndarray] = {}  # thread id -> block buffer (streamed maps only)
         self._proj_ops: dict[Any, kernels.AffineOp] = {}
         self._proj_columns: dict[Any, tuple[int, int] | None] = {}
         folder = _spill_folder(self.layout)
@@ -363,11 +367,16 @@ class LinearEncodingModel(BaseModelInterface):
         return op
 
     def _block_buffer(self) -> np.ndarray:
-        """The one reused buffer streamed blocks are read into (:data:`berg.core.kernels.BLOCK_BYTES`)."""
+        """The reused buffer streamed blocks are read into (:data:`berg.core.kernels.BLOCK_BYTES`), one per
+        thread: a Dask worker may run two batches of one model at once."""
+        import threading
+
         n = kernels.BLOCK_BYTES // 4
-        if self._buffer is None or self._buffer.size != n:
-            self._buffer = np.empty(n, dtype=np.float32)
-        return self._buffer
+        key = threading.get_ident()
+        buf = self._buffers.get(key)
+        if buf is None or buf.size != n:
+            buf = self._buffers[key] = np.empty(n, dtype=np.float32)
+        return buf
 
     @property
     def streamed(self) -> bool:
