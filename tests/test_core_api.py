@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from synthetic_native import MODEL_ID, N_OUT, build
 
 import berg
 from berg.errors import (
@@ -15,6 +14,7 @@ from berg.errors import (
     ModelNotFoundError,
     StimulusError,
 )
+from berg.testing.sklearn_toy import MODEL_ID, N_OUT, build
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_native import MODEL_ID
 
 from berg.cli import main
 from berg.errors import (
@@ -24,6 +23,7 @@ from berg.errors import (
     require_extra,
 )
 from berg.features import build_backbone, validate_backbone_weights
+from berg.testing.sklearn_toy import MODEL_ID
 
 RESNET = {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"}
 REAL = "fmri-bold5000-resnet18"

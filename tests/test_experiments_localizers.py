@@ -122,9 +122,8 @@ def test_multi_axis_outputs_are_flattened():
 @pytest.mark.filterwarnings("ignore::UserWarning")  # the untrained-backbone warning, expected here
 def test_localizer_on_a_berg_model_and_nifti_t_map(tmp_path):
     """End to end: encode labelled images with a real berg model, t-map, place it on the model's grid."""
-    from synthetic_native import GRID, MODEL_ID, build
-
     import berg
+    from berg.testing.sklearn_toy import GRID, MODEL_ID, build
 
     synth = build(tmp_path / "synthetic")
     client = berg.BERG(berg_dir=synth.berg_dir, cache_dir=tmp_path / "cache", offline=True, registry=synth.registry)

@@ -142,10 +142,9 @@ def test_bad_parameters():
 
 @pytest.fixture(scope="module")
 def berg_model(tmp_path_factory):
-    """A real berg model (tests/synthetic_native.py: untrained ResNet-18 + scaler/PCA + readout)."""
-    from synthetic_native import MODEL_ID, build
-
+    """A real berg model (berg.testing.sklearn_toy: untrained ResNet-18 + scaler/PCA + readout)."""
     import berg
+    from berg.testing.sklearn_toy import MODEL_ID, build
 
     synth = build(tmp_path_factory.mktemp("synthetic"))
     client = berg.BERG(

@@ -277,7 +277,7 @@ def test_publish_refuses_code_that_outside_readers_refuse(toy, home, tmp_path):
 
 
 def test_s3_publish_then_a_second_process_loads_it(toy, reference, home, s3_server, monkeypatch, tmp_path):
-    from s3server import ADMIN_KEY, ADMIN_SECRET
+    from berg.testing.s3server import ADMIN_KEY, ADMIN_SECRET
 
     s3_server.create_bucket("hub-test")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ADMIN_KEY)

@@ -7,17 +7,17 @@ import warnings
 
 import numpy as np
 import pytest
-import toy_models as toys
 
 import berg
 from berg.core.engine import LinearEncodingModel
+from berg.testing import toy_suite
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return toys.build(tmp_path_factory.mktemp("toys-run"))
+    return toy_suite(tmp_path_factory.mktemp("toys-run"))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,8 @@ class ReliableModel(LinearEncodingModel):
 
 def _synth_with_class(tmp_path, cls_name):
     import yaml
-    from synthetic_native import MODEL_ID, build
+
+    from berg.testing.sklearn_toy import MODEL_ID, build
 
     synth = build(tmp_path / "synth")
     reg = yaml.safe_load(synth.registry.read_text())

@@ -11,10 +11,10 @@ import warnings
 
 import numpy as np
 import pytest
-from synthetic_native import MODEL_ID, PREFIX, build
 
 import berg
 from berg.runner.zarr_store import RunStore
+from berg.testing.sklearn_toy import MODEL_ID, PREFIX, build
 
 pytest.importorskip("dask.distributed")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]

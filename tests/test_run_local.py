@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_native import MODEL_ID, build
 
 import berg
 from berg.errors import StimulusError
 from berg.runner.zarr_store import RunLockedError, RunStore
+from berg.testing.sklearn_toy import MODEL_ID, build
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -175,9 +175,9 @@ def test_kill_whole_run_resume_bit_for_bit_and_lock(tmp_path, images, berg_opts,
 def _rewrite_readout(berg_dir: Path, subject: int) -> None:
     """Simulate a new version of one subject's readout: other weights, manifest updated."""
     from safetensors.numpy import load_file, save_file
-    from synthetic_native import PREFIX
 
     from berg.fsutil import sha256_file
+    from berg.testing.sklearn_toy import PREFIX
 
     root = berg_dir / PREFIX
     key = f"readout/sub-{subject:02d}.safetensors"

@@ -10,11 +10,11 @@ import warnings
 
 import numpy as np
 import pytest
-from synthetic_native import MODEL_ID, build
 
 import berg
 from berg.runner.export import IncompleteRunError, export_hdf5
 from berg.runner.zarr_store import RunStore
+from berg.testing.sklearn_toy import MODEL_ID, build
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

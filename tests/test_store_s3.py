@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_native import MODEL_ID, N_OUT, PREFIX, build
 
 import berg
 from berg.errors import ArtifactError, ArtifactNotFoundError, IntegrityError, OfflineError
 from berg.store import Store
+from berg.testing.sklearn_toy import MODEL_ID, N_OUT, PREFIX, build
 
 BUCKET = "berg-test-synthetic"
 RAW_BUCKET = "berg-test-raw"

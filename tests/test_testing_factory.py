@@ -71,6 +71,26 @@ def test_bad_input_is_refused_with_the_valid_values(tmp_path):
         toy_model(tmp_path, "flat", model_id="test-x", backbone={"builder": "torchvision.models.alexnet"})
 
 
+def test_every_card_the_factory_writes_meets_the_schema_of_the_built_in_cards(tmp_path):
+    from berg.cards import validate_card
+    from berg.testing import sklearn_toy, toy_suite
+    from berg.testing.toys import read_card
+
+    ids = [toy_model(tmp_path, space).model_id for space in SPACES]
+    ids.append(sklearn_toy.build(tmp_path).model_id)
+    suite = toy_suite(tmp_path / "suite")
+    assert len(ids) == 5 and len(suite.models) == 3
+    for model_id in ids:
+        assert validate_card(read_card(tmp_path, model_id)) == [], model_id
+    for model_id in ("test-toy-ensemble", "test-toy-recipe", "test-toy-incomplete", *suite.models):
+        assert validate_card(read_card(suite.root, model_id)) == [], model_id
+    card = read_card(tmp_path, sklearn_toy.MODEL_ID)
+    assert card["parameters"]["selection"]["n_outputs"] == sklearn_toy.N_OUT
+    # the check can fail: a card with a subject missing from n_outputs is refused
+    card["parameters"]["subjects"] = [1, 2, 3]
+    assert any("n_outputs" in e for e in validate_card(card))
+
+
 def test_replica_entry_copies_the_real_entry_and_changes_only_what_it_is_told(tmp_path):
     from berg.registry import Registry
 

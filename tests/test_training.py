@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from berg import metrics
+from berg.testing import make_synthetic_dataset
 from berg.training.config import TrainConfig
 from berg.training.datasets import read_dataset
-from berg.training.synthetic import make_synthetic_dataset
 from berg.training.trainer import compute_features, train
 
 RECIPE = {

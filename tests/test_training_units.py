@@ -8,6 +8,7 @@ import yaml
 
 from berg.errors import InvalidParameterError
 from berg.metrics import pearson_r
+from berg.testing import linear_problem
 from berg.training.config import TrainConfig
 from berg.training.datasets import (
     EncodingDataset,
@@ -18,7 +19,6 @@ from berg.training.datasets import (
     write_dataset,
 )
 from berg.training.solvers import fit_ols, fit_projection, fit_ridge_cv, kfold_assignment
-from berg.training.synthetic import linear_problem
 
 RECIPE = {
     "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
