@@ -66,7 +66,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 MB = 1 << 20
-PEAK_LIMIT = 100 * MB
+PEAK_LIMIT = 300 * MB  # issue 24: no single bad input may cost more than this
+
+
+class Accepted(AssertionError):
+    """Raised by a case's own check when berg returned something wrong without a word."""
 
 
 # --------------------------------------------------------------------------- registry
@@ -84,13 +88,22 @@ class Context:
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One bad input: ``run(ctx)`` feeds it to berg; ``expect`` is "error", "ok" or "either"."""
+    """One bad input: ``run(ctx)`` feeds it to berg; ``expect`` is "error", "ok" or "either".
+
+    ``expect="error"``: the case passes only when berg raises a :class:`~berg.errors.BERGError` whose
+    message matches ``match`` (a regex: what to do, the valid values), when given. ``expect="ok"``: berg
+    must return, and ``run`` checks the result itself (raising :class:`Accepted` or ``AssertionError``
+    when it is wrong: a "wrong silent result"). ``xfail``: the case is known to fail (the issue's words);
+    it is run and reported as an expected failure, never counted as passing, and flagged when it passes.
+    """
 
     group: str
     name: str
     run: Callable[[Context], Any]
     expect: str = "error"
     prepare: Callable[[Context], Any] | None = None  # writes the bad input; not measured, must not fail
+    match: str | None = None
+    xfail: str | None = None
 
     @property
     def id(self) -> str:
@@ -100,11 +113,19 @@ class Case:
 CASES: list[Case] = []
 
 
-def case(group: str, name: str | None = None, expect: str = "error", prepare: Callable | None = None) -> Callable:
+def case(
+    group: str,
+    name: str | None = None,
+    expect: str = "error",
+    prepare: Callable | None = None,
+    *,
+    match: str | None = None,
+    xfail: str | None = None,
+) -> Callable:
     """Decorator registering ``func(ctx)`` as a hostile case (``prepare(ctx)`` runs first, unmeasured)."""
 
     def register(func: Callable[[Context], Any]) -> Callable[[Context], Any]:
-        CASES.append(Case(group, name or func.__name__, func, expect, prepare))
+        CASES.append(Case(group, name or func.__name__, func, expect, prepare, match, xfail))
         return func
 
     return register
@@ -344,8 +365,13 @@ def _check_shared(levels: int, kind: str) -> Callable[[Any], None]:
     return check
 
 
-for _lv, _kind in ((60, "list"), (60, "dict"), (99, "list")):
+# Sharing is kept (a [x, x] DAG comes back shared) while the unfolded tree stays small; issue 24: a DAG
+# of 2**60 paths made every consumer that walks it (metadata readers, ROI selection) hang, so the reader
+# now refuses such graphs at read time.
+for _lv, _kind in ((8, "list"), (8, "dict"), (12, "list")):
     _const(f"shared-{_kind}-{_lv}-levels", _shared(_lv, _kind), "ok", check=_check_shared(_lv, _kind))
+for _lv, _kind in ((40, "list"), (40, "dict"), (60, "list"), (60, "dict"), (99, "list")):
+    _const(f"shared-{_kind}-{_lv}-levels", _shared(_lv, _kind), "error")
 _const("shared-list-300-levels", _shared(300), "error")
 
 # -- allocations that a size argument would make
@@ -921,12 +947,35 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-class _Timeout(Exception):
+class _Timeout(BaseException):  # not an Exception: a case's own `except Exception` must not swallow it
     pass
 
 
+@contextlib.contextmanager
+def _sandboxed(ctx: Context):
+    """The case runs in its cache folder, with berg's cache there and no network, whatever it changes."""
+    env_before = dict(os.environ)
+    cwd = os.getcwd()
+    os.environ.update(
+        {"BERG_CACHE": str(ctx.cache / "berg-cache"), "BERG_OFFLINE": "1", "BERG_QUIET": "1", "BERG_LOCK_TIMEOUT": "5"}
+    )
+    os.environ.pop("BERG_REGISTRY", None)
+    os.chdir(ctx.cache)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env_before)
+
+
 def _measure(c: Case, ctx: Context, timeout: float, traced: bool) -> tuple[str, str, float, int]:
-    """Run the case once; peak = tracemalloc's peak (traced) or the RSS high-water mark above start."""
+    """Run the case once; peak = tracemalloc's peak (traced) or the RSS high-water mark above start.
+
+    Outcomes: "berg" (a BERGError), "ok" (returned; its own checks passed), "wrong" (its check found a
+    wrong result: AssertionError), "hang" (no result within ``timeout``), "other" (any other exception:
+    what a user sees as a traceback).
+    """
     import gc
 
     gc.collect()
@@ -943,13 +992,18 @@ def _measure(c: Case, ctx: Context, timeout: float, traced: bool) -> tuple[str, 
         tracemalloc.start()
     t0 = time.perf_counter()
     try:
-        result = c.run(ctx)
-        del result
+        with _sandboxed(ctx):
+            result = c.run(ctx)
+            del result
+    except _Timeout as exc:
+        outcome, detail = "hang", str(exc)
+    except AssertionError as exc:
+        outcome, detail = "wrong", f"{type(exc).__name__}: {str(exc)[:2000]}"
     except Exception as exc:  # noqa: BLE001 - classifying is the point
         from berg.errors import BERGError
 
         outcome = "berg" if isinstance(exc, BERGError) else "other"
-        detail = f"{type(exc).__name__}: {str(exc)[:240]}"
+        detail = f"{type(exc).__name__}: {str(exc)[:2000]}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -962,8 +1016,32 @@ def _measure(c: Case, ctx: Context, timeout: float, traced: bool) -> tuple[str, 
     return outcome, detail, elapsed, peak
 
 
+def verdict(rec: dict[str, Any], match: str | None = None) -> str:
+    """``"pass"`` or why the case failed: what issue 24's criteria call it."""
+    import re
+
+    if rec["code_executed"]:
+        return "code executed"
+    if rec["outside_touched"]:
+        return "wrote outside the cache/output location"
+    if rec["peak"] >= PEAK_LIMIT:
+        return f"allocated {rec['peak'] / MB:.0f} MB"
+    outcome, expect = rec["outcome"], rec["expect"]
+    if outcome == "hang":
+        return "hang"
+    if outcome == "other":
+        return "traceback"
+    if outcome == "wrong" or (expect == "error" and outcome == "ok"):
+        return "wrong silent result"
+    if expect == "ok" and outcome != "ok":
+        return "refused a valid input"
+    if outcome == "berg" and match and not re.search(match, rec["detail"]):
+        return "unclear error"
+    return "pass"
+
+
 def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
-    """Run one case in this process; return its record (outcome, peak bytes, markers).
+    """Run one case in this process; return its record (outcome, verdict, peak bytes, markers).
 
     The case runs twice in fresh sandboxes: once for the RSS high-water mark (plain), once under
     tracemalloc (which also sees allocations the OS never backed with pages, e.g. a huge read buffer);
@@ -973,7 +1051,8 @@ def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
     for traced in (False, True):
         ctx = _make_context(base)
         if c.prepare is not None:
-            c.prepare(ctx)
+            with _sandboxed(ctx):
+                c.prepare(ctx)
         before = _snapshot(ctx.outside)
         outcome, detail, elapsed, peak = _measure(c, ctx, timeout, traced)
         extra = sorted(p.name for p in ctx.root.iterdir()) != ["cache", "outside"] + (
@@ -983,6 +1062,7 @@ def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
             {
                 "id": c.id,
                 "expect": c.expect,
+                "xfail": c.xfail,
                 "outcome": outcome,
                 "detail": detail,
                 "seconds": round(elapsed, 3),
@@ -992,7 +1072,9 @@ def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
             }
         )
         shutil.rmtree(ctx.root, ignore_errors=True)
-    plain, traced_rec = records
+        if outcome == "hang":  # once is enough to know
+            break
+    plain, traced_rec = records[0], records[-1]
     if plain["outcome"] != traced_rec["outcome"]:
         plain["outcome"], plain["detail"] = (
             "other",
@@ -1002,6 +1084,7 @@ def run_case(c: Case, base: Path, timeout: float) -> dict[str, Any]:
     plain["peak"] = max(plain["peak"], traced_rec["peak"])
     plain["code_executed"] |= traced_rec["code_executed"]
     plain["outside_touched"] |= traced_rec["outside_touched"]
+    plain["verdict"] = verdict(plain, c.match)
     return plain
 
 
@@ -1016,6 +1099,19 @@ def load_plugins() -> None:
         sys.modules[name] = module
         spec.loader.exec_module(module)
         add_cases(list(getattr(module, "CASES", [])))
+
+
+def smoke_subset(cases: list[Case], per_group: int = 1, xfail_per_group: int = 1) -> list[Case]:
+    """The first ``per_group`` cases of every group and its first ``xfail_per_group`` expected failures
+    (``--smoke``, and what `make test` runs): every code path of the harness, in a minute or two."""
+    seen: dict[tuple[str, bool], int] = {}
+    out = []
+    for c in cases:
+        key = (c.group, bool(c.xfail))
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= (xfail_per_group if c.xfail else per_group):
+            out.append(c)
+    return out
 
 
 def _selected(only: list[str] | None) -> list[Case]:
@@ -1041,98 +1137,172 @@ def _worker(ids: list[str], timeout: float) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _lost(cid: str, c: Case | None, outcome: str, detail: str) -> dict[str, Any]:
+    rec = {
+        "id": cid,
+        "expect": c.expect if c else "error",
+        "xfail": c.xfail if c else None,
+        "outcome": outcome,
+        "detail": detail,
+        "seconds": 0.0,
+        "peak": 0,
+        "code_executed": False,
+        "outside_touched": False,
+    }
+    rec["verdict"] = verdict(rec)
+    return rec
+
+
 def run_all(cases: list[Case], timeout: float, verbose: bool) -> list[dict[str, Any]]:
-    """Run cases in worker processes (restarted after a crash); return one record per case."""
+    """Run cases in worker processes (restarted after a crash or a hang); return one record per case.
+
+    A case the worker cannot interrupt (stuck in C code, SIGALRM never delivered) is a hang too: the
+    parent kills the worker when one case has run for ``2 * timeout + 30`` seconds and goes on.
+    """
+    import selectors
+
+    by_id = {c.id: c for c in cases}
     records: list[dict[str, Any]] = []
     todo = [c.id for c in cases]
     while todo:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", "--timeout", str(timeout)],
-            input="\n".join(todo),
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout * len(todo) + 120,
         )
-        started = None
-        for line in proc.stdout.splitlines():
+        proc.stdin.write("\n".join(todo))
+        proc.stdin.close()
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        started, deadline, hung = None, time.monotonic() + 600, False
+        while True:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                if started is not None:
+                    proc.kill()
+                    hung = True
+                    break
+                deadline = time.monotonic() + 600  # importing berg and the plugins, before the first case
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
             msg = json.loads(line)
             if "start" in msg:
-                started = msg["start"]
-            else:
-                records.append(msg)
-                started = None
-                if verbose:
-                    print(
-                        f"{msg['outcome']:6s} {msg['peak'] / MB:7.1f} MB {msg['seconds']:7.2f} s  {msg['id']}"
-                        f"  {msg['detail'][:110]}",
-                        file=sys.stderr,
-                    )
+                started, deadline = msg["start"], time.monotonic() + 2 * timeout + 30
+                continue
+            records.append(msg)
+            started = None
+            if verbose:
+                print(
+                    f"{msg['verdict'][:10]:10s} {msg['outcome']:6s} {msg['peak'] / MB:7.1f} MB {msg['seconds']:7.2f} s"
+                    f"  {msg['id']}  {msg['detail'][:100]}",
+                    file=sys.stderr,
+                )
+        stderr = proc.stderr.read()
+        proc.wait()
         done = {r["id"] for r in records}
-        if started is not None:  # the worker died inside this case
-            tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-            records.append(
-                {
-                    "id": started,
-                    "expect": "error",
-                    "outcome": "other",
-                    "detail": f"worker died: {tail[0]}",
-                    "seconds": 0.0,
-                    "peak": 0,
-                    "code_executed": False,
-                    "outside_touched": False,
-                }
-            )
+        if started is not None:  # the worker died or hung inside this case
+            tail = stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            outcome, detail = ("hang", "killed: no result") if hung else ("other", f"worker died: {tail[0]}")
+            records.append(_lost(started, by_id.get(started), outcome, detail))
             done.add(started)
-        elif proc.returncode != 0 and not records:
-            raise SystemExit(f"worker failed: {proc.stderr[-2000:]}")
+        elif proc.returncode != 0 and not (done & set(todo)):
+            raise SystemExit(f"worker failed: {stderr[-2000:]}")
         todo = [cid for cid in todo if cid not in done]
     return records
 
 
-def summarise(records: list[dict[str, Any]]) -> tuple[str, bool]:
-    """The one-line figure of issue 10 and whether every criterion holds."""
-    n = len(records)
-    berg = sum(r["outcome"] == "berg" for r in records)
-    other = sum(r["outcome"] == "other" for r in records)
-    wrong = [
-        r["id"]
-        for r in records
-        if (r["expect"] == "error" and r["outcome"] == "ok") or (r["expect"] == "ok" and r["outcome"] != "ok")
-    ]
-    executed = sum(r["code_executed"] for r in records)
-    touched = sum(r["outside_touched"] for r in records)
+def tally(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 24's figures: counts by verdict, expected failures apart (they never count as passing)."""
+    judged = [r for r in records if not r.get("xfail")]
+    xfails = [r for r in records if r.get("xfail")]
     worst = max(records, key=lambda r: r["peak"]) if records else {"peak": 0, "id": "-"}
-    peak = (
-        f"peak memory of any single bad file < {PEAK_LIMIT // MB} MB"
-        if worst["peak"] < PEAK_LIMIT
-        else f"peak memory of any single bad file {worst['peak'] / MB:.0f} MB ({worst['id']})"
-    )
+
+    def n(verdict_: str, rows: list[dict[str, Any]] = judged) -> int:
+        return sum(r["verdict"] == verdict_ for r in rows)
+
+    return {
+        "cases": len(records),
+        "berg_errors": sum(r["outcome"] == "berg" and r["verdict"] == "pass" for r in judged),
+        "handled": sum(r["outcome"] == "ok" and r["verdict"] == "pass" for r in judged),
+        "tracebacks": n("traceback"),
+        "hangs": n("hang"),
+        "wrong": n("wrong silent result"),
+        "unclear": n("unclear error"),
+        "refused_valid": n("refused a valid input"),
+        "code_executed": sum(r["code_executed"] for r in records),
+        "outside": sum(bool(r["outside_touched"]) for r in records),
+        "over_memory": sum(r["peak"] >= PEAK_LIMIT for r in records),
+        "peak_mb": round(worst["peak"] / MB, 1),
+        "worst": worst["id"],
+        "xfail": len(xfails),
+        "xpass": [r["id"] for r in xfails if r["verdict"] == "pass"],
+        "failed": [f"{r['id']} ({r['verdict']}: {r['detail'][:160]})" for r in judged if r["verdict"] != "pass"],
+    }
+
+
+def summarise(records: list[dict[str, Any]]) -> tuple[str, bool]:
+    """The one-line figure of issue 24 and whether every criterion holds."""
+    t = tally(records)
     line = (
-        f"bad inputs tried {n}, BERGError {berg}, other exceptions {other}, code executed {executed}, "
-        f"files outside the cache touched {touched}, {peak}"
+        f"bad inputs tried {t['cases']}, clear BERGError {t['berg_errors']}, handled correctly {t['handled']}, "
+        f"tracebacks {t['tracebacks']}, hangs {t['hangs']}, wrong silent results {t['wrong']}, "
+        f"unclear errors {t['unclear']}, valid inputs refused {t['refused_valid']}, code executed "
+        f"{t['code_executed']}, writes outside the cache/output location {t['outside']}, "
+        + (
+            f"peak memory of any single case < {PEAK_LIMIT // MB} MB ({t['peak_mb']} MB, {t['worst']})"
+            if not t["over_memory"]
+            else f"{t['over_memory']} case(s) over {PEAK_LIMIT // MB} MB (worst {t['peak_mb']} MB, {t['worst']})"
+        )
+        + f"; expected failures {t['xfail']}"
     )
-    if wrong:
-        line += f"; not handled as expected: {', '.join(wrong[:10])}"
-    return line, not (other or executed or touched or wrong or worst["peak"] >= PEAK_LIMIT)
+    if t["xpass"]:
+        line += f"; expected failures that now pass (remove their xfail): {', '.join(t['xpass'][:10])}"
+    if t["failed"]:
+        line += f"; FAILED: {', '.join(f.split(' (')[0] for f in t['failed'][:10])}"
+    ok = not (t["failed"] or t["xpass"] or t["code_executed"] or t["outside"] or t["over_memory"])
+    return line, ok
+
+
+_FIGURES = {
+    "cases": ("cases", "count", ">= 800"),
+    "berg_errors": ("clear_berg_errors", "count"),
+    "handled": ("handled_correctly", "count"),
+    "tracebacks": ("tracebacks", "count", "<= 0"),
+    "hangs": ("hangs", "count", "<= 0"),
+    "wrong": ("wrong_silent_results", "count", "<= 0"),
+    "unclear": ("unclear_errors", "count", "<= 0"),
+    "code_executed": ("code_executed", "count", "<= 0"),
+    "outside": ("writes_outside", "count", "<= 0"),
+    "peak_mb": ("peak_memory_one_case", "MB", f"<= {PEAK_LIMIT // MB}"),
+    "xfail": ("expected_failures", "count", "<= 0", "cases of classes still open, run and reported apart"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    import _harness
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="list every case on stderr")
     parser.add_argument("--only", action="append", help="run only case ids starting with this (repeatable)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case (default 60)")
     parser.add_argument("--json", type=Path, help="also write every record to this JSON file")
+    parser.add_argument("--list", action="store_true", help="print the case ids and exit")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    import _harness as H
-
-    args = H.add_arguments(parser).parse_args(argv)
+    _harness.add_arguments(parser)
+    args = parser.parse_args(argv)
     if args.worker:
         _worker([line for line in sys.stdin.read().splitlines() if line], args.timeout)
         return 0
     cases = _selected(args.only)
-    if args.smoke:  # one case of each group: the worker, sandbox and judging code paths, in seconds
-        cases = list({c.group: c for c in reversed(cases)}.values())
-    rec = H.start("hostile_inputs", args)
+    if args.smoke:
+        cases = smoke_subset(cases)
+    if args.list:
+        print("\n".join(f"{c.id}{'  [xfail]' if c.xfail else ''}" for c in cases))
+        return 0
+    rec = _harness.start("hostile_inputs", args, timeout_s=args.timeout, only=args.only or [])
     t0 = time.perf_counter()
     records = run_all(cases, args.timeout, args.verbose)
     worst = sorted(records, key=lambda r: -r["peak"])[:3]
@@ -1142,19 +1312,15 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     for r in records:
-        if r["outcome"] == "other" or r["code_executed"] or r["outside_touched"]:
-            print(f"FAILED {r['id']}: {r['detail']}", file=sys.stderr)
+        if r["verdict"] != "pass":
+            tag = "XFAIL " if r.get("xfail") else "FAILED"
+            print(f"{tag} {r['id']}: {r['verdict']}: {r['detail'][:200]}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
+    t = tally(records)
+    rec.figures(t, _FIGURES, wall_s=round(time.perf_counter() - t0, 1))
     line, ok = summarise(records)
-    print(line, file=sys.stderr)
-    count = lambda outcome: sum(r["outcome"] == outcome for r in records)  # noqa: E731
-    rec.figure("bad_inputs_tried", len(records), "cases")
-    rec.figure("other_exceptions", count("other"), "cases", target="<= 0", note=line)
-    rec.figure("code_executed", sum(r["code_executed"] for r in records), "cases", target="<= 0")
-    rec.figure("outside_files_touched", sum(r["outside_touched"] for r in records), "cases", target="<= 0")
-    peak = max((r["peak"] for r in records), default=0) / MB
-    rec.figure("peak_memory_single_input", peak, "MB", target=f"<= {PEAK_LIMIT // MB}")
+    print(line, file=sys.stderr)  # stdout holds the figures' JSON lines
     return 0 if ok else 1
 
 
