@@ -164,6 +164,9 @@ def test_every_kernel_and_layout_computes_the_same_map(batch, n_in, n_out, tmp_p
             streamed = kernels.AffineOp(mm, b, kernels.Choice(kernel, layout), stored=stored)
             got_s = streamed(xt, lambda: buf).numpy()
             np.testing.assert_allclose(got_s, ref, rtol=1e-5, atol=1e-5, err_msg=f"{name} streamed")
+            # reading the next block in a thread changes nothing: the same blocks in the same order
+            serial = kernels.streamed_affine(x, stored, b, kernel, buf[:20], prefetch=False)  # same blocks
+            np.testing.assert_array_equal(serial, got_s)
     # gradients flow through a streamed map too (the whole matrix is used for them)
     xg = xt.clone().requires_grad_(True)
     streamed(xg, lambda: buf).sum().backward()

@@ -17,9 +17,10 @@ entry covers get ``None`` (the engine's fixed rule then applies). Nothing is tim
 reruns compute bit-identical outputs. ``BERG_READOUT_KERNEL`` forces a kernel (and optionally a layout).
 
 **Streaming** (:class:`FileMatrix`, :func:`streamed_affine`): a matrix of at least ``BERG_STREAM_MB``
-MiB (default :data:`DEFAULT_STREAM_MB`) is not held in memory. Each batch reads it block by block
-(:data:`BLOCK_BYTES` per block) with ``os.pread`` into one reused buffer, so the resident set holds one
-block, not the matrix; the file stays hot in the page cache, which the kernel can drop under memory
+MiB (default :data:`DEFAULT_STREAM_MB`) is not held in memory. Each batch reads it block by block with
+``os.pread`` into one reused buffer of :data:`BLOCK_BYTES` (two half-size blocks: one read by a
+background thread while the other is multiplied, :data:`PREFETCH`), so the resident set holds that
+buffer, not the matrix; the file stays hot in the page cache, which the kernel can drop under memory
 pressure (memory-mapped pages would count as the process's own). Memory-mapped safetensors
 projections are read from their file where they are; in-memory readouts are first written once to an
 unnamed temporary file (:func:`spill`).
@@ -85,8 +86,10 @@ SCHEMA_VERSION = 1
 COVER_FACTOR = 4.0
 #: Matrices at least this big (MiB) are streamed from disk on CPU (``BERG_STREAM_MB`` overrides; 0: never).
 DEFAULT_STREAM_MB = 256
-#: Bytes of one streamed block (the resident cost of a streamed matrix).
+#: Bytes of the buffer a streamed matrix is read into (its resident cost), per thread.
 BLOCK_BYTES = 16 << 20
+#: Read block ``i + 1`` (into the buffer's other half) while block ``i`` is multiplied.
+PREFETCH = True
 _DTYPES = ("float32",)
 _TABLE_NAME = "kernel_table.json"
 
@@ -480,6 +483,19 @@ def _block_plan(fm: FileMatrix, block_bytes: int) -> tuple[str, int]:
     return "in", max(1, (block_bytes // 4) // fm.n_out)
 
 
+_PREFETCH_POOL = None
+
+
+def _prefetch_pool():
+    """One reader thread for the whole process (``os.pread`` releases the GIL while it copies)."""
+    global _PREFETCH_POOL
+    if _PREFETCH_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _PREFETCH_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berg-weights-read")
+    return _PREFETCH_POOL
+
+
 def streamed_affine(
     x: np.ndarray,
     fm: FileMatrix,
@@ -487,9 +503,14 @@ def streamed_affine(
     kernel: str,
     buffer: np.ndarray,
     *,
-    block_bytes: int | None = None,
+    prefetch: bool | None = None,
 ) -> np.ndarray:
-    """``x @ W.T + bias`` with ``W`` read from ``fm`` one block at a time into ``buffer`` (float32, reused).
+    """``x @ W.T + bias`` with ``W`` read from ``fm`` block by block into ``buffer`` (float32, reused).
+
+    With ``prefetch`` (default :data:`PREFETCH`) the buffer is split in two halves: a reader thread fills
+    one with block ``i + 1`` while block ``i`` is multiplied, so the copy from the page cache overlaps the
+    GEMM; the resident cost stays the buffer. Blocks are multiplied and summed in a fixed order, so
+    results are reproducible (and equal to a serial pass over blocks of half the buffer).
 
     Parameters
     ----------
@@ -497,52 +518,65 @@ def streamed_affine(
     fm : FileMatrix
     bias : (n_out,) float32 array
     kernel : "numpy" or "torch"
-    buffer : float32 array of at least ``block_bytes / 4`` elements
-    block_bytes : int, optional
-        Default :data:`BLOCK_BYTES`; never more than the buffer holds.
+    buffer : float32 array
+        Its size sets the block size (:data:`BLOCK_BYTES` in the engine).
+    prefetch : bool, optional
 
     Returns
     -------
-    (b, n_out) float32 array. Blocks are visited in a fixed order, so results are reproducible.
+    (b, n_out) float32 array.
     """
     import torch
 
-    block_bytes = min(block_bytes or BLOCK_BYTES, buffer.size * 4)
     b = x.shape[0]
     rows, cols = fm.shape
     if x.shape[1] != fm.n_in:
         raise ValueError(f"inputs have {x.shape[1]} columns, the streamed weights {fm.n_in}")
-    mm = (
-        (lambda a, w: np.matmul(a, w))
-        if kernel == "numpy"
-        else (lambda a, w: torch.from_numpy(a) @ torch.from_numpy(w))
-    )
-    along, width = _block_plan(fm, block_bytes)
-    if along == "out":
-        y = np.empty((b, fm.n_out), dtype=np.float32)
-        for a in range(0, fm.n_out, width):
-            e = min(fm.n_out, a + width)
-            if fm.transposed:  # file holds W.T (n_in, n_out): a column band -> (n_in, e - a), multiply as is
-                tile = fm.read(0, rows, a, e, buffer[: rows * (e - a)].reshape(rows, e - a))
-                part = mm(x, tile)
-            else:  # file holds W: whole rows -> (e - a, n_in), multiply by its transpose
-                tile = fm.read(a, e, 0, cols, buffer[: (e - a) * cols].reshape(e - a, cols))
-                part = mm(x, tile.T)
-            y[:, a:e] = np.asarray(part)
-        y += bias
-        return y
-    acc = np.zeros((b, fm.n_out), dtype=np.float32)
-    for a in range(0, fm.n_in, width):
-        e = min(fm.n_in, a + width)
-        xa = x[:, a:e]
-        if fm.transposed:  # W.T rows a:e are contiguous -> (e - a, n_out)
-            tile = fm.read(a, e, 0, cols, buffer[: (e - a) * cols].reshape(e - a, cols))
-            acc += np.asarray(mm(xa, tile))
-        else:  # W columns a:e: one read per output row -> (n_out, e - a)
-            tile = fm.read(0, rows, a, e, buffer[: rows * (e - a)].reshape(rows, e - a))
-            acc += np.asarray(mm(xa, tile.T))
-    acc += bias
-    return acc
+    prefetch = PREFETCH if prefetch is None else prefetch
+    # the smallest block is one stored row/column band of the other dimension
+    smallest = fm.n_in if fm.n_out >= fm.n_in else fm.n_out
+    if prefetch and buffer.size // 2 >= smallest:
+        halves = [buffer[: buffer.size // 2], buffer[buffer.size // 2 :]]
+    elif buffer.size >= smallest:
+        halves = [buffer]
+    else:  # a buffer smaller than one band: this call reads into a band-sized one
+        halves = [np.empty(smallest, dtype=np.float32)]
+    along, width = _block_plan(fm, halves[0].size * 4)
+    n = fm.n_out if along == "out" else fm.n_in
+    spans = [(a, min(n, a + width)) for a in range(0, n, width)]
+
+    def read(i: int) -> np.ndarray:
+        a, e = spans[i]
+        buf = halves[i % len(halves)]
+        if along == "out":
+            if fm.transposed:  # file holds W.T (n_in, n_out): a column band -> (n_in, e - a)
+                return fm.read(0, rows, a, e, buf[: rows * (e - a)].reshape(rows, e - a))
+            return fm.read(a, e, 0, cols, buf[: (e - a) * cols].reshape(e - a, cols)).T  # rows of W
+        if fm.transposed:  # rows a:e of W.T -> (e - a, n_out)
+            return fm.read(a, e, 0, cols, buf[: (e - a) * cols].reshape(e - a, cols))
+        return fm.read(0, rows, a, e, buf[: rows * (e - a)].reshape(rows, e - a)).T  # columns of W
+
+    def mm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if kernel == "numpy":
+            return np.matmul(a, w)
+        return (torch.from_numpy(a) @ torch.from_numpy(w)).numpy()
+
+    out = np.empty((b, fm.n_out), dtype=np.float32) if along == "out" else np.zeros((b, fm.n_out), np.float32)
+    pool = _prefetch_pool() if len(halves) == 2 and len(spans) > 1 else None
+    pending = pool.submit(read, 0) if pool is not None else None
+    for i, (a, e) in enumerate(spans):
+        if pool is not None:
+            tile = pending.result()
+            if i + 1 < len(spans):
+                pending = pool.submit(read, i + 1)  # the other half: never the tile in use
+        else:
+            tile = read(i)
+        if along == "out":
+            out[:, a:e] = mm(x, tile)
+        else:
+            out += mm(x[:, a:e], tile)
+    out += bias
+    return out
 
 
 # ------------------------------------------------------------------------------------------ measuring
