@@ -652,10 +652,16 @@ class LinearEncodingModel(BaseModelInterface):
             were loaded.
         """
         stimuli = self.prepare_stimuli(stimulus, allow_still_images=allow_still_images)
-        out = {s: np.empty((len(stimuli), *self.spaces[s].shape), dtype=np.float32) for s in self.subjects}
-        for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
-            for s, y in zip(self.subjects, per_subject):
-                out[s][start:stop] = y
+        out: dict[Any, np.ndarray] = {}
+        if 0 < len(stimuli) <= self.batch_size:
+            # one batch: its arrays are the result (no second copy of every subject's outputs)
+            for _, _, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
+                out = {s: np.ascontiguousarray(y, dtype=np.float32) for s, y in zip(self.subjects, per_subject)}
+        else:
+            out = {s: np.empty((len(stimuli), *self.spaces[s].shape), dtype=np.float32) for s in self.subjects}
+            for start, stop, per_subject in self.iter_encode(stimuli, show_progress=show_progress):
+                for s, y in zip(self.subjects, per_subject):
+                    out[s][start:stop] = y
         return out if self.multi_subject else out[self.subjects[0]]
 
     # ------------------------------------------------------------------ metadata and outputs
