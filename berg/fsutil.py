@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -207,6 +208,16 @@ class LockBusyError(BERGError, TimeoutError):
         return str(self.args[0]) if self.args else ""
 
 
+_LOCAL = threading.local()
+
+
+def _held_here() -> set[tuple[int, int]]:
+    """(device, inode) of the lock files this thread holds."""
+    if not hasattr(_LOCAL, "held"):
+        _LOCAL.held = set()
+    return _LOCAL.held
+
+
 def _proc_state(pid: int) -> str | None:
     """The process state letter from ``/proc/<pid>/stat`` (``R``, ``S``, ``T`` stopped, ``Z``...), None if gone.
 
@@ -337,6 +348,16 @@ def process_lock(
     stalled_after = STALLED_AFTER_S if stalled_after is None else stalled_after
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+    st = os.fstat(fd)
+    ident = (st.st_dev, st.st_ino)
+    held = _held_here()
+    if ident in held:  # this thread already holds it: waiting would wait for itself, forever
+        os.close(fd)
+        raise LockBusyError(
+            f"{path} is already locked by this thread (process {os.getpid()}); a lock taken twice by the same "
+            "code path would wait for itself. This is a bug in berg: please report it",
+            {"pid": os.getpid(), "state": "running"},
+        )
     try:
         start = time.monotonic()
         stalled_since: float | None = None
@@ -385,9 +406,11 @@ def process_lock(
         with contextlib.suppress(OSError):  # the record only helps waiters' messages
             os.ftruncate(fd, 0)
             os.pwrite(fd, record, 0)
+        held.add(ident)
         try:
             yield path
         finally:
+            held.discard(ident)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

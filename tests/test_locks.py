@@ -152,3 +152,34 @@ def test_lock_is_not_a_link_target(tmp_path):
         with process_lock(lock, timeout=1):
             pass
     assert outside.read_bytes() == b"keep"
+
+
+def test_taking_a_lock_twice_in_one_thread_fails_at_once(tmp_path):
+    lock = tmp_path / "x.lock"
+    with process_lock(lock, timeout=60):
+        t0 = time.monotonic()
+        with pytest.raises(LockBusyError, match="already locked by this thread"):
+            with process_lock(lock, timeout=60):
+                pass
+        assert time.monotonic() - t0 < 1
+    with process_lock(lock, timeout=1):  # released normally afterwards
+        pass
+
+
+def test_other_threads_wait_for_the_holder(tmp_path):
+    import threading
+
+    lock = tmp_path / "x.lock"
+    order = []
+
+    def second():
+        with process_lock(lock, timeout=10):
+            order.append("second")
+
+    with process_lock(lock, timeout=10):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first")
+    t.join(10)
+    assert order == ["first", "second"]

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -25,12 +26,13 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from test_store_sources import FolderSource, _native, folder_source
 
-from berg.errors import ArtifactError, BERGError, InvalidParameterError
+from berg.errors import ArtifactError, BERGError, InvalidParameterError, ModelLoadError
 from berg.store import Store
 from berg.store.artifacts import ArtifactWriter, check_key
 from berg.store.cache import INDEX_NAME, CacheIndex, CacheWriteError
@@ -515,28 +517,59 @@ def test_processes_deriving_the_same_file_build_it_once(tmp_path):
     assert Path(outs[0][0].strip()).read_bytes() == b"derived" * 1000
 
 
-def test_hostile_store_compass(hostile_files, endpoint, tmp_path, capsys):
-    """The figure for issue 10: every bad store input ends in a BERGError, nothing outside is touched."""
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "victim").write_bytes(b"precious")
-    before = _snapshot(outside)
-    cases = []
+def _compass_cases(tmp_path: Path, outside: Path, data_sha256: str) -> list[tuple[str, Any, tuple]]:
+    """Every bad store input with its expected outcome.
+
+    ``("refused", ErrorClass, regex)``: must raise that berg error with that message (any other error, or
+    success, is a failure of the compass); ``("safe", check)``: must succeed, and ``check(result)`` holds.
+    """
+    cases: list[tuple[str, Any, tuple]] = []
     cases += [
-        ("reserved key", lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k)) for k in RESERVED
+        (
+            f"reserved key {k!r}",
+            lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k),
+            ("refused", ArtifactError, r"no NUL bytes" if "\x00" in k else r"is reserved"),
+        )
+        for k in RESERVED
     ]
     cases += [
-        ("bad key", lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k))
+        (
+            f"bad key {k!r}",
+            lambda k=k: Store(cache_dir=tmp_path / "c").fetch("raw", S3_SOURCE, k),
+            ("refused", ArtifactError, r"invalid artifact key"),
+        )
         for k in ("../outside/victim", "/etc/passwd", "a/../../b", "a\\b", "", "./x")
     ]
     cases += [
-        ("bad model id", lambda m=m: Store(cache_dir=tmp_path / "c").fetch(m, S3_SOURCE, "data.bin"))
+        (
+            f"bad model id {m!r}",
+            lambda m=m: Store(cache_dir=tmp_path / "c").fetch(m, S3_SOURCE, "data.bin"),
+            ("refused", ArtifactError, r"invalid (artifact key|model id)"),
+        )
         for m in (".", "..", "_wheels", "a/b", "m\x00", "")
     ]
-    cases += [("NUL folder", lambda kw=kw: Store(**{kw: "x\x00y"})) for kw in ("cache_dir", "berg_dir", "build_dir")]
     cases += [
-        ("bad source", lambda s=s: Store(cache_dir=tmp_path / "c").fetch("raw", s, "data.bin"))
-        for s in ({"kind": "nope"}, {"kind": "s3"}, {"kind": "os:system"}, {"kind": "build", "command": 3})
+        (
+            f"NUL in {kw}",
+            lambda kw=kw: Store(**{kw: "x\x00y"}),
+            ("refused", InvalidParameterError, r"contains a NUL byte"),
+        )
+        for kw in ("cache_dir", "berg_dir", "build_dir")
+    ]
+    bad_sources = [
+        ({"kind": "nope"}, InvalidParameterError, r"unknown source kind 'nope'"),
+        ({"kind": "s3"}, InvalidParameterError, r"needs a 'bucket'"),
+        ({"kind": "os:system"}, ModelLoadError, r"must subclass berg.store.sources.Source"),
+        ({"kind": "build", "command": 3}, InvalidParameterError, r"'command' must be a string"),
+        ({**S3_SOURCE, "manifest": "nah"}, InvalidParameterError, r"is not a boolean"),
+    ]
+    cases += [
+        (
+            f"bad source {src}",
+            lambda src=src: Store(cache_dir=tmp_path / "c").fetch("raw", src, "data.bin"),
+            ("refused", cls, rx),
+        )
+        for src, cls, rx in bad_sources
     ]
 
     def planted(name):
@@ -545,25 +578,88 @@ def test_hostile_store_compass(hostile_files, endpoint, tmp_path, capsys):
         (model / name).symlink_to(outside / "victim")
         return Store(cache_dir=tmp_path / f"p-{name}").fetch("raw", S3_SOURCE, "data.bin")
 
-    links = ["data.bin", "data.bin.part", "data.bin.part.json", "data.bin.lock", INDEX_NAME]
-    cases += [("planted link", lambda n=n: planted(n)) for n in links]
-    berg_errors = other = survived = 0
-    for what, fn in cases:
+    def fetched_right_bytes(path):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == data_sha256 and not path.is_symlink()
+
+    cases.append(("planted link data.bin", lambda: planted("data.bin"), ("refused", ArtifactError, r"symbolic link")))
+    cases += [
+        (f"planted link {n}", lambda n=n: planted(n), ("safe", fetched_right_bytes))
+        for n in ["data.bin.part", "data.bin.part.json", "data.bin.lock", INDEX_NAME]
+    ]
+    return cases
+
+
+def _compass(cases) -> tuple[dict[str, int], list[str]]:
+    """Run every case; returns the tally and the cases whose outcome was not the expected one."""
+    tally = {"refused": 0, "safe": 0}
+    wrong = []
+    for what, fn, expect in cases:
         try:
-            fn()
-            survived += 1  # handled safely (a planted bookkeeping link is dropped, the fetch succeeds)
-        except BERGError:
-            berg_errors += 1
-        except Exception as exc:  # noqa: BLE001 - counted, reported
-            other += 1
-            sys.stderr.write(f"{what}: {type(exc).__name__}: {exc}\n")
+            result = fn()
+        except BERGError as exc:
+            if expect[0] == "refused" and isinstance(exc, expect[1]) and re.search(expect[2], str(exc)):
+                tally["refused"] += 1
+            else:
+                wrong.append(f"{what}: expected {expect[:1]}{expect[1:]}, got {type(exc).__name__}: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a raw exception is always wrong
+            wrong.append(f"{what}: raw {type(exc).__name__}: {exc}")
+            continue
+        if expect[0] != "safe":
+            wrong.append(f"{what}: expected {expect[1].__name__} matching {expect[2]!r}, but it was ACCEPTED")
+            continue
+        try:
+            expect[1](result)
+            tally["safe"] += 1
+        except AssertionError as exc:
+            wrong.append(f"{what}: accepted, but the result is wrong: {exc}")
+    return tally, wrong
+
+
+def _compass_report(tmp_path, hostile_files) -> tuple[dict[str, int], list[str], int, int]:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"precious")
+    before = _snapshot(outside)
+    cases = _compass_cases(tmp_path, outside, hostile_files["data.bin"])
+    tally, wrong = _compass(cases)
     touched = int(_snapshot(outside) != before or (outside / "victim").read_bytes() != b"precious")
+    return tally, wrong, touched, len(cases)
+
+
+def test_hostile_store_compass(hostile_files, endpoint, tmp_path, capsys):
+    """The figure for issue 10: each bad store input has the outcome it must have, nothing outside is touched."""
+    tally, wrong, touched, n = _compass_report(tmp_path, hostile_files)
     with capsys.disabled():
         sys.stdout.write(
-            f"\nstore bad inputs tried {len(cases)}, BERGError {berg_errors}, handled safely {survived}, "
-            f"other exceptions {other}, files outside the cache touched {touched}\n"
+            f"\nstore bad inputs tried {n}: refused as expected {tally['refused']}, handled safely as expected "
+            f"{tally['safe']}, wrong outcome {len(wrong)}, files outside the cache touched {touched}\n"
         )
-    assert other == 0 and touched == 0 and berg_errors + survived == len(cases)
+    assert wrong == []
+    assert touched == 0
+    # every case is one of the two expected outcomes, and the split is the one the cases declare
+    assert tally == {"refused": n - 4, "safe": 4}
+
+
+def test_store_compass_fails_when_a_refused_input_is_accepted(hostile_files, endpoint, tmp_path, monkeypatch):
+    """The compass can fail: with the key check taken out, the bad keys are no longer refused as they must be."""
+    import berg.store as store_mod
+
+    monkeypatch.setattr(store_mod, "check_key", lambda key: key)  # a regression: keys no longer checked
+    tally, wrong, _, n = _compass_report(tmp_path, hostile_files)
+    assert wrong, "the compass did not notice that bad keys are accepted"
+    assert any(w.startswith("bad key '../outside/victim'") for w in wrong), wrong
+    assert tally["refused"] + tally["safe"] < n
+    with pytest.raises(AssertionError):
+        assert wrong == []  # exactly the assertion test_hostile_store_compass makes
+
+
+def test_store_compass_fails_when_a_reserved_key_is_accepted(hostile_files, endpoint, tmp_path, monkeypatch):
+    import berg.store.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts, "reserved_reason", lambda key: None)
+    _, wrong, _, _ = _compass_report(tmp_path, hostile_files)
+    assert any(w.startswith("reserved key") for w in wrong), wrong
 
 
 def test_listing_leaves_out_keys_berg_cannot_cache(tmp_path):
