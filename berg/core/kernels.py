@@ -385,16 +385,18 @@ class FileMatrix:
             self._file.close()
 
     def __del__(self) -> None:  # the fd of a path is ours; a file object closes itself
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             try:
                 os.close(self._fd)
-            except OSError:
+            except Exception:  # noqa: BLE001 - at interpreter exit os may already be torn down
                 pass
 
     def read(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray) -> np.ndarray:
         """Stored rows ``r0:r1``, columns ``c0:c1`` into ``out`` (a C-contiguous float32 buffer view).
 
-        Whole rows are one read; a column band is one read per row.
+        Whole rows are one read; a column band is one read per row. (Copying a band out of a map of
+        the file and dropping its pages with ``madvise`` was tried: page-cache folios larger than a
+        page get mapped whole, and the peak resident set grew far beyond the band.)
         """
         fd, rows, cols = self.fileno(), self.shape[0], self.shape[1]
         if not (0 <= r0 <= r1 <= rows and 0 <= c0 <= c1 <= cols) or out.shape != (r1 - r0, c1 - c0):
