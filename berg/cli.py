@@ -47,6 +47,8 @@ _PLUGINS = {
     "train": ("berg.training.cli", "add_train_subparser", "train and export a model from a CONFIG.yaml"),
     "build": ("berg.buildable_cli", "add_build_subparser", "build a model without published weights from its dataset"),
     "run": ("berg.runner.cli", "add_run_subparser", "run a sharded, resumable encoding PLAN.yaml (+ status, export)"),
+    "publish": ("berg.hub.cli", "add_publish_subparser", "publish a built or trained model so others load it by name"),
+    "registry": ("berg.hub.cli", "add_registry_subparser", "add, list, update or remove registries of other labs"),
     "tune": ("berg.tune_cli", "add_tune_subparser", "measure the GEMM kernels on this machine (kernel table)"),
 }
 
@@ -303,6 +305,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
         ),
         end="",
     )
+    version = f", version {spec.version}" if spec.version is not None else ""
+    print(f"REGISTRY\n  {spec.registry} ({spec.origin}){version}")
     if block:
         print(f"\nCOMPUTED ACCURACY ({block_note})")
         print("\n".join(accuracy.computed_lines(block)))

@@ -23,9 +23,11 @@ variable                  meaning
 ``BERG_STREAM_MB``        weights at least this big (MiB, default 256) stream from disk per batch; 0: never
 ``BERG_PARALLEL_MIN_MB``  files at least this big (MiB, default 32) are fetched as ranged parts
 ``BERG_LOCK_TIMEOUT``     seconds to wait for another process's lock on a file (default 900)
+``BERG_UNPINNED_WEIGHTS`` ``1``: load a cached backbone checkpoint whose digest differs from its pin, with a warning
+                          (your own fine-tuned or seeded weights under a published file name; default: refused)
 ========================  ======================================================================================
 
-Flags (``BERG_OFFLINE``, ``BERG_QUIET``, ``BERG_S3_SIGNED``) are read strictly by :func:`parse_bool`: a value
+Flags (``BERG_OFFLINE``, ``BERG_QUIET``, ``BERG_S3_SIGNED``, ``BERG_UNPINNED_WEIGHTS``) are read strictly by :func:`parse_bool`: a value
 that is neither a true word nor a false word is refused with the accepted values, never guessed.
 """
 
@@ -62,6 +64,7 @@ KNOWN = (
     "BERG_READOUT_KERNEL",
     "BERG_STREAM_MB",
     "BERG_LOCK_TIMEOUT",
+    "BERG_UNPINNED_WEIGHTS",
 )
 
 

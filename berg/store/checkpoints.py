@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 from berg.errors import BackboneWeightsError
 from berg.fsutil import sha256_bytes
 
-__all__ = ["verify_checkpoint", "hub_hash_prefix", "CHECKPOINTS_DIR"]
+__all__ = ["verify_checkpoint", "hub_hash_prefix", "CHECKPOINTS_DIR", "UnpinnedWeightsWarning"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ CHECKPOINTS_DIR = "_checkpoints"
 # torch.hub's convention: "<name>-<first hex digits of the sha256>.<ext>" (torch.hub.HASH_REGEX)
 _HUB_HASH = re.compile(r"-([a-f0-9]+)\.")
 _INDEXES: dict[Path, object] = {}
+
+
+class UnpinnedWeightsWarning(UserWarning):
+    """A cached checkpoint that differs from its pin was loaded because ``BERG_UNPINNED_WEIGHTS=1``."""
 
 
 def hub_hash_prefix(file_name: str) -> str | None:
@@ -92,10 +97,22 @@ def verify_checkpoint(
     # the store's rule: a big file whose size and mtime match the record is not re-hashed
     digest = index.digest(key, real, rec if rec and str(rec.get("sha256", "")).startswith(pin) else None)
     if not digest.startswith(pin):
+        from berg.env import env_flag
+
+        if env_flag("BERG_UNPINNED_WEIGHTS"):
+            # the user said these are their own weights under the published name: load, never silently
+            warnings.warn(
+                f"{what} {path} is NOT the published checkpoint (sha256 {digest[:16]}..., pinned {pin[:16]}); "
+                "loaded because BERG_UNPINNED_WEIGHTS=1: responses are not the published model's",
+                UnpinnedWeightsWarning,
+                stacklevel=2,
+            )
+            return digest
         raise BackboneWeightsError(
             f"cached {what} {path} has changed since it was downloaded: its sha256 is {digest[:16]}..., the pinned "
             f"{'sha256' if sha256 else 'prefix'} is {pin[:16]}{'...' if len(pin) > 16 else ''}. Delete it (rm {path}) "
-            f"and berg downloads it again where there is network{(', ' + remedy) if remedy else ''}"
+            f"and berg downloads it again where there is network{(', ' + remedy) if remedy else ''}; for your own weights "
+            "under this name set BERG_UNPINNED_WEIGHTS=1 (loaded with a warning)"
         )
     st = real.stat()
     if not rec or rec.get("sha256") != digest or rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
