@@ -80,7 +80,7 @@ def test_failed_download_is_one_message_without_the_urllib_chain(empty_torch_hom
     with pytest.raises(BackboneWeightsError) as info:
         build_backbone(RESNET, None, offline=False)
     _check_weights_message(str(info.value), empty_torch_home)
-    assert "could not be downloaded ([Errno -3] Temporary failure in name resolution)" in str(info.value)
+    assert "could not be downloaded (44.7 MB): no network (the host name cannot be resolved)" in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
@@ -344,19 +344,9 @@ def test_untrained_backbone_warns_once_and_records_it():
     import torch
 
     from berg.features import FeatureExtractor
+    from berg.testing import image_recipe
 
-    recipe = {
-        "backbone": RESNET,
-        "nodes": ["avgpool"],
-        "transform": {
-            "kind": "image",
-            "size": [32, 32],
-            "resize": "squash",
-            "crop": None,
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.25, 0.25, 0.25],
-        },
-    }
+    recipe = image_recipe(RESNET, ["avgpool"], size=32, mean=[0.5] * 3, std=[0.25] * 3)
     ex = FeatureExtractor(recipe, backbone_weights="untrained", seed=3)
     x = torch.zeros(1, 3, 32, 32)
     with pytest.warns(UntrainedBackboneWarning, match="UNTRAINED backbone .*seed 3"):
