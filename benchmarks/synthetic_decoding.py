@@ -11,10 +11,11 @@ BOLD5000's real ROI sizes: 1,685 / 2,270 / 3,104 voxels for CSI1-3, all ROIs, 3 
    regression, 1,000 permutations), semantic identification of held-out categories, and a learning
    curve, per subject.
 
-Run by hand (never by the tests)::
+Run by hand::
 
     .venv/bin/python benchmarks/synthetic_decoding.py --n 100000
     .venv/bin/python benchmarks/synthetic_decoding.py --n 5000 --image-size 64   # a quick look
+    .venv/bin/python benchmarks/synthetic_decoding.py --smoke   # 1 subject, 6 categories, 48 images (make test)
 
 Images are ``--image-size`` pixels (64 keeps 100,000 images at 1.2 GB in memory; the recipe then crops
 64 instead of 224, everything else is the same code path).
@@ -23,20 +24,34 @@ Images are ``--image-size`` pixels (64 keeps 100,000 images at 1.2 GB in memory;
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import _harness as H
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 MODEL_ID = "bench-bold5000-alexnet"
+#: the release and study sizes; --smoke replaces them (same code path, seconds)
+SIZES = {
+    "subjects": (1, 2, 3),
+    "n_categories": 20,
+    "n_per_category": 30,
+    "n_test": 40,
+    "voxels_per_roi": None,  # None: BOLD5000's real ROI sizes
+    "n_components": 64,
+    "held_every": 4,  # every 4th category is held out of identification training
+}
+SMOKE = {
+    "subjects": (1,),
+    "n_categories": 6,
+    "n_per_category": 8,
+    "n_test": 8,
+    "voxels_per_roi": 4,
+    "n_components": 8,
+    "held_every": 3,
+}
 
 
 def main() -> int:
@@ -48,12 +63,17 @@ def main() -> int:
     ap.add_argument("--permutations", type=int, default=1000)
     ap.add_argument("--skip-study", action="store_true", help="time generation only")
     ap.add_argument("--work", default=None, help="folder for the release, model and dataset (default: a temp dir)")
-    args = ap.parse_args()
+    args = H.add_arguments(ap).parse_args()
+    sizes = dict(SIZES)
+    if args.smoke:
+        sizes.update(SMOKE)
+        args.n, args.batch_size, args.permutations = 48, 16, 20
     warnings.simplefilter("ignore", UserWarning)  # the untrained-backbone warning, once per call
+    rec = H.start("synthetic_decoding", args, n=args.n, image_size=args.image_size, batch_size=args.batch_size)
 
     from berg.api import BERG
-    from berg.experiments.decoding import classify, identify, learning_curve, split_categories
     from berg.buildable import build_model
+    from berg.experiments.decoding import classify, identify, learning_curve, split_categories
     from berg.synthetic import category_images, generate
     from berg.training.datasets import bold5000_release_dataset
     from creation_code.bold5000_alexnet.synthetic_release import (
@@ -62,16 +82,18 @@ def main() -> int:
         write_synthetic_release,
     )
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="berg-bench-syn-"))
-    subjects = (1, 2, 3)
+    scratch = None if args.work else tempfile.TemporaryDirectory(prefix="berg-bench-syn-")  # removed at exit
+    work = Path(args.work or scratch.name)
+    subjects = sizes["subjects"]
+    n_cat, n_per = sizes["n_categories"], sizes["n_per_category"]
     t0 = time.perf_counter()
     truth = write_synthetic_release(
         work / "data",
         subjects=subjects,
-        n_categories=20,
-        n_per_category=30,
-        n_test=40,
-        voxels_per_roi=BOLD5000_VOXELS,
+        n_categories=n_cat,
+        n_per_category=n_per,
+        n_test=sizes["n_test"],
+        voxels_per_roi=sizes["voxels_per_roi"] or BOLD5000_VOXELS,
         ncsnr=0.8,
         image_size=args.image_size,
     )
@@ -91,7 +113,7 @@ def main() -> int:
         options={
             "backbone_weights": "untrained",
             "image_size": args.image_size,
-            "n_components": 64,
+            "n_components": sizes["n_components"],
             "subjects": list(subjects),
             "model_id": MODEL_ID,
             "show_progress": False,
@@ -104,9 +126,9 @@ def main() -> int:
     n_out = {s: model.space(s).n_outputs for s in subjects}
 
     # new images of the release's categories: the synthetic training set (same prototypes, new exemplars)
-    per_cat = -(-args.n // 20)
-    images, cats = category_images(20, 30 + per_cat, size=args.image_size, seed=0)
-    keep = (np.arange(len(cats)) % (30 + per_cat)) >= 30  # the first 30 per category are the release's
+    per_cat = -(-args.n // n_cat)
+    images, cats = category_images(n_cat, n_per + per_cat, size=args.image_size, seed=0)
+    keep = (np.arange(len(cats)) % (n_per + per_cat)) >= n_per  # the first n_per per category are the release's
     images, cats = images[keep][: args.n], cats[keep][: args.n]
 
     model.encode(images[: args.batch_size], show_progress=False)  # warm-up (threads, allocator)
@@ -120,21 +142,14 @@ def main() -> int:
         syn = generate(model, images, work / "synthetic.h5", n_repeats=1, noise="metadata", categories=cats, seed=0)
         t_generate = min(t_generate, time.perf_counter() - t0)
     size_gb = (work / "synthetic.h5").stat().st_size / 1e9
-
+    n_total = sum(n_out.values())
+    rec.figure("build", t_build, "s", note="release + `berg build` (untrained AlexNet)", subjects=len(subjects))
+    rec.figure("encode", args.n / t_encode, "img/s", outputs=n_total)
+    rec.figure("generate", args.n / t_generate, "img/s", note="encode + metadata noise + HDF5", outputs=n_total)
+    rec.figure("generate_over_encode", t_encode / t_generate, "x", target=">= 0.9")
+    rec.figure("dataset_size", size_gb * 1e3, "MB", responses=int(args.n) * n_total)
     if args.skip_study:
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "n": args.n,
-                    "encode_s": round(t_encode, 2),
-                    "generate_s": round(t_generate, 2),
-                    "ratio": round(t_encode / t_generate, 3),
-                    "load": round(os.getloadavg()[0], 1),
-                }
-            )
-            + "\n"
-        )
-        return 0 if t_encode / t_generate >= 0.9 else 1
+        return 0
     # the study, per subject: real data = the release (its categories from the ImageNet-style names)
     real = bold5000_release_dataset(work / "data", subjects)
     real_cats = np.array([truth.categories[truth.ids.index(i)] for i in real.ids])
@@ -143,9 +158,8 @@ def main() -> int:
     _, _, vt = np.linalg.svd(pcs[:200], full_matrices=False)
     # a stand-in "semantic" embedding: each category's mean fc6 feature in a 16-PC space
     emb = {c: (pcs[truth.categories == c] @ vt[:16].T).mean(0) for c in np.unique(truth.categories)}
-    held = [f"cat{k:02d}" for k in range(0, 20, 4)]
+    held = list(np.unique(truth.categories)[:: sizes["held_every"]])
     t0 = time.perf_counter()
-    results = {}
     for s in subjects:
         y_syn = np.asarray(syn.responses[s][:])[:, 0]
         y_real = np.nanmean(np.asarray(real.subjects[s].responses[:]), axis=1)
@@ -162,45 +176,31 @@ def main() -> int:
             n_way=2,
             n_permutations=args.permutations,
         )
-        sizes = [s_ for s_ in (100, 1000, 10_000, 100_000) if s_ <= len(y_syn)]
+        curve_sizes = [s_ for s_ in (100, 1000, 10_000, 100_000) if s_ <= len(y_syn)] or [len(y_syn)]
         curve = learning_curve(
             y_syn,
             cats,
             y_real[test],
             real_cats[test],
-            sizes=sizes,
+            sizes=curve_sizes,
             n_draws=2,
             real_x=y_real[real.indices("train")],
             real_y=real_cats[real.indices("train")],
             n_permutations=min(args.permutations, 200),
         )
-        results[s] = {
-            "classify_acc": round(c.accuracy, 3),
-            "classify_p": c.p_value,
-            "chance": round(c.chance, 3),
-            "identify_2way": round(ident.accuracy, 3),
-            "identify_p": ident.p_value,
-            "curve": dict(zip(map(int, curve.sizes), np.round(curve.accuracy, 3).tolist())),
-            "real_curve": dict(zip(map(int, curve.real_sizes), np.round(curve.real_accuracy, 3).tolist())),
-        }
-    t_study = time.perf_counter() - t0
-
-    report = {
-        "machine": f"{platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
-        "n_stimuli": int(args.n),
-        "image_size": args.image_size,
-        "outputs_per_subject": n_out,
-        "responses_generated": int(args.n) * sum(n_out.values()),
-        "build_s": round(t_build, 1),
-        "encode_s": round(t_encode, 2),
-        "generate_s": round(t_generate, 2),
-        "generate_speed_vs_encode": round(t_encode / t_generate, 3),
-        "dataset_gb": round(size_gb, 2),
-        "study_s": round(t_study, 1),
-        "study": results,
-    }
-    sys.stdout.write(json.dumps(report, indent=1, default=float) + "\n")
-    return 0 if t_encode / t_generate >= 0.9 else 1
+        perms = {"permutations": args.permutations, "subject": s}
+        rec.figure(f"sub{s}.classify.accuracy", c.accuracy, "fraction", chance=round(c.chance, 3), **perms)
+        rec.figure(f"sub{s}.classify.p", c.p_value, "p", **perms)
+        rec.figure(f"sub{s}.identify_2way.accuracy", ident.accuracy, "fraction", held=len(held), **perms)
+        rec.figure(f"sub{s}.identify_2way.p", ident.p_value, "p", **perms)
+        for kind, sizes_, acc in (
+            ("synthetic", curve.sizes, curve.accuracy),
+            ("real", curve.real_sizes, curve.real_accuracy),
+        ):
+            for n_train, a in zip(sizes_, acc):
+                rec.figure(f"sub{s}.curve.{kind}.{int(n_train)}", a, "fraction", n_train=int(n_train), **perms)
+    rec.figure("study", time.perf_counter() - t0, "s", subjects=len(subjects))
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,20 +22,12 @@ from berg.experiments.decoding import (
     split_images,
 )
 from berg.synthetic import LinearBrain, add_noise, category_images
+from berg.testing import image_recipe
 
 N_CAT, N_REAL, N_SYN = 30, 8, 16
-RECIPE = {
-    "backbone": {"builder": "torchvision.models.alexnet", "weights": "AlexNet_Weights.IMAGENET1K_V1"},
-    "nodes": ["features.12"],
-    "transform": {
-        "kind": "image",
-        "size": [64, 64],
-        "resize": "squash",
-        "crop": None,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    },
-}
+RECIPE = image_recipe(
+    {"builder": "torchvision.models.alexnet", "weights": "AlexNet_Weights.IMAGENET1K_V1"}, ["features.12"], size=64
+)
 
 
 @pytest.fixture(scope="module")

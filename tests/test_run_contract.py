@@ -22,12 +22,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def opts(toy, tmp_path_factory):
-    return {
-        "berg_dir": str(toy.berg_dir),
-        "cache_dir": str(tmp_path_factory.mktemp("cache")),
-        "offline": True,
-        "registry": str(toy.registry),
-    }
+    return toy.options(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +116,7 @@ def _synth_with_class(tmp_path, cls_name):
     reg = yaml.safe_load(synth.registry.read_text())
     reg["models"][MODEL_ID]["model_class"] = f"test_run_contract:{cls_name}"
     synth.registry.write_text(yaml.safe_dump(reg, sort_keys=False))
-    opts = {
-        "berg_dir": str(synth.berg_dir),
-        "cache_dir": str(tmp_path / "c"),
-        "offline": True,
-        "registry": str(synth.registry),
-    }
-    return MODEL_ID, opts
+    return MODEL_ID, synth.options(tmp_path / "c")
 
 
 def test_nc_threshold_uses_the_models_reliability_accessor(tmp_path, brick):

@@ -29,12 +29,7 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def berg_opts(synth, tmp_path_factory):
-    return {
-        "berg_dir": str(synth.berg_dir),
-        "cache_dir": str(tmp_path_factory.mktemp("cache")),
-        "offline": True,
-        "registry": str(synth.registry),
-    }
+    return synth.options(tmp_path_factory.mktemp("cache"))
 
 
 def _bmp(path, seed):

@@ -9,26 +9,12 @@ import pytest
 import yaml
 
 from berg import metrics
-from berg.testing import make_synthetic_dataset
+from berg.testing import make_synthetic_dataset, resnet18_recipe
 from berg.training.config import TrainConfig
 from berg.training.datasets import read_dataset
 from berg.training.trainer import compute_features, train
 
-RECIPE = {
-    "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
-    "nodes": ["avgpool"],
-    "transform": {
-        "kind": "image",
-        "size": [48, 48],
-        "resize": "squash",
-        "crop": None,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    },
-    "projection": "scaler_pca",
-    "readout": "linear",
-    "output_space": "volume",
-}
+RECIPE = resnet18_recipe(size=48, projection="scaler_pca", output_space="volume")
 
 
 def _cfg(root, data, **kw):

@@ -11,9 +11,9 @@ Everything a test of code that calls berg needs, without downloading a published
   :func:`write_algonauts_artifact` write those files as the publisher does.
 * :func:`make_synthetic_dataset` writes a training dataset whose true weights and noise ceilings are
   known; :func:`linear_problem` is a bare regression problem.
-* :func:`resnet18_recipe` is the ResNet-18 / ImageNet feature recipe these models share, and
-  :func:`reference_features` computes its features with torchvision alone (the independent side of a
-  parity test).
+* :func:`resnet18_recipe` is the ResNet-18 / ImageNet feature recipe these models share
+  (:func:`image_recipe` writes one for any backbone), and :func:`reference_features` computes its
+  features with torchvision alone (the independent side of a parity test).
 * :mod:`berg.testing.hostile` builds hostile inputs (decompression bombs, truncated files, odd arrays,
   output paths) that berg must refuse with a ``BERGError``; :mod:`berg.testing.s3server` runs a real
   S3 server (SeaweedFS) for tests of remote stores.
@@ -41,6 +41,7 @@ __all__ = [
     "toy_model",
     "toy_suite",
     "build_toy_model",
+    "image_recipe",
     "resnet18_recipe",
     "reference_features",
     "synthetic_card",
@@ -69,6 +70,7 @@ _HOMES = {
             "toy_model",
             "toy_suite",
             "build_toy_model",
+            "image_recipe",
             "resnet18_recipe",
             "reference_features",
             "synthetic_card",

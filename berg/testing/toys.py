@@ -25,6 +25,7 @@ __all__ = [
     "IMAGENET_STD",
     "SPACES",
     "READOUTS",
+    "image_recipe",
     "resnet18_recipe",
     "synthetic_card",
     "add_registry_entry",
@@ -38,6 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPACES = ("flat", "volume", "surface", "sensor_time")
 READOUTS = ("random", "sklearn", "mlp")
+RESNET18 = {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"}
 RESNET18_WIDTHS = {"avgpool": 512}
 
 # Default facts of each output space (small, so tests stay fast; every one can be overridden).
@@ -50,6 +52,46 @@ TIMES_MS = (-50.0, 0.0, 50.0, 100.0, 150.0, 200.0, 250.0)
 N_REPS = 2
 MLP_HIDDEN = 16
 BUILT_TOY_ID = "test-toy-recipe"  # the model id build_toy_model writes its artifact for
+
+
+def image_recipe(
+    backbone: Mapping[str, Any],
+    nodes: Sequence[str],
+    *,
+    size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, Any]:
+    """A feature recipe for still images: ``backbone``'s ``nodes`` on squashed ``size x size`` inputs.
+
+    Parameters
+    ----------
+    backbone : mapping
+        The recipe's ``backbone`` (``{"builder": "torchvision.models.alexnet", "weights": ...}``).
+    nodes : sequence of str
+        Backbone nodes whose flattened outputs are the features.
+    size : int
+        Square input size in pixels (images are squashed, not cropped).
+    mean, std : sequence of float
+        Per-channel normalisation (default ImageNet's).
+
+    Returns
+    -------
+    dict
+        ``backbone``, ``nodes`` and ``transform`` (a fresh copy each call).
+    """
+    return {
+        "backbone": dict(backbone),
+        "nodes": list(nodes),
+        "transform": {
+            "kind": "image",
+            "size": [int(size), int(size)],
+            "resize": "squash",
+            "crop": None,
+            "mean": list(mean),
+            "std": list(std),
+        },
+    }
 
 
 def resnet18_recipe(
@@ -77,16 +119,7 @@ def resnet18_recipe(
         A registry-style recipe (``backbone``, ``nodes``, ``transform``, ...), a fresh copy each call.
     """
     return {
-        "backbone": {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"},
-        "nodes": list(nodes),
-        "transform": {
-            "kind": "image",
-            "size": [int(size), int(size)],
-            "resize": "squash",
-            "crop": None,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-        },
+        **image_recipe(RESNET18, nodes, size=size),
         "projection": projection,
         "readout": readout,
         "output_space": output_space,
@@ -303,8 +336,37 @@ def _default_rois(space: str, n: int) -> dict[str, np.ndarray]:
     return {}
 
 
+class _Served:
+    """What serves the models of one registry from a local ``berg_dir``, offline (no server needed)."""
+
+    root: Path
+    registry: Path
+    berg_dir: Path
+
+    def options(self, cache_dir: str | Path | None = None) -> dict[str, Any]:
+        """Keyword arguments of :class:`berg.BERG` (and of ``berg run`` plans) that serve these models offline.
+
+        Parameters
+        ----------
+        cache_dir : path, optional
+            The client's cache (default ``root/cache``).
+        """
+        return {
+            "berg_dir": str(self.berg_dir),
+            "cache_dir": str(cache_dir if cache_dir is not None else self.root / "cache"),
+            "offline": True,
+            "registry": str(self.registry),
+        }
+
+    def client(self, cache_dir: str | Path | None = None):
+        """A :class:`berg.BERG` client that serves these models (and any other in the same registry)."""
+        from berg.api import BERG
+
+        return BERG(**self.options(cache_dir))
+
+
 @dataclass
-class ToyModel:
+class ToyModel(_Served):
     """A synthetic model written by :func:`toy_model`, with the exact weights that define its outputs.
 
     Attributes
@@ -355,21 +417,6 @@ class ToyModel:
     test_images: np.ndarray | None = None
     expected: dict[Any, np.ndarray] = field(default_factory=dict)
     _sklearn: dict[Any, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict, repr=False)
-
-    def options(self, cache_dir: str | Path | None = None) -> dict[str, Any]:
-        """Keyword arguments of :class:`berg.BERG` that serve this model offline from ``berg_dir``."""
-        return {
-            "berg_dir": str(self.berg_dir),
-            "cache_dir": str(cache_dir if cache_dir is not None else self.root / "cache"),
-            "offline": True,
-            "registry": str(self.registry),
-        }
-
-    def client(self, cache_dir: str | Path | None = None):
-        """A :class:`berg.BERG` client that serves this model (and any other in the same registry)."""
-        from berg.api import BERG
-
-        return BERG(**self.options(cache_dir))
 
     @property
     def roi_rows(self) -> dict[str, np.ndarray]:
@@ -793,7 +840,7 @@ def build_toy_model(data_dir: str | Path, out_dir: str | Path, *, options: Mappi
 
 
 @dataclass
-class ToySuite:
+class ToySuite(_Served):
     """The models of :func:`toy_suite`, all in one registry.
 
     Attributes
