@@ -34,8 +34,19 @@ that is neither a true word nor a false word is refused with the accepted values
 from __future__ import annotations
 
 import os
+from typing import Any
 
-__all__ = ["env_flag", "env_int", "env_str", "parse_bool", "progress_enabled", "KNOWN", "TRUE_WORDS", "FALSE_WORDS"]
+__all__ = [
+    "env_flag",
+    "env_int",
+    "env_str",
+    "parse_bool",
+    "strict_bool",
+    "progress_enabled",
+    "KNOWN",
+    "TRUE_WORDS",
+    "FALSE_WORDS",
+]
 
 #: Strings read as True by :func:`parse_bool` (any case, surrounding blanks ignored).
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -130,6 +141,30 @@ def parse_bool(value: object, what: str) -> bool:
         f"{what}={value!r} is not a boolean; give True or False, or one of the words "
         f"{', '.join(TRUE_WORDS)} (true) / {', '.join(FALSE_WORDS)} (false)"
     )
+
+
+def strict_bool(value: Any, what: str) -> bool:
+    """A boolean from a file (plans, configs): YAML ``true``/``false`` (or Python ``True``/``False``); anything else is refused.
+
+    Strings such as ``'false'`` or ``'no'`` are refused rather than read (a non-empty string is truthy,
+    so ``bool('false')`` would silently mean true).
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the accepted values.
+    """
+    from berg.errors import InvalidParameterError
+
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_" and type(value).__module__ == "numpy":
+        return bool(value)
+    hint = ""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        word = "true" if value.strip().lower() in ("true", "yes", "on", "1") else "false"
+        hint = f" (write {what.rsplit('.', 1)[-1]}: {word}, without quotes)"
+    raise InvalidParameterError(f"{what} must be a boolean, true or false; got {value!r}{hint}")
 
 
 def env_flag(name: str) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -41,6 +42,8 @@ __all__ = [
     "sha256_bytes",
     "sha256_file",
     "temporary_name",
+    "canonical_json",
+    "digest",
 ]
 
 _CHUNK = 1 << 20
@@ -416,3 +419,25 @@ def process_lock(
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted-key, compact JSON: the form every content hash (run plans, stores, hub fragments) is taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-able")
+
+
+def digest(obj: Any) -> str:
+    """sha256 hex of an object's canonical JSON."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()

@@ -70,7 +70,7 @@ def _test_paths(b):
 
 
 def test_adapter_reads_the_release_layout(built):
-    from berg.training.datasets import BOLD5000_ROIS, bold5000_release_dataset
+    from berg.training.bold5000 import BOLD5000_ROIS, bold5000_release_dataset
 
     t = built["truth"]
     ds = bold5000_release_dataset(t.root, SUBJECTS)
@@ -154,7 +154,7 @@ def test_the_paper_study_in_a_few_lines(built):
     from berg.experiments.decoding import classify
     from berg.experiments.reliability import expected_reliability, reliability
     from berg.synthetic import generate
-    from berg.training.datasets import bold5000_release_dataset
+    from berg.training.bold5000 import bold5000_release_dataset
 
     t = built["truth"]
     model = _client(built).get_encoding_model(MODEL_ID, subject=1, device="cpu", backbone_weights="untrained")

@@ -9,11 +9,11 @@ import yaml
 from berg.errors import InvalidParameterError
 from berg.metrics import pearson_r
 from berg.testing import linear_problem
+from berg.training.bold5000 import bold5000_roi_dataset
 from berg.training.config import TrainConfig
 from berg.training.datasets import (
     EncodingDataset,
     SubjectData,
-    bold5000_roi_dataset,
     read_dataset,
     trials_to_repeats,
     write_dataset,

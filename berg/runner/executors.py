@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from berg.errors import InvalidParameterError, MissingExtraError
+from berg.fsutil import digest
 from berg.runner.inputs import StimulusSource, open_source
-from berg.runner.plan import EncodePlan, digest
+from berg.runner.plan import EncodePlan
 from berg.runner.worker import (
     compute_unit,
     default_decode_threads,

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from berg.env import strict_bool
 from berg.errors import InvalidParameterError, StimulusError
 from berg.fsutil import atomic_write_text, sha256_file
-from berg.runner.plan import strict_bool
 
 log = logging.getLogger(__name__)
 

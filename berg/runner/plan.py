@@ -27,7 +27,6 @@ Example (YAML)::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -36,9 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from berg.env import strict_bool
 from berg.errors import InvalidParameterError, close_matches
+from berg.fsutil import canonical_json, digest
 
-__all__ = ["EncodePlan", "ModelEntry", "canonical_json", "digest", "strict_bool"]
+__all__ = ["EncodePlan", "ModelEntry"]
 
 DTYPES = ("float32", "float16")
 ON_ERROR = ("raise", "skip")
@@ -85,28 +86,6 @@ _BERG_KEYS = ("berg_dir", "cache_dir", "offline", "registry")
 COMPRESSORS = ("zstd", "none")
 
 
-def canonical_json(obj: Any) -> str:
-    """Sorted-key, compact JSON: the form every hash in a run is taken of."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-able")
-
-
-def digest(obj: Any) -> str:
-    """sha256 hex of an object's canonical JSON."""
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
-
-
 def _unknown(keys: Any, valid: Sequence[str], where: str) -> None:
     extra = [k for k in keys if k not in valid]
     if extra:
@@ -114,28 +93,6 @@ def _unknown(keys: Any, valid: Sequence[str], where: str) -> None:
             f" (did you mean {close_matches(str(k), valid)[0]!r}?)" for k in extra[:1] if close_matches(str(k), valid)
         )
         raise InvalidParameterError(f"unknown key(s) {extra} in {where}{hints}; valid keys: {', '.join(valid)}")
-
-
-def strict_bool(value: Any, what: str) -> bool:
-    """A plan boolean: YAML ``true``/``false`` (or Python ``True``/``False``); anything else is refused.
-
-    Strings such as ``'false'`` or ``'no'`` are refused rather than read (a non-empty string is truthy,
-    so ``bool('false')`` would silently mean true).
-
-    Raises
-    ------
-    InvalidParameterError
-        Naming the accepted values.
-    """
-    if isinstance(value, bool):
-        return value
-    if type(value).__name__ == "bool_" and type(value).__module__ == "numpy":
-        return bool(value)
-    hint = ""
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-        word = "true" if value.strip().lower() in ("true", "yes", "on", "1") else "false"
-        hint = f" (write {what.rsplit('.', 1)[-1]}: {word}, without quotes)"
-    raise InvalidParameterError(f"{what} must be a boolean, true or false; got {value!r}{hint}")
 
 
 def _choice(value: Any, valid: Sequence[str], what: str) -> str:

@@ -30,8 +30,9 @@ import numpy as np
 
 from berg.core.contract import BaseModelInterface, is_feature_model
 from berg.errors import InvalidParameterError, StimulusError
+from berg.fsutil import digest
 from berg.runner.inputs import StimulusSource
-from berg.runner.plan import EncodePlan, ModelEntry, digest
+from berg.runner.plan import EncodePlan, ModelEntry
 from berg.runner.reducers import Reducer, build_reducer
 from berg.runner.zarr_store import FORMAT_VERSION, RunStore, TargetInfo
 from berg.subjects import subject_label

@@ -92,7 +92,7 @@ def _utc() -> str:
 
 
 def _json_safe(obj: Any) -> Any:
-    from berg.runner.plan import canonical_json
+    from berg.fsutil import canonical_json
 
     return json.loads(canonical_json(obj))
 

@@ -558,18 +558,3 @@ def nsd_dataset(
         grid_shape=tuple(inside.shape),
         affine=np.asarray(mask_img.affine),
     )
-
-
-# BOLD5000 lives in berg.training.bold5000; these names stay importable from here (loaded on first use,
-# as that module imports this one).
-_BOLD5000_NAMES = frozenset(
-    {"BOLD5000_ROIS", "BOLD5000_TRS", "bold5000_roi_dataset", "bold5000_release_dataset", "bold5000_glmsingle_dataset"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BOLD5000_NAMES:
-        from berg.training import bold5000
-
-        return getattr(bold5000, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 ``berg build fmri-bold5000-alexnet --data DIR`` calls :func:`build`. The pipeline, all berg's own
 pieces:
 
-1. :func:`berg.training.datasets.bold5000_release_dataset`: ROI responses (TR34) of CSI1-3 and their
+1. :func:`berg.training.bold5000.bold5000_release_dataset`: ROI responses (TR34) of CSI1-3 and their
    images; the 113 repeated images are the test split.
 2. One pass of torchvision's AlexNet over every image, keeping seven layers (the output of each
    convolutional stage after its ReLU, and after max-pooling where AlexNet pools, and fc6/fc7 after
@@ -125,7 +125,7 @@ def build(
     work_dir : path, optional
         Folder that survives failed runs (``berg build`` passes one): the feature cache resumes there.
     """
-    from berg.training.datasets import bold5000_release_dataset
+    from berg.training.bold5000 import bold5000_release_dataset
 
     opts = _options(options)  # every option is checked before any file is read
     if work_dir is not None and not opts["work_dir"]:

@@ -3,7 +3,7 @@
 Not brain data. Images carry a planted category structure (:func:`berg.synthetic.category_images`);
 each ROI's voxels are a known linear map (:class:`berg.synthetic.LinearBrain`) of one planted layer
 of a seeded AlexNet, plus trial noise of known NCSNR. Files are written exactly where the real release
-puts them, so :func:`berg.training.datasets.bold5000_release_dataset` and the model's creator read
+puts them, so :func:`berg.training.bold5000.bold5000_release_dataset` and the model's creator read
 them like the real thing::
 
     BOLD5000_ROIs/ROIs/CSI{s}/mat/CSI{s}_ROIs_TR34.mat       LHEarlyVis ... RHRSC: (n_trials, n_voxels)
@@ -116,7 +116,7 @@ def write_synthetic_release(
     from berg.features import FeatureExtractor
     from berg.stimuli import load_stimuli
     from berg.synthetic import LinearBrain, category_images
-    from berg.training.datasets import BOLD5000_ROIS
+    from berg.training.bold5000 import BOLD5000_ROIS
     from creation_code.bold5000_alexnet.build import LAYERS, recipe
 
     root = Path(root)
