@@ -460,6 +460,15 @@ def kernels() -> dict:
     return out
 
 
+def _measure(root: Path, name: str, batches: int) -> dict:
+    """One measurement by name (``kernel``, ``<side>-subjects-nsd``, ``<side>-<readout|e2e>-<family>``)."""
+    if name == "kernel":
+        return kernels()
+    if "-subjects-" in name:
+        return measure_subjects(root, name)
+    return measure(root, name, batches)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/berg-bench-catalogue"))
@@ -476,13 +485,7 @@ def main() -> None:
         # EEG replica would take minutes here
         args.batches, args.only, args.families = 1, args.only or ["readout", "subjects"], ["nsd"]
     if args.measure:
-        if args.measure == "kernel":
-            out = kernels()
-        elif "-subjects-" in args.measure:
-            out = measure_subjects(args.root, args.measure)
-        else:
-            out = measure(args.root, args.measure, args.batches)
-        print(json.dumps(out))
+        print(json.dumps(_measure(args.root, args.measure, args.batches)))
         return
     rec = H.start("berg_catalogue", args, features=F, components=K, batch=BATCH)
     args.root.mkdir(parents=True, exist_ok=True)
@@ -505,6 +508,9 @@ def main() -> None:
         names += [f"{side}-subjects-nsd" for side in ("berg", "berg1", "bergmem", "bergsk")]
     failed = []
     for name in names:
+        if args.smoke:  # in this process: a smoke run judges no peak RSS, and each child would import torch again
+            results[name] = _measure(args.root, name, args.batches)
+            continue
         argv = [sys.executable, __file__, "--root", str(args.root), "--batches", str(args.batches), "--measure", name]
         res = subprocess.run(argv + (["--smoke"] if args.smoke else []), capture_output=True, text=True, cwd=REPO)
         if res.returncode:
