@@ -966,6 +966,11 @@ class Registry:
             doc = {}
         if not isinstance(doc, Mapping):
             raise RegistryError(f"{label}: {path} must be a mapping with 'models:', got {type(doc).__name__}")
+        if "models" not in doc:  # e.g. a card or plan passed as --registry: never read as an empty registry
+            raise RegistryError(
+                f"{label}: {path} has no 'models:' mapping (top-level keys: {', '.join(map(str, doc)) or 'none'}); "
+                "a registry file lists `models: {model-id: entry}` (see docs/architecture.md)"
+            )
         if not src.trusted:
             unknown = sorted(set(doc) - {"format_version", "namespace", "defaults", "models"})
             if unknown:

@@ -8,6 +8,7 @@ expansion — are refused outright (berg's own YAML never needs them).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import yaml
@@ -64,6 +65,11 @@ def load_yaml_text(text: str | bytes, *, origin: str = "<text>", aliases: bool =
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise YAMLFormatError(f"{origin} is not valid YAML: {detail}") from None
+    except RecursionError:  # nesting deeper than Python's stack: no berg file is nested like that
+        raise YAMLFormatError(
+            f"{origin} is nested too deeply to read (deeper than {sys.getrecursionlimit()} levels); "
+            "registries, cards and plans are a few levels deep: check the file"
+        ) from None
 
 
 def read_yaml(path: str | os.PathLike[str], *, max_bytes: int | None = None, aliases: bool = True) -> Any:
