@@ -84,6 +84,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (``VmHWM``).
+
+    ``VmHWM`` is this process image's own high-water mark; ``ru_maxrss`` would also carry the parent's
+    resident set at fork (Linux keeps it across exec), so it is only the fallback where ``/proc`` is absent.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def load1() -> float:
     """The 1-minute load average."""
     return round(os.getloadavg()[0], 2)

@@ -62,13 +62,6 @@ def _smoke() -> None:
 IDS = {"nsd": "fmri-nsd_fsaverage-vit_b_32", "eeg": "eeg-things_eeg_2-vit_b_32"}
 
 
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def prepare(root: Path) -> None:
     from berg.testing import write_catalogue_replica as write_replica
 
@@ -229,7 +222,7 @@ def measure(root: Path, name: str, batches: int) -> dict:
         "stimuli_per_s": BATCH / per_batch,
         "seconds_per_batch": per_batch,
         "load_s": load,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": H.peak_rss_mb(),
         "threads": torch.get_num_threads(),
     }
 
@@ -356,7 +349,7 @@ def measure_subjects(root: Path, name: str) -> dict:
         "images": N_IMAGES,
         "streamed": streamed,
         "checksum": checksum,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": H.peak_rss_mb(),
         "threads": torch.get_num_threads(),
     }
 

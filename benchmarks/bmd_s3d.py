@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -60,12 +59,7 @@ def _smoke(root: Path) -> None:
 
 
 def _peak_rss_gib() -> float:
-    # VmHWM is this process image's own high-water mark; ru_maxrss would also carry the parent's
-    # resident set at fork (Linux keeps it across exec).
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return H.peak_rss_mb() / 1024
 
 
 def _is_memmap(a) -> bool:

@@ -4,7 +4,7 @@ Each script runs in a fresh process, as `make bench` runs it; a script without `
 Modules whose name starts with ``_`` are the harness and its plug-ins, not benchmarks.
 
 Most of a smoke run's wall time is importing torch and its own short waits, so the selected scripts are
-started together, ``BERG_BENCH_SMOKE_JOBS`` (default 4) at a time, the slowest first; each test then
+started together, ``BERG_BENCH_SMOKE_JOBS`` (default 8) at a time, the slowest first; each test then
 judges its own script's run.
 """
 
@@ -21,10 +21,10 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"))
-JOBS = max(1, int(os.environ.get("BERG_BENCH_SMOKE_JOBS", "4")))
+JOBS = max(1, int(os.environ.get("BERG_BENCH_SMOKE_JOBS", "8")))
 TIMEOUT_S = 300
 #: the slowest smoke runs, started first so the batch ends sooner; the rest follow in name order
-SLOWEST_FIRST = ["synthetic_decoding.py", "berg_catalogue.py", "experiments.py", "run_scale.py", "clip_sam.py"]
+SLOWEST_FIRST = ["movies.py", "hostile_inputs.py", "clip_sam.py", "berg_catalogue.py", "run_scale.py", "encode_overhead.py"]
 
 
 def _smoke(script: str, work: Path) -> subprocess.CompletedProcess:

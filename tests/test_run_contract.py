@@ -21,8 +21,8 @@ def toy(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def opts(toy, tmp_path_factory):
-    return toy.options(tmp_path_factory.mktemp("cache"))
+def opts(toy):
+    return toy.options()  # cache under the suite's (module-scoped) folder
 
 
 @pytest.fixture(scope="module")
