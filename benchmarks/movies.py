@@ -16,7 +16,7 @@ Three measurements, each against its own reference, all on synthetic data with t
 
 Run by hand:  .venv/bin/python benchmarks/movies.py [--part kernels groupmaps glm] [--minutes 6]
 Shorter movies (``--minutes 0.5``) keep the CPU run short; frames/s does not depend on the length.
-``--smoke``: a 4-s 48x64 movie through VGG-16 at 32 px, 4 group-map frames (when the converted artifact
+``--smoke``: a 3-s 48x64 movie through VGG-16 at 32 px, 4 group-map frames (when the converted artifact
 is cached), a 16-kernel x 400-voxel x 40-TR GLM: every part's code path in seconds.
 """
 
@@ -266,7 +266,7 @@ def main() -> None:
     ap.add_argument("--glm-subset", type=int, default=3, help="kernels timed in the nilearn loop")
     args = H.add_arguments(ap).parse_args()
     if args.smoke:
-        args.minutes, args.size, args.vgg_size, args.batch_size = 4 / 60, "48x64", 32, 16
+        args.minutes, args.size, args.vgg_size, args.batch_size = 3 / 60, "48x64", 32, 24
         args.gm_frames, args.repeats = 4, 1
         args.glm_kernels, args.glm_voxels, args.glm_trs, args.glm_subset = 16, 400, 40, 1
     h, w = (int(v) for v in args.size.lower().split("x"))
