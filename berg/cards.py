@@ -533,7 +533,7 @@ def card_to_markdown(card: Mapping[str, Any]) -> str:
     n_outputs = selection.get("n_outputs") or {}  # optional: spaces with fixed sizes declare "lengths"
     if n_outputs:
         out += _md_table(
-            ["subject", "outputs (one-hot length)"],
+            ["subject", "outputs (length of a one-hot voxel selection)"],
             [(s, f"{n_outputs.get(s, n_outputs.get(str(s), 0)):,}") for s in params["subjects"]],
         )
     else:

@@ -135,9 +135,12 @@ def _output_ids(model: Any, subject: Any) -> np.ndarray:
 
 
 def _units(model: Any) -> Any:
-    """The card's output units (every model is loaded from a registry entry, its ``spec``)."""
-    card = model.spec.card or {}
-    return (card.get("output") or {}).get("units")
+    """The model's output units (``BaseModelInterface.output_units``: the card's, or the model's own)."""
+    from berg.core.contract import BaseModelInterface
+
+    if isinstance(model, BaseModelInterface):
+        return model.output_units
+    return BaseModelInterface.output_units.fget(model)  # the contract's rule, for models that do not subclass it
 
 
 @contextlib.contextmanager

@@ -96,20 +96,15 @@ def is_mni(image: Any) -> bool:
 def response_units(model: Any) -> str | None:
     """The units of a model's responses, as a colour bar (and berg's files) should state them.
 
-    A model's own ``output_units`` attribute wins; img2fmri-style group maps (``space="mni"``) are
-    z-scores (:data:`GROUP_MAP_UNITS`), not the card's per-subject units; otherwise the card's
-    ``output.units``. ``None`` when nothing says.
+    ``model.output_units`` (:class:`~berg.core.contract.BaseModelInterface`): the card's ``output.units``
+    unless the model says otherwise (img2fmri-style group maps, ``space="mni"``, are z-scores:
+    :data:`GROUP_MAP_UNITS`). ``None`` when nothing says.
     """
-    own = getattr(model, "output_units", None)
-    if isinstance(own, str) and own:
-        return own
-    options = getattr(model, "options", None)
-    # the only group maps berg serves are z-scored per image (img2fmri's zscore(sum_s zscore(.)))
-    if isinstance(options, Mapping) and options.get("space") == "mni":
-        return GROUP_MAP_UNITS
-    card = getattr(getattr(model, "spec", None), "card", None) or {}
-    units = (card.get("output") or {}).get("units") if isinstance(card, Mapping) else None
-    return str(units) if units else None
+    from berg.core.contract import BaseModelInterface
+
+    if isinstance(model, BaseModelInterface):
+        return model.output_units
+    return BaseModelInterface.output_units.fget(model)
 
 
 def figure_stamp(source: Any, units: str | None = None) -> str | None:

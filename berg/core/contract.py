@@ -175,6 +175,16 @@ class BaseModelInterface(ABC):
         """Responses -> ``{"lh": GiftiImage, "rh": GiftiImage}`` (surface spaces)."""
         return self._per_subject(responses, subject, lambda sp, r: sp.to_gifti(r, **kwargs))
 
+    @property
+    def output_units(self) -> str | None:
+        """Units of the responses, as files and colour bars state them (default: the card's ``output.units``).
+
+        A model whose outputs change units with an option overrides it (img2fmri's group maps are z-scores).
+        """
+        card = getattr(self.spec, "card", None) or {}
+        units = (card.get("output") or {}).get("units") if isinstance(card, Mapping) else None
+        return str(units) if units else None
+
     def reliability(self, subject: Any = None) -> Reliability:
         """Per-output NCSNR and noise ceiling of the data the model was fitted on, in output order.
 

@@ -178,6 +178,15 @@ class Bold5000ResNet18(LinearEncodingModel):
             stimuli, self.extractor.transform, self.batch_size, step, desc=self.model_id, show_progress=show_progress
         )
 
+    @property
+    def output_units(self) -> str | None:
+        """z-scores for group maps (img2fmri's ``zscore(sum_s zscore(.))`` per image), else the card's units."""
+        if self.space_name == "mni":
+            from berg.plotting import GROUP_MAP_UNITS
+
+            return GROUP_MAP_UNITS
+        return super().output_units
+
     def space(self, subject: Any = None):
         """The group MNI space for ``space="mni"`` (one output for all subjects), else the subject's."""
         if self.space_name == "mni" and subject in (None, "group"):
