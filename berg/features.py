@@ -174,7 +174,37 @@ def _missing_weights(weights_name: str, url: str, target: Path, reason: str) -> 
     return _with_cli_words(BackboneWeightsError(message))  # type: ignore[return-value]
 
 
+def _check_state_dict(state: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The state dict, once every floating tensor in it is finite (else a ModelLoadError naming the key).
+
+    One pass over tensors just read into memory (``torch.isfinite`` per tensor, a few ms for a
+    ResNet); a NaN/inf weight would otherwise give NaN features, and NaN outputs, without a word.
+    Integer buffers (BatchNorm's ``num_batches_tracked``) are always finite.
+    """
+    import torch
+
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelLoadError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        if (value.is_floating_point() or value.is_complex()) and value.numel():
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                idx = tuple(int(i) for i in torch.nonzero(bad)[0]) if value.dim() else ()
+                raise ModelLoadError(
+                    f"{path}: backbone weight {key!r}{list(idx) if idx else ''} is {value[idx].item()} "
+                    f"({int(bad.sum())} of {value.numel()} values are not finite); the file is damaged or "
+                    "holds a diverged training run: use a good copy, or backbone_weights=None (the recipe's "
+                    "pretrained weights)"
+                )
+    return dict(state)
+
+
 def _load_state_dict(path: Path) -> dict[str, Any]:
+    """A local state dict (``.safetensors``, or ``torch.save`` read with ``weights_only=True``), checked finite.
+
+    Only user files come here; the recipe's pretrained file is checked against torchvision's hash
+    instead (:func:`build_backbone`), which value checks could not improve on.
+    """
     import torch
 
     if not path.is_file():
@@ -182,7 +212,7 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return _check_state_dict(load_file(str(path)), path)
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError/RuntimeError subclasses
@@ -194,7 +224,7 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"{path} does not contain a state dict (got {type(state).__name__})")
-    return dict(state)
+    return _check_state_dict(state, path)
 
 
 def build_backbone(

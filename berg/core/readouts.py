@@ -4,23 +4,63 @@ Both are affine maps ``y = x @ weight.T + bias`` held as float32 numpy arrays (t
 memory-mapped from a safetensors file). A StandardScaler in front of a PCA/SVD is folded into the
 projection once, so inference never standardises the (possibly millions wide) features and never
 forms a features x outputs matrix.
+
+Weights are checked where they are read, never in a separate pass over a big file: NaN/inf anywhere,
+a scaler ``scale_`` that is not > 0, or a folded value that overflows float32 raise
+:class:`~berg.errors.ModelLoadError` naming the file, the field and the first bad entry (a
+:class:`~berg.errors.ModelLoadError` is what a damaged file gives; silent NaN outputs are not). What is
+checked where:
+
+* :func:`folded_rows` checks the scaler once and every component row as it folds it (the fold is the
+  one pass that reads the components);
+* :class:`Affine` checks its bias, and its weight when the weight is held in memory (one cheap pass
+  over data just read). A memory-mapped weight is not scanned: see :meth:`Affine.__post_init__`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Iterator
+import mmap
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from berg.errors import ModelLoadError
 from berg.fsutil import atomic_write
 
+#: The file an Affine being built comes from (set by Affine.from_tensors), named in its errors.
+_SOURCE: ContextVar[str | None] = ContextVar("berg_affine_source", default=None)
+
+
+@contextlib.contextmanager
+def _naming(where: str) -> Iterator[None]:
+    token = _SOURCE.set(where)
+    try:
+        yield
+    finally:
+        _SOURCE.reset(token)
+
+
+def _is_mapped(arr: np.ndarray) -> bool:
+    """Whether ``arr`` is a view of a memory map (its pages are read only when touched)."""
+    obj: Any = arr
+    while obj is not None:
+        if isinstance(obj, (np.memmap, mmap.mmap)):
+            return True
+        obj = getattr(obj, "base", None)
+    return False
+
+
 __all__ = [
     "Affine",
     "Projection",
+    "check_finite",
+    "check_scaler",
     "LinearReadout",
     "ReadoutHead",
     "fold_scaler",
@@ -29,25 +69,143 @@ __all__ = [
 ]
 
 
+#: Elements per block of :func:`check_finite`: its mask is 1 MB, whatever the array's size.
+_CHECK_BLOCK = 1 << 20
+_F32_MAX = float(np.finfo(np.float32).max)
+_REMEDY = (
+    "weights must be finite: the file is damaged or holds a failed fit. Use a good copy of it (a download "
+    "is fetched again when its checksum fails; berg cache verify checks the cache), or report the file to "
+    "the model's publisher"
+)
+
+
+def _label(where: str | None, field: str) -> str:
+    return f"{where}: {field}" if where else field
+
+
+def _index(idx: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(i) for i in idx) + "]"
+
+
+def check_finite(values: Any, field: str, where: str | None = None) -> None:
+    """Raise :class:`~berg.errors.ModelLoadError` if ``values`` hold a NaN or an infinity.
+
+    Checked block by block (a 1 MB mask, never a full-size boolean copy); integer arrays are always
+    finite. A memory-mapped array is read through its mapping, so call this where the data are being
+    read anyway (see :class:`Affine` for when berg does).
+
+    Parameters
+    ----------
+    values : array_like
+    field : str
+        The field's name in its file (``"coef_"``, ``"weight"``...).
+    where : str, optional
+        The file (and the path inside it) the values come from, named in the message.
+
+    Raises
+    ------
+    ModelLoadError
+        Naming ``where``, ``field``, the first bad index and its value.
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fc" or arr.size == 0:
+        return
+    # walk the array in memory order: a transposed view (a readout held (k, n) in memory) is scanned
+    # through its contiguous transpose, not with strided reads
+    flip = arr.ndim >= 2 and not arr.flags.c_contiguous and arr.flags.f_contiguous
+    base = arr.T if flip else (arr.reshape(1) if arr.ndim == 0 else arr)
+    step = max(1, _CHECK_BLOCK // max(1, int(np.prod(base.shape[1:], dtype=np.int64))))
+    for a in range(0, base.shape[0], step):
+        ok = np.isfinite(base[a : a + step])
+        if ok.all():
+            continue
+        first = np.argwhere(~ok)[0]
+        first[0] += a
+        idx = tuple(int(i) for i in (first[::-1] if flip else first))
+        value = arr[idx] if arr.ndim else arr[()]
+        raise ModelLoadError(f"{_label(where, field)}{_index(idx) if arr.ndim else ''} is {value}; {_REMEDY}")
+
+
+def check_scaler(
+    mean: np.ndarray | None,
+    scale: np.ndarray | None,
+    where: str | None = None,
+    *,
+    names: tuple[str, str] = ("mean_", "scale_"),
+) -> None:
+    """Check StandardScaler ``mean_`` and ``scale_`` before they are folded: finite, every scale > 0.
+
+    The rule for constant features is scikit-learn's: ``StandardScaler.fit`` stores ``scale_ = 1`` for
+    a feature of zero variance (``_handle_zeros_in_scale``), and berg's trainer does the same
+    (:mod:`berg.training.solvers`). A fitted scaler therefore never stores 0 (nor a negative value, a
+    square root of a variance), so one in a file is damage (a flipped sign bit is a negative scale),
+    not a constant feature: it is refused rather than silently treated as 1.
+
+    Raises
+    ------
+    ModelLoadError
+        Naming ``where``, the field (``names``), the first bad index and its value.
+    """
+    if mean is not None:
+        check_finite(mean, names[0], where)
+    if scale is not None:
+        check_finite(scale, names[1], where)
+        s = np.asarray(scale)
+        for a in range(0, s.size, _CHECK_BLOCK):
+            bad = np.flatnonzero(s[a : a + _CHECK_BLOCK] <= 0)
+            if bad.size:
+                i = a + int(bad[0])
+                raise ModelLoadError(
+                    f"{_label(where, names[1])}[{i}] is {s[i]}; a fitted StandardScaler stores scale_ > 0 for every "
+                    "feature (1 for a constant feature, as scikit-learn does), so this file is damaged or was not "
+                    "written from a fitted scaler. Use a good copy of it"
+                )
+
+
 def folded_rows(
-    mean: np.ndarray | None, scale: np.ndarray | None, rows: Iterable[np.ndarray]
+    mean: np.ndarray | None,
+    scale: np.ndarray | None,
+    rows: Iterable[np.ndarray],
+    *,
+    where: str | None = None,
 ) -> Iterator[tuple[np.ndarray, float]]:
     """The one scaler-folding kernel: for each component row ``c`` yield ``(c / scale, -(mean / scale) @ c)``.
 
     Rows are computed in float64 one at a time (so no float64 copy of a whole multi-GB matrix ever
-    exists) and returned as float32 weight rows plus a float64 bias. Zero scales count as 1, as in
-    scikit-learn; ``None`` means no scaling / no centring.
+    exists) and returned as float32 weight rows plus a float64 bias. ``None`` means no scaling / no
+    centring. The scaler is checked first (:func:`check_scaler`: finite, every scale > 0) and each row
+    as it is folded (finite, and within float32 after scaling): this pass reads every component once
+    anyway, so the check costs no extra read of the (possibly 4 GB) source.
+
+    Parameters
+    ----------
+    where : str, optional
+        The file (and path inside it) of the components, named in errors (``...: components_[i, j]``).
+
+    Raises
+    ------
+    ModelLoadError
+        The scaler or a component row holds a NaN/inf, a scale is not > 0, or a folded value
+        overflows float32.
     """
-    inv = (
-        None
-        if scale is None
-        else 1.0 / np.where(np.asarray(scale, dtype=np.float64) == 0, 1.0, np.asarray(scale, dtype=np.float64))
-    )
+    check_scaler(mean, scale, where)
+    inv = None if scale is None else 1.0 / np.asarray(scale, dtype=np.float64)
     mos = None if mean is None else np.asarray(mean, dtype=np.float64) * (1.0 if inv is None else inv)
-    for row in rows:
+    for i, row in enumerate(rows):
         r = np.asarray(row, dtype=np.float64)
-        w = r if inv is None else r * inv
-        yield w.astype(np.float32), (0.0 if mos is None else -float(r @ mos))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
+            w = (r if inv is None else r * inv).astype(np.float32)
+            b = 0.0 if mos is None else -float(r @ mos)
+        if not (np.isfinite(w).all() and abs(b) <= _F32_MAX):  # NaN fails both comparisons
+            bad = np.flatnonzero(~np.isfinite(r))
+            if bad.size:  # a NaN/inf in the source: name it
+                j = int(bad[0])
+                raise ModelLoadError(f"{_label(where, 'components_')}[{i}, {j}] is {r[j]}; {_REMEDY}")
+            raise ModelLoadError(
+                f"{_label(where, 'components_')} row {i} overflows float32 once the scaler is folded in "
+                f"(scale_ as small as {np.min(np.abs(np.asarray(scale))) if scale is not None else 1.0}); {_REMEDY}"
+            )
+        yield w, b
 
 
 def _check_fold_shapes(mean, scale, shape: tuple[int, int]) -> None:
@@ -63,6 +221,7 @@ def fold_scaler(
     components: np.ndarray,
     *,
     out: np.ndarray | None = None,
+    where: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fold ``(x - mean) / scale`` into components in memory: ``(W, b)`` with ``x @ W.T + b``.
 
@@ -77,6 +236,13 @@ def fold_scaler(
         PCA/SVD ``components_`` (any float dtype).
     out : (k, n_features) float32 array, optional
         Where to write ``W``.
+    where : str, optional
+        The file the scaler and components come from, named in errors.
+
+    Raises
+    ------
+    ModelLoadError
+        Shapes that do not fit, or values :func:`folded_rows` refuses.
     """
     k, n = components.shape
     _check_fold_shapes(mean, scale, (k, n))
@@ -84,7 +250,7 @@ def fold_scaler(
     if W.shape != (k, n) or W.dtype != np.float32:
         raise ValueError(f"out must be float32 {(k, n)}, got {W.dtype} {W.shape}")
     bias = np.empty(k, dtype=np.float64)
-    for i, (w, b) in enumerate(folded_rows(mean, scale, components)):
+    for i, (w, b) in enumerate(folded_rows(mean, scale, components, where=where)):
         W[i], bias[i] = w, b
     return W, bias.astype(np.float32)
 
@@ -95,11 +261,16 @@ def write_folded_projection(
     scale: np.ndarray | None,
     rows: Iterable[np.ndarray],
     shape: tuple[int, int],
+    *,
+    where: str | None = None,
 ) -> None:
     """Stream :func:`folded_rows` into a safetensors file (``weight`` (k, n), ``bias`` (k,), float32).
 
     Memory stays at one row whatever the matrix size (BERG's is 100 x 5,337,088); the file is written
-    under a temporary name, fsync'ed and renamed into place.
+    under a temporary name, fsync'ed and renamed into place. Every row is checked as it is folded
+    (:func:`folded_rows`), so a written file holds finite float32 values only: that is why a mapped
+    folded projection is not scanned again when it is loaded (see :class:`Affine`). On an error
+    nothing is left at ``path``. ``where`` names the source file in errors.
     """
     k, n = shape
     _check_fold_shapes(mean, scale, (k, n))
@@ -117,7 +288,7 @@ def write_folded_projection(
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
         count = 0
-        for i, (w, b) in enumerate(folded_rows(mean, scale, rows)):
+        for i, (w, b) in enumerate(folded_rows(mean, scale, rows, where=where)):
             fh.write(w.astype("<f4", copy=False).tobytes())
             bias[i] = b
             count += 1
@@ -133,6 +304,10 @@ class Affine:
     Projections, readouts and the trainer's fitted maps are all :class:`Affine` (no ``(weight, bias)``
     tuples). ``weight`` may be memory-mapped (it is never copied unless its dtype must change).
 
+    Construction checks the shapes and that the values are finite (:func:`check_finite`; a
+    :class:`~berg.errors.ModelLoadError` names the field and the first bad entry). Build one from a
+    file's tensors with :meth:`from_tensors`, so the error also names the file.
+
     Attributes
     ----------
     weight : (n_outputs, n_inputs) float32 array
@@ -147,15 +322,56 @@ class Affine:
     stored = None
 
     def __post_init__(self) -> None:
+        where = _SOURCE.get() or type(self).__name__
         if not isinstance(self.weight, np.ndarray):
             self.weight = np.asarray(self.weight)
-        if self.weight.dtype != np.float32:
-            self.weight = self.weight.astype(np.float32)
-        self.bias = np.asarray(self.bias, dtype=np.float32)
+        mapped = _is_mapped(self.weight)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which is refused below
+            if self.weight.dtype != np.float32:
+                self.weight = self.weight.astype(np.float32)  # a copy in memory: checked below
+                mapped = False
+            self.bias = np.asarray(self.bias, dtype=np.float32)
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise ModelLoadError(f"{where}: weight {self.weight.shape} and bias {self.bias.shape} do not fit")
+        check_finite(self.bias, "bias", where)
+        # A weight held in memory was just read or computed: one more pass (block-wise, ~20 ms for BERG's
+        # 330 MB NSD readout) is cheap next to that. A memory-mapped weight is not scanned: mapping is
+        # instant, and reading a multi-GB projection at every load would turn it into a full read (and
+        # fill the resident set). Mapped weights come from files whose values were checked when they
+        # were written and whose bytes are verified by sha256 when they are used: folded projections
+        # (write_folded_projection checks every row; Store.derived re-verifies the file on reuse) and
+        # native artifacts (the store verifies every file against the manifest's sha256, and berg's
+        # exporter writes them from Affines checked here). A byte flip that keeps a float finite can
+        # only be caught by that checksum, not by any value check.
+        if not mapped:
+            check_finite(self.weight, "weight", where)
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray], where: str, **fields: Any):
+        """Build from a file's tensors ``weight`` and ``bias``; every error names ``where`` (the file).
+
+        Parameters
+        ----------
+        tensors : mapping
+            Holding ``"weight"`` and ``"bias"`` (e.g. :func:`berg.store.artifacts.read_tensors`).
+        where : str
+            The file, named in errors.
+        **fields
+            Further fields of the class (``columns`` of a :class:`Projection`).
+
+        Raises
+        ------
+        ModelLoadError
+            A tensor is missing, the shapes do not fit, or a value is not finite.
+        """
+        missing = [k for k in ("weight", "bias") if k not in tensors]
+        if missing:
             raise ModelLoadError(
-                f"{type(self).__name__} weight {self.weight.shape} and bias {self.bias.shape} do not fit"
+                f"{where} lacks tensor {', '.join(map(repr, missing))}; it must hold 'weight' and 'bias' "
+                f"(found {', '.join(map(repr, sorted(tensors))) or 'none'})"
             )
+        with _naming(where):
+            return cls(tensors["weight"], tensors["bias"], **fields)
 
     @property
     def n_outputs(self) -> int:
@@ -198,7 +414,9 @@ class Projection(Affine):
         if self.columns is not None:
             start, stop = (int(c) for c in self.columns)
             if start < 0 or stop - start != self.n_inputs:
-                raise ModelLoadError(f"projection columns {self.columns} do not fit its {self.n_inputs} input features")
+                raise ModelLoadError(
+                    f"{_SOURCE.get() or 'projection'}: columns {self.columns} do not fit its {self.n_inputs} input features"
+                )
             self.columns = (start, stop)
 
     @property

@@ -46,7 +46,14 @@ import numpy as np
 
 from berg.core.engine import LinearEncodingModel
 from berg.core.layouts import ArtifactLayout
-from berg.core.readouts import LinearReadout, Projection, ReadoutHead, write_folded_projection
+from berg.core.readouts import (
+    LinearReadout,
+    Projection,
+    ReadoutHead,
+    check_finite,
+    check_scaler,
+    write_folded_projection,
+)
 from berg.core.reliability import Reliability
 from berg.core.spaces import SensorTimeSpace, SurfaceSpace
 from berg.errors import ModelLoadError, NoReliabilityError
@@ -80,7 +87,9 @@ log = logging.getLogger(__name__)
 N_VERTICES = 163_842
 EEG_REPETITIONS = ("rep-1", "rep-2", "rep-3", "rep-4")
 #: version of the folding code; part of the derived projection's key (bump when its bytes would change)
-FOLD_VERSION = "1"
+#: 2: values are checked while folding (a file folded by version 1 from bad weights is folded and
+#: checked again, not reused)
+FOLD_VERSION = "2"
 FAMILIES = ("nsd_fsaverage", "things_eeg_2")
 
 
@@ -145,6 +154,8 @@ def _vector(d: dict, key: str, n: int | None, where: str) -> np.ndarray:
     arr = np.asarray(_get(d, key, where))
     if arr.ndim != 1 or (n is not None and arr.shape != (n,)):
         raise ModelLoadError(f"{where}[{key!r}] has shape {arr.shape}, expected ({n},)")
+    if arr.dtype.kind not in "fiu":
+        raise ModelLoadError(f"{where}[{key!r}] holds {arr.dtype} values, expected numbers")
     return arr
 
 
@@ -156,21 +167,42 @@ class PCAParams:
     mean: np.ndarray | None  # (F,)
     whiten: bool = False
     explained_variance: np.ndarray | None = None
+    where: str = ""  # the file and path of this PCA in it, named in errors
 
     @classmethod
     def read(cls, obj: Any, where: str) -> PCAParams:
+        """Read a PCA's attributes, checking shapes, the mean (finite) and whitening (variances > 0).
+
+        ``components_`` values are checked when they are folded (:meth:`rows`, the one pass that reads them).
+        """
         d = _attrs(obj, where)
         comps = _get(d, "components_", where)
-        if not isinstance(comps, np.ndarray) or comps.ndim != 2:
-            raise ModelLoadError(f"{where}: components_ must be a 2-D array, got {np.shape(comps)}")
+        if not isinstance(comps, np.ndarray) or comps.ndim != 2 or comps.dtype.kind != "f":
+            raise ModelLoadError(
+                f"{where}: components_ must be a 2-D float array, got {np.shape(comps)} "
+                f"{getattr(comps, 'dtype', type(comps).__name__)}"
+            )
         k, n = comps.shape
         mean = _vector(d, "mean_", n, where) if d.get("mean_") is not None else None
+        if mean is not None:
+            check_finite(mean, "mean_", where)
         whiten = bool(d.get("whiten", False))
         ev = _vector(d, "explained_variance_", k, where) if whiten else None
+        if ev is not None:
+            # whitening divides component i by sqrt(explained_variance_[i]): a variance that is not > 0
+            # (a component that explains nothing, or a damaged value) gives inf/NaN outputs
+            check_finite(ev, "explained_variance_", where)
+            bad = np.flatnonzero(np.asarray(ev) <= 0)
+            if bad.size:
+                raise ModelLoadError(
+                    f"{where}: explained_variance_[{int(bad[0])}] is {ev[bad[0]]} and whiten=True; whitening divides "
+                    "each component by the square root of its explained variance, so every variance must be > 0. "
+                    "The file is damaged or its PCA is degenerate: use a good copy of it"
+                )
         nf = d.get("n_features_in_")
         if nf is not None and int(nf) != n:
             raise ModelLoadError(f"{where}: n_features_in_ = {nf} but components_ has {n} columns")
-        return cls(comps, mean, whiten, ev)
+        return cls(comps, mean, whiten, ev, where)
 
     def rows(self) -> Iterator[np.ndarray]:
         """Component rows (whitened when the PCA whitens), read without mapping the whole file."""
@@ -187,32 +219,58 @@ class Linear:
 
     coef: np.ndarray  # (n_outputs, k)
     intercept: np.ndarray  # (n_outputs,)
+    where: str = ""  # the file and path of this regression in it, named in errors
 
     @classmethod
     def read(cls, obj: Any, where: str, *, k: int | None = None) -> Linear:
+        """Read a LinearRegression's attributes, checking shapes and the intercept (finite).
+
+        ``coef_`` values are checked when the readout is built (:func:`stacked_readout`, which reads them).
+        """
         d = _attrs(obj, where)
         coef = _get(d, "coef_", where)
         intercept = np.asarray(_get(d, "intercept_", where)).reshape(-1)
         if not isinstance(coef, np.ndarray) or coef.ndim != 2 or intercept.shape != (coef.shape[0],):
             raise ModelLoadError(f"{where}: coef_ {np.shape(coef)} and intercept_ {intercept.shape} do not fit")
+        if coef.dtype.kind != "f" or intercept.dtype.kind not in "fiu":
+            raise ModelLoadError(f"{where}: coef_ ({coef.dtype}) and intercept_ ({intercept.dtype}) must be numbers")
+        check_finite(intercept, "intercept_", where)
         nf = d.get("n_features_in_")
         if nf is not None and int(nf) != coef.shape[1]:
             raise ModelLoadError(f"{where}: n_features_in_ = {nf} but coef_ has {coef.shape[1]} columns")
         if k is not None and coef.shape[1] != k:
             raise ModelLoadError(f"{where}: coef_ has {coef.shape[1]} columns, the PCA gives {k} components")
-        return cls(coef, intercept)
+        return cls(coef, intercept, where)
 
     def readout(self) -> LinearReadout:
         return stacked_readout([self])
 
 
-def _rows_into_columns(arr: np.ndarray, out: np.ndarray, col0: int, chunk: int = 8192) -> None:
+def _rows_into_columns(
+    arr: np.ndarray, out: np.ndarray, col0: int, chunk: int = 8192, *, where: str = "", field: str = "coef_"
+) -> None:
     """``out[:, col0:col0 + n] = arr.T`` for an ``(n, k)`` array, reading a memory map with plain reads.
 
     Touching a mapping adds the file's pages to the resident set; reading chunks through the page
-    cache keeps RSS at the destination plus one chunk.
+    cache keeps RSS at the destination plus one chunk. Each chunk is checked as it is converted to
+    float32 (finite, and no float64 value beyond float32's range): this is the one pass that reads the
+    readout, so the check costs no extra read.
     """
     n, k = arr.shape
+
+    def put(a: int, rows: np.ndarray) -> None:
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: refused just below
+            block = np.asarray(rows, dtype=np.float32)
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(rows))  # a NaN/inf in the file, else a value float32 cannot hold
+            i, j = (int(x) for x in (bad[0] if len(bad) else np.argwhere(~np.isfinite(block))[0]))
+            value = rows[i, j]
+            raise ModelLoadError(
+                f"{where}: {field}[{a + i}, {j}] is {value}{' (beyond float32)' if np.isfinite(value) else ''}; "
+                "weights must be finite: the file is damaged or holds a failed fit. Use a good copy of it"
+            )
+        out[:, col0 + a : col0 + a + len(block)] = block.T
+
     path, offset = getattr(arr, "filename", None), getattr(arr, "offset", None)
     if isinstance(arr, np.memmap) and path and offset is not None and arr.flags.c_contiguous:
         with open(path, "rb") as fh:
@@ -222,10 +280,10 @@ def _rows_into_columns(arr: np.ndarray, out: np.ndarray, col0: int, chunk: int =
                 rows = np.fromfile(fh, dtype=arr.dtype, count=(b - a) * k)
                 if rows.size != (b - a) * k:
                     raise ModelLoadError(f"{path}: truncated readout (rows {a}..{b})")
-                out[:, col0 + a : col0 + b] = rows.reshape(b - a, k).T
+                put(a, rows.reshape(b - a, k))
         return
     for a in range(0, n, chunk):
-        out[:, col0 + a : col0 + min(n, a + chunk)] = np.asarray(arr[a : a + chunk]).T
+        put(a, np.asarray(arr[a : a + chunk]))
 
 
 def stacked_readout(parts: list[Linear]) -> LinearReadout:
@@ -240,7 +298,7 @@ def stacked_readout(parts: list[Linear]) -> LinearReadout:
     wt = np.empty((k, n), dtype=np.float32)
     col = 0
     for p in parts:
-        _rows_into_columns(p.coef, wt, col)
+        _rows_into_columns(p.coef, wt, col, where=p.where)
         col += p.coef.shape[0]
     bias = np.concatenate([np.asarray(p.intercept, dtype=np.float32) for p in parts])
     return LinearReadout(wt.T, bias)
@@ -259,12 +317,41 @@ class SubjectWeights:
     pcas: dict[str, PCAParams]  # projection name -> PCA ("pca" for NSD, "rep-r" for EEG)
     heads: list[tuple[str, str, Linear]]  # (head name, projection name, readout)
     form: str
+    where: str = ""  # the weights file, named in errors
 
 
 def read_weights(path: str | Path, family: str, *, where: str | None = None) -> SubjectWeights:
     """Read a BERG weights file of ``family`` (``"nsd_fsaverage"`` or ``"things_eeg_2"``).
 
     Arrays stay memory maps of the file; nothing is folded or copied here.
+
+    What is checked, and where (a :class:`~berg.errors.ModelLoadError` names the file, the field and
+    the first bad entry):
+
+    * here: every shape against the others; the scaler (``mean_`` finite, ``scale_`` finite and > 0:
+      scikit-learn stores 1 for a constant feature, so a 0 is damage, see
+      :func:`berg.core.readouts.check_scaler`); each PCA's ``mean_`` (finite) and, when it whitens,
+      ``explained_variance_`` (finite and > 0); each ``intercept_`` (finite). These are small.
+    * where the big arrays are read anyway, so no second pass over the file: ``components_`` rows as
+      :func:`fold_projection` folds them, ``coef_`` chunks as :func:`stacked_readout` copies them.
+
+    BERG's files have no manifest of checksums (only the size/ETag the store checks on download and
+    the sha256 it records then), so a byte flip inside a float array that leaves the value finite
+    cannot be told from a real weight by any check of the values: a file damaged after it was recorded
+    fails the recorded sha256, one damaged before cannot be detected.
+
+    Parameters
+    ----------
+    path : path
+        The weights file.
+    family : {"nsd_fsaverage", "things_eeg_2"}
+    where : str, optional
+        How errors name the file (default ``path``).
+
+    Raises
+    ------
+    ModelLoadError
+        A missing key, shapes that do not fit, or values as above.
     """
     where = where or str(path)
     d = _load_dict(Path(path), where)
@@ -273,6 +360,7 @@ def read_weights(path: str | Path, family: str, *, where: str | None = None) -> 
         scaler = _attrs(scaler, f"{where}['scaler_param']")
     mean = _vector(scaler, "mean_", None, f"{where}['scaler_param']")
     scale = _vector(scaler, "scale_", mean.size, f"{where}['scaler_param']")
+    check_scaler(mean, scale, f"{where}['scaler_param']")
     pca_param = _get(d, "pca_param", where)
     if family == "nsd_fsaverage":
         pca = PCAParams.read(pca_param, f"{where}['pca_param']")
@@ -307,7 +395,7 @@ def read_weights(path: str | Path, family: str, *, where: str | None = None) -> 
     for name, pca in pcas.items():
         if pca.components.shape[1] != mean.size:
             raise ModelLoadError(f"{where}: scaler has {mean.size} features, PCA {name} has {pca.components.shape[1]}")
-    return SubjectWeights(mean, scale, pcas, heads, form)
+    return SubjectWeights(mean, scale, pcas, heads, form, where)
 
 
 def fold_projection(target: str | Path, weights: SubjectWeights, name: str) -> None:
@@ -315,14 +403,16 @@ def fold_projection(target: str | Path, weights: SubjectWeights, name: str) -> N
 
     ``(x - mean_s) / scale_s - mean_pca = (x - (mean_s + scale_s * mean_pca)) / scale_s``, so the one
     folding kernel (:func:`berg.core.readouts.folded_rows`) applies with that combined mean; rows stream
-    from the weights file one at a time.
+    from the weights file one at a time, each checked as it is folded (finite, within float32).
     """
     pca = weights.pcas[name]
     mean = np.asarray(weights.scaler_mean, dtype=np.float64)
     scale = np.asarray(weights.scaler_scale, dtype=np.float64)
     if pca.mean is not None:
-        mean = mean + np.where(scale == 0, 1.0, scale) * np.asarray(pca.mean, dtype=np.float64)
-    write_folded_projection(Path(target), mean, scale, pca.rows(), pca.components.shape)
+        mean = mean + scale * np.asarray(pca.mean, dtype=np.float64)  # scales are > 0 (read_weights)
+    write_folded_projection(
+        Path(target), mean, scale, pca.rows(), pca.components.shape, where=pca.where or weights.where or None
+    )
 
 
 def _index_array(entry: Any, n: int, where: str) -> np.ndarray:
@@ -499,7 +589,7 @@ class BERGCatalogueLayout(ArtifactLayout):
                 lambda target, w=w, pca=pca: fold_projection(target, w, pca),
             )
             t = read_tensors(path, mmap=True)
-            out[name] = Projection(t["weight"], t["bias"])
+            out[name] = Projection.from_tensors(t, str(path))
         return out
 
     def reliability(self, subject: Any) -> Reliability:

@@ -20,6 +20,14 @@ Assumptions about files we could not inspect (documented in the card):
 * Metadata may hold any subset of the documented keys; affines/headers are usually absent (only NIfTI
   output needs one: file, else the card's declared grid, else a clear error).
 * The model's outputs are the subject mask's non-zero voxels in C order.
+
+Weights are checked as they are read (a :class:`~berg.errors.ModelLoadError` names the file, the field
+and the first bad entry): the scaler's ``mean_``/``scale_`` (finite, every scale > 0: scikit-learn
+stores 1 for a constant feature, so a 0 is damage) before folding, each ``components_`` row while it
+is folded (the one pass that reads the 4 GB matrix, so no second read), and each subject's ``coef_``
+and ``intercept_`` when its readout is loaded. BERG's files have no checksum manifest: a byte flip
+that leaves a float finite cannot be told from a real weight; the sha256 the store records on
+download catches damage after that.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from berg.core.layouts import ArtifactLayout
-from berg.core.readouts import LinearReadout, Projection, write_folded_projection
+from berg.core.readouts import LinearReadout, Projection, check_finite, check_scaler, write_folded_projection
 from berg.core.reliability import Reliability
 from berg.core.spaces import VolumeSpace
 from berg.errors import ModelLoadError, NoReliabilityError
@@ -44,7 +52,9 @@ log = logging.getLogger(__name__)
 
 PCA_KEY = "encoding_models_weights/pca_weights.npy"
 #: version of the scaler folding; bump it when the folded file would change (it keys the derived artifact)
-FOLD_VERSION = "1"
+#: 2: values are checked while folding (a file folded by version 1 from bad weights is folded and
+#: checked again, not reused)
+FOLD_VERSION = "2"
 # folded projections already memory-mapped in this process (dropped when no model uses them)
 _OPEN_PROJECTIONS: weakref.WeakValueDictionary[str, Projection] = weakref.WeakValueDictionary()
 
@@ -155,8 +165,11 @@ class BMDLegacyLayout(ArtifactLayout):
         comps = _get(svd, "components_", f"{PCA_KEY}['pca_param']")
         mean = np.asarray(_get(scaler, "mean_", f"{PCA_KEY}['scaler_param']"))
         scale = np.asarray(_get(scaler, "scale_", f"{PCA_KEY}['scaler_param']"))
-        if comps.ndim != 2:
-            raise ModelLoadError(f"{PCA_KEY}: components_ must be 2-D, got {comps.shape}")
+        if not isinstance(comps, np.ndarray) or comps.ndim != 2 or comps.dtype.kind != "f":
+            raise ModelLoadError(
+                f"{PCA_KEY}: pca_param['components_'] must be a 2-D float array, got {np.shape(comps)} "
+                f"{getattr(comps, 'dtype', type(comps).__name__)}"
+            )
         n = comps.shape[1]
         for name, arr in (("mean_", mean), ("scale_", scale)):
             if arr.shape != (n,):
@@ -165,8 +178,9 @@ class BMDLegacyLayout(ArtifactLayout):
             nf = d.get("n_features_in_")
             if nf is not None and int(nf) != n:
                 raise ModelLoadError(f"{PCA_KEY}: {where}['n_features_in_'] = {nf} but components have {n} features")
+        check_scaler(mean, scale, f"{PCA_KEY}['scaler_param']")  # named here; folded_rows checks them again (cheap)
         log.info("folding the scaler into %s components (once; cached at %s)", comps.shape, target)
-        write_folded_projection(target, mean, scale, _iter_rows(comps), comps.shape)
+        write_folded_projection(target, mean, scale, _iter_rows(comps), comps.shape, where=f"{PCA_KEY}['pca_param']")
 
     def load_projection(self) -> Projection:
         from berg.store.artifacts import read_tensors
@@ -179,15 +193,26 @@ class BMDLegacyLayout(ArtifactLayout):
         proj = _OPEN_PROJECTIONS.get(ident)
         if proj is None:
             t = read_tensors(target, mmap=True)
-            proj = Projection(t["weight"], t["bias"])
+            proj = Projection.from_tensors(t, str(target))
             _OPEN_PROJECTIONS[ident] = proj
         return proj
 
     def load_readout(self, subject: Any) -> LinearReadout:
         key = self._weights_key(subject)
         w = self._load(key)
-        coef = np.asarray(_get(w, "coef_", key), dtype=np.float32)
-        intercept = np.asarray(_get(w, "intercept_", key), dtype=np.float32).reshape(-1)
+        raw_coef, raw_intercept = _get(w, "coef_", key), _get(w, "intercept_", key)
+        for name, arr in (("coef_", raw_coef), ("intercept_", raw_intercept)):
+            if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+                raise ModelLoadError(
+                    f"{key}: {name} must be a numeric array, got {getattr(arr, 'dtype', type(arr).__name__)}"
+                )
+        # checked as stored (a NaN/inf named in the file's dtype); a float64 value beyond float32's range
+        # becomes inf in the converted copy, which LinearReadout checks (each subject's readout is small)
+        check_finite(raw_coef, "coef_", key)
+        check_finite(raw_intercept, "intercept_", key)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: LinearReadout refuses it
+            coef = np.asarray(raw_coef, dtype=np.float32)
+            intercept = np.asarray(raw_intercept, dtype=np.float32).reshape(-1)
         if coef.ndim != 2 or intercept.shape != (coef.shape[0],):
             raise ModelLoadError(f"{key}: coef_ {coef.shape} and intercept_ {intercept.shape} do not fit")
         nf = w.get("n_features_in_")
@@ -196,7 +221,7 @@ class BMDLegacyLayout(ArtifactLayout):
         expected = self.spec.n_outputs(subject)
         if expected is not None and coef.shape[0] != expected:
             raise ModelLoadError(f"{key}: {coef.shape[0]} voxels, the card declares {expected} for subject {subject}")
-        return LinearReadout(coef, intercept)
+        return LinearReadout.from_tensors({"weight": coef, "bias": intercept}, key)
 
     # ------------------------------------------------------------------ metadata
     def _affine(self, fmri: dict[str, Any], key: str) -> np.ndarray | None:
