@@ -472,8 +472,9 @@ def main() -> None:
     args = H.add_arguments(ap).parse_args()
     if args.smoke:
         _smoke()
-        if args.root == ap.get_default("root"):
-            args.root = Path(tempfile.mkdtemp(prefix="berg-bench-catalogue-smoke-"))
+        if args.root == ap.get_default("root"):  # removed at exit
+            scratch = tempfile.TemporaryDirectory(prefix="berg-bench-catalogue-smoke-")
+            args.root = Path(scratch.name)
         # readouts of the NSD model and the subjects figure on a small backbone: a ViT-B/32 pass and the
         # EEG replica would take minutes here
         args.batches, args.only, args.families = 1, args.only or ["readout", "subjects"], ["nsd"]
