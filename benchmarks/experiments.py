@@ -105,8 +105,8 @@ def bench_forward(n_images: int, batch: int) -> dict:
     from berg.experiments import roi_contrast
     from berg.testing import IMAGENET_MEAN, IMAGENET_STD, toy_model
 
-    root = Path(tempfile.mkdtemp(prefix="berg-bench-"))
-    toy = toy_model(root, "volume", size=64, n_components=8, creator="benchmarks/experiments.py")
+    scratch = tempfile.TemporaryDirectory(prefix="berg-bench-")  # removed when this function returns
+    toy = toy_model(Path(scratch.name), "volume", size=64, n_components=8, creator="benchmarks/experiments.py")
     model = toy.client().get_encoding_model(toy.model_id, subject=1, device="cpu", backbone_weights="untrained")
     rois = model.get_metadata()["rois"]
     objective = roi_contrast(rois["A"], rois["B"])
