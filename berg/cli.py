@@ -241,6 +241,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "cached_bytes": int(cached.get(model_id, 0)),
                 "download": download,
                 "backbone_mb": backbone,
+                "registry": spec.registry,
                 "name": card.get("name", ""),
             }
         )
@@ -258,11 +259,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             _megabytes(r["cached_bytes"] / 1e6) if r["cached_bytes"] else "-",
             r["download"],
             "-" if not r["backbone_mb"] else _megabytes(r["backbone_mb"]),
+            r["registry"],
             r["name"],
         ]
         for r in rows
     ]
-    header = ["ID", "MODALITY", "DATASET", "SUBJ", "INPUT", "STATUS", "CACHED", "DOWNLOAD", "BACKBONE", "NAME"]
+    header = [
+        "ID", "MODALITY", "DATASET", "SUBJ", "INPUT", "STATUS", "CACHED", "DOWNLOAD", "BACKBONE", "REGISTRY", "NAME"
+    ]  # fmt: skip
     right = {3, 6, 8}  # numbers line up on their right edge
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header) - 1)]
     for row in [header, *table]:

@@ -430,8 +430,10 @@ def render() -> dict[Path, str]:
     from berg.cards import card_to_markdown, read_card_file
     from berg.yamlio import read_yaml
 
+    from berg.cli import reference_markdown
+
     registry = read_yaml(REPO / "registry.yaml") or {}
-    pages: dict[Path, str] = {}
+    pages: dict[Path, str] = {REPO / "docs" / "cli.md": reference_markdown()}
     cards: dict[str, dict] = {}
     problems = []
     for model_id in sorted(registry.get("models") or {}):
