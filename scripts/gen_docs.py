@@ -428,9 +428,8 @@ def render() -> dict[Path, str]:
     always describe exactly what is committed. Invalid cards stop the run with their errors.
     """
     from berg.cards import card_to_markdown, read_card_file
-    from berg.yamlio import read_yaml
-
     from berg.cli import reference_markdown
+    from berg.yamlio import read_yaml
 
     registry = read_yaml(REPO / "registry.yaml") or {}
     pages: dict[Path, str] = {REPO / "docs" / "cli.md": reference_markdown()}
