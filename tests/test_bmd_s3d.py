@@ -337,8 +337,8 @@ def test_card_keeps_bergs_rois_and_voxel_counts():
 
 def test_streamed_fold_reads_memmapped_rows_without_mapping(tmp_path):
     """BERG's components come back memory-mapped; folding must read them with plain reads (RSS)."""
-    from berg.models.bmd_s3d import _iter_rows
     from berg.core.readouts import fold_scaler, write_folded_projection
+    from berg.models.bmd_s3d import _iter_rows
     from berg.store.artifacts import read_tensors
     from berg.store.legacy import load_legacy_npy
 
