@@ -7,9 +7,8 @@ forms a features x outputs matrix.
 
 Weights are checked where they are read, never in a separate pass over a big file: NaN/inf anywhere,
 a scaler ``scale_`` that is not > 0, or a folded value that overflows float32 raise
-:class:`~berg.errors.ModelLoadError` naming the file, the field and the first bad entry (a
-:class:`~berg.errors.ModelLoadError` is what a damaged file gives; silent NaN outputs are not). What is
-checked where:
+:class:`~berg.errors.ModelLoadError` naming the file, the field and the first bad entry, instead of
+outputs that are NaN or shifted without a word. What is checked where:
 
 * :func:`folded_rows` checks the scaler once and every component row as it folds it (the fold is the
   one pass that reads the components);
@@ -33,6 +32,18 @@ import numpy as np
 from berg.errors import ModelLoadError
 from berg.fsutil import atomic_write
 
+__all__ = [
+    "Affine",
+    "Projection",
+    "check_finite",
+    "check_scaler",
+    "LinearReadout",
+    "ReadoutHead",
+    "fold_scaler",
+    "folded_rows",
+    "write_folded_projection",
+]
+
 #: The file an Affine being built comes from (set by Affine.from_tensors), named in its errors.
 _SOURCE: ContextVar[str | None] = ContextVar("berg_affine_source", default=None)
 
@@ -54,19 +65,6 @@ def _is_mapped(arr: np.ndarray) -> bool:
             return True
         obj = getattr(obj, "base", None)
     return False
-
-
-__all__ = [
-    "Affine",
-    "Projection",
-    "check_finite",
-    "check_scaler",
-    "LinearReadout",
-    "ReadoutHead",
-    "fold_scaler",
-    "folded_rows",
-    "write_folded_projection",
-]
 
 
 #: Elements per block of :func:`check_finite`: its mask is 1 MB, whatever the array's size.
@@ -140,6 +138,15 @@ def check_scaler(
     (:mod:`berg.training.solvers`). A fitted scaler therefore never stores 0 (nor a negative value, a
     square root of a variance), so one in a file is damage (a flipped sign bit is a negative scale),
     not a constant feature: it is refused rather than silently treated as 1.
+
+    Parameters
+    ----------
+    mean, scale : (n_features,) arrays or None
+        StandardScaler's ``mean_`` and ``scale_`` (``None``: no centring / no scaling).
+    where : str, optional
+        The file (and path inside it) they come from, named in the message.
+    names : (str, str)
+        How the message names the two fields.
 
     Raises
     ------
@@ -358,6 +365,11 @@ class Affine:
             The file, named in errors.
         **fields
             Further fields of the class (``columns`` of a :class:`Projection`).
+
+        Returns
+        -------
+        Affine
+            An instance of the class it is called on (:class:`Projection`, :class:`LinearReadout`...).
 
         Raises
         ------
