@@ -75,7 +75,7 @@ def main() -> int:
     from berg.buildable import build_model
     from berg.experiments.decoding import classify, identify, learning_curve, split_categories
     from berg.synthetic import category_images, generate
-    from berg.training.datasets import bold5000_release_dataset
+    from berg.training.bold5000 import bold5000_release_dataset
     from creation_code.bold5000_alexnet.synthetic_release import (
         BOLD5000_VOXELS,
         write_registry,
