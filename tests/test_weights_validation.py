@@ -327,7 +327,7 @@ def test_native_readout_non_finite(toy, tmp_path, tensor, index, shown):
     key = "readout/sub-01.safetensors"
     _rewrite_readout(artifact, key, lambda t: t[tensor].__setitem__(index, np.nan))
     _manifest_entry(artifact, key)
-    with pytest.raises(ModelLoadError, match=re.escape(shown)):
+    with pytest.raises(ModelLoadError, match=re.escape(f"{key}: {shown}")):
         _native_layout(toy, tmp_path).load_readout(1)
 
 

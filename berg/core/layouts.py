@@ -223,18 +223,12 @@ class NativeLayout(ArtifactLayout):
         if not self._has_projection():
             return None
         t = self.tensors(self.PROJECTION, mmap=True)
-        try:
-            return Projection(t["weight"], t["bias"])
-        except KeyError as exc:
-            raise ModelLoadError(f"{self.PROJECTION} lacks tensor {exc}; it must hold 'weight' and 'bias'") from exc
+        return Projection.from_tensors(t, self.PROJECTION)
 
     def load_readout(self, subject: Any) -> LinearReadout:
         key = self.readout_file(subject)
         t = self.tensors(key, mmap=False)
-        try:
-            readout = LinearReadout(t["weight"], t["bias"])
-        except KeyError as exc:
-            raise ModelLoadError(f"{key} lacks tensor {exc}; it must hold 'weight' and 'bias'") from exc
+        readout = LinearReadout.from_tensors(t, key)
         expected = self.spec.n_outputs(subject)
         if expected is not None and readout.n_outputs != expected:
             raise ModelLoadError(

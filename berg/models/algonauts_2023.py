@@ -127,10 +127,7 @@ class Algonauts2023Layout(NativeLayout):
         """The readout of one feature set and the output rows it covers (``None``: every output)."""
         key = self.readout_key(feature_set, subject)
         t = self.tensors(key, mmap=True)
-        try:
-            readout = LinearReadout(t["weight"], t["bias"])
-        except KeyError as exc:
-            raise ModelLoadError(f"{key} lacks tensor {exc}; it must hold 'weight' and 'bias'") from exc
+        readout = LinearReadout.from_tensors(t, key)
         rows = np.asarray(t["rows"], dtype=np.int64) if "rows" in t else None
         return readout, rows
 

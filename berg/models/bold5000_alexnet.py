@@ -82,10 +82,7 @@ class Bold5000AlexNetLayout(NativeLayout):
     def _readout(self, layer: str, subject: Any) -> LinearReadout:
         key = self._readout_key_of(layer, subject)
         t = self.tensors(key, mmap=False)
-        try:
-            return LinearReadout(t["weight"], t["bias"])
-        except KeyError as exc:
-            raise ModelLoadError(f"{key} lacks tensor {exc}; it must hold 'weight' and 'bias'") from exc
+        return LinearReadout.from_tensors(t, key)
 
     def load_heads(self, subject: Any) -> list[ReadoutHead]:
         """One head per run of consecutive outputs that share a layer (one head for a single layer)."""
@@ -104,8 +101,8 @@ class Bold5000AlexNetLayout(NativeLayout):
     def load_projections(self, names: list[str | None]) -> dict[str, Projection | None]:
         out = {}
         for name in names:
-            t = self.tensors(f"projections/{name}.safetensors", mmap=True)
-            out[name] = Projection(t["weight"], t["bias"])
+            key = f"projections/{name}.safetensors"
+            out[name] = Projection.from_tensors(self.tensors(key, mmap=True), key)
         return out
 
 
