@@ -41,7 +41,6 @@ __all__ = [
     "plot_file",
     "plot_stimulus_maps",
     "is_mni",
-    "plot_volume_slices",
     "response_units",
     "figure_stamp",
     "GROUP_MAP_UNITS",
@@ -838,61 +837,3 @@ def plot_file(
             "(plot other outputs with matplotlib from berg.load_responses)"
         )
     return info
-
-
-def plot_volume_slices(
-    image: Any,
-    *,
-    title: str = "",
-    out_path: str | Path | None = None,
-    volume_index: int = 0,
-    cmap: str = "RdBu_r",
-):
-    """Orthogonal voxel-index slices through the largest ``|value|`` (no anatomy; a quick look).
-
-    Prefer :func:`plot_volume`, which draws on the MNI152 template with orientation and units; this
-    helper stays for grids that are not brains (synthetic test models).
-
-    Parameters
-    ----------
-    image : nibabel image or ndarray
-        3-D or 4-D (``volume_index`` picks the volume).
-    title : str
-        Figure title.
-    out_path : path, optional
-        If given, the figure is saved there as PNG (written atomically).
-    volume_index : int
-        Volume of a 4-D image to show.
-    cmap : str
-        Diverging colour map, centred on 0.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    data = np.asarray(image.dataobj[...] if hasattr(image, "dataobj") else image, dtype=np.float32)
-    if data.ndim == 4:
-        data = data[..., volume_index]
-    if data.ndim != 3:
-        raise InvalidParameterError(f"expected a 3-D or 4-D volume, got shape {data.shape}")
-    if not np.isfinite(data).any():
-        raise InvalidParameterError("the volume has no finite value to draw")
-    i, j, k = np.unravel_index(int(np.nanargmax(np.abs(data))), data.shape)
-    vmax = float(np.nanmax(np.abs(data))) or 1.0
-    fig = _figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 3)
-    views = [(data[i, :, :], f"x = {i}"), (data[:, j, :], f"y = {j}"), (data[:, :, k], f"z = {k}")]
-    for ax, (plane, label) in zip(axes, views):
-        im = ax.imshow(plane.T, origin="lower", cmap=cmap, vmin=-vmax, vmax=vmax)
-        ax.set_title(label)
-        ax.axis("off")
-    fig.colorbar(im, ax=axes, shrink=0.8)
-    if title:
-        fig.suptitle(title)
-    if out_path is not None:
-        out_path = Path(out_path)
-        from berg.fsutil import atomic_path
-
-        with atomic_path(out_path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    return fig
