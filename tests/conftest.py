@@ -1,8 +1,9 @@
-"""Shared fixtures: a real S3 server (SeaweedFS on 127.0.0.1) and a fault-injecting proxy."""
+"""Shared fixtures: a real S3 server (SeaweedFS on 127.0.0.1), a fault-injecting proxy, a new user's caches."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,10 @@ def _skip_reason(report) -> str:
 
 def _fails_in_ci(report) -> bool:
     """A skip for a missing extra / test tool is a failure in CI (a suite that skips there does not exist)."""
-    return bool(os.environ.get("CI")) and report.skipped and any(
-        word in _skip_reason(report) for word in ("extra", "not installed")
+    return (
+        bool(os.environ.get("CI"))
+        and report.skipped
+        and any(word in _skip_reason(report) for word in ("extra", "not installed"))
     )
 
 
@@ -98,3 +101,41 @@ def img2fmri_data():
     if path is None:
         pytest.skip("../shared/data/img2fmri not found beside the checkout (set BERG_SHARED_DIR)")
     return path
+
+
+# ---------------------------------------------------------------------------------- a new user's machine
+#: The test cache shared by the docs, README and demo tests (one img2fmri conversion per CI run).
+TEST_CACHE = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test"))
+#: torchvision's cache name for ResNet18_Weights.IMAGENET1K_V1.
+RESNET18_WEIGHTS_FILE = "resnet18-f37072fd.pth"
+
+
+@pytest.fixture(scope="session")
+def fake_torch_home(tmp_path_factory) -> Path:
+    """A torch cache holding a seeded random ResNet-18 under the pretrained weights' file name."""
+    import torch
+    import torchvision
+
+    home = tmp_path_factory.mktemp("torch-home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, home / "hub" / "checkpoints" / RESNET18_WEIGHTS_FILE)
+    return home
+
+
+@pytest.fixture(scope="session")
+def berg_cache() -> Path:
+    """A persistent cache with img2fmri's wheel (fetched once from PyPI, sha256-pinned)."""
+    import berg
+    from berg.registry import Registry
+    from berg.store import Store
+    from berg.store.sources import source_for
+
+    cache = TEST_CACHE / "docs-cache"
+    try:
+        source_for(Registry().get("fmri-bold5000-resnet18").source).wheel_path(Store(cache_dir=cache))
+    except berg.BERGError as exc:  # pragma: no cover - only offline without a cached wheel
+        pytest.skip(f"img2fmri wheel unavailable (PyPI unreachable and not cached): {exc}")
+    return cache

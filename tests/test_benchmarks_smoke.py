@@ -24,7 +24,14 @@ SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"
 JOBS = max(1, int(os.environ.get("BERG_BENCH_SMOKE_JOBS", "8")))
 TIMEOUT_S = 300
 #: the slowest smoke runs, started first so the batch ends sooner; the rest follow in name order
-SLOWEST_FIRST = ["movies.py", "hostile_inputs.py", "clip_sam.py", "berg_catalogue.py", "run_scale.py", "encode_overhead.py"]
+SLOWEST_FIRST = [
+    "movies.py",
+    "hostile_inputs.py",
+    "clip_sam.py",
+    "berg_catalogue.py",
+    "run_scale.py",
+    "encode_overhead.py",
+]
 
 
 def _smoke(script: str, work: Path) -> subprocess.CompletedProcess:

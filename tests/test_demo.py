@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_CACHE = Path(os.environ.get("BERG_TEST_CACHE", Path.home() / ".cache" / "berg-test"))
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's cache name for ResNet18_Weights.IMAGENET1K_V1
 IMAGES = ("amusement1.jpg", "horse1.jpg")
 STAMP_RGB = (198, 40, 40)  # berg.plotting's stamp colour (#c62828)
@@ -150,37 +149,6 @@ def test_demo_runs_the_synthetic_model_when_the_weights_cannot_be_downloaded(clo
     for png in _check_figures(out):
         assert _stamped(png), f"{png.name}: no SYNTHETIC/UNTRAINED stamp"
     assert not (home / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE).exists()
-
-
-@pytest.fixture(scope="module")
-def fake_torch_home(tmp_path_factory) -> Path:
-    """A torch cache holding a seeded random ResNet-18 under the pretrained weights' file name."""
-    import torch
-    import torchvision
-
-    home = tmp_path_factory.mktemp("torch-home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        state = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save(state, home / "hub" / "checkpoints" / WEIGHTS_FILE)
-    return home
-
-
-@pytest.fixture(scope="module")
-def berg_cache() -> Path:
-    """A persistent cache with img2fmri's wheel (fetched once from PyPI, sha256-pinned)."""
-    import berg
-    from berg.registry import Registry
-    from berg.store import Store
-    from berg.store.sources import source_for
-
-    cache = TEST_CACHE / "docs-cache"  # shared with test_readme.py / test_docs.py: one conversion per CI run
-    try:
-        source_for(Registry().get("fmri-bold5000-resnet18").source).wheel_path(Store(cache_dir=cache))
-    except berg.BERGError as exc:  # pragma: no cover - only offline without a cached wheel
-        pytest.skip(f"img2fmri wheel unavailable (PyPI unreachable and not cached): {exc}")
-    return cache
 
 
 def test_demo_runs_the_real_model_when_the_weights_are_cached(clone, my_images, tmp_path, fake_torch_home, berg_cache):

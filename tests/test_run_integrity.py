@@ -15,43 +15,18 @@ import pytest
 from berg.errors import InvalidParameterError
 from berg.runner.cli import cmd_export, cmd_status
 from berg.runner.export import IncompleteRunError, export_hdf5
-from berg.runner.zarr_store import RunStore, TargetInfo
+from berg.runner.zarr_store import RunStore
+from berg.testing.runs import flip_byte, toy_run_store, toy_run_target
 
 N, SHARD = 10, 4  # shards 0 and 1 hold 4 rows, shard 2 holds 2
 
 
 def _target(h="h1"):
-    return TargetInfo(
-        name="toy",
-        model_id="toy",
-        subject=1,
-        label="sub-01",
-        shape=(3,),
-        dims=["output"],
-        coords={},
-        attrs={"space": {"kind": "flat", "n_outputs": 3}},
-        hash=h,
-    )
+    return toy_run_target(h)
 
 
 def _store(tmp_path, h="h1", data=None):
-    store = RunStore(tmp_path / "run")
-    t = _target(h)
-    store.initialise(
-        targets=[t],
-        plan={"p": 1},
-        plan_hash="ph",
-        stimulus_ids=[f"s{i}" for i in range(N)],
-        stimuli_fingerprint={"n": N},
-        shard_size=SHARD,
-        dtype="float32",
-    )
-    data = np.arange(N * 3, dtype=np.float32).reshape(N, 3) if data is None else data
-    for s in range(3):
-        a, b = s * SHARD, min(N, (s + 1) * SHARD)
-        chunks = store.write_shard(t.key, s, a, data[a:b])
-        store.mark_done(t.key, s, {"target_hash": t.hash, "chunks": chunks})
-    return store, t, data
+    return toy_run_store(tmp_path, target_hash=h, data=data, n=N, shard_size=SHARD)
 
 
 def _chunk(store, t, shard):
@@ -59,13 +34,7 @@ def _chunk(store, t, shard):
     return path
 
 
-def _flip(path, *, keep_mtime=False):
-    st = path.stat()
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    path.write_bytes(bytes(raw))
-    if keep_mtime:
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+_flip = flip_byte
 
 
 def _states(store, **kw):
