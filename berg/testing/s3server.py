@@ -118,7 +118,10 @@ class SeaweedServer:
             f"-s3.port={s3}",
             f"-s3.config={config}",
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=64",
+            # SeaweedFS grows several volumes per bucket (collection) on its first write; one test session
+            # creates dozens of buckets, and 64 volumes ran out ("InternalError" on PutObject). Volumes are
+            # files that grow as written, so a high ceiling costs no disk up front.
+            "-volume.max=1000",
             "-iam=false",
             # fixed default ports would collide between concurrent servers (parallel test runs)
             "-s3.port.iceberg=0",
