@@ -281,8 +281,15 @@ def _subjects_model(root: Path, subjects: list[int]):
     kw = {"registry": root / "registry.yaml"} if SMOKE else {}
     client = berg.BERG(berg_dir=root / "bucket", cache_dir=root / "cache", **kw)
     model_id = SMOKE_ID if SMOKE else IDS["nsd"]
+    # BERG's loop below encodes with BERG's inference transform (weights.transforms()): the same here, so
+    # the checksum compares the same computation
     return client.get_encoding_model(
-        model_id, subject=subjects, device="cpu", backbone_weights="untrained", batch_size=BATCH
+        model_id,
+        subject=subjects,
+        device="cpu",
+        backbone_weights="untrained",
+        batch_size=BATCH,
+        preprocessing="berg_inference",
     )
 
 

@@ -2,12 +2,11 @@
 
 A well-formed fragment (one model, a card pinned by sha256, a relative source pinned by the manifest's
 sha256) is added first to show the harness accepts what it should; each case then changes one thing.
-:data:`HOSTILE_FRAGMENTS` is importable by the hostile-input harness.
+The fragments come from :mod:`berg.testing.hub`, which the hostile-input harness runs too.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -17,131 +16,17 @@ from berg.errors import BERGError, IntegrityError, InvalidParameterError
 from berg.hub.locations import location_for
 from berg.hub.registries import add_registry, list_registries
 from berg.registry import Registry, RegistrySource, UntrustedEntryError
+from berg.testing.hub import FRAGMENT_MANIFEST_SHA, FRAGMENT_MODEL, HOSTILE_FRAGMENTS, fragment_entry, fragment_site
 
-CARD_ID = "toy-m"
-MANIFEST_SHA = "ab" * 32
-
-
-def _card() -> dict:
-    from berg.testing import synthetic_card
-
-    return synthetic_card(
-        CARD_ID, space={"kind": "flat"}, selection={"rois": ["all"], "n_outputs": {1: 4}}, subjects=[1]
-    )
-
-
-def _entry(card_sha: str) -> dict:
-    return {
-        "card": f"m/1/{CARD_ID}.yaml",
-        "card_sha256": card_sha,
-        "modality": "fmri",
-        "dataset": "toy",
-        "layout": "native",
-        "model_class": None,
-        "recipe": {
-            "backbone": {"builder": "torchvision.models.resnet18", "weights": None},
-            "nodes": ["avgpool"],
-            "transform": {"kind": "image", "size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3},
-            "readout": "linear",
-            "output_space": "flat",
-        },
-        "source": {"path": "m/1/", "manifest_sha256": MANIFEST_SHA},
-    }
+CARD_ID = FRAGMENT_MODEL
+#: the error classes the fragments' table names
+ERRORS = {"UntrustedEntryError": UntrustedEntryError, "InvalidParameterError": InvalidParameterError}
+#: (case id, change to the fragment, expected error class, words the message must contain)
+HOSTILE = [(case, change, ERRORS[error], words) for case, change, error, words in HOSTILE_FRAGMENTS]
 
 
 def _site(tmp_path: Path, change=None) -> Path:
-    """A registry folder with one model; ``change(doc)`` alters the fragment first."""
-    site = tmp_path / "site"
-    (site / "m" / "1").mkdir(parents=True)
-    card = yaml.safe_dump(_card(), sort_keys=False).encode()
-    (site / "m" / "1" / f"{CARD_ID}.yaml").write_bytes(card)
-    doc = {"format_version": 1, "namespace": "lab", "models": {CARD_ID: _entry(hashlib.sha256(card).hexdigest())}}
-    if change is not None:
-        out = change(doc)
-        if isinstance(out, (str, bytes)):
-            (site / "registry.yaml").write_bytes(out.encode() if isinstance(out, str) else out)
-            return site
-        doc = out
-    (site / "registry.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    return site
-
-
-def _set(path: str, value):
-    """A change that sets ``models.m.<path>`` (dotted) to ``value``."""
-
-    def change(doc):
-        node = doc["models"][CARD_ID]
-        *parents, last = path.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-        return doc
-
-    return change
-
-
-def _billion_laughs(doc) -> str:
-    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for i in range(1, 9):
-        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
-        lines.append(f"{cur}: &{cur} [{', '.join([f'*{prev}'] * 9)}]")
-    return "\n".join(lines) + "\nnamespace: lab\nmodels: {}\n"
-
-
-def _rename(doc):
-    doc["models"]["../evil"] = doc["models"].pop(CARD_ID)
-    return doc
-
-
-#: (case id, change to the fragment, expected error class, words the message must contain)
-HOSTILE_FRAGMENTS = [
-    ("unknown model class", _set("model_class", "evil_pkg.models:Model"), UntrustedEntryError, "unknown model class"),
-    ("layout import path", _set("layout", "os:system"), UntrustedEntryError, "unknown layout"),
-    (
-        "builder runs a function",
-        _set("recipe.backbone.builder", "os.system"),
-        UntrustedEntryError,
-        "unknown recipe builder",
-    ),
-    ("import path in a recipe", _set("recipe.readout", "subprocess:run"), UntrustedEntryError, "unknown recipe"),
-    (
-        "source outside its location",
-        _set("source", {"kind": "s3", "bucket": "elsewhere", "prefix": "x/", "manifest_sha256": MANIFEST_SHA}),
-        UntrustedEntryError,
-        "points outside",
-    ),
-    (
-        "source kind names a class",
-        _set("source", {"kind": "evil.mod:Source", "manifest_sha256": MANIFEST_SHA}),
-        UntrustedEntryError,
-        "not allowed from outside",
-    ),
-    (
-        "converter (code) in a source",
-        _set("source", {"kind": "pypi_wheel", "converter": "evil:convert", "manifest_sha256": MANIFEST_SHA}),
-        UntrustedEntryError,
-        "not allowed from outside",
-    ),
-    ("source without a pin", _set("source", {"path": "m/1/"}), UntrustedEntryError, "manifest_sha256"),
-    ("path traversal in the source", _set("source.path", "../../outside/"), UntrustedEntryError, "leaves its registry"),
-    ("absolute source path", _set("source.path", "/etc/"), UntrustedEntryError, "leaves its registry"),
-    ("path traversal in the card", _set("card", "../../../etc/passwd"), UntrustedEntryError, "leaves its registry"),
-    ("path traversal in the id", _rename, InvalidParameterError, "is not valid"),
-    ("a build creator (runs code)", _set("build", {"creator": "evil:build"}), UntrustedEntryError, "not allowed"),
-    ("unknown key", _set("hooks", ["rm -rf ~"]), UntrustedEntryError, "not allowed"),
-    ("card without a pin", _set("card_sha256", None), UntrustedEntryError, "card_sha256"),
-    ("YAML anchors bomb", _billion_laughs, InvalidParameterError, "anchors"),
-    (
-        "python tag",
-        lambda doc: "namespace: lab\nmodels: !!python/object/apply:os.system ['echo hi']\n",
-        InvalidParameterError,
-        "not valid YAML",
-    ),
-    ("no namespace", lambda doc: {**doc, "namespace": None}, InvalidParameterError, "must declare its namespace"),
-    ("berg's namespace", lambda doc: {**doc, "namespace": "berg"}, InvalidParameterError, "berg's own"),
-    ("top-level hooks", lambda doc: {**doc, "plugins": ["x"]}, UntrustedEntryError, "top-level key"),
-    ("not a mapping", lambda doc: "- 1\n- 2\n", InvalidParameterError, "must be a mapping"),
-]
+    return fragment_site(tmp_path, change)
 
 
 @pytest.fixture
@@ -161,7 +46,7 @@ def test_the_well_formed_fragment_is_accepted(home):
     assert spec.card["id"] == CARD_ID
 
 
-@pytest.mark.parametrize("case, change, error, words", HOSTILE_FRAGMENTS, ids=[c[0] for c in HOSTILE_FRAGMENTS])
+@pytest.mark.parametrize("case, change, error, words", HOSTILE, ids=[c[0] for c in HOSTILE])
 def test_hostile_fragment_is_refused(home, case, change, error, words):
     site = _site(home, change)
     with pytest.raises(error) as info:
@@ -204,7 +89,7 @@ def test_a_source_outside_its_bucket_is_refused():
     tmp = Path(__file__).parent  # only the YAML parsing runs; nothing is fetched
 
     def load(source: dict, tmp_path: Path) -> list:
-        doc = {"namespace": "lab", "models": {CARD_ID: {**_entry("cd" * 32), "source": source}}}
+        doc = {"namespace": "lab", "models": {CARD_ID: {**fragment_entry("cd" * 32), "source": source}}}
         path = tmp_path / "registry.yaml"
         path.write_text(yaml.safe_dump(doc))
         base = {"kind": "s3", "bucket": "lab-models", "prefix": "berg/", "endpoint": None}
@@ -217,9 +102,11 @@ def test_a_source_outside_its_bucket_is_refused():
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        ok = load({"kind": "s3", "bucket": "lab-models", "prefix": "berg/m/1/", "manifest_sha256": MANIFEST_SHA}, d)
+        ok = load(
+            {"kind": "s3", "bucket": "lab-models", "prefix": "berg/m/1/", "manifest_sha256": FRAGMENT_MANIFEST_SHA}, d
+        )
         assert ok[0].source["bucket"] == "lab-models" and ok[0].source["prefix"] == "berg/m/1/"
-        rel = load({"path": "m/1/", "manifest_sha256": MANIFEST_SHA}, d)
+        rel = load({"path": "m/1/", "manifest_sha256": FRAGMENT_MANIFEST_SHA}, d)
         assert rel[0].source["prefix"] == "berg/m/1/" and rel[0].source["kind"] == "berg.hub.sources:PinnedS3Source"
         for bad in (
             {"kind": "s3", "bucket": "other-bucket", "prefix": "berg/m/1/"},
@@ -228,7 +115,7 @@ def test_a_source_outside_its_bucket_is_refused():
             {"kind": "https", "url": "https://evil.example/m/1/"},
         ):
             with pytest.raises(UntrustedEntryError, match="outside|leaves"):
-                load({**bad, "manifest_sha256": MANIFEST_SHA}, d)
+                load({**bad, "manifest_sha256": FRAGMENT_MANIFEST_SHA}, d)
     assert tmp.exists()
 
 

