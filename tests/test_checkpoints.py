@@ -42,12 +42,18 @@ def test_good_file_passes_and_a_changed_one_is_refused(tmp_path):
     assert digest[:8] in msg and f"rm {path}" in msg and "or pass PATH" in msg
 
 
+def _count_hashing(monkeypatch) -> list:
+    """The files the store hashes from now on (appended as they are hashed)."""
+    hashed: list = []
+    real_sha = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real_sha(p))
+    return hashed
+
+
 def test_big_files_follow_the_store_rule(tmp_path, monkeypatch):
     """Above REHASH_LIMIT a file is re-hashed only when its size or mtime changed (each load stays cheap)."""
     monkeypatch.setattr(cache_mod, "REHASH_LIMIT", 10)
-    hashed = []
-    real_sha = cache_mod.sha256_file
-    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real_sha(p))
+    hashed = _count_hashing(monkeypatch)
     path = tmp_path / "big-abc.pth"
     path.write_bytes(b"x" * 1000)
     digest = sha256_bytes(b"x" * 1000)
@@ -68,9 +74,7 @@ def test_big_files_follow_the_store_rule(tmp_path, monkeypatch):
 
 
 def test_small_files_are_rehashed_every_time(tmp_path, monkeypatch):
-    hashed = []
-    real_sha = cache_mod.sha256_file
-    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real_sha(p))
+    hashed = _count_hashing(monkeypatch)
     path = tmp_path / "small-abc.pth"
     path.write_bytes(b"z" * 100)
     digest = sha256_bytes(b"z" * 100)
@@ -83,29 +87,54 @@ def test_small_files_are_rehashed_every_time(tmp_path, monkeypatch):
     assert len(hashed) == 2
 
 
+def _planted(tmp_path, monkeypatch, name: str, data: bytes):
+    """A torch cache holding ``data`` under the published checkpoint file ``name``."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(data)
+    return folder / name
+
+
+RESNET = {"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"}
+
+
 def test_torchvision_cached_weights_checked_on_load(tmp_path, monkeypatch):
     pytest.importorskip("torchvision")
     from berg.features import build_backbone
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    folder = tmp_path / "torch" / "hub" / "checkpoints"
-    folder.mkdir(parents=True)
-    (folder / "resnet18-f37072fd.pth").write_bytes(b"not the published weights")
+    _planted(tmp_path, monkeypatch, "resnet18-f37072fd.pth", b"not the published weights")
     with pytest.raises(BackboneWeightsError) as info:
-        build_backbone({"builder": "torchvision.models.resnet18", "weights": "ResNet18_Weights.IMAGENET1K_V1"})
+        build_backbone(RESNET)
     msg = str(info.value)
     assert "resnet18-f37072fd.pth has changed since it was downloaded" in msg and "f37072fd" in msg
-    assert "backbone_weights=PATH" in msg and "\n" not in msg
+    assert "backbone_weights=PATH" in msg and "BERG_UNPINNED_WEIGHTS=1" in msg and "\n" not in msg
+
+
+def test_unpinned_weights_load_only_when_asked_and_never_silently(tmp_path, monkeypatch):
+    """The user's own weights under a published name: refused, or loaded with a warning under BERG_UNPINNED_WEIGHTS=1."""
+    import torch
+    import torchvision
+
+    from berg.features import build_backbone
+    from berg.store.checkpoints import UnpinnedWeightsWarning
+
+    torch.manual_seed(3)
+    mine = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(mine, _planted(tmp_path, monkeypatch, "resnet18-f37072fd.pth", b""))
+    with pytest.raises(BackboneWeightsError):
+        build_backbone(RESNET)
+    monkeypatch.setenv("BERG_UNPINNED_WEIGHTS", "1")
+    with pytest.warns(UnpinnedWeightsWarning, match="NOT the published checkpoint"):
+        net = build_backbone(RESNET)
+    assert torch.equal(net.state_dict()["conv1.weight"], mine["conv1.weight"])  # the user's, not random ones
 
 
 def test_sam_cached_checkpoint_checked_on_load(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from berg.backbones.sam import _fetch_checkpoint
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    folder = tmp_path / "torch" / "hub" / "checkpoints"
-    folder.mkdir(parents=True)
-    (folder / "sam_vit_b_01ec64.pth").write_bytes(b"truncated download")
+    _planted(tmp_path, monkeypatch, "sam_vit_b_01ec64.pth", b"truncated download")
     with pytest.raises(BackboneWeightsError, match=r"SAM checkpoint sam_vit_b_01ec64.pth .* has changed.*01ec64"):
         _fetch_checkpoint("vit_b", offline=True)
 

@@ -344,6 +344,18 @@ def test_moved_cache_keeps_its_records(bmd_cache):
     assert out["projection"]["ok"] == pytest.approx(weight_sum)
 
 
+def _in_mount_namespace(unshare: str, script: str, args: dict, **env: str) -> subprocess.CompletedProcess:
+    """Run the store reader (READER) in a private mount namespace prepared by ``script``."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), **env}
+    return subprocess.run(
+        [unshare, "-m", "sh", "-c", script, READER, json.dumps(args)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_read_only_mount_eroFS(bmd_cache):
     """A real read-only bind mount (EROFS, which binds root too), where the platform allows one."""
     root, source, keys, weight_sum = bmd_cache
@@ -373,14 +385,7 @@ def test_read_only_mount_eroFS(bmd_cache):
         "bmd": True,
     }
     script = f'mount --bind {cache} {cache} && mount -o remount,ro,bind {cache} && exec {sys.executable} -c "$0" "$1"'
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]), "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run(
-        [unshare, "-m", "sh", "-c", script, READER, json.dumps(args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _in_mount_namespace(unshare, script, args, PYTHONDONTWRITEBYTECODE="1")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all("ok" in out[k] for k in keys) and out["projection"]["ok"] == pytest.approx(weight_sum)
@@ -457,14 +462,7 @@ def test_real_full_disk_where_a_tmpfs_can_be_mounted(tmp_path, shared_tmp):
         "keys": ["big.bin"],
     }
     script = f'mount -t tmpfs -o size=64k tmpfs {cache} && exec {sys.executable} -c "$0" "$1"'
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
-    proc = subprocess.run(
-        [unshare, "-m", "sh", "-c", script, READER, json.dumps(args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _in_mount_namespace(unshare, script, args)
     if proc.returncode != 0 and "mount" in proc.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])["big.bin"]

@@ -88,29 +88,27 @@ def test_whole_berg_dir_behind_a_link_and_annexed_files_are_fine(tmp_path):
     assert Store(berg_dir=root, cache_dir=tmp_path / "c2").fetch("m", _source(tmp_path), key).read_bytes() == b"meta 2"
 
 
-def test_hand_copied_corrupt_file_is_not_trusted_on_first_use(tmp_path):
+def _hand_copied(tmp_path, copy: bytes):
+    """A remote holding the real bytes, and a cache holding the user's hand-made copy ``copy``."""
     remote = tmp_path / "remote"
     remote.mkdir()
     (remote / "data.bin").write_bytes(b"the real bytes")
-    source = folder_source(remote, manifest=False)
     cache = tmp_path / "cache"
     (cache / "m").mkdir(parents=True)
-    (cache / "m" / "data.bin").write_bytes(b"bad bytes")  # a user's copy, corrupt (other size)
+    (cache / "m" / "data.bin").write_bytes(copy)
     FolderSource.served.clear()
+    return folder_source(remote, manifest=False), cache
+
+
+def test_hand_copied_corrupt_file_is_not_trusted_on_first_use(tmp_path):
+    source, cache = _hand_copied(tmp_path, b"bad bytes")  # a user's copy, corrupt (other size)
     path = Store(cache_dir=cache).fetch("m", source, "data.bin")
     assert path.read_bytes() == b"the real bytes" and FolderSource.served == {"data.bin": 1}
     assert CacheIndex(cache / "m").get("data.bin")["size"] == 14
 
 
 def test_hand_copied_good_file_is_checked_then_used(tmp_path):
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    (remote / "data.bin").write_bytes(b"the real bytes")
-    source = folder_source(remote, manifest=False)
-    cache = tmp_path / "cache"
-    (cache / "m").mkdir(parents=True)
-    (cache / "m" / "data.bin").write_bytes(b"the real bytes")
-    FolderSource.served.clear()
+    source, cache = _hand_copied(tmp_path, b"the real bytes")
     assert Store(cache_dir=cache).fetch("m", source, "data.bin").read_bytes() == b"the real bytes"
     assert FolderSource.served == {}  # not downloaded again
     assert CacheIndex(cache / "m").get("data.bin")["origin"] == "found-in-cache"

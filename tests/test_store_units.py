@@ -134,17 +134,20 @@ def test_parallel_ranges_retry_resume_and_hash_in_order(tmp_path):
     def no_stream(offset):
         raise AssertionError("ranged mode must not stream")
 
+    def ranged(dest):
+        return download_atomic(
+            dest,
+            RemoteObject(size=1000),
+            no_stream,
+            expected=None,
+            label=dest.stem,
+            policy=policy,
+            show_progress=False,
+            open_range=open_range,
+        )
+
     dest = tmp_path / "f.bin"
-    digest = download_atomic(
-        dest,
-        RemoteObject(size=1000),
-        no_stream,
-        expected=None,
-        label="f",
-        policy=policy,
-        show_progress=False,
-        open_range=open_range,
-    )
+    digest = ranged(dest)
     assert dest.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
     assert sorted(calls) == sorted([(i, i + 100) for i in range(0, 1000, 100)] + [(300, 400), (700, 800)])
 
@@ -155,16 +158,7 @@ def test_parallel_ranges_retry_resume_and_hash_in_order(tmp_path):
     ident = {"size": 1000, "etag": None, "mode": "ranges", "chunk": 100}
     (tmp_path / "g.bin.part.json").write_text(json.dumps({"ident": ident, "done": [0, 1, 2, 3, 4]}))
     calls.clear()
-    digest = download_atomic(
-        dest2,
-        RemoteObject(size=1000),
-        no_stream,
-        expected=None,
-        label="g",
-        policy=policy,
-        show_progress=False,
-        open_range=open_range,
-    )
+    digest = ranged(dest2)
     assert sorted(calls) == [(i, i + 100) for i in range(500, 1000, 100)]
     assert dest2.read_bytes() == payload and digest == hashlib.sha256(payload).hexdigest()
 

@@ -49,26 +49,25 @@ def test_env_flag_is_strict(monkeypatch):
         env_flag("BERG_OFFLINE")
 
 
-def test_store_offline_string(tmp_path, monkeypatch):
+def _store(tmp_path, offline):
     from berg.store import Store
 
-    monkeypatch.delenv("BERG_OFFLINE", raising=False)
-    assert Store(cache_dir=tmp_path, offline="false").offline is False
-    assert Store(cache_dir=tmp_path, offline="no").offline is False
-    assert Store(cache_dir=tmp_path, offline="true").offline is True
-    with pytest.raises(InvalidParameterError, match="offline='sometimes'"):
-        Store(cache_dir=tmp_path, offline="sometimes")
+    return Store(cache_dir=tmp_path, offline=offline)
 
 
-def test_berg_offline_string(tmp_path, monkeypatch):
+def _client(tmp_path, offline):
     from berg import BERG
 
+    return BERG(cache_dir=tmp_path, offline=offline)
+
+
+@pytest.mark.parametrize("make", [_store, _client], ids=["Store", "BERG"])
+def test_offline_strings_are_read_strictly(tmp_path, monkeypatch, make):
     monkeypatch.delenv("BERG_OFFLINE", raising=False)
-    assert BERG(cache_dir=tmp_path, offline="false").offline is False
-    assert BERG(cache_dir=tmp_path, offline="no").offline is False
-    assert BERG(cache_dir=tmp_path, offline="1").offline is True
-    with pytest.raises(InvalidParameterError, match="offline='maybe'"):
-        BERG(cache_dir=tmp_path, offline="maybe")
+    for word, expected in (("false", False), ("no", False), ("true", True), ("1", True)):
+        assert make(tmp_path, word).offline is expected, word
+    with pytest.raises(InvalidParameterError, match="offline='sometimes'"):
+        make(tmp_path, "sometimes")
 
 
 def test_s3_source_booleans_strict():
