@@ -74,14 +74,10 @@ SUITE: list[tuple[str, list[str]]] = [
 
 # ------------------------------------------------------------------------------------------ the machine
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name: the one the engine's kernel table records (:func:`berg.core.kernels.cpu_model`)."""
+    from berg.core.kernels import cpu_model as model
+
+    return model()
 
 
 def peak_rss_mb() -> float:

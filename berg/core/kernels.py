@@ -592,7 +592,8 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows (tables and benchmarks record it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -607,7 +608,7 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "node": platform.node(),
         "torch_threads": torch.get_num_threads(),

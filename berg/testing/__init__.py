@@ -30,33 +30,6 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "SPACES",
-    "ToyModel",
-    "ToySuite",
-    "ToyMLPModel",
-    "IncompleteModel",
-    "toy_model",
-    "toy_suite",
-    "build_toy_model",
-    "image_recipe",
-    "resnet18_recipe",
-    "reference_features",
-    "synthetic_card",
-    "add_registry_entry",
-    "replica_entry",
-    "write_bmd_replica",
-    "write_catalogue_replica",
-    "catalogue_reference",
-    "write_algonauts_artifact",
-    "SyntheticTruth",
-    "make_synthetic_dataset",
-    "blob_grid",
-    "linear_problem",
-]
-
 _HOMES = {
     **dict.fromkeys(
         [
@@ -92,6 +65,9 @@ _HOMES = {
         ["SyntheticTruth", "make_synthetic_dataset", "blob_grid", "linear_problem"], "berg.testing.datasets"
     ),
 }
+
+#: The public names, each imported from its home module on first use.
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
