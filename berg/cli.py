@@ -883,10 +883,18 @@ def _check_global_flags(argv: Sequence[str], parser: argparse.ArgumentParser) ->
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``berg``); returns the exit status."""
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        status = _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # Ctrl-C at any moment (building the parser, encoding, writing) is one line;
         sys.stderr.write("berg: interrupted\n")  # outputs are written atomically, so none is left half-made
         return 130
+    if argv is None:
+        # The process's own entry point, and the work is done and written: a Ctrl-C landing while the
+        # interpreter shuts down (joining worker threads) must not turn a success into death by SIGINT.
+        import signal
+
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
 
 
 def _main(argv: list[str]) -> int:
