@@ -16,7 +16,7 @@ import berg
 from berg.runner.zarr_store import RunStore
 from berg.testing.sklearn_toy import MODEL_ID, PREFIX, build
 
-pytest.importorskip("dask.distributed")
+pytest.importorskip("dask.distributed", reason="the scale extra (pip install 'berg[scale]') is not installed")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 BUCKET = "berg-test-synthetic"

@@ -178,7 +178,7 @@ def write_synthetic_release(
             start += n_vox
         (roi_dir / f"CSI{s}/mat").mkdir(parents=True, exist_ok=True)
         scipy.io.savemat(roi_dir / f"CSI{s}/mat/CSI{s}_ROIs_TR34.mat", mat)
-        # As in the real lists (../shared/data/real/bold5000): images of the repeated set carry a `rep_`
+        # As in the real BOLD5000 presentation lists: images of the repeated set carry a `rep_`
         # prefix on every showing but one, and the unprefixed showing is not always the first.
         lines, plain = [], {n: int(rng.integers(counts[n])) for n in test_ids}
         seen = dict.fromkeys(test_ids, 0)
