@@ -886,6 +886,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # Ctrl-C at any moment (building the parser, encoding, writing) is one line;
         sys.stderr.write("berg: interrupted\n")  # outputs are written atomically, so none is left half-made
+        if argv is None:
+            _end_by_sigint()
         return 130
     if argv is None:
         # The process's own entry point, and the work is done and written: a Ctrl-C landing while the
@@ -895,6 +897,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status
+
+
+def _end_by_sigint() -> None:
+    """End the process the way an interrupted Unix program should: killed by SIGINT (the shell's ``$?`` is 130).
+
+    A calling shell script stops its loop only when its child died of SIGINT, not when it exited with
+    status 130; and CPython may itself re-raise SIGINT at exit when the interrupt landed inside code a C
+    extension ran with ``PyRun_String`` (pybind11 in ``import torch``), so ending this way every time is
+    also what makes the outcome the same whenever Ctrl-C lands. Outputs are already cleaned up: the
+    atomic writes undo themselves while the ``KeyboardInterrupt`` unwinds.
+    """
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe must not turn the interrupt into a traceback
+            stream.flush()
+    if os.name != "posix":
+        return
+    with contextlib.suppress(ValueError, OSError):  # not the main thread, or no signals here: exit with 130
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _main(argv: list[str]) -> int:
@@ -941,7 +964,7 @@ def reference_markdown(width: int = 100) -> str:
             "Generated from berg's argument parser (`berg.cli.reference_markdown`); do not edit by hand.",
             "Every command accepts the global options shown under `berg`. Errors are one line on stderr",
             "(`berg: error: ...`; `-v` adds the traceback); exit status 0 on success, 2 for bad input,",
-            "1 for disk or permission errors, 130 when interrupted.",
+            "1 for disk or permission errors, 130 when interrupted (berg ends by SIGINT, as a shell expects).",
             "",
             "## berg",
             "",
