@@ -1,6 +1,6 @@
 """Engine overhead: berg.encode throughput vs the bare backbone forward, and readout-only throughput.
 
-Targets (issue "Core"): encode / bare-forward throughput ratio >= 0.9 (ResNet-18 at 224 px, batch 32,
+Targets: encode / bare-forward throughput ratio >= 0.95 (issue 22; the core issue asked 0.9) (ResNet-18 at 224 px, batch 32,
 CPU), and readout-only >= 5,000 stimuli/s for a 100 -> 108,219 readout at batch 64 on 2 cores.
 
 Model: :func:`berg.testing.toy_model` (seeded untrained ResNet-18, random folded projection 512 -> 100,
@@ -80,7 +80,7 @@ def main() -> None:
 
     rec.figure("bare_forward", args.n_images / t_bare, "img/s")
     rec.figure("encode", args.n_images / t_full, "img/s")
-    rec.figure("encode_over_bare", t_bare / t_full, "x", target=">= 0.9")
+    rec.figure("encode_over_bare", t_bare / t_full, "x", target=">= 0.95")  # issue 22 (the core issue asked 0.9)
     rec.figure(
         f"readout_only_100_to_{n_out}_b64",
         20 * 64 / t_read,
