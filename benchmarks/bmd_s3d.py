@@ -312,6 +312,16 @@ def main() -> None:
         f"{bare['bare_peak_rss_10_clips_gib']:.2f} GiB; peak {cold['peak_rss_gib']:.2f} GiB",
     )
     rec.figure("rss.load_encode_10_clips.warm", warm["peak_rss_gib"], "GiB")
+    for name, phase in (("cold", cold), ("warm", warm)):  # issue 22: <= 1.2 GB beyond torch and the backbone
+        beyond = phase["peak_rss_gib"] - bare["bare_peak_rss_10_clips_gib"]
+        rec.figure(
+            f"rss.beyond_backbone.{name}",
+            beyond * 2**30 / 1e9,
+            "GB",
+            target="<= 1.2",
+            note=f"peak RSS of load + encode of 10 clips minus S3D alone on them "
+            f"({bare['bare_peak_rss_10_clips_gib']:.2f} GiB); projection {phase['projection_gib']:.2f} GiB",
+        )
     n = speed["n_clips"]
     for kind in ("wall", "cpu"):
         bare_t, one_t, ten_t = (speed[f"{k}_{kind}_s"] for k in ("bare", "one", "ten"))
