@@ -286,7 +286,7 @@ def hash_cache_path(plan: EncodePlan) -> os.PathLike[str]:
 
 
 def _worker_threads(plan: EncodePlan) -> int:
-    """Torch threads of a Dask task: ``torch_threads``, else the threads of the worker running it."""
+    """Compute threads of a Dask task: ``torch_threads``, else the threads of the worker running it."""
     if plan.executor.get("torch_threads"):
         return int(plan.executor["torch_threads"])
     with contextlib.suppress(Exception):  # outside a worker (tests call the task directly)
@@ -294,6 +294,43 @@ def _worker_threads(plan: EncodePlan) -> int:
 
         return max(1, int(get_worker().state.nthreads))
     return int(plan.executor.get("threads_per_worker", 1))
+
+
+#: The thread-count variables of the BLAS/OpenMP libraries; Dask's nanny sets them to 1 in every worker
+#: process (``distributed.nanny.pre-spawn-environ``), which would leave numpy's GEMMs on one core.
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def set_compute_threads(n: int) -> dict[str, Any]:
+    """Give this process's torch and BLAS (numpy's OpenBLAS/MKL, OpenMP) ``n`` threads each.
+
+    A Dask worker calls this before loading its models, so the shard it runs uses the worker's threads
+    in the backbone (torch) and in the readouts (numpy or torch kernels alike).
+
+    Parameters
+    ----------
+    n : int
+        Threads (>= 1).
+
+    Returns
+    -------
+    dict
+        ``{"torch": threads, "blas": {library: threads}}`` as set (``blas`` is empty without threadpoolctl,
+        whose absence leaves BLAS at the process's start-up setting).
+    """
+    import torch
+
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    blas: dict[str, int] = {}
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        log.debug("threadpoolctl is not installed: BLAS keeps its start-up thread count")
+    else:
+        threadpool_limits(limits=n)  # not a context: the limit holds for the worker's lifetime
+        blas = {f"{i['internal_api']}:{i['prefix']}": int(i["num_threads"]) for i in threadpool_info()}
+    return {"torch": torch.get_num_threads(), "blas": blas}
 
 
 def _worker_state(plan_dict: dict[str, Any]):
@@ -304,10 +341,8 @@ def _worker_state(plan_dict: dict[str, Any]):
 
 
 def _load_worker_state(key: str, plan_dict: dict[str, Any]):
-    import torch
-
     plan = EncodePlan.from_dict({k: v for k, v in plan_dict.items() if k != "__hash__"})
-    torch.set_num_threads(_worker_threads(plan))
+    set_compute_threads(_worker_threads(plan))
     source = open_source(plan.stimuli, hash_cache=hash_cache_path(plan))
     _WORKER_STATE.clear()  # one plan per worker at a time: free the previous plan's models first
     loaded = load_entries(plan, source)
@@ -337,8 +372,33 @@ def _dask_client(cfg: Mapping[str, Any]):
         ) from exc
     if cfg.get("address"):
         return Client(cfg["address"]), None
-    cluster = LocalCluster(**local_cluster_kwargs(cfg))
+    kwargs = local_cluster_kwargs(cfg)
+    # Worker processes start with BLAS/OpenMP sized to their threads (Dask's nanny would give them 1), set
+    # before the process spawns: numpy loads its BLAS while the worker unpickles, before any task runs.
+    with _spawn_environ(
+        dict.fromkeys(_THREAD_VARS, str(int(cfg.get("torch_threads") or kwargs["threads_per_worker"])))
+    ):
+        cluster = LocalCluster(**kwargs)
     return Client(cluster), cluster
+
+
+@contextlib.contextmanager
+def _spawn_environ(values: Mapping[str, str]):
+    """Set environment variables while worker processes are spawned, then restore this process's own.
+
+    Dask's nanny copies its pre-spawn variables (``OMP_NUM_THREADS=1`` ...) into this process's
+    environment, where they would outrank the next cluster's setting; the driver's values come back after.
+    """
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def local_cluster_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -346,7 +406,8 @@ def local_cluster_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     Without ``threads_per_worker`` the machine's cores are split between the workers (LocalCluster's own
     rule), so one worker alone on a machine uses them all; each worker runs one shard at a time (a
-    worker resource) and that shard's torch uses the worker's threads.
+    worker resource) and that shard's torch and BLAS use the worker's threads (``torch_threads``
+    overrides the count; see :func:`set_compute_threads`).
     """
     n_workers = int(cfg.get("n_workers", 2))
     threads = int(cfg.get("threads_per_worker") or max(1, (os.cpu_count() or 1) // n_workers))

@@ -274,7 +274,10 @@ class EncodePlan:
     executor : dict, optional
         ``{"kind": "local"}`` (default) or ``{"kind": "dask", "n_workers": 2, "threads_per_worker": 1}``
         (a ``LocalCluster``), ``{"kind": "dask", "address": "tcp://host:8786"}`` (an existing cluster),
-        ``"resources": {"GPU": 1}`` to pin each task to a GPU worker, ``"torch_threads"``.
+        ``"resources": {"GPU": 1}`` to pin each task to a GPU worker. ``threads_per_worker`` defaults to the
+        machine's cores divided by ``n_workers`` (one worker alone uses every core); each worker runs one
+        shard at a time and its torch and BLAS (numpy's GEMMs) use that many threads, or
+        ``"torch_threads"`` when given.
     device : str, default "auto"
         Where the models run (``"cuda"`` on GPU workers).
     batch_size : int, optional
