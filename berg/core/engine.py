@@ -200,7 +200,7 @@ def stream_store(affine_map: Any, *, device: str, batch: int, folder: Any) -> An
     if stored is not None:
         return stored
     n_out, n_in = weight.shape
-    layout = kernel_choice(n_in, n_out, batch, device).layout
+    layout = kernels.stream_layout(n_out, n_in)  # the layout read with one pread per block
     affine_map.weight, affine_map.stored = kernels.spill(weight, layout, folder)
     log.debug("%s (%d x %d) written to a temporary file, streamed from there", type(affine_map).__name__, n_out, n_in)
     return affine_map.stored

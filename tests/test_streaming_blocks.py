@@ -1,0 +1,189 @@
+"""Streamed weights: one ``pread`` per block, and the same numbers as the in-memory map.
+
+A streamed block is a band of the map's larger dimension. When the file holds that band as whole
+stored rows (:func:`berg.core.kernels.stream_layout`) a block is one read; :func:`~berg.core.kernels.spill`
+and the engine write that layout. Reads are counted by wrapping ``os.preadv``: the old engine spilled a
+``(n_in, n_out)`` readout and read each block with one ``pread`` per row (250 per block for NSD's).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from berg.core import engine, kernels
+from berg.errors import ModelLoadError
+
+# (batch, n_in, n_out): readout-like (n_out >= n_in) and projection-like (n_in > n_out), sizes that no
+# block width divides
+SHAPES = [(3, 7, 131), (5, 129, 6), (1, 1, 1), (7, 33, 33), (2, 257, 13)]
+
+
+def _data(batch: int, n_in: int, n_out: int, dtype=np.float32):
+    rng = np.random.default_rng(batch * 7919 + n_in * 31 + n_out)
+    w = rng.standard_normal((n_out, n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    return x, w, b
+
+
+@pytest.fixture
+def count_preads(monkeypatch):
+    """Count ``os.preadv`` calls (every read of a streamed block goes through it) and bytes read."""
+    calls = {"n": 0, "bytes": 0}
+    real = os.preadv
+
+    def counting(fd, buffers, offset, *args):
+        calls["n"] += 1
+        got = real(fd, buffers, offset, *args)
+        calls["bytes"] += got
+        return got
+
+    monkeypatch.setattr(os, "preadv", counting)
+    return calls
+
+
+def _n_blocks(fm: kernels.FileMatrix, half_elements: int) -> int:
+    along, width = kernels._block_plan(fm, half_elements * 4)
+    return math.ceil((fm.n_out if along == "out" else fm.n_in) / width)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+@pytest.mark.parametrize("batch, n_in, n_out", SHAPES)
+@pytest.mark.parametrize("layout", kernels.LAYOUTS)
+@pytest.mark.parametrize("kernel", kernels.KERNELS)
+def test_streamed_equals_in_memory_in_both_file_layouts(batch, n_in, n_out, layout, kernel, tmp_path):
+    x, w, b = _data(batch, n_in, n_out)
+    ref64 = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    in_memory = kernels.affine(torch.from_numpy(x), kernels.operand(w, layout), b, kernel).numpy()
+    _, fm = kernels.spill(w, layout, tmp_path)
+    assert fm.layout == layout
+    smallest = min(n_in, n_out)
+    for buf_size in (2 * smallest, 2 * smallest + 1, 6 * smallest + 3, 10_000):  # widths 1, 1, 3, many
+        buf = np.empty(buf_size, dtype=np.float32)
+        got = kernels.streamed_affine(x, fm, b, kernel, buf)
+        assert got.dtype == np.float32 and got.shape == (batch, n_out)
+        # float32 rounding of the in-memory result (blocked sums round differently, never by more)
+        np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=2e-5 * math.sqrt(n_in))
+        np.testing.assert_allclose(got, ref64, rtol=2e-5, atol=2e-5 * math.sqrt(n_in))
+        # a rerun changes no bit; a serial pass over the same blocks only the last (the BLAS may
+        # round differently when a block sits at another alignment in the buffer)
+        np.testing.assert_array_equal(kernels.streamed_affine(x, fm, b, kernel, buf), got)
+        serial = kernels.streamed_affine(x, fm, b, kernel, buf[: buf_size // 2], prefetch=False)
+        np.testing.assert_allclose(serial, got, rtol=1e-6, atol=1e-6 * math.sqrt(n_in))
+
+
+def test_a_block_of_rows_of_w_is_multiplied_by_numpy(tmp_path):
+    """The rule that picks the block GEMM is a pure function of the file: rows of ``W`` -> numpy."""
+    x, w, b = _data(4, 40, 300)
+    buf = np.empty(4 * 40 * 2, dtype=np.float32)
+    _, nk = kernels.spill(w, "nk", tmp_path)
+    np.testing.assert_array_equal(
+        kernels.streamed_affine(x, nk, b, "torch", buf), kernels.streamed_affine(x, nk, b, "numpy", buf)
+    )
+    _, kn = kernels.spill(w, "kn", tmp_path)  # (k, n) blocks keep the table's kernel
+    torch_kn = kernels.streamed_affine(x, kn, b, "torch", buf)
+    np.testing.assert_allclose(torch_kn, kernels.streamed_affine(x, kn, b, "numpy", buf), rtol=1e-5, atol=1e-4)
+
+
+def test_float64_weights_are_streamed_as_float32(tmp_path, count_preads):
+    x, w64, b = _data(3, 19, 70, dtype=np.float64)
+    w32 = w64.astype(np.float32)
+    mm, fm = kernels.spill(w64, kernels.stream_layout(70, 19), tmp_path)
+    assert mm.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(mm), w32)
+    buf = np.empty(2 * 19 * 8, dtype=np.float32)
+    got = kernels.streamed_affine(x, fm, b, "numpy", buf)
+    in_memory = kernels.affine(torch.from_numpy(x), kernels.operand(w32, "nk"), b, "numpy").numpy()
+    np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=1e-4)
+    # a float64 memory map is not read as a float32 file
+    path = tmp_path / "w64.bin"
+    w64.tofile(path)
+    assert kernels.file_matrix(np.memmap(path, dtype=np.float64, mode="r", shape=w64.shape)) is None
+
+
+# ------------------------------------------------------------------------------------------ reads
+@pytest.mark.parametrize("batch, n_in, n_out", [(4, 50, 1001), (4, 1001, 50), (2, 64, 64)])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_file_in_stream_layout_is_one_read_per_block(batch, n_in, n_out, prefetch, tmp_path, count_preads):
+    x, w, b = _data(batch, n_in, n_out)
+    layout = kernels.stream_layout(n_out, n_in)
+    assert layout == ("nk" if n_out >= n_in else "kn")
+    _, fm = kernels.spill(w, layout, tmp_path)
+    assert fm.contiguous_blocks and fm.reads_per_block == 1
+    buf = np.empty(2 * 7 * min(n_in, n_out) + 5, dtype=np.float32)  # blocks of 7 bands, not dividing n
+    half = buf.size // 2 if prefetch else buf.size
+    count_preads.update(n=0, bytes=0)
+    got = kernels.streamed_affine(x, fm, b, "numpy", buf, prefetch=prefetch)
+    assert count_preads["n"] == _n_blocks(fm, half) > 1
+    assert count_preads["bytes"] == fm.nbytes  # every weight read once per batch
+    np.testing.assert_allclose(got, x @ w.T + b, rtol=2e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize("batch, n_in, n_out", [(4, 50, 1001), (4, 1001, 50)])
+def test_a_file_in_the_other_layout_reads_each_stored_row(batch, n_in, n_out, tmp_path, count_preads):
+    """Files berg does not write (a published ``(n_out, n_in)`` projection) are still read, row by row."""
+    x, w, b = _data(batch, n_in, n_out)
+    other = "kn" if kernels.stream_layout(n_out, n_in) == "nk" else "nk"
+    _, fm = kernels.spill(w, other, tmp_path)
+    assert not fm.contiguous_blocks and fm.reads_per_block == min(n_in, n_out)
+    buf = np.empty(2 * 7 * min(n_in, n_out), dtype=np.float32)
+    count_preads.update(n=0, bytes=0)
+    got = kernels.streamed_affine(x, fm, b, "numpy", buf)
+    assert count_preads["n"] == _n_blocks(fm, buf.size // 2) * fm.reads_per_block
+    assert count_preads["bytes"] == fm.nbytes
+    np.testing.assert_allclose(got, x @ w.T + b, rtol=2e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize("forced", ["numpy_kn", "numpy_nk", "torch_kn", "torch_nk"])
+@pytest.mark.parametrize("n_in, n_out", [(100, 3001), (3001, 100)])  # 1.1 MiB: streamed at 1 MiB
+def test_the_engine_spills_in_memory_weights_for_one_read_per_block(
+    forced, n_in, n_out, tmp_path, monkeypatch, count_preads
+):
+    """Whatever layout the kernel table (here ``BERG_READOUT_KERNEL``) prefers, the spilled file is read
+    one block per ``pread``: the old engine spilled it in the table's layout (a read per row when ``kn``)."""
+    monkeypatch.setenv("BERG_STREAM_MB", "1")
+    monkeypatch.setenv("BERG_READOUT_KERNEL", forced)
+    monkeypatch.setattr(kernels, "BLOCK_BYTES", 64 << 10)
+    x, w, b = _data(8, n_in, n_out)
+    readout = SimpleNamespace(weight=w.copy(), bias=b)
+    stored = engine.stream_store(readout, device="cpu", batch=8, folder=tmp_path)
+    assert stored is not None and stored.contiguous_blocks
+    assert isinstance(readout.weight, np.memmap)  # the in-memory copy can be freed
+    np.testing.assert_array_equal(np.asarray(readout.weight), w)
+    kernel = forced.split("_")[0]
+    op = kernels.AffineOp(readout.weight, b, kernels.Choice(kernel, stored.layout), stored=stored)
+    buf = np.empty(kernels.BLOCK_BYTES // 4, dtype=np.float32)
+    count_preads.update(n=0, bytes=0)
+    with torch.inference_mode():
+        got = op(torch.from_numpy(x), lambda: buf).numpy()
+    assert count_preads["n"] == _n_blocks(stored, buf.size // 2) > 1
+    in_memory = kernels.affine(torch.from_numpy(x), kernels.operand(w, stored.layout), b, kernel).numpy()
+    np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=2e-4)
+
+
+def test_a_truncated_file_is_named_in_a_clear_error(tmp_path):
+    x, w, b = _data(2, 30, 9)
+    path = tmp_path / "w.bin"
+    w.tofile(path)
+    os.truncate(path, w.nbytes - 40)
+    for fm in (
+        kernels.FileMatrix(path, 0, w.shape, transposed=False),  # column bands: one read per row
+        kernels.FileMatrix(path, 0, w.T.shape, transposed=True),  # whole-row blocks
+    ):
+        with pytest.raises(ModelLoadError, match="truncated"):
+            kernels.streamed_affine(x[:, : fm.n_in], fm, b[: fm.n_out], "numpy", np.empty(64, np.float32))
+
+
+def test_reads_go_into_a_contiguous_float32_buffer(tmp_path):
+    _, w, _ = _data(1, 5, 4)
+    _, fm = kernels.spill(w, "nk", tmp_path)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fm.read(0, 4, 0, 2, np.empty((2, 4), np.float32).T)
+    out = np.empty((4, 2), np.float32)
+    np.testing.assert_array_equal(fm.read(0, 4, 3, 5, out), w[:, 3:5])
