@@ -187,3 +187,29 @@ def test_reads_go_into_a_contiguous_float32_buffer(tmp_path):
         fm.read(0, 4, 0, 2, np.empty((2, 4), np.float32).T)
     out = np.empty((4, 2), np.float32)
     np.testing.assert_array_equal(fm.read(0, 4, 3, 5, out), w[:, 3:5])
+
+
+# ------------------------------------------------------------------------------------------ deriving the layout
+@pytest.mark.parametrize("rows, cols, block_bytes", [(5, 129, 4 * 5 * 7), (13, 1, 4), (3, 1000, 1 << 20), (7, 33, 4)])
+def test_copy_transposed_makes_a_file_read_one_block_per_pread(rows, cols, block_bytes, tmp_path, count_preads):
+    """A published ``(n_out, n_in)`` projection, rewritten once as ``W.T``, streams one read per block."""
+    x, w, b = _data(3, cols, rows)  # W (n_out=rows, n_in=cols)
+    src = tmp_path / "w.bin"
+    w.tofile(src)
+    fm = kernels.FileMatrix(src, 0, w.shape, transposed=False)
+    with open(tmp_path / "wt.bin", "wb") as fh:
+        fh.write(b"HEADER--")  # written at the file's position: a header may come first
+        assert kernels.copy_transposed(fm, fh, block_bytes=block_bytes) == w.nbytes
+    raw = (tmp_path / "wt.bin").read_bytes()
+    assert raw[:8] == b"HEADER--" and len(raw) == 8 + w.nbytes
+    np.testing.assert_array_equal(np.frombuffer(raw[8:], dtype="<f4").reshape(cols, rows), w.T)
+    wt = kernels.FileMatrix(tmp_path / "wt.bin", 8, (cols, rows), transposed=True)
+    assert wt.n_out == rows and wt.n_in == cols
+    assert wt.contiguous_blocks == (cols > rows)  # a projection's W.T is in stream layout
+    in_memory = kernels.affine(torch.from_numpy(x), kernels.operand(w, wt.layout), b, "numpy").numpy()
+    buf = np.empty(2 * 4 * min(rows, cols) + 1, dtype=np.float32)
+    count_preads.update(n=0, bytes=0)
+    got = kernels.streamed_affine(x, wt, b, "numpy", buf)
+    if wt.contiguous_blocks:
+        assert count_preads["n"] == _n_blocks(wt, buf.size // 2)
+    np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=2e-5 * math.sqrt(cols))

@@ -33,7 +33,7 @@ layout, so spilled weights cost one read per block and no extra disk. A file in 
 published ``(n_out, n_in)`` projection) is read with one ``pread`` per stored row of the band: on a
 loaded 2-core box, reading a 115 MB ``(250, 115,200)`` matrix in 8 MB column bands took 19 ms with
 per-row reads against 4.4 ms as whole-row bands, so such files are best derived once in
-:func:`stream_layout` (:attr:`FileMatrix.reads_per_block`).
+:func:`stream_layout` (:func:`copy_transposed`; :attr:`FileMatrix.reads_per_block`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ __all__ = [
     "write_table",
     "file_matrix",
     "spill",
+    "copy_transposed",
     "stream_threshold_bytes",
     "stream_layout",
     "affine",
@@ -518,6 +519,41 @@ def spill(
     fh.flush()
     mm = np.memmap(fh, dtype="<f4", mode="r", shape=(rows, cols))
     return (mm.T if layout == "kn" else mm), FileMatrix(fh, 0, (rows, cols), transposed=layout == "kn")
+
+
+def copy_transposed(src: FileMatrix, fh: IO[bytes], *, block_bytes: int | None = None) -> int:
+    """Write the transpose of ``src``'s stored matrix (float32, little-endian) to ``fh`` at its position.
+
+    A file in the other layout than :func:`stream_layout` (a published ``(n_out, n_in)`` projection)
+    becomes one whose streamed blocks are single reads: a writer of a derived file (e.g. a folded
+    projection, written once) passes the rows it wrote to an unnamed temporary file here and stores
+    the result as ``W.T``. ``src`` is read once in column bands (one ``pread`` per stored row), each band
+    is transposed in memory and written as whole rows, so memory holds two blocks of ``block_bytes``
+    (default :data:`BLOCK_BYTES`) whatever the matrix size.
+
+    Returns
+    -------
+    int
+        Bytes written (the matrix's size).
+    """
+    rows, cols = src.shape
+    width = max(1, ((BLOCK_BYTES if block_bytes is None else block_bytes) // 4) // max(1, rows))
+    width = min(width, max(1, cols))
+    band = np.empty(rows * width, dtype=np.float32)
+    flipped = np.empty(rows * width, dtype=np.float32)
+    written = 0
+    for a in range(0, cols, width):
+        e = min(cols, a + width)
+        tile = src.read(0, rows, a, e, band[: rows * (e - a)].reshape(rows, e - a))
+        out = flipped[: rows * (e - a)].reshape(e - a, rows)
+        np.copyto(out, tile.T)
+        view = memoryview(out.reshape(-1)).cast("B")
+        done = 0
+        while done < len(view):  # a raw file may write part of a buffer
+            n = fh.write(view[done:])
+            done += len(view) - done if n is None else n
+        written += done
+    return written
 
 
 def _block_plan(fm: FileMatrix, block_bytes: int) -> tuple[str, int]:
