@@ -345,32 +345,6 @@ def _noise_sd(ncsnr: np.ndarray | None, signal_var: np.ndarray) -> np.ndarray | 
     return np.sqrt(signal_var) / np.maximum(ncsnr, 1e-3)
 
 
-class _NoisyRows:
-    """Array-like ``(n, n_repeats, m)`` view: clean rows (array or HDF5 dataset) plus their noise."""
-
-    def __init__(self, clean: Any, noise_sd: np.ndarray | None, n_repeats: int, seed: int, subject_index: int):
-        self.clean, self.noise_sd, self.n_repeats = clean, noise_sd, n_repeats
-        self.seed, self.subject_index = seed, subject_index
-        self.shape = (clean.shape[0], n_repeats, clean.shape[1])
-        self.dtype = np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("rows are read as contiguous slices")
-        start, stop, _ = key.indices(self.shape[0])
-        return add_noise(
-            np.asarray(self.clean[start:stop]),
-            self.noise_sd,
-            self.n_repeats,
-            seed=self.seed,
-            subject_index=self.subject_index,
-            first_row=start,
-        )
-
-
 def _validate(
     n: int, ids: Sequence[str] | None, categories: Any, split: Any, n_repeats: int, noise: str
 ) -> tuple[list[str], np.ndarray | None, np.ndarray]:
@@ -584,6 +558,157 @@ def _generate_memory(
     return SyntheticDataset(ids, cats, split, responses, clean, snr, sd, var, rois, None, info)
 
 
+_QUEUE_BATCHES = 2  # encoded batches waiting for the writer thread (bounds the extra memory)
+_PASS2_ROWS = 1024  # rows per read-scale-write step of pass 2
+
+
+class _NoiseRows:
+    """Standard-normal noise of consecutive rows of one subject: the blocks of :func:`_block_noise`.
+
+    Rows ``[a, b)`` equal ``add_noise``'s noise for those rows; a block that a call leaves half used is
+    kept for the next call, so batches that do not align with :data:`NOISE_BLOCK` draw every block once.
+    """
+
+    def __init__(self, seed: int, subject_index: int, shape: tuple[int, int]):
+        self.seed, self.subject_index, self.shape = seed, subject_index, shape
+        self._block, self._noise = -1, np.empty(0, np.float32)
+
+    def _get(self, block: int) -> np.ndarray:
+        if block != self._block:
+            self._block, self._noise = block, _block_noise(self.seed, self.subject_index, block, self.shape)
+        return self._noise
+
+    def rows(self, first: int, last: int) -> np.ndarray:
+        """``(last - first, *shape)`` float32 noise of rows ``[first, last)``."""
+        out = np.empty((last - first, *self.shape), dtype=np.float32)
+        for block in range(first // NOISE_BLOCK, -(-last // NOISE_BLOCK)):
+            lo, hi = max(first, block * NOISE_BLOCK), min(last, (block + 1) * NOISE_BLOCK)
+            out[lo - first : hi - first] = self._get(block)[lo - block * NOISE_BLOCK : hi - block * NOISE_BLOCK]
+        return out
+
+
+class _Writer:
+    """The one background writer of file generation: stores each encoded batch while the next one encodes.
+
+    Per batch ``[a, b)`` (in order, from one thread, so nothing depends on timing): the clean rows are
+    kept (in memory or in the scratch file), the running moments updated, the stimuli of those rows
+    written, and the rows' *standard-normal* noise drawn and written into the final responses dataset
+    (or, with ``noise="none"``, the clean rows themselves). Pass 2 then only scales that noise by the
+    per-output standard deviation and adds the clean rows: ``y = clean + z * sd``, the same float32
+    operations as :func:`add_noise`, so the bytes equal in-memory generation's.
+    """
+
+    def __init__(
+        self, h5: Any, scratch: Path, n: int, subjects: list[Any], stimuli: Any, n_repeats: int, seed: int, noisy: bool
+    ):
+        self.h5, self.scratch, self.n, self.subjects = h5, scratch, n, subjects
+        self.stimuli, self.n_repeats, self.seed, self.noisy = stimuli, n_repeats, seed, noisy
+        self.scratch_file: Any = None
+        self.moments: dict[Any, _Moments] = {}
+        self.clean: dict[Any, Any] = {}
+        self.responses: dict[Any, Any] = {}
+        self.noise: dict[Any, _NoiseRows] = {}
+
+    def _first(self, out: Mapping[Any, np.ndarray]) -> None:
+        import h5py
+
+        widths = {s: out[s].shape[1] for s in self.subjects}
+        if self.n * sum(widths.values()) * 4 > _CLEAN_IN_MEMORY:
+            self.scratch_file = h5py.File(self.scratch, "w")
+        n, reps = self.n, self.n_repeats
+        for j, s in enumerate(self.subjects):
+            m = widths[s]
+            self.moments[s] = _Moments(m)
+            if self.scratch_file is None:
+                self.clean[s] = np.empty((n, m), dtype=np.float32)
+            else:
+                self.clean[s] = self.scratch_file.create_dataset(
+                    subject_label(s), shape=(n, m), dtype=np.float32, chunks=(min(n, 64), min(m, 1 << 14))
+                )
+            sg = self.h5.create_group(f"subjects/{subject_label(s)}")
+            sg.attrs["subject"] = s
+            # berg's training-dataset layout (berg.training.datasets.write_dataset's chunks)
+            self.responses[s] = sg.create_dataset(
+                "responses", shape=(n, reps, m), dtype=np.float32, chunks=(min(n, 16), reps, min(m, 1 << 14))
+            )
+            self.noise[s] = _NoiseRows(self.seed, j, (reps, m))
+
+    def batch(self, a: int, b: int, out: Mapping[Any, np.ndarray]) -> None:
+        """Store rows ``[a, b)``."""
+        if not self.moments:
+            self._first(out)
+        if isinstance(self.stimuli, np.ndarray):
+            self.h5["stimuli/images"][a:b] = self.stimuli[a:b]
+        for s in self.subjects:
+            y = out[s]
+            self.clean[s][a:b] = y
+            self.moments[s].update(y)
+            if self.noisy:
+                self.responses[s][a:b] = self.noise[s].rows(a, b)
+            else:
+                self.responses[s][a:b] = np.repeat(y[:, None, :], self.n_repeats, axis=1)
+
+    def add_clean(self, sd: Mapping[Any, np.ndarray]) -> None:
+        """Pass 2: ``responses = clean + noise * sd`` in place, row block by row block."""
+        for s in self.subjects:
+            if s not in sd:
+                continue
+            sd32 = np.asarray(sd[s], dtype=np.float32)
+            r, c = self.responses[s], self.clean[s]
+            for a in range(0, self.n, _PASS2_ROWS):
+                b = min(a + _PASS2_ROWS, self.n)
+                z = r[a:b]
+                z *= sd32
+                z += np.asarray(c[a:b])[:, None, :]
+                r[a:b] = z
+
+    def close_scratch(self) -> None:
+        if self.scratch_file is not None:
+            self.scratch_file.close()
+            self.scratch_file = None
+
+
+def _pipelined(source: Any, work: Any, depth: int = _QUEUE_BATCHES) -> None:
+    """Run ``work(*item)`` for every item of ``source`` in one background thread, in order.
+
+    The producer (``source``: the model's encode loop) runs here and blocks when ``depth`` items wait,
+    so memory stays bounded; an error on either side stops both and is raised here.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    failed: list[BaseException] = []
+    stop = threading.Event()
+    done = object()
+
+    def run() -> None:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if failed:
+                continue  # drain after an error so the producer never blocks on a full queue
+            try:
+                work(*item)
+            except BaseException as exc:  # re-raised in the calling thread
+                failed.append(exc)
+                stop.set()
+
+    thread = threading.Thread(target=run, name="berg-synthetic-writer", daemon=True)
+    thread.start()
+    try:
+        for item in source:
+            if stop.is_set():
+                break
+            q.put(item)
+    finally:
+        q.put(done)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
 def _generate_file(
     model,
     stimuli,
@@ -605,83 +730,85 @@ def _generate_file(
     import h5py
 
     from berg.fsutil import atomic_path, temporary_name
-    from berg.training.datasets import EncodingDataset, SubjectData, read_dataset, write_dataset
+    from berg.training.datasets import (
+        FORMAT,
+        FORMAT_VERSION,
+        EncodingDataset,
+        SubjectData,
+        _H5Responses,
+    )
 
     n = len(stimuli)
-    # Pass 1: clean responses (in memory when they fit in _CLEAN_IN_MEMORY bytes, else in a scratch file
-    # beside the target, deleted after) with running moments, because the noise must be sized by the
-    # variance over *all* stimuli.
+    stim = stimuli if isinstance(stimuli, np.ndarray) else [str(p) for p in stimuli]
+    # Pass 1 (the model's encode loop) hands each batch to one writer thread, which keeps the clean rows
+    # (in memory when they fit in _CLEAN_IN_MEMORY bytes, else in a scratch file beside the target),
+    # accumulates their moments and writes the stimuli and the rows' standard-normal noise while the next
+    # batch encodes. Pass 2 sizes the noise by the variance over *all* stimuli and adds the clean rows.
     scratch = temporary_name(path, ".clean.h5")
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = None
-    try:
-        moments: dict[Any, _Moments] = {}
-        clean: dict[Any, Any] = {}
-        for a, b, out in _iter_responses(model, stimuli, chunk_size, show_progress):
-            if not moments and n * sum(out[s].shape[1] for s in subjects) * 4 > _CLEAN_IN_MEMORY:
-                f = h5py.File(scratch, "w")
-            for s in subjects:
-                y = out[s]
-                if s not in moments:
-                    moments[s] = _Moments(y.shape[1])
-                    clean[s] = (
-                        np.empty((n, y.shape[1]), dtype=np.float32)
-                        if f is None
-                        else f.create_dataset(
-                            subject_label(s),
-                            shape=(n, y.shape[1]),
-                            dtype=np.float32,
-                            chunks=(min(n, 64), min(y.shape[1], 1 << 14)),
-                        )
-                    )
-                clean[s][a:b] = y
-                moments[s].update(y)
-        if f is not None:  # reopen read-only: pass 2 reads row blocks back
-            f.close()
-            f = h5py.File(scratch, "r")
-            clean = {s: f[subject_label(s)] for s in subjects}
-        snr, sd, var, rois = _finish(
-            model,
-            subjects,
-            {s: m.var() for s, m in moments.items()},
-            info,
-            ncsnr=ncsnr,
-            noise_ceiling=noise_ceiling,
-            ceiling_repeats=ceiling_repeats,
-            signal_var=signal_var,
-            n_outputs={s: c.shape[1] for s, c in clean.items()},
-        )
-        # Pass 2: berg's own writer streams the noisy rows (clean + per-row noise) into the file.
-        data = {
-            s: SubjectData(_NoisyRows(clean[s], sd.get(s), info["n_repeats"], info["seed"], j), None, rois[s])
-            for j, s in enumerate(subjects)
-        }
-        stim = stimuli if isinstance(stimuli, np.ndarray) else [str(p) for p in stimuli]
-        ds = EncodingDataset(name=name, kind="image", stimuli=stim, ids=ids, split=split, subjects=data)
-        with atomic_path(path, ".h5") as tmp:
-            write_dataset(tmp, ds)
-            with h5py.File(tmp, "a") as out:
-                if cats is not None:
-                    out.create_dataset("stimuli/categories", data=cats.tolist(), dtype=h5py.string_dtype())
-                g = out.require_group("synthetic")
-                g.attrs["info"] = json.dumps(info, default=str)
-                for s in subjects:
-                    sg = g.require_group(subject_label(s))
-                    sg.create_dataset("signal_var", data=var[s])
-                    if s in snr:
-                        sg.create_dataset("ncsnr", data=snr[s])
-                        sg.create_dataset("noise_sd", data=sd[s])
-    finally:
-        if f is not None:
-            f.close()
+    with atomic_path(path, ".h5") as tmp:
+        writer = None
         try:
-            scratch.unlink()
-        except OSError:
-            pass
-    lazy = read_dataset(path, checksum=False)
-    return SyntheticDataset(
-        ids, cats, split, {s: lazy.subjects[s].responses for s in subjects}, {}, snr, sd, var, rois, path, info
-    )
+            with h5py.File(tmp, "w") as f:
+                f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "kind": "image"})
+                g = f.create_group("stimuli")
+                if isinstance(stim, np.ndarray):  # written batch by batch with the rows
+                    g.create_dataset("images", shape=stim.shape, dtype=stim.dtype, chunks=(1,) + stim.shape[1:])
+                else:
+                    g.create_dataset("paths", data=stim, dtype=h5py.string_dtype())
+                g.create_dataset("ids", data=list(ids), dtype=h5py.string_dtype())
+                f.create_dataset("split", data=split.tolist(), dtype=h5py.string_dtype())
+                writer = _Writer(
+                    f, scratch, n, subjects, stim, info["n_repeats"], info["seed"], noisy=info["noise"] != "none"
+                )
+                _pipelined(_iter_responses(model, stimuli, chunk_size, show_progress), writer.batch)
+                snr, sd, var, rois = _finish(
+                    model,
+                    subjects,
+                    {s: m.var() for s, m in writer.moments.items()},
+                    info,
+                    ncsnr=ncsnr,
+                    noise_ceiling=noise_ceiling,
+                    ceiling_repeats=ceiling_repeats,
+                    signal_var=signal_var,
+                    n_outputs={s: r.shape[2] for s, r in writer.responses.items()},
+                )
+                shapes = {s: writer.responses[s].shape for s in subjects}
+                # berg's dataset checks (ids, splits, ROI ranges) on the shapes, before pass 2's work
+                EncodingDataset(
+                    name=name,
+                    kind="image",
+                    stimuli=stim,
+                    ids=ids,
+                    split=split,
+                    subjects={
+                        s: SubjectData(np.broadcast_to(np.float32(0), shapes[s]), None, rois[s]) for s in subjects
+                    },
+                )
+                writer.add_clean(sd)
+                for s in subjects:
+                    sg = f[f"subjects/{subject_label(s)}"]
+                    for roi, idx in rois[s].items():
+                        sg.create_dataset(f"rois/{roi}", data=np.asarray(idx, dtype=np.int64))
+                if cats is not None:
+                    f.create_dataset("stimuli/categories", data=cats.tolist(), dtype=h5py.string_dtype())
+                sg = f.require_group("synthetic")
+                sg.attrs["info"] = json.dumps(info, default=str)
+                for s in subjects:
+                    g = sg.require_group(subject_label(s))
+                    g.create_dataset("signal_var", data=var[s])
+                    if s in snr:
+                        g.create_dataset("ncsnr", data=snr[s])
+                        g.create_dataset("noise_sd", data=sd[s])
+        finally:
+            if writer is not None:
+                writer.close_scratch()
+            try:
+                scratch.unlink()
+            except OSError:
+                pass
+    responses = {s: _H5Responses(path, f"/subjects/{subject_label(s)}/responses", shapes[s]) for s in subjects}
+    return SyntheticDataset(ids, cats, split, responses, {}, snr, sd, var, rois, path, info)
 
 
 # --------------------------------------------------------------------------------- labelled reads
