@@ -201,3 +201,121 @@ def test_linear_brain_and_category_images():
     y = brain.sample(feats, 3, seed=2)
     assert np.allclose(brain.signal(feats).var(axis=0, ddof=1), 1.0)
     assert np.allclose(metrics.ncsnr(y), 0.8, rtol=0.15)
+
+
+def _sequential(source, work, depth=2):
+    """``berg.synthetic._pipelined`` without the thread: each batch stored before the next encodes."""
+    for item in source:
+        work(*item)
+
+
+@pytest.mark.parametrize("chunk_size", [29, 64, 100])
+def test_file_bytes_do_not_depend_on_the_writer_thread(tmp_path, monkeypatch, chunk_size):
+    import threading
+    import time
+
+    import berg.synthetic
+
+    model = LinearEncoder(n_outputs=(9, 70))
+    x = _stimuli(300)
+    kw = dict(n_repeats=2, noise="ncsnr", ncsnr=0.6, seed=3, chunk_size=chunk_size)
+    threaded = generate(model, x, tmp_path / "a.h5", **kw)
+    # a slow, jittery writer (the encode loop runs ahead of it) and a one-batch queue
+    real_batch, rng = berg.synthetic._Writer.batch, np.random.default_rng(0)
+
+    def slow(self, a, b, out):
+        assert threading.current_thread().name == "berg-synthetic-writer"
+        time.sleep(float(rng.uniform(0, 0.01)))
+        real_batch(self, a, b, out)
+
+    monkeypatch.setattr(berg.synthetic._Writer, "batch", slow)
+    monkeypatch.setattr(berg.synthetic, "_QUEUE_BATCHES", 1)
+    jittery = generate(model, x, tmp_path / "b.h5", **kw)
+    monkeypatch.setattr(berg.synthetic._Writer, "batch", real_batch)
+    monkeypatch.setattr(berg.synthetic, "_pipelined", _sequential)
+    sequential = generate(model, x, tmp_path / "c.h5", **kw)
+    clean = model.encode(x)
+    for s in (1, 2):
+        ref = add_noise(clean[s], threaded.noise_sd[s], 2, seed=3, subject_index=s - 1)  # the documented scheme
+        for data in (threaded, jittery, sequential):
+            assert np.asarray(data.responses[s][:]).tobytes() == ref.tobytes()
+
+
+def test_file_layout_is_berg_training_format(tmp_path):
+    import h5py
+
+    from berg.training.datasets import EncodingDataset, SubjectData, write_dataset
+
+    model = LinearEncoder(n_outputs=(5, 20000), metadata={"rois": {"V1": np.arange(4)}})
+    images = np.random.default_rng(0).integers(0, 255, (40, 8, 8, 3), dtype=np.uint8)
+    model.encode = (
+        lambda x, show_progress=False: {  # images in, one linear map per subject
+            s: (np.asarray(x, np.float32).reshape(len(x), -1)[:, :12] @ model.w[s].T).astype(np.float32)
+            for s in model.subjects
+        }
+    )
+    data = generate(model, images, tmp_path / "syn.h5", n_repeats=2, noise="ncsnr", ncsnr=1.0, chunk_size=16)
+    resp = {s: np.asarray(data.responses[s][:]) for s in (1, 2)}
+    ref = EncodingDataset(
+        "synthetic",
+        "image",
+        images,
+        data.ids,
+        data.split,
+        {s: SubjectData(resp[s], None, data.rois[s]) for s in (1, 2)},
+    )
+    write_dataset(tmp_path / "ref.h5", ref)
+
+    def layout(path):
+        items = []
+        with h5py.File(path, "r") as f:
+            f.visititems(
+                lambda name, o: items.append(
+                    (name, getattr(o, "shape", None), str(getattr(o, "dtype", "")), getattr(o, "chunks", None))
+                    + tuple(sorted((k, str(v)) for k, v in o.attrs.items()))
+                )
+            )
+            items.append(tuple(sorted((k, str(v)) for k, v in f.attrs.items())))
+            return items, (f["stimuli/images"][()].tobytes(), f["stimuli/ids"][()].tolist(), f["split"][()].tolist())
+
+    (mine, mine_data), (theirs, their_data) = layout(tmp_path / "syn.h5"), layout(tmp_path / "ref.h5")
+    extra = {"stimuli/categories", "synthetic"}  # the synthetic record beside the format
+    assert [i for i in mine if str(i[0]).split("/")[0] not in extra and i[0] not in extra] == theirs
+    assert mine_data == their_data
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("side", ["encode", "writer"])
+def test_an_error_on_either_side_stops_both_and_leaves_no_file(tmp_path, monkeypatch, side):
+    import threading
+
+    import berg.synthetic
+
+    model = LinearEncoder(n_outputs=(6,))
+    if side == "encode":
+        encode = model.encode
+
+        def failing(x, show_progress=False):
+            if model.calls == 3:
+                raise _Boom("encode failed")
+            return encode(x)
+
+        model.encode = failing
+    else:
+        real_batch = berg.synthetic._Writer.batch
+
+        def failing(self, a, b, out):
+            if a >= 20:
+                raise _Boom("disk full")
+            real_batch(self, a, b, out)
+
+        monkeypatch.setattr(berg.synthetic._Writer, "batch", failing)
+    with pytest.raises(_Boom):
+        generate(model, _stimuli(200), tmp_path / "syn.h5", noise="ncsnr", ncsnr=1.0, chunk_size=10)
+    assert not any(t.name == "berg-synthetic-writer" for t in threading.enumerate())
+    assert list(tmp_path.iterdir()) == []
+    if side == "writer":  # the encode loop stopped early instead of encoding every batch
+        assert model.calls < 20
