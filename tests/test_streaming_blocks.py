@@ -8,8 +8,10 @@ and the engine write that layout. Reads are counted by wrapping ``os.preadv``: t
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 
 from berg.core import engine, kernels
 from berg.errors import ModelLoadError
+from berg.fsutil import sha256_file
 
 # (batch, n_in, n_out): readout-like (n_out >= n_in) and projection-like (n_in > n_out), sizes that no
 # block width divides
@@ -213,3 +216,113 @@ def test_copy_transposed_makes_a_file_read_one_block_per_pread(rows, cols, block
     if wt.contiguous_blocks:
         assert count_preads["n"] == _n_blocks(wt, buf.size // 2)
     np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=2e-5 * math.sqrt(cols))
+
+
+# ------------------------------------------------------------------------------------------ the cached copy
+def _projection_file(path, w: np.ndarray):
+    """A safetensors file holding ``weight`` (n_out, n_in) as published, memory-mapped the way berg reads it."""
+    from safetensors.numpy import save_file
+
+    from berg.store.artifacts import read_tensors
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"bias": np.zeros(w.shape[0], np.float32), "weight": w}, str(path))
+    return read_tensors(path)["weight"]
+
+
+def test_a_cached_projection_in_the_other_layout_gets_a_verified_copy(tmp_path, count_preads):
+    cache = tmp_path / "cache"
+    x, w, b = _data(4, 1001, 50)  # a projection: n_in > n_out, published as W (n_out, n_in)
+    mapped = _projection_file(cache / "model" / "converted" / "projection.safetensors", w)
+    fm = kernels.file_matrix(mapped)
+    assert fm.layout == "nk" and fm.reads_per_block == 50
+
+    copy = kernels.stream_copy(fm, cache)
+    assert copy is not fm and copy.layout == "kn" and copy.contiguous_blocks
+    assert Path(copy.path).parent.name == kernels.STREAM_COPY_DIR
+    assert Path(copy.path).stat().st_size == w.nbytes
+    np.testing.assert_array_equal(np.fromfile(copy.path, dtype="<f4").reshape(w.T.shape), w.T)
+    record = json.loads(Path(copy.path).with_suffix(".json").read_text())
+    assert record["source"]["sha256"] == sha256_file(fm.path) and record["copy"]["sha256"] == sha256_file(copy.path)
+    assert record["source"]["size"] == Path(fm.path).stat().st_size and record["shape"] == [50, 1001]
+
+    buf = np.empty(2 * 7 * 50, dtype=np.float32)
+    count_preads.update(n=0, bytes=0)
+    got = kernels.streamed_affine(x, copy, b, "numpy", buf)
+    assert count_preads["n"] == _n_blocks(copy, buf.size // 2) > 1  # one read per block (was 50 each)
+    in_memory = kernels.affine(torch.from_numpy(x), kernels.operand(w, "nk"), b, "numpy").numpy()
+    np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=2e-5 * math.sqrt(1001))
+
+
+def test_the_copy_is_reused_while_both_files_match_their_record(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    _, w, _ = _data(1, 300, 20)
+    src = cache / "m" / "p.safetensors"
+    fm = kernels.file_matrix(_projection_file(src, w))
+    first = kernels.stream_copy(fm, cache)
+    stamp = Path(first.path).stat().st_mtime_ns
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the copy was made again")
+
+    monkeypatch.setattr(kernels, "copy_transposed", no_copy)
+    again = kernels.stream_copy(kernels.file_matrix(_mapped(src)), cache)
+    assert again.path == first.path and Path(again.path).stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+
+    # the copy damaged (same size, new mtime): made again
+    with open(first.path, "r+b") as fh:
+        fh.write(b"\0" * 8)
+    os.utime(first.path, ns=(stamp + 10**9, stamp + 10**9))  # past the file system's timestamp tick
+    remade = kernels.stream_copy(kernels.file_matrix(_mapped(src)), cache)
+    np.testing.assert_array_equal(np.fromfile(remade.path, dtype="<f4").reshape(300, 20), w.T)
+
+    # the source replaced by other weights (renamed into place, as berg's store does): the copy follows
+    w2 = w + 1
+    _projection_file(src.with_name("new.safetensors"), w2)
+    os.replace(src.with_name("new.safetensors"), src)
+    fm2 = kernels.file_matrix(_mapped(src))
+    np.testing.assert_array_equal(np.fromfile(kernels.stream_copy(fm2, cache).path, dtype="<f4").reshape(300, 20), w2.T)
+    leftovers = [p.name for p in Path(first.path).parent.iterdir() if ".tmp" in p.name]
+    assert leftovers == []  # written under temporary names, renamed into place
+
+
+def _mapped(path):
+    from berg.store.artifacts import read_tensors
+
+    return read_tensors(path)["weight"]
+
+
+def test_no_copy_outside_the_cache_or_for_files_already_in_stream_layout(tmp_path):
+    _, w, _ = _data(1, 300, 20)
+    outside = kernels.file_matrix(_projection_file(tmp_path / "mine" / "p.safetensors", w))
+    assert kernels.stream_copy(outside, tmp_path / "cache") is outside
+    assert kernels.stream_copy(outside, None) is outside
+    readout = kernels.file_matrix(_projection_file(tmp_path / "cache" / "m" / "r.safetensors", w.T.copy()))
+    assert readout.contiguous_blocks and kernels.stream_copy(readout, tmp_path / "cache") is readout
+    assert not (tmp_path / "mine" / kernels.STREAM_COPY_DIR).exists()
+    assert not (tmp_path / "cache" / "m" / kernels.STREAM_COPY_DIR).exists()
+
+
+def test_a_cache_where_no_copy_can_be_written_keeps_the_row_reads(tmp_path):
+    cache = tmp_path / "cache"
+    _, w, _ = _data(1, 300, 20)
+    fm = kernels.file_matrix(_projection_file(cache / "m" / "p.safetensors", w))
+    (cache / "m" / kernels.STREAM_COPY_DIR).write_text("a file where the folder would go")
+    assert kernels.stream_copy(fm, cache) is fm
+
+
+def test_the_engine_streams_a_cached_projection_from_its_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERG_STREAM_MB", "1")
+    cache = tmp_path / "cache"
+    x, w, b = _data(4, 3001, 100)  # 1.1 MiB
+    proj = SimpleNamespace(weight=_projection_file(cache / "m" / "converted" / "p.safetensors", w), bias=b)
+    stored = engine.stream_store(proj, device="cpu", batch=4, folder=cache)
+    assert stored.layout == "kn" and stored.contiguous_blocks
+    assert isinstance(proj.weight, np.memmap)  # the published map stays as it was
+    op = kernels.AffineOp(proj.weight, b, kernels.Choice("numpy", stored.layout), stored=stored)
+    buf = np.empty(64 << 8, dtype=np.float32)
+    with torch.inference_mode():
+        got = op(torch.from_numpy(x), lambda: buf).numpy()
+    in_memory = kernels.affine(torch.from_numpy(x), kernels.operand(w, "nk"), b, "numpy").numpy()
+    np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=2e-5 * math.sqrt(3001))

@@ -198,7 +198,7 @@ def stream_store(affine_map: Any, *, device: str, batch: int, folder: Any) -> An
         return None
     stored = getattr(affine_map, "stored", None) or kernels.file_matrix(weight)
     if stored is not None:
-        return stored
+        return kernels.stream_copy(stored, folder)  # a cached file in the other layout: its copy
     n_out, n_in = weight.shape
     layout = kernels.stream_layout(n_out, n_in)  # the layout read with one pread per block
     affine_map.weight, affine_map.stored = kernels.spill(weight, layout, folder)

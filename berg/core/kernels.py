@@ -22,8 +22,8 @@ MiB (default :data:`DEFAULT_STREAM_MB`) is not held in memory. Each batch reads 
 background thread while the other is multiplied, :data:`PREFETCH`), so the resident set holds that
 buffer, not the matrix; the file stays hot in the page cache, which the kernel can drop under memory
 pressure (memory-mapped pages would count as the process's own). Memory-mapped safetensors
-projections are read from their file where they are; in-memory readouts are first written once to an
-unnamed temporary file (:func:`spill`).
+projections are read from their file where they are (or from its copy in :func:`stream_layout`, see
+below); in-memory readouts are first written once to an unnamed temporary file (:func:`spill`).
 
 A block is always a band of the map's larger dimension (outputs when ``n_out >= n_in``, else inputs,
 the products summed in a fixed order), so every block's GEMM keeps the smaller dimension whole. It is
@@ -33,7 +33,7 @@ layout, so spilled weights cost one read per block and no extra disk. A file in 
 published ``(n_out, n_in)`` projection) is read with one ``pread`` per stored row of the band: on a
 loaded 2-core box, reading a 115 MB ``(250, 115,200)`` matrix in 8 MB column bands took 19 ms with
 per-row reads against 4.4 ms as whole-row bands, so such files are best derived once in
-:func:`stream_layout` (:func:`copy_transposed`; :attr:`FileMatrix.reads_per_block`).
+:func:`stream_layout`: the engine keeps such a copy beside a file in berg's cache (:func:`stream_copy`).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ __all__ = [
     "file_matrix",
     "spill",
     "copy_transposed",
+    "stream_copy",
     "stream_threshold_bytes",
     "stream_layout",
     "affine",
@@ -554,6 +555,87 @@ def copy_transposed(src: FileMatrix, fh: IO[bytes], *, block_bytes: int | None =
             done += len(view) - done if n is None else n
         written += done
     return written
+
+
+#: Folder beside a cached weights file that holds its copies in :func:`stream_layout` (``.berg-``: berg's
+#: own bookkeeping, so ``berg cache list``/``verify`` skip it; ``berg cache clear`` removes it with the model).
+STREAM_COPY_DIR = ".berg-stream"
+_STREAM_COPY_VERSION = 1
+
+
+def _stream_copy_record(src: Path, fm: FileMatrix) -> dict[str, Any]:
+    st = src.stat()
+    return {
+        "version": _STREAM_COPY_VERSION,
+        "source": {"name": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino},
+        "offset": fm.offset,
+        "shape": list(fm.shape),
+        "layout": "nk" if fm.transposed else "kn",  # the copy's
+    }
+
+
+def stream_copy(fm: FileMatrix, cache_root: str | os.PathLike[str] | None) -> FileMatrix:
+    """``fm`` itself when its blocks are single reads; else its copy in :func:`stream_layout`, made once.
+
+    A published ``(n_out, n_in)`` projection (NSD's folded ViT-B/32 one: 250 x 460,800) is otherwise read
+    with one ``pread`` per stored row of every block (14k per batch). The copy (:func:`copy_transposed`,
+    raw float32) lives in :data:`STREAM_COPY_DIR` beside the source, is written under a temporary name,
+    fsync'ed and renamed into place (:func:`berg.fsutil.atomic_path`), and is recorded in a JSON file
+    beside it: the source's sha256, size, mtime and inode, the matrix's offset, shape and layout, and
+    the copy's sha256, size and mtime. It is reused only while the source's size, mtime and inode and the
+    copy's size and mtime match that record (the store's rule for big unchanged files: no re-hash per
+    load); otherwise it is made again. **Disk cost:** one more copy of each such matrix (460.8 MB per
+    NSD subject, 3.7 GB for all 8; 2.1 GB for BMD's projection), removed with the model's cache folder.
+
+    Copies are made only for files inside ``cache_root`` (berg's cache) whose folder is writable; other
+    files (a user's own, a read-only cache) keep the per-row reads, with a debug message.
+    """
+    from berg.fsutil import atomic_path, atomic_write_text, sha256_file
+
+    if fm.contiguous_blocks or fm.path is None or cache_root is None:
+        return fm
+    src = Path(fm.path).resolve()
+    try:
+        src.relative_to(Path(cache_root).resolve())
+    except ValueError:
+        log.debug("%s is outside berg's cache: streamed with a read per stored row", src)
+        return fm
+    folder = src.parent / STREAM_COPY_DIR
+    stem = f"{src.name}.{fm.offset}.{fm.shape[0]}x{fm.shape[1]}.{'nk' if fm.transposed else 'kn'}"
+    data, meta = folder / f"{stem}.f32", folder / f"{stem}.json"
+    want = _stream_copy_record(src, fm)
+    copy = FileMatrix(data, 0, fm.shape[::-1], transposed=not fm.transposed)
+    try:
+        rec = json.loads(meta.read_text(encoding="utf-8"))
+        st = data.stat()
+        same_matrix = all(rec.get(k) == want[k] for k in ("version", "offset", "shape", "layout"))
+        same_source = {k: v for k, v in rec["source"].items() if k != "sha256"} == want["source"]
+        same_copy = rec["copy"]["size"] == st.st_size == fm.nbytes and rec["copy"]["mtime_ns"] == st.st_mtime_ns
+        if same_matrix and same_source and same_copy:
+            return copy
+        log.info("the stream-layout copy of %s does not match its record; making it again", src)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no copy yet (or an unreadable record): make it
+    try:
+        folder.mkdir(exist_ok=True)
+        source_sha = sha256_file(src)
+        with atomic_path(data) as tmp:
+            with open(tmp, "wb") as fh:
+                copy_transposed(fm, fh)
+        st = data.stat()
+        record = {
+            **want,
+            "source": {**want["source"], "sha256": source_sha},
+            "copy": {"sha256": sha256_file(data), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        }
+        if _stream_copy_record(src, fm) != want:  # the source changed while it was copied
+            raise OSError(f"{src} changed while it was copied")
+        atomic_write_text(meta, json.dumps(record, indent=1) + "\n")
+    except OSError as exc:
+        log.debug("no stream-layout copy of %s (%s): streamed with a read per stored row", src, exc)
+        return fm
+    log.info("wrote %s (%.1f MB): %s streamed one read per block", data, fm.nbytes / 1e6, src.name)
+    return copy
 
 
 def _block_plan(fm: FileMatrix, block_bytes: int) -> tuple[str, int]:
