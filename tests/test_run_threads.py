@@ -55,3 +55,38 @@ def test_worker_torch_and_blas_use_the_workers_threads():
     assert pinned["applied"]["torch"] == 1 and set(pinned["applied"]["blas"].values()) == {1}
     # the driver keeps its own environment (the nanny copies its variables into it while spawning)
     assert {k: os.environ.get(k) for k in executors._THREAD_VARS} == before
+
+
+def _note_normal_exit(path: str) -> int:
+    """Register, in the worker, an exit hook that runs only if the interpreter tears down normally."""
+    import atexit
+
+    def note() -> None:
+        with open(path, "w") as f:
+            f.write("normal interpreter exit")
+
+    atexit.register(note)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_own_workers_exit_at_once_when_closed(tmp_path, fast):
+    from berg.runner import executors
+    from berg.runner.dask_plugins import FastExit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client, cluster = executors._dask_client(
+            {"kind": "dask", "n_workers": 1, "threads_per_worker": 1, "dashboard": False}
+        )
+    marker = tmp_path / "normal-exit"
+    try:
+        if fast:
+            client.register_plugin(FastExit())
+        pid = client.submit(_note_normal_exit, str(marker), pure=False).result(timeout=120)
+    finally:
+        client.close()
+        cluster.close()
+    assert pid != os.getpid()
+    # with the plugin the closed worker ended before the interpreter's teardown (its atexit hooks never ran)
+    assert marker.exists() is not fast

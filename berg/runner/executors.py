@@ -199,6 +199,7 @@ def run(
             "run_start",
             pending=len(units),
             mode="dask" if use_dask else ("local" if shard is None else f"slice {shard[0]} of {shard[1]}"),
+            prepare_seconds=time.perf_counter() - t_start,  # open, fingerprint, load, lay out, find pending shards
         )
         log.info("%s: %d of %d shards to compute", plan.store, len(units), n_shards)
         dashboard = None
@@ -315,8 +316,8 @@ def set_compute_threads(n: int) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{"torch": threads, "blas": {library: threads}}`` as set (``blas`` is empty without threadpoolctl,
-        whose absence leaves BLAS at the process's start-up setting).
+        ``{"torch": threads, "blas": {BLAS library: threads}}`` as set (``blas`` is empty without
+        threadpoolctl, whose absence leaves BLAS at the process's start-up setting).
     """
     import torch
 
@@ -329,7 +330,8 @@ def set_compute_threads(n: int) -> dict[str, Any]:
         log.debug("threadpoolctl is not installed: BLAS keeps its start-up thread count")
     else:
         threadpool_limits(limits=n)  # not a context: the limit holds for the worker's lifetime
-        blas = {f"{i['internal_api']}:{i['prefix']}": int(i["num_threads"]) for i in threadpool_info()}
+        # OpenMP's count is per thread (torch sets its own in each thread it computes in); BLAS's is global
+        blas = {i["prefix"]: int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
     return {"torch": torch.get_num_threads(), "blas": blas}
 
 
@@ -341,12 +343,16 @@ def _worker_state(plan_dict: dict[str, Any]):
 
 
 def _load_worker_state(key: str, plan_dict: dict[str, Any]):
+    t0 = time.perf_counter()
     plan = EncodePlan.from_dict({k: v for k, v in plan_dict.items() if k != "__hash__"})
-    set_compute_threads(_worker_threads(plan))
+    threads = set_compute_threads(_worker_threads(plan))
     source = open_source(plan.stimuli, hash_cache=hash_cache_path(plan))
     _WORKER_STATE.clear()  # one plan per worker at a time: free the previous plan's models first
     loaded = load_entries(plan, source)
-    state = _WORKER_STATE[key] = (plan, source, loaded, RunStore(plan.store))
+    store = RunStore(plan.store)
+    state = _WORKER_STATE[key] = (plan, source, loaded, store)
+    # start-up cost of this worker, in the event log beside its shards (berg status / benchmarks read it)
+    store.log_event("worker_ready", seconds=time.perf_counter() - t0, threads=threads["torch"])
     return state
 
 
@@ -443,6 +449,13 @@ class _DaskCluster:
     def _start(self) -> None:
         self.client, self.cluster = _dask_client(self.plan.executor)
         if self.cluster is not None:  # an external cluster's workers load on their first task
+            from berg.runner.dask_plugins import FastExit
+
+            # berg's own workers end at once when the run closes them (no slow torch teardown to wait for)
+            try:
+                self.client.register_plugin(FastExit())
+            except Exception as exc:  # noqa: BLE001 - only the close gets slower
+                log.debug("the fast-exit worker plugin was not registered: %s", exc)
             with contextlib.suppress(Exception):  # a worker that fails here fails its first task, with the error
                 resources = {**dict(self.plan.executor.get("resources") or {}), _SLOT: 1}
                 self._warm = [
