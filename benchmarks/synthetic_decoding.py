@@ -5,15 +5,20 @@ BOLD5000's real ROI sizes: 1,685 / 2,270 / 3,104 voxels for CSI1-3, all ROIs, 3 
 
 1. ``model.encode(images)`` for ``--n`` images (all three subjects in one pass: the engine's speed);
 2. ``berg.synthetic.generate(model, images, path, noise="metadata")`` for the same images (encode +
-   noise matched to the real data's NCSNR + streaming into berg's dataset HDF5); target: at least
-   0.9x the speed of (1);
+   noise matched to the real data's NCSNR + streaming into berg's dataset HDF5; the noise is drawn and
+   written by one thread while the next batch encodes); target: at least 0.95x the speed of (1)
+   (issue 22);
 3. the decoding study on the generated data: category classification synthetic -> real (logistic
    regression, 1,000 permutations), semantic identification of held-out categories, and a learning
    curve, per subject.
 
+The figures of (1) and (2) are recorded (one JSON line each) before the study starts, so a long study
+never holds them back; ``--skip-study`` stops there.
+
 Run by hand::
 
-    .venv/bin/python benchmarks/synthetic_decoding.py --n 100000
+    .venv/bin/python benchmarks/synthetic_decoding.py --n 100000   # what `make bench` runs
+    .venv/bin/python benchmarks/synthetic_decoding.py --n 100000 --skip-study   # generation figures only
     .venv/bin/python benchmarks/synthetic_decoding.py --n 5000 --image-size 64   # a quick look
     .venv/bin/python benchmarks/synthetic_decoding.py --smoke   # 1 subject, 6 categories, 48 images (make test)
 
@@ -24,6 +29,7 @@ Images are ``--image-size`` pixels (64 keeps 100,000 images at 1.2 GB in memory;
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 import time
 import warnings
@@ -32,6 +38,7 @@ from pathlib import Path
 import _harness as H
 import numpy as np
 
+log = logging.getLogger("berg.benchmarks")
 MODEL_ID = "bench-bold5000-alexnet"
 #: the release and study sizes; --smoke replaces them (same code path, seconds)
 SIZES = {
@@ -127,9 +134,11 @@ def main() -> int:
 
     # new images of the release's categories: the synthetic training set (same prototypes, new exemplars)
     per_cat = -(-args.n // n_cat)
+    t0 = time.perf_counter()
     images, cats = category_images(n_cat, n_per + per_cat, size=args.image_size, seed=0)
     keep = (np.arange(len(cats)) % (n_per + per_cat)) >= n_per  # the first n_per per category are the release's
     images, cats = images[keep][: args.n], cats[keep][: args.n]
+    log.info("%d images in %.0f s (not timed)", len(images), time.perf_counter() - t0)
 
     model.encode(images[: args.batch_size], show_progress=False)  # warm-up (threads, allocator)
     # encode and generate alternate, twice; the faster of each pair is kept (the box is shared)
@@ -141,12 +150,20 @@ def main() -> int:
         t0 = time.perf_counter()
         syn = generate(model, images, work / "synthetic.h5", n_repeats=1, noise="metadata", categories=cats, seed=0)
         t_generate = min(t_generate, time.perf_counter() - t0)
+        log.info("encode %.1f s, generate %.1f s (best so far)", t_encode, t_generate)
     size_gb = (work / "synthetic.h5").stat().st_size / 1e9
     n_total = sum(n_out.values())
     rec.figure("build", t_build, "s", note="release + `berg build` (untrained AlexNet)", subjects=len(subjects))
     rec.figure("encode", args.n / t_encode, "img/s", outputs=n_total)
     rec.figure("generate", args.n / t_generate, "img/s", note="encode + metadata noise + HDF5", outputs=n_total)
-    rec.figure("generate_over_encode", t_encode / t_generate, "x", target=">= 0.9")
+    rec.figure(
+        "generate_over_encode",
+        t_encode / t_generate,
+        "x",
+        target=">= 0.95",
+        note=f"best of 2: encode {t_encode:.1f} s, generate {t_generate:.1f} s for {args.n} images",
+    )
+    rec.figure("generate_extra_per_image", (t_generate - t_encode) / args.n * 1e3, "ms", note="generate - encode")
     rec.figure("dataset_size", size_gb * 1e3, "MB", responses=int(args.n) * n_total)
     if args.skip_study:
         return 0
