@@ -427,6 +427,14 @@ def generate(
     -------
     SyntheticDataset
 
+    Notes
+    -----
+    With a ``path``, generation runs at the model's encode speed: one background thread stores each
+    encoded batch (its clean rows, stimuli and standard-normal noise) while the model encodes the next,
+    with at most two batches waiting, so memory stays bounded. Once every stimulus is encoded (the
+    noise is sized by the variance over all of them), the noise is scaled and the clean rows added in
+    place. The bytes written depend only on the inputs and ``seed``, never on the thread's timing.
+
     Examples
     --------
     >>> data = generate(model, images, "synthetic.h5", n_repeats=4, noise="metadata")  # doctest: +SKIP
