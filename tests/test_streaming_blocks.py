@@ -326,3 +326,15 @@ def test_the_engine_streams_a_cached_projection_from_its_copy(tmp_path, monkeypa
         got = op(torch.from_numpy(x), lambda: buf).numpy()
     in_memory = kernels.affine(torch.from_numpy(x), kernels.operand(w, "nk"), b, "numpy").numpy()
     np.testing.assert_allclose(got, in_memory, rtol=2e-5, atol=2e-5 * math.sqrt(3001))
+
+
+def test_copies_of_files_that_are_gone_are_removed(tmp_path):
+    cache = tmp_path / "cache"
+    _, w, _ = _data(1, 300, 20)
+    old = kernels.stream_copy(kernels.file_matrix(_projection_file(cache / "m" / "old.safetensors", w)), cache)
+    (cache / "m" / "old.safetensors").unlink()  # re-derived under a new name (the store drops the old one)
+    new = kernels.stream_copy(kernels.file_matrix(_projection_file(cache / "m" / "new.safetensors", w + 1)), cache)
+    assert not Path(old.path).exists() and not Path(old.path).with_suffix(".json").exists()
+    assert sorted(p.name for p in Path(new.path).parent.iterdir()) == sorted(
+        [Path(new.path).name, Path(new.path).with_suffix(".json").name]
+    )

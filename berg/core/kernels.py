@@ -585,7 +585,8 @@ def stream_copy(fm: FileMatrix, cache_root: str | os.PathLike[str] | None) -> Fi
     the copy's sha256, size and mtime. It is reused only while the source's size, mtime and inode and the
     copy's size and mtime match that record (the store's rule for big unchanged files: no re-hash per
     load); otherwise it is made again. **Disk cost:** one more copy of each such matrix (460.8 MB per
-    NSD subject, 3.7 GB for all 8; 2.1 GB for BMD's projection), removed with the model's cache folder.
+    NSD subject, 3.7 GB for all 8; 2.1 GB for BMD's projection), removed with the model's cache folder;
+    making a copy removes the copies whose source file is gone (a re-derived file gets a new name).
 
     Copies are made only for files inside ``cache_root`` (berg's cache) whose folder is writable; other
     files (a user's own, a read-only cache) keep the per-row reads, with a debug message.
@@ -635,7 +636,24 @@ def stream_copy(fm: FileMatrix, cache_root: str | os.PathLike[str] | None) -> Fi
         log.debug("no stream-layout copy of %s (%s): streamed with a read per stored row", src, exc)
         return fm
     log.info("wrote %s (%.1f MB): %s streamed one read per block", data, fm.nbytes / 1e6, src.name)
+    _drop_orphan_copies(folder)
     return copy
+
+
+def _drop_orphan_copies(folder: Path) -> None:
+    """Remove copies whose source is gone (a re-derived file has a new name): they would stay forever (GBs)."""
+    for meta in folder.glob("*.json"):
+        try:
+            name = json.loads(meta.read_text(encoding="utf-8"))["source"]["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not (folder.parent / name).exists():
+            for stale in (meta.with_suffix(".f32"), meta):
+                try:
+                    stale.unlink()
+                    log.info("removed %s (its source %s is gone)", stale, name)
+                except OSError:
+                    pass
 
 
 def _block_plan(fm: FileMatrix, block_bytes: int) -> tuple[str, int]:
