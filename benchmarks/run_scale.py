@@ -5,9 +5,11 @@ Measurements (each prints one JSON line; record them in benchmarks/RESULTS.md):
 * ``overhead``  images/s of ``berg.run`` (local executor) vs a plain loop of ``model.encode`` over the same
   image files, 256 at a time (target: run >= 0.95x the loop).
 * ``rss``       peak RSS of ``berg run`` with 1,000 and 4,000 images (target: independent of the count).
-* ``dask``      Dask LocalCluster, 2 workers x 1 thread vs 1 worker x 1 thread, same plan (target >= 1.7x).
+* ``dask``      Dask LocalCluster, 2 workers x 1 thread vs 1 worker x 1 thread, same plan (target >= 1.7x);
+  then 1 worker with its default threads (all the machine's cores) vs the local executor, same plan.
 * ``resume``    a Dask run SIGKILLed at 50 % of its shards, then resumed: resume time / full-run time
-  (target <= 0.55).
+  (target <= 0.55). Both runs are broken down from their event logs: driver preparation, start-up until
+  the first shard starts (workers spawn, import torch and load the models), shards, and close.
 * ``gpu``       the local executor with ``--device cuda`` (images/s and GPU utilisation from nvidia-smi).
 
 Model: ResNet-18 (seeded, untrained: the cost of the pretrained one), 224x224 input, a synthetic native
@@ -187,6 +189,38 @@ def _steady_rate(store: Path, n: int, shard: int) -> float:
     return n / (last - first)
 
 
+def _phases(store: Path, t_begin: float, t_end: float) -> dict:
+    """Where the latest run of ``store`` spent its wall time (wall-clock ``t_begin`` -> ``t_end``), from its
+    event log: ``prepare`` (driver: open, fingerprint, load, lay out, find pending shards), ``startup``
+    (run start -> first shard start: workers spawn, import torch, load the models), ``shards`` (first
+    shard start -> last shard end) and ``close`` (last shard end -> return: the cluster shuts down)."""
+    from berg.runner.zarr_store import RunStore
+
+    events = RunStore(store).read_events()
+    begin = max(i for i, e in enumerate(events) if e["event"] == "run_start")
+    run = events[begin:]
+    t_run = run[0]["t"]
+    first = min(e["t"] for e in run if e["event"] == "shard_start")
+    last = max(e["t"] for e in run if e["event"] == "unit_done")
+    ready = [e["seconds"] for e in run if e["event"] == "worker_ready"]
+    return {
+        "prepare_s": round(t_run - t_begin, 1),
+        "startup_s": round(first - t_run, 1),
+        "shards_s": round(last - first, 1),
+        "close_s": round(t_end - last, 1),
+        "worker_load_s": round(max(ready), 1) if ready else None,
+        "shards_computed": sum(1 for e in run if e["event"] == "unit_done"),
+    }
+
+
+def _timed_phases(plan: dict) -> tuple[float, dict]:
+    """Run ``plan`` in this process: (seconds, :func:`_phases`)."""
+    t0, w0 = time.perf_counter(), time.time()
+    _timed_run(plan)
+    seconds = time.perf_counter() - t0
+    return seconds, _phases(Path(plan["store"]), w0, w0 + seconds)
+
+
 def bench_dask(work: Path, opts: dict, n: int, shard: int) -> dict:
     folder = work / f"images-{n}"
     write_images(folder, n)
@@ -200,6 +234,17 @@ def bench_dask(work: Path, opts: dict, n: int, shard: int) -> dict:
         res[f"steady_img_per_s_{workers}w"] = round(_steady_rate(store, n, shard), 1)
     res["speedup"] = round(res["seconds_1w"] / res["seconds_2w"], 2)
     res["steady_speedup"] = round(res["steady_img_per_s_2w"] / res["steady_img_per_s_1w"], 2)
+    # One worker alone on the machine, with its default threads (every core: threads_per_worker and the
+    # BLAS/torch threads follow), against the local executor on the same plan and shards.
+    for name, ex in (("1w_all_cores", {"kind": "dask", "n_workers": 1}), ("local", {"kind": "local"})):
+        store = work / f"run-dask-{name}"
+        _rm(store)
+        res[f"seconds_{name}"] = round(_timed_run(plan_dict(store, folder, opts, ex, shard=shard)), 1)
+        res[f"img_per_s_{name}"] = round(n / res[f"seconds_{name}"], 1)
+        res[f"steady_img_per_s_{name}"] = round(_steady_rate(store, n, shard), 1)
+    res["one_worker_over_local"] = round(res["seconds_local"] / res["seconds_1w_all_cores"], 2)
+    res["steady_one_worker_over_local"] = round(res["steady_img_per_s_1w_all_cores"] / res["steady_img_per_s_local"], 2)
+    res["threads_1w_all_cores"] = os.cpu_count()
     return res
 
 
@@ -217,7 +262,7 @@ def bench_resume(work: Path, opts: dict, n: int, shard: int) -> dict:
     ex = {"kind": "dask", "n_workers": 2, "threads_per_worker": 1}
     full_store = work / "run-resume-full"
     _rm(full_store)
-    t_full = _timed_run(plan_dict(full_store, folder, opts, ex, shard=shard))
+    t_full, full_phases = _timed_phases(plan_dict(full_store, folder, opts, ex, shard=shard))
     store = work / "run-resume"
     _rm(store)
     plan = plan_dict(store, folder, opts, ex, shard=shard)
@@ -230,7 +275,7 @@ def bench_resume(work: Path, opts: dict, n: int, shard: int) -> dict:
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Dask workers
     proc.wait()
     time.sleep(1.0)
-    t_resume = _timed_run(plan)
+    t_resume, resume_phases = _timed_phases(plan)
     return {
         "bench": "resume",
         "n_images": n,
@@ -240,6 +285,11 @@ def bench_resume(work: Path, opts: dict, n: int, shard: int) -> dict:
         "n_shards": n_shards,
         "resume_s": round(t_resume, 1),
         "resume_over_full": round(t_resume / t_full, 3),
+        # the fixed part of each run (everything but the shards) and the shards themselves
+        "full_fixed_s": round(t_full - full_phases["shards_s"], 1),
+        "resume_fixed_s": round(t_resume - resume_phases["shards_s"], 1),
+        **{f"full_{k}": v for k, v in full_phases.items()},
+        **{f"resume_{k}": v for k, v in resume_phases.items()},
     }
 
 
@@ -279,8 +329,20 @@ FIGURES = {
         "steady_speedup": ("dask.steady_speedup", "x"),
         "img_per_s_1w": ("dask.img_per_s_1w", "img/s"),
         "img_per_s_2w": ("dask.img_per_s_2w", "img/s"),
+        "img_per_s_1w_all_cores": ("dask.img_per_s_1w_all_cores", "img/s"),
+        "img_per_s_local": ("dask.img_per_s_local", "img/s"),
+        "one_worker_over_local": ("dask.one_worker_all_cores_over_local", "x"),
+        "steady_one_worker_over_local": ("dask.steady_one_worker_all_cores_over_local", "x"),
     },
-    "resume": {"resume_over_full": ("resume.resume_over_full", "x", "<= 0.55")},
+    "resume": {
+        "resume_over_full": ("resume.resume_over_full", "x", "<= 0.55"),
+        "full_fixed_s": ("resume.full_fixed", "s"),
+        "resume_fixed_s": ("resume.resume_fixed", "s"),
+        "full_shards_s": ("resume.full_shards", "s"),
+        "resume_shards_s": ("resume.resume_shards", "s"),
+        "resume_startup_s": ("resume.resume_startup", "s"),
+        "resume_close_s": ("resume.resume_close", "s"),
+    },
     "gpu": {"img_per_s": ("gpu.img_per_s", "img/s"), "gpu_util_mean_pct": ("gpu.util_mean", "%")},
 }
 
