@@ -209,6 +209,12 @@ def _phases(store: Path, t_begin: float, t_end: float) -> dict:
         "shards_s": round(last - first, 1),
         "close_s": round(t_end - last, 1),
         "worker_load_s": round(max(ready), 1) if ready else None,
+        # share of a shard task spent writing (zarr chunks, fsync, checksums, markers), summed over shards
+        "write_share": round(
+            sum(e.get("write_seconds", 0.0) for e in run if e["event"] == "unit_done")
+            / max(1e-9, sum(e["seconds"] for e in run if e["event"] == "unit_done")),
+            3,
+        ),
         "shards_computed": sum(1 for e in run if e["event"] == "unit_done"),
     }
 

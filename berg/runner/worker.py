@@ -391,6 +391,7 @@ def _check_errors(errors: Mapping[int, BaseException], plan: EncodePlan, start: 
 def write_unit(store: RunStore, plan: EncodePlan, done: ShardOutputs) -> dict[str, Any]:
     """Write a computed shard and mark it done; returns ``{"shard", "computed", "failed", "seconds"}``."""
     # Data of every target first, markers last: a marker never exists for data that is not on disk.
+    t_write = time.perf_counter()
     chunks = {
         key: store.write_shard(key, done.shard, done.start, data, fsync=plan.fsync)
         for key, (_, data) in done.outputs.items()
@@ -411,7 +412,14 @@ def write_unit(store: RunStore, plan: EncodePlan, done: ShardOutputs) -> dict[st
             },
         )
     computed = list(done.outputs)
-    store.log_event("unit_done", shard=done.shard, targets=computed, seconds=seconds, n_failed=len(done.failed))
+    store.log_event(
+        "unit_done",
+        shard=done.shard,
+        targets=computed,
+        seconds=seconds,
+        write_seconds=time.perf_counter() - t_write,  # zarr chunks, fsync, checksums and markers
+        n_failed=len(done.failed),
+    )
     return {"shard": done.shard, "computed": computed, "failed": done.failed, "seconds": seconds}
 
 
