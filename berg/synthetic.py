@@ -357,6 +357,8 @@ def _validate(
         )
     if int(n_repeats) < 1:
         raise InvalidParameterError(f"n_repeats must be >= 1, got {n_repeats}")
+    if n < 1:
+        raise InvalidParameterError("no stimuli to generate responses for")
     ids = [f"synthetic-{i:06d}" for i in range(n)] if ids is None else [str(i) for i in ids]
     if len(ids) != n:
         raise InvalidParameterError(f"{len(ids)} ids for {n} stimuli")
@@ -713,6 +715,9 @@ def _pipelined(source: Any, work: Any, depth: int = _QUEUE_BATCHES) -> None:
     finally:
         q.put(done)
         thread.join()
+        close = getattr(source, "close", None)
+        if close is not None:  # stops the encode loop (and its prefetch thread) when we broke out early
+            close()
     if failed:
         raise failed[0]
 

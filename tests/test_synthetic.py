@@ -174,6 +174,8 @@ def test_parameters_are_checked_before_work():
         generate(model, _stimuli(5), noise="ncsnr")
     with pytest.raises(InvalidParameterError, match="not loaded"):
         generate(model, _stimuli(5), subjects=[3])
+    with pytest.raises(InvalidParameterError, match="no stimuli"):
+        generate(model, _stimuli(0), noise="ncsnr", ncsnr=1.0)
 
 
 def test_add_noise_rows_are_independent_of_offsets():
