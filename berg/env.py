@@ -21,6 +21,7 @@ variable                  meaning
 ``BERG_QUIET``            ``1``: no progress bars
 ``BERG_READOUT_KERNEL``   ``torch``/``numpy`` (or ``numpy_kn``...): force the CPU GEMM (default: kernel table)
 ``BERG_STREAM_MB``        weights at least this big (MiB, default 256) stream from disk per batch; 0: never
+                          (a cached file in the other layout streams from its copy in ``.berg-stream/``)
 ``BERG_PARALLEL_MIN_MB``  files at least this big (MiB, default 32) are fetched as ranged parts
 ``BERG_LOCK_TIMEOUT``     seconds to wait for another process's lock on a file (default 900)
 ``BERG_UNPINNED_WEIGHTS`` ``1``: load a cached backbone checkpoint whose digest differs from its pin, with a warning

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import mmap
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from berg.core import kernels
 from berg.errors import ModelLoadError
 from berg.fsutil import atomic_write
 
@@ -271,19 +273,48 @@ def write_folded_projection(
     *,
     where: str | None = None,
 ) -> None:
-    """Stream :func:`folded_rows` into a safetensors file (``weight`` (k, n), ``bias`` (k,), float32).
+    """Stream :func:`folded_rows` into a safetensors file in stream layout (float32, ``bias`` (k,)).
 
-    Memory stays at one row whatever the matrix size (BERG's is 100 x 5,337,088); the file is written
-    under a temporary name, fsync'ed and renamed into place. Every row is checked as it is folded
-    (:func:`folded_rows`), so a written file holds finite float32 values only: that is why a mapped
-    folded projection is not scanned again when it is loaded (see :class:`Affine`). On an error
-    nothing is left at ``path``. ``where`` names the source file in errors.
+    The file holds ``weight_t`` = ``W.T`` (n, k) when ``k < n`` (every projection berg folds), else
+    ``weight`` = ``W`` (k, n): the layout :func:`berg.core.kernels.stream_layout` names, whose streamed
+    blocks are whole stored rows (one ``pread`` each), so the engine streams the file where it lies and
+    never keeps a transposed copy of it (:func:`berg.core.kernels.stream_copy`).
+    :meth:`Affine.from_tensors` reads either tensor.
+
+    Memory stays at one folded row plus two blocks of :data:`berg.core.kernels.BLOCK_BYTES` whatever the
+    matrix size (BERG's is 100 x 5,337,088): the rows go to an unnamed temporary file beside ``path``
+    (the same disk; it disappears with the process), which :func:`berg.core.kernels.copy_transposed`
+    then writes transposed into the result, so the fold briefly needs twice the matrix on disk. The
+    result is written under a temporary name, fsync'ed and renamed into place. Every row is checked as
+    it is folded (:func:`folded_rows`), so a written file holds finite float32 values only: that is why
+    a mapped folded projection is not scanned again when it is loaded (see :class:`Affine`). On an
+    error nothing is left at ``path``.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    mean, scale : (n,) arrays or None
+        The scaler folded in (see :func:`folded_rows`).
+    rows : iterable of (n,) arrays
+        The ``k`` component rows, read once in order.
+    shape : (k, n)
+        The components' shape.
+    where : str, optional
+        The source file, named in errors.
+
+    Raises
+    ------
+    ModelLoadError
+        A value :func:`folded_rows` refuses, a row that is not ``n`` wide, or not ``k`` rows.
     """
-    k, n = shape
+    k, n = (int(d) for d in shape)
     _check_fold_shapes(mean, scale, (k, n))
+    transposed = kernels.stream_layout(k, n) == "kn"
     w_bytes = k * n * 4
+    name, stored = ("weight_t", [n, k]) if transposed else ("weight", [k, n])
     header = {
-        "weight": {"dtype": "F32", "shape": [k, n], "data_offsets": [0, w_bytes]},
+        name: {"dtype": "F32", "shape": stored, "data_offsets": [0, w_bytes]},
         "bias": {"dtype": "F32", "shape": [k], "data_offsets": [w_bytes, w_bytes + 4 * k]},
         "__metadata__": {"format": "pt", "note": "scaler folded into the components by berg"},
     }
@@ -291,16 +322,25 @@ def write_folded_projection(
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     path = Path(path)
     bias = np.empty(k, dtype=np.float64)
-    with atomic_write(path, "wb") as fh:
+    with atomic_write(path, "wb") as fh, contextlib.ExitStack() as stack:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
+        sink = fh
+        if transposed:  # W's rows first, then W.T from them (two blocks of memory, never two matrices)
+            sink = stack.enter_context(tempfile.TemporaryFile(dir=path.parent, prefix=".berg-fold-"))
         count = 0
         for i, (w, b) in enumerate(folded_rows(mean, scale, rows, where=where)):
-            fh.write(w.astype("<f4", copy=False).tobytes())
+            if i >= k or w.shape != (n,):
+                got = f"more than {k} rows" if i >= k else f"row {i} of shape {w.shape}"
+                raise ModelLoadError(f"{where or path}: expected {k} component rows of {n} values, got {got}")
+            sink.write(w.astype("<f4", copy=False).tobytes())
             bias[i] = b
             count += 1
         if count != k:
-            raise ModelLoadError(f"expected {k} component rows, got {count}")
+            raise ModelLoadError(f"{where or path}: expected {k} component rows, got {count}")
+        if transposed:
+            sink.flush()
+            kernels.copy_transposed(kernels.FileMatrix(sink, 0, (k, n), transposed=False), fh)
         fh.write(bias.astype("<f4").tobytes())
 
 
@@ -355,12 +395,16 @@ class Affine:
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, np.ndarray], where: str, **fields: Any):
-        """Build from a file's tensors ``weight`` and ``bias``; every error names ``where`` (the file).
+        """Build from a file's tensors ``weight`` (or ``weight_t``) and ``bias``; every error names ``where``.
 
         Parameters
         ----------
         tensors : mapping
-            Holding ``"weight"`` and ``"bias"`` (e.g. :func:`berg.store.artifacts.read_tensors`).
+            Holding ``"bias"`` and either ``"weight"`` (``W``, (n_outputs, n_inputs)) or ``"weight_t"``
+            (``W.T``, (n_inputs, n_outputs): the stream layout of a projection, as
+            :func:`write_folded_projection` stores it), e.g. :func:`berg.store.artifacts.read_tensors`.
+            ``weight_t`` is used as ``weight_t.T``, a view: a memory map stays a memory map. The tensor's
+            name says its layout, so a file is never read in the other one.
         where : str
             The file, named in errors.
         **fields
@@ -374,16 +418,31 @@ class Affine:
         Raises
         ------
         ModelLoadError
-            A tensor is missing, the shapes do not fit, or a value is not finite.
+            A tensor is missing, both ``weight`` and ``weight_t`` are given, the shapes do not fit, or a
+            value is not finite.
         """
-        missing = [k for k in ("weight", "bias") if k not in tensors]
+        found = ", ".join(map(repr, sorted(tensors))) or "none"
+        if "weight" in tensors and "weight_t" in tensors:
+            raise ModelLoadError(
+                f"{where} holds both 'weight' and 'weight_t'; it must hold one of them (found {found})"
+            )
+        missing = [k for k in ("weight", "bias") if k not in tensors and not (k == "weight" and "weight_t" in tensors)]
         if missing:
             raise ModelLoadError(
-                f"{where} lacks tensor {', '.join(map(repr, missing))}; it must hold 'weight' and 'bias' "
-                f"(found {', '.join(map(repr, sorted(tensors))) or 'none'})"
+                f"{where} lacks tensor {', '.join(map(repr, missing))}; it must hold 'weight' (or its transpose "
+                f"'weight_t') and 'bias' (found {found})"
             )
+        if "weight_t" in tensors:
+            weight_t = tensors["weight_t"]
+            if np.ndim(weight_t) != 2:
+                raise ModelLoadError(
+                    f"{where}: weight_t has shape {np.shape(weight_t)}; it must be 2-D (n_inputs, n_outputs)"
+                )
+            weight = (weight_t if isinstance(weight_t, np.ndarray) else np.asarray(weight_t)).T  # a view
+        else:
+            weight = tensors["weight"]
         with _naming(where):
-            return cls(tensors["weight"], tensors["bias"], **fields)
+            return cls(weight, tensors["bias"], **fields)
 
     @property
     def n_outputs(self) -> int:
@@ -413,6 +472,7 @@ class Projection(Affine):
     Attributes
     ----------
     weight : (k, n_features) float32 array, possibly memory-mapped
+        (a transposed view of the file's ``weight_t`` for a projection berg folded)
     bias : (k,) float32 array
     columns : (start, stop) or None
         The slice of the backbone's feature columns the projection reads (e.g. one layer of several

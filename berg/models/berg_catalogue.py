@@ -89,7 +89,9 @@ EEG_REPETITIONS = ("rep-1", "rep-2", "rep-3", "rep-4")
 #: version of the folding code; part of the derived projection's key (bump when its bytes would change)
 #: 2: values are checked while folding (a file folded by version 1 from bad weights is folded and
 #: checked again, not reused)
-FOLD_VERSION = "2"
+#: 3: stored in stream layout, ``weight_t`` = W.T (n_features, k), streamed where it lies (no transposed
+#: copy in ``.berg-stream/``); a new version is a new file name, and the store removes the old file
+FOLD_VERSION = "3"
 FAMILIES = ("nsd_fsaverage", "things_eeg_2")
 
 

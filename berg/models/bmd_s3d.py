@@ -54,7 +54,9 @@ PCA_KEY = "encoding_models_weights/pca_weights.npy"
 #: version of the scaler folding; bump it when the folded file would change (it keys the derived artifact)
 #: 2: values are checked while folding (a file folded by version 1 from bad weights is folded and
 #: checked again, not reused)
-FOLD_VERSION = "2"
+#: 3: stored in stream layout, ``weight_t`` = W.T (n_features, k), streamed where it lies (no transposed
+#: copy in ``.berg-stream/``); a new version is a new file name, and the store removes the old file
+FOLD_VERSION = "3"
 # folded projections already memory-mapped in this process (dropped when no model uses them)
 _OPEN_PROJECTIONS: weakref.WeakValueDictionary[str, Projection] = weakref.WeakValueDictionary()
 
