@@ -354,8 +354,8 @@ def test_streamed_fold_reads_memmapped_rows_without_mapping(tmp_path):
     write_folded_projection(tmp_path / "w.safetensors", mean, scale, _iter_rows(loaded), loaded.shape)
     t = read_tensors(tmp_path / "w.safetensors")
     w_ref, b_ref = fold_scaler(mean, scale, comps)
-    np.testing.assert_array_equal(t["weight"], w_ref)
+    np.testing.assert_array_equal(t["weight_t"].T, w_ref)  # stored in stream layout (W.T)
     np.testing.assert_allclose(t["bias"], b_ref, rtol=1e-6)
     from safetensors.numpy import load_file  # the hand-written file is valid for the reference reader too
 
-    np.testing.assert_array_equal(load_file(str(tmp_path / "w.safetensors"))["weight"], w_ref)
+    np.testing.assert_array_equal(load_file(str(tmp_path / "w.safetensors"))["weight_t"].T, w_ref)

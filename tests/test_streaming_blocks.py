@@ -338,3 +338,21 @@ def test_copies_of_files_that_are_gone_are_removed(tmp_path):
     assert sorted(p.name for p in Path(new.path).parent.iterdir()) == sorted(
         [Path(new.path).name, Path(new.path).with_suffix(".json").name]
     )
+
+
+def test_a_fold_in_stream_layout_removes_the_copy_its_predecessor_left(tmp_path):
+    """A newer fold version is stored in stream layout: no copy of its own, and the old one's copy goes."""
+    from safetensors.numpy import save_file
+
+    from berg.store.artifacts import read_tensors
+
+    cache = tmp_path / "cache"
+    _, w, _ = _data(1, 300, 20)
+    old = kernels.stream_copy(kernels.file_matrix(_projection_file(cache / "m" / "fold-v2.safetensors", w)), cache)
+    assert Path(old.path).exists()
+    (cache / "m" / "fold-v2.safetensors").unlink()  # superseded by the new version (the store drops it)
+    new_path = cache / "m" / "fold-v3.safetensors"
+    save_file({"bias": np.zeros(w.shape[0], np.float32), "weight_t": np.ascontiguousarray(w.T)}, str(new_path))
+    fm = kernels.file_matrix(read_tensors(new_path)["weight_t"].T)
+    assert fm.contiguous_blocks and kernels.stream_copy(fm, cache) is fm
+    assert list((cache / "m" / kernels.STREAM_COPY_DIR).iterdir()) == []

@@ -577,22 +577,30 @@ def _stream_copy_record(src: Path, fm: FileMatrix) -> dict[str, Any]:
 def stream_copy(fm: FileMatrix, cache_root: str | os.PathLike[str] | None) -> FileMatrix:
     """``fm`` itself when its blocks are single reads; else its copy in :func:`stream_layout`, made once.
 
-    A published ``(n_out, n_in)`` projection (NSD's folded ViT-B/32 one: 250 x 460,800) is otherwise read
-    with one ``pread`` per stored row of every block (14k per batch). The copy (:func:`copy_transposed`,
+    A cached ``(n_out, n_in)`` projection (e.g. a published native layout's 250 x 460,800 one) is otherwise
+    read with one ``pread`` per stored row of every block (14k per batch). Projections berg folds itself
+    (BERG's NSD/EEG catalogue, BMD) are written in stream layout and never need a copy. The copy (:func:`copy_transposed`,
     raw float32) lives in :data:`STREAM_COPY_DIR` beside the source, is written under a temporary name,
     fsync'ed and renamed into place (:func:`berg.fsutil.atomic_path`), and is recorded in a JSON file
     beside it: the source's sha256, size, mtime and inode, the matrix's offset, shape and layout, and
     the copy's sha256, size and mtime. It is reused only while the source's size, mtime and inode and the
     copy's size and mtime match that record (the store's rule for big unchanged files: no re-hash per
-    load); otherwise it is made again. **Disk cost:** one more copy of each such matrix (460.8 MB per
-    NSD subject, 3.7 GB for all 8; 2.1 GB for BMD's projection), removed with the model's cache folder;
-    making a copy removes the copies whose source file is gone (a re-derived file gets a new name).
+    load); otherwise it is made again. **Disk cost:** one more copy of each such matrix (its own size),
+    removed with the model's cache folder; making a copy, or finding a file already in stream layout
+    beside a copy folder, removes the copies whose source file is gone (a re-derived file gets a new
+    name: e.g. the copies of folds written before they were stored in stream layout).
 
     Copies are made only for files inside ``cache_root`` (berg's cache) whose folder is writable; other
     files (a user's own, a read-only cache) keep the per-row reads, with a debug message.
     """
     from berg.fsutil import atomic_path, atomic_write_text, sha256_file
 
+    if fm.contiguous_blocks and cache_root is not None and isinstance(fm.path, (str, os.PathLike)):
+        # A re-derived file in stream layout (a newer fold version) leaves its predecessor's copy behind.
+        leftovers = Path(fm.path).resolve().parent / STREAM_COPY_DIR
+        if leftovers.is_dir():
+            _drop_orphan_copies(leftovers)
+        return fm
     if fm.contiguous_blocks or fm.path is None or cache_root is None:
         return fm
     src = Path(fm.path).resolve()
