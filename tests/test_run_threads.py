@@ -36,15 +36,23 @@ def test_worker_torch_and_blas_use_the_workers_threads():
     from berg.runner import executors
 
     before = {k: os.environ.get(k) for k in executors._THREAD_VARS}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        client, cluster = executors._dask_client({"kind": "dask", "n_workers": 1, "dashboard": False})
-    try:
-        got = client.submit(_in_worker, None, pure=False).result(timeout=120)
-        pinned = client.submit(_in_worker, 1, pure=False).result(timeout=120)
-    finally:
-        client.close()
-        cluster.close()
+
+    def in_a_fresh_worker(torch_threads: int | None) -> dict:
+        # A plan has one executor config: each case gets its own cluster, as a run does (a worker's
+        # threads are set once, when it loads its plan; two settings in one worker never happen).
+        cfg = {"kind": "dask", "n_workers": 1, "dashboard": False}
+        if torch_threads is not None:
+            cfg["torch_threads"] = torch_threads
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client, cluster = executors._dask_client(cfg)
+        try:
+            return client.submit(_in_worker, torch_threads, pure=False).result(timeout=120)
+        finally:
+            client.close()
+            cluster.close()
+
+    got, pinned = in_a_fresh_worker(None), in_a_fresh_worker(1)
     threads = executors.local_cluster_kwargs({"n_workers": 1})["threads_per_worker"]
     assert threads == os.cpu_count()  # one worker alone on the machine gets every core
     assert got["env"] == dict.fromkeys(executors._THREAD_VARS, str(threads))  # not Dask's 1
