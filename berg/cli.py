@@ -792,17 +792,10 @@ def _env_flags(**flags: bool) -> Iterator[None]:
     ``-q`` reaches every progress bar in berg through ``BERG_QUIET``; ``--offline`` reaches every part
     that could download (artifacts, and torchvision's backbone weights) through ``BERG_OFFLINE``.
     """
-    names = [f"BERG_{name.upper()}" for name, on in flags.items() if on]
-    before = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: "1" for name in names})
-    try:
+    from berg.env import temporarily
+
+    with temporarily({f"BERG_{name.upper()}": "1" for name, on in flags.items() if on}):
         yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager

@@ -34,7 +34,9 @@ that is neither a true word nor a false word is refused with the accepted values
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -194,3 +196,21 @@ def progress_enabled(show_progress: bool | None = None) -> bool:
     if env_flag("BERG_QUIET"):
         return False
     return True if show_progress is None else bool(show_progress)
+
+
+@contextlib.contextmanager
+def temporarily(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a ``with`` block, then restore each one's own value.
+
+    A variable that was unset before is removed again (not left as an empty string).
+    """
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -9,7 +9,9 @@ import warnings
 import pytest
 
 pytest.importorskip("dask.distributed", reason="the scale extra (pip install 'berg[scale]') is not installed")
-pytest.importorskip("threadpoolctl", reason="threadpoolctl sets the BLAS threads of a running worker")
+pytest.importorskip(
+    "threadpoolctl", reason="the scale extra (pip install 'berg[scale]', with threadpoolctl) is not installed"
+)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from berg.env import temporarily
 from berg.errors import InvalidParameterError, MissingExtraError
 from berg.fsutil import digest
 from berg.runner.inputs import StimulusSource, open_source
@@ -381,30 +382,11 @@ def _dask_client(cfg: Mapping[str, Any]):
     kwargs = local_cluster_kwargs(cfg)
     # Worker processes start with BLAS/OpenMP sized to their threads (Dask's nanny would give them 1), set
     # before the process spawns: numpy loads its BLAS while the worker unpickles, before any task runs.
-    with _spawn_environ(
-        dict.fromkeys(_THREAD_VARS, str(int(cfg.get("torch_threads") or kwargs["threads_per_worker"])))
-    ):
+    # Dask's nanny copies its pre-spawn variables (OMP_NUM_THREADS=1 ...) into this process's environment,
+    # where they would outrank the next cluster's setting: the driver's own values come back afterwards.
+    with temporarily(dict.fromkeys(_THREAD_VARS, str(int(cfg.get("torch_threads") or kwargs["threads_per_worker"])))):
         cluster = LocalCluster(**kwargs)
     return Client(cluster), cluster
-
-
-@contextlib.contextmanager
-def _spawn_environ(values: Mapping[str, str]):
-    """Set environment variables while worker processes are spawned, then restore this process's own.
-
-    Dask's nanny copies its pre-spawn variables (``OMP_NUM_THREADS=1`` ...) into this process's
-    environment, where they would outrank the next cluster's setting; the driver's values come back after.
-    """
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def local_cluster_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
